@@ -1,0 +1,242 @@
+//! The signed manifest: what a bundle contains and what each image must hash to.
+
+use std::collections::BTreeSet;
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use crate::error::{Error, Result};
+
+/// Payloads start at multiples of this, relative to the payload area.
+pub const PAYLOAD_ALIGN: u64 = 4096;
+/// Upper bounds checked before anything is allocated or written.
+pub const MAX_IMAGES: usize = 32;
+pub const MAX_DELTAS_PER_IMAGE: usize = 32;
+pub const MAX_IMAGE_SIZE: u64 = 1 << 40;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// Which devices may install this bundle, e.g. `cairn-qemu-arm64`.
+    pub compatible: String,
+    /// The release's version, for people and for ordering releases.
+    pub version: semver::Version,
+    /// Anti-rollback counter, independent of `version`: a device refuses bundles below
+    /// its floor, and raises the floor only when it commits a bundle.
+    pub security_version: u64,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires: OffsetDateTime,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    pub images: Vec<Image>,
+}
+
+/// One image, as it must end up in its slot (rootfs, kernel, initrd, ...).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Image {
+    pub name: String,
+    /// Size of the image in the slot, in bytes.
+    pub size: u64,
+    /// SHA-256 of those `size` bytes.
+    pub sha256: String,
+    /// dm-verity parameters when the image carries its own hash tree after `data_size`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verity: Option<Verity>,
+    /// Always present: installs on any device.
+    pub full: Payload,
+    /// Optional: each installs only on a device that holds the named source image.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deltas: Vec<Payload>,
+}
+
+/// Where a payload's bytes are and how to turn them into the image.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Payload {
+    /// Codec name from the method registry (see [`crate::codec::Method`]). A device that
+    /// does not know a delta method skips that delta.
+    pub method: String,
+    /// Offset from the start of the payload area; a multiple of [`PAYLOAD_ALIGN`].
+    pub offset: u64,
+    pub size: u64,
+    /// SHA-256 of the payload's `size` bytes as stored.
+    pub sha256: String,
+    /// For deltas: the image the delta applies to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<Source>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Source {
+    pub sha256: String,
+    pub size: u64,
+}
+
+/// dm-verity parameters (`veritysetup format` output) for an image whose hash tree
+/// follows its data at `data_size`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Verity {
+    pub root_hash: String,
+    pub salt: String,
+    pub hash_algorithm: String,
+    pub data_block_size: u32,
+    pub hash_block_size: u32,
+    /// Bytes of filesystem data; the hash tree starts here.
+    pub data_size: u64,
+}
+
+impl Manifest {
+    pub fn image(&self, name: &str) -> Option<&Image> {
+        self.images.iter().find(|i| i.name == name)
+    }
+
+    /// Structural checks that need no key: names, sizes, and that every payload lies
+    /// inside a payload area of `area_len` bytes without overlapping another.
+    pub fn validate(&self, area_len: u64) -> Result<()> {
+        check_name("compatible", &self.compatible, 128)?;
+        if self.expires <= self.created {
+            return Err(Error::invalid("expires is not after created"));
+        }
+        if self.images.is_empty() || self.images.len() > MAX_IMAGES {
+            return Err(Error::invalid(format!(
+                "{} images (allowed: 1 to {MAX_IMAGES})",
+                self.images.len()
+            )));
+        }
+        let mut names = BTreeSet::new();
+        for image in &self.images {
+            image.validate()?;
+            if !names.insert(image.name.as_str()) {
+                return Err(Error::invalid(format!(
+                    "image {} appears twice",
+                    image.name
+                )));
+            }
+        }
+        self.check_payload_placement(area_len)
+    }
+
+    fn check_payload_placement(&self, area_len: u64) -> Result<()> {
+        let mut spans = Vec::new();
+        for image in &self.images {
+            for (label, p) in image.payloads() {
+                let out = |detail: String| Error::PayloadOutOfBounds {
+                    image: image.name.clone(),
+                    payload: label.clone(),
+                    detail,
+                };
+                if p.offset % PAYLOAD_ALIGN != 0 {
+                    return Err(out(format!(
+                        "offset {} is not {PAYLOAD_ALIGN}-aligned",
+                        p.offset
+                    )));
+                }
+                let end = p.offset.checked_add(p.size).filter(|&e| e <= area_len);
+                let end = end.ok_or_else(|| {
+                    out(format!(
+                        "offset {} + size {} > area {area_len}",
+                        p.offset, p.size
+                    ))
+                })?;
+                spans.push((p.offset, end, format!("{}/{label}", image.name)));
+            }
+        }
+        spans.sort();
+        for pair in spans.windows(2) {
+            if pair[1].0 < pair[0].1 {
+                return Err(Error::PayloadOverlap {
+                    first: pair[0].2.clone(),
+                    second: pair[1].2.clone(),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Image {
+    /// The full payload, then the deltas, each with a label for messages.
+    pub fn payloads(&self) -> impl Iterator<Item = (String, &Payload)> {
+        std::iter::once(("full".to_string(), &self.full)).chain(
+            self.deltas
+                .iter()
+                .enumerate()
+                .map(|(i, d)| (format!("delta[{i}]"), d)),
+        )
+    }
+
+    fn validate(&self) -> Result<()> {
+        check_name("image name", &self.name, 64)?;
+        let ctx = |msg: String| Error::invalid(format!("image {}: {msg}", self.name));
+        if self.size == 0 || self.size > MAX_IMAGE_SIZE {
+            return Err(ctx(format!(
+                "size {} is outside 1..={MAX_IMAGE_SIZE}",
+                self.size
+            )));
+        }
+        check_sha256(&self.sha256).map_err(ctx)?;
+        if self.full.source.is_some() {
+            return Err(ctx("the full payload names a source".into()));
+        }
+        if self.deltas.len() > MAX_DELTAS_PER_IMAGE {
+            return Err(ctx(format!(
+                "{} deltas, at most {MAX_DELTAS_PER_IMAGE}",
+                self.deltas.len()
+            )));
+        }
+        for (label, p) in self.payloads() {
+            check_name("method", &p.method, 32).map_err(|e| ctx(format!("{label}: {e}")))?;
+            check_sha256(&p.sha256).map_err(|e| ctx(format!("{label}: {e}")))?;
+            if p.size == 0 {
+                return Err(ctx(format!("{label} is empty")));
+            }
+        }
+        for (i, d) in self.deltas.iter().enumerate() {
+            let source = d
+                .source
+                .as_ref()
+                .ok_or_else(|| ctx(format!("delta[{i}] names no source")))?;
+            check_sha256(&source.sha256).map_err(|e| ctx(format!("delta[{i}] source: {e}")))?;
+        }
+        if let Some(v) = &self.verity {
+            check_hex(&v.root_hash).map_err(|e| ctx(format!("verity root hash {e}")))?;
+            if v.data_size >= self.size {
+                return Err(ctx(
+                    "verity data_size leaves no room for the hash tree".into()
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn check_name(what: &str, s: &str, max: usize) -> Result<()> {
+    let ok = !s.is_empty()
+        && s.len() <= max
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    if !ok {
+        return Err(Error::invalid(format!(
+            "{what} '{s}' must be 1 to {max} characters of [A-Za-z0-9._-]"
+        )));
+    }
+    Ok(())
+}
+
+fn check_hex(s: &str) -> Result<(), String> {
+    if s.is_empty()
+        || s.len() % 2 != 0
+        || !s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    {
+        return Err(format!("'{s}' is not lowercase hex"));
+    }
+    Ok(())
+}
+
+fn check_sha256(s: &str) -> Result<(), String> {
+    check_hex(s)?;
+    if s.len() != 64 {
+        return Err(format!("sha256 '{s}' is not 64 hex digits"));
+    }
+    Ok(())
+}

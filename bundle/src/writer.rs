@@ -1,0 +1,294 @@
+//! Creating and signing bundles (the build host's side).
+
+use std::fs::File;
+use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use cairn_atomic::AtomicFile;
+use time::OffsetDateTime;
+
+use crate::canonical;
+use crate::codec::{full, zstd_patch};
+use crate::error::{Error, Result};
+use crate::file::BundleFile;
+use crate::header::{align_up, Header};
+use crate::keys::{Signature, SigningKey};
+use crate::manifest::{Image, Manifest, Payload, Source, Verity};
+use crate::root::SignedRoot;
+use crate::signatures::{signed_message, MANIFEST_CONTEXT};
+use crate::stream::{sha256_reader, COPY_BUF};
+
+/// One image to put in a bundle.
+#[derive(Debug, Clone)]
+pub struct ImageInput {
+    pub name: String,
+    pub path: PathBuf,
+    pub verity: Option<Verity>,
+}
+
+/// A previous version of an image that devices may hold; a delta is made from it.
+#[derive(Debug, Clone)]
+pub struct DeltaSource {
+    pub image: String,
+    pub path: PathBuf,
+}
+
+/// Everything a bundle is made from, besides the signing keys.
+#[derive(Debug, Clone)]
+pub struct BundleSpec {
+    pub compatible: String,
+    pub version: semver::Version,
+    pub security_version: u64,
+    pub created: OffsetDateTime,
+    pub expires: OffsetDateTime,
+    pub description: Option<String>,
+    pub images: Vec<ImageInput>,
+    pub delta_sources: Vec<DeltaSource>,
+    /// zstd level for every payload.
+    pub level: i32,
+    /// Trust roots to carry for devices that need to rotate.
+    pub roots: Vec<SignedRoot>,
+}
+
+/// What bundle creation reports as it goes.
+pub enum BuildEvent<'a> {
+    Stage(&'a str),
+    Payload {
+        image: &'a str,
+        label: &'a str,
+        input: u64,
+        output: u64,
+    },
+}
+
+/// Creates the bundle at `out` atomically and returns its manifest.
+pub fn create(
+    spec: &BundleSpec,
+    keys: &[SigningKey],
+    out: &Path,
+    progress: &mut dyn FnMut(BuildEvent),
+) -> Result<Manifest> {
+    let dir = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let mut area =
+        tempfile::tempfile_in(dir).map_err(Error::io("creating payload scratch file"))?;
+    let mut images = Vec::new();
+    for input in &spec.images {
+        images.push(write_image(spec, input, &mut area, progress)?);
+    }
+    let manifest = Manifest {
+        compatible: spec.compatible.clone(),
+        version: spec.version.clone(),
+        security_version: spec.security_version,
+        created: spec.created,
+        expires: spec.expires,
+        description: spec.description.clone(),
+        images,
+    };
+    let area_len = area
+        .stream_position()
+        .map_err(Error::io("payload scratch file"))?;
+    manifest.validate(area_len)?;
+    let manifest_bytes = canonical::to_vec(&manifest)?;
+    let message = signed_message(MANIFEST_CONTEXT, &manifest_bytes);
+    let signatures: Vec<Signature> = keys.iter().map(|k| k.sign(&message)).collect();
+    area.seek(SeekFrom::Start(0))
+        .map_err(Error::io("payload scratch file"))?;
+    progress(BuildEvent::Stage("writing bundle"));
+    assemble(
+        out,
+        &manifest_bytes,
+        &signatures,
+        &spec.roots,
+        &mut area,
+        area_len,
+    )?;
+    Ok(manifest)
+}
+
+/// Adds signatures by `keys` to an existing bundle, rewriting it atomically. Returns the
+/// number of signatures it now carries. The manifest bytes are not touched.
+pub fn add_signatures(path: &Path, keys: &[SigningKey]) -> Result<usize> {
+    let bundle = BundleFile::open(path)?;
+    let b = &bundle.bundle;
+    let message = signed_message(MANIFEST_CONTEXT, &b.manifest_bytes);
+    let mut signatures = b.signatures.clone();
+    for key in keys {
+        signatures.retain(|s| s.key_id != key.id());
+        signatures.push(key.sign(&message));
+    }
+    let mut file = File::open(path).map_err(Error::io("reopening bundle"))?;
+    file.seek(SeekFrom::Start(b.header.payload_area_offset))
+        .map_err(Error::io("seeking to payload area"))?;
+    assemble(
+        path,
+        &b.manifest_bytes,
+        &signatures,
+        &b.roots,
+        &mut file,
+        b.header.payload_area_len,
+    )?;
+    Ok(signatures.len())
+}
+
+/// Writes a bundle from its parts: header, metadata, padding, then `area_len` bytes of
+/// payload area read from `area`. Used by [`create`], [`add_signatures`] and by tests
+/// that need a correctly signed bundle with a hostile manifest.
+pub fn assemble(
+    out: &Path,
+    manifest_bytes: &[u8],
+    signatures: &[Signature],
+    roots: &[SignedRoot],
+    area: &mut impl Read,
+    area_len: u64,
+) -> Result<()> {
+    let sig_bytes = serde_json::to_vec(signatures).expect("signatures serialise");
+    let root_bytes = if roots.is_empty() {
+        Vec::new()
+    } else {
+        serde_json::to_vec(roots).expect("roots serialise")
+    };
+    let header = Header::layout(
+        manifest_bytes.len(),
+        sig_bytes.len(),
+        root_bytes.len(),
+        area_len,
+    )?;
+    let ctx = || format!("writing bundle {}", out.display());
+    let mut file = AtomicFile::create(out).map_err(Error::io(ctx()))?;
+    let mut meta = header.encode().to_vec();
+    meta.extend_from_slice(manifest_bytes);
+    meta.extend_from_slice(&sig_bytes);
+    meta.extend_from_slice(&root_bytes);
+    meta.resize(header.payload_area_offset as usize, 0);
+    file.write_all(&meta).map_err(Error::io(ctx()))?;
+    let copied = io::copy(&mut area.take(area_len), file.file()).map_err(Error::io(ctx()))?;
+    if copied != area_len {
+        return Err(Error::Truncated {
+            what: "payload area source",
+            needed: area_len,
+            available: copied,
+        });
+    }
+    file.commit().map_err(Error::io(ctx()))
+}
+
+fn write_image(
+    spec: &BundleSpec,
+    input: &ImageInput,
+    area: &mut File,
+    progress: &mut dyn FnMut(BuildEvent),
+) -> Result<Image> {
+    progress(BuildEvent::Stage(&format!(
+        "image {}: hashing {}",
+        input.name,
+        input.path.display()
+    )));
+    let (sha256, size) = hash_file(&input.path)?;
+    let mut image_file = open(&input.path)?;
+    let full = write_payload(area, full::METHOD, None, |out| {
+        full::encode(&mut image_file, out, spec.level)
+    })?;
+    progress(BuildEvent::Payload {
+        image: &input.name,
+        label: "full",
+        input: size,
+        output: full.size,
+    });
+    let mut deltas = Vec::new();
+    for source in spec.delta_sources.iter().filter(|s| s.image == input.name) {
+        let (source_sha, source_size) = hash_file(&source.path)?;
+        if source_sha == sha256
+            || deltas
+                .iter()
+                .any(|d: &Payload| d.source.as_ref().is_some_and(|s| s.sha256 == source_sha))
+        {
+            continue; // unchanged image, or the same source given twice
+        }
+        progress(BuildEvent::Stage(&format!(
+            "image {}: delta from {}",
+            input.name,
+            source.path.display()
+        )));
+        let (src_map, dst_map) = (map(&source.path)?, map(&input.path)?);
+        let source_ref = Some(Source {
+            sha256: source_sha,
+            size: source_size,
+        });
+        let delta = write_payload(area, zstd_patch::METHOD, source_ref, |out| {
+            zstd_patch::encode(
+                &src_map,
+                &dst_map,
+                spec.level,
+                zstd_patch::DEFAULT_CHUNK,
+                out,
+            )
+        })?;
+        progress(BuildEvent::Payload {
+            image: &input.name,
+            label: "delta",
+            input: size,
+            output: delta.size,
+        });
+        deltas.push(delta);
+    }
+    Ok(Image {
+        name: input.name.clone(),
+        size,
+        sha256,
+        verity: input.verity.clone(),
+        full,
+        deltas,
+    })
+}
+
+/// Appends one payload at the next aligned offset of the payload area.
+fn write_payload(
+    area: &mut File,
+    method: &str,
+    source: Option<Source>,
+    encode: impl FnOnce(&mut BufWriter<&mut File>) -> io::Result<()>,
+) -> Result<Payload> {
+    let ctx = || format!("writing {method} payload");
+    let end = area.seek(SeekFrom::End(0)).map_err(Error::io(ctx()))?;
+    let offset = align_up(end);
+    area.set_len(offset).map_err(Error::io(ctx()))?;
+    area.seek(SeekFrom::Start(offset))
+        .map_err(Error::io(ctx()))?;
+    {
+        let mut out = BufWriter::with_capacity(COPY_BUF, &mut *area);
+        encode(&mut out).map_err(Error::io(ctx()))?;
+        out.flush().map_err(Error::io(ctx()))?;
+    }
+    let size = area.stream_position().map_err(Error::io(ctx()))? - offset;
+    area.seek(SeekFrom::Start(offset))
+        .map_err(Error::io(ctx()))?;
+    let (sha256, _) = sha256_reader(&mut (&mut *area).take(size)).map_err(Error::io(ctx()))?;
+    area.seek(SeekFrom::End(0)).map_err(Error::io(ctx()))?;
+    Ok(Payload {
+        method: method.to_string(),
+        offset,
+        size,
+        sha256,
+        source,
+    })
+}
+
+fn open(path: &Path) -> Result<File> {
+    File::open(path).map_err(Error::io(format!("opening {}", path.display())))
+}
+
+fn hash_file(path: &Path) -> Result<(String, u64)> {
+    sha256_reader(&mut BufReader::new(open(path)?))
+        .map_err(Error::io(format!("reading {}", path.display())))
+}
+
+fn map(path: &Path) -> Result<memmap2::Mmap> {
+    let file = open(path)?;
+    // SAFETY: build inputs are not modified while a bundle is being made from them; if
+    // one were, the image hash computed before would no longer match and the bundle would
+    // fail verification rather than carry silently wrong data.
+    unsafe { memmap2::Mmap::map(&file) }.map_err(Error::io(format!("mapping {}", path.display())))
+}

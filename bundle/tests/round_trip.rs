@@ -1,0 +1,173 @@
+//! Bundles made by the writer decode back to the exact input images, full and delta.
+
+mod common;
+
+use std::fs;
+use std::io;
+use std::path::Path;
+use std::process::Command;
+
+use cairn_bundle::{choose_payload, codec, decode_payload, BundleFile, Policy, Source};
+use common::*;
+
+fn policy() -> Policy {
+    Policy {
+        compatible: Some("cairn-test".into()),
+        ..Policy::any_device()
+    }
+}
+
+/// Installs `image` from the bundle the way a device does: choose a payload given the
+/// source it holds, stream it, and return the decoded bytes.
+fn install(bundle: &Path, fx: &Fixture, image: &str, source: Option<&[u8]>) -> (Vec<u8>, String) {
+    let file = BundleFile::open(bundle).unwrap();
+    let verified = file.verify(&fx.root, &policy()).unwrap();
+    let image = verified.manifest.image(image).unwrap();
+    let held = source.map(|s| {
+        let (sha, size) = cairn_bundle::sha256_reader(&mut io::Cursor::new(s)).unwrap();
+        Source { sha256: sha, size }
+    });
+    let payload = choose_payload(image, |s| held.as_ref() == Some(s)).unwrap();
+    let reader = file.payload_reader(payload).unwrap();
+    let out = decode_payload(image, payload, reader, source, Vec::new()).unwrap();
+    (out, payload.method.clone())
+}
+
+#[test]
+fn full_payloads_reconstruct_every_image() {
+    let fx = Fixture::new();
+    let bundle = fx.standard_bundle();
+    let (rootfs, method) = install(&bundle, &fx, "rootfs", None);
+    assert_eq!(method, "zstd");
+    assert_eq!(rootfs, fs::read(fx.path("rootfs.img")).unwrap());
+    let (kernel, _) = install(&bundle, &fx, "kernel", None);
+    assert_eq!(kernel, fs::read(fx.path("kernel.img")).unwrap());
+}
+
+#[test]
+fn delta_reconstructs_the_target_and_is_chosen_only_with_its_source() {
+    let fx = Fixture::new();
+    let v1 = image_bytes(20 << 20, 7); // larger than one 8 MiB delta chunk
+    let mut v2 = v1.clone();
+    v2[1000..5000].copy_from_slice(&image_bytes(4000, 9));
+    v2.splice(12 << 20..12 << 20, image_bytes(70_000, 3)); // an insertion shifts the rest
+    v2.truncate(20 << 20);
+    fs::write(fx.path("v1.img"), &v1).unwrap();
+    fs::write(fx.path("v2.img"), &v2).unwrap();
+    let mut spec = fx.spec(&[("rootfs", &fx.path("v2.img"))]);
+    spec.delta_sources = vec![Fixture::delta_source("rootfs", &fx.path("v1.img"))];
+    let (bundle, manifest) = fx.build(&spec, &[&fx.key], "v2.cairn");
+    let image = manifest.image("rootfs").unwrap();
+    assert_eq!(image.deltas.len(), 1);
+    assert!(
+        image.deltas[0].size * 20 < image.full.size,
+        "delta {} vs full {}",
+        image.deltas[0].size,
+        image.full.size
+    );
+
+    let (out, method) = install(&bundle, &fx, "rootfs", Some(&v1));
+    assert_eq!(method, codec::zstd_patch::METHOD);
+    assert!(out == v2, "delta output differs from the target");
+    // A device holding something else gets the full payload.
+    let (out, method) = install(&bundle, &fx, "rootfs", Some(&v2[..1000]));
+    assert_eq!(method, "zstd");
+    assert!(out == v2);
+}
+
+#[test]
+fn unknown_delta_methods_are_skipped_not_fatal() {
+    let fx = Fixture::new();
+    let v1 = image_bytes(1 << 20, 1);
+    fs::write(fx.path("v1.img"), &v1).unwrap();
+    let v2 = fx.image("v2.img", 1 << 20, 2);
+    let mut spec = fx.spec(&[("rootfs", &v2)]);
+    spec.delta_sources = vec![Fixture::delta_source("rootfs", &fx.path("v1.img"))];
+    let (bundle, _) = fx.build(&spec, &[&fx.key], "v2.cairn");
+    let future = fx.path("future.cairn");
+    resign_with_edit(&bundle, &fx.key, &future, |m| {
+        m["images"][0]["deltas"][0]["method"] = serde_json::json!("bsdiff-filewise-v9");
+    });
+    let (out, method) = install(&future, &fx, "rootfs", Some(&v1));
+    assert_eq!(method, "zstd");
+    assert_eq!(out, fs::read(&v2).unwrap());
+}
+
+fn mkfs_erofs(tree: &Path, out: &Path) {
+    let status = Command::new("mkfs.erofs")
+        .args([
+            "-T0",
+            "-U",
+            "6a6e2a2c-93a4-4f5e-9d1f-2b1fd8e5c0aa",
+            "--all-root",
+            "-x",
+            "-1",
+        ])
+        .arg(out)
+        .arg(tree)
+        .output()
+        .expect("mkfs.erofs not found: `cargo xtask test` installs erofs-utils");
+    assert!(
+        status.status.success(),
+        "mkfs.erofs failed: {}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+}
+
+fn write_tree(root: &Path, version: u32) {
+    for pkg in 0..40 {
+        let dir = root.join(format!("usr/lib/pkg{pkg}"));
+        fs::create_dir_all(&dir).unwrap();
+        // A "security update" touches a few packages; the rest stay byte-identical.
+        let seed = if version == 2 && pkg % 13 == 0 {
+            100 + pkg as u8
+        } else {
+            pkg as u8
+        };
+        fs::write(dir.join("lib.so"), image_bytes(150_000 + pkg * 1000, seed)).unwrap();
+        fs::write(
+            dir.join("VERSION"),
+            format!("pkg{pkg} {}", if seed >= 100 { "1.0.1" } else { "1.0.0" }),
+        )
+        .unwrap();
+    }
+    fs::create_dir_all(root.join("etc")).unwrap();
+    fs::write(
+        root.join("etc/os-release"),
+        format!("VERSION_ID={version}\n"),
+    )
+    .unwrap();
+    if version == 2 {
+        fs::write(root.join("usr/lib/new-tool"), image_bytes(80_000, 77)).unwrap();
+    }
+}
+
+#[test]
+fn delta_between_two_real_erofs_images_reconstructs_the_target() {
+    let fx = Fixture::new();
+    for v in [1, 2] {
+        let tree = fx.path(&format!("tree{v}"));
+        write_tree(&tree, v);
+        mkfs_erofs(&tree, &fx.path(&format!("rootfs-v{v}.erofs")));
+    }
+    let (v1, v2) = (fx.path("rootfs-v1.erofs"), fx.path("rootfs-v2.erofs"));
+    let mut spec = fx.spec(&[("rootfs", &v2)]);
+    spec.delta_sources = vec![Fixture::delta_source("rootfs", &v1)];
+    let (bundle, manifest) = fx.build(&spec, &[&fx.key], "v2.cairn");
+    let image = manifest.image("rootfs").unwrap();
+    let v1_bytes = fs::read(&v1).unwrap();
+    let (out, method) = install(&bundle, &fx, "rootfs", Some(&v1_bytes));
+    assert_eq!(method, codec::zstd_patch::METHOD);
+    assert!(
+        out == fs::read(&v2).unwrap(),
+        "reconstructed erofs differs from the target"
+    );
+    println!(
+        "erofs {} bytes: full payload {} bytes, delta {} bytes ({:.1}% of full)",
+        image.size,
+        image.full.size,
+        image.deltas[0].size,
+        100.0 * image.deltas[0].size as f64 / image.full.size as f64
+    );
+    assert!(image.deltas[0].size * 3 < image.full.size);
+}

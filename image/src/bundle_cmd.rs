@@ -1,0 +1,339 @@
+//! `cairn-image bundle create | inspect | verify`.
+
+use std::fs::File;
+use std::io::{self, BufWriter};
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use cairn_bundle::writer::{self, BuildEvent, BundleSpec, DeltaSource, ImageInput};
+use cairn_bundle::{BundleFile, Manifest, Policy, SignedRoot, TrustRoot};
+use clap::{Args, Subcommand};
+use time::{Duration, OffsetDateTime};
+
+use crate::keys_cmd::{load_secret, read};
+
+#[derive(Subcommand)]
+pub enum BundleCommand {
+    /// Create a signed bundle from image files.
+    Create(CreateArgs),
+    /// Show what a bundle contains (no trust check).
+    Inspect(InspectArgs),
+    /// Check signatures against a trust root and every payload hash.
+    Verify(VerifyArgs),
+}
+
+#[derive(Args)]
+pub struct CreateArgs {
+    /// Device type the bundle is for, e.g. cairn-qemu-arm64.
+    #[arg(long)]
+    compatible: String,
+    /// Release version (semver).
+    #[arg(long)]
+    version: semver::Version,
+    /// Anti-rollback counter; devices refuse bundles below their floor.
+    #[arg(long)]
+    security_version: u64,
+    /// Images as NAME=PATH (repeat): rootfs=..., kernel=..., initrd=...
+    #[arg(long = "image", required = true, value_parser = parse_pair)]
+    images: Vec<(String, PathBuf)>,
+    /// dm-verity parameters for an image as NAME=verity.json (from `cairn-image slot`).
+    #[arg(long = "verity", value_parser = parse_pair)]
+    verity: Vec<(String, PathBuf)>,
+    /// Previous bundles to make deltas from (their full images are extracted).
+    #[arg(long = "from")]
+    from_bundles: Vec<PathBuf>,
+    /// Previous image files to make deltas from, as NAME=PATH.
+    #[arg(long = "from-image", value_parser = parse_pair)]
+    from_images: Vec<(String, PathBuf)>,
+    /// Secret key(s) to sign with; none gives an unsigned bundle for `cairn-image sign`.
+    #[arg(long = "key")]
+    keys: Vec<PathBuf>,
+    /// Trust roots to carry for devices that must follow a rotation.
+    #[arg(long = "carry-root")]
+    roots: Vec<PathBuf>,
+    #[arg(long, default_value_t = 90)]
+    expires_days: i64,
+    /// Creation time as Unix seconds (defaults to SOURCE_DATE_EPOCH, then now).
+    #[arg(long)]
+    created: Option<i64>,
+    #[arg(long)]
+    description: Option<String>,
+    /// zstd level (1-19) for all payloads.
+    #[arg(long, default_value_t = 12)]
+    level: i32,
+    #[arg(long, short)]
+    out: PathBuf,
+}
+
+#[derive(Args)]
+pub struct InspectArgs {
+    bundle: PathBuf,
+    /// Print the manifest and layout as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+pub struct VerifyArgs {
+    bundle: PathBuf,
+    /// The trust root to check signatures against.
+    #[arg(long)]
+    root: PathBuf,
+    /// Also require this compatible string.
+    #[arg(long)]
+    compatible: Option<String>,
+    /// Also require security_version >= this floor.
+    #[arg(long, default_value_t = 0)]
+    floor: u64,
+}
+
+pub fn run(cmd: BundleCommand) -> Result<()> {
+    match cmd {
+        BundleCommand::Create(a) => create(a),
+        BundleCommand::Inspect(a) => inspect(a),
+        BundleCommand::Verify(a) => verify(a),
+    }
+}
+
+fn parse_pair(s: &str) -> Result<(String, PathBuf), String> {
+    let (name, path) = s
+        .split_once('=')
+        .ok_or_else(|| format!("expected NAME=PATH, got '{s}'"))?;
+    Ok((name.to_string(), PathBuf::from(path)))
+}
+
+fn create(a: CreateArgs) -> Result<()> {
+    let scratch = tempfile::tempdir_in(
+        a.out
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(".".as_ref()),
+    )?;
+    let mut delta_sources: Vec<DeltaSource> = a
+        .from_images
+        .iter()
+        .map(|(image, path)| DeltaSource {
+            image: image.clone(),
+            path: path.clone(),
+        })
+        .collect();
+    for (i, old) in a.from_bundles.iter().enumerate() {
+        delta_sources.extend(extract_sources(
+            old,
+            &a.images,
+            &scratch.path().join(i.to_string()),
+        )?);
+    }
+    let mut images = Vec::new();
+    for (name, path) in &a.images {
+        let verity = match a.verity.iter().find(|(n, _)| n == name) {
+            Some((_, p)) => Some(
+                serde_json::from_slice(&read(p)?)
+                    .with_context(|| format!("verity file {}", p.display()))?,
+            ),
+            None => None,
+        };
+        images.push(ImageInput {
+            name: name.clone(),
+            path: path.clone(),
+            verity,
+        });
+    }
+    let created = match a.created.or_else(|| {
+        std::env::var("SOURCE_DATE_EPOCH")
+            .ok()
+            .and_then(|s| s.parse().ok())
+    }) {
+        Some(secs) => OffsetDateTime::from_unix_timestamp(secs)?,
+        None => OffsetDateTime::now_utc().replace_nanosecond(0)?,
+    };
+    let roots = a
+        .roots
+        .iter()
+        .map(|p| SignedRoot::parse(&read(p)?).with_context(|| format!("root {}", p.display())))
+        .collect::<Result<Vec<_>>>()?;
+    let spec = BundleSpec {
+        compatible: a.compatible,
+        version: a.version,
+        security_version: a.security_version,
+        created,
+        expires: created + Duration::days(a.expires_days),
+        description: a.description,
+        images,
+        delta_sources,
+        level: a.level,
+        roots,
+    };
+    let keys = a
+        .keys
+        .iter()
+        .map(|p| load_secret(p))
+        .collect::<Result<Vec<_>>>()?;
+    let started = std::time::Instant::now();
+    let manifest = writer::create(&spec, &keys, &a.out, &mut report)?;
+    let size = std::fs::metadata(&a.out)?.len();
+    eprintln!(
+        "wrote {} ({}, {} image(s), {} signature(s)) in {:.1}s",
+        a.out.display(),
+        human(size),
+        manifest.images.len(),
+        keys.len(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn report(event: BuildEvent) {
+    match event {
+        BuildEvent::Stage(s) => eprintln!("[bundle] {s}"),
+        BuildEvent::Payload {
+            image,
+            label,
+            input,
+            output,
+        } => eprintln!(
+            "[bundle] image {image}: {label} payload {} from {} ({:.1}%)",
+            human(output),
+            human(input),
+            100.0 * output as f64 / input.max(1) as f64
+        ),
+    }
+}
+
+/// Extracts from `old` the full images whose names the new bundle also has.
+fn extract_sources(
+    old: &PathBuf,
+    images: &[(String, PathBuf)],
+    dir: &std::path::Path,
+) -> Result<Vec<DeltaSource>> {
+    std::fs::create_dir_all(dir)?;
+    let bundle =
+        BundleFile::open(old).with_context(|| format!("previous bundle {}", old.display()))?;
+    let mut sources = Vec::new();
+    for image in &bundle.bundle.manifest.images {
+        if !images.iter().any(|(n, _)| *n == image.name) {
+            continue;
+        }
+        let path = dir.join(&image.name);
+        eprintln!(
+            "[bundle] extracting {} {} from {}",
+            image.name,
+            bundle.bundle.manifest.version,
+            old.display()
+        );
+        let out = BufWriter::new(File::create(&path)?);
+        bundle
+            .extract_full(image, out)?
+            .into_inner()
+            .map_err(|e| e.into_error())?
+            .sync_all()?;
+        sources.push(DeltaSource {
+            image: image.name.clone(),
+            path,
+        });
+    }
+    Ok(sources)
+}
+
+fn inspect(a: InspectArgs) -> Result<()> {
+    let bundle = BundleFile::open(&a.bundle)?;
+    let b = &bundle.bundle;
+    if a.json {
+        let out = serde_json::json!({
+            "format_version": cairn_bundle::header::FORMAT_VERSION,
+            "payload_area_offset": b.header.payload_area_offset,
+            "file_size": b.header.file_len(),
+            "manifest": b.manifest,
+            "signatures": b.signatures,
+            "carried_roots": b.roots.iter().map(|r| r.signed.version).collect::<Vec<_>>(),
+        });
+        serde_json::to_writer_pretty(io::stdout().lock(), &out)?;
+        println!();
+        return Ok(());
+    }
+    print_manifest(&b.manifest);
+    println!(
+        "file:        {} bytes, payloads from offset {}",
+        b.header.file_len(),
+        b.header.payload_area_offset
+    );
+    println!(
+        "signatures:  {}",
+        b.signatures
+            .iter()
+            .map(|s| s.key_id.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    if !b.roots.is_empty() {
+        println!(
+            "carries trust roots: {:?}",
+            b.roots.iter().map(|r| r.signed.version).collect::<Vec<_>>()
+        );
+    }
+    Ok(())
+}
+
+fn print_manifest(m: &Manifest) {
+    println!("compatible:  {}", m.compatible);
+    println!(
+        "version:     {} (security version {})",
+        m.version, m.security_version
+    );
+    println!("created:     {}\nexpires:     {}", m.created, m.expires);
+    for image in &m.images {
+        println!(
+            "image {}: {} sha256 {}",
+            image.name,
+            human(image.size),
+            image.sha256
+        );
+        if let Some(v) = &image.verity {
+            println!("  verity root hash {}", v.root_hash);
+        }
+        println!(
+            "  full  {:>10}  {}",
+            human(image.full.size),
+            image.full.method
+        );
+        for d in &image.deltas {
+            let src = d
+                .source
+                .as_ref()
+                .map_or(String::new(), |s| s.sha256[..16].to_string());
+            println!("  delta {:>10}  {} from {src}", human(d.size), d.method);
+        }
+    }
+}
+
+fn verify(a: VerifyArgs) -> Result<()> {
+    let root = TrustRoot::from_json(&read(&a.root)?)
+        .with_context(|| format!("trust root {}", a.root.display()))?;
+    let bundle = BundleFile::open(&a.bundle)?;
+    let policy = Policy {
+        compatible: a.compatible,
+        security_floor: a.floor,
+        now: OffsetDateTime::now_utc(),
+    };
+    let verified = bundle.verify(&root, &policy)?;
+    bundle.check_payloads(|msg| eprintln!("[verify] {msg}"))?;
+    if verified.manifest.images.is_empty() {
+        bail!("bundle has no images");
+    }
+    println!(
+        "OK: {} {} signed by trust root v{}; every payload and image hash matches",
+        verified.manifest.compatible,
+        verified.manifest.version,
+        verified.root.version()
+    );
+    Ok(())
+}
+
+fn human(bytes: u64) -> String {
+    match bytes {
+        b if b >= 1 << 30 => format!("{:.2} GiB", b as f64 / (1u64 << 30) as f64),
+        b if b >= 1 << 20 => format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64),
+        b if b >= 1 << 10 => format!("{:.1} KiB", b as f64 / 1024.0),
+        b => format!("{b} B"),
+    }
+}

@@ -1,0 +1,122 @@
+//! Idempotent machine set-up: Debian packages (with bookworm-backports for QEMU and the
+//! arm64 architecture for cross builds) and rustup components. Facts behind each step are
+//! in shared/ENVIRONMENT.md.
+
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+
+/// Packages the test suite uses, from bookworm.
+const PACKAGES: &[&str] = &[
+    "erofs-utils",      // mkfs.erofs: real slot images in bundle tests
+    "u-boot-tools",     // mkimage, mkenvimage
+    "libubootenv-tool", // fw_printenv / fw_setenv interop
+    "dosfstools",       // mkfs.vfat
+    "mtools",           // FAT editing without loop mounts
+    "fdisk",            // sfdisk
+    "cryptsetup-bin",   // veritysetup
+];
+
+/// Packages that must come from bookworm-backports (QEMU 10 matches the preinstalled
+/// qemu-utils and blocks bookworm's 7.2).
+const BACKPORTS: &[&str] = &["qemu-system-arm", "qemu-system-common", "qemu-system-data"];
+
+const BACKPORTS_SOURCES: &str = "/etc/apt/sources.list.d/backports.sources";
+
+pub fn test_prerequisites() -> Result<()> {
+    rustup_components()?;
+    let mut apt = Apt::default();
+    ensure_backports_source(&mut apt)?;
+    ensure_arm64_architecture(&mut apt)?;
+    apt.install(PACKAGES, None)?;
+    apt.install(BACKPORTS, Some("bookworm-backports"))?;
+    Ok(())
+}
+
+fn rustup_components() -> Result<()> {
+    let have = |tool: &str| {
+        Command::new("cargo")
+            .args([tool, "--version"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if !(have("fmt") && have("clippy")) {
+        run(Command::new("rustup").args(["component", "add", "rustfmt", "clippy"]))?;
+    }
+    Ok(())
+}
+
+fn ensure_backports_source(apt: &mut Apt) -> Result<()> {
+    if Path::new(BACKPORTS_SOURCES).exists() {
+        return Ok(());
+    }
+    eprintln!("==> setup: adding bookworm-backports");
+    std::fs::write(
+        BACKPORTS_SOURCES,
+        "Types: deb\nURIs: http://deb.debian.org/debian\nSuites: bookworm-backports\nComponents: main\n\
+         Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n",
+    )
+    .context("writing the backports source (needs root)")?;
+    apt.updated = false;
+    Ok(())
+}
+
+fn ensure_arm64_architecture(apt: &mut Apt) -> Result<()> {
+    let out = Command::new("dpkg")
+        .arg("--print-foreign-architectures")
+        .output()?;
+    if String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .any(|l| l.trim() == "arm64")
+    {
+        return Ok(());
+    }
+    eprintln!("==> setup: adding the arm64 architecture");
+    run(Command::new("dpkg").args(["--add-architecture", "arm64"]))?;
+    apt.updated = false;
+    Ok(())
+}
+
+#[derive(Default)]
+struct Apt {
+    updated: bool,
+}
+
+impl Apt {
+    /// Installs whichever of `packages` are missing; does nothing (not even an update)
+    /// when all are there.
+    fn install(&mut self, packages: &[&str], suite: Option<&str>) -> Result<()> {
+        let missing: Vec<&str> = packages.iter().copied().filter(|p| !installed(p)).collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        eprintln!("==> setup: installing {}", missing.join(" "));
+        if !self.updated {
+            run(Command::new("apt-get").args(["update", "-qq"]))?;
+            self.updated = true;
+        }
+        let mut cmd = Command::new("apt-get");
+        cmd.args(["install", "-y", "-qq", "--no-install-recommends"]);
+        if let Some(suite) = suite {
+            cmd.args(["-t", suite]);
+        }
+        cmd.args(&missing).env("DEBIAN_FRONTEND", "noninteractive");
+        run(&mut cmd)
+    }
+}
+
+fn installed(package: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", package])
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed with {status}");
+    }
+    Ok(())
+}
