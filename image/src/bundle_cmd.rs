@@ -15,7 +15,7 @@ use crate::keys_cmd::{load_secret, read};
 #[derive(Subcommand)]
 pub enum BundleCommand {
     /// Create a signed bundle from image files.
-    Create(CreateArgs),
+    Create(Box<CreateArgs>),
     /// Show what a bundle contains (no trust check).
     Inspect(InspectArgs),
     /// Check signatures against a trust root and every payload hash.
@@ -89,7 +89,7 @@ pub struct VerifyArgs {
 
 pub fn run(cmd: BundleCommand) -> Result<()> {
     match cmd {
-        BundleCommand::Create(a) => create(a),
+        BundleCommand::Create(a) => create(*a),
         BundleCommand::Inspect(a) => inspect(a),
         BundleCommand::Verify(a) => verify(a),
     }
