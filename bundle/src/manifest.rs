@@ -125,7 +125,7 @@ impl Manifest {
                     payload: label.clone(),
                     detail,
                 };
-                if p.offset % PAYLOAD_ALIGN != 0 {
+                if !p.offset.is_multiple_of(PAYLOAD_ALIGN) {
                     return Err(out(format!(
                         "offset {} is not {PAYLOAD_ALIGN}-aligned",
                         p.offset
@@ -225,7 +225,7 @@ fn check_name(what: &str, s: &str, max: usize) -> Result<()> {
 
 fn check_hex(s: &str) -> Result<(), String> {
     if s.is_empty()
-        || s.len() % 2 != 0
+        || !s.len().is_multiple_of(2)
         || !s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
     {
         return Err(format!("'{s}' is not lowercase hex"));

@@ -1,0 +1,163 @@
+//! Everything an operation needs: the config, the boot-state store, cairnd's state and
+//! where it persists. Built once per process.
+
+use std::fs::{self, File};
+use std::path::Path;
+
+use cairn_bundle::{SignedRoot, TrustRoot};
+use time::OffsetDateTime;
+
+use crate::bootstate::{BootState, BootStateError, BootStateStore, FileStore, UbootEnvStore};
+use crate::config::{BootloaderConfig, SystemConfig};
+use crate::slot::{boot_facts, BootFacts, SlotError};
+use crate::state::{DeviceState, StateStore};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ContextError {
+    #[error("{0}")]
+    Config(#[from] crate::config::ConfigError),
+    #[error("{0}")]
+    Slot(#[from] SlotError),
+    #[error("{0}")]
+    BootState(#[from] BootStateError),
+    #[error("{0}")]
+    State(#[from] crate::state::store::StateError),
+    #[error("trust root: {0}")]
+    Trust(#[from] cairn_bundle::Error),
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("another install or state change is running (lock {0} is held)")]
+    Busy(String),
+}
+
+pub struct Context {
+    pub config: SystemConfig,
+    pub boot_store: Box<dyn BootStateStore>,
+    pub state_store: StateStore,
+    pub state: DeviceState,
+}
+
+/// Held while an install or a state change runs; released on drop (also on kill -9,
+/// since the kernel drops the lock with the process).
+pub struct InstallLock {
+    _file: File,
+}
+
+impl Context {
+    pub fn open(config_path: &Path) -> Result<Context, ContextError> {
+        let config = SystemConfig::load(config_path)?;
+        let boot_store: Box<dyn BootStateStore> = match &config.bootloader {
+            BootloaderConfig::UbootEnv { dir } => Box::new(UbootEnvStore::new(dir)),
+            BootloaderConfig::File { dir } => Box::new(FileStore::new(dir)),
+        };
+        let state_store = StateStore::new(&config.data_dir);
+        let state = match state_store.load()? {
+            Some(state) => state,
+            None => {
+                let booted = boot_facts(&config)
+                    .map(|f| f.slot)
+                    .unwrap_or(crate::bootstate::SlotId::A);
+                DeviceState::first_boot(booted, installed_version(&config))
+            }
+        };
+        Ok(Context {
+            config,
+            boot_store,
+            state_store,
+            state,
+        })
+    }
+
+    pub fn boot_facts(&self) -> Result<BootFacts, SlotError> {
+        boot_facts(&self.config)
+    }
+
+    /// The boot state, or the factory default when no copy is valid (a freshly flashed
+    /// device whose bootloader has not written one yet).
+    pub fn boot_state(&self) -> Result<BootState, BootStateError> {
+        match self.boot_store.load() {
+            Ok(state) => Ok(state),
+            Err(BootStateError::NoValidCopy(why)) => {
+                tracing::warn!(%why, "no valid boot state; assuming factory state");
+                Ok(BootState::factory())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    pub fn save_state(&self) -> Result<(), crate::state::store::StateError> {
+        self.state_store.save(&self.state)
+    }
+
+    /// Takes the install lock, or says who holds it. A second install while one runs is
+    /// refused rather than queued.
+    pub fn lock_install(&self) -> Result<InstallLock, ContextError> {
+        let dir = &self.config.data_dir;
+        let io = |source| ContextError::Io {
+            path: dir.display().to_string(),
+            source,
+        };
+        fs::create_dir_all(dir).map_err(io)?;
+        let path = dir.join("install.lock");
+        let file = File::create(&path).map_err(io)?;
+        match file.try_lock() {
+            Ok(()) => Ok(InstallLock { _file: file }),
+            Err(_) => Err(ContextError::Busy(path.display().to_string())),
+        }
+    }
+
+    /// The shipped trust root, walked forward through the roots committed since.
+    pub fn trust_root(&self) -> Result<TrustRoot, ContextError> {
+        let read = |path: &Path| {
+            fs::read(path).map_err(|source| ContextError::Io {
+                path: path.display().to_string(),
+                source,
+            })
+        };
+        let anchor = TrustRoot::from_json(&read(&self.config.trust_root)?)?;
+        let committed = self.committed_roots_path();
+        let chain: Vec<SignedRoot> = match fs::read(&committed) {
+            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_default(),
+            Err(_) => Vec::new(),
+        };
+        Ok(anchor.walk_forward(&chain, OffsetDateTime::now_utc())?)
+    }
+
+    fn committed_roots_path(&self) -> std::path::PathBuf {
+        self.config.data_dir.join("roots.json")
+    }
+
+    /// Adds the roots a committed bundle carried to the chain the device trusts.
+    pub fn commit_roots(&self, roots: serde_json::Value) -> Result<(), ContextError> {
+        let path = self.committed_roots_path();
+        let mut chain: Vec<SignedRoot> = fs::read(&path)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        let new: Vec<SignedRoot> = serde_json::from_value(roots).unwrap_or_default();
+        for root in new {
+            if !chain
+                .iter()
+                .any(|r| r.signed.version == root.signed.version)
+            {
+                chain.push(root);
+            }
+        }
+        let bytes = serde_json::to_vec_pretty(&chain).expect("roots serialise");
+        cairn_atomic::write(&path, &bytes).map_err(|source| ContextError::Io {
+            path: path.display().to_string(),
+            source,
+        })
+    }
+}
+
+/// The version of the image this process runs from (`/etc/cairn/version`, written by
+/// the image builder), if known.
+fn installed_version(config: &SystemConfig) -> Option<String> {
+    let path = config.trust_root.with_file_name("version");
+    fs::read_to_string(path).ok().map(|v| v.trim().to_string())
+}

@@ -1,0 +1,361 @@
+//! The install pipeline: verify, choose payloads, stream them into the inactive slot,
+//! and switch the bootloader to a one-shot trial, in the order INVARIANTS.md requires.
+
+mod http;
+mod source;
+mod target;
+
+use std::collections::BTreeMap;
+use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use cairn_bundle::{
+    choose_payload, decode_payload, Image, Manifest, Payload, Policy, Source, VerifiedBundle,
+};
+use time::OffsetDateTime;
+
+use crate::bootstate::{BootStateError, SlotId};
+use crate::config::Target;
+use crate::context::Context;
+use crate::state::{ImageRecord, Refusal, SlotRecord};
+
+pub use http::HttpBundle;
+pub use source::BundleSource;
+pub use target::{SlotWriter, TargetError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum InstallError {
+    #[error("bundle rejected: {0}")]
+    Bundle(#[from] cairn_bundle::Error),
+    #[error("download of {url} failed: {source}")]
+    Download {
+        url: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("install refused: {0}")]
+    Refused(#[from] Refusal),
+    #[error("bundle does not fit this device: {0}")]
+    Mismatch(String),
+    #[error("writing the slot: {0}")]
+    Target(#[from] TargetError),
+    #[error("boot state: {0}")]
+    BootState(#[from] BootStateError),
+    #[error("install cancelled; slot {0} stays unbootable")]
+    Cancelled(SlotId),
+    #[error("{0}")]
+    Other(String),
+}
+
+impl InstallError {
+    pub(crate) fn download(url: &str) -> impl FnOnce(io::Error) -> InstallError + '_ {
+        move |source| InstallError::Download {
+            url: url.to_string(),
+            source,
+        }
+    }
+}
+
+/// What an install reports while it runs.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Progress {
+    Verified {
+        version: String,
+        images: usize,
+    },
+    Image {
+        name: String,
+        method: String,
+        size: u64,
+    },
+    Bytes {
+        name: String,
+        done: u64,
+        total: u64,
+    },
+    ImageDone {
+        name: String,
+    },
+    Armed {
+        slot: SlotId,
+    },
+}
+
+pub struct InstallRequest {
+    /// A path or an http(s) URL.
+    pub location: String,
+    /// Install even a version that failed its trial before.
+    pub force: bool,
+    /// Server deployment this install belongs to.
+    pub deployment: Option<String>,
+}
+
+/// The result: `slot` holds `version`, armed for one trial boot.
+#[derive(Debug, Clone)]
+pub struct Installed {
+    pub slot: SlotId,
+    pub version: String,
+}
+
+/// Installs a bundle into the inactive slot. Holds no lock itself: callers hold the
+/// install lock (see `Context::lock_install`).
+pub fn install(
+    ctx: &mut Context,
+    request: &InstallRequest,
+    cancel: Arc<AtomicBool>,
+    progress: &mut (dyn FnMut(Progress) + Send),
+) -> Result<Installed, InstallError> {
+    let facts = ctx
+        .boot_facts()
+        .map_err(|e| InstallError::Other(e.to_string()))?;
+    let target = facts.slot.other();
+    let (source, unverified) = BundleSource::open(&request.location)?;
+    let root = ctx
+        .trust_root()
+        .map_err(|e| InstallError::Other(e.to_string()))?;
+    let policy = Policy {
+        compatible: Some(ctx.config.compatible.clone()),
+        security_floor: ctx.state.security_floor,
+        now: OffsetDateTime::now_utc(),
+    };
+    let roots = unverified.roots.clone();
+    let verified = unverified.verify(&root, &policy)?;
+    let version = verified.manifest.version.to_string();
+    ctx.state.check_can_install(&version, request.force)?;
+    let plan = plan(ctx, &verified.manifest, facts.slot, target)?;
+    progress(Progress::Verified {
+        version: version.clone(),
+        images: plan.len(),
+    });
+
+    // INVARIANTS.md 2: the target is unbootable, on disk, before its first byte changes.
+    let mut boot = ctx.boot_store.load()?;
+    boot.prepare_install(target);
+    ctx.boot_store.store(&boot)?;
+    ctx.state.begin_install(
+        OffsetDateTime::now_utc(),
+        target,
+        &version,
+        &facts.boot_id,
+        verified.manifest.security_version,
+        request.deployment.clone(),
+    );
+    ctx.save_state()
+        .map_err(|e| InstallError::Other(e.to_string()))?;
+
+    let written = write_images(ctx, &source, &verified, &plan, target, &cancel, progress);
+    let record = match written {
+        Ok(record) => record,
+        Err(e) => {
+            let reason = e.to_string();
+            ctx.state
+                .install_failed(OffsetDateTime::now_utc(), Some(&version), &reason);
+            ctx.save_state()
+                .map_err(|e| InstallError::Other(e.to_string()))?;
+            return Err(e);
+        }
+    };
+
+    // INVARIANTS.md 3: only now may the slot boot, once.
+    let mut boot = ctx.boot_store.load()?;
+    boot.arm_trial(target);
+    ctx.boot_store.store(&boot)?;
+    progress(Progress::Armed { slot: target });
+    let pending_root =
+        (!roots.is_empty()).then(|| serde_json::to_value(&roots).expect("roots serialise"));
+    ctx.state.install_done(
+        OffsetDateTime::now_utc(),
+        target,
+        record,
+        &facts.boot_id,
+        pending_root,
+    );
+    ctx.save_state()
+        .map_err(|e| InstallError::Other(e.to_string()))?;
+    Ok(Installed {
+        slot: target,
+        version,
+    })
+}
+
+/// One image's place in the plan: where it goes and which payload feeds it.
+struct Step {
+    image: Image,
+    target: Target,
+    payload: Payload,
+    /// The running slot's copy, when the payload is a delta.
+    source: Option<Target>,
+}
+
+/// Checks the bundle against this device's slots and picks a payload per image, before
+/// anything is written.
+fn plan(
+    ctx: &Context,
+    manifest: &Manifest,
+    active: SlotId,
+    target: SlotId,
+) -> Result<Vec<Step>, InstallError> {
+    let targets = &ctx.config.slot(target).images;
+    let actives = &ctx.config.slot(active).images;
+    let missing: Vec<&String> = targets
+        .keys()
+        .filter(|n| manifest.image(n).is_none())
+        .collect();
+    if !missing.is_empty() {
+        return Err(InstallError::Mismatch(format!(
+            "bundle lacks image(s) {missing:?} that every slot needs"
+        )));
+    }
+    let held = ctx.state.slot(active).images;
+    let mut steps = Vec::new();
+    for image in &manifest.images {
+        let Some(dest) = targets.get(&image.name) else {
+            return Err(InstallError::Mismatch(format!(
+                "this device has no place for image '{}'",
+                image.name
+            )));
+        };
+        target::check_capacity(dest, &image.name, image.size)?;
+        let active_target = &actives[&image.name];
+        let has = |s: &Source| holds_source(held.get(&image.name), active_target, s);
+        let payload = choose_payload(image, has)?.clone();
+        let source = payload.source.is_some().then(|| active_target.clone());
+        steps.push(Step {
+            image: image.clone(),
+            target: dest.clone(),
+            payload,
+            source,
+        });
+    }
+    Ok(steps)
+}
+
+/// Does the running slot hold the image `source` describes? Answered from cairnd's own
+/// record when it has one, else by hashing the running copy.
+fn holds_source(record: Option<&ImageRecord>, active: &Target, source: &Source) -> bool {
+    if let Some(r) = record {
+        return r.sha256 == source.sha256 && r.size == source.size;
+    }
+    let Ok(map) = target::map_source(active, source.size) else {
+        return false;
+    };
+    cairn_bundle::sha256_reader(&mut io::Cursor::new(&map[..]))
+        .is_ok_and(|(sha, _)| sha == source.sha256)
+}
+
+fn write_images(
+    ctx: &Context,
+    source: &BundleSource,
+    verified: &VerifiedBundle,
+    plan: &[Step],
+    target: SlotId,
+    cancel: &Arc<AtomicBool>,
+    progress: &mut (dyn FnMut(Progress) + Send),
+) -> Result<SlotRecord, InstallError> {
+    let mut images = BTreeMap::new();
+    for step in plan {
+        let result = write_image(source, verified, step, &step.payload, cancel, progress);
+        let result = result.map_err(|e| {
+            if cancel.load(Ordering::Relaxed) {
+                InstallError::Cancelled(target)
+            } else {
+                e
+            }
+        });
+        if let (Err(InstallError::Bundle(cairn_bundle::Error::ImageHashMismatch { .. })), Some(_)) =
+            (&result, &step.source)
+        {
+            // The running slot did not hold what its record said: the delta cannot work,
+            // the full payload can.
+            tracing::warn!(image = %step.image.name, "delta produced a wrong image; falling back to the full payload");
+            write_image(source, verified, step, &step.image.full, cancel, progress).map_err(
+                |e| {
+                    if cancel.load(Ordering::Relaxed) {
+                        InstallError::Cancelled(target)
+                    } else {
+                        e
+                    }
+                },
+            )?;
+        } else {
+            result?;
+        }
+        images.insert(
+            step.image.name.clone(),
+            ImageRecord {
+                sha256: step.image.sha256.clone(),
+                size: step.image.size,
+            },
+        );
+    }
+    if let Some(path) = &ctx.config.slot(target).slot_env {
+        crate::slotenv::write(path, &verified.manifest)?;
+    }
+    Ok(SlotRecord {
+        version: Some(verified.manifest.version.to_string()),
+        security_version: verified.manifest.security_version,
+        images,
+    })
+}
+
+fn write_image(
+    source: &BundleSource,
+    verified: &VerifiedBundle,
+    step: &Step,
+    payload: &Payload,
+    cancel: &Arc<AtomicBool>,
+    progress: &mut (dyn FnMut(Progress) + Send),
+) -> Result<(), InstallError> {
+    let image = &step.image;
+    progress(Progress::Image {
+        name: image.name.clone(),
+        method: payload.method.clone(),
+        size: image.size,
+    });
+    let reader = source.payload(&verified.header, payload)?;
+    let (name, total) = (image.name.clone(), image.size);
+    let (tx, rx) = std::sync::mpsc::channel::<u64>();
+    let on_write = Box::new(move |done: u64| {
+        let _ = tx.send(done);
+    });
+    let writer = SlotWriter::open(&step.target, cancel.clone(), on_write)?;
+    let map = match (&step.source, &payload.source) {
+        (Some(active), Some(src)) => Some(target::map_source(active, src.size)?),
+        _ => None,
+    };
+    let result = std::thread::scope(|scope| {
+        let decoder = scope.spawn(|| {
+            let out = io::BufWriter::with_capacity(cairn_bundle::COPY_BUF, writer);
+            decode_payload(image, payload, reader, map.as_deref(), out)
+        });
+        // The sender lives in the writer, which the decoder returns: stop on the
+        // thread finishing, not on the channel closing.
+        let mut last_reported = 0;
+        loop {
+            match rx.recv_timeout(std::time::Duration::from_millis(100)) {
+                Ok(done) if done - last_reported >= 4 << 20 || done == total => {
+                    progress(Progress::Bytes {
+                        name: name.clone(),
+                        done,
+                        total,
+                    });
+                    last_reported = done;
+                }
+                Ok(_) => {}
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) if decoder.is_finished() => break,
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        decoder.join().expect("decoder thread does not panic")
+    });
+    result?
+        .into_inner()
+        .map_err(|e| InstallError::Other(e.to_string()))?
+        .finish()?;
+    progress(Progress::ImageDone {
+        name: image.name.clone(),
+    });
+    Ok(())
+}

@@ -1,0 +1,83 @@
+//! Where a bundle comes from: a local file (USB stick, offline) or an HTTP(S) URL.
+
+use std::io::{self, Read};
+
+use cairn_bundle::header::{Header, HEADER_LEN};
+use cairn_bundle::{BundleFile, Payload, UnverifiedBundle};
+
+use super::http::HttpBundle;
+use super::InstallError;
+
+/// Bytes fetched in the first request: enough for the metadata of any ordinary bundle.
+const FIRST_FETCH: u64 = 64 << 10;
+
+pub enum BundleSource {
+    Local(Box<BundleFile>),
+    Http { bundle: HttpBundle, file_len: u64 },
+}
+
+impl BundleSource {
+    /// Opens `location` (a path, or an http:// or https:// URL) and reads its metadata.
+    pub fn open(location: &str) -> Result<(BundleSource, UnverifiedBundle), InstallError> {
+        if location.starts_with("http://") || location.starts_with("https://") {
+            let bundle = HttpBundle::new(location).map_err(InstallError::download(location))?;
+            let metadata = fetch_metadata(&bundle).map_err(|e| match e {
+                FetchError::Io(e) => InstallError::download(location)(e),
+                FetchError::Bundle(e) => InstallError::Bundle(e),
+            })?;
+            let file_len = metadata.header.file_len();
+            Ok((BundleSource::Http { bundle, file_len }, metadata))
+        } else {
+            let file = BundleFile::open(location)?;
+            let metadata = file.bundle.clone();
+            Ok((BundleSource::Local(Box::new(file)), metadata))
+        }
+    }
+
+    /// A reader over exactly `payload`'s bytes.
+    pub fn payload(
+        &self,
+        header: &Header,
+        payload: &Payload,
+    ) -> Result<Box<dyn Read + Send>, InstallError> {
+        Ok(match self {
+            BundleSource::Local(file) => Box::new(file.payload_reader(payload)?),
+            BundleSource::Http { bundle, file_len } => Box::new(io::BufReader::with_capacity(
+                256 << 10,
+                bundle.range(
+                    header.payload_area_offset + payload.offset,
+                    payload.size,
+                    Some(*file_len),
+                ),
+            )),
+        })
+    }
+}
+
+enum FetchError {
+    Io(io::Error),
+    Bundle(cairn_bundle::Error),
+}
+
+/// One request for the first 64 KiB; a second only when the metadata is larger.
+fn fetch_metadata(bundle: &HttpBundle) -> Result<UnverifiedBundle, FetchError> {
+    let mut head = vec![0u8; HEADER_LEN];
+    let mut first = bundle.range(0, FIRST_FETCH, None);
+    first.read_exact(&mut head).map_err(FetchError::Io)?;
+    let header = Header::decode(&head).map_err(FetchError::Bundle)?;
+    let end = header.metadata_end();
+    let mut rest = vec![0u8; (end - HEADER_LEN as u64) as usize];
+    if end <= FIRST_FETCH {
+        first.read_exact(&mut rest).map_err(FetchError::Io)?;
+    } else {
+        drop(first);
+        let mut second = bundle.range(
+            HEADER_LEN as u64,
+            end - HEADER_LEN as u64,
+            Some(header.file_len()),
+        );
+        second.read_exact(&mut rest).map_err(FetchError::Io)?;
+    }
+    head.extend_from_slice(&rest);
+    UnverifiedBundle::parse(&head).map_err(FetchError::Bundle)
+}

@@ -1,0 +1,21 @@
+//! The device side of Cairn: `cairnd` (boot-time decisions, server polling, metrics) and
+//! `cairn` (the operator's CLI) share this library.
+//!
+//! Map: `bootstate` (the bootloader's view and its stores) and `state` (cairnd's own
+//! record) hold pure transitions; `reconcile` derives what happened across a reboot;
+//! `install` streams a bundle into the inactive slot; `trial` commits or rejects;
+//! `health` runs the image's checks; `context` ties config and stores together.
+
+pub mod bootstate;
+pub mod config;
+pub mod context;
+pub mod health;
+pub mod install;
+pub mod metrics;
+pub mod reboot;
+pub mod reconcile;
+pub mod slot;
+pub mod slotenv;
+pub mod state;
+pub mod status;
+pub mod trial;

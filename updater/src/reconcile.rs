@@ -1,0 +1,289 @@
+//! What happened while cairnd was not running? Derived, never assumed (INVARIANTS.md 9),
+//! from three facts: the boot state, the slot the kernel booted, and cairnd's own state.
+//! Pure: returns the new states and what to do next; the caller persists and acts.
+
+use time::OffsetDateTime;
+
+use crate::bootstate::{BootState, SlotId};
+use crate::slot::BootFacts;
+use crate::state::{DeviceState, Phase};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Next {
+    /// Nothing to decide.
+    Idle,
+    /// `slot` is on trial: run its health checks, then commit or roll back.
+    CheckTrial(SlotId),
+}
+
+#[derive(Debug, Clone)]
+pub struct Reconciled {
+    pub state: DeviceState,
+    /// `Some` when the boot state must be rewritten (persist it before `state`).
+    pub boot: Option<BootState>,
+    pub next: Next,
+}
+
+pub fn reconcile(
+    state: &DeviceState,
+    boot: &BootState,
+    facts: &BootFacts,
+    now: OffsetDateTime,
+) -> Reconciled {
+    let mut state = state.clone();
+    let mut new_boot = boot.clone();
+    let mut next = Next::Idle;
+    match state.phase.clone() {
+        Phase::Installing {
+            slot,
+            version,
+            security_version,
+            boot_id,
+        } => {
+            // cairnd arms the trial (puts the slot first) only after every image was
+            // verified, and saves its own state just after. So "armed" tells whether the
+            // crash came before or after the write was complete.
+            let armed = boot.order.first() == Some(&slot);
+            if facts.slot == slot {
+                state.phase = Phase::TrialBoot {
+                    slot,
+                    version,
+                    security_version,
+                };
+                next = Next::CheckTrial(slot);
+            } else if armed && facts.boot_id == boot_id {
+                state.phase = Phase::InstalledPending {
+                    slot,
+                    version,
+                    security_version,
+                    boot_id,
+                };
+            } else if armed {
+                new_boot.reject(slot);
+                state.rolled_back(
+                    now,
+                    &format!(
+                        "slot {slot} did not boot; the bootloader fell back to slot {}",
+                        facts.slot
+                    ),
+                );
+            } else {
+                // Crash or power cut mid-write: the slot was unbootable before the first
+                // byte (INVARIANTS.md 2); keep it so and say what happened.
+                new_boot.reject(slot);
+                state.install_failed(
+                    now,
+                    Some(&version),
+                    &format!("install into slot {slot} was interrupted (crash or power loss)"),
+                );
+            }
+        }
+        Phase::InstalledPending { slot, boot_id, .. } if boot_id == facts.boot_id => {
+            let _ = slot; // same boot: the reboot has not happened yet
+        }
+        Phase::InstalledPending { slot, .. } if facts.slot == slot => {
+            state.trial_started(now);
+            next = Next::CheckTrial(slot);
+        }
+        Phase::InstalledPending { slot, .. } => {
+            new_boot.reject(slot);
+            state.rolled_back(
+                now,
+                &format!(
+                    "slot {slot} did not boot; the bootloader fell back to slot {}",
+                    facts.slot
+                ),
+            );
+        }
+        Phase::TrialBoot { slot, .. } if facts.slot == slot && boot.committed == slot => {
+            // Power cut between the boot-state commit and the state file: finish it.
+            state.committed(now);
+        }
+        Phase::TrialBoot { slot, .. } if facts.slot == slot => next = Next::CheckTrial(slot),
+        Phase::TrialBoot { slot, .. } => {
+            new_boot.reject(slot);
+            state.rolled_back(
+                now,
+                &format!(
+                    "trial of slot {slot} was interrupted; the bootloader fell back to slot {}",
+                    facts.slot
+                ),
+            );
+        }
+        Phase::Committed | Phase::RolledBack { .. } | Phase::Failed { .. } => {
+            settle(&mut state, &mut new_boot, facts, now, &mut next);
+        }
+    }
+    Reconciled {
+        boot: (new_boot != *boot).then_some(new_boot),
+        state,
+        next,
+    }
+}
+
+/// No update in flight. Normally the committed slot booted: give it back its tries. If
+/// the bootloader fell back to the other slot (the committed one failed to boot), that
+/// slot held a verified image: check it and commit it. Recovery boots are recorded.
+fn settle(
+    state: &mut DeviceState,
+    boot: &mut BootState,
+    facts: &BootFacts,
+    now: OffsetDateTime,
+    next: &mut Next,
+) {
+    if facts.recovery || boot.recovery {
+        let msg = format!(
+            "recovery boot: no slot had tries left; booted committed slot {}",
+            boot.committed
+        );
+        state.record(now, "recovery", Some(facts.slot), None, Some(msg.clone()));
+        state.report("recovery", None, Some(msg.clone()));
+        state.last_error = Some(msg);
+    }
+    if facts.slot == boot.committed {
+        boot.refresh_committed();
+        return;
+    }
+    let version = state.slot(facts.slot).version;
+    let msg = format!(
+        "committed slot {} did not boot; running slot {}",
+        boot.committed, facts.slot
+    );
+    state.record(
+        now,
+        "fallback",
+        Some(facts.slot),
+        version.as_deref(),
+        Some(msg.clone()),
+    );
+    state.report("fallback", version.as_deref(), Some(msg.clone()));
+    state.last_error = Some(msg);
+    state.phase = Phase::TrialBoot {
+        slot: facts.slot,
+        version: version.unwrap_or_else(|| "unknown".into()),
+        security_version: state.slot(facts.slot).security_version,
+    };
+    *next = Next::CheckTrial(facts.slot);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::SlotRecord;
+
+    fn facts(slot: SlotId, boot_id: &str) -> BootFacts {
+        BootFacts {
+            slot,
+            recovery: false,
+            boot_id: boot_id.into(),
+        }
+    }
+
+    fn now() -> OffsetDateTime {
+        OffsetDateTime::now_utc()
+    }
+
+    fn installed_b() -> (DeviceState, BootState) {
+        let mut state = DeviceState::first_boot(SlotId::A, Some("1.0.0".into()));
+        let mut boot = BootState::factory();
+        boot.prepare_install(SlotId::B);
+        state.begin_install(now(), SlotId::B, "2.0.0", "boot-1", 2, None);
+        boot.arm_trial(SlotId::B);
+        let record = SlotRecord {
+            version: Some("2.0.0".into()),
+            security_version: 2,
+            ..Default::default()
+        };
+        state.install_done(now(), SlotId::B, record, "boot-1", None);
+        (state, boot)
+    }
+
+    #[test]
+    fn interrupted_install_is_failed_and_slot_stays_unbootable() {
+        let mut state = DeviceState::first_boot(SlotId::A, None);
+        let mut boot = BootState::factory();
+        boot.prepare_install(SlotId::B);
+        state.begin_install(now(), SlotId::B, "2.0.0", "boot-1", 2, None);
+        let r = reconcile(&state, &boot, &facts(SlotId::A, "boot-2"), now());
+        assert!(matches!(r.state.phase, Phase::Failed { .. }));
+        assert!(!r.boot.unwrap_or(boot).is_bootable(SlotId::B));
+        assert!(r.state.outbox.iter().any(|rep| rep.status == "failed"));
+    }
+
+    #[test]
+    fn crash_after_arming_but_before_saving_is_completed_not_failed() {
+        let mut state = DeviceState::first_boot(SlotId::A, None);
+        let mut boot = BootState::factory();
+        state.begin_install(now(), SlotId::B, "2.0.0", "boot-1", 2, None);
+        boot.arm_trial(SlotId::B);
+        // Same boot (daemon restarted): the install is complete, waiting for the reboot.
+        let r = reconcile(&state, &boot, &facts(SlotId::A, "boot-1"), now());
+        assert!(
+            matches!(r.state.phase, Phase::InstalledPending { .. }),
+            "{:?}",
+            r.state.phase
+        );
+        // Rebooted into it: the trial starts.
+        let r = reconcile(&state, &boot, &facts(SlotId::B, "boot-2"), now());
+        assert_eq!(r.next, Next::CheckTrial(SlotId::B));
+    }
+
+    #[test]
+    fn restart_before_the_reboot_changes_nothing() {
+        let (state, boot) = installed_b();
+        let r = reconcile(&state, &boot, &facts(SlotId::A, "boot-1"), now());
+        assert!(matches!(r.state.phase, Phase::InstalledPending { .. }));
+        assert!(r.boot.is_none());
+        assert_eq!(r.next, Next::Idle);
+    }
+
+    #[test]
+    fn booting_the_new_slot_starts_the_trial() {
+        let (state, mut boot) = installed_b();
+        boot.tries_b = 0; // U-Boot decremented
+        let r = reconcile(&state, &boot, &facts(SlotId::B, "boot-2"), now());
+        assert_eq!(r.next, Next::CheckTrial(SlotId::B));
+        assert!(matches!(r.state.phase, Phase::TrialBoot { .. }));
+        assert!(
+            r.state.outbox.iter().all(|rep| rep.status != "committed"),
+            "success is reported only on commit"
+        );
+    }
+
+    #[test]
+    fn fallback_to_the_old_slot_is_a_rollback_and_the_version_is_not_retried() {
+        let (state, mut boot) = installed_b();
+        boot.tries_b = 0;
+        let r = reconcile(&state, &boot, &facts(SlotId::A, "boot-2"), now());
+        assert!(matches!(r.state.phase, Phase::RolledBack { .. }));
+        assert!(r.state.failed_versions.contains("2.0.0"));
+        assert_eq!(
+            r.state.check_can_install("2.0.0", false).unwrap_err(),
+            crate::state::Refusal::PreviouslyFailed("2.0.0".into())
+        );
+        let b = r.boot.unwrap();
+        assert_eq!((b.order[0], b.tries_b), (SlotId::A, 0));
+    }
+
+    #[test]
+    fn power_cut_between_boot_state_commit_and_state_file_finishes_the_commit() {
+        let (mut state, mut boot) = installed_b();
+        state.trial_started(now());
+        boot.commit(SlotId::B);
+        let r = reconcile(&state, &boot, &facts(SlotId::B, "boot-3"), now());
+        assert_eq!(r.state.phase, Phase::Committed);
+        assert_eq!(r.state.security_floor, 2);
+        assert!(r.state.outbox.iter().any(|rep| rep.status == "committed"));
+    }
+
+    #[test]
+    fn committed_slot_failing_to_boot_falls_back_and_is_rechecked() {
+        let state = DeviceState::first_boot(SlotId::A, Some("1.0.0".into()));
+        let mut boot = BootState::factory();
+        boot.tries_b = 3; // B holds a good copy
+        boot.tries_a = 0; // A used its tries (e.g. dm-verity caught corruption)
+        let r = reconcile(&state, &boot, &facts(SlotId::B, "boot-9"), now());
+        assert_eq!(r.next, Next::CheckTrial(SlotId::B));
+        assert!(r.state.history.iter().any(|h| h.event == "fallback"));
+    }
+}

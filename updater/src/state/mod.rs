@@ -1,0 +1,339 @@
+//! cairnd's own record of the device: which phase an update is in, what each slot holds,
+//! the security floor, the history, and reports waiting for the server.
+//!
+//! Transitions here are pure: they change the in-memory state and return. `StateStore`
+//! persists it. Callers order the two so that INVARIANTS.md holds at every instant.
+
+pub mod store;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use crate::bootstate::SlotId;
+
+pub use store::StateStore;
+
+/// History entries kept; older ones are dropped.
+const HISTORY_LEN: usize = 200;
+
+/// Where an update stands. The first five are the states; `Committed` is also
+/// the resting state of a device with no update in flight.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "phase", rename_all = "kebab-case")]
+pub enum Phase {
+    /// Running the committed slot; nothing pending.
+    Committed,
+    /// Writing `slot`. The slot is unbootable in the boot state for the whole phase.
+    Installing {
+        slot: SlotId,
+        version: String,
+        security_version: u64,
+        boot_id: String,
+    },
+    /// `slot` is written and verified and armed for one trial boot; waiting for the
+    /// reboot. `boot_id` tells a daemon restart (same boot) from the reboot.
+    InstalledPending {
+        slot: SlotId,
+        version: String,
+        security_version: u64,
+        boot_id: String,
+    },
+    /// Booted `slot` on trial; health checks decide.
+    TrialBoot {
+        slot: SlotId,
+        version: String,
+        security_version: u64,
+    },
+    /// The trial of `version` in `slot` failed; running the committed slot again.
+    RolledBack {
+        slot: SlotId,
+        version: String,
+        reason: String,
+    },
+    /// An install failed before any reboot; running the committed slot.
+    Failed {
+        version: Option<String>,
+        reason: String,
+    },
+}
+
+/// What a slot holds, as far as cairnd wrote or learned it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlotRecord {
+    pub version: Option<String>,
+    pub security_version: u64,
+    /// Image name → (sha256, size) as written; used to pick deltas without rehashing.
+    pub images: BTreeMap<String, ImageRecord>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageRecord {
+    pub sha256: String,
+    pub size: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+    pub event: String,
+    pub slot: Option<SlotId>,
+    pub version: Option<String>,
+    pub detail: Option<String>,
+}
+
+/// A report for the fleet server, kept until the server acknowledges it (INVARIANTS.md 10).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Report {
+    /// Stable id so a retried report is idempotent on the server.
+    pub id: String,
+    pub deployment: Option<String>,
+    pub status: String,
+    pub version: Option<String>,
+    pub detail: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceState {
+    pub phase: Phase,
+    pub slots: BTreeMap<SlotId, SlotRecord>,
+    /// Lowest security_version this device installs; moves forward only on commit.
+    pub security_floor: u64,
+    /// Versions whose trial failed; never installed again unless explicitly forced.
+    pub failed_versions: BTreeSet<String>,
+    /// Server deployment the current update belongs to, if any.
+    pub deployment: Option<String>,
+    pub history: Vec<HistoryEntry>,
+    pub outbox: Vec<Report>,
+    /// A trust root carried by the bundle being tried; becomes the device's root on commit.
+    pub pending_root: Option<serde_json::Value>,
+    pub last_error: Option<String>,
+}
+
+/// Why an install is refused before anything is written.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum Refusal {
+    #[error("an update to {0} is already installed and waiting for its reboot (reboot, or `cairn rollback` to drop it)")]
+    PendingReboot(String),
+    #[error("slot {0} is on trial: commit or roll back before installing again")]
+    TrialInProgress(SlotId),
+    #[error("version {0} failed its trial before; install it again only with --force")]
+    PreviouslyFailed(String),
+}
+
+impl DeviceState {
+    /// What a device knows on its first boot: the booted slot is the committed one.
+    pub fn first_boot(booted: SlotId, version: Option<String>) -> DeviceState {
+        let mut slots = BTreeMap::new();
+        slots.insert(
+            booted,
+            SlotRecord {
+                version,
+                ..SlotRecord::default()
+            },
+        );
+        DeviceState {
+            phase: Phase::Committed,
+            slots,
+            security_floor: 0,
+            failed_versions: BTreeSet::new(),
+            deployment: None,
+            history: Vec::new(),
+            outbox: Vec::new(),
+            pending_root: None,
+            last_error: None,
+        }
+    }
+
+    pub fn slot(&self, slot: SlotId) -> SlotRecord {
+        self.slots.get(&slot).cloned().unwrap_or_default()
+    }
+
+    pub fn record(
+        &mut self,
+        now: OffsetDateTime,
+        event: &str,
+        slot: Option<SlotId>,
+        version: Option<&str>,
+        detail: Option<String>,
+    ) {
+        self.history.push(HistoryEntry {
+            at: now,
+            event: event.to_string(),
+            slot,
+            version: version.map(str::to_string),
+            detail,
+        });
+        let excess = self.history.len().saturating_sub(HISTORY_LEN);
+        self.history.drain(..excess);
+    }
+
+    /// Queues a report for the server (idempotent by id).
+    pub fn report(&mut self, status: &str, version: Option<&str>, detail: Option<String>) {
+        let id = format!(
+            "{}:{}:{}",
+            self.deployment.as_deref().unwrap_or("local"),
+            version.unwrap_or("-"),
+            status
+        );
+        if self.outbox.iter().any(|r| r.id == id) {
+            return;
+        }
+        self.outbox.push(Report {
+            id,
+            deployment: self.deployment.clone(),
+            status: status.to_string(),
+            version: version.map(str::to_string),
+            detail,
+        });
+    }
+
+    /// May an install of `version` start now?
+    pub fn check_can_install(&self, version: &str, force: bool) -> Result<(), Refusal> {
+        match &self.phase {
+            Phase::InstalledPending { version, .. } => {
+                return Err(Refusal::PendingReboot(version.clone()))
+            }
+            Phase::TrialBoot { slot, .. } => return Err(Refusal::TrialInProgress(*slot)),
+            _ => {}
+        }
+        if !force && self.failed_versions.contains(version) {
+            return Err(Refusal::PreviouslyFailed(version.to_string()));
+        }
+        Ok(())
+    }
+
+    /// About to write `slot`; its old record is void from this instant.
+    pub fn begin_install(
+        &mut self,
+        now: OffsetDateTime,
+        slot: SlotId,
+        version: &str,
+        boot_id: &str,
+        security_version: u64,
+        deployment: Option<String>,
+    ) {
+        self.phase = Phase::Installing {
+            slot,
+            version: version.to_string(),
+            security_version,
+            boot_id: boot_id.to_string(),
+        };
+        self.slots.insert(slot, SlotRecord::default());
+        self.deployment = deployment;
+        self.last_error = None;
+        self.record(now, "install-started", Some(slot), Some(version), None);
+        self.report("installing", Some(version), None);
+    }
+
+    /// Every image is written and verified, and the slot is armed for its trial.
+    pub fn install_done(
+        &mut self,
+        now: OffsetDateTime,
+        slot: SlotId,
+        record: SlotRecord,
+        boot_id: &str,
+        pending_root: Option<serde_json::Value>,
+    ) {
+        let version = record.version.clone().unwrap_or_default();
+        self.phase = Phase::InstalledPending {
+            slot,
+            version: version.clone(),
+            security_version: record.security_version,
+            boot_id: boot_id.to_string(),
+        };
+        self.slots.insert(slot, record);
+        self.pending_root = pending_root;
+        self.record(now, "installed", Some(slot), Some(&version), None);
+        self.report("installed", Some(&version), None);
+    }
+
+    pub fn install_failed(&mut self, now: OffsetDateTime, version: Option<&str>, reason: &str) {
+        if let Phase::Installing { slot, .. } = self.phase {
+            self.slots.insert(slot, SlotRecord::default());
+        }
+        self.phase = Phase::Failed {
+            version: version.map(str::to_string),
+            reason: reason.to_string(),
+        };
+        self.last_error = Some(reason.to_string());
+        self.pending_root = None;
+        self.record(
+            now,
+            "install-failed",
+            None,
+            version,
+            Some(reason.to_string()),
+        );
+        self.report("failed", version, Some(reason.to_string()));
+    }
+
+    /// The reboot happened and the new slot is running on trial.
+    pub fn trial_started(&mut self, now: OffsetDateTime) {
+        if let Phase::InstalledPending {
+            slot,
+            version,
+            security_version,
+            ..
+        } = self.phase.clone()
+        {
+            self.phase = Phase::TrialBoot {
+                slot,
+                version: version.clone(),
+                security_version,
+            };
+            self.record(now, "trial-boot", Some(slot), Some(&version), None);
+            self.report("rebooted", Some(&version), None);
+        }
+    }
+
+    /// Health checks passed and the boot state commits the slot: the floor moves forward
+    /// (INVARIANTS.md 12) and success is reported, only now (INVARIANTS.md 10).
+    pub fn committed(&mut self, now: OffsetDateTime) -> Option<serde_json::Value> {
+        let Phase::TrialBoot {
+            slot,
+            version,
+            security_version,
+        } = self.phase.clone()
+        else {
+            return None;
+        };
+        self.security_floor = self.security_floor.max(security_version);
+        self.phase = Phase::Committed;
+        self.record(now, "committed", Some(slot), Some(&version), None);
+        self.report("committed", Some(&version), None);
+        self.pending_root.take()
+    }
+
+    /// The trial of the current update failed (`reason`), or the bootloader fell back.
+    pub fn rolled_back(&mut self, now: OffsetDateTime, reason: &str) {
+        let (slot, version) = match &self.phase {
+            Phase::Installing { slot, version, .. }
+            | Phase::InstalledPending { slot, version, .. }
+            | Phase::TrialBoot { slot, version, .. } => (*slot, version.clone()),
+            _ => return,
+        };
+        self.failed_versions.insert(version.clone());
+        self.phase = Phase::RolledBack {
+            slot,
+            version: version.clone(),
+            reason: reason.to_string(),
+        };
+        self.pending_root = None;
+        self.last_error = Some(reason.to_string());
+        self.record(
+            now,
+            "rolled-back",
+            Some(slot),
+            Some(&version),
+            Some(reason.to_string()),
+        );
+        self.report("rolled-back", Some(&version), Some(reason.to_string()));
+    }
+
+    pub fn acknowledge(&mut self, report_id: &str) {
+        self.outbox.retain(|r| r.id != report_id);
+    }
+}

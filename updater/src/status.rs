@@ -1,0 +1,119 @@
+//! `cairn status`: what a person (or the test harness) needs to know about the device.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use crate::bootstate::{BootState, SlotId};
+use crate::context::Context;
+use crate::state::{ImageRecord, Phase};
+
+#[derive(Debug, Serialize)]
+pub struct Status {
+    pub compatible: String,
+    pub booted: Option<SlotId>,
+    pub recovery: bool,
+    pub phase: Phase,
+    pub committed: SlotId,
+    pub boot_order: Vec<SlotId>,
+    pub slots: BTreeMap<SlotId, SlotStatus>,
+    pub security_floor: u64,
+    pub last_error: Option<String>,
+    pub pending_reports: usize,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SlotStatus {
+    pub version: Option<String>,
+    pub tries_left: u32,
+    pub bootable: bool,
+    pub images: BTreeMap<String, ImageRecord>,
+}
+
+pub fn status(ctx: &Context) -> Status {
+    let facts = ctx.boot_facts().ok();
+    let boot = ctx.boot_state().unwrap_or_else(|_| BootState::factory());
+    let slots = [SlotId::A, SlotId::B]
+        .into_iter()
+        .map(|slot| {
+            let record = ctx.state.slot(slot);
+            let status = SlotStatus {
+                version: record.version,
+                tries_left: boot.tries(slot),
+                bootable: boot.is_bootable(slot),
+                images: record.images,
+            };
+            (slot, status)
+        })
+        .collect();
+    Status {
+        compatible: ctx.config.compatible.clone(),
+        booted: facts.as_ref().map(|f| f.slot),
+        recovery: facts.is_some_and(|f| f.recovery) || boot.recovery,
+        phase: ctx.state.phase.clone(),
+        committed: boot.committed,
+        boot_order: boot.order.clone(),
+        slots,
+        security_floor: ctx.state.security_floor,
+        last_error: ctx.state.last_error.clone(),
+        pending_reports: ctx.state.outbox.len(),
+    }
+}
+
+pub fn render(s: &Status) -> String {
+    let mut out = String::new();
+    let booted = s.booted.map_or("unknown".to_string(), |b| b.to_string());
+    let _ = writeln!(
+        out,
+        "device:    {} (booted slot {booted}{})",
+        s.compatible,
+        if s.recovery { ", RECOVERY" } else { "" }
+    );
+    let _ = writeln!(out, "state:     {}", describe(&s.phase));
+    let order: Vec<String> = s.boot_order.iter().map(|x| x.to_string()).collect();
+    let _ = writeln!(
+        out,
+        "boot:      order {}, committed {}",
+        order.join(" "),
+        s.committed
+    );
+    for (slot, st) in &s.slots {
+        let _ = writeln!(
+            out,
+            "slot {slot}:    {:<12} tries {} {}",
+            st.version.as_deref().unwrap_or("-"),
+            st.tries_left,
+            if st.bootable {
+                "bootable"
+            } else {
+                "unbootable"
+            }
+        );
+    }
+    let _ = writeln!(out, "floor:     security version {}", s.security_floor);
+    if let Some(e) = &s.last_error {
+        let _ = writeln!(out, "last error: {e}");
+    }
+    out
+}
+
+pub fn describe(phase: &Phase) -> String {
+    match phase {
+        Phase::Committed => "committed, nothing pending".into(),
+        Phase::Installing { slot, version, .. } => format!("installing {version} into slot {slot}"),
+        Phase::InstalledPending { slot, version, .. } => {
+            format!("{version} installed in slot {slot}, waiting for reboot")
+        }
+        Phase::TrialBoot { slot, version, .. } => {
+            format!("trial boot of {version} in slot {slot}, checking health")
+        }
+        Phase::RolledBack {
+            version, reason, ..
+        } => format!("rolled back from {version}: {reason}"),
+        Phase::Failed { version, reason } => format!(
+            "install of {} failed: {reason}",
+            version.as_deref().unwrap_or("?")
+        ),
+    }
+}

@@ -1,0 +1,162 @@
+//! Deciding a trial: commit the slot after its health checks pass, or reject it and go
+//! back to the committed slot. Also the operator's manual overrides.
+
+use std::time::Duration;
+
+use time::OffsetDateTime;
+
+use crate::bootstate::SlotId;
+use crate::context::{Context, ContextError};
+use crate::health;
+use crate::reconcile::{reconcile, Next};
+use crate::state::Phase;
+
+/// What boot-time reconciliation and a trial decision concluded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Nothing was pending.
+    Idle,
+    Committed {
+        slot: SlotId,
+        version: String,
+    },
+    /// The trial failed; the caller reboots into the committed slot.
+    RolledBack {
+        slot: SlotId,
+        reason: String,
+    },
+}
+
+/// Startup: reconcile what happened while cairnd was down, then decide any trial.
+pub fn on_boot(ctx: &mut Context) -> Result<Verdict, ContextError> {
+    let facts = ctx.boot_facts()?;
+    let boot = ctx.boot_state()?;
+    let r = reconcile(&ctx.state, &boot, &facts, OffsetDateTime::now_utc());
+    // Boot state first: it is what the bootloader acts on; the state file only records.
+    if let Some(new_boot) = &r.boot {
+        ctx.boot_store.store(new_boot)?;
+    }
+    ctx.state = r.state;
+    ctx.save_state()?;
+    match r.next {
+        Next::Idle => Ok(Verdict::Idle),
+        Next::CheckTrial(slot) => decide_trial(ctx, slot),
+    }
+}
+
+/// Runs the image's health checks on the trial slot and commits or rejects it.
+pub fn decide_trial(ctx: &mut Context, slot: SlotId) -> Result<Verdict, ContextError> {
+    let checks = match health::load_checks(&ctx.config.health_dir) {
+        Ok(checks) => checks,
+        Err(e) => return reject(ctx, slot, &e.to_string()),
+    };
+    tracing::info!(%slot, checks = checks.len(), "trial boot: running health checks");
+    let deadline = Duration::from_secs(ctx.config.health.deadline_secs);
+    let interval = Duration::from_secs(ctx.config.health.interval_secs.max(1));
+    match health::run_until(&checks, deadline, interval) {
+        Ok(_) => commit(ctx, slot),
+        Err(e) => reject(ctx, slot, &e.to_string()),
+    }
+}
+
+/// Commit: boot state first (full tries, first in order, committed), then cairnd's state
+/// (floor, history, report). A power cut between the two is finished by `reconcile`.
+pub fn commit(ctx: &mut Context, slot: SlotId) -> Result<Verdict, ContextError> {
+    let mut boot = ctx.boot_state()?;
+    boot.commit(slot);
+    ctx.boot_store.store(&boot)?;
+    let version = match &ctx.state.phase {
+        Phase::TrialBoot { version, .. } => version.clone(),
+        _ => ctx.state.slot(slot).version.unwrap_or_default(),
+    };
+    if let Some(roots) = ctx.state.committed(OffsetDateTime::now_utc()) {
+        ctx.commit_roots(roots)?;
+    }
+    ctx.save_state()?;
+    tracing::info!(%slot, %version, "committed");
+    Ok(Verdict::Committed { slot, version })
+}
+
+/// Reject: the slot can no longer boot and the committed slot goes first, on disk,
+/// before anyone reboots (INVARIANTS.md 5).
+pub fn reject(ctx: &mut Context, slot: SlotId, reason: &str) -> Result<Verdict, ContextError> {
+    let mut boot = ctx.boot_state()?;
+    boot.reject(slot);
+    ctx.boot_store.store(&boot)?;
+    ctx.state.rolled_back(OffsetDateTime::now_utc(), reason);
+    ctx.save_state()?;
+    tracing::warn!(%slot, %reason, "trial rejected; rolling back");
+    Ok(Verdict::RolledBack {
+        slot,
+        reason: reason.to_string(),
+    })
+}
+
+/// `cairn mark-good`: commit a trial without waiting for the checks, or refresh the
+/// committed slot's tries.
+pub fn mark_good(ctx: &mut Context) -> Result<Verdict, ContextError> {
+    let facts = ctx.boot_facts()?;
+    if let Phase::TrialBoot { slot, .. } = ctx.state.phase {
+        if slot == facts.slot {
+            return commit(ctx, slot);
+        }
+    }
+    let mut boot = ctx.boot_state()?;
+    if boot.committed == facts.slot {
+        boot.refresh_committed();
+        ctx.boot_store.store(&boot)?;
+    }
+    Ok(Verdict::Idle)
+}
+
+/// `cairn mark-bad`: reject the running trial, or, on the committed slot, drop a pending
+/// install. The caller reboots when a trial was rejected.
+pub fn mark_bad(ctx: &mut Context) -> Result<Verdict, ContextError> {
+    match ctx.state.phase.clone() {
+        Phase::TrialBoot { slot, .. } => reject(ctx, slot, "marked bad by the operator"),
+        Phase::InstalledPending { slot, .. } => {
+            reject(ctx, slot, "pending update marked bad before its reboot")
+        }
+        _ => Ok(Verdict::Idle),
+    }
+}
+
+/// `cairn rollback`: go back to the other slot's image. A pending or trial update is
+/// rejected; on a committed device the other slot (the previous version, kept as the
+/// fallback) is armed for a trial boot so it must pass its checks like any update.
+pub fn rollback(ctx: &mut Context) -> Result<Verdict, String> {
+    match ctx.state.phase.clone() {
+        Phase::TrialBoot { slot, .. } | Phase::InstalledPending { slot, .. } => {
+            reject(ctx, slot, "rolled back by the operator").map_err(|e| e.to_string())
+        }
+        _ => {
+            let facts = ctx.boot_facts().map_err(|e| e.to_string())?;
+            let other = facts.slot.other();
+            let mut boot = ctx.boot_state().map_err(|e| e.to_string())?;
+            if !boot.is_bootable(other) {
+                return Err(format!(
+                    "slot {other} holds no bootable image to roll back to"
+                ));
+            }
+            boot.arm_trial(other);
+            ctx.boot_store.store(&boot).map_err(|e| e.to_string())?;
+            let record = ctx.state.slot(other);
+            let version = record.version.clone().unwrap_or_else(|| "unknown".into());
+            ctx.state.phase = Phase::InstalledPending {
+                slot: other,
+                version: version.clone(),
+                security_version: record.security_version,
+                boot_id: facts.boot_id,
+            };
+            ctx.state.record(
+                OffsetDateTime::now_utc(),
+                "rollback-requested",
+                Some(other),
+                Some(&version),
+                None,
+            );
+            ctx.save_state().map_err(|e| e.to_string())?;
+            Ok(Verdict::Idle)
+        }
+    }
+}

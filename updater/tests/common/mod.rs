@@ -1,0 +1,301 @@
+//! A device in a temp dir: slots as files, a directory standing for the mounted boot
+//! partition, the real `cairn`/`cairnd` binaries, and `boot()` playing U-Boot's part of
+//! boot/BOOT-STATE.md so reboots can be simulated.
+#![allow(dead_code)]
+
+pub mod http;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use cairn_bundle::writer::{self, BundleSpec, DeltaSource, ImageInput};
+use cairn_bundle::{SignedRoot, SigningKey};
+use cairn_updater::bootstate::{BootState, BootStateStore, SlotId, UbootEnvStore};
+use time::{Duration, OffsetDateTime};
+
+pub const SLOT_SIZE: u64 = 16 << 20;
+
+pub struct Device {
+    pub dir: tempfile::TempDir,
+    pub key: SigningKey,
+    boots: u32,
+}
+
+/// Deterministic image bytes: compressible text with a seeded sprinkle of noise.
+pub fn image_bytes(len: usize, seed: u8) -> Vec<u8> {
+    let mut state = 0x9e37_79b9_7f4a_7c15_u64 ^ seed as u64;
+    (0..len)
+        .map(|i| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            if i % 64 < 40 {
+                b"cairn slot image "[i % 17]
+            } else {
+                (state >> 32) as u8
+            }
+        })
+        .collect()
+}
+
+pub struct Release {
+    pub version: String,
+    pub security_version: u64,
+    pub rootfs: Vec<u8>,
+    pub kernel: Vec<u8>,
+    pub initrd: Vec<u8>,
+}
+
+impl Release {
+    pub fn new(version: &str, seed: u8) -> Release {
+        let mut rootfs = image_bytes(6 << 20, 1);
+        // A "security update": a few regions change, most stay.
+        for region in 0..seed as usize {
+            let at = region * (1 << 20) + 4096;
+            rootfs[at..at + 20_000]
+                .copy_from_slice(&image_bytes(20_000, seed.wrapping_add(region as u8)));
+        }
+        Release {
+            version: version.into(),
+            security_version: 1,
+            rootfs,
+            kernel: image_bytes(512 << 10, 50 + seed),
+            initrd: image_bytes(256 << 10, 80 + seed),
+        }
+    }
+}
+
+impl Device {
+    /// A freshly flashed device running `release` from slot A; slot B empty.
+    pub fn new(release: &Release) -> Device {
+        let dir = tempfile::tempdir().unwrap();
+        let key = SigningKey::generate().unwrap();
+        let d = Device { dir, key, boots: 0 };
+        for sub in [
+            "boot/a",
+            "boot/b",
+            "dev",
+            "data",
+            "etc/cairn/health.d",
+            "proc",
+            "build",
+        ] {
+            fs::create_dir_all(d.path(sub)).unwrap();
+        }
+        let mut root = SignedRoot::new(
+            1,
+            OffsetDateTime::now_utc() + Duration::days(30),
+            1,
+            vec![d.key.public()],
+        );
+        root.sign(&d.key).unwrap();
+        fs::write(d.path("etc/cairn/root.json"), root.to_json()).unwrap();
+        fs::write(d.path("etc/cairn/version"), &release.version).unwrap();
+        for slot in ["a", "b"] {
+            let f = fs::File::create(d.path(&format!("dev/rootfs-{slot}"))).unwrap();
+            f.set_len(SLOT_SIZE).unwrap();
+        }
+        d.write_slot_a(release);
+        fs::write(d.path("etc/cairn/system.toml"), d.config_text()).unwrap();
+        let mut store = UbootEnvStore::new(d.path("boot"));
+        store.store(&BootState::factory()).unwrap();
+        d.set_booted(SlotId::A, false);
+        d
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    fn write_slot_a(&self, r: &Release) {
+        let mut bytes = fs::read(self.path("dev/rootfs-a")).unwrap();
+        bytes[..r.rootfs.len()].copy_from_slice(&r.rootfs);
+        fs::write(self.path("dev/rootfs-a"), bytes).unwrap();
+        fs::write(self.path("boot/a/vmlinuz"), &r.kernel).unwrap();
+        fs::write(self.path("boot/a/initrd.img"), &r.initrd).unwrap();
+    }
+
+    fn config_text(&self) -> String {
+        let root = self.dir.path().display();
+        let slot = |s: &str| {
+            format!(
+                "[slots.{up}]\nslot_env = \"{root}/boot/{s}/slot.env\"\n[slots.{up}.images]\n\
+                 rootfs = {{ device = \"{root}/dev/rootfs-{s}\" }}\n\
+                 kernel = {{ file = \"{root}/boot/{s}/vmlinuz\" }}\n\
+                 initrd = {{ file = \"{root}/boot/{s}/initrd.img\" }}\n",
+                up = s.to_uppercase()
+            )
+        };
+        format!(
+            "compatible = \"cairn-test\"\ntrust_root = \"{root}/etc/cairn/root.json\"\n\
+             data_dir = \"{root}/data/cairn\"\nhealth_dir = \"{root}/etc/cairn/health.d\"\n\
+             [bootloader]\nbackend = \"uboot-env\"\ndir = \"{root}/boot\"\n{}{}\
+             [health]\ndeadline_secs = 3\ninterval_secs = 1\n\
+             [reboot]\npolicy = \"on-request\"\ncommand = [\"touch\", \"{root}/rebooted\"]\n\
+             [system]\ncmdline = \"{root}/proc/cmdline\"\nboot_id = \"{root}/proc/boot_id\"\n\
+             check_root_device = false\nmetrics_listen = \"127.0.0.1:0\"\n",
+            slot("a"),
+            slot("b")
+        )
+    }
+
+    pub fn config(&self) -> PathBuf {
+        self.path("etc/cairn/system.toml")
+    }
+
+    /// Declares a health check for the image (the running one, in this stand-in).
+    pub fn health_check(&self, name: &str, toml: &str) {
+        fs::write(self.path(&format!("etc/cairn/health.d/{name}.toml")), toml).unwrap();
+    }
+
+    /// A signed bundle for `release`, optionally with deltas from `from`.
+    pub fn bundle(&self, release: &Release, from: Option<&Release>) -> PathBuf {
+        let build = self.path(&format!("build/{}", release.version));
+        fs::create_dir_all(&build).unwrap();
+        let write = |name: &str, bytes: &[u8]| {
+            let p = build.join(name);
+            fs::write(&p, bytes).unwrap();
+            p
+        };
+        let images = [
+            ("rootfs", write("rootfs", &release.rootfs)),
+            ("kernel", write("kernel", &release.kernel)),
+            ("initrd", write("initrd", &release.initrd)),
+        ];
+        let mut delta_sources = Vec::new();
+        if let Some(old) = from {
+            for (name, bytes) in [
+                ("rootfs", &old.rootfs),
+                ("kernel", &old.kernel),
+                ("initrd", &old.initrd),
+            ] {
+                delta_sources.push(DeltaSource {
+                    image: name.into(),
+                    path: write(&format!("old-{name}"), bytes),
+                });
+            }
+        }
+        let spec = BundleSpec {
+            compatible: "cairn-test".into(),
+            version: release.version.parse().unwrap(),
+            security_version: release.security_version,
+            created: OffsetDateTime::now_utc() - Duration::hours(1),
+            expires: OffsetDateTime::now_utc() + Duration::days(10),
+            description: None,
+            images: images
+                .iter()
+                .map(|(n, p)| ImageInput {
+                    name: n.to_string(),
+                    path: p.clone(),
+                    verity: None,
+                })
+                .collect(),
+            delta_sources,
+            level: 3,
+            roots: Vec::new(),
+        };
+        let out = self.path(&format!("build/{}.cairn", release.version));
+        let key = SigningKey::from_json(&self.key.to_json()).unwrap();
+        writer::create(&spec, &[key], &out, &mut |_| {}).unwrap();
+        out
+    }
+
+    pub fn set_booted(&self, slot: SlotId, recovery: bool) {
+        let extra = if recovery { " cairn.recovery=1" } else { "" };
+        fs::write(
+            self.path("proc/cmdline"),
+            format!("console=ttyAMA0 cairn.slot={slot}{extra} panic=5\n"),
+        )
+        .unwrap();
+        fs::write(self.path("proc/boot_id"), format!("boot-{}\n", self.boots)).unwrap();
+    }
+
+    /// A reboot: does what the U-Boot script does (BOOT-STATE.md), then "boots" the chosen
+    /// slot by writing the kernel command line and a new boot id.
+    pub fn reboot(&mut self) -> SlotId {
+        let mut store = UbootEnvStore::new(self.path("boot"));
+        let mut s = store.load().unwrap();
+        let chosen = s.order.iter().copied().find(|&x| s.tries(x) > 0);
+        let slot = match chosen {
+            Some(x) => {
+                match x {
+                    SlotId::A => s.tries_a -= 1,
+                    SlotId::B => s.tries_b -= 1,
+                }
+                x
+            }
+            None => {
+                s.recovery = true;
+                s.committed
+            }
+        };
+        store.store(&s).unwrap();
+        self.boots += 1;
+        self.set_booted(slot, chosen.is_none());
+        slot
+    }
+
+    pub fn boot_state(&self) -> BootState {
+        UbootEnvStore::new(self.path("boot")).load().unwrap()
+    }
+
+    pub fn cairn(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_cairn"))
+            .arg("--config")
+            .arg(self.config())
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    pub fn cairn_ok(&self, args: &[&str]) -> String {
+        let out = self.cairn(args);
+        assert!(
+            out.status.success(),
+            "cairn {args:?} failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    pub fn cairn_err(&self, args: &[&str]) -> String {
+        let out = self.cairn(args);
+        assert!(!out.status.success(), "cairn {args:?} should have failed");
+        String::from_utf8(out.stderr).unwrap()
+    }
+
+    /// `cairnd --once`: what the daemon decides at boot.
+    pub fn cairnd_once(&self) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_cairnd"))
+            .arg("--config")
+            .arg(self.config())
+            .arg("--once")
+            .env("CAIRN_LOG", "info")
+            .output()
+            .unwrap()
+    }
+
+    pub fn status(&self) -> serde_json::Value {
+        serde_json::from_str(&self.cairn_ok(&["status", "--json"])).unwrap()
+    }
+
+    pub fn slot_bytes(&self, slot: &str, len: usize) -> Vec<u8> {
+        fs::read(self.path(&format!("dev/rootfs-{slot}"))).unwrap()[..len].to_vec()
+    }
+
+    pub fn holds(&self, slot: SlotId, r: &Release) -> bool {
+        let s = slot.lower();
+        self.slot_bytes(s, r.rootfs.len()) == r.rootfs
+            && fs::read(self.path(&format!("boot/{s}/vmlinuz"))).unwrap() == r.kernel
+            && fs::read(self.path(&format!("boot/{s}/initrd.img"))).unwrap() == r.initrd
+    }
+}
+
+pub fn phase(status: &serde_json::Value) -> String {
+    status["phase"]["phase"].as_str().unwrap().to_string()
+}
+
+pub fn file_bytes(p: &Path) -> Vec<u8> {
+    fs::read(p).unwrap()
+}
