@@ -1,0 +1,24 @@
+//! `cairn-server`: the fleet update server. Releases (verified bundles), devices
+//! (enrollment, approval, state), campaigns (waves, gates, auto-pause), the device API
+//! (`API.md`), the admin API and a dashboard. SQLite or PostgreSQL behind `sqlx::Any`.
+//!
+//! Decisions are pure functions ([`policy`], [`gates`], [`transitions`], [`plan`]); the
+//! modules around them load state, call them, and write the result with
+//! compare-and-set statements so several servers can share one database.
+
+pub mod admin_api;
+pub mod auth;
+pub mod campaigns;
+pub mod checkin;
+pub mod dashboard;
+pub mod db;
+pub mod device_api;
+pub mod devices;
+pub mod error;
+pub mod gates;
+pub mod http;
+pub mod plan;
+pub mod policy;
+pub mod releases;
+pub mod reports;
+pub mod transitions;
