@@ -6,6 +6,7 @@ use cairn_server_api::{
 };
 use ed25519_dalek::SigningKey;
 
+#[derive(Clone)]
 pub struct SimDevice {
     pub id: String,
     pub key: SigningKey,
@@ -14,7 +15,7 @@ pub struct SimDevice {
     pub token: Option<String>,
     pub version: String,
     pub images: Vec<InstalledImage>,
-    nonce_counter: u64,
+    pub nonce_counter: u64,
 }
 
 pub struct Answer {
