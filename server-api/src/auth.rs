@@ -65,7 +65,13 @@ pub fn enroll_message(
 ) -> Vec<u8> {
     join(
         ENROLL_CONTEXT,
-        &[device_id, public_key, compatible, &timestamp.to_string(), nonce],
+        &[
+            device_id,
+            public_key,
+            compatible,
+            &timestamp.to_string(),
+            nonce,
+        ],
     )
 }
 
@@ -196,6 +202,9 @@ mod tests {
     #[test]
     fn field_boundaries_are_unambiguous() {
         // Without separators both would sign "dev-1123".
-        assert_ne!(token_message("dev-1", 12, "3"), token_message("dev-11", 2, "3"));
+        assert_ne!(
+            token_message("dev-1", 12, "3"),
+            token_message("dev-11", 2, "3")
+        );
     }
 }

@@ -8,12 +8,12 @@ mod auth;
 mod types;
 
 pub use auth::{
-    enroll_message, parse_public_key, token_message, EnrollRequest, SignError, TokenRequest, TokenResponse,
-    ENROLL_CONTEXT, TOKEN_CONTEXT,
+    enroll_message, parse_public_key, token_message, EnrollRequest, SignError, TokenRequest,
+    TokenResponse, ENROLL_CONTEXT, TOKEN_CONTEXT,
 };
 pub use types::{
-    Assignment, CheckIn, CheckInResponse, DeploymentState, EnrollResponse, EnrollStatus,
-    ErrorBody, InstalledImage, Report, ReportAck, ReportedState, Slot,
+    Assignment, CheckIn, CheckInResponse, DeploymentState, EnrollResponse, EnrollStatus, ErrorBody,
+    InstalledImage, Report, ReportAck, ReportedState, Slot,
 };
 
 /// Paths of the device API, relative to the server's base URL.

@@ -25,8 +25,14 @@ impl FromRequestParts<Shared> for Admin {
     async fn from_request_parts(parts: &mut Parts, state: &Shared) -> ApiResult<Self> {
         match bearer(&parts.headers) {
             Some(t) if state.admin_token_matches(t) => Ok(Admin),
-            Some(_) => Err(ApiError::unauthorized("bad-admin-token", "the admin token is wrong")),
-            None => Err(ApiError::unauthorized("no-admin-token", "send Authorization: Bearer <admin token>")),
+            Some(_) => Err(ApiError::unauthorized(
+                "bad-admin-token",
+                "the admin token is wrong",
+            )),
+            None => Err(ApiError::unauthorized(
+                "no-admin-token",
+                "send Authorization: Bearer <admin token>",
+            )),
         }
     }
 }
@@ -48,10 +54,22 @@ pub async fn add_release(
     Query(q): Query<AddRelease>,
     body: Body,
 ) -> ApiResult<Json<Release>> {
-    let staged = s.config.blobs.join(format!(".upload-{}", crate::db::random_id("")));
+    let staged = s
+        .config
+        .blobs
+        .join(format!(".upload-{}", crate::db::random_id("")));
     let written = stream_to(&staged, body).await;
     let result = match written {
-        Ok(()) => releases::add(&s.db, &s.config.blobs, s.config.root.as_ref(), staged.clone(), q.external_url).await,
+        Ok(()) => {
+            releases::add(
+                &s.db,
+                &s.config.blobs,
+                s.config.root.as_ref(),
+                staged.clone(),
+                q.external_url,
+            )
+            .await
+        }
         Err(e) => Err(e),
     };
     // Moved into place on success; removed on any failure (a no-op when it was moved).
@@ -61,9 +79,12 @@ pub async fn add_release(
 
 async fn stream_to(path: &std::path::Path, mut body: Body) -> ApiResult<()> {
     use http_body_util::BodyExt;
-    let mut file = tokio::fs::File::create(path).await.map_err(anyhow::Error::from)?;
+    let mut file = tokio::fs::File::create(path)
+        .await
+        .map_err(anyhow::Error::from)?;
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| ApiError::bad_request("upload", format!("reading upload: {e}")))?;
+        let frame =
+            frame.map_err(|e| ApiError::bad_request("upload", format!("reading upload: {e}")))?;
         if let Ok(data) = frame.into_data() {
             file.write_all(&data).await.map_err(anyhow::Error::from)?;
         }
@@ -77,7 +98,11 @@ pub struct Limit {
     limit: Option<i64>,
 }
 
-pub async fn list_devices(_: Admin, State(s): State<Shared>, Query(q): Query<Limit>) -> ApiResult<Json<Vec<Device>>> {
+pub async fn list_devices(
+    _: Admin,
+    State(s): State<Shared>,
+    Query(q): Query<Limit>,
+) -> ApiResult<Json<Vec<Device>>> {
     Ok(Json(devices::list(&s.db, q.limit.unwrap_or(1000)).await?))
 }
 
@@ -87,18 +112,31 @@ pub struct DeviceDetail {
     pub history: Vec<HistoryEntry>,
 }
 
-pub async fn show_device(_: Admin, State(s): State<Shared>, Path(id): Path<String>) -> ApiResult<Json<DeviceDetail>> {
+pub async fn show_device(
+    _: Admin,
+    State(s): State<Shared>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<DeviceDetail>> {
     Ok(Json(DeviceDetail {
         device: devices::get(&s.db, &id).await?,
         history: devices::history(&s.db, &id, 200).await?,
     }))
 }
 
-pub async fn approve_device(_: Admin, State(s): State<Shared>, Path(id): Path<String>) -> ApiResult<Json<Device>> {
+pub async fn approve_device(
+    _: Admin,
+    State(s): State<Shared>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Device>> {
     Ok(Json(devices::approve(&s.db, &id).await?))
 }
 
-pub async fn set_tags(_: Admin, State(s): State<Shared>, Path(id): Path<String>, body: Bytes) -> ApiResult<Json<Device>> {
+pub async fn set_tags(
+    _: Admin,
+    State(s): State<Shared>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> ApiResult<Json<Device>> {
     let tags: Vec<String> = parse_json(&body)?;
     Ok(Json(devices::set_tags(&s.db, &id, &tags).await?))
 }
@@ -109,7 +147,11 @@ pub struct Imported {
 }
 
 /// Body: a factory manifest, JSON array or CSV.
-pub async fn import_devices(_: Admin, State(s): State<Shared>, body: Bytes) -> ApiResult<Json<Imported>> {
+pub async fn import_devices(
+    _: Admin,
+    State(s): State<Shared>,
+    body: Bytes,
+) -> ApiResult<Json<Imported>> {
     let text = std::str::from_utf8(&body)
         .map_err(|_| ApiError::bad_request("bad-manifest", "factory manifest is not UTF-8"))?;
     let entries = devices::parse_factory_manifest(text)?;
@@ -130,16 +172,30 @@ pub struct NewCampaign {
     pub policy: CampaignPolicy,
 }
 
-pub async fn create_campaign(_: Admin, State(s): State<Shared>, body: Bytes) -> ApiResult<Json<Campaign>> {
+pub async fn create_campaign(
+    _: Admin,
+    State(s): State<Shared>,
+    body: Bytes,
+) -> ApiResult<Json<Campaign>> {
     let new: NewCampaign = parse_json(&body)?;
-    Ok(Json(campaigns::create(&s.db, &new.id, &new.release_id, new.policy).await?))
+    Ok(Json(
+        campaigns::create(&s.db, &new.id, &new.release_id, new.policy).await?,
+    ))
 }
 
-pub async fn campaign_status(_: Admin, State(s): State<Shared>, Path(id): Path<String>) -> ApiResult<Json<CampaignStatus>> {
+pub async fn campaign_status(
+    _: Admin,
+    State(s): State<Shared>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<CampaignStatus>> {
     Ok(Json(campaigns::status(&s.db, &id).await?))
 }
 
-pub async fn dry_run(_: Admin, State(s): State<Shared>, Path(id): Path<String>) -> ApiResult<Json<DryRun>> {
+pub async fn dry_run(
+    _: Admin,
+    State(s): State<Shared>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<DryRun>> {
     Ok(Json(campaigns::dry_run(&s.db, &id).await?))
 }
 

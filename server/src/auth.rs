@@ -55,7 +55,10 @@ pub async fn consume_nonce(db: &Db, device_id: &str, timestamp: i64, nonce: &str
     }
     let nonce_ok = (16..=64).contains(&nonce.len()) && nonce.bytes().all(|b| b.is_ascii_hexdigit());
     if !nonce_ok {
-        return Err(ApiError::bad_request("bad-nonce", "nonce must be 16 to 64 hex digits"));
+        return Err(ApiError::bad_request(
+            "bad-nonce",
+            "nonce must be 16 to 64 hex digits",
+        ));
     }
     // A nonce only needs remembering while its timestamp is inside the window.
     let expires = (timestamp + CLOCK_SKEW_SECS) * 1000;
@@ -143,7 +146,10 @@ mod tests {
         assert!(key.check(&moved, 999).is_err(), "other device");
         let longer = token.replacen(".1000.", ".2000.", 1);
         assert!(key.check(&longer, 999).is_err(), "extended expiry");
-        assert!(TokenKey::new("k2").check(&token, 999).is_err(), "other server key");
+        assert!(
+            TokenKey::new("k2").check(&token, 999).is_err(),
+            "other server key"
+        );
         assert!(key.check("garbage", 0).is_err());
     }
 }

@@ -64,7 +64,12 @@ pub struct CampaignStatus {
     pub waves: Vec<WaveStatus>,
 }
 
-pub async fn create(db: &Db, id: &str, release_id: &str, policy: CampaignPolicy) -> ApiResult<Campaign> {
+pub async fn create(
+    db: &Db,
+    id: &str,
+    release_id: &str,
+    policy: CampaignPolicy,
+) -> ApiResult<Campaign> {
     check_name("campaign id", id)?;
     policy
         .validate()
@@ -93,12 +98,16 @@ pub async fn create(db: &Db, id: &str, release_id: &str, policy: CampaignPolicy)
     .execute(&db.pool)
     .await?;
     if inserted.rows_affected() == 0 {
-        return Err(ApiError::conflict("campaign-exists", format!("campaign {id} already exists")));
+        return Err(ApiError::conflict(
+            "campaign-exists",
+            format!("campaign {id} already exists"),
+        ));
     }
     get(db, id).await
 }
 
-const COLUMNS: &str = "id, release_id, policy, salt, state, state_reason, wave_bounds, wave_sizes, \
+const COLUMNS: &str =
+    "id, release_id, policy, salt, state, state_reason, wave_bounds, wave_sizes, \
                        opened_waves, gate_met_at, failures_acknowledged, created_at, started_at";
 
 pub async fn get(db: &Db, id: &str) -> ApiResult<Campaign> {
@@ -111,9 +120,11 @@ pub async fn get(db: &Db, id: &str) -> ApiResult<Campaign> {
 }
 
 pub async fn list(db: &Db) -> ApiResult<Vec<Campaign>> {
-    let rows = sqlx::query(&format!("SELECT {COLUMNS} FROM campaigns ORDER BY created_at DESC"))
-        .fetch_all(&db.pool)
-        .await?;
+    let rows = sqlx::query(&format!(
+        "SELECT {COLUMNS} FROM campaigns ORDER BY created_at DESC"
+    ))
+    .fetch_all(&db.pool)
+    .await?;
     rows.iter().map(from_row).collect()
 }
 
@@ -205,11 +216,13 @@ pub async fn pause(db: &Db, id: &str, reason: &str) -> ApiResult<Campaign> {
 pub async fn resume(db: &Db, id: &str) -> ApiResult<Campaign> {
     let campaign = get(db, id).await?;
     require_state(&campaign, &[state::PAUSED], "resume")?;
-    let failed: i64 = sqlx::query("SELECT COUNT(*) AS n FROM deployments WHERE campaign_id = $1 AND state = 'failed'")
-        .bind(id)
-        .fetch_one(&db.pool)
-        .await?
-        .try_get("n")?;
+    let failed: i64 = sqlx::query(
+        "SELECT COUNT(*) AS n FROM deployments WHERE campaign_id = $1 AND state = 'failed'",
+    )
+    .bind(id)
+    .fetch_one(&db.pool)
+    .await?
+    .try_get("n")?;
     let done = sqlx::query(
         "UPDATE campaigns SET state = $1, failures_acknowledged = $2, state_reason = $3 \
          WHERE id = $4 AND state = $5",
@@ -228,8 +241,24 @@ pub async fn resume(db: &Db, id: &str) -> ApiResult<Campaign> {
 /// those in progress finish and are still recorded.
 pub async fn abort(db: &Db, id: &str) -> ApiResult<Campaign> {
     let campaign = get(db, id).await?;
-    require_state(&campaign, &[state::DRAFT, state::RUNNING, state::PAUSED, state::COMPLETED], "abort")?;
-    let done = set_state(db, id, &campaign.state, state::ABORTED, "aborted by operator").await?;
+    require_state(
+        &campaign,
+        &[
+            state::DRAFT,
+            state::RUNNING,
+            state::PAUSED,
+            state::COMPLETED,
+        ],
+        "abort",
+    )?;
+    let done = set_state(
+        db,
+        id,
+        &campaign.state,
+        state::ABORTED,
+        "aborted by operator",
+    )
+    .await?;
     sqlx::query(
         "UPDATE deployments SET state = 'cancelled', live = NULL, reason = 'campaign aborted', \
          updated_at = $1 WHERE campaign_id = $2 AND state = 'assigned'",
@@ -242,13 +271,15 @@ pub async fn abort(db: &Db, id: &str) -> ApiResult<Campaign> {
 }
 
 async fn set_state(db: &Db, id: &str, from: &str, to: &str, reason: &str) -> ApiResult<u64> {
-    let done = sqlx::query("UPDATE campaigns SET state = $1, state_reason = $2 WHERE id = $3 AND state = $4")
-        .bind(to)
-        .bind(reason)
-        .bind(id)
-        .bind(from)
-        .execute(&db.pool)
-        .await?;
+    let done = sqlx::query(
+        "UPDATE campaigns SET state = $1, state_reason = $2 WHERE id = $3 AND state = $4",
+    )
+    .bind(to)
+    .bind(reason)
+    .bind(id)
+    .bind(from)
+    .execute(&db.pool)
+    .await?;
     Ok(done.rows_affected())
 }
 
@@ -269,7 +300,10 @@ async fn changed(db: &Db, id: &str, rows: u64, action: &str) -> ApiResult<Campai
     if rows == 0 {
         return Err(ApiError::conflict(
             "campaign-state",
-            format!("cannot {action} campaign {id}: it changed meanwhile and is now {}", campaign.state),
+            format!(
+                "cannot {action} campaign {id}: it changed meanwhile and is now {}",
+                campaign.state
+            ),
         ));
     }
     tracing::info!(campaign = id, state = %campaign.state, "campaign {action}");
@@ -285,7 +319,10 @@ pub async fn status(db: &Db, id: &str) -> ApiResult<CampaignStatus> {
     .fetch_all(&db.pool)
     .await?;
     let count = campaign.policy.waves.len();
-    let sizes = campaign.wave_sizes.clone().unwrap_or_else(|| vec![0; count]);
+    let sizes = campaign
+        .wave_sizes
+        .clone()
+        .unwrap_or_else(|| vec![0; count]);
     let mut waves: Vec<WaveStatus> = (0..count)
         .map(|i| WaveStatus {
             index: i,
@@ -301,7 +338,9 @@ pub async fn status(db: &Db, id: &str) -> ApiResult<CampaignStatus> {
     for row in rows {
         let wave = row.try_get::<i64, _>("wave")? as usize;
         let n = row.try_get::<i64, _>("n")? as u64;
-        let Some(w) = waves.get_mut(wave) else { continue };
+        let Some(w) = waves.get_mut(wave) else {
+            continue;
+        };
         w.assigned += n;
         match row.try_get::<String, _>("state")?.as_str() {
             "succeeded" => w.succeeded += n,
@@ -404,10 +443,16 @@ pub async fn dry_run(db: &Db, id: &str) -> ApiResult<DryRun> {
         .unwrap_or_else(|| wave_bounds(&campaign.policy.waves, targets.len() as u64));
     let versions = image_versions(db, &release.compatible).await?;
     let mut waves: Vec<DryRunWave> = (0..bounds.len())
-        .map(|index| DryRunWave { index, devices: Vec::new(), bytes: 0 })
+        .map(|index| DryRunWave {
+            index,
+            devices: Vec::new(),
+            bytes: 0,
+        })
         .collect();
     let mut ordered = targets;
-    ordered.sort_by(|a, b| position(&campaign.salt, &a.id).total_cmp(&position(&campaign.salt, &b.id)));
+    ordered.sort_by(|a, b| {
+        position(&campaign.salt, &a.id).total_cmp(&position(&campaign.salt, &b.id))
+    });
     for d in ordered {
         let plan = plan(&manifest, &d.images);
         let summary = describe(&plan, &versions, d.version.as_deref());
@@ -433,7 +478,11 @@ pub async fn dry_run(db: &Db, id: &str) -> ApiResult<DryRun> {
 /// to name the version a delta starts from.
 async fn image_versions(db: &Db, compatible: &str) -> ApiResult<HashMap<String, String>> {
     let mut out = HashMap::new();
-    for r in releases::list(db).await?.into_iter().filter(|r| r.compatible == compatible) {
+    for r in releases::list(db)
+        .await?
+        .into_iter()
+        .filter(|r| r.compatible == compatible)
+    {
         for image in r.images {
             out.insert(image.sha256, r.version.clone());
         }
@@ -441,12 +490,20 @@ async fn image_versions(db: &Db, compatible: &str) -> ApiResult<HashMap<String, 
     Ok(out)
 }
 
-fn describe(plan: &PayloadPlan, versions: &HashMap<String, String>, current: Option<&str>) -> String {
+fn describe(
+    plan: &PayloadPlan,
+    versions: &HashMap<String, String>,
+    current: Option<&str>,
+) -> String {
     (plan.images.iter())
         .map(|i| match &i.from_sha256 {
             None => format!("{}: full", i.image),
             Some(sha) => {
-                let from = versions.get(sha).map(String::as_str).or(current).unwrap_or("?");
+                let from = versions
+                    .get(sha)
+                    .map(String::as_str)
+                    .or(current)
+                    .unwrap_or("?");
                 format!("{}: delta from {from}", i.image)
             }
         })

@@ -57,7 +57,11 @@ impl Caches {
         for campaign in campaigns::list_assigning(db).await? {
             let release = self.release(db, &campaign.release_id).await?;
             let bounds = campaign.wave_bounds.clone().unwrap_or_else(|| vec![1.0]);
-            active.push(ActiveCampaign { campaign, release, bounds });
+            active.push(ActiveCampaign {
+                campaign,
+                release,
+                bounds,
+            });
         }
         let list = Arc::new(active);
         *lock(&self.campaigns) = Some((Instant::now(), list.clone()));
@@ -84,7 +88,11 @@ pub struct CheckInContext<'a> {
     pub poll_interval_secs: u64,
 }
 
-pub async fn check_in(ctx: &CheckInContext<'_>, device_id: &str, report: &CheckIn) -> ApiResult<CheckInResponse> {
+pub async fn check_in(
+    ctx: &CheckInContext<'_>,
+    device_id: &str,
+    report: &CheckIn,
+) -> ApiResult<CheckInResponse> {
     validate(report)?;
     let row = sqlx::query("SELECT compatible, tags, approval, version FROM devices WHERE id = $1")
         .bind(device_id)
@@ -92,14 +100,23 @@ pub async fn check_in(ctx: &CheckInContext<'_>, device_id: &str, report: &CheckI
         .await?
         .ok_or_else(|| devices::unknown(device_id))?;
     if row.try_get::<String, _>("approval")? != "approved" {
-        return Err(ApiError::forbidden("not-approved", format!("device {device_id} is not approved")));
+        return Err(ApiError::forbidden(
+            "not-approved",
+            format!("device {device_id} is not approved"),
+        ));
     }
     let compatible: String = row.try_get("compatible")?;
     let tags = split_tags(&row.try_get::<String, _>("tags")?);
     let previous: Option<String> = row.try_get("version")?;
     if previous.as_deref() != Some(report.version.as_str()) {
         let from = previous.as_deref().unwrap_or("nothing");
-        devices::record(ctx.db, device_id, "version", &format!("runs {} (was {from})", report.version)).await?;
+        devices::record(
+            ctx.db,
+            device_id,
+            "version",
+            &format!("runs {} (was {from})", report.version),
+        )
+        .await?;
     }
     ctx.writer.queue(device_id, report.clone()).await;
     let assignment = assignment(ctx, device_id, &compatible, &tags, report).await?;
@@ -213,10 +230,25 @@ async fn assignment(
         .execute(&ctx.db.pool)
         .await?;
         if inserted.rows_affected() == 1 {
-            let kinds: Vec<String> = plan.images.iter().map(|i| format!("{} {}", i.image, i.kind)).collect();
-            let detail = format!("campaign {}: release {} ({}, {} bytes)", c.id, release.version, kinds.join(", "), plan.total_bytes);
+            let kinds: Vec<String> = plan
+                .images
+                .iter()
+                .map(|i| format!("{} {}", i.image, i.kind))
+                .collect();
+            let detail = format!(
+                "campaign {}: release {} ({}, {} bytes)",
+                c.id,
+                release.version,
+                kinds.join(", "),
+                plan.total_bytes
+            );
             devices::record(ctx.db, device_id, "assigned", &detail).await?;
-            return Ok(Some(to_assignment(ctx.public_url, &id, release, DeploymentState::Assigned)));
+            return Ok(Some(to_assignment(
+                ctx.public_url,
+                &id,
+                release,
+                DeploymentState::Assigned,
+            )));
         }
         // Another server assigned this device at the same moment: answer with that one.
         let again = deployments_of(ctx.db, device_id).await?;
@@ -230,7 +262,10 @@ async fn assignment(
 /// A device's unfinished deployment. Not yet started ones are held back while the
 /// campaign is paused and cancelled once it is aborted; started ones keep going so the
 /// device can finish and report.
-async fn live_assignment(ctx: &CheckInContext<'_>, live: &DeploymentRow) -> ApiResult<Option<Assignment>> {
+async fn live_assignment(
+    ctx: &CheckInContext<'_>,
+    live: &DeploymentRow,
+) -> ApiResult<Option<Assignment>> {
     let not_started = live.state == DeploymentState::Assigned;
     if not_started && live.campaign_state == state::ABORTED {
         sqlx::query(
@@ -243,14 +278,27 @@ async fn live_assignment(ctx: &CheckInContext<'_>, live: &DeploymentRow) -> ApiR
         .await?;
         return Ok(None);
     }
-    if not_started && live.campaign_state != state::RUNNING && live.campaign_state != state::COMPLETED {
+    if not_started
+        && live.campaign_state != state::RUNNING
+        && live.campaign_state != state::COMPLETED
+    {
         return Ok(None);
     }
     let release = ctx.caches.release(ctx.db, &live.release_id).await?;
-    Ok(Some(to_assignment(ctx.public_url, &live.id, &release.0, live.state)))
+    Ok(Some(to_assignment(
+        ctx.public_url,
+        &live.id,
+        &release.0,
+        live.state,
+    )))
 }
 
-fn to_assignment(public_url: &str, id: &str, release: &Release, state: DeploymentState) -> Assignment {
+fn to_assignment(
+    public_url: &str,
+    id: &str,
+    release: &Release,
+    state: DeploymentState,
+) -> Assignment {
     Assignment {
         deployment_id: id.to_string(),
         release_version: release.version.clone(),

@@ -29,7 +29,13 @@ fn gate(state: &Shared, headers: &HeaderMap, uri: &Uri, q: &TokenQuery) -> Optio
     if let Some(token) = &q.token {
         if state.admin_token_matches(token) {
             let cookie = format!("cairn_admin={token}; Path=/; HttpOnly; SameSite=Strict");
-            return Some((StatusCode::SEE_OTHER, [(SET_COOKIE, cookie), (LOCATION, uri.path().to_string())]).into_response());
+            return Some(
+                (
+                    StatusCode::SEE_OTHER,
+                    [(SET_COOKIE, cookie), (LOCATION, uri.path().to_string())],
+                )
+                    .into_response(),
+            );
         }
     }
     let from_cookie = headers
@@ -43,8 +49,11 @@ fn gate(state: &Shared, headers: &HeaderMap, uri: &Uri, q: &TokenQuery) -> Optio
     if from_cookie || from_header {
         return None;
     }
-    let body = page("Sign in", "<p>Open this page with <code>?token=&lt;admin token&gt;</code> once; \
-        <code>cairn-server admin-token</code> prints it.</p>");
+    let body = page(
+        "Sign in",
+        "<p>Open this page with <code>?token=&lt;admin token&gt;</code> once; \
+        <code>cairn-server admin-token</code> prints it.</p>",
+    );
     Some((StatusCode::UNAUTHORIZED, Html(body)).into_response())
 }
 
@@ -73,7 +82,10 @@ fn when(ms: Option<i64>) -> String {
     let Some(ms) = ms else { return "never".into() };
     time::OffsetDateTime::from_unix_timestamp(ms / 1000)
         .ok()
-        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
         .unwrap_or_else(|| ms.to_string())
 }
 
@@ -127,7 +139,12 @@ fn campaign_section(status: &CampaignStatus) -> String {
     )
 }
 
-pub async fn campaigns(State(s): State<Shared>, headers: HeaderMap, uri: Uri, Query(q): Query<TokenQuery>) -> ApiResult<Response> {
+pub async fn campaigns(
+    State(s): State<Shared>,
+    headers: HeaderMap,
+    uri: Uri,
+    Query(q): Query<TokenQuery>,
+) -> ApiResult<Response> {
     if let Some(r) = gate(&s, &headers, &uri, &q) {
         return Ok(r);
     }
@@ -155,26 +172,44 @@ pub async fn campaign(
     Ok(Html(page(&format!("Campaign {id}"), &campaign_section(&status))).into_response())
 }
 
-/// Each device's live deployment state, for the list.
-async fn live_states(s: &Shared) -> ApiResult<HashMap<String, String>> {
-    let rows = sqlx::query("SELECT device_id, state FROM deployments WHERE live = 1")
-        .fetch_all(&s.db.pool)
-        .await?;
+/// Each listed device's newest deployment state (`idle` when it never had one).
+async fn deployment_states(
+    s: &Shared,
+    listed: &[devices::Device],
+) -> ApiResult<HashMap<String, String>> {
+    let (Some(first), Some(last)) = (listed.first(), listed.last()) else {
+        return Ok(HashMap::new());
+    };
+    let rows = sqlx::query(
+        "SELECT device_id, state FROM deployments WHERE device_id >= $1 AND device_id <= $2 \
+         ORDER BY updated_at",
+    )
+    .bind(&first.id)
+    .bind(&last.id)
+    .fetch_all(&s.db.pool)
+    .await?;
+    // Later rows overwrite earlier ones: the newest deployment wins.
     rows.iter()
         .map(|r| Ok((r.try_get("device_id")?, r.try_get("state")?)))
         .collect()
 }
 
-pub async fn devices(State(s): State<Shared>, headers: HeaderMap, uri: Uri, Query(q): Query<TokenQuery>) -> ApiResult<Response> {
+pub async fn devices(
+    State(s): State<Shared>,
+    headers: HeaderMap,
+    uri: Uri,
+    Query(q): Query<TokenQuery>,
+) -> ApiResult<Response> {
     if let Some(r) = gate(&s, &headers, &uri, &q) {
         return Ok(r);
     }
-    let live = live_states(&s).await?;
+    let listed = devices::list(&s.db, 1000).await?;
+    let states = deployment_states(&s, &listed).await?;
     let mut body = String::from(
         "<table class=\"devices\"><tr><th>device</th><th>approval</th><th>compatible</th><th>tags</th>\
          <th>version</th><th>booted / committed</th><th>deployment</th><th>last check-in</th></tr>",
     );
-    for d in devices::list(&s.db, 1000).await? {
+    for d in listed {
         let _ = write!(
             body,
             "<tr><td><a href=\"/ui/devices/{id}\">{id}</a></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>\
@@ -185,7 +220,7 @@ pub async fn devices(State(s): State<Shared>, headers: HeaderMap, uri: Uri, Quer
             escape(d.version.as_deref().unwrap_or("-")),
             escape(d.booted_slot.as_deref().unwrap_or("-")),
             escape(d.committed_slot.as_deref().unwrap_or("-")),
-            escape(live.get(&d.id).map(String::as_str).unwrap_or("idle")),
+            escape(states.get(&d.id).map(String::as_str).unwrap_or("idle")),
             when(d.last_checkin),
             id = escape(&d.id),
         );

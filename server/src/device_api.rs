@@ -28,7 +28,10 @@ impl FromRequestParts<Shared> for AuthenticatedDevice {
 
     async fn from_request_parts(parts: &mut Parts, state: &Shared) -> ApiResult<Self> {
         let token = bearer(&parts.headers).ok_or_else(|| {
-            ApiError::unauthorized("no-token", "send Authorization: Bearer <token> from /v1/device/token")
+            ApiError::unauthorized(
+                "no-token",
+                "send Authorization: Bearer <token> from /v1/device/token",
+            )
         })?;
         let device = state.token_key.check(token, unix_now())?;
         Ok(AuthenticatedDevice(device.to_string()))
@@ -49,7 +52,13 @@ pub async fn enroll(State(state): State<Shared>, body: Bytes) -> ApiResult<Respo
     request
         .verify()
         .map_err(|e| ApiError::unauthorized("bad-signature", format!("enrollment: {e}")))?;
-    consume_nonce(&state.db, &request.device_id, request.timestamp, &request.nonce).await?;
+    consume_nonce(
+        &state.db,
+        &request.device_id,
+        request.timestamp,
+        &request.nonce,
+    )
+    .await?;
     let status = devices::enroll(&state.db, &request).await?;
     let code = match status {
         EnrollStatus::Approved => StatusCode::OK,
@@ -73,11 +82,20 @@ pub async fn token(State(state): State<Shared>, body: Bytes) -> ApiResult<Json<T
     request
         .verify(&key)
         .map_err(|e| ApiError::unauthorized("bad-signature", format!("token request: {e}")))?;
-    consume_nonce(&state.db, &request.device_id, request.timestamp, &request.nonce).await?;
+    consume_nonce(
+        &state.db,
+        &request.device_id,
+        request.timestamp,
+        &request.nonce,
+    )
+    .await?;
     if row.try_get::<String, _>("approval")? != "approved" {
         return Err(ApiError::forbidden(
             "not-approved",
-            format!("device {} waits for an operator to approve its key", request.device_id),
+            format!(
+                "device {} waits for an operator to approve its key",
+                request.device_id
+            ),
         ));
     }
     let expires_at = unix_now() + TOKEN_LIFETIME_SECS;
@@ -109,7 +127,13 @@ pub async fn check_in(
     }
     Ok((
         StatusCode::OK,
-        [(ETAG, etag), (axum::http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+        [
+            (ETAG, etag),
+            (
+                axum::http::header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            ),
+        ],
         body,
     )
         .into_response())

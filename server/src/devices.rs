@@ -122,7 +122,13 @@ pub async fn enroll(db: &Db, request: &EnrollRequest) -> ApiResult<EnrollStatus>
         .execute(&db.pool)
         .await?;
         if claimed.rows_affected() == 1 {
-            record(db, &request.device_id, "enrolled", "device presented its key").await?;
+            record(
+                db,
+                &request.device_id,
+                "enrolled",
+                "device presented its key",
+            )
+            .await?;
         }
     }
     let approval: String = row.try_get("approval")?;
@@ -195,7 +201,10 @@ pub async fn import(db: &Db, entries: &[FactoryEntry]) -> ApiResult<usize> {
         if key != e.public_key {
             return Err(ApiError::conflict(
                 "key-mismatch",
-                format!("device {} exists with another key; nothing imported", e.device_id),
+                format!(
+                    "device {} exists with another key; nothing imported",
+                    e.device_id
+                ),
             ));
         }
     }
@@ -214,7 +223,8 @@ pub fn parse_factory_manifest(text: &str) -> ApiResult<Vec<FactoryEntry>> {
     let mut reader = csv::ReaderBuilder::new()
         .trim(csv::Trim::All)
         .from_reader(text.as_bytes());
-    let bad = |e: csv::Error| ApiError::bad_request("bad-manifest", format!("factory manifest CSV: {e}"));
+    let bad =
+        |e: csv::Error| ApiError::bad_request("bad-manifest", format!("factory manifest CSV: {e}"));
     let mut out = Vec::new();
     for record in reader.deserialize::<CsvEntry>() {
         let r = record.map_err(bad)?;
@@ -255,10 +265,12 @@ pub async fn get(db: &Db, id: &str) -> ApiResult<Device> {
 }
 
 pub async fn list(db: &Db, limit: i64) -> ApiResult<Vec<Device>> {
-    let rows = sqlx::query(&format!("SELECT {COLUMNS} FROM devices ORDER BY id LIMIT $1"))
-        .bind(limit)
-        .fetch_all(&db.pool)
-        .await?;
+    let rows = sqlx::query(&format!(
+        "SELECT {COLUMNS} FROM devices ORDER BY id LIMIT $1"
+    ))
+    .bind(limit)
+    .fetch_all(&db.pool)
+    .await?;
     rows.iter().map(from_row).collect()
 }
 
@@ -302,14 +314,16 @@ pub fn unknown(id: &str) -> ApiError {
 
 /// Appends to a device's history.
 pub async fn record(db: &Db, device_id: &str, event: &str, detail: &str) -> ApiResult<()> {
-    sqlx::query("INSERT INTO history (id, device_id, at, event, detail) VALUES ($1, $2, $3, $4, $5)")
-        .bind(random_id("h-"))
-        .bind(device_id)
-        .bind(now_ms())
-        .bind(event)
-        .bind(detail)
-        .execute(&db.pool)
-        .await?;
+    sqlx::query(
+        "INSERT INTO history (id, device_id, at, event, detail) VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(random_id("h-"))
+    .bind(device_id)
+    .bind(now_ms())
+    .bind(event)
+    .bind(detail)
+    .execute(&db.pool)
+    .await?;
     Ok(())
 }
 

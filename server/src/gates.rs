@@ -107,9 +107,15 @@ mod tests {
     fn gate_needs_the_success_ratio_then_the_bake_time() {
         let p = policy();
         let waves = [wave(10, 7, 0), wave(90, 0, 0)];
-        assert_eq!(evaluate(&p, &progress(1, None), &waves, 0), Decision::Nothing);
+        assert_eq!(
+            evaluate(&p, &progress(1, None), &waves, 0),
+            Decision::Nothing
+        );
         let waves = [wave(10, 8, 0), wave(90, 0, 0)];
-        assert_eq!(evaluate(&p, &progress(1, None), &waves, 0), Decision::GateMet);
+        assert_eq!(
+            evaluate(&p, &progress(1, None), &waves, 0),
+            Decision::GateMet
+        );
         assert_eq!(
             evaluate(&p, &progress(1, Some(0)), &waves, 59_999),
             Decision::Nothing
@@ -129,7 +135,10 @@ mod tests {
     fn failures_above_the_threshold_pause_and_acknowledged_ones_do_not() {
         let p = policy();
         let waves = [wave(10, 2, 2), wave(90, 0, 0)];
-        assert_eq!(evaluate(&p, &progress(1, None), &waves, 0), Decision::Nothing);
+        assert_eq!(
+            evaluate(&p, &progress(1, None), &waves, 0),
+            Decision::Nothing
+        );
         let waves = [wave(10, 2, 3), wave(90, 0, 0)];
         assert!(matches!(
             evaluate(&p, &progress(1, None), &waves, 0),

@@ -5,10 +5,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::body::Bytes;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post, put};
 use axum::Router;
-use axum::body::Bytes;
 use cairn_bundle::TrustRoot;
 use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
@@ -113,13 +113,19 @@ pub async fn build(db: Db, config: Config, local: SocketAddr) -> anyhow::Result<
         .route("/deployments/{id}/reports", post(device_api::report))
         .layer(DefaultBodyLimit::max(64 * 1024));
     let admin = Router::new()
-        .route("/releases", get(admin_api::list_releases).post(admin_api::add_release))
+        .route(
+            "/releases",
+            get(admin_api::list_releases).post(admin_api::add_release),
+        )
         .route("/devices", get(admin_api::list_devices))
         .route("/devices/import", post(admin_api::import_devices))
         .route("/devices/{id}", get(admin_api::show_device))
         .route("/devices/{id}/approve", post(admin_api::approve_device))
         .route("/devices/{id}/tags", put(admin_api::set_tags))
-        .route("/campaigns", get(admin_api::list_campaigns).post(admin_api::create_campaign))
+        .route(
+            "/campaigns",
+            get(admin_api::list_campaigns).post(admin_api::create_campaign),
+        )
         .route("/campaigns/{id}", get(admin_api::campaign_status))
         .route("/campaigns/{id}/dry-run", get(admin_api::dry_run))
         .route("/campaigns/{id}/{action}", post(admin_api::campaign_action))
@@ -179,5 +185,6 @@ pub async fn evaluate_once(state: &AppState) -> ApiResult<()> {
 
 /// Parses a JSON body with a message that names what is wrong.
 pub fn parse_json<T: DeserializeOwned>(body: &Bytes) -> ApiResult<T> {
-    serde_json::from_slice(body).map_err(|e| ApiError::bad_request("bad-json", format!("request body: {e}")))
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request("bad-json", format!("request body: {e}")))
 }

@@ -16,7 +16,12 @@ use serde::Serialize;
 #[command(name = "cairn-server", about = "Cairn fleet update server", version)]
 struct Cli {
     /// sqlite://FILE or postgres://USER@HOST:PORT/DB
-    #[arg(long, global = true, env = "CAIRN_DB", default_value = "sqlite://cairn.db")]
+    #[arg(
+        long,
+        global = true,
+        env = "CAIRN_DB",
+        default_value = "sqlite://cairn.db"
+    )]
     db: String,
     /// Directory bundles are kept in.
     #[arg(long, global = true, env = "CAIRN_BLOBS", default_value = "./blobs")]
@@ -74,13 +79,22 @@ enum ReleaseCommand {
 #[derive(Subcommand)]
 enum DeviceCommand {
     List,
-    Show { id: String },
-    Approve { id: String },
+    Show {
+        id: String,
+    },
+    Approve {
+        id: String,
+    },
     /// Authorize keys from a factory manifest (CSV with header
     /// device_id,public_key,compatible,tags, or a JSON array).
-    Import { manifest: PathBuf },
+    Import {
+        manifest: PathBuf,
+    },
     /// Replace a device's tags.
-    Tag { id: String, tags: Vec<String> },
+    Tag {
+        id: String,
+        tags: Vec<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -159,7 +173,9 @@ async fn serve(db: Db, blobs: PathBuf, args: ServeArgs) -> Result<()> {
     config.poll_interval_secs = args.poll_interval_secs;
     config.evaluate_every = Duration::from_secs(args.evaluate_every_secs.max(1));
     if config.root.is_none() {
-        tracing::warn!("no --root given: releases cannot be added until the server has a trust root");
+        tracing::warn!(
+            "no --root given: releases cannot be added until the server has a trust root"
+        );
     }
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
@@ -172,7 +188,11 @@ async fn serve(db: Db, blobs: PathBuf, args: ServeArgs) -> Result<()> {
 
 async fn release(db: &Db, blobs: PathBuf, command: ReleaseCommand) -> Result<()> {
     match command {
-        ReleaseCommand::Add { bundle, root, external_url } => {
+        ReleaseCommand::Add {
+            bundle,
+            root,
+            external_url,
+        } => {
             let root = load_root(&root)?;
             tokio::fs::create_dir_all(&blobs).await?;
             let staged = blobs.join(format!(".upload-{}", cairn_server::db::random_id("")));
@@ -228,7 +248,9 @@ async fn campaign(db: &Db, command: CampaignCommand) -> Result<()> {
         CampaignCommand::List => print(&campaigns::list(db).await?),
         CampaignCommand::DryRun { id } => print(&campaigns::dry_run(db, &id).await?),
         CampaignCommand::Start { id } => print(&campaigns::start(db, &id).await?),
-        CampaignCommand::Pause { id } => print(&campaigns::pause(db, &id, "paused by operator").await?),
+        CampaignCommand::Pause { id } => {
+            print(&campaigns::pause(db, &id, "paused by operator").await?)
+        }
         CampaignCommand::Resume { id } => print(&campaigns::resume(db, &id).await?),
         CampaignCommand::Abort { id } => print(&campaigns::abort(db, &id).await?),
         CampaignCommand::Status { id } => print(&campaigns::status(db, &id).await?),

@@ -144,7 +144,11 @@ mod tests {
 
     #[test]
     fn counts_become_shares_of_the_fleet_and_the_last_wave_takes_the_rest() {
-        let waves = [WaveSize::Count(10), WaveSize::Percent(40.0), WaveSize::Percent(10.0)];
+        let waves = [
+            WaveSize::Count(10),
+            WaveSize::Percent(40.0),
+            WaveSize::Percent(10.0),
+        ];
         assert_eq!(wave_bounds(&waves, 100), vec![0.1, 0.5, 1.0]);
         assert_eq!(wave_bounds(&[WaveSize::Count(500)], 100), vec![1.0]);
     }
@@ -163,7 +167,10 @@ mod tests {
                 wave_of(&bounds, "salt-a", &id) != wave_of(&bounds, "salt-b", &id)
             })
             .count();
-        assert!(moved > 50, "another salt must give another order, moved {moved}");
+        assert!(
+            moved > 50,
+            "another salt must give another order, moved {moved}"
+        );
     }
 
     #[test]

@@ -66,9 +66,10 @@ pub async fn add(
             "the server has no trust root configured (start it with --root root.json)",
         )
     })?;
-    let checked = tokio::task::spawn_blocking(move || check_bundle(&staged, &root).map(|m| (staged, m)))
-        .await
-        .map_err(|e| anyhow::anyhow!("bundle check task: {e}"))?;
+    let checked =
+        tokio::task::spawn_blocking(move || check_bundle(&staged, &root).map(|m| (staged, m)))
+            .await
+            .map_err(|e| anyhow::anyhow!("bundle check task: {e}"))?;
     let (staged, (manifest, sha256, size)) = checked?;
     let blob_name = match external_url {
         Some(_) => None,

@@ -14,10 +14,18 @@ use crate::transitions::{self, reported_name};
 /// A compare-and-set that lost to a concurrent report is retried this often.
 const ATTEMPTS: usize = 8;
 
-pub async fn report(db: &Db, device_id: &str, deployment_id: &str, report: &Report) -> ApiResult<ReportAck> {
+pub async fn report(
+    db: &Db,
+    device_id: &str,
+    deployment_id: &str,
+    report: &Report,
+) -> ApiResult<ReportAck> {
     check_name("report_id", &report.report_id)?;
     if report.detail.as_ref().is_some_and(|d| d.len() > 4096) {
-        return Err(ApiError::bad_request("bad-report", "detail is longer than 4096 bytes"));
+        return Err(ApiError::bad_request(
+            "bad-report",
+            "detail is longer than 4096 bytes",
+        ));
     }
     let row = sqlx::query(
         "SELECT d.device_id, d.campaign_id, c.policy FROM deployments d \
@@ -26,7 +34,12 @@ pub async fn report(db: &Db, device_id: &str, deployment_id: &str, report: &Repo
     .bind(deployment_id)
     .fetch_optional(&db.pool)
     .await?
-    .ok_or_else(|| ApiError::not_found("unknown-deployment", format!("no deployment {deployment_id}")))?;
+    .ok_or_else(|| {
+        ApiError::not_found(
+            "unknown-deployment",
+            format!("no deployment {deployment_id}"),
+        )
+    })?;
     let owner: String = row.try_get("device_id")?;
     if owner != device_id {
         return Err(ApiError::forbidden(
@@ -35,10 +48,18 @@ pub async fn report(db: &Db, device_id: &str, deployment_id: &str, report: &Repo
         ));
     }
     let campaign_id: String = row.try_get("campaign_id")?;
-    let policy: CampaignPolicy = serde_json::from_str(&row.try_get::<String, _>("policy")?)
-        .map_err(anyhow::Error::from)?;
+    let policy: CampaignPolicy =
+        serde_json::from_str(&row.try_get::<String, _>("policy")?).map_err(anyhow::Error::from)?;
     for _ in 0..ATTEMPTS {
-        if let Some(ack) = try_apply(db, device_id, deployment_id, report, policy.attestation_required).await? {
+        if let Some(ack) = try_apply(
+            db,
+            device_id,
+            deployment_id,
+            report,
+            policy.attestation_required,
+        )
+        .await?
+        {
             if ack.deployment_state.is_terminal() && !ack.duplicate {
                 // Success and failure move the gates; evaluate now rather than on the
                 // next tick so a failure threshold stops the campaign at once.
@@ -49,7 +70,10 @@ pub async fn report(db: &Db, device_id: &str, deployment_id: &str, report: &Repo
             return Ok(ack);
         }
     }
-    Err(ApiError::conflict("busy", "the deployment kept changing under this report; retry"))
+    Err(ApiError::conflict(
+        "busy",
+        "the deployment kept changing under this report; retry",
+    ))
 }
 
 /// One attempt in one transaction; `None` when a concurrent report changed the state
@@ -95,10 +119,19 @@ async fn try_apply(
         tx.rollback().await?;
         return Ok(Some(ack(current, true)));
     }
-    let transition = transitions::apply(current, report.state, report.detail.as_deref(), attestation_required)
-        .map_err(|c| ApiError::conflict("report-conflict", c.to_string()))?;
+    let transition = transitions::apply(
+        current,
+        report.state,
+        report.detail.as_deref(),
+        attestation_required,
+    )
+    .map_err(|c| ApiError::conflict("report-conflict", c.to_string()))?;
     if transition.next != current {
-        let live = if transition.next.is_terminal() { None } else { Some(1i64) };
+        let live = if transition.next.is_terminal() {
+            None
+        } else {
+            Some(1i64)
+        };
         let moved = sqlx::query(
             "UPDATE deployments SET state = $1, live = $2, reason = COALESCE($3, reason), updated_at = $4 \
              WHERE id = $5 AND state = $6",
@@ -121,14 +154,16 @@ async fn try_apply(
         (None, Some(d)) => format!("{deployment_id}: {reported}: {d}"),
         (None, None) => format!("{deployment_id}: {reported}"),
     };
-    sqlx::query("INSERT INTO history (id, device_id, at, event, detail) VALUES ($1, $2, $3, $4, $5)")
-        .bind(random_id("h-"))
-        .bind(device_id)
-        .bind(now)
-        .bind(reported)
-        .bind(&detail)
-        .execute(&mut *tx)
-        .await?;
+    sqlx::query(
+        "INSERT INTO history (id, device_id, at, event, detail) VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(random_id("h-"))
+    .bind(device_id)
+    .bind(now)
+    .bind(reported)
+    .bind(&detail)
+    .execute(&mut *tx)
+    .await?;
     tx.commit().await?;
     Ok(Some(ack(transition.next, false)))
 }

@@ -21,13 +21,23 @@ async fn setup() -> Setup {
     let url = format!("sqlite://{}", dir.path().join("cairn.db").display());
     let releases = Releases::build();
     let server = TestServer::start(&url, Some(&releases.root)).await;
-    Setup { _dir: dir, releases, server }
+    Setup {
+        _dir: dir,
+        releases,
+        server,
+    }
 }
 
 /// Imports, enrolls and logs in `n` devices.
 async fn devices(s: &Setup, n: usize) -> Vec<SimDevice> {
     let mut out: Vec<SimDevice> = (0..n)
-        .map(|i| SimDevice::new(&s.server.url, &format!("dev-{i}"), s.releases.v1_images.clone()))
+        .map(|i| {
+            SimDevice::new(
+                &s.server.url,
+                &format!("dev-{i}"),
+                s.releases.v1_images.clone(),
+            )
+        })
         .collect();
     let csv: String = std::iter::once("device_id,public_key,compatible,tags\n".to_string())
         .chain(out.iter().map(|d| format!("{}\n", d.factory_line(""))))
@@ -80,7 +90,11 @@ async fn malformed_json_is_refused_with_a_message() {
     let mut state = serde_json::to_value(d.state()).unwrap();
     state["verison"] = json!("1.0.0");
     assert_eq!(d.post_json(paths::CHECK_IN, &state, &[]).await.status, 400);
-    let (status, body) = s.server.admin().post("/admin/v1/campaigns", "{\"id\": 1}").await;
+    let (status, body) = s
+        .server
+        .admin()
+        .post("/admin/v1/campaigns", "{\"id\": 1}")
+        .await;
     assert_eq!((status, error_code(&body)), (400, "bad-json"));
 }
 
@@ -92,24 +106,36 @@ async fn unknown_devices_bad_signatures_replays_and_stale_requests_are_refused()
     let mut stranger = SimDevice::new(&s.server.url, "dev-unknown", vec![]);
     let request = stranger.token_request();
     let answer = stranger.post_json(paths::TOKEN, &request, &[]).await;
-    assert_eq!((answer.status, error_code(&answer.body)), (404, "unknown-device"));
+    assert_eq!(
+        (answer.status, error_code(&answer.body)),
+        (404, "unknown-device")
+    );
 
     // Signed by another key: refused, and the nonce is not burned by the forger.
     let request = d.token_request();
     let forged = TokenRequest::sign(&stranger.key, &d.id, request.timestamp, &request.nonce);
     let answer = d.post_json(paths::TOKEN, &forged, &[]).await;
-    assert_eq!((answer.status, error_code(&answer.body)), (401, "bad-signature"));
+    assert_eq!(
+        (answer.status, error_code(&answer.body)),
+        (401, "bad-signature")
+    );
     let answer = d.post_json(paths::TOKEN, &request, &[]).await;
     assert_eq!(answer.status, 200, "{}", answer.body);
 
     // The same signed request again: a replay.
     let answer = d.post_json(paths::TOKEN, &request, &[]).await;
-    assert_eq!((answer.status, error_code(&answer.body)), (401, "replayed-request"));
+    assert_eq!(
+        (answer.status, error_code(&answer.body)),
+        (401, "replayed-request")
+    );
 
     let nonce = d.nonce();
     let stale = TokenRequest::sign(&d.key, &d.id, now() - 3600, &nonce);
     let answer = d.post_json(paths::TOKEN, &stale, &[]).await;
-    assert_eq!((answer.status, error_code(&answer.body)), (401, "stale-request"));
+    assert_eq!(
+        (answer.status, error_code(&answer.body)),
+        (401, "stale-request")
+    );
 
     // Without a token, with a token for another device, with a tampered one.
     d.token = None;
@@ -118,7 +144,10 @@ async fn unknown_devices_bad_signatures_replays_and_stale_requests_are_refused()
     let genuine = d.token.clone().unwrap();
     d.token = Some(genuine.replacen("dev-0", "dev-1", 1));
     let answer = d.check_in_raw(None).await;
-    assert_eq!((answer.status, error_code(&answer.body)), (401, "bad-token"));
+    assert_eq!(
+        (answer.status, error_code(&answer.body)),
+        (401, "bad-token")
+    );
     let mut tampered = genuine.clone();
     let last = tampered.pop().unwrap();
     tampered.push(if last == '0' { '1' } else { '0' });
@@ -132,10 +161,16 @@ async fn enrollment_needs_a_preauthorized_or_approved_key() {
     let admin = s.server.admin();
     let mut newcomer = SimDevice::new(&s.server.url, "dev-new", vec![]);
     let answer = newcomer.enroll().await;
-    assert_eq!((answer.status, answer.body["status"].as_str()), (202, Some("pending")));
+    assert_eq!(
+        (answer.status, answer.body["status"].as_str()),
+        (202, Some("pending"))
+    );
     let request = newcomer.token_request();
     let answer = newcomer.post_json(paths::TOKEN, &request, &[]).await;
-    assert_eq!((answer.status, error_code(&answer.body)), (403, "not-approved"));
+    assert_eq!(
+        (answer.status, error_code(&answer.body)),
+        (403, "not-approved")
+    );
     admin.ok("/admin/v1/devices/dev-new/approve", "").await;
     newcomer.login().await;
 
@@ -143,16 +178,26 @@ async fn enrollment_needs_a_preauthorized_or_approved_key() {
     let owner = &devices(&s, 1).await[0];
     let mut impostor = SimDevice::new(&s.server.url, &owner.id, vec![]);
     let answer = impostor.enroll().await;
-    assert_eq!((answer.status, error_code(&answer.body)), (403, "key-mismatch"));
+    assert_eq!(
+        (answer.status, error_code(&answer.body)),
+        (403, "key-mismatch")
+    );
     let (_, shown) = admin.get(&format!("/admin/v1/devices/{}", owner.id)).await;
     assert_eq!(shown["device"]["public_key"], owner.public_key());
     // And a factory import cannot silently re-key it either.
-    let csv = format!("device_id,public_key,compatible,tags\n{}\n", impostor.factory_line(""));
+    let csv = format!(
+        "device_id,public_key,compatible,tags\n{}\n",
+        impostor.factory_line("")
+    );
     let (status, body) = admin.post("/admin/v1/devices/import", csv).await;
     assert_eq!((status, error_code(&body)), (409, "key-mismatch"));
 
     // The admin API itself needs its token.
-    let r = reqwest::Client::new().get(format!("{}/admin/v1/devices", s.server.url)).send().await.unwrap();
+    let r = reqwest::Client::new()
+        .get(format!("{}/admin/v1/devices", s.server.url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status().as_u16(), 401);
     let r = reqwest::Client::new()
         .get(format!("{}/admin/v1/devices", s.server.url))
@@ -171,13 +216,33 @@ async fn reports_for_someone_elses_or_unknown_deployments_change_nothing() {
     let mine = fleet[0].check_in().await.unwrap();
     let theirs = fleet[1].check_in().await.unwrap();
 
-    let answer = fleet[1].report_raw(&mine.deployment_id, "x1", ReportedState::Failed, Some("sabotage")).await;
-    assert_eq!((answer.status, error_code(&answer.body)), (403, "not-your-deployment"));
-    let answer = fleet[0].report_raw("dep-nonexistent", "x1", ReportedState::Downloading, None).await;
-    assert_eq!((answer.status, error_code(&answer.body)), (404, "unknown-deployment"));
+    let answer = fleet[1]
+        .report_raw(
+            &mine.deployment_id,
+            "x1",
+            ReportedState::Failed,
+            Some("sabotage"),
+        )
+        .await;
+    assert_eq!(
+        (answer.status, error_code(&answer.body)),
+        (403, "not-your-deployment")
+    );
+    let answer = fleet[0]
+        .report_raw("dep-nonexistent", "x1", ReportedState::Downloading, None)
+        .await;
+    assert_eq!(
+        (answer.status, error_code(&answer.body)),
+        (404, "unknown-deployment")
+    );
     // Committing without having rebooted is not a success.
-    let answer = fleet[0].report_raw(&mine.deployment_id, "x2", ReportedState::Committed, None).await;
-    assert_eq!((answer.status, error_code(&answer.body)), (409, "report-conflict"));
+    let answer = fleet[0]
+        .report_raw(&mine.deployment_id, "x2", ReportedState::Committed, None)
+        .await;
+    assert_eq!(
+        (answer.status, error_code(&answer.body)),
+        (409, "report-conflict")
+    );
 
     let again = fleet[0].check_in().await.unwrap();
     assert_eq!(again.deployment_id, mine.deployment_id);
@@ -187,7 +252,9 @@ async fn reports_for_someone_elses_or_unknown_deployments_change_nothing() {
     assert_eq!(status["waves"][0]["failed"], 0);
     assert_eq!(status["waves"][0]["succeeded"], 0);
     // A refused report is not remembered as applied: the same id works once it fits.
-    fleet[0].report(&mine.deployment_id, "x2", ReportedState::Downloading, None).await;
+    fleet[0]
+        .report(&mine.deployment_id, "x2", ReportedState::Downloading, None)
+        .await;
 }
 
 #[tokio::test]
@@ -196,15 +263,38 @@ async fn retried_reports_are_applied_once() {
     let d = devices(&s, 1).await.remove(0);
     running_campaign(&s).await;
     let a = d.check_in().await.unwrap();
-    let first = d.report(&a.deployment_id, "r1", ReportedState::Downloading, Some("0 of 10 MB")).await;
+    let first = d
+        .report(
+            &a.deployment_id,
+            "r1",
+            ReportedState::Downloading,
+            Some("0 of 10 MB"),
+        )
+        .await;
     assert_eq!(first["duplicate"], false);
     for _ in 0..3 {
-        let again = d.report(&a.deployment_id, "r1", ReportedState::Downloading, Some("0 of 10 MB")).await;
+        let again = d
+            .report(
+                &a.deployment_id,
+                "r1",
+                ReportedState::Downloading,
+                Some("0 of 10 MB"),
+            )
+            .await;
         assert_eq!(again["duplicate"], true);
         assert_eq!(again["deployment_state"], "downloading");
     }
-    let (_, shown) = s.server.admin().get(&format!("/admin/v1/devices/{}", d.id)).await;
-    let downloads = shown["history"].as_array().unwrap().iter().filter(|h| h["event"] == "downloading").count();
+    let (_, shown) = s
+        .server
+        .admin()
+        .get(&format!("/admin/v1/devices/{}", d.id))
+        .await;
+    let downloads = shown["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|h| h["event"] == "downloading")
+        .count();
     assert_eq!(downloads, 1);
 }
 
@@ -225,11 +315,18 @@ async fn polling_is_cheap_with_etags() {
     running_campaign(&s).await;
     let third = d.check_in_raw(Some(&etag)).await;
     assert_eq!(third.status, 200);
-    assert!(third.body["assignment"]["bundle_url"].as_str().unwrap().starts_with(&s.server.url));
+    assert!(third.body["assignment"]["bundle_url"]
+        .as_str()
+        .unwrap()
+        .starts_with(&s.server.url));
     assert_ne!(third.etag.unwrap(), etag);
     // The check-in was recorded even when answered with 304.
     s.server.state.writer.flush().await;
-    let (_, shown) = s.server.admin().get(&format!("/admin/v1/devices/{}", d.id)).await;
+    let (_, shown) = s
+        .server
+        .admin()
+        .get(&format!("/admin/v1/devices/{}", d.id))
+        .await;
     assert_eq!(shown["device"]["version"], "1.0.0");
     assert_eq!(shown["device"]["images"].as_array().unwrap().len(), 2);
 }
@@ -242,7 +339,12 @@ async fn bundles_failing_verification_are_rejected_and_leave_nothing_behind() {
 
     // Signed by a key the server's trust root does not know.
     let stranger = SigningKey::generate().unwrap();
-    let mut root = SignedRoot::new(1, OffsetDateTime::now_utc() + time::Duration::days(30), 1, vec![stranger.public()]);
+    let mut root = SignedRoot::new(
+        1,
+        OffsetDateTime::now_utc() + time::Duration::days(30),
+        1,
+        vec![stranger.public()],
+    );
     root.sign(&stranger).unwrap();
     let other = TestServer::start(
         &format!("sqlite://{}", dir.path().join("other.db").display()),
@@ -250,7 +352,11 @@ async fn bundles_failing_verification_are_rejected_and_leave_nothing_behind() {
     )
     .await;
     let (status, body) = other.admin().upload(&s.releases.v1).await;
-    assert_eq!((status, error_code(&body)), (422, "bundle-invalid"), "{body}");
+    assert_eq!(
+        (status, error_code(&body)),
+        (422, "bundle-invalid"),
+        "{body}"
+    );
     other.stop().await;
 
     // One flipped payload byte.
@@ -260,10 +366,18 @@ async fn bundles_failing_verification_are_rejected_and_leave_nothing_behind() {
     let corrupt = dir.path().join("corrupt.cairn");
     std::fs::write(&corrupt, bytes).unwrap();
     let (status, body) = admin.upload(&corrupt).await;
-    assert_eq!((status, error_code(&body)), (422, "bundle-invalid"), "{body}");
+    assert_eq!(
+        (status, error_code(&body)),
+        (422, "bundle-invalid"),
+        "{body}"
+    );
 
     let (status, body) = admin.post("/admin/v1/releases", "not a bundle").await;
-    assert_eq!((status, error_code(&body)), (422, "bundle-invalid"), "{body}");
+    assert_eq!(
+        (status, error_code(&body)),
+        (422, "bundle-invalid"),
+        "{body}"
+    );
 
     let (_, list) = admin.get("/admin/v1/releases").await;
     assert_eq!(list, json!([]));
@@ -281,7 +395,11 @@ async fn bundles_failing_verification_are_rejected_and_leave_nothing_behind() {
 async fn a_server_without_a_trust_root_refuses_releases() {
     let dir = tempfile::tempdir().unwrap();
     let releases = Releases::build();
-    let server = TestServer::start(&format!("sqlite://{}", dir.path().join("c.db").display()), None).await;
+    let server = TestServer::start(
+        &format!("sqlite://{}", dir.path().join("c.db").display()),
+        None,
+    )
+    .await;
     let (status, body) = server.admin().upload(&releases.v1).await;
     assert_eq!((status, error_code(&body)), (409, "no-trust-root"));
     server.stop().await;

@@ -45,7 +45,10 @@ async fn two_servers_on_one_postgres_never_double_assign_or_lose_a_report() {
     // Tokens from server A are good on server B: both hold the key from the database.
     let on_b: Vec<SimDevice> = on_a
         .iter()
-        .map(|d| SimDevice { url: b.url.clone(), ..d.clone() })
+        .map(|d| SimDevice {
+            url: b.url.clone(),
+            ..d.clone()
+        })
         .collect();
 
     let policy = json!({
@@ -53,7 +56,8 @@ async fn two_servers_on_one_postgres_never_double_assign_or_lose_a_report() {
         "waves": [{ "percent": 100.0 }],
         "min_success_ratio": 1.0, "bake_secs": 0, "failure_threshold": 1.0,
     });
-    let body = json!({ "id": "pair", "release_id": format!("{COMPATIBLE}@2.0.0"), "policy": policy });
+    let body =
+        json!({ "id": "pair", "release_id": format!("{COMPATIBLE}@2.0.0"), "policy": policy });
     a.admin().ok("/admin/v1/campaigns", body.to_string()).await;
     b.admin().ok("/admin/v1/campaigns/pair/start", "").await;
 
@@ -62,7 +66,11 @@ async fn two_servers_on_one_postgres_never_double_assign_or_lose_a_report() {
         tasks.push(tokio::spawn(async move {
             let (x, y) = tokio::join!(da.check_in(), db.check_in());
             let (x, y) = (x.expect("assigned via A"), y.expect("assigned via B"));
-            assert_eq!(x.deployment_id, y.deployment_id, "{} got two deployments", da.id);
+            assert_eq!(
+                x.deployment_id, y.deployment_id,
+                "{} got two deployments",
+                da.id
+            );
             let d = x.deployment_id;
             // The same report through both servers at once: applied once.
             let (r1, r2) = tokio::join!(
@@ -91,11 +99,25 @@ async fn two_servers_on_one_postgres_never_double_assign_or_lose_a_report() {
 
     let pool = &a.state.db.pool;
     let count = |sql: &'static str| async move {
-        sqlx::query(sql).fetch_one(pool).await.unwrap().try_get::<i64, _>("n").unwrap()
+        sqlx::query(sql)
+            .fetch_one(pool)
+            .await
+            .unwrap()
+            .try_get::<i64, _>("n")
+            .unwrap()
     };
-    assert_eq!(count("SELECT COUNT(*) AS n FROM deployments").await, N as i64);
-    assert_eq!(count("SELECT COUNT(*) AS n FROM reports").await, 4 * N as i64);
-    assert_eq!(count("SELECT COUNT(*) AS n FROM deployments WHERE state = 'succeeded'").await, N as i64);
+    assert_eq!(
+        count("SELECT COUNT(*) AS n FROM deployments").await,
+        N as i64
+    );
+    assert_eq!(
+        count("SELECT COUNT(*) AS n FROM reports").await,
+        4 * N as i64
+    );
+    assert_eq!(
+        count("SELECT COUNT(*) AS n FROM deployments WHERE state = 'succeeded'").await,
+        N as i64
+    );
     let status = b.admin().campaign("pair").await;
     assert_eq!(status["waves"][0]["succeeded"], N as u64);
     a.stop().await;

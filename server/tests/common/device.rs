@@ -1,8 +1,8 @@
 //! A simulated device: an ed25519 key and the device API over real HTTP.
 
 use cairn_server_api::{
-    paths, Assignment, CheckIn, CheckInResponse, EnrollRequest, InstalledImage, Report, ReportedState, Slot,
-    TokenRequest, TokenResponse,
+    paths, Assignment, CheckIn, CheckInResponse, EnrollRequest, InstalledImage, Report,
+    ReportedState, Slot, TokenRequest, TokenResponse,
 };
 use ed25519_dalek::SigningKey;
 
@@ -46,7 +46,12 @@ impl SimDevice {
 
     /// A CSV line of a factory manifest authorizing this device.
     pub fn factory_line(&self, tags: &str) -> String {
-        format!("{},{},{},{tags}", self.id, self.public_key(), super::COMPATIBLE)
+        format!(
+            "{},{},{},{tags}",
+            self.id,
+            self.public_key(),
+            super::COMPATIBLE
+        )
     }
 
     pub fn nonce(&mut self) -> String {
@@ -56,7 +61,12 @@ impl SimDevice {
         format!("{}{:016x}", hex::encode(random), self.nonce_counter)
     }
 
-    pub async fn post_json(&self, path: &str, body: &impl serde::Serialize, headers: &[(&str, &str)]) -> Answer {
+    pub async fn post_json(
+        &self,
+        path: &str,
+        body: &impl serde::Serialize,
+        headers: &[(&str, &str)],
+    ) -> Answer {
         let mut request = self.http.post(format!("{}{path}", self.url)).json(body);
         if let Some(token) = &self.token {
             request = request.bearer_auth(token);
@@ -66,7 +76,10 @@ impl SimDevice {
         }
         let r = request.send().await.unwrap();
         let status = r.status().as_u16();
-        let etag = r.headers().get("etag").map(|v| v.to_str().unwrap().to_string());
+        let etag = r
+            .headers()
+            .get("etag")
+            .map(|v| v.to_str().unwrap().to_string());
         let text = r.text().await.unwrap();
         let body = serde_json::from_str(&text).unwrap_or(serde_json::Value::Null);
         Answer { status, body, etag }
@@ -107,25 +120,52 @@ impl SimDevice {
     }
 
     pub async fn check_in_raw(&self, etag: Option<&str>) -> Answer {
-        let headers: Vec<(&str, &str)> = etag.map(|e| vec![("if-none-match", e)]).unwrap_or_default();
-        self.post_json(paths::CHECK_IN, &self.state(), &headers).await
+        let headers: Vec<(&str, &str)> =
+            etag.map(|e| vec![("if-none-match", e)]).unwrap_or_default();
+        self.post_json(paths::CHECK_IN, &self.state(), &headers)
+            .await
     }
 
     pub async fn check_in(&self) -> Option<Assignment> {
         let answer = self.check_in_raw(None).await;
-        assert_eq!(answer.status, 200, "check-in of {}: {}", self.id, answer.body);
+        assert_eq!(
+            answer.status, 200,
+            "check-in of {}: {}",
+            self.id, answer.body
+        );
         let response: CheckInResponse = serde_json::from_value(answer.body).unwrap();
         response.assignment
     }
 
-    pub async fn report_raw(&self, deployment: &str, report_id: &str, state: ReportedState, detail: Option<&str>) -> Answer {
-        let report = Report { report_id: report_id.into(), state, detail: detail.map(str::to_string) };
-        self.post_json(&paths::reports(deployment), &report, &[]).await
+    pub async fn report_raw(
+        &self,
+        deployment: &str,
+        report_id: &str,
+        state: ReportedState,
+        detail: Option<&str>,
+    ) -> Answer {
+        let report = Report {
+            report_id: report_id.into(),
+            state,
+            detail: detail.map(str::to_string),
+        };
+        self.post_json(&paths::reports(deployment), &report, &[])
+            .await
     }
 
-    pub async fn report(&self, deployment: &str, report_id: &str, state: ReportedState, detail: Option<&str>) -> serde_json::Value {
+    pub async fn report(
+        &self,
+        deployment: &str,
+        report_id: &str,
+        state: ReportedState,
+        detail: Option<&str>,
+    ) -> serde_json::Value {
         let answer = self.report_raw(deployment, report_id, state, detail).await;
-        assert_eq!(answer.status, 200, "report {report_id} of {}: {}", self.id, answer.body);
+        assert_eq!(
+            answer.status, 200,
+            "report {report_id} of {}: {}",
+            self.id, answer.body
+        );
         answer.body
     }
 
@@ -139,11 +179,20 @@ impl SimDevice {
             self.version = assignment.release_version.clone();
             self.report(d, "r4", ReportedState::Committed, None).await;
         } else {
-            self.report(d, "r4", ReportedState::RolledBack, Some("health check failed: k3s not ready")).await;
+            self.report(
+                d,
+                "r4",
+                ReportedState::RolledBack,
+                Some("health check failed: k3s not ready"),
+            )
+            .await;
         }
     }
 }
 
 pub fn now() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
 }

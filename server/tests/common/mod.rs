@@ -35,7 +35,12 @@ impl Releases {
     pub fn build() -> Releases {
         let dir = tempfile::tempdir().unwrap();
         let key = SigningKey::generate().unwrap();
-        let mut signed = SignedRoot::new(1, OffsetDateTime::now_utc() + time::Duration::days(365), 1, vec![key.public()]);
+        let mut signed = SignedRoot::new(
+            1,
+            OffsetDateTime::now_utc() + time::Duration::days(365),
+            1,
+            vec![key.public()],
+        );
         signed.sign(&key).unwrap();
         let root_path = dir.path().join("root.json");
         std::fs::write(&root_path, signed.to_json()).unwrap();
@@ -49,12 +54,21 @@ impl Releases {
         std::fs::write(p("kernel-2"), image_bytes(64 << 10, 3)).unwrap();
         let v1 = p("v1.cairn");
         let v2 = p("v2.cairn");
-        make_bundle(&key, "1.0.0", &[("rootfs", &p("rootfs-1")), ("kernel", &p("kernel-1"))], &[], &v1);
+        make_bundle(
+            &key,
+            "1.0.0",
+            &[("rootfs", &p("rootfs-1")), ("kernel", &p("kernel-1"))],
+            &[],
+            &v1,
+        );
         make_bundle(
             &key,
             "2.0.0",
             &[("rootfs", &p("rootfs-2")), ("kernel", &p("kernel-2"))],
-            &[DeltaSource { image: "rootfs".into(), path: p("rootfs-1") }],
+            &[DeltaSource {
+                image: "rootfs".into(),
+                path: p("rootfs-1"),
+            }],
             &v2,
         );
         let v1_images = ["rootfs", "kernel"]
@@ -63,16 +77,32 @@ impl Releases {
                 let bytes = std::fs::read(p(&format!("{name}-1"))).unwrap();
                 cairn_server_api::InstalledImage {
                     name: name.to_string(),
-                    sha256: cairn_bundle::sha256_reader(&mut bytes.as_slice()).unwrap().0,
+                    sha256: cairn_bundle::sha256_reader(&mut bytes.as_slice())
+                        .unwrap()
+                        .0,
                     size: bytes.len() as u64,
                 }
             })
             .collect();
-        Releases { dir, key, root, root_path, v1, v2, v1_images }
+        Releases {
+            dir,
+            key,
+            root,
+            root_path,
+            v1,
+            v2,
+            v1_images,
+        }
     }
 }
 
-fn make_bundle(key: &SigningKey, version: &str, images: &[(&str, &Path)], deltas: &[DeltaSource], out: &Path) {
+fn make_bundle(
+    key: &SigningKey,
+    version: &str,
+    images: &[(&str, &Path)],
+    deltas: &[DeltaSource],
+    out: &Path,
+) {
     let spec = BundleSpec {
         compatible: COMPATIBLE.into(),
         version: version.parse().unwrap(),
@@ -82,7 +112,11 @@ fn make_bundle(key: &SigningKey, version: &str, images: &[(&str, &Path)], deltas
         description: None,
         images: images
             .iter()
-            .map(|(name, path)| ImageInput { name: name.to_string(), path: path.to_path_buf(), verity: None })
+            .map(|(name, path)| ImageInput {
+                name: name.to_string(),
+                path: path.to_path_buf(),
+                verity: None,
+            })
             .collect(),
         delta_sources: deltas.to_vec(),
         level: 3,
@@ -162,7 +196,10 @@ impl TestServer {
     }
 
     pub fn admin(&self) -> Admin {
-        Admin { url: self.url.clone(), http: reqwest::Client::new() }
+        Admin {
+            url: self.url.clone(),
+            http: reqwest::Client::new(),
+        }
     }
 }
 
@@ -174,11 +211,24 @@ pub struct Admin {
 
 impl Admin {
     pub async fn get(&self, path: &str) -> (u16, serde_json::Value) {
-        let r = self.http.get(format!("{}{path}", self.url)).bearer_auth(ADMIN_TOKEN).send().await.unwrap();
-        (r.status().as_u16(), r.json().await.unwrap_or(serde_json::Value::Null))
+        let r = self
+            .http
+            .get(format!("{}{path}", self.url))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap();
+        (
+            r.status().as_u16(),
+            r.json().await.unwrap_or(serde_json::Value::Null),
+        )
     }
 
-    pub async fn post(&self, path: &str, body: impl Into<reqwest::Body>) -> (u16, serde_json::Value) {
+    pub async fn post(
+        &self,
+        path: &str,
+        body: impl Into<reqwest::Body>,
+    ) -> (u16, serde_json::Value) {
         let r = self
             .http
             .post(format!("{}{path}", self.url))
@@ -187,7 +237,10 @@ impl Admin {
             .send()
             .await
             .unwrap();
-        (r.status().as_u16(), r.json().await.unwrap_or(serde_json::Value::Null))
+        (
+            r.status().as_u16(),
+            r.json().await.unwrap_or(serde_json::Value::Null),
+        )
     }
 
     /// Posts, and fails the test unless the answer is 200.
@@ -198,7 +251,8 @@ impl Admin {
     }
 
     pub async fn upload(&self, bundle: &Path) -> (u16, serde_json::Value) {
-        self.post("/admin/v1/releases", std::fs::read(bundle).unwrap()).await
+        self.post("/admin/v1/releases", std::fs::read(bundle).unwrap())
+            .await
     }
 
     pub async fn campaign(&self, id: &str) -> serde_json::Value {

@@ -13,7 +13,9 @@ pub struct PgCluster {
 }
 
 fn run(cmd: &mut Command) {
-    let out = cmd.output().unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
     assert!(
         out.status.success(),
         "{cmd:?} failed: {}\n{}",
@@ -38,13 +40,23 @@ fn ensure_installed() -> PathBuf {
         return bin;
     }
     run(Command::new("apt-get")
-        .args(["install", "-y", "-qq", "--no-install-recommends", "postgresql"])
+        .args([
+            "install",
+            "-y",
+            "-qq",
+            "--no-install-recommends",
+            "postgresql",
+        ])
         .env("DEBIAN_FRONTEND", "noninteractive"));
     bin_dir().expect("postgresql installed but no initdb under /usr/lib/postgresql")
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 impl PgCluster {
@@ -54,13 +66,29 @@ impl PgCluster {
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         let data = dir.path().join("data");
         std::fs::create_dir(&data).unwrap();
-        run(Command::new("chown").arg("postgres:postgres").arg(dir.path()).arg(&data));
+        run(Command::new("chown")
+            .arg("postgres:postgres")
+            .arg(dir.path())
+            .arg(&data));
         let as_postgres = |tool: &str| {
             let mut cmd = Command::new("runuser");
-            cmd.args(["-u", "postgres", "--"]).arg(bin.join(tool)).current_dir(dir.path());
+            cmd.args(["-u", "postgres", "--"])
+                .arg(bin.join(tool))
+                .current_dir(dir.path());
             cmd
         };
-        run(as_postgres("initdb").args(["-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-sync", "-D"]).arg(&data));
+        run(as_postgres("initdb")
+            .args([
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "-E",
+                "UTF8",
+                "--no-sync",
+                "-D",
+            ])
+            .arg(&data));
         let port = free_port();
         let options = format!(
             "-p {port} -c listen_addresses=127.0.0.1 -k {} -c fsync=off -c max_connections=200",
