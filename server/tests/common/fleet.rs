@@ -196,9 +196,9 @@ pub async fn run_campaign_through_waves(db_url: &str) -> Outcome {
         let a = fleet[i].check_in().await.expect("wave 1 device assigned");
         assignments.insert(fleet[i].id.clone(), a);
     }
-    for i in FLEET - 2..FLEET {
+    for us in &fleet[FLEET - 2..] {
         assert_eq!(
-            fleet[i].check_in().await,
+            us.check_in().await,
             None,
             "US devices are not targeted"
         );
