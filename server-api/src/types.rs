@@ -131,7 +131,7 @@ pub enum ReportedState {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Report {
-    /// Chosen by the device, unique per deployment (1 to 64 characters of `[A-Za-z0-9._-]`).
+    /// Chosen by the device, unique per deployment (1 to 128 characters of `[A-Za-z0-9._-]`).
     pub report_id: String,
     pub state: ReportedState,
     /// Free text for people: error message, rollback reason, bytes downloaded.

@@ -94,22 +94,17 @@ pub async fn check_in(
     report: &CheckIn,
 ) -> ApiResult<CheckInResponse> {
     validate(report)?;
-    let row = sqlx::query("SELECT compatible, tags, approval, version FROM devices WHERE id = $1")
-        .bind(device_id)
-        .fetch_optional(&ctx.db.pool)
+    let (device, existing) = load(ctx.db, device_id)
         .await?
         .ok_or_else(|| devices::unknown(device_id))?;
-    if row.try_get::<String, _>("approval")? != "approved" {
+    if device.approval != "approved" {
         return Err(ApiError::forbidden(
             "not-approved",
             format!("device {device_id} is not approved"),
         ));
     }
-    let compatible: String = row.try_get("compatible")?;
-    let tags = split_tags(&row.try_get::<String, _>("tags")?);
-    let previous: Option<String> = row.try_get("version")?;
-    if previous.as_deref() != Some(report.version.as_str()) {
-        let from = previous.as_deref().unwrap_or("nothing");
+    if device.version.as_deref() != Some(report.version.as_str()) {
+        let from = device.version.as_deref().unwrap_or("nothing");
         devices::record(
             ctx.db,
             device_id,
@@ -119,7 +114,7 @@ pub async fn check_in(
         .await?;
     }
     ctx.writer.queue(device_id, report.clone()).await;
-    let assignment = assignment(ctx, device_id, &compatible, &tags, report).await?;
+    let assignment = assignment(ctx, device_id, &device, existing, report).await?;
     Ok(CheckInResponse {
         assignment,
         poll_interval_secs: jittered(ctx.poll_interval_secs, device_id),
@@ -163,45 +158,67 @@ struct DeploymentRow {
     release_id: String,
 }
 
-async fn deployments_of(db: &Db, device_id: &str) -> ApiResult<Vec<DeploymentRow>> {
+/// What a check-in needs of the device row.
+struct DeviceRow {
+    approval: String,
+    compatible: String,
+    tags: Vec<String>,
+    version: Option<String>,
+}
+
+/// The device and all its deployments in one query: a check-in costs one read.
+async fn load(db: &Db, device_id: &str) -> ApiResult<Option<(DeviceRow, Vec<DeploymentRow>)>> {
     let rows = sqlx::query(
-        "SELECT d.id, d.campaign_id, d.state, d.live, c.state AS campaign_state, c.release_id \
-         FROM deployments d JOIN campaigns c ON c.id = d.campaign_id WHERE d.device_id = $1",
+        "SELECT v.approval, v.compatible, v.tags, v.version, d.id, d.campaign_id, d.state, d.live, \
+         c.state AS campaign_state, c.release_id FROM devices v \
+         LEFT JOIN deployments d ON d.device_id = v.id \
+         LEFT JOIN campaigns c ON c.id = d.campaign_id WHERE v.id = $1",
     )
     .bind(device_id)
     .fetch_all(&db.pool)
     .await?;
-    rows.iter()
-        .map(|r| {
-            let state: String = r.try_get("state")?;
-            Ok(DeploymentRow {
-                id: r.try_get("id")?,
-                campaign_id: r.try_get("campaign_id")?,
-                state: DeploymentState::parse(&state)
-                    .ok_or_else(|| anyhow::anyhow!("stored deployment state '{state}'"))?,
-                live: r.try_get::<Option<i64>, _>("live")?.is_some(),
-                campaign_state: r.try_get("campaign_state")?,
-                release_id: r.try_get("release_id")?,
-            })
-        })
-        .collect()
+    let Some(first) = rows.first() else {
+        return Ok(None);
+    };
+    let device = DeviceRow {
+        approval: first.try_get("approval")?,
+        compatible: first.try_get("compatible")?,
+        tags: split_tags(&first.try_get::<String, _>("tags")?),
+        version: first.try_get("version")?,
+    };
+    let mut deployments = Vec::new();
+    for r in &rows {
+        let Some(id) = r.try_get::<Option<String>, _>("id")? else {
+            continue;
+        };
+        let state: String = r.try_get("state")?;
+        deployments.push(DeploymentRow {
+            id,
+            campaign_id: r.try_get("campaign_id")?,
+            state: DeploymentState::parse(&state)
+                .ok_or_else(|| anyhow::anyhow!("stored deployment state '{state}'"))?,
+            live: r.try_get::<Option<i64>, _>("live")?.is_some(),
+            campaign_state: r.try_get("campaign_state")?,
+            release_id: r.try_get("release_id")?,
+        });
+    }
+    Ok(Some((device, deployments)))
 }
 
 async fn assignment(
     ctx: &CheckInContext<'_>,
     device_id: &str,
-    compatible: &str,
-    tags: &[String],
+    device: &DeviceRow,
+    existing: Vec<DeploymentRow>,
     report: &CheckIn,
 ) -> ApiResult<Option<Assignment>> {
-    let existing = deployments_of(ctx.db, device_id).await?;
     if let Some(live) = existing.iter().find(|d| d.live) {
         return live_assignment(ctx, live).await;
     }
     for active in ctx.caches.assigning(ctx.db).await?.iter() {
         let c = &active.campaign;
         let (release, manifest) = &*active.release;
-        let eligible = c.policy.selector.matches(device_id, compatible, tags)
+        let eligible = c.policy.selector.matches(device_id, &device.compatible, &device.tags)
             && report.version != release.version
             && report.security_floor <= release.security_version
             && !existing.iter().any(|d| d.campaign_id == c.id);
@@ -251,7 +268,7 @@ async fn assignment(
             )));
         }
         // Another server assigned this device at the same moment: answer with that one.
-        let again = deployments_of(ctx.db, device_id).await?;
+        let again = load(ctx.db, device_id).await?.map(|(_, d)| d).unwrap_or_default();
         if let Some(live) = again.iter().find(|d| d.live) {
             return live_assignment(ctx, live).await;
         }
@@ -366,22 +383,42 @@ impl StateWriter {
     }
 }
 
+/// Rows per UPDATE statement: 7 parameters each stays far below both engines' limits.
+const ROWS_PER_STATEMENT: usize = 500;
+
+/// One multi-row `UPDATE ... FROM (VALUES ...)` per chunk (both engines name the columns
+/// of a VALUES list column1, column2, ...): one round trip for hundreds of devices.
 async fn write_batch(db: &Db, batch: HashMap<String, (CheckIn, i64)>) -> anyhow::Result<()> {
+    let rows: Vec<(String, CheckIn, i64)> = batch.into_iter().map(|(id, (s, at))| (id, s, at)).collect();
     let mut tx = db.pool.begin().await?;
-    for (id, (s, at)) in batch {
-        sqlx::query(
-            "UPDATE devices SET version = $1, booted_slot = $2, committed_slot = $3, \
-             security_floor = $4, images = $5, last_checkin = $6 WHERE id = $7",
-        )
-        .bind(&s.version)
-        .bind(slot(s.booted_slot))
-        .bind(slot(s.committed_slot))
-        .bind(s.security_floor as i64)
-        .bind(serde_json::to_string(&s.images)?)
-        .bind(at)
-        .bind(&id)
-        .execute(&mut *tx)
-        .await?;
+    for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+        let mut sql = String::from(
+            "UPDATE devices SET version = v.column2, booted_slot = v.column3, committed_slot = v.column4, \
+             security_floor = v.column5, images = v.column6, last_checkin = v.column7 FROM (VALUES ",
+        );
+        for i in 0..chunk.len() {
+            let p = i * 7;
+            if i > 0 {
+                sql.push(',');
+            }
+            sql.push_str(&format!(
+                "(${}, ${}, ${}, ${}, ${}, ${}, ${})",
+                p + 1, p + 2, p + 3, p + 4, p + 5, p + 6, p + 7
+            ));
+        }
+        sql.push_str(") AS v WHERE devices.id = v.column1");
+        let mut query = sqlx::query(&sql);
+        for (id, s, at) in chunk {
+            query = query
+                .bind(id)
+                .bind(&s.version)
+                .bind(slot(s.booted_slot))
+                .bind(slot(s.committed_slot))
+                .bind(s.security_floor as i64)
+                .bind(serde_json::to_string(&s.images)?)
+                .bind(*at);
+        }
+        query.execute(&mut *tx).await?;
     }
     tx.commit().await?;
     Ok(())

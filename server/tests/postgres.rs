@@ -97,6 +97,8 @@ async fn two_servers_on_one_postgres_never_double_assign_or_lose_a_report() {
         deployments.push(t.await.unwrap());
     }
 
+    a.state.writer.flush().await;
+    b.state.writer.flush().await;
     let pool = &a.state.db.pool;
     let count = |sql: &'static str| async move {
         sqlx::query(sql)

@@ -3,7 +3,7 @@
 //! port, stopped when dropped.
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
 pub struct PgCluster {
@@ -114,10 +114,6 @@ impl PgCluster {
             .arg(self.bin.join("createdb"))
             .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), name]));
         self.url(name)
-    }
-
-    pub fn data_dir(&self) -> &Path {
-        self.dir.path()
     }
 }
 
