@@ -199,7 +199,8 @@ async fn drive(base: &str, tokens: Arc<Vec<String>>, args: &Args) -> Result<f64>
     let next = Arc::new(AtomicUsize::new(0));
     let done = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
-    let url = format!("{base}{}", paths::CHECK_IN);
+    // Parsed once: URL parsing per request would be client cost, not server cost.
+    let url = reqwest::Url::parse(&format!("{base}{}", paths::CHECK_IN))?;
     let deadline = Instant::now() + Duration::from_secs(args.seconds);
     let mut tasks = Vec::new();
     for _ in 0..args.concurrency {
@@ -210,7 +211,7 @@ async fn drive(base: &str, tokens: Arc<Vec<String>>, args: &Args) -> Result<f64>
                 let i = next.fetch_add(1, Ordering::Relaxed) % tokens.len();
                 let etag = etags[i].lock().map(|e| e.clone()).unwrap_or(None);
                 let mut request = client
-                    .post(&url)
+                    .post(url.clone())
                     .bearer_auth(&tokens[i])
                     .header("content-type", "application/json")
                     .body(body.as_ref().clone());

@@ -8,12 +8,12 @@ use std::time::{Duration, Instant};
 
 use cairn_bundle::Manifest;
 use cairn_server_api::{Assignment, CheckIn, CheckInResponse, DeploymentState};
-use sqlx::Row as _;
-use tokio::sync::{mpsc, oneshot};
 
 use crate::campaigns::{self, state, Campaign};
 use crate::db::{now_ms, random_id, Db};
-use crate::devices::{self, check_name, split_tags};
+use crate::device_reader::{load, DeploymentRow, DeviceReader, DeviceRow};
+use crate::devices::{self, check_name};
+use crate::state_writer::StateWriter;
 use crate::error::{ApiError, ApiResult};
 use crate::plan::plan;
 use crate::policy::{position, wave_of};
@@ -84,6 +84,7 @@ pub struct CheckInContext<'a> {
     pub db: &'a Db,
     pub caches: &'a Caches,
     pub writer: &'a StateWriter,
+    pub reader: &'a DeviceReader,
     pub public_url: &'a str,
     pub poll_interval_secs: u64,
 }
@@ -94,7 +95,7 @@ pub async fn check_in(
     report: &CheckIn,
 ) -> ApiResult<CheckInResponse> {
     validate(report)?;
-    let (device, existing) = load(ctx.db, device_id)
+    let (device, existing) = ctx.reader.read(device_id)
         .await?
         .ok_or_else(|| devices::unknown(device_id))?;
     if device.approval != "approved" {
@@ -147,62 +148,6 @@ fn jittered(base: u64, device_id: &str) -> u64 {
     }
     let p = position("poll-jitter", device_id);
     (base - spread + (p * (2 * spread) as f64) as u64).max(1)
-}
-
-struct DeploymentRow {
-    id: String,
-    campaign_id: String,
-    state: DeploymentState,
-    live: bool,
-    campaign_state: String,
-    release_id: String,
-}
-
-/// What a check-in needs of the device row.
-struct DeviceRow {
-    approval: String,
-    compatible: String,
-    tags: Vec<String>,
-    version: Option<String>,
-}
-
-/// The device and all its deployments in one query: a check-in costs one read.
-async fn load(db: &Db, device_id: &str) -> ApiResult<Option<(DeviceRow, Vec<DeploymentRow>)>> {
-    let rows = sqlx::query(
-        "SELECT v.approval, v.compatible, v.tags, v.version, d.id, d.campaign_id, d.state, d.live, \
-         c.state AS campaign_state, c.release_id FROM devices v \
-         LEFT JOIN deployments d ON d.device_id = v.id \
-         LEFT JOIN campaigns c ON c.id = d.campaign_id WHERE v.id = $1",
-    )
-    .bind(device_id)
-    .fetch_all(&db.pool)
-    .await?;
-    let Some(first) = rows.first() else {
-        return Ok(None);
-    };
-    let device = DeviceRow {
-        approval: first.try_get("approval")?,
-        compatible: first.try_get("compatible")?,
-        tags: split_tags(&first.try_get::<String, _>("tags")?),
-        version: first.try_get("version")?,
-    };
-    let mut deployments = Vec::new();
-    for r in &rows {
-        let Some(id) = r.try_get::<Option<String>, _>("id")? else {
-            continue;
-        };
-        let state: String = r.try_get("state")?;
-        deployments.push(DeploymentRow {
-            id,
-            campaign_id: r.try_get("campaign_id")?,
-            state: DeploymentState::parse(&state)
-                .ok_or_else(|| anyhow::anyhow!("stored deployment state '{state}'"))?,
-            live: r.try_get::<Option<i64>, _>("live")?.is_some(),
-            campaign_state: r.try_get("campaign_state")?,
-            release_id: r.try_get("release_id")?,
-        });
-    }
-    Ok(Some((device, deployments)))
 }
 
 async fn assignment(
@@ -327,106 +272,3 @@ fn to_assignment(
     }
 }
 
-/// Writes what devices report at check-in in batches: one transaction for everything that
-/// arrived while the previous batch was being written, and only the newest state of each
-/// device. A crash loses at most that last batch, which the next check-in repeats.
-#[derive(Clone)]
-pub struct StateWriter {
-    tx: mpsc::Sender<WriterMessage>,
-}
-
-enum WriterMessage {
-    State(String, CheckIn, i64),
-    /// Answered once everything queued before it is committed.
-    Flush(oneshot::Sender<()>),
-}
-
-impl StateWriter {
-    pub fn start(db: Db) -> StateWriter {
-        let (tx, mut rx) = mpsc::channel::<WriterMessage>(65_536);
-        tokio::spawn(async move {
-            let mut buf = Vec::with_capacity(8192);
-            while rx.recv_many(&mut buf, 8192).await > 0 {
-                let mut newest: HashMap<String, (CheckIn, i64)> = HashMap::with_capacity(buf.len());
-                let mut waiting = Vec::new();
-                for message in buf.drain(..) {
-                    match message {
-                        WriterMessage::State(id, state, at) => {
-                            newest.insert(id, (state, at));
-                        }
-                        WriterMessage::Flush(done) => waiting.push(done),
-                    }
-                }
-                if let Err(e) = write_batch(&db, newest).await {
-                    tracing::error!("writing device check-in states: {e:#}");
-                }
-                for done in waiting {
-                    let _ = done.send(());
-                }
-            }
-        });
-        StateWriter { tx }
-    }
-
-    pub async fn queue(&self, device_id: &str, state: CheckIn) {
-        // Only fails when the writer task is gone, i.e. the server is shutting down.
-        let message = WriterMessage::State(device_id.to_string(), state, now_ms());
-        let _ = self.tx.send(message).await;
-    }
-
-    /// Resolves once everything queued before the call is written.
-    pub async fn flush(&self) {
-        let (done, wait) = oneshot::channel();
-        if self.tx.send(WriterMessage::Flush(done)).await.is_ok() {
-            let _ = wait.await;
-        }
-    }
-}
-
-/// Rows per UPDATE statement: 7 parameters each stays far below both engines' limits.
-const ROWS_PER_STATEMENT: usize = 500;
-
-/// One multi-row `UPDATE ... FROM (VALUES ...)` per chunk (both engines name the columns
-/// of a VALUES list column1, column2, ...): one round trip for hundreds of devices.
-async fn write_batch(db: &Db, batch: HashMap<String, (CheckIn, i64)>) -> anyhow::Result<()> {
-    let rows: Vec<(String, CheckIn, i64)> = batch.into_iter().map(|(id, (s, at))| (id, s, at)).collect();
-    let mut tx = db.pool.begin().await?;
-    for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-        let mut sql = String::from(
-            "UPDATE devices SET version = v.column2, booted_slot = v.column3, committed_slot = v.column4, \
-             security_floor = v.column5, images = v.column6, last_checkin = v.column7 FROM (VALUES ",
-        );
-        for i in 0..chunk.len() {
-            let p = i * 7;
-            if i > 0 {
-                sql.push(',');
-            }
-            sql.push_str(&format!(
-                "(${}, ${}, ${}, ${}, ${}, ${}, ${})",
-                p + 1, p + 2, p + 3, p + 4, p + 5, p + 6, p + 7
-            ));
-        }
-        sql.push_str(") AS v WHERE devices.id = v.column1");
-        let mut query = sqlx::query(&sql);
-        for (id, s, at) in chunk {
-            query = query
-                .bind(id)
-                .bind(&s.version)
-                .bind(slot(s.booted_slot))
-                .bind(slot(s.committed_slot))
-                .bind(s.security_floor as i64)
-                .bind(serde_json::to_string(&s.images)?)
-                .bind(*at);
-        }
-        query.execute(&mut *tx).await?;
-    }
-    tx.commit().await?;
-    Ok(())
-}
-
-fn slot(s: cairn_server_api::Slot) -> &'static str {
-    match s {
-        cairn_server_api::Slot::A => "A",
-        cairn_server_api::Slot::B => "B",
-    }
-}

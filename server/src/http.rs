@@ -16,7 +16,9 @@ use tower_http::services::ServeDir;
 
 use crate::auth::{shared_secret, TokenKey};
 use crate::campaigns;
-use crate::checkin::{Caches, CheckInContext, StateWriter};
+use crate::checkin::{Caches, CheckInContext};
+use crate::device_reader::DeviceReader;
+use crate::state_writer::StateWriter;
 use crate::db::Db;
 use crate::error::{ApiError, ApiResult};
 use crate::{admin_api, dashboard, device_api};
@@ -58,6 +60,7 @@ pub struct AppState {
     admin_token_digest: [u8; 32],
     pub caches: Caches,
     pub writer: StateWriter,
+    pub reader: DeviceReader,
 }
 
 pub type Shared = Arc<AppState>;
@@ -68,6 +71,7 @@ impl AppState {
             db: &self.db,
             caches: &self.caches,
             writer: &self.writer,
+            reader: &self.reader,
             public_url: &self.public_url,
             poll_interval_secs: self.config.poll_interval_secs,
         }
@@ -99,6 +103,7 @@ pub async fn build(db: Db, config: Config, local: SocketAddr) -> anyhow::Result<
         .unwrap_or_else(|| format!("http://{local}"));
     let state = Arc::new(AppState {
         writer: StateWriter::start(db.clone()),
+        reader: DeviceReader::start(db.clone(), 2),
         db,
         public_url,
         token_key,
