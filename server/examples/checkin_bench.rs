@@ -47,7 +47,9 @@ struct Args {
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(run(args))
 }
 
@@ -57,24 +59,38 @@ async fn run(args: Args) -> Result<()> {
         args.devices,
         args.seconds,
         args.concurrency,
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0)
     );
-    let baseline = measure_baseline(&args).await?;
-    println!("baseline (trivial axum endpoint, no database): {baseline:.0} requests/s");
     let work = tempfile::tempdir()?;
     if matches!(args.backend.as_str(), "sqlite" | "both") {
         let url = format!("sqlite://{}", work.path().join("bench.db").display());
-        let rate = measure_server(&args, &url, work.path()).await?;
+        let (rate, baseline) = bracketed(&args, measure_server(&args, &url, work.path())).await?;
         report("sqlite", rate, baseline);
     }
     if matches!(args.backend.as_str(), "postgres" | "both") {
         let pg = tokio::task::spawn_blocking(postgres::PgCluster::start).await?;
         let url = pg.create_database("bench");
-        let rate = measure_server(&args, &url, work.path()).await?;
+        let (rate, baseline) = bracketed(&args, measure_server(&args, &url, work.path())).await?;
         report("postgres", rate, baseline);
         drop(pg);
     }
     Ok(())
+}
+
+/// Measures the baseline right before and right after `measurement` and returns both
+/// results, the baseline as the mean: on a shared machine the load drifts, and the ratio
+/// is only meaningful against a baseline taken under the same conditions.
+async fn bracketed(
+    args: &Args,
+    measurement: impl std::future::Future<Output = Result<f64>>,
+) -> Result<(f64, f64)> {
+    let before = measure_baseline(args).await?;
+    let rate = measurement.await?;
+    let after = measure_baseline(args).await?;
+    println!("  baseline (trivial axum endpoint, no database): {before:.0} before, {after:.0} after, requests/s");
+    Ok((rate, (before + after) / 2.0))
 }
 
 fn report(backend: &str, rate: f64, baseline: f64) {
@@ -87,12 +103,19 @@ fn report(backend: &str, rate: f64, baseline: f64) {
 async fn measure_baseline(args: &Args) -> Result<f64> {
     let router = axum::Router::new().route(
         paths::CHECK_IN,
-        post(|| async { ([("content-type", "application/json")], r#"{"assignment":null,"poll_interval_secs":300}"#) }),
+        post(|| async {
+            (
+                [("content-type", "application/json")],
+                r#"{"assignment":null,"poll_interval_secs":300}"#,
+            )
+        }),
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}", listener.local_addr()?);
     let server = tokio::spawn(async move { axum::serve(listener, router).await });
-    let tokens: Vec<String> = (0..args.devices.min(1000)).map(|i| format!("baseline-{i}")).collect();
+    let tokens: Vec<String> = (0..args.devices.min(1000))
+        .map(|i| format!("baseline-{i}"))
+        .collect();
     let rate = drive(&url, Arc::new(tokens), args).await?;
     server.abort();
     Ok(rate)
@@ -116,7 +139,11 @@ async fn measure_server(args: &Args, db_url: &str, work: &std::path::Path) -> Re
     std::fs::copy(&bundle, &staged)?;
     let release = releases::add(&db, blobs.path(), Some(&root), staged, None).await?;
     let policy = CampaignPolicy {
-        selector: Selector { compatible: COMPATIBLE.into(), tags: vec![], device_ids: vec![] },
+        selector: Selector {
+            compatible: COMPATIBLE.into(),
+            tags: vec![],
+            device_ids: vec![],
+        },
         waves: vec![WaveSize::Percent(1.0), WaveSize::Percent(100.0)],
         min_success_ratio: 1.0,
         bake_secs: 3600,
@@ -125,12 +152,18 @@ async fn measure_server(args: &Args, db_url: &str, work: &std::path::Path) -> Re
     };
     campaigns::create(&db, "bench", &release.id, policy).await?;
     campaigns::start(&db, "bench").await?;
-    println!("  set-up of {db_url}: {:.1} s", started.elapsed().as_secs_f64());
+    println!(
+        "  set-up of {db_url}: {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
 
     let rate = drive(&format!("http://{local}"), Arc::new(tokens), args).await?;
     state.writer.flush().await;
     let status = campaigns::status(&db, "bench").await?;
-    println!("  deployments assigned during the run: {}", status.waves[0].assigned);
+    println!(
+        "  deployments assigned during the run: {}",
+        status.waves[0].assigned
+    );
     server.abort();
     Ok(rate)
 }
@@ -148,21 +181,35 @@ async fn populate(state: &Shared, count: usize) -> Result<Vec<String>> {
             if n > 0 {
                 sql.push(',');
             }
-            sql.push_str(&format!("(${}, 'bench', 'approved', '{COMPATIBLE}', '', '1.0.0', 0)", n + 1));
+            sql.push_str(&format!(
+                "(${}, 'bench', 'approved', '{COMPATIBLE}', '', '1.0.0', 0)",
+                n + 1
+            ));
         }
         let mut query = sqlx::query(&sql);
         for id in chunk {
             query = query.bind(id);
         }
-        query.execute(&mut *tx).await.context("inserting bench devices")?;
+        query
+            .execute(&mut *tx)
+            .await
+            .context("inserting bench devices")?;
     }
     tx.commit().await?;
-    Ok(ids.iter().map(|id| state.token_key.issue(id, expires)).collect())
+    Ok(ids
+        .iter()
+        .map(|id| state.token_key.issue(id, expires))
+        .collect())
 }
 
 fn release_bundle(work: &std::path::Path) -> Result<(TrustRoot, std::path::PathBuf)> {
     let key = SigningKey::generate()?;
-    let mut signed = SignedRoot::new(1, OffsetDateTime::now_utc() + time::Duration::days(1), 1, vec![key.public()]);
+    let mut signed = SignedRoot::new(
+        1,
+        OffsetDateTime::now_utc() + time::Duration::days(1),
+        1,
+        vec![key.public()],
+    );
     signed.sign(&key)?;
     let image = work.join("rootfs.img");
     std::fs::write(&image, vec![7u8; 1 << 20])?;
@@ -174,7 +221,11 @@ fn release_bundle(work: &std::path::Path) -> Result<(TrustRoot, std::path::PathB
         created: OffsetDateTime::now_utc() - time::Duration::hours(1),
         expires: OffsetDateTime::now_utc() + time::Duration::days(1),
         description: None,
-        images: vec![ImageInput { name: "rootfs".into(), path: image, verity: None }],
+        images: vec![ImageInput {
+            name: "rootfs".into(),
+            path: image,
+            verity: None,
+        }],
         delta_sources: vec![],
         level: 3,
         roots: vec![],
@@ -186,16 +237,23 @@ fn release_bundle(work: &std::path::Path) -> Result<(TrustRoot, std::path::PathB
 /// Check-ins from `concurrency` tasks for `seconds`, each request as the next device in
 /// turn; returns successful check-ins per second.
 async fn drive(base: &str, tokens: Arc<Vec<String>>, args: &Args) -> Result<f64> {
-    let client = reqwest::Client::builder().pool_max_idle_per_host(args.concurrency).build()?;
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(args.concurrency)
+        .build()?;
     let state = CheckIn {
         version: "1.0.0".into(),
         booted_slot: Slot::A,
         committed_slot: Slot::A,
         security_floor: 1,
-        images: vec![InstalledImage { name: "rootfs".into(), sha256: "ab".repeat(32), size: 1 << 20 }],
+        images: vec![InstalledImage {
+            name: "rootfs".into(),
+            sha256: "ab".repeat(32),
+            size: 1 << 20,
+        }],
     };
     let body = Arc::new(serde_json::to_vec(&state)?);
-    let etags: Arc<Vec<Mutex<Option<String>>>> = Arc::new((0..tokens.len()).map(|_| Mutex::new(None)).collect());
+    let etags: Arc<Vec<Mutex<Option<String>>>> =
+        Arc::new((0..tokens.len()).map(|_| Mutex::new(None)).collect());
     let next = Arc::new(AtomicUsize::new(0));
     let done = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
@@ -204,8 +262,16 @@ async fn drive(base: &str, tokens: Arc<Vec<String>>, args: &Args) -> Result<f64>
     let deadline = Instant::now() + Duration::from_secs(args.seconds);
     let mut tasks = Vec::new();
     for _ in 0..args.concurrency {
-        let (client, tokens, body, etags, next, done, failed, url) =
-            (client.clone(), tokens.clone(), body.clone(), etags.clone(), next.clone(), done.clone(), failed.clone(), url.clone());
+        let (client, tokens, body, etags, next, done, failed, url) = (
+            client.clone(),
+            tokens.clone(),
+            body.clone(),
+            etags.clone(),
+            next.clone(),
+            done.clone(),
+            failed.clone(),
+            url.clone(),
+        );
         tasks.push(tokio::spawn(async move {
             while Instant::now() < deadline {
                 let i = next.fetch_add(1, Ordering::Relaxed) % tokens.len();

@@ -13,11 +13,11 @@ use crate::campaigns::{self, state, Campaign};
 use crate::db::{now_ms, random_id, Db};
 use crate::device_reader::{load, DeploymentRow, DeviceReader, DeviceRow};
 use crate::devices::{self, check_name};
-use crate::state_writer::StateWriter;
 use crate::error::{ApiError, ApiResult};
 use crate::plan::plan;
 use crate::policy::{position, wave_of};
 use crate::releases::{self, Release};
+use crate::state_writer::StateWriter;
 
 /// How long a server trusts its copy of the assigning campaigns. Staleness cannot cause
 /// a wrong assignment: the insert re-checks the campaign row.
@@ -95,7 +95,9 @@ pub async fn check_in(
     report: &CheckIn,
 ) -> ApiResult<CheckInResponse> {
     validate(report)?;
-    let (device, existing) = ctx.reader.read(device_id)
+    let (device, existing) = ctx
+        .reader
+        .read(device_id)
         .await?
         .ok_or_else(|| devices::unknown(device_id))?;
     if device.approval != "approved" {
@@ -163,7 +165,10 @@ async fn assignment(
     for active in ctx.caches.assigning(ctx.db).await?.iter() {
         let c = &active.campaign;
         let (release, manifest) = &*active.release;
-        let eligible = c.policy.selector.matches(device_id, &device.compatible, &device.tags)
+        let eligible = c
+            .policy
+            .selector
+            .matches(device_id, &device.compatible, &device.tags)
             && report.version != release.version
             && report.security_floor <= release.security_version
             && !existing.iter().any(|d| d.campaign_id == c.id);
@@ -213,7 +218,10 @@ async fn assignment(
             )));
         }
         // Another server assigned this device at the same moment: answer with that one.
-        let again = load(ctx.db, device_id).await?.map(|(_, d)| d).unwrap_or_default();
+        let again = load(ctx.db, device_id)
+            .await?
+            .map(|(_, d)| d)
+            .unwrap_or_default();
         if let Some(live) = again.iter().find(|d| d.live) {
             return live_assignment(ctx, live).await;
         }
@@ -271,4 +279,3 @@ fn to_assignment(
         state,
     }
 }
-

@@ -101,7 +101,9 @@ impl DeviceReader {
         tokio::spawn(async move {
             let mut batch = Vec::with_capacity(BATCH);
             loop {
-                let Ok(permit) = permits.clone().acquire_owned().await else { return };
+                let Ok(permit) = permits.clone().acquire_owned().await else {
+                    return;
+                };
                 if rx.recv_many(&mut batch, BATCH).await == 0 {
                     return;
                 }
@@ -119,7 +121,10 @@ impl DeviceReader {
     pub async fn read(&self, device_id: &str) -> ApiResult<Option<DeviceView>> {
         let (reply, answer) = oneshot::channel();
         let gone = || ApiError::Internal(anyhow::anyhow!("the device reader stopped"));
-        self.tx.send((device_id.to_string(), reply)).await.map_err(|_| gone())?;
+        self.tx
+            .send((device_id.to_string(), reply))
+            .await
+            .map_err(|_| gone())?;
         answer
             .await
             .map_err(|_| gone())?

@@ -17,10 +17,10 @@ use tower_http::services::ServeDir;
 use crate::auth::{shared_secret, TokenKey};
 use crate::campaigns;
 use crate::checkin::{Caches, CheckInContext};
-use crate::device_reader::DeviceReader;
-use crate::state_writer::StateWriter;
 use crate::db::Db;
+use crate::device_reader::DeviceReader;
 use crate::error::{ApiError, ApiResult};
+use crate::state_writer::StateWriter;
 use crate::{admin_api, dashboard, device_api};
 
 /// How a server is run; everything else lives in the database.

@@ -70,7 +70,8 @@ const ROWS_PER_STATEMENT: usize = 50;
 /// One multi-row `UPDATE ... FROM (VALUES ...)` per chunk (both engines name the columns
 /// of a VALUES list column1, column2, ...): one round trip for hundreds of devices.
 async fn write_batch(db: &Db, batch: HashMap<String, (CheckIn, i64)>) -> anyhow::Result<()> {
-    let rows: Vec<(String, CheckIn, i64)> = batch.into_iter().map(|(id, (s, at))| (id, s, at)).collect();
+    let rows: Vec<(String, CheckIn, i64)> =
+        batch.into_iter().map(|(id, (s, at))| (id, s, at)).collect();
     let mut tx = db.pool.begin().await?;
     for chunk in rows.chunks(ROWS_PER_STATEMENT) {
         let mut sql = String::from(
@@ -84,7 +85,13 @@ async fn write_batch(db: &Db, batch: HashMap<String, (CheckIn, i64)>) -> anyhow:
             }
             sql.push_str(&format!(
                 "(${}, ${}, ${}, ${}, ${}, ${}, ${})",
-                p + 1, p + 2, p + 3, p + 4, p + 5, p + 6, p + 7
+                p + 1,
+                p + 2,
+                p + 3,
+                p + 4,
+                p + 5,
+                p + 6,
+                p + 7
             ));
         }
         sql.push_str(") AS v WHERE devices.id = v.column1");

@@ -24,17 +24,33 @@ fn cli(dir: &Path, args: &[&str]) -> Output {
 /// Runs a subcommand that must succeed and prints JSON.
 fn json(dir: &Path, args: &[&str]) -> serde_json::Value {
     let out = cli(dir, args);
-    assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{args:?}: {e}: {}", String::from_utf8_lossy(&out.stdout)))
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{args:?}: {e}: {}", String::from_utf8_lossy(&out.stdout)))
 }
 
 #[test]
 fn serve_works_with_nothing_but_a_database_url_and_a_blob_dir() {
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let mut child = Command::new(BIN)
         .current_dir(dir.path())
-        .args(["serve", "--db", "sqlite://cairn.db", "--blobs", "./blobs", "--listen"])
+        .args([
+            "serve",
+            "--db",
+            "sqlite://cairn.db",
+            "--blobs",
+            "./blobs",
+            "--listen",
+        ])
         .arg(format!("127.0.0.1:{port}"))
         .spawn()
         .unwrap();
@@ -42,12 +58,16 @@ fn serve_works_with_nothing_but_a_database_url_and_a_blob_dir() {
     let answered = loop {
         if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
             use std::io::{Read, Write};
-            s.write_all(b"GET /admin/v1/devices HTTP/1.0\r\n\r\n").unwrap();
+            s.write_all(b"GET /admin/v1/devices HTTP/1.0\r\n\r\n")
+                .unwrap();
             let mut text = String::new();
             s.read_to_string(&mut text).unwrap();
             break text;
         }
-        assert!(started.elapsed() < Duration::from_secs(30), "server did not come up");
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "server did not come up"
+        );
         std::thread::sleep(Duration::from_millis(50));
     };
     child.kill().unwrap();
@@ -68,9 +88,27 @@ fn operator_subcommands_add_releases_import_devices_and_run_a_campaign() {
     let releases = Releases::build();
     let root = releases.root_path.to_str().unwrap();
 
-    let v1 = json(d, &["release", "add", releases.v1.to_str().unwrap(), "--root", root]);
+    let v1 = json(
+        d,
+        &[
+            "release",
+            "add",
+            releases.v1.to_str().unwrap(),
+            "--root",
+            root,
+        ],
+    );
     assert_eq!(v1["id"], "cairn-qemu-arm64@1.0.0");
-    json(d, &["release", "add", releases.v2.to_str().unwrap(), "--root", root]);
+    json(
+        d,
+        &[
+            "release",
+            "add",
+            releases.v2.to_str().unwrap(),
+            "--root",
+            root,
+        ],
+    );
     let list = json(d, &["release", "list"]);
     assert_eq!(list.as_array().unwrap().len(), 2);
 
@@ -80,18 +118,27 @@ fn operator_subcommands_add_releases_import_devices_and_run_a_campaign() {
     bytes[at] ^= 1;
     let bad = d.join("bad.cairn");
     std::fs::write(&bad, bytes).unwrap();
-    let out = cli(d, &["release", "add", bad.to_str().unwrap(), "--root", root]);
+    let out = cli(
+        d,
+        &["release", "add", bad.to_str().unwrap(), "--root", root],
+    );
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("bundle failed verification"));
     assert_eq!(json(d, &["release", "list"]).as_array().unwrap().len(), 2);
 
-    let fleet: Vec<SimDevice> = (0..3).map(|i| SimDevice::new("http://unused", &format!("cli-{i}"), vec![])).collect();
+    let fleet: Vec<SimDevice> = (0..3)
+        .map(|i| SimDevice::new("http://unused", &format!("cli-{i}"), vec![]))
+        .collect();
     let csv: String = std::iter::once("device_id,public_key,compatible,tags\n".to_string())
         .chain(fleet.iter().map(|d| format!("{}\n", d.factory_line("lab"))))
         .collect();
     std::fs::write(d.join("factory.csv"), csv).unwrap();
     let out = cli(d, &["device", "import", "factory.csv"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let devices = json(d, &["device", "list"]);
     assert_eq!(devices.as_array().unwrap().len(), 3);
     assert_eq!(devices[0]["tags"], serde_json::json!(["lab"]));
@@ -100,7 +147,19 @@ fn operator_subcommands_add_releases_import_devices_and_run_a_campaign() {
 
     let created = json(
         d,
-        &["campaign", "create", "lab-2", "--release", "cairn-qemu-arm64@2.0.0", "--tag", "lab", "--waves", "1,100%", "--bake-secs", "60"],
+        &[
+            "campaign",
+            "create",
+            "lab-2",
+            "--release",
+            "cairn-qemu-arm64@2.0.0",
+            "--tag",
+            "lab",
+            "--waves",
+            "1,100%",
+            "--bake-secs",
+            "60",
+        ],
     );
     assert_eq!(created["state"], "draft");
     let dry = json(d, &["campaign", "dry-run", "lab-2"]);
@@ -111,7 +170,10 @@ fn operator_subcommands_add_releases_import_devices_and_run_a_campaign() {
     let out = cli(d, &["campaign", "pause", "lab-2"]);
     assert!(!out.status.success(), "pausing twice is refused");
     assert!(String::from_utf8_lossy(&out.stderr).contains("it is paused"));
-    assert_eq!(json(d, &["campaign", "resume", "lab-2"])["state"], "running");
+    assert_eq!(
+        json(d, &["campaign", "resume", "lab-2"])["state"],
+        "running"
+    );
     let status = json(d, &["campaign", "status", "lab-2"]);
     assert_eq!(status["campaign"]["opened_waves"], 1);
     assert_eq!(json(d, &["campaign", "abort", "lab-2"])["state"], "aborted");

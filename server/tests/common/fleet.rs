@@ -197,11 +197,7 @@ pub async fn run_campaign_through_waves(db_url: &str) -> Outcome {
         assignments.insert(fleet[i].id.clone(), a);
     }
     for us in &fleet[FLEET - 2..] {
-        assert_eq!(
-            us.check_in().await,
-            None,
-            "US devices are not targeted"
-        );
+        assert_eq!(us.check_in().await, None, "US devices are not targeted");
     }
 
     // One device starts before things go wrong; five roll back: 5 > 25 % of 18.
