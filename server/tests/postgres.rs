@@ -2,10 +2,11 @@
 
 mod common;
 
+use cairn_server::db::Db;
 use cairn_server_api::ReportedState;
 use common::device::SimDevice;
 use common::postgres::PgCluster;
-use common::{Releases, TestServer, COMPATIBLE};
+use common::{Releases, ServerProcess, COMPATIBLE};
 use serde_json::json;
 use sqlx::Row as _;
 
@@ -18,15 +19,17 @@ async fn campaign_goes_through_waves_pauses_on_failures_resumes_and_aborts_on_po
     drop(pg);
 }
 
-/// Two servers on one database, every device talking to both at once: one deployment
-/// per device, every report applied exactly once.
+/// Two server processes on one database, every device talking to both at once: one
+/// deployment per device, every report applied exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_servers_on_one_postgres_never_double_assign_or_lose_a_report() {
     let pg = tokio::task::spawn_blocking(PgCluster::start).await.unwrap();
     let url = pg.create_database("pair");
     let releases = Releases::build();
-    let a = TestServer::start(&url, Some(&releases.root)).await;
-    let b = TestServer::start(&url, Some(&releases.root)).await;
+    // Migrations first, so the two processes do not both start on an empty database.
+    let db = Db::connect(&url).await.unwrap();
+    let a = ServerProcess::start(&url, &releases.root_path).await;
+    let b = ServerProcess::start(&url, &releases.root_path).await;
     let (status, body) = a.admin().upload(&releases.v2).await;
     assert_eq!(status, 200, "{body}");
 
@@ -97,9 +100,12 @@ async fn two_servers_on_one_postgres_never_double_assign_or_lose_a_report() {
         deployments.push(t.await.unwrap());
     }
 
-    a.state.writer.flush().await;
-    b.state.writer.flush().await;
-    let pool = &a.state.db.pool;
+    // Stopping writes what each server still holds of the check-ins.
+    let status = b.admin().campaign("pair").await;
+    assert_eq!(status["waves"][0]["succeeded"], N as u64);
+    a.stop().await;
+    b.stop().await;
+    let pool = &db.pool;
     let count = |sql: &'static str| async move {
         sqlx::query(sql)
             .fetch_one(pool)
@@ -120,9 +126,5 @@ async fn two_servers_on_one_postgres_never_double_assign_or_lose_a_report() {
         count("SELECT COUNT(*) AS n FROM deployments WHERE state = 'succeeded'").await,
         N as i64
     );
-    let status = b.admin().campaign("pair").await;
-    assert_eq!(status["waves"][0]["succeeded"], N as u64);
-    a.stop().await;
-    b.stop().await;
     drop(pg);
 }

@@ -261,3 +261,88 @@ impl Admin {
         value
     }
 }
+
+/// A `cairn-server serve` process on 127.0.0.1 and a free port; interrupted (Ctrl-C, so
+/// it shuts down gracefully and writes what it holds) and waited for on `stop`, killed
+/// if dropped without.
+pub struct ServerProcess {
+    pub url: String,
+    child: std::process::Child,
+    _blobs: tempfile::TempDir,
+}
+
+impl ServerProcess {
+    pub async fn start(db_url: &str, root: &Path) -> ServerProcess {
+        let blobs = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_cairn-server"))
+            .args(["serve", "--db", db_url, "--blobs"])
+            .arg(blobs.path())
+            .arg("--root")
+            .arg(root)
+            .args([
+                "--admin-token",
+                ADMIN_TOKEN,
+                "--evaluate-every-secs",
+                "3600",
+                "--listen",
+            ])
+            .arg(format!("127.0.0.1:{port}"))
+            .env("RUST_LOG", "warn")
+            .spawn()
+            .unwrap();
+        let url = format!("http://127.0.0.1:{port}");
+        let started = std::time::Instant::now();
+        while tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err()
+        {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "server process did not come up"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        ServerProcess {
+            url,
+            child,
+            _blobs: blobs,
+        }
+    }
+
+    pub fn admin(&self) -> Admin {
+        Admin {
+            url: self.url.clone(),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    pub async fn stop(mut self) {
+        let status = std::process::Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let exited = tokio::task::spawn_blocking(move || {
+            let status = self.child.wait();
+            (self, status)
+        })
+        .await
+        .unwrap();
+        let (_, status) = exited;
+        assert!(status.unwrap().success(), "server process exited badly");
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
