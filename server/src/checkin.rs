@@ -279,3 +279,20 @@ fn to_assignment(
         state,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::jittered;
+
+    #[test]
+    fn poll_jitter_stays_within_a_fifth_and_is_stable_per_device() {
+        let polls: Vec<u64> = (0..1000)
+            .map(|i| jittered(300, &format!("dev-{i}")))
+            .collect();
+        assert!(polls.iter().all(|p| (240..=360).contains(p)), "{polls:?}");
+        let distinct: std::collections::BTreeSet<_> = polls.iter().collect();
+        assert!(distinct.len() > 50, "the fleet spreads out");
+        assert_eq!(jittered(300, "dev-7"), jittered(300, "dev-7"));
+        assert_eq!(jittered(1, "dev-7"), 1);
+    }
+}

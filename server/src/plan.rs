@@ -43,3 +43,83 @@ pub fn plan(manifest: &Manifest, installed: &[InstalledImage]) -> PayloadPlan {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cairn_bundle::{Image, Payload, Source};
+
+    fn payload(size: u64, source: Option<(&str, u64)>) -> Payload {
+        Payload {
+            method: if source.is_some() {
+                "zstd-patch"
+            } else {
+                "zstd"
+            }
+            .into(),
+            offset: 0,
+            size,
+            sha256: "0".repeat(64),
+            source: source.map(|(sha256, size)| Source {
+                sha256: sha256.repeat(64),
+                size,
+            }),
+        }
+    }
+
+    fn manifest() -> Manifest {
+        let rootfs = Image {
+            name: "rootfs".into(),
+            size: 1000,
+            sha256: "1".repeat(64),
+            verity: None,
+            full: payload(900, None),
+            deltas: vec![
+                payload(50, Some(("a", 1000))),
+                payload(60, Some(("b", 1000))),
+            ],
+        };
+        let kernel = Image {
+            name: "kernel".into(),
+            size: 100,
+            sha256: "2".repeat(64),
+            verity: None,
+            full: payload(80, None),
+            deltas: vec![],
+        };
+        Manifest {
+            compatible: "c".into(),
+            version: "2.0.0".parse().unwrap(),
+            security_version: 1,
+            created: time::OffsetDateTime::UNIX_EPOCH,
+            expires: time::OffsetDateTime::UNIX_EPOCH + time::Duration::days(1),
+            description: None,
+            images: vec![rootfs, kernel],
+        }
+    }
+
+    fn held(sha: &str, size: u64) -> InstalledImage {
+        InstalledImage {
+            name: "rootfs".into(),
+            sha256: sha.repeat(64),
+            size,
+        }
+    }
+
+    #[test]
+    fn a_device_holding_a_delta_source_gets_that_delta() {
+        let p = plan(&manifest(), &[held("b", 1000)]);
+        assert_eq!(p.images[0].kind, "delta");
+        assert_eq!(p.images[0].from_sha256, Some("b".repeat(64)));
+        assert_eq!(p.images[1].kind, "full");
+        assert_eq!(p.total_bytes, 60 + 80);
+    }
+
+    #[test]
+    fn anything_else_gets_the_full_payload() {
+        assert_eq!(plan(&manifest(), &[]).total_bytes, 900 + 80);
+        // The right hash with the wrong size is not the source.
+        let p = plan(&manifest(), &[held("a", 999)]);
+        assert_eq!(p.images[0].kind, "full");
+    }
+}

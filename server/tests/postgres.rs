@@ -99,6 +99,9 @@ async fn two_servers_on_one_postgres_never_double_assign_or_lose_a_report() {
     for t in tasks {
         deployments.push(t.await.unwrap());
     }
+    deployments.sort();
+    deployments.dedup();
+    assert_eq!(deployments.len(), N, "one deployment per device");
 
     // Stopping writes what each server still holds of the check-ins.
     let status = b.admin().campaign("pair").await;
