@@ -12,7 +12,6 @@ use axum::Router;
 use cairn_bundle::TrustRoot;
 use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
-use tower_http::services::ServeDir;
 
 use crate::auth::{shared_secret, TokenKey};
 use crate::campaigns;
@@ -21,7 +20,7 @@ use crate::db::Db;
 use crate::device_reader::DeviceReader;
 use crate::error::{ApiError, ApiResult};
 use crate::state_writer::StateWriter;
-use crate::{admin_api, dashboard, device_api};
+use crate::{admin_api, blobs, dashboard, device_api};
 
 /// How a server is run; everything else lives in the database.
 #[derive(Debug, Clone)]
@@ -142,7 +141,7 @@ pub async fn build(db: Db, config: Config, local: SocketAddr) -> anyhow::Result<
         .route("/ui/campaigns/{id}", get(dashboard::campaign))
         .route("/ui/devices", get(dashboard::devices))
         .route("/ui/devices/{id}", get(dashboard::device))
-        .nest_service("/blobs", ServeDir::new(&state.config.blobs))
+        .route("/blobs/{name}", get(blobs::serve))
         .with_state(state.clone());
     Ok((router, state))
 }

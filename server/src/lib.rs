@@ -8,6 +8,7 @@
 
 pub mod admin_api;
 pub mod auth;
+pub mod blobs;
 pub mod campaigns;
 pub mod checkin;
 pub mod dashboard;

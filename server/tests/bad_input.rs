@@ -384,8 +384,25 @@ async fn bundles_failing_verification_are_rejected_and_leave_nothing_behind() {
     let leftovers: Vec<_> = std::fs::read_dir(&s.server.blobs).unwrap().collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 
-    // The genuine bundle goes in once.
-    assert_eq!(admin.upload(&s.releases.v1).await.0, 200);
+    // The genuine bundle goes in once, and is served whole by its content address.
+    let (status, v1) = admin.upload(&s.releases.v1).await;
+    assert_eq!(status, 200);
+    let blob = format!(
+        "{}/blobs/{}.cairn",
+        s.server.url,
+        v1["bundle_sha256"].as_str().unwrap()
+    );
+    let served = reqwest::get(&blob).await.unwrap().bytes().await.unwrap();
+    assert_eq!(
+        served.as_ref(),
+        std::fs::read(&s.releases.v1).unwrap().as_slice()
+    );
+    for name in [".upload-0011223344556677", "..%2Fcairn.db", "root.json"] {
+        let r = reqwest::get(format!("{}/blobs/{name}", s.server.url))
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 404, "{name}");
+    }
     let (status, body) = admin.upload(&s.releases.v1).await;
     assert_eq!((status, error_code(&body)), (409, "release-exists"));
     assert_eq!(std::fs::read_dir(&s.server.blobs).unwrap().count(), 1);
