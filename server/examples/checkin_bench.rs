@@ -31,6 +31,10 @@ use time::OffsetDateTime;
 
 const COMPATIBLE: &str = "cairn-bench";
 
+/// The same allocator as the `cairn-server` binary.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 struct Args {
     /// sqlite, postgres, or both.
