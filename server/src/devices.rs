@@ -346,3 +346,42 @@ pub async fn history(db: &Db, device_id: &str, limit: i64) -> ApiResult<Vec<Hist
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "3b6a27bcceb6a42d62a3a8d02a6f0d73653215771de243a63ac048a18b59da29";
+
+    #[test]
+    fn factory_manifests_parse_from_csv_and_json_alike() {
+        let csv = format!("device_id,public_key,compatible,tags\ndev-1, {KEY} ,cairn-x,eu;shop\ndev-2,{KEY},cairn-x,\n");
+        let json = format!(
+            r#"[{{"device_id":"dev-1","public_key":"{KEY}","compatible":"cairn-x","tags":["eu","shop"]}},
+                {{"device_id":"dev-2","public_key":"{KEY}","compatible":"cairn-x"}}]"#
+        );
+        let from_csv = parse_factory_manifest(&csv).unwrap();
+        assert_eq!(from_csv, parse_factory_manifest(&json).unwrap());
+        assert_eq!(from_csv[0].tags, ["eu", "shop"]);
+        assert!(from_csv[1].tags.is_empty());
+    }
+
+    #[test]
+    fn broken_factory_manifests_are_refused_with_the_reason() {
+        let missing_column = "device_id,public_key\ndev-1,abc\n";
+        let e = parse_factory_manifest(missing_column).unwrap_err();
+        assert!(e.to_string().contains("CSV"), "{e}");
+        let unknown_field = r#"[{"device_id":"d","public_key":"k","compatible":"c","owner":"x"}]"#;
+        let e = parse_factory_manifest(unknown_field).unwrap_err();
+        assert!(e.to_string().contains("unknown field"), "{e}");
+    }
+
+    #[test]
+    fn tags_are_kept_sorted_without_duplicates_and_checked() {
+        let tags = ["shop".to_string(), "eu".to_string(), "shop".to_string()];
+        assert_eq!(join_tags(&tags).unwrap(), "eu,shop");
+        assert_eq!(split_tags("eu,shop"), ["eu", "shop"]);
+        assert!(split_tags("").is_empty());
+        assert!(join_tags(&["a,b".to_string()]).is_err());
+    }
+}
