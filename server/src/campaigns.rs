@@ -167,7 +167,8 @@ fn from_row(row: &Row) -> ApiResult<Campaign> {
     })
 }
 
-/// Approved devices the selector picks that do not already run the release.
+/// Approved devices the selector picks that do not already run the release and would
+/// accept it (their security floor is not above it): the same rule check-in applies.
 async fn targets(db: &Db, policy: &CampaignPolicy, release: &Release) -> ApiResult<Vec<Device>> {
     let s = &policy.selector;
     Ok(devices::list_compatible(db, &s.compatible)
@@ -175,6 +176,7 @@ async fn targets(db: &Db, policy: &CampaignPolicy, release: &Release) -> ApiResu
         .into_iter()
         .filter(|d| s.matches(&d.id, &d.compatible, &d.tags))
         .filter(|d| d.version.as_deref() != Some(release.version.as_str()))
+        .filter(|d| d.security_floor.unwrap_or(0) <= release.security_version)
         .collect())
 }
 

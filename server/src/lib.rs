@@ -5,6 +5,13 @@
 //! Decisions are pure functions ([`policy`], [`gates`], [`transitions`], [`plan`]); the
 //! modules around them load state, call them, and write the result with
 //! compare-and-set statements so several servers can share one database.
+//!
+//! - [`db`]: connection, portable migrations (`migrations/`), ids and time.
+//! - [`releases`], [`devices`], [`campaigns`]: the model and its store.
+//! - [`auth`]: signed requests (timestamp + nonce) and device tokens.
+//! - [`checkin`], [`device_reader`], [`state_writer`]: the hot path of the device API.
+//! - [`reports`]: progress reports, applied once and atomically.
+//! - [`http`], [`device_api`], [`admin_api`], [`dashboard`], [`blobs`]: the HTTP side.
 
 pub mod admin_api;
 pub mod auth;
