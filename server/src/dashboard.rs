@@ -169,7 +169,38 @@ pub async fn campaign(
         return Ok(r);
     }
     let status = campaigns::status(&s.db, &id).await?;
-    Ok(Html(page(&format!("Campaign {id}"), &campaign_section(&status))).into_response())
+    let mut body = campaign_section(&status);
+    body.push_str(&deployments_table(&s, &id).await?);
+    Ok(Html(page(&format!("Campaign {id}"), &body)).into_response())
+}
+
+/// The campaign's deployments, most recently changed first.
+async fn deployments_table(s: &Shared, campaign_id: &str) -> ApiResult<String> {
+    let rows = sqlx::query(
+        "SELECT device_id, wave, state, reason, updated_at FROM deployments \
+         WHERE campaign_id = $1 ORDER BY updated_at DESC, device_id LIMIT 500",
+    )
+    .bind(campaign_id)
+    .fetch_all(&s.db.pool)
+    .await?;
+    let mut out = String::from(
+        "<h2>Deployments</h2><table class=\"deployments\"><tr><th>device</th><th>wave</th>\
+         <th>state</th><th>reason</th><th>changed</th></tr>",
+    );
+    for r in rows {
+        let device: String = r.try_get("device_id")?;
+        let _ = write!(
+            out,
+            "<tr><td><a href=\"/ui/devices/{d}\">{d}</a></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            r.try_get::<i64, _>("wave")? + 1,
+            escape(&r.try_get::<String, _>("state")?),
+            escape(&r.try_get::<Option<String>, _>("reason")?.unwrap_or_default()),
+            when(Some(r.try_get("updated_at")?)),
+            d = escape(&device),
+        );
+    }
+    out.push_str("</table>");
+    Ok(out)
 }
 
 /// Each listed device's newest deployment state (`idle` when it never had one).

@@ -105,21 +105,24 @@ async fn dashboard_shows_campaign_waves_devices_and_history() {
     let (rolled_back, updated) = (outcome.rolled_back.clone(), outcome.updated.clone());
 
     let device_page = format!("{base}/ui/devices/{rolled_back}?token={token}");
+    let campaign_page = format!("{base}/ui/campaigns/rollout-2?token={token}");
     let pages = tokio::task::spawn_blocking(move || {
         let pages = (
             visible_text(&dump_dom(&format!("{base}/"))),
             visible_text(&dump_dom(&format!("{base}/?token={token}"))),
             visible_text(&dump_dom(&format!("{base}/ui/devices?token={token}"))),
             visible_text(&dump_dom(&device_page)),
+            visible_text(&dump_dom(&campaign_page)),
         );
         screenshot(&format!("{base}/?token={token}"), "campaigns");
         screenshot(&format!("{base}/ui/devices?token={token}"), "devices");
         screenshot(&device_page, "device");
+        screenshot(&campaign_page, "campaign");
         pages
     })
     .await
     .unwrap();
-    let (anonymous, campaigns, devices, history) = pages;
+    let (anonymous, campaigns, devices, history, campaign) = pages;
 
     assert!(anonymous.contains("Sign in"), "{anonymous}");
     assert!(!anonymous.contains("rollout-2"), "{anonymous}");
@@ -174,6 +177,17 @@ async fn dashboard_shows_campaign_waves_devices_and_history() {
     assert!(
         history.contains("assigned campaign rollout-2: release 2.0.0 (rootfs delta, kernel full"),
         "{history}"
+    );
+    assert!(campaign.contains("Campaign rollout-2"), "{campaign}");
+    assert!(
+        campaign.contains(&format!(
+            "{rolled_back} 2 failed rolled back: health check failed: k3s not ready"
+        )),
+        "{campaign}"
+    );
+    assert!(
+        campaign.contains("cancelled campaign aborted"),
+        "{campaign}"
     );
     outcome.server.stop().await;
 }
