@@ -108,7 +108,7 @@ pub async fn enroll(db: &Db, request: &EnrollRequest) -> ApiResult<EnrollStatus>
         return Err(ApiError::forbidden(
             "key-mismatch",
             format!(
-                "device {} is registered with another key; an operator must re-import it",
+                "device {} is registered with another key; this key is not accepted",
                 request.device_id
             ),
         ));
