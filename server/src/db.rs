@@ -105,3 +105,16 @@ pub fn random_bytes<const N: usize>() -> [u8; N] {
     getrandom::getrandom(&mut out).expect("the OS random source is unavailable");
     out
 }
+
+/// An id that sorts by creation: `at` first, then a per-process counter for entries made
+/// in the same millisecond, then random digits so servers sharing a database never
+/// collide.
+pub fn ordered_id(prefix: &str, at_ms: i64) -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!(
+        "{prefix}{at_ms:013}-{n:012}-{}",
+        hex::encode(random_bytes::<4>())
+    )
+}

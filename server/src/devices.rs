@@ -5,7 +5,7 @@ use cairn_server_api::{parse_public_key, EnrollRequest, EnrollStatus, InstalledI
 use serde::{Deserialize, Serialize};
 use sqlx::Row as _;
 
-use crate::db::{now_ms, random_id, Db, Row};
+use crate::db::{now_ms, ordered_id, Db, Row};
 use crate::error::{ApiError, ApiResult};
 
 const APPROVED: &str = "approved";
@@ -314,12 +314,13 @@ pub fn unknown(id: &str) -> ApiError {
 
 /// Appends to a device's history.
 pub async fn record(db: &Db, device_id: &str, event: &str, detail: &str) -> ApiResult<()> {
+    let at = now_ms();
     sqlx::query(
         "INSERT INTO history (id, device_id, at, event, detail) VALUES ($1, $2, $3, $4, $5)",
     )
-    .bind(random_id("h-"))
+    .bind(ordered_id("h-", at))
     .bind(device_id)
-    .bind(now_ms())
+    .bind(at)
     .bind(event)
     .bind(detail)
     .execute(&db.pool)
@@ -330,7 +331,7 @@ pub async fn record(db: &Db, device_id: &str, event: &str, detail: &str) -> ApiR
 /// Newest first.
 pub async fn history(db: &Db, device_id: &str, limit: i64) -> ApiResult<Vec<HistoryEntry>> {
     let rows = sqlx::query(
-        "SELECT at, event, detail FROM history WHERE device_id = $1 ORDER BY at DESC, id LIMIT $2",
+        "SELECT at, event, detail FROM history WHERE device_id = $1 ORDER BY at DESC, id DESC LIMIT $2",
     )
     .bind(device_id)
     .bind(limit)

@@ -5,7 +5,7 @@ use cairn_server_api::{DeploymentState, Report, ReportAck};
 use sqlx::Row as _;
 
 use crate::campaigns;
-use crate::db::{now_ms, random_id, Db};
+use crate::db::{now_ms, ordered_id, Db};
 use crate::devices::check_name;
 use crate::error::{ApiError, ApiResult};
 use crate::policy::CampaignPolicy;
@@ -157,7 +157,7 @@ async fn try_apply(
     sqlx::query(
         "INSERT INTO history (id, device_id, at, event, detail) VALUES ($1, $2, $3, $4, $5)",
     )
-    .bind(random_id("h-"))
+    .bind(ordered_id("h-", now))
     .bind(device_id)
     .bind(now)
     .bind(reported)

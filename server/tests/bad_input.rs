@@ -296,6 +296,14 @@ async fn retried_reports_are_applied_once() {
         .filter(|h| h["event"] == "downloading")
         .count();
     assert_eq!(downloads, 1);
+    // Newest first, in the order things happened even within one millisecond.
+    let events: Vec<&str> = shown["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(events, ["downloading", "assigned", "version", "enrolled"]);
 }
 
 #[tokio::test]
