@@ -67,3 +67,66 @@ async fn a_release_records_its_manifest_and_can_be_served_from_an_external_url()
     );
     server.stop().await;
 }
+
+/// What `cairnd` will do with an assignment, against the served bundle: read the header
+/// and metadata with Range requests, verify them, pick the rootfs delta for the image it
+/// holds, fetch only that payload's range and decode it into the new image.
+#[tokio::test]
+async fn a_device_installs_a_delta_from_ranges_of_the_served_bundle() {
+    use cairn_bundle::header::HEADER_LEN;
+    use cairn_bundle::{choose_payload, decode_payload, Header, Policy, UnverifiedBundle};
+
+    let dir = tempfile::tempdir().unwrap();
+    let releases = Releases::build();
+    let server = TestServer::start(
+        &format!("sqlite://{}", dir.path().join("c.db").display()),
+        Some(&releases.root),
+    )
+    .await;
+    let (status, release) = server.admin().upload(&releases.v2).await;
+    assert_eq!(status, 200);
+    let url = format!(
+        "{}/blobs/{}.cairn",
+        server.url,
+        release["bundle_sha256"].as_str().unwrap()
+    );
+    let http = reqwest::Client::new();
+    let range = |start: u64, len: u64| {
+        let (http, url) = (http.clone(), url.clone());
+        async move {
+            let r = http
+                .get(&url)
+                .header("range", format!("bytes={start}-{}", start + len - 1))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status().as_u16(), 206);
+            r.bytes().await.unwrap().to_vec()
+        }
+    };
+
+    let head = range(0, HEADER_LEN as u64).await;
+    let header = Header::decode(&head).unwrap();
+    let metadata = range(0, header.metadata_end()).await;
+    let bundle = UnverifiedBundle::parse(&metadata).unwrap();
+    let policy = Policy {
+        compatible: Some(COMPATIBLE.into()),
+        security_floor: 1,
+        now: time::OffsetDateTime::now_utc(),
+    };
+    let verified = bundle.verify(&releases.root, &policy).unwrap();
+    let rootfs = verified.manifest.image("rootfs").unwrap();
+    let held = &releases.v1_images[0];
+    let payload =
+        choose_payload(rootfs, |s| s.sha256 == held.sha256 && s.size == held.size).unwrap();
+    assert!(payload.source.is_some(), "the delta, not the full payload");
+    let bytes = range(header.payload_area_offset + payload.offset, payload.size).await;
+    let source = std::fs::read(releases.dir.path().join("rootfs-1")).unwrap();
+    let image =
+        decode_payload(rootfs, payload, bytes.as_slice(), Some(&source), Vec::new()).unwrap();
+    assert_eq!(
+        image,
+        std::fs::read(releases.dir.path().join("rootfs-2")).unwrap()
+    );
+    server.stop().await;
+}
