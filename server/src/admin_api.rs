@@ -8,9 +8,10 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
 
-use crate::campaigns::{self, Campaign, CampaignStatus, DryRun};
+use crate::campaigns::{self, Campaign, CampaignStatus};
 use crate::device_api::bearer;
 use crate::devices::{self, Device, HistoryEntry};
+use crate::dry_run::{self, DryRun};
 use crate::error::{ApiError, ApiResult};
 use crate::http::{parse_json, Shared};
 use crate::policy::CampaignPolicy;
@@ -196,7 +197,7 @@ pub async fn dry_run(
     State(s): State<Shared>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<DryRun>> {
-    Ok(Json(campaigns::dry_run(&s.db, &id).await?))
+    Ok(Json(dry_run::dry_run(&s.db, &id).await?))
 }
 
 /// `start`, `pause`, `resume`, `abort`, or `evaluate` (run the gates now).

@@ -7,7 +7,7 @@
 //! compare-and-set statements so several servers can share one database.
 //!
 //! - [`db`]: connection, portable migrations (`migrations/`), ids and time.
-//! - [`releases`], [`devices`], [`campaigns`]: the model and its store.
+//! - [`releases`], [`devices`], [`campaigns`]: the model and its store; [`dry_run`].
 //! - [`auth`]: signed requests (timestamp + nonce) and device tokens.
 //! - [`checkin`], [`device_reader`], [`state_writer`]: the hot path of the device API.
 //! - [`reports`]: progress reports, applied once and atomically.
@@ -23,6 +23,7 @@ pub mod db;
 pub mod device_api;
 pub mod device_reader;
 pub mod devices;
+pub mod dry_run;
 pub mod error;
 pub mod gates;
 pub mod http;

@@ -8,7 +8,7 @@ use cairn_bundle::TrustRoot;
 use cairn_server::db::Db;
 use cairn_server::http::{self, Config};
 use cairn_server::policy::{CampaignPolicy, Selector, WaveSize};
-use cairn_server::{campaigns, devices, releases};
+use cairn_server::{campaigns, devices, dry_run, releases};
 use clap::{Parser, Subcommand};
 use serde::Serialize;
 
@@ -251,7 +251,7 @@ async fn campaign(db: &Db, command: CampaignCommand) -> Result<()> {
             print(&campaigns::create(db, &c.id, &c.release, policy).await?)
         }
         CampaignCommand::List => print(&campaigns::list(db).await?),
-        CampaignCommand::DryRun { id } => print(&campaigns::dry_run(db, &id).await?),
+        CampaignCommand::DryRun { id } => print(&dry_run::dry_run(db, &id).await?),
         CampaignCommand::Start { id } => print(&campaigns::start(db, &id).await?),
         CampaignCommand::Pause { id } => {
             print(&campaigns::pause(db, &id, "paused by operator").await?)
