@@ -67,7 +67,7 @@ pub fn escape(s: &str) -> String {
 
 fn page(title: &str, body: &str) -> String {
     format!(
-        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{} · Cairn</title>\
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta http-equiv=\"refresh\" content=\"15\"><title>{} · Cairn</title>\
          <style>body{{font-family:sans-serif;margin:2em;color:#222}}table{{border-collapse:collapse;margin:1em 0}}\
          td,th{{border:1px solid #ccc;padding:.3em .6em;text-align:left}}th{{background:#f3f3f3}}\
          .bar{{display:flex;width:20em;height:1em;background:#eee}}.ok{{background:#3a3}}.bad{{background:#c33}}.run{{background:#fb3}}\
@@ -291,4 +291,18 @@ pub async fn device(
     }
     body.push_str("</table>");
     Ok(Html(page(&format!("Device {id}"), &body)).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn device_supplied_text_cannot_become_markup() {
+        let detail = r#"<script>alert("x")</script> & 'more'"#;
+        let shown = super::escape(detail);
+        assert!(!shown.contains('<') && !shown.contains('>') && !shown.contains('"'));
+        assert_eq!(
+            shown,
+            "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt; &amp; &#39;more&#39;"
+        );
+    }
 }
