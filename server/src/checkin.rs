@@ -107,12 +107,11 @@ pub async fn check_in(
         ));
     }
     if device.version.as_deref() != Some(report.version.as_str()) {
-        let from = device.version.as_deref().unwrap_or("nothing");
-        devices::record(
+        record_new_version(
             ctx.db,
             device_id,
-            "version",
-            &format!("runs {} (was {from})", report.version),
+            device.version.as_deref(),
+            &report.version,
         )
         .await?;
     }
@@ -122,6 +121,29 @@ pub async fn check_in(
         assignment,
         poll_interval_secs: jittered(ctx.poll_interval_secs, device_id),
     })
+}
+
+/// Writes a changed version at once (the rest of the state waits for the batch) and
+/// records it in the history. The conditional update makes one entry per change even
+/// when retried check-ins race through several servers.
+async fn record_new_version(
+    db: &Db,
+    device_id: &str,
+    old: Option<&str>,
+    new: &str,
+) -> ApiResult<()> {
+    let changed = sqlx::query(
+        "UPDATE devices SET version = $1 WHERE id = $2 AND (version IS NULL OR version <> $1)",
+    )
+    .bind(new)
+    .bind(device_id)
+    .execute(&db.pool)
+    .await?;
+    if changed.rows_affected() == 1 {
+        let detail = format!("runs {new} (was {})", old.unwrap_or("nothing"));
+        devices::record(db, device_id, "version", &detail).await?;
+    }
+    Ok(())
 }
 
 fn validate(report: &CheckIn) -> ApiResult<()> {

@@ -14,6 +14,7 @@ use crate::db::{Db, Row};
 use crate::devices::split_tags;
 use crate::error::{ApiError, ApiResult};
 
+#[derive(Clone)]
 pub struct DeploymentRow {
     pub id: String,
     pub campaign_id: String,
@@ -24,6 +25,7 @@ pub struct DeploymentRow {
 }
 
 /// What a check-in needs of the device row.
+#[derive(Clone)]
 pub struct DeviceRow {
     pub approval: String,
     pub compatible: String,
@@ -144,9 +146,11 @@ async fn read_batch(db: &Db, batch: Vec<(String, Reply)>) {
         Err(e) => Err(e.to_string()),
     };
     match result {
-        Ok(mut views) => {
+        Ok(views) => {
+            // The same device may be in a batch more than once (retries, two requests
+            // at the same moment): each caller gets its own copy.
             for (id, reply) in batch {
-                let _ = reply.send(Ok(views.remove(&id)));
+                let _ = reply.send(Ok(views.get(&id).cloned()));
             }
         }
         Err(e) => {

@@ -429,3 +429,37 @@ async fn a_server_without_a_trust_root_refuses_releases() {
     assert_eq!((status, error_code(&body)), (409, "no-trust-root"));
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_check_ins_record_a_version_change_once() {
+    let s = setup().await;
+    let mut d = devices(&s, 1).await.remove(0);
+    for version in ["1.0.0", "1.1.0"] {
+        d.version = version.into();
+        let racers: Vec<_> = (0..8)
+            .map(|_| {
+                let d = d.clone();
+                tokio::spawn(async move { d.check_in().await })
+            })
+            .collect();
+        for r in racers {
+            assert_eq!(r.await.unwrap(), None);
+        }
+    }
+    let (_, shown) = s
+        .server
+        .admin()
+        .get(&format!("/admin/v1/devices/{}", d.id))
+        .await;
+    let versions: Vec<&str> = shown["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|h| h["event"] == "version")
+        .map(|h| h["detail"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        versions,
+        ["runs 1.1.0 (was 1.0.0)", "runs 1.0.0 (was nothing)"]
+    );
+}
