@@ -463,3 +463,49 @@ async fn racing_check_ins_record_a_version_change_once() {
         ["runs 1.1.0 (was 1.0.0)", "runs 1.0.0 (was nothing)"]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_reports_on_sqlite_are_applied_once_each() {
+    let s = setup().await;
+    let d = devices(&s, 1).await.remove(0);
+    running_campaign(&s).await;
+    let a = d.check_in().await.unwrap();
+    let send = |report_id: &'static str, state: ReportedState| {
+        let (d, dep) = (d.clone(), a.deployment_id.clone());
+        tokio::spawn(async move { d.report(&dep, report_id, state, None).await })
+    };
+    // The same report eight times at once: applied once.
+    let same: Vec<_> = (0..8)
+        .map(|_| send("r1", ReportedState::Downloading))
+        .collect();
+    let mut fresh = 0;
+    for r in same {
+        fresh += usize::from(r.await.unwrap()["duplicate"] == false);
+    }
+    assert_eq!(fresh, 1);
+    // Different reports at once: all kept, and the state ends at the furthest one.
+    let racing = [
+        send("r2", ReportedState::Installing),
+        send("r3", ReportedState::Rebooting),
+        send("r2b", ReportedState::Downloading),
+    ];
+    for r in racing {
+        assert_eq!(r.await.unwrap()["duplicate"], false);
+    }
+    let ack = d
+        .report(&a.deployment_id, "r4", ReportedState::Committed, None)
+        .await;
+    assert_eq!(ack["deployment_state"], "succeeded");
+    let (_, shown) = s
+        .server
+        .admin()
+        .get(&format!("/admin/v1/devices/{}", d.id))
+        .await;
+    let reports = shown["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|h| h["detail"].as_str().unwrap().starts_with(&a.deployment_id))
+        .count();
+    assert_eq!(reports, 5, "r1, r2, r3, r2b, r4 each once");
+}
