@@ -68,38 +68,36 @@ impl StateWriter {
 const ROWS_PER_STATEMENT: usize = 50;
 
 /// One multi-row `UPDATE ... FROM (VALUES ...)` per chunk (both engines name the columns
-/// of a VALUES list column1, column2, ...): one round trip for hundreds of devices.
+/// of a VALUES list column1, column2, ...): one round trip for many devices.
+///
+/// The version is not written here: check-in writes a changed version at once, and a
+/// batch still in flight must not put an older one back. Batches from several servers
+/// may land out of order, so a state older than the stored one is skipped.
 async fn write_batch(db: &Db, batch: HashMap<String, (CheckIn, i64)>) -> anyhow::Result<()> {
     let rows: Vec<(String, CheckIn, i64)> =
         batch.into_iter().map(|(id, (s, at))| (id, s, at)).collect();
     let mut tx = db.pool.begin().await?;
     for chunk in rows.chunks(ROWS_PER_STATEMENT) {
         let mut sql = String::from(
-            "UPDATE devices SET version = v.column2, booted_slot = v.column3, committed_slot = v.column4, \
-             security_floor = v.column5, images = v.column6, last_checkin = v.column7 FROM (VALUES ",
+            "UPDATE devices SET booted_slot = v.column2, committed_slot = v.column3, \
+             security_floor = v.column4, images = v.column5, last_checkin = v.column6 FROM (VALUES ",
         );
         for i in 0..chunk.len() {
-            let p = i * 7;
+            let p = i * 6;
+            let row: Vec<String> = (1..=6).map(|n| format!("${}", p + n)).collect();
             if i > 0 {
                 sql.push(',');
             }
-            sql.push_str(&format!(
-                "(${}, ${}, ${}, ${}, ${}, ${}, ${})",
-                p + 1,
-                p + 2,
-                p + 3,
-                p + 4,
-                p + 5,
-                p + 6,
-                p + 7
-            ));
+            sql.push_str(&format!("({})", row.join(", ")));
         }
-        sql.push_str(") AS v WHERE devices.id = v.column1");
+        sql.push_str(
+            ") AS v WHERE devices.id = v.column1 \
+             AND (devices.last_checkin IS NULL OR devices.last_checkin <= v.column6)",
+        );
         let mut query = sqlx::query(&sql);
         for (id, s, at) in chunk {
             query = query
                 .bind(id)
-                .bind(&s.version)
                 .bind(slot(s.booted_slot))
                 .bind(slot(s.committed_slot))
                 .bind(s.security_floor as i64)

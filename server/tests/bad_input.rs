@@ -509,3 +509,25 @@ async fn racing_reports_on_sqlite_are_applied_once_each() {
         .count();
     assert_eq!(reports, 5, "r1, r2, r3, r2b, r4 each once");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_check_ins_on_sqlite_get_one_deployment() {
+    let s = setup().await;
+    let fleet = devices(&s, 3).await;
+    running_campaign(&s).await;
+    for d in &fleet {
+        let racers: Vec<_> = (0..8)
+            .map(|_| {
+                let d = d.clone();
+                tokio::spawn(async move { d.check_in().await })
+            })
+            .collect();
+        let mut ids = std::collections::BTreeSet::new();
+        for r in racers {
+            ids.insert(r.await.unwrap().expect("assigned").deployment_id);
+        }
+        assert_eq!(ids.len(), 1, "{} got {ids:?}", d.id);
+    }
+    let status = s.server.admin().campaign("c").await;
+    assert_eq!(status["waves"][0]["assigned"], 3);
+}
