@@ -102,6 +102,9 @@ pub async fn add(
     .execute(&db.pool)
     .await?;
     if inserted.rows_affected() == 0 {
+        if let Some(name) = &blob_name {
+            remove_if_unreferenced(db, blobs, name).await?;
+        }
         return Err(ApiError::conflict(
             "release-exists",
             format!("release {id} already exists"),
@@ -109,6 +112,20 @@ pub async fn add(
     }
     tracing::info!(release = %id, %sha256, "release added");
     get(db, &id).await
+}
+
+/// Removes a blob that no release names (it was moved in for a release that turned out
+/// to exist already with other bytes).
+async fn remove_if_unreferenced(db: &Db, blobs: &Path, name: &str) -> ApiResult<()> {
+    let used: i64 = sqlx::query("SELECT COUNT(*) AS n FROM releases WHERE blob_name = $1")
+        .bind(name)
+        .fetch_one(&db.pool)
+        .await?
+        .try_get("n")?;
+    if used == 0 {
+        let _ = tokio::fs::remove_file(blobs.join(name)).await;
+    }
+    Ok(())
 }
 
 /// The checks a release must pass; returns the manifest, the file's sha256 and size.

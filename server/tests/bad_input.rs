@@ -414,6 +414,16 @@ async fn bundles_failing_verification_are_rejected_and_leave_nothing_behind() {
     let (status, body) = admin.upload(&s.releases.v1).await;
     assert_eq!((status, error_code(&body)), (409, "release-exists"));
     assert_eq!(std::fs::read_dir(&s.server.blobs).unwrap().count(), 1);
+    // Other bytes under a version that exists: refused, and no orphan blob is left.
+    let image = dir.path().join("other-rootfs");
+    std::fs::write(&image, common::image_bytes(100 << 10, 9)).unwrap();
+    let other = dir.path().join("other-1.0.0.cairn");
+    common::make_bundle(&s.releases.key, "1.0.0", &[("rootfs", &image)], &[], &other);
+    let (status, body) = admin.upload(&other).await;
+    assert_eq!((status, error_code(&body)), (409, "release-exists"));
+    assert_eq!(std::fs::read_dir(&s.server.blobs).unwrap().count(), 1);
+    let (_, list) = admin.get("/admin/v1/releases").await;
+    assert_eq!(list[0]["bundle_sha256"], v1["bundle_sha256"]);
 }
 
 #[tokio::test]

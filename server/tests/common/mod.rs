@@ -96,7 +96,7 @@ impl Releases {
     }
 }
 
-fn make_bundle(
+pub fn make_bundle(
     key: &SigningKey,
     version: &str,
     images: &[(&str, &Path)],
