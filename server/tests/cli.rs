@@ -179,3 +179,88 @@ fn operator_subcommands_add_releases_import_devices_and_run_a_campaign() {
     assert_eq!(json(d, &["campaign", "abort", "lab-2"])["state"], "aborted");
     assert_eq!(json(d, &["campaign", "list"]).as_array().unwrap().len(), 1);
 }
+
+/// The operator works with the subcommands on the database while `serve` runs on it:
+/// the server picks the changes up and devices get their update.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_server_sees_what_the_subcommands_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let releases = Releases::build();
+    let root = releases.root_path.to_str().unwrap();
+    let db_url = format!("sqlite://{}", d.join("cairn.db").display());
+    json(d, &["release", "list"]); // creates the database before the server starts
+    let server =
+        common::ServerProcess::start_with_blobs(&db_url, &releases.root_path, &d.join("blobs"))
+            .await;
+
+    json(
+        d,
+        &[
+            "release",
+            "add",
+            releases.v2.to_str().unwrap(),
+            "--root",
+            root,
+        ],
+    );
+    let mut device = SimDevice::new(&server.url, "live-1", releases.v1_images.clone());
+    std::fs::write(
+        d.join("factory.json"),
+        format!(
+            r#"[{{"device_id":"live-1","public_key":"{}","compatible":"{}"}}]"#,
+            device.public_key(),
+            common::COMPATIBLE
+        ),
+    )
+    .unwrap();
+    assert!(cli(d, &["device", "import", "factory.json"])
+        .status
+        .success());
+    assert_eq!(device.enroll().await.status, 200);
+    device.login().await;
+    assert_eq!(device.check_in().await, None);
+
+    json(
+        d,
+        &[
+            "campaign",
+            "create",
+            "live",
+            "--release",
+            "cairn-qemu-arm64@2.0.0",
+            "--bake-secs",
+            "0",
+        ],
+    );
+    json(d, &["campaign", "start", "live"]);
+    // The server trusts its copy of the campaigns for at most a second.
+    let started = std::time::Instant::now();
+    let assignment = loop {
+        if let Some(a) = device.check_in().await {
+            break a;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the running server never saw the campaign"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let bundle = reqwest::get(&assignment.bundle_url).await.unwrap();
+    assert_eq!(bundle.status().as_u16(), 200, "{}", assignment.bundle_url);
+    assert_eq!(
+        bundle.bytes().await.unwrap().len() as u64,
+        assignment.bundle_size
+    );
+
+    json(d, &["campaign", "pause", "live"]);
+    let started = std::time::Instant::now();
+    while device.check_in().await.is_some() {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "pause not seen"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    server.stop().await;
+}

@@ -268,12 +268,18 @@ impl Admin {
 pub struct ServerProcess {
     pub url: String,
     child: std::process::Child,
-    _blobs: tempfile::TempDir,
+    _blobs: Option<tempfile::TempDir>,
 }
 
 impl ServerProcess {
     pub async fn start(db_url: &str, root: &Path) -> ServerProcess {
         let blobs = tempfile::tempdir().unwrap();
+        let mut server = ServerProcess::start_with_blobs(db_url, root, blobs.path()).await;
+        server._blobs = Some(blobs);
+        server
+    }
+
+    pub async fn start_with_blobs(db_url: &str, root: &Path, blobs: &Path) -> ServerProcess {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -281,7 +287,7 @@ impl ServerProcess {
             .port();
         let child = std::process::Command::new(env!("CARGO_BIN_EXE_cairn-server"))
             .args(["serve", "--db", db_url, "--blobs"])
-            .arg(blobs.path())
+            .arg(blobs)
             .arg("--root")
             .arg(root)
             .args([
@@ -310,7 +316,7 @@ impl ServerProcess {
         ServerProcess {
             url,
             child,
-            _blobs: blobs,
+            _blobs: None,
         }
     }
 
