@@ -87,13 +87,15 @@ pub fn split_tags(tags: &str) -> Vec<String> {
 pub async fn enroll(db: &Db, request: &EnrollRequest) -> ApiResult<EnrollStatus> {
     check_name("device id", &request.device_id)?;
     check_name("compatible", &request.compatible)?;
+    // Keys are stored and compared as lowercase hex, however a device or manifest spells them.
+    let presented = request.public_key.to_ascii_lowercase();
     let now = now_ms();
     sqlx::query(
         "INSERT INTO devices (id, public_key, approval, compatible, tags, created_at) \
          VALUES ($1, $2, $3, $4, '', $5) ON CONFLICT DO NOTHING",
     )
     .bind(&request.device_id)
-    .bind(&request.public_key)
+    .bind(&presented)
     .bind(PENDING)
     .bind(&request.compatible)
     .bind(now)
@@ -104,7 +106,7 @@ pub async fn enroll(db: &Db, request: &EnrollRequest) -> ApiResult<EnrollStatus>
         .fetch_one(&db.pool)
         .await?;
     let key: String = row.try_get("public_key")?;
-    if key != request.public_key {
+    if key != presented {
         return Err(ApiError::forbidden(
             "key-mismatch",
             format!(
@@ -186,7 +188,7 @@ pub async fn import(db: &Db, entries: &[FactoryEntry]) -> ApiResult<usize> {
              WHERE devices.public_key = $2",
         )
         .bind(&e.device_id)
-        .bind(&e.public_key)
+        .bind(e.public_key.to_ascii_lowercase())
         .bind(APPROVED)
         .bind(&e.compatible)
         .bind(join_tags(&e.tags)?)
@@ -198,7 +200,7 @@ pub async fn import(db: &Db, entries: &[FactoryEntry]) -> ApiResult<usize> {
             .fetch_one(&mut *tx)
             .await?
             .try_get("public_key")?;
-        if key != e.public_key {
+        if key != e.public_key.to_ascii_lowercase() {
             return Err(ApiError::conflict(
                 "key-mismatch",
                 format!(

@@ -541,3 +541,23 @@ async fn racing_check_ins_on_sqlite_get_one_deployment() {
     let status = s.server.admin().campaign("c").await;
     assert_eq!(status["waves"][0]["assigned"], 3);
 }
+
+#[tokio::test]
+async fn a_key_is_the_same_key_in_upper_and_lower_case_hex() {
+    let s = setup().await;
+    let mut d = SimDevice::new(&s.server.url, "dev-upper", vec![]);
+    let line = format!("dev-upper,{},{COMPATIBLE},", d.public_key().to_uppercase());
+    s.server
+        .admin()
+        .ok(
+            "/admin/v1/devices/import",
+            format!("device_id,public_key,compatible,tags\n{line}\n"),
+        )
+        .await;
+    let answer = d.enroll().await;
+    assert_eq!(
+        (answer.status, answer.body["status"].as_str()),
+        (200, Some("approved"))
+    );
+    d.login().await;
+}
