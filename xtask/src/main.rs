@@ -11,7 +11,9 @@ const USAGE: &str = "usage: cargo xtask <command>
 
   test    install what the tests need, then fmt --check, clippy -D warnings, cargo test
   demo    the end-to-end update demo under QEMU
-  setup   only install what the tests need";
+  setup   only install what the tests need
+  bench   check-ins per second of cairn-server on loopback (SQLite and PostgreSQL, release
+          build); extra arguments go to the bench, e.g. -- --backend sqlite --seconds 20";
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -19,6 +21,7 @@ fn main() -> Result<()> {
         Some("test") => test(),
         Some("setup") => setup::test_prerequisites(),
         Some("demo") => demo(),
+        Some("bench") => bench(&args[1..]),
         _ => {
             eprintln!("{USAGE}");
             std::process::exit(2);
@@ -42,6 +45,22 @@ fn test() -> Result<()> {
     )?;
     step("tests", cargo(&["test", "--workspace"]))?;
     Ok(())
+}
+
+/// A measurement, not a test: it reports numbers against a baseline taken in the same
+/// run and never fails on a threshold.
+fn bench(extra: &[String]) -> Result<()> {
+    let mut cmd = cargo(&[
+        "run",
+        "--release",
+        "-p",
+        "cairn-server",
+        "--example",
+        "checkin_bench",
+        "--",
+    ]);
+    cmd.args(extra.iter().filter(|a| a.as_str() != "--"));
+    step("check-in bench", cmd)
 }
 
 fn demo() -> Result<()> {

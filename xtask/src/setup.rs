@@ -16,6 +16,8 @@ const PACKAGES: &[&str] = &[
     "mtools",           // FAT editing without loop mounts
     "fdisk",            // sfdisk
     "cryptsetup-bin",   // veritysetup
+    "postgresql",       // cairn-server's PostgreSQL tests start a throwaway cluster
+    "chromium",         // cairn-server's dashboard test renders pages headless
 ];
 
 /// Packages that must come from bookworm-backports (QEMU 10 matches the preinstalled

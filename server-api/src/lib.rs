@@ -1,0 +1,29 @@
+//! The Cairn device API: the JSON a device (`cairnd`) and `cairn-server` exchange, and the
+//! exact bytes a device signs. `server/API.md` is the prose version of this file.
+//!
+//! This crate carries no HTTP client on purpose: the device daemon picks its own transport
+//! and only needs the types and the signing rules to match the server.
+
+mod auth;
+mod types;
+
+pub use auth::{
+    enroll_message, parse_public_key, token_message, EnrollRequest, SignError, TokenRequest,
+    TokenResponse, ENROLL_CONTEXT, TOKEN_CONTEXT,
+};
+pub use types::{
+    Assignment, CheckIn, CheckInResponse, DeploymentState, EnrollResponse, EnrollStatus, ErrorBody,
+    InstalledImage, Report, ReportAck, ReportedState, Slot,
+};
+
+/// Paths of the device API, relative to the server's base URL.
+pub mod paths {
+    pub const ENROLL: &str = "/v1/device/enroll";
+    pub const TOKEN: &str = "/v1/device/token";
+    pub const CHECK_IN: &str = "/v1/device/check-in";
+
+    /// Where progress reports for one deployment go.
+    pub fn reports(deployment_id: &str) -> String {
+        format!("/v1/device/deployments/{deployment_id}/reports")
+    }
+}

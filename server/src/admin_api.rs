@@ -1,0 +1,224 @@
+//! The operator's API under `/admin/v1`, behind the admin bearer token. The CLI calls
+//! the same functions directly on the database.
+
+use axum::body::{Body, Bytes};
+use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use tokio::io::AsyncWriteExt;
+
+use crate::campaigns::{self, Campaign, CampaignStatus};
+use crate::device_api::bearer;
+use crate::devices::{self, Device, HistoryEntry};
+use crate::dry_run::{self, DryRun};
+use crate::error::{ApiError, ApiResult};
+use crate::http::{parse_json, Shared};
+use crate::policy::CampaignPolicy;
+use crate::releases::{self, Release};
+
+/// Present when the request carries the admin token.
+pub struct Admin;
+
+impl FromRequestParts<Shared> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &Shared) -> ApiResult<Self> {
+        match bearer(&parts.headers) {
+            Some(t) if state.admin_token_matches(t) => Ok(Admin),
+            Some(_) => Err(ApiError::unauthorized(
+                "bad-admin-token",
+                "the admin token is wrong",
+            )),
+            None => Err(ApiError::unauthorized(
+                "no-admin-token",
+                "send Authorization: Bearer <admin token>",
+            )),
+        }
+    }
+}
+
+pub async fn list_releases(_: Admin, State(s): State<Shared>) -> ApiResult<Json<Vec<Release>>> {
+    Ok(Json(releases::list(&s.db).await?))
+}
+
+#[derive(Deserialize)]
+pub struct AddRelease {
+    /// Serve the bundle from here (a CDN) instead of the blob directory.
+    external_url: Option<String>,
+}
+
+/// The request body is the bundle file. It is streamed to disk, then verified.
+pub async fn add_release(
+    _: Admin,
+    State(s): State<Shared>,
+    Query(q): Query<AddRelease>,
+    body: Body,
+) -> ApiResult<Json<Release>> {
+    let staged = s
+        .config
+        .blobs
+        .join(format!(".upload-{}", crate::db::random_id("")));
+    let written = stream_to(&staged, body).await;
+    let result = match written {
+        Ok(()) => {
+            releases::add(
+                &s.db,
+                &s.config.blobs,
+                s.config.root.as_ref(),
+                staged.clone(),
+                q.external_url,
+            )
+            .await
+        }
+        Err(e) => Err(e),
+    };
+    // Moved into place on success; removed on any failure (a no-op when it was moved).
+    let _ = tokio::fs::remove_file(&staged).await;
+    Ok(Json(result?))
+}
+
+async fn stream_to(path: &std::path::Path, mut body: Body) -> ApiResult<()> {
+    use http_body_util::BodyExt;
+    let mut file = tokio::fs::File::create(path)
+        .await
+        .map_err(anyhow::Error::from)?;
+    while let Some(frame) = body.frame().await {
+        let frame =
+            frame.map_err(|e| ApiError::bad_request("upload", format!("reading upload: {e}")))?;
+        if let Ok(data) = frame.into_data() {
+            file.write_all(&data).await.map_err(anyhow::Error::from)?;
+        }
+    }
+    file.flush().await.map_err(anyhow::Error::from)?;
+    Ok(())
+}
+
+#[derive(Deserialize)]
+pub struct Limit {
+    limit: Option<i64>,
+}
+
+pub async fn list_devices(
+    _: Admin,
+    State(s): State<Shared>,
+    Query(q): Query<Limit>,
+) -> ApiResult<Json<Vec<Device>>> {
+    Ok(Json(devices::list(&s.db, q.limit.unwrap_or(1000)).await?))
+}
+
+#[derive(Serialize)]
+pub struct DeviceDetail {
+    pub device: Device,
+    pub history: Vec<HistoryEntry>,
+}
+
+pub async fn show_device(
+    _: Admin,
+    State(s): State<Shared>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<DeviceDetail>> {
+    Ok(Json(DeviceDetail {
+        device: devices::get(&s.db, &id).await?,
+        history: devices::history(&s.db, &id, 200).await?,
+    }))
+}
+
+pub async fn approve_device(
+    _: Admin,
+    State(s): State<Shared>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Device>> {
+    Ok(Json(devices::approve(&s.db, &id).await?))
+}
+
+pub async fn set_tags(
+    _: Admin,
+    State(s): State<Shared>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> ApiResult<Json<Device>> {
+    let tags: Vec<String> = parse_json(&body)?;
+    Ok(Json(devices::set_tags(&s.db, &id, &tags).await?))
+}
+
+#[derive(Serialize)]
+pub struct Imported {
+    pub imported: usize,
+}
+
+/// Body: a factory manifest, JSON array or CSV.
+pub async fn import_devices(
+    _: Admin,
+    State(s): State<Shared>,
+    body: Bytes,
+) -> ApiResult<Json<Imported>> {
+    let text = std::str::from_utf8(&body)
+        .map_err(|_| ApiError::bad_request("bad-manifest", "factory manifest is not UTF-8"))?;
+    let entries = devices::parse_factory_manifest(text)?;
+    Ok(Json(Imported {
+        imported: devices::import(&s.db, &entries).await?,
+    }))
+}
+
+pub async fn list_campaigns(_: Admin, State(s): State<Shared>) -> ApiResult<Json<Vec<Campaign>>> {
+    Ok(Json(campaigns::list(&s.db).await?))
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewCampaign {
+    pub id: String,
+    pub release_id: String,
+    pub policy: CampaignPolicy,
+}
+
+pub async fn create_campaign(
+    _: Admin,
+    State(s): State<Shared>,
+    body: Bytes,
+) -> ApiResult<Json<Campaign>> {
+    let new: NewCampaign = parse_json(&body)?;
+    Ok(Json(
+        campaigns::create(&s.db, &new.id, &new.release_id, new.policy).await?,
+    ))
+}
+
+pub async fn campaign_status(
+    _: Admin,
+    State(s): State<Shared>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<CampaignStatus>> {
+    Ok(Json(campaigns::status(&s.db, &id).await?))
+}
+
+pub async fn dry_run(
+    _: Admin,
+    State(s): State<Shared>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<DryRun>> {
+    Ok(Json(dry_run::dry_run(&s.db, &id).await?))
+}
+
+/// `start`, `pause`, `resume`, `abort`, or `evaluate` (run the gates now).
+pub async fn campaign_action(
+    _: Admin,
+    State(s): State<Shared>,
+    Path((id, action)): Path<(String, String)>,
+) -> ApiResult<Json<CampaignStatus>> {
+    match action.as_str() {
+        "start" => drop(campaigns::start(&s.db, &id).await?),
+        "pause" => drop(campaigns::pause(&s.db, &id, "paused by operator").await?),
+        "resume" => drop(campaigns::resume(&s.db, &id).await?),
+        "abort" => drop(campaigns::abort(&s.db, &id).await?),
+        "evaluate" => drop(campaigns::evaluate(&s.db, &id).await?),
+        other => {
+            return Err(ApiError::not_found(
+                "unknown-action",
+                format!("no campaign action '{other}' (start, pause, resume, abort, evaluate)"),
+            ))
+        }
+    }
+    s.caches.invalidate_campaigns();
+    Ok(Json(campaigns::status(&s.db, &id).await?))
+}

@@ -1,0 +1,320 @@
+//! Check-in: a device says what it runs; the server answers with its assignment (or
+//! nothing) and when to ask again. Built to be cheap: two indexed reads, device state
+//! written in batches, campaigns and releases served from memory.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use cairn_bundle::Manifest;
+use cairn_server_api::{Assignment, CheckIn, CheckInResponse, DeploymentState};
+
+use crate::campaigns::{self, state, Campaign};
+use crate::db::{now_ms, random_id, Db};
+use crate::device_reader::{load, DeploymentRow, DeviceReader, DeviceRow};
+use crate::devices::{self, check_name};
+use crate::error::{ApiError, ApiResult};
+use crate::plan::plan;
+use crate::policy::{position, wave_of};
+use crate::releases::{self, Release};
+use crate::state_writer::StateWriter;
+
+/// How long a server trusts its copy of the assigning campaigns. Staleness cannot cause
+/// a wrong assignment: the insert re-checks the campaign row.
+const CAMPAIGN_CACHE_TTL: Duration = Duration::from_secs(1);
+
+pub struct ActiveCampaign {
+    pub campaign: Campaign,
+    pub release: Arc<(Release, Manifest)>,
+    pub bounds: Vec<f64>,
+}
+
+/// In-memory views shared by the request handlers of one server.
+#[derive(Default)]
+pub struct Caches {
+    campaigns: Mutex<Option<(Instant, Arc<Vec<ActiveCampaign>>)>>,
+    /// Releases never change once added, so they are cached for good.
+    releases: Mutex<HashMap<String, Arc<(Release, Manifest)>>>,
+}
+
+impl Caches {
+    pub async fn release(&self, db: &Db, id: &str) -> ApiResult<Arc<(Release, Manifest)>> {
+        if let Some(r) = lock(&self.releases).get(id) {
+            return Ok(r.clone());
+        }
+        let loaded = Arc::new(releases::get_with_manifest(db, id).await?);
+        lock(&self.releases).insert(id.to_string(), loaded.clone());
+        Ok(loaded)
+    }
+
+    pub async fn assigning(&self, db: &Db) -> ApiResult<Arc<Vec<ActiveCampaign>>> {
+        if let Some((at, list)) = lock(&self.campaigns).as_ref() {
+            if at.elapsed() < CAMPAIGN_CACHE_TTL {
+                return Ok(list.clone());
+            }
+        }
+        let mut active = Vec::new();
+        for campaign in campaigns::list_assigning(db).await? {
+            let release = self.release(db, &campaign.release_id).await?;
+            let bounds = campaign.wave_bounds.clone().unwrap_or_else(|| vec![1.0]);
+            active.push(ActiveCampaign {
+                campaign,
+                release,
+                bounds,
+            });
+        }
+        let list = Arc::new(active);
+        *lock(&self.campaigns) = Some((Instant::now(), list.clone()));
+        Ok(list)
+    }
+
+    /// Forget the campaigns after this server changed one.
+    pub fn invalidate_campaigns(&self) {
+        *lock(&self.campaigns) = None;
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding these locks leaves plain data behind; keep serving.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// What a check-in needs to know besides the database.
+pub struct CheckInContext<'a> {
+    pub db: &'a Db,
+    pub caches: &'a Caches,
+    pub writer: &'a StateWriter,
+    pub reader: &'a DeviceReader,
+    pub public_url: &'a str,
+    pub poll_interval_secs: u64,
+}
+
+pub async fn check_in(
+    ctx: &CheckInContext<'_>,
+    device_id: &str,
+    report: &CheckIn,
+) -> ApiResult<CheckInResponse> {
+    validate(report)?;
+    let (device, existing) = ctx
+        .reader
+        .read(device_id)
+        .await?
+        .ok_or_else(|| devices::unknown(device_id))?;
+    if device.approval != "approved" {
+        return Err(ApiError::forbidden(
+            "not-approved",
+            format!("device {device_id} is not approved"),
+        ));
+    }
+    if device.version.as_deref() != Some(report.version.as_str()) {
+        record_new_version(
+            ctx.db,
+            device_id,
+            device.version.as_deref(),
+            &report.version,
+        )
+        .await?;
+    }
+    ctx.writer.queue(device_id, report.clone()).await;
+    let assignment = assignment(ctx, device_id, &device, existing, report).await?;
+    Ok(CheckInResponse {
+        assignment,
+        poll_interval_secs: jittered(ctx.poll_interval_secs, device_id),
+    })
+}
+
+/// Writes a changed version at once (the rest of the state waits for the batch) and
+/// records it in the history. The conditional update makes one entry per change even
+/// when retried check-ins race through several servers.
+async fn record_new_version(
+    db: &Db,
+    device_id: &str,
+    old: Option<&str>,
+    new: &str,
+) -> ApiResult<()> {
+    let changed = sqlx::query(
+        "UPDATE devices SET version = $1 WHERE id = $2 AND (version IS NULL OR version <> $1)",
+    )
+    .bind(new)
+    .bind(device_id)
+    .execute(&db.pool)
+    .await?;
+    if changed.rows_affected() == 1 {
+        let detail = format!("runs {new} (was {})", old.unwrap_or("nothing"));
+        devices::record(db, device_id, "version", &detail).await?;
+    }
+    Ok(())
+}
+
+fn validate(report: &CheckIn) -> ApiResult<()> {
+    let bad = |m: String| Err(ApiError::bad_request("bad-check-in", m));
+    if report.version.is_empty() || report.version.len() > 64 {
+        return bad("version must be 1 to 64 characters".into());
+    }
+    if report.images.len() > 32 {
+        return bad(format!("{} images, at most 32", report.images.len()));
+    }
+    for image in &report.images {
+        check_name("image name", &image.name)?;
+        if image.sha256.len() != 64 || !image.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return bad(format!("image {}: sha256 is not 64 hex digits", image.name));
+        }
+    }
+    Ok(())
+}
+
+/// A stable per-device offset of up to ±20 %, so a fleet started at once spreads out and
+/// a device's answer stays byte-identical between polls (which keeps ETags useful).
+fn jittered(base: u64, device_id: &str) -> u64 {
+    let spread = base / 5;
+    if spread == 0 {
+        return base.max(1);
+    }
+    let p = position("poll-jitter", device_id);
+    (base - spread + (p * (2 * spread) as f64) as u64).max(1)
+}
+
+async fn assignment(
+    ctx: &CheckInContext<'_>,
+    device_id: &str,
+    device: &DeviceRow,
+    existing: Vec<DeploymentRow>,
+    report: &CheckIn,
+) -> ApiResult<Option<Assignment>> {
+    if let Some(live) = existing.iter().find(|d| d.live) {
+        return live_assignment(ctx, live).await;
+    }
+    for active in ctx.caches.assigning(ctx.db).await?.iter() {
+        let c = &active.campaign;
+        let (release, manifest) = &*active.release;
+        let eligible = c
+            .policy
+            .selector
+            .matches(device_id, &device.compatible, &device.tags)
+            && report.version != release.version
+            && report.security_floor <= release.security_version
+            && !existing.iter().any(|d| d.campaign_id == c.id);
+        if !eligible {
+            continue;
+        }
+        let wave = wave_of(&active.bounds, &c.salt, device_id);
+        if wave >= c.opened_waves {
+            continue;
+        }
+        let plan = plan(manifest, &report.images);
+        let id = random_id("dep-");
+        let now = now_ms();
+        let inserted = sqlx::query(
+            "INSERT INTO deployments (id, campaign_id, device_id, wave, state, live, plan, created_at, updated_at) \
+             SELECT $1, $2, $3, $4, 'assigned', 1, $5, $6, $6 WHERE EXISTS \
+             (SELECT 1 FROM campaigns WHERE id = $2 AND state IN ('running', 'completed') AND opened_waves > $4) \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(&id)
+        .bind(&c.id)
+        .bind(device_id)
+        .bind(wave as i64)
+        .bind(serde_json::to_string(&plan).map_err(anyhow::Error::from)?)
+        .bind(now)
+        .execute(&ctx.db.pool)
+        .await?;
+        if inserted.rows_affected() == 1 {
+            let kinds: Vec<String> = plan
+                .images
+                .iter()
+                .map(|i| format!("{} {}", i.image, i.kind))
+                .collect();
+            let detail = format!(
+                "campaign {}: release {} ({}, {} bytes)",
+                c.id,
+                release.version,
+                kinds.join(", "),
+                plan.total_bytes
+            );
+            devices::record(ctx.db, device_id, "assigned", &detail).await?;
+            return Ok(Some(to_assignment(
+                ctx.public_url,
+                &id,
+                release,
+                DeploymentState::Assigned,
+            )));
+        }
+        // Another server assigned this device at the same moment: answer with that one.
+        let again = load(ctx.db, device_id)
+            .await?
+            .map(|(_, d)| d)
+            .unwrap_or_default();
+        if let Some(live) = again.iter().find(|d| d.live) {
+            return live_assignment(ctx, live).await;
+        }
+    }
+    Ok(None)
+}
+
+/// A device's unfinished deployment. Not yet started ones are held back while the
+/// campaign is paused and cancelled once it is aborted; started ones keep going so the
+/// device can finish and report.
+async fn live_assignment(
+    ctx: &CheckInContext<'_>,
+    live: &DeploymentRow,
+) -> ApiResult<Option<Assignment>> {
+    let not_started = live.state == DeploymentState::Assigned;
+    if not_started && live.campaign_state == state::ABORTED {
+        sqlx::query(
+            "UPDATE deployments SET state = 'cancelled', live = NULL, reason = 'campaign aborted', \
+             updated_at = $1 WHERE id = $2 AND state = 'assigned'",
+        )
+        .bind(now_ms())
+        .bind(&live.id)
+        .execute(&ctx.db.pool)
+        .await?;
+        return Ok(None);
+    }
+    if not_started
+        && live.campaign_state != state::RUNNING
+        && live.campaign_state != state::COMPLETED
+    {
+        return Ok(None);
+    }
+    let release = ctx.caches.release(ctx.db, &live.release_id).await?;
+    Ok(Some(to_assignment(
+        ctx.public_url,
+        &live.id,
+        &release.0,
+        live.state,
+    )))
+}
+
+fn to_assignment(
+    public_url: &str,
+    id: &str,
+    release: &Release,
+    state: DeploymentState,
+) -> Assignment {
+    Assignment {
+        deployment_id: id.to_string(),
+        release_version: release.version.clone(),
+        security_version: release.security_version,
+        bundle_url: release.bundle_url(public_url),
+        bundle_sha256: release.bundle_sha256.clone(),
+        bundle_size: release.bundle_size,
+        state,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::jittered;
+
+    #[test]
+    fn poll_jitter_stays_within_a_fifth_and_is_stable_per_device() {
+        let polls: Vec<u64> = (0..1000)
+            .map(|i| jittered(300, &format!("dev-{i}")))
+            .collect();
+        assert!(polls.iter().all(|p| (240..=360).contains(p)), "{polls:?}");
+        let distinct: std::collections::BTreeSet<_> = polls.iter().collect();
+        assert!(distinct.len() > 50, "the fleet spreads out");
+        assert_eq!(jittered(300, "dev-7"), jittered(300, "dev-7"));
+        assert_eq!(jittered(1, "dev-7"), 1);
+    }
+}

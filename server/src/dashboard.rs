@@ -1,0 +1,308 @@
+//! The web dashboard: server-rendered HTML, read-only. It takes the admin token as a
+//! bearer header or a `cairn_admin` cookie; opening any page once with `?token=...` sets
+//! the cookie and redirects to the same page without the token in the address.
+
+use std::collections::HashMap;
+use std::fmt::Write;
+
+use axum::extract::{Path, Query, State};
+use axum::http::header::{COOKIE, LOCATION, SET_COOKIE};
+use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::response::{Html, IntoResponse, Response};
+use serde::Deserialize;
+use sqlx::Row as _;
+
+use crate::campaigns::{self, CampaignStatus};
+use crate::device_api::bearer;
+use crate::devices;
+use crate::error::ApiResult;
+use crate::http::Shared;
+
+#[derive(Deserialize)]
+pub struct TokenQuery {
+    token: Option<String>,
+}
+
+/// `Ok(None)`: the caller may see the page. `Ok(Some(response))`: send that instead
+/// (the cookie redirect, or the "who are you" page).
+fn gate(state: &Shared, headers: &HeaderMap, uri: &Uri, q: &TokenQuery) -> Option<Response> {
+    if let Some(token) = &q.token {
+        if state.admin_token_matches(token) {
+            let cookie = format!("cairn_admin={token}; Path=/; HttpOnly; SameSite=Strict");
+            return Some(
+                (
+                    StatusCode::SEE_OTHER,
+                    [(SET_COOKIE, cookie), (LOCATION, uri.path().to_string())],
+                )
+                    .into_response(),
+            );
+        }
+    }
+    let from_cookie = headers
+        .get_all(COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|c| c.trim().strip_prefix("cairn_admin="))
+        .any(|t| state.admin_token_matches(t));
+    let from_header = bearer(headers).is_some_and(|t| state.admin_token_matches(t));
+    if from_cookie || from_header {
+        return None;
+    }
+    let body = page(
+        "Sign in",
+        "<p>Open this page with <code>?token=&lt;admin token&gt;</code> once; \
+        <code>cairn-server admin-token</code> prints it.</p>",
+    );
+    Some((StatusCode::UNAUTHORIZED, Html(body)).into_response())
+}
+
+pub fn escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+        .replace('\'', "&#39;")
+}
+
+fn page(title: &str, body: &str) -> String {
+    format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta http-equiv=\"refresh\" content=\"15\"><title>{} · Cairn</title>\
+         <style>body{{font-family:sans-serif;margin:2em;color:#222}}table{{border-collapse:collapse;margin:1em 0}}\
+         td,th{{border:1px solid #ccc;padding:.3em .6em;text-align:left}}th{{background:#f3f3f3}}\
+         .bar{{display:flex;width:20em;height:1em;background:#eee}}.ok{{background:#3a3}}.bad{{background:#c33}}.run{{background:#fb3}}\
+         nav a{{margin-right:1em}}</style></head><body><nav><a href=\"/\">Campaigns</a><a href=\"/ui/devices\">Devices</a></nav>\
+         <h1>{}</h1>{body}</body></html>",
+        escape(title),
+        escape(title)
+    )
+}
+
+fn when(ms: Option<i64>) -> String {
+    let Some(ms) = ms else { return "never".into() };
+    time::OffsetDateTime::from_unix_timestamp(ms / 1000)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| ms.to_string())
+}
+
+fn share(part: u64, whole: u64) -> f64 {
+    if whole == 0 {
+        0.0
+    } else {
+        (part as f64 * 100.0 / whole as f64).min(100.0)
+    }
+}
+
+fn waves_table(status: &CampaignStatus) -> String {
+    let mut out = String::from(
+        "<table class=\"waves\"><tr><th>wave</th><th>open</th><th>devices</th><th>succeeded</th>\
+         <th>failed</th><th>in progress</th><th>progress</th></tr>",
+    );
+    for w in &status.waves {
+        let whole = w.expected.max(w.assigned);
+        let _ = write!(
+            out,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td><div class=\"bar\">\
+             <div class=\"ok\" style=\"width:{:.1}%\"></div><div class=\"bad\" style=\"width:{:.1}%\"></div>\
+             <div class=\"run\" style=\"width:{:.1}%\"></div></div></td></tr>",
+            w.index + 1,
+            if w.open { "open" } else { "closed" },
+            whole,
+            w.succeeded,
+            w.failed,
+            w.in_progress,
+            share(w.succeeded, whole),
+            share(w.failed, whole),
+            share(w.in_progress, whole),
+        );
+    }
+    out.push_str("</table>");
+    out
+}
+
+fn campaign_section(status: &CampaignStatus) -> String {
+    let c = &status.campaign;
+    format!(
+        "<section class=\"campaign\" id=\"campaign-{id}\"><h2><a href=\"/ui/campaigns/{id}\">{id}</a></h2>\
+         <p>Release <b>{release}</b> · state <b class=\"state\">{state}</b>{reason} · {open} of {total} waves open</p>{waves}</section>",
+        id = escape(&c.id),
+        release = escape(&c.release_id),
+        state = escape(&c.state),
+        reason = c.state_reason.as_deref().map(|r| format!(" ({})", escape(r))).unwrap_or_default(),
+        open = c.opened_waves,
+        total = status.waves.len(),
+        waves = waves_table(status),
+    )
+}
+
+pub async fn campaigns(
+    State(s): State<Shared>,
+    headers: HeaderMap,
+    uri: Uri,
+    Query(q): Query<TokenQuery>,
+) -> ApiResult<Response> {
+    if let Some(r) = gate(&s, &headers, &uri, &q) {
+        return Ok(r);
+    }
+    let mut body = String::new();
+    for c in campaigns::list(&s.db).await? {
+        body.push_str(&campaign_section(&campaigns::status(&s.db, &c.id).await?));
+    }
+    if body.is_empty() {
+        body.push_str("<p>No campaigns yet.</p>");
+    }
+    Ok(Html(page("Campaigns", &body)).into_response())
+}
+
+pub async fn campaign(
+    State(s): State<Shared>,
+    headers: HeaderMap,
+    uri: Uri,
+    Query(q): Query<TokenQuery>,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    if let Some(r) = gate(&s, &headers, &uri, &q) {
+        return Ok(r);
+    }
+    let status = campaigns::status(&s.db, &id).await?;
+    let mut body = campaign_section(&status);
+    body.push_str(&deployments_table(&s, &id).await?);
+    Ok(Html(page(&format!("Campaign {id}"), &body)).into_response())
+}
+
+/// The campaign's deployments, most recently changed first.
+async fn deployments_table(s: &Shared, campaign_id: &str) -> ApiResult<String> {
+    let rows = sqlx::query(
+        "SELECT device_id, wave, state, reason, updated_at FROM deployments \
+         WHERE campaign_id = $1 ORDER BY updated_at DESC, device_id LIMIT 500",
+    )
+    .bind(campaign_id)
+    .fetch_all(&s.db.pool)
+    .await?;
+    let mut out = String::from(
+        "<h2>Deployments</h2><table class=\"deployments\"><tr><th>device</th><th>wave</th>\
+         <th>state</th><th>reason</th><th>changed</th></tr>",
+    );
+    for r in rows {
+        let device: String = r.try_get("device_id")?;
+        let _ = write!(
+            out,
+            "<tr><td><a href=\"/ui/devices/{d}\">{d}</a></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            r.try_get::<i64, _>("wave")? + 1,
+            escape(&r.try_get::<String, _>("state")?),
+            escape(&r.try_get::<Option<String>, _>("reason")?.unwrap_or_default()),
+            when(Some(r.try_get("updated_at")?)),
+            d = escape(&device),
+        );
+    }
+    out.push_str("</table>");
+    Ok(out)
+}
+
+/// Each listed device's newest deployment state (`idle` when it never had one).
+async fn deployment_states(
+    s: &Shared,
+    listed: &[devices::Device],
+) -> ApiResult<HashMap<String, String>> {
+    let (Some(first), Some(last)) = (listed.first(), listed.last()) else {
+        return Ok(HashMap::new());
+    };
+    let rows = sqlx::query(
+        "SELECT device_id, state FROM deployments WHERE device_id >= $1 AND device_id <= $2 \
+         ORDER BY updated_at",
+    )
+    .bind(&first.id)
+    .bind(&last.id)
+    .fetch_all(&s.db.pool)
+    .await?;
+    // Later rows overwrite earlier ones: the newest deployment wins.
+    rows.iter()
+        .map(|r| Ok((r.try_get("device_id")?, r.try_get("state")?)))
+        .collect()
+}
+
+pub async fn devices(
+    State(s): State<Shared>,
+    headers: HeaderMap,
+    uri: Uri,
+    Query(q): Query<TokenQuery>,
+) -> ApiResult<Response> {
+    if let Some(r) = gate(&s, &headers, &uri, &q) {
+        return Ok(r);
+    }
+    let listed = devices::list(&s.db, 1000).await?;
+    let states = deployment_states(&s, &listed).await?;
+    let mut body = String::from(
+        "<table class=\"devices\"><tr><th>device</th><th>approval</th><th>compatible</th><th>tags</th>\
+         <th>version</th><th>booted / committed</th><th>deployment</th><th>last check-in</th></tr>",
+    );
+    for d in listed {
+        let _ = write!(
+            body,
+            "<tr><td><a href=\"/ui/devices/{id}\">{id}</a></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>\
+             <td>{} / {}</td><td>{}</td><td>{}</td></tr>",
+            escape(&d.approval),
+            escape(&d.compatible),
+            escape(&d.tags.join(", ")),
+            escape(d.version.as_deref().unwrap_or("-")),
+            escape(d.booted_slot.as_deref().unwrap_or("-")),
+            escape(d.committed_slot.as_deref().unwrap_or("-")),
+            escape(states.get(&d.id).map(String::as_str).unwrap_or("idle")),
+            when(d.last_checkin),
+            id = escape(&d.id),
+        );
+    }
+    body.push_str("</table>");
+    Ok(Html(page("Devices", &body)).into_response())
+}
+
+pub async fn device(
+    State(s): State<Shared>,
+    headers: HeaderMap,
+    uri: Uri,
+    Query(q): Query<TokenQuery>,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    if let Some(r) = gate(&s, &headers, &uri, &q) {
+        return Ok(r);
+    }
+    let d = devices::get(&s.db, &id).await?;
+    let mut body = format!(
+        "<p>Version <b class=\"version\">{}</b> · type {} · tags {} · security floor {} · last check-in {}</p><h2>History</h2>\
+         <table class=\"history\"><tr><th>when</th><th>event</th><th>detail</th></tr>",
+        escape(d.version.as_deref().unwrap_or("-")),
+        escape(&d.compatible),
+        escape(&d.tags.join(", ")),
+        d.security_floor.map(|f| f.to_string()).unwrap_or_else(|| "-".into()),
+        when(d.last_checkin),
+    );
+    for h in devices::history(&s.db, &id, 200).await? {
+        let _ = write!(
+            body,
+            "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",
+            when(Some(h.at)),
+            escape(&h.event),
+            escape(&h.detail)
+        );
+    }
+    body.push_str("</table>");
+    Ok(Html(page(&format!("Device {id}"), &body)).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn device_supplied_text_cannot_become_markup() {
+        let detail = r#"<script>alert("x")</script> & 'more'"#;
+        let shown = super::escape(detail);
+        assert!(!shown.contains('<') && !shown.contains('>') && !shown.contains('"'));
+        assert_eq!(
+            shown,
+            "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt; &amp; &#39;more&#39;"
+        );
+    }
+}

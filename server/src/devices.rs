@@ -1,0 +1,390 @@
+//! Devices: enrollment with an ed25519 key, operator approval, factory-manifest import,
+//! and what the operator sees of each device.
+
+use cairn_server_api::{parse_public_key, EnrollRequest, EnrollStatus, InstalledImage};
+use serde::{Deserialize, Serialize};
+use sqlx::Row as _;
+
+use crate::db::{now_ms, ordered_id, Db, Row};
+use crate::error::{ApiError, ApiResult};
+
+const APPROVED: &str = "approved";
+const PENDING: &str = "pending";
+
+/// A device as the operator sees it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Device {
+    pub id: String,
+    pub public_key: String,
+    /// `approved` (pre-authorized or approved by an operator) or `pending`.
+    pub approval: String,
+    pub compatible: String,
+    pub tags: Vec<String>,
+    pub version: Option<String>,
+    pub booted_slot: Option<String>,
+    pub committed_slot: Option<String>,
+    pub security_floor: Option<u64>,
+    pub images: Vec<InstalledImage>,
+    pub last_checkin: Option<i64>,
+    pub enrolled_at: Option<i64>,
+}
+
+/// One line of a factory manifest: a device whose key is authorized before it ships.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FactoryEntry {
+    pub device_id: String,
+    pub public_key: String,
+    pub compatible: String,
+    #[serde(default)]
+    pub tags: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct HistoryEntry {
+    pub at: i64,
+    pub event: String,
+    pub detail: String,
+}
+
+pub fn check_name(what: &str, s: &str) -> ApiResult<()> {
+    let ok = !s.is_empty()
+        && s.len() <= 128
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(
+            "bad-name",
+            format!("{what} '{s}' must be 1 to 128 characters of [A-Za-z0-9._-]"),
+        ))
+    }
+}
+
+pub fn join_tags(tags: &[String]) -> ApiResult<String> {
+    let mut tags = tags.to_vec();
+    for t in &tags {
+        check_name("tag", t)?;
+    }
+    tags.sort();
+    tags.dedup();
+    Ok(tags.join(","))
+}
+
+pub fn split_tags(tags: &str) -> Vec<String> {
+    tags.split(',')
+        .filter(|t| !t.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// First contact of a device. The signature (checked by the caller against the key in the
+/// request) proves possession; this decides whether the key is trusted:
+/// - a pre-authorized or approved device with the same key: approved;
+/// - an unknown id: recorded as pending until an operator approves it;
+/// - a known id with another key: refused, and nothing changes.
+pub async fn enroll(db: &Db, request: &EnrollRequest) -> ApiResult<EnrollStatus> {
+    check_name("device id", &request.device_id)?;
+    check_name("compatible", &request.compatible)?;
+    // Keys are stored and compared as lowercase hex, however a device or manifest spells them.
+    let presented = request.public_key.to_ascii_lowercase();
+    let now = now_ms();
+    sqlx::query(
+        "INSERT INTO devices (id, public_key, approval, compatible, tags, created_at) \
+         VALUES ($1, $2, $3, $4, '', $5) ON CONFLICT DO NOTHING",
+    )
+    .bind(&request.device_id)
+    .bind(&presented)
+    .bind(PENDING)
+    .bind(&request.compatible)
+    .bind(now)
+    .execute(&db.pool)
+    .await?;
+    let row = sqlx::query("SELECT public_key, approval, enrolled_at FROM devices WHERE id = $1")
+        .bind(&request.device_id)
+        .fetch_one(&db.pool)
+        .await?;
+    let key: String = row.try_get("public_key")?;
+    if key != presented {
+        return Err(ApiError::forbidden(
+            "key-mismatch",
+            format!(
+                "device {} is registered with another key; this key is not accepted",
+                request.device_id
+            ),
+        ));
+    }
+    if row.try_get::<Option<i64>, _>("enrolled_at")?.is_none() {
+        let claimed = sqlx::query(
+            "UPDATE devices SET enrolled_at = $1 WHERE id = $2 AND enrolled_at IS NULL",
+        )
+        .bind(now)
+        .bind(&request.device_id)
+        .execute(&db.pool)
+        .await?;
+        if claimed.rows_affected() == 1 {
+            record(
+                db,
+                &request.device_id,
+                "enrolled",
+                "device presented its key",
+            )
+            .await?;
+        }
+    }
+    let approval: String = row.try_get("approval")?;
+    Ok(if approval == APPROVED {
+        EnrollStatus::Approved
+    } else {
+        EnrollStatus::Pending
+    })
+}
+
+pub async fn approve(db: &Db, id: &str) -> ApiResult<Device> {
+    let done = sqlx::query("UPDATE devices SET approval = $1 WHERE id = $2")
+        .bind(APPROVED)
+        .bind(id)
+        .execute(&db.pool)
+        .await?;
+    if done.rows_affected() == 0 {
+        return Err(unknown(id));
+    }
+    record(db, id, "approved", "operator approved the device key").await?;
+    get(db, id).await
+}
+
+/// Sets the tags campaigns select on.
+pub async fn set_tags(db: &Db, id: &str, tags: &[String]) -> ApiResult<Device> {
+    let done = sqlx::query("UPDATE devices SET tags = $1 WHERE id = $2")
+        .bind(join_tags(tags)?)
+        .bind(id)
+        .execute(&db.pool)
+        .await?;
+    if done.rows_affected() == 0 {
+        return Err(unknown(id));
+    }
+    get(db, id).await
+}
+
+/// Imports a factory manifest: every key in it is authorized. A device that already
+/// exists with a different key is refused (the whole import is), so an import can never
+/// silently take over an enrolled device.
+pub async fn import(db: &Db, entries: &[FactoryEntry]) -> ApiResult<usize> {
+    for e in entries {
+        check_name("device id", &e.device_id)?;
+        check_name("compatible", &e.compatible)?;
+        parse_public_key(&e.public_key).map_err(|err| {
+            ApiError::bad_request("bad-key", format!("device {}: {err}", e.device_id))
+        })?;
+    }
+    let mut tx = db.pool.begin().await?;
+    let now = now_ms();
+    for e in entries {
+        sqlx::query(
+            "INSERT INTO devices (id, public_key, approval, compatible, tags, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6) \
+             ON CONFLICT (id) DO UPDATE SET approval = $3, compatible = $4, tags = $5 \
+             WHERE devices.public_key = $2",
+        )
+        .bind(&e.device_id)
+        .bind(e.public_key.to_ascii_lowercase())
+        .bind(APPROVED)
+        .bind(&e.compatible)
+        .bind(join_tags(&e.tags)?)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        let key: String = sqlx::query("SELECT public_key FROM devices WHERE id = $1")
+            .bind(&e.device_id)
+            .fetch_one(&mut *tx)
+            .await?
+            .try_get("public_key")?;
+        if key != e.public_key.to_ascii_lowercase() {
+            return Err(ApiError::conflict(
+                "key-mismatch",
+                format!(
+                    "device {} exists with another key; nothing imported",
+                    e.device_id
+                ),
+            ));
+        }
+    }
+    tx.commit().await?;
+    Ok(entries.len())
+}
+
+/// Parses a factory manifest: a JSON array of entries, or CSV with the header
+/// `device_id,public_key,compatible,tags` (tags separated by `;` or spaces).
+pub fn parse_factory_manifest(text: &str) -> ApiResult<Vec<FactoryEntry>> {
+    if text.trim_start().starts_with('[') {
+        return serde_json::from_str(text).map_err(|e| {
+            ApiError::bad_request("bad-manifest", format!("factory manifest JSON: {e}"))
+        });
+    }
+    let mut reader = csv::ReaderBuilder::new()
+        .trim(csv::Trim::All)
+        .from_reader(text.as_bytes());
+    let bad =
+        |e: csv::Error| ApiError::bad_request("bad-manifest", format!("factory manifest CSV: {e}"));
+    let mut out = Vec::new();
+    for record in reader.deserialize::<CsvEntry>() {
+        let r = record.map_err(bad)?;
+        out.push(FactoryEntry {
+            device_id: r.device_id,
+            public_key: r.public_key,
+            compatible: r.compatible,
+            tags: r
+                .tags
+                .unwrap_or_default()
+                .split([';', ' '])
+                .filter(|t| !t.is_empty())
+                .map(str::to_string)
+                .collect(),
+        });
+    }
+    Ok(out)
+}
+
+#[derive(Deserialize)]
+struct CsvEntry {
+    device_id: String,
+    public_key: String,
+    compatible: String,
+    tags: Option<String>,
+}
+
+const COLUMNS: &str = "id, public_key, approval, compatible, tags, version, booted_slot, \
+                       committed_slot, security_floor, images, last_checkin, enrolled_at";
+
+pub async fn get(db: &Db, id: &str) -> ApiResult<Device> {
+    let row = sqlx::query(&format!("SELECT {COLUMNS} FROM devices WHERE id = $1"))
+        .bind(id)
+        .fetch_optional(&db.pool)
+        .await?
+        .ok_or_else(|| unknown(id))?;
+    from_row(&row)
+}
+
+pub async fn list(db: &Db, limit: i64) -> ApiResult<Vec<Device>> {
+    let rows = sqlx::query(&format!(
+        "SELECT {COLUMNS} FROM devices ORDER BY id LIMIT $1"
+    ))
+    .bind(limit)
+    .fetch_all(&db.pool)
+    .await?;
+    rows.iter().map(from_row).collect()
+}
+
+/// Approved devices of one type (a campaign's candidates).
+pub async fn list_compatible(db: &Db, compatible: &str) -> ApiResult<Vec<Device>> {
+    let rows = sqlx::query(&format!(
+        "SELECT {COLUMNS} FROM devices WHERE compatible = $1 AND approval = $2 ORDER BY id"
+    ))
+    .bind(compatible)
+    .bind(APPROVED)
+    .fetch_all(&db.pool)
+    .await?;
+    rows.iter().map(from_row).collect()
+}
+
+pub fn from_row(row: &Row) -> ApiResult<Device> {
+    let images: Option<String> = row.try_get("images")?;
+    Ok(Device {
+        id: row.try_get("id")?,
+        public_key: row.try_get("public_key")?,
+        approval: row.try_get("approval")?,
+        compatible: row.try_get("compatible")?,
+        tags: split_tags(&row.try_get::<String, _>("tags")?),
+        version: row.try_get("version")?,
+        booted_slot: row.try_get("booted_slot")?,
+        committed_slot: row.try_get("committed_slot")?,
+        security_floor: row
+            .try_get::<Option<i64>, _>("security_floor")?
+            .map(|f| f as u64),
+        images: images
+            .and_then(|i| serde_json::from_str(&i).ok())
+            .unwrap_or_default(),
+        last_checkin: row.try_get("last_checkin")?,
+        enrolled_at: row.try_get("enrolled_at")?,
+    })
+}
+
+pub fn unknown(id: &str) -> ApiError {
+    ApiError::not_found("unknown-device", format!("no device {id}"))
+}
+
+/// Appends to a device's history.
+pub async fn record(db: &Db, device_id: &str, event: &str, detail: &str) -> ApiResult<()> {
+    let at = now_ms();
+    sqlx::query(
+        "INSERT INTO history (id, device_id, at, event, detail) VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(ordered_id("h-", at))
+    .bind(device_id)
+    .bind(at)
+    .bind(event)
+    .bind(detail)
+    .execute(&db.pool)
+    .await?;
+    Ok(())
+}
+
+/// Newest first.
+pub async fn history(db: &Db, device_id: &str, limit: i64) -> ApiResult<Vec<HistoryEntry>> {
+    let rows = sqlx::query(
+        "SELECT at, event, detail FROM history WHERE device_id = $1 ORDER BY at DESC, id DESC LIMIT $2",
+    )
+    .bind(device_id)
+    .bind(limit)
+    .fetch_all(&db.pool)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(HistoryEntry {
+                at: r.try_get("at")?,
+                event: r.try_get("event")?,
+                detail: r.try_get("detail")?,
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "3b6a27bcceb6a42d62a3a8d02a6f0d73653215771de243a63ac048a18b59da29";
+
+    #[test]
+    fn factory_manifests_parse_from_csv_and_json_alike() {
+        let csv = format!("device_id,public_key,compatible,tags\ndev-1, {KEY} ,cairn-x,eu;shop\ndev-2,{KEY},cairn-x,\n");
+        let json = format!(
+            r#"[{{"device_id":"dev-1","public_key":"{KEY}","compatible":"cairn-x","tags":["eu","shop"]}},
+                {{"device_id":"dev-2","public_key":"{KEY}","compatible":"cairn-x"}}]"#
+        );
+        let from_csv = parse_factory_manifest(&csv).unwrap();
+        assert_eq!(from_csv, parse_factory_manifest(&json).unwrap());
+        assert_eq!(from_csv[0].tags, ["eu", "shop"]);
+        assert!(from_csv[1].tags.is_empty());
+    }
+
+    #[test]
+    fn broken_factory_manifests_are_refused_with_the_reason() {
+        let missing_column = "device_id,public_key\ndev-1,abc\n";
+        let e = parse_factory_manifest(missing_column).unwrap_err();
+        assert!(e.to_string().contains("CSV"), "{e}");
+        let unknown_field = r#"[{"device_id":"d","public_key":"k","compatible":"c","owner":"x"}]"#;
+        let e = parse_factory_manifest(unknown_field).unwrap_err();
+        assert!(e.to_string().contains("unknown field"), "{e}");
+    }
+
+    #[test]
+    fn tags_are_kept_sorted_without_duplicates_and_checked() {
+        let tags = ["shop".to_string(), "eu".to_string(), "shop".to_string()];
+        assert_eq!(join_tags(&tags).unwrap(), "eu,shop");
+        assert_eq!(split_tags("eu,shop"), ["eu", "shop"]);
+        assert!(split_tags("").is_empty());
+        assert!(join_tags(&["a,b".to_string()]).is_err());
+    }
+}

@@ -1,0 +1,35 @@
+//! `cairn-server`: the fleet update server. Releases (verified bundles), devices
+//! (enrollment, approval, state), campaigns (waves, gates, auto-pause), the device API
+//! (`API.md`), the admin API and a dashboard. SQLite or PostgreSQL behind `sqlx::Any`.
+//!
+//! Decisions are pure functions ([`policy`], [`gates`], [`transitions`], [`plan`]); the
+//! modules around them load state, call them, and write the result with
+//! compare-and-set statements so several servers can share one database.
+//!
+//! - [`db`]: connection, portable migrations (`migrations/`), ids and time.
+//! - [`releases`], [`devices`], [`campaigns`]: the model and its store; [`dry_run`].
+//! - [`auth`]: signed requests (timestamp + nonce) and device tokens.
+//! - [`checkin`], [`device_reader`], [`state_writer`]: the hot path of the device API.
+//! - [`reports`]: progress reports, applied once and atomically.
+//! - [`http`], [`device_api`], [`admin_api`], [`dashboard`], [`blobs`]: the HTTP side.
+
+pub mod admin_api;
+pub mod auth;
+pub mod blobs;
+pub mod campaigns;
+pub mod checkin;
+pub mod dashboard;
+pub mod db;
+pub mod device_api;
+pub mod device_reader;
+pub mod devices;
+pub mod dry_run;
+pub mod error;
+pub mod gates;
+pub mod http;
+pub mod plan;
+pub mod policy;
+pub mod releases;
+pub mod reports;
+pub mod state_writer;
+pub mod transitions;

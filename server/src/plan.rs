@@ -1,0 +1,125 @@
+//! Which payload each image of a release a device would download: a delta when the
+//! device reports holding the delta's source image, else the full payload.
+
+use cairn_bundle::{choose_payload, Manifest};
+use cairn_server_api::InstalledImage;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImagePlan {
+    pub image: String,
+    /// `full` or `delta`.
+    pub kind: String,
+    /// For a delta: sha256 of the image it applies to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_sha256: Option<String>,
+    pub bytes: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct PayloadPlan {
+    pub images: Vec<ImagePlan>,
+    pub total_bytes: u64,
+}
+
+pub fn plan(manifest: &Manifest, installed: &[InstalledImage]) -> PayloadPlan {
+    let mut out = PayloadPlan::default();
+    for image in &manifest.images {
+        let held = |s: &cairn_bundle::Source| {
+            installed
+                .iter()
+                .any(|i| i.sha256 == s.sha256 && i.size == s.size)
+        };
+        // A release with an unusable full payload cannot be uploaded; count it as full.
+        let payload = choose_payload(image, held).unwrap_or(&image.full);
+        let from = payload.source.as_ref().map(|s| s.sha256.clone());
+        out.total_bytes += payload.size;
+        out.images.push(ImagePlan {
+            image: image.name.clone(),
+            kind: if from.is_some() { "delta" } else { "full" }.into(),
+            from_sha256: from,
+            bytes: payload.size,
+        });
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cairn_bundle::{Image, Payload, Source};
+
+    fn payload(size: u64, source: Option<(&str, u64)>) -> Payload {
+        Payload {
+            method: if source.is_some() {
+                "zstd-patch"
+            } else {
+                "zstd"
+            }
+            .into(),
+            offset: 0,
+            size,
+            sha256: "0".repeat(64),
+            source: source.map(|(sha256, size)| Source {
+                sha256: sha256.repeat(64),
+                size,
+            }),
+        }
+    }
+
+    fn manifest() -> Manifest {
+        let rootfs = Image {
+            name: "rootfs".into(),
+            size: 1000,
+            sha256: "1".repeat(64),
+            verity: None,
+            full: payload(900, None),
+            deltas: vec![
+                payload(50, Some(("a", 1000))),
+                payload(60, Some(("b", 1000))),
+            ],
+        };
+        let kernel = Image {
+            name: "kernel".into(),
+            size: 100,
+            sha256: "2".repeat(64),
+            verity: None,
+            full: payload(80, None),
+            deltas: vec![],
+        };
+        Manifest {
+            compatible: "c".into(),
+            version: "2.0.0".parse().unwrap(),
+            security_version: 1,
+            created: time::OffsetDateTime::UNIX_EPOCH,
+            expires: time::OffsetDateTime::UNIX_EPOCH + time::Duration::days(1),
+            description: None,
+            images: vec![rootfs, kernel],
+        }
+    }
+
+    fn held(sha: &str, size: u64) -> InstalledImage {
+        InstalledImage {
+            name: "rootfs".into(),
+            sha256: sha.repeat(64),
+            size,
+        }
+    }
+
+    #[test]
+    fn a_device_holding_a_delta_source_gets_that_delta() {
+        let p = plan(&manifest(), &[held("b", 1000)]);
+        assert_eq!(p.images[0].kind, "delta");
+        assert_eq!(p.images[0].from_sha256, Some("b".repeat(64)));
+        assert_eq!(p.images[1].kind, "full");
+        assert_eq!(p.total_bytes, 60 + 80);
+    }
+
+    #[test]
+    fn anything_else_gets_the_full_payload() {
+        assert_eq!(plan(&manifest(), &[]).total_bytes, 900 + 80);
+        // The right hash with the wrong size is not the source.
+        let p = plan(&manifest(), &[held("a", 999)]);
+        assert_eq!(p.images[0].kind, "full");
+    }
+}

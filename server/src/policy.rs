@@ -1,0 +1,202 @@
+//! What an operator decides when creating a campaign: who, in which waves, and when to
+//! stop. Pure data and pure functions; the database only stores it as JSON.
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// Which devices a campaign targets: same `compatible`, every listed tag, and (when any
+/// are listed) only the named ids.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Selector {
+    pub compatible: String,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    #[serde(default)]
+    pub device_ids: Vec<String>,
+}
+
+impl Selector {
+    pub fn matches(&self, device_id: &str, compatible: &str, tags: &[String]) -> bool {
+        compatible == self.compatible
+            && self.tags.iter().all(|t| tags.contains(t))
+            && (self.device_ids.is_empty() || self.device_ids.iter().any(|d| d == device_id))
+    }
+}
+
+/// The size of one wave: a number of devices or a percentage of the targeted fleet.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", deny_unknown_fields)]
+pub enum WaveSize {
+    Count(u64),
+    Percent(f64),
+}
+
+impl std::str::FromStr for WaveSize {
+    type Err = String;
+    /// `25%` or `10`.
+    fn from_str(s: &str) -> Result<WaveSize, String> {
+        let bad = || format!("wave size '{s}' is neither a count (10) nor a percentage (25%)");
+        match s.trim().strip_suffix('%') {
+            Some(p) => {
+                let p: f64 = p.trim().parse().map_err(|_| bad())?;
+                if !(p > 0.0 && p <= 100.0) {
+                    return Err(format!("wave percentage {p} is outside (0, 100]"));
+                }
+                Ok(WaveSize::Percent(p))
+            }
+            None => s.trim().parse().map(WaveSize::Count).map_err(|_| bad()),
+        }
+    }
+}
+
+/// Everything about a campaign besides its release and state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CampaignPolicy {
+    pub selector: Selector,
+    /// Sizes of the waves in order; the last wave always reaches every remaining device.
+    pub waves: Vec<WaveSize>,
+    /// A wave's gate: this share of its devices must have succeeded ...
+    pub min_success_ratio: f64,
+    /// ... and stayed so for this long, before the next wave opens.
+    pub bake_secs: u64,
+    /// The campaign pauses itself once failures exceed this share of the devices in the
+    /// open waves.
+    pub failure_threshold: f64,
+    /// Success needs a valid attestation quote after commit (TPM issue); false until the
+    /// attestation exchange exists.
+    #[serde(default)]
+    pub attestation_required: bool,
+}
+
+impl CampaignPolicy {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.waves.is_empty() {
+            return Err("a campaign needs at least one wave".into());
+        }
+        if self.waves.len() > 64 {
+            return Err("at most 64 waves".into());
+        }
+        for (name, v) in [
+            ("min_success_ratio", self.min_success_ratio),
+            ("failure_threshold", self.failure_threshold),
+        ] {
+            if !(0.0..=1.0).contains(&v) {
+                return Err(format!("{name} {v} is outside [0, 1]"));
+            }
+        }
+        if self.attestation_required {
+            return Err("attestation_required needs the attestation exchange (TPM issue), which this server does not offer yet".into());
+        }
+        Ok(())
+    }
+}
+
+/// Upper bounds of the waves on the unit interval, cumulative, the last one 1.0. Counts
+/// are turned into shares of `targeted` (the fleet size when the campaign starts), so a
+/// device's wave never needs a per-device row.
+pub fn wave_bounds(waves: &[WaveSize], targeted: u64) -> Vec<f64> {
+    let mut sum = 0.0;
+    let mut bounds: Vec<f64> = waves
+        .iter()
+        .map(|w| {
+            sum += match *w {
+                WaveSize::Count(n) if targeted == 0 => n.min(1) as f64,
+                WaveSize::Count(n) => n as f64 / targeted as f64,
+                WaveSize::Percent(p) => p / 100.0,
+            };
+            sum.min(1.0)
+        })
+        .collect();
+    if let Some(last) = bounds.last_mut() {
+        *last = 1.0;
+    }
+    bounds
+}
+
+/// Where a device falls on the unit interval for this campaign: a hash of the salt and
+/// the id, so the order differs between campaigns and cannot be chosen by the device.
+pub fn position(salt: &str, device_id: &str) -> f64 {
+    let digest = Sha256::new()
+        .chain_update(salt.as_bytes())
+        .chain_update([0u8])
+        .chain_update(device_id.as_bytes())
+        .finalize();
+    let mut top = [0u8; 8];
+    top.copy_from_slice(&digest[..8]);
+    // 53 bits keep the value exactly representable and strictly below 1.0.
+    (u64::from_be_bytes(top) >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// The wave (0-based) a device belongs to.
+pub fn wave_of(bounds: &[f64], salt: &str, device_id: &str) -> usize {
+    let p = position(salt, device_id);
+    bounds
+        .iter()
+        .position(|&b| p < b)
+        .unwrap_or(bounds.len().saturating_sub(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_become_shares_of_the_fleet_and_the_last_wave_takes_the_rest() {
+        let waves = [
+            WaveSize::Count(10),
+            WaveSize::Percent(40.0),
+            WaveSize::Percent(10.0),
+        ];
+        assert_eq!(wave_bounds(&waves, 100), vec![0.1, 0.5, 1.0]);
+        assert_eq!(wave_bounds(&[WaveSize::Count(500)], 100), vec![1.0]);
+    }
+
+    #[test]
+    fn wave_sizes_follow_the_bounds_and_the_salt_reshuffles() {
+        let bounds = wave_bounds(&[WaveSize::Percent(10.0), WaveSize::Percent(40.0)], 10_000);
+        let mut sizes = [0usize; 2];
+        for i in 0..10_000 {
+            sizes[wave_of(&bounds, "salt-a", &format!("dev-{i}"))] += 1;
+        }
+        assert!((900..1100).contains(&sizes[0]), "{sizes:?}");
+        let moved = (0..1000)
+            .filter(|i| {
+                let id = format!("dev-{i}");
+                wave_of(&bounds, "salt-a", &id) != wave_of(&bounds, "salt-b", &id)
+            })
+            .count();
+        assert!(
+            moved > 50,
+            "another salt must give another order, moved {moved}"
+        );
+    }
+
+    #[test]
+    fn selector_needs_compatible_all_tags_and_listed_ids() {
+        let s = Selector {
+            compatible: "c".into(),
+            tags: vec!["eu".into()],
+            device_ids: vec![],
+        };
+        let eu = vec!["eu".to_string(), "shop".to_string()];
+        assert!(s.matches("d1", "c", &eu));
+        assert!(!s.matches("d1", "other", &eu));
+        assert!(!s.matches("d1", "c", &["us".to_string()]));
+        let ids = Selector {
+            device_ids: vec!["d2".into()],
+            ..s
+        };
+        assert!(!ids.matches("d1", "c", &eu));
+        assert!(ids.matches("d2", "c", &eu));
+    }
+
+    #[test]
+    fn wave_sizes_parse_from_operator_text() {
+        assert_eq!("25%".parse::<WaveSize>(), Ok(WaveSize::Percent(25.0)));
+        assert_eq!("10".parse::<WaveSize>(), Ok(WaveSize::Count(10)));
+        assert!("0%".parse::<WaveSize>().is_err());
+        assert!("ten".parse::<WaveSize>().is_err());
+    }
+}

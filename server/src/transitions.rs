@@ -1,0 +1,153 @@
+//! The deployment state machine: what a device's report does to its deployment.
+//!
+//! ```text
+//! assigned → downloading → installing → rebooting ─committed─→ succeeded
+//!                                                └─committed─→ attestation-pending → succeeded
+//!                                                   (campaign requires attestation)  └→ failed
+//! any live state ─rolled-back / failed─→ failed (with the reason)
+//! assigned ─campaign aborted─→ cancelled
+//! ```
+//! Progress never moves backwards: a late or retried `downloading` after `installing`
+//! is recorded in the history but changes nothing.
+
+use cairn_server_api::{DeploymentState as S, ReportedState as R};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transition {
+    pub next: S,
+    /// Set when the deployment fails: why, for the operator.
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("a '{reported}' report does not fit a deployment that is {current}")]
+pub struct Conflict {
+    pub current: &'static str,
+    pub reported: &'static str,
+}
+
+pub fn reported_name(r: R) -> &'static str {
+    match r {
+        R::Downloading => "downloading",
+        R::Installing => "installing",
+        R::Rebooting => "rebooting",
+        R::Committed => "committed",
+        R::RolledBack => "rolled-back",
+        R::Failed => "failed",
+    }
+}
+
+fn progress_rank(s: S) -> Option<u8> {
+    match s {
+        S::Assigned => Some(0),
+        S::Downloading => Some(1),
+        S::Installing => Some(2),
+        S::Rebooting => Some(3),
+        _ => None,
+    }
+}
+
+/// Applies one report. `attestation_required` comes from the campaign.
+pub fn apply(
+    current: S,
+    reported: R,
+    detail: Option<&str>,
+    attestation_required: bool,
+) -> Result<Transition, Conflict> {
+    let conflict = || Conflict {
+        current: current.as_str(),
+        reported: reported_name(reported),
+    };
+    let stay = Ok(Transition {
+        next: current,
+        reason: None,
+    });
+    let fail = |what: &str| {
+        Ok(Transition {
+            next: S::Failed,
+            reason: Some(match detail {
+                Some(d) if !d.is_empty() => format!("{what}: {d}"),
+                _ => what.to_string(),
+            }),
+        })
+    };
+    match (current, reported) {
+        // A retried final report after the deployment ended the same way.
+        (S::Succeeded | S::AttestationPending, R::Committed) => stay,
+        (S::Failed, R::RolledBack | R::Failed) => stay,
+        (S::Succeeded | S::Failed | S::Cancelled, _) => Err(conflict()),
+        (_, R::RolledBack) => fail("rolled back"),
+        (_, R::Failed) => fail("failed"),
+        // Success only after the device said it was rebooting into the new slot: an
+        // install that never booted must not count.
+        (S::Rebooting, R::Committed) if attestation_required => Ok(Transition {
+            next: S::AttestationPending,
+            reason: None,
+        }),
+        (S::Rebooting, R::Committed) => Ok(Transition {
+            next: S::Succeeded,
+            reason: None,
+        }),
+        (_, R::Committed) => Err(conflict()),
+        (S::AttestationPending, _) => stay,
+        (current, progress) => {
+            let reported_state = match progress {
+                R::Downloading => S::Downloading,
+                R::Installing => S::Installing,
+                _ => S::Rebooting,
+            };
+            let forward = progress_rank(reported_state) > progress_rank(current);
+            Ok(Transition {
+                next: if forward { reported_state } else { current },
+                reason: None,
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn next(current: S, reported: R) -> Result<S, Conflict> {
+        apply(current, reported, None, false).map(|t| t.next)
+    }
+
+    #[test]
+    fn the_happy_path_ends_in_success_only_after_the_reboot() {
+        assert_eq!(next(S::Assigned, R::Downloading), Ok(S::Downloading));
+        assert_eq!(next(S::Downloading, R::Installing), Ok(S::Installing));
+        assert_eq!(next(S::Installing, R::Rebooting), Ok(S::Rebooting));
+        assert_eq!(next(S::Rebooting, R::Committed), Ok(S::Succeeded));
+        assert!(next(S::Installing, R::Committed).is_err());
+        assert!(next(S::Assigned, R::Committed).is_err());
+    }
+
+    #[test]
+    fn late_progress_does_not_move_back_and_retries_of_the_end_are_no_ops() {
+        assert_eq!(next(S::Installing, R::Downloading), Ok(S::Installing));
+        assert_eq!(next(S::Succeeded, R::Committed), Ok(S::Succeeded));
+        assert_eq!(next(S::Failed, R::RolledBack), Ok(S::Failed));
+        assert!(next(S::Failed, R::Committed).is_err());
+        assert!(next(S::Succeeded, R::RolledBack).is_err());
+        assert!(next(S::Cancelled, R::Downloading).is_err());
+    }
+
+    #[test]
+    fn rollback_is_a_failure_with_its_reason() {
+        let t = apply(S::Rebooting, R::RolledBack, Some("health check k3s"), false).unwrap();
+        assert_eq!(t.next, S::Failed);
+        assert_eq!(t.reason.as_deref(), Some("rolled back: health check k3s"));
+    }
+
+    #[test]
+    fn attestation_holds_success_back_until_the_quote_is_checked() {
+        let t = apply(S::Rebooting, R::Committed, None, true).unwrap();
+        assert_eq!(t.next, S::AttestationPending);
+        assert!(!t.next.is_terminal());
+        assert_eq!(
+            apply(S::AttestationPending, R::Committed, None, true).map(|t| t.next),
+            Ok(S::AttestationPending)
+        );
+    }
+}

@@ -1,0 +1,297 @@
+//! The simulated-fleet scenario, run on SQLite and on PostgreSQL: a campaign goes through
+//! its waves, trips its failure threshold and pauses, resumes, and is aborted.
+
+use std::collections::BTreeSet;
+
+use cairn_server_api::ReportedState;
+use serde_json::json;
+
+use super::device::SimDevice;
+use super::{Releases, TestServer, COMPATIBLE};
+
+pub const CAMPAIGN: &str = "rollout-2";
+pub const FLEET: usize = 20;
+
+pub struct Outcome {
+    pub server: TestServer,
+    pub releases: Releases,
+    /// A device whose update rolled back.
+    pub rolled_back: String,
+    /// A device that runs 2.0.0 now.
+    pub updated: String,
+}
+
+fn ids(devices: &[serde_json::Value]) -> BTreeSet<String> {
+    devices
+        .iter()
+        .map(|d| d["device_id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+pub async fn run_campaign_through_waves(db_url: &str) -> Outcome {
+    let releases = Releases::build();
+    let server = TestServer::start(db_url, Some(&releases.root)).await;
+    let admin = server.admin();
+
+    let (status, v1) = admin.upload(&releases.v1).await;
+    assert_eq!(status, 200, "{v1}");
+    let (status, v2) = admin.upload(&releases.v2).await;
+    assert_eq!(status, 200, "{v2}");
+    let v2_rootfs = &v2["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["name"] == "rootfs")
+        .unwrap();
+    assert_eq!(
+        v2_rootfs["delta_sources"],
+        json!([releases.v1_images[0].sha256])
+    );
+
+    // Eighteen devices in the EU (targeted), two in the US (not).
+    let mut fleet: Vec<SimDevice> = (0..FLEET)
+        .map(|i| {
+            SimDevice::new(
+                &server.url,
+                &format!("dev-{i:04}"),
+                releases.v1_images.clone(),
+            )
+        })
+        .collect();
+    let mut csv = String::from("device_id,public_key,compatible,tags\n");
+    for (i, d) in fleet.iter().enumerate() {
+        csv.push_str(&d.factory_line(if i < 18 { "eu;shop" } else { "us" }));
+        csv.push('\n');
+    }
+    assert_eq!(
+        admin.ok("/admin/v1/devices/import", csv).await["imported"],
+        20
+    );
+    for d in fleet.iter_mut() {
+        let answer = d.enroll().await;
+        assert_eq!(answer.status, 200, "{}", answer.body);
+        assert_eq!(answer.body["status"], "approved");
+        d.login().await;
+        assert_eq!(d.check_in().await, None, "no campaign yet");
+    }
+
+    let policy = json!({
+        "selector": { "compatible": COMPATIBLE, "tags": ["eu"] },
+        "waves": [{ "count": 4 }, { "percent": 100.0 }],
+        "min_success_ratio": 0.75,
+        "bake_secs": 0,
+        "failure_threshold": 0.25,
+    });
+    let body =
+        json!({ "id": CAMPAIGN, "release_id": format!("{COMPATIBLE}@2.0.0"), "policy": policy });
+    admin.ok("/admin/v1/campaigns", body.to_string()).await;
+
+    // Dry run: who is in which wave and what each would download.
+    let (status, dry) = admin
+        .get(&format!("/admin/v1/campaigns/{CAMPAIGN}/dry-run"))
+        .await;
+    assert_eq!(status, 200, "{dry}");
+    assert_eq!(dry["devices"], 18);
+    let wave0 = ids(dry["waves"][0]["devices"].as_array().unwrap());
+    let wave1 = ids(dry["waves"][1]["devices"].as_array().unwrap());
+    assert_eq!(wave0.len() + wave1.len(), 18);
+    assert!(
+        wave1.len() >= 7,
+        "wave sizes {} / {}",
+        wave0.len(),
+        wave1.len()
+    );
+    let mut bytes = 0;
+    for d in dry["waves"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|w| w["devices"].as_array().unwrap())
+    {
+        assert_eq!(
+            d["summary"], "rootfs: delta from 1.0.0, kernel: full",
+            "{d}"
+        );
+        bytes += d["plan"]["total_bytes"].as_u64().unwrap();
+    }
+    assert_eq!(dry["total_bytes"].as_u64().unwrap(), bytes);
+    assert!(bytes > 0);
+
+    admin
+        .ok(&format!("/admin/v1/campaigns/{CAMPAIGN}/start"), "")
+        .await;
+
+    // Only wave 0 gets the update, exactly the devices the dry run named.
+    let mut assigned = BTreeSet::new();
+    let mut assignments = std::collections::HashMap::new();
+    for d in &fleet {
+        if let Some(a) = d.check_in().await {
+            assert_eq!(a.release_version, "2.0.0");
+            assigned.insert(d.id.clone());
+            assignments.insert(d.id.clone(), a);
+        }
+    }
+    assert_eq!(assigned, wave0);
+
+    // The bundle is served with Range support: the device reads the header first.
+    let first = assignments.values().next().cloned();
+    if let Some(a) = &first {
+        let r = reqwest::Client::new()
+            .get(&a.bundle_url)
+            .header("range", "bytes=0-63")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 206);
+        let head = r.bytes().await.unwrap();
+        assert_eq!(head.len(), 64);
+        assert_eq!(&head[..8], b"CAIRNBDL");
+    }
+
+    // "Installed" is not success: the gate stays shut until devices commit after reboot.
+    for d in fleet.iter().filter(|d| wave0.contains(&d.id)) {
+        let a = &assignments[&d.id];
+        d.report(&a.deployment_id, "r1", ReportedState::Downloading, None)
+            .await;
+        d.report(&a.deployment_id, "r2", ReportedState::Installing, None)
+            .await;
+        d.report(&a.deployment_id, "r3", ReportedState::Rebooting, None)
+            .await;
+    }
+    admin
+        .ok(&format!("/admin/v1/campaigns/{CAMPAIGN}/evaluate"), "")
+        .await;
+    let status = admin.campaign(CAMPAIGN).await;
+    assert_eq!(status["campaign"]["opened_waves"], 1);
+    assert_eq!(status["waves"][0]["succeeded"], 0);
+
+    let mut updated = None;
+    for d in fleet.iter_mut().filter(|d| wave0.contains(&d.id)) {
+        let a = &assignments[&d.id];
+        d.version = "2.0.0".into();
+        d.report(&a.deployment_id, "r4", ReportedState::Committed, None)
+            .await;
+        updated = Some(d.id.clone());
+    }
+    // Gate met (bake time 0): the next evaluation opens wave 1.
+    let status = admin
+        .ok(&format!("/admin/v1/campaigns/{CAMPAIGN}/evaluate"), "")
+        .await;
+    assert_eq!(status["campaign"]["opened_waves"], 2, "{status}");
+    assert_eq!(
+        status["waves"][0]["succeeded"].as_u64().unwrap() as usize,
+        wave0.len()
+    );
+
+    // Updated devices report 2.0.0 and get nothing more.
+    for d in fleet.iter().filter(|d| wave0.contains(&d.id)) {
+        assert_eq!(d.check_in().await, None);
+    }
+
+    // Wave 1: everyone checks in and is assigned.
+    let wave1_devices: Vec<usize> = (0..FLEET)
+        .filter(|&i| wave1.contains(&fleet[i].id))
+        .collect();
+    for &i in &wave1_devices {
+        let a = fleet[i].check_in().await.expect("wave 1 device assigned");
+        assignments.insert(fleet[i].id.clone(), a);
+    }
+    for us in &fleet[FLEET - 2..] {
+        assert_eq!(us.check_in().await, None, "US devices are not targeted");
+    }
+
+    // One device starts before things go wrong; five roll back: 5 > 25 % of 18.
+    let in_flight = wave1_devices[5];
+    let held_back = wave1_devices[6];
+    let ids_by_index: Vec<String> = fleet.iter().map(|d| d.id.clone()).collect();
+    let dep = |i: usize| assignments[&ids_by_index[i]].deployment_id.clone();
+    fleet[in_flight]
+        .report(&dep(in_flight), "r1", ReportedState::Downloading, None)
+        .await;
+    for (n, &i) in wave1_devices[..5].iter().enumerate() {
+        let a = assignments[&fleet[i].id].clone();
+        fleet[i].install(&a, false).await;
+        let state = admin.campaign(CAMPAIGN).await["campaign"]["state"].clone();
+        let expected = if n < 4 { "running" } else { "paused" };
+        assert_eq!(state, expected, "after {} failures", n + 1);
+    }
+    let status = admin.campaign(CAMPAIGN).await;
+    assert!(
+        status["campaign"]["state_reason"]
+            .as_str()
+            .unwrap()
+            .contains("failure threshold"),
+        "{status}"
+    );
+
+    // Paused: a device that had not started is held back; one in flight may finish.
+    assert_eq!(fleet[held_back].check_in().await, None);
+    let a = fleet[in_flight]
+        .check_in()
+        .await
+        .expect("in-flight deployment stays");
+    fleet[in_flight]
+        .report(&a.deployment_id, "r2", ReportedState::Installing, None)
+        .await;
+    fleet[in_flight]
+        .report(&a.deployment_id, "r3", ReportedState::Rebooting, None)
+        .await;
+    fleet[in_flight].version = "2.0.0".into();
+    fleet[in_flight]
+        .report(&a.deployment_id, "r4", ReportedState::Committed, None)
+        .await;
+
+    // Resume: the held-back device gets its assignment again and succeeds.
+    admin
+        .ok(&format!("/admin/v1/campaigns/{CAMPAIGN}/resume"), "")
+        .await;
+    let a = fleet[held_back]
+        .check_in()
+        .await
+        .expect("assignment after resume");
+    fleet[held_back].install(&a, true).await;
+    let status = admin.campaign(CAMPAIGN).await;
+    assert_eq!(status["campaign"]["state"], "running", "{status}");
+    assert_eq!(status["waves"][1]["succeeded"], 2);
+    assert_eq!(status["waves"][1]["failed"], 5);
+
+    // Abort: deployments not started are cancelled; those devices get nothing.
+    let status = admin
+        .ok(&format!("/admin/v1/campaigns/{CAMPAIGN}/abort"), "")
+        .await;
+    assert_eq!(status["campaign"]["state"], "aborted");
+    let untouched = wave1_devices.len() - 7;
+    assert_eq!(
+        status["waves"][1]["cancelled"].as_u64().unwrap() as usize,
+        untouched,
+        "{status}"
+    );
+    for &i in &wave1_devices[7..] {
+        assert_eq!(fleet[i].check_in().await, None);
+        let late = fleet[i]
+            .report_raw(&dep(i), "r1", ReportedState::Downloading, None)
+            .await;
+        assert_eq!(
+            late.status, 409,
+            "a cancelled deployment takes no progress: {}",
+            late.body
+        );
+    }
+
+    // The rolled-back device's history names the reason.
+    let rolled_back = fleet[wave1_devices[0]].id.clone();
+    let (_, detail) = admin.get(&format!("/admin/v1/devices/{rolled_back}")).await;
+    let history = detail["history"].to_string();
+    assert!(
+        history.contains("rolled back: health check failed: k3s not ready"),
+        "{history}"
+    );
+    server.state.writer.flush().await;
+
+    Outcome {
+        server,
+        releases,
+        rolled_back,
+        updated: updated.unwrap_or_else(|| fleet[in_flight].id.clone()),
+    }
+}
