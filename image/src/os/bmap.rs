@@ -1,0 +1,92 @@
+//! A `.bmap` (bmap-tools format 2.0) for sparse flashing: which 4 KiB blocks of the disk
+//! image carry data, with a SHA-256 per range. Slot images are mapped whole (their zero
+//! blocks are hashed by dm-verity and must be written); elsewhere all-zero blocks are left
+//! out, as a freshly made filesystem does not rely on them.
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::Path;
+
+use anyhow::Result;
+use sha2::{Digest, Sha256};
+
+const BLOCK: u64 = 4096;
+
+/// `[start, end)` byte ranges that must be written even where they are zero.
+pub fn write(disk: &Path, keep_whole: &[(u64, u64)], out: &Path) -> Result<()> {
+    let mut file = File::open(disk)?;
+    let size = file.metadata()?.len();
+    let blocks = size.div_ceil(BLOCK);
+    let mut mapped = vec![false; blocks as usize];
+    let mut buf = vec![0u8; BLOCK as usize];
+    for (index, flag) in mapped.iter_mut().enumerate() {
+        let offset = index as u64 * BLOCK;
+        if keep_whole.iter().any(|(s, e)| offset >= *s && offset < *e) {
+            *flag = true;
+            continue;
+        }
+        let len = read_block(&mut file, offset, &mut buf)?;
+        *flag = buf[..len].iter().any(|b| *b != 0);
+    }
+
+    let mut ranges = String::new();
+    let mut count = 0u64;
+    let mut index = 0usize;
+    while index < mapped.len() {
+        if !mapped[index] {
+            index += 1;
+            continue;
+        }
+        let first = index;
+        while index < mapped.len() && mapped[index] {
+            index += 1;
+        }
+        let last = index - 1;
+        let mut hasher = Sha256::new();
+        for block in first..=last {
+            let len = read_block(&mut file, block as u64 * BLOCK, &mut buf)?;
+            hasher.update(&buf[..len]);
+        }
+        count += (last - first + 1) as u64;
+        let range = if first == last {
+            format!("{first}")
+        } else {
+            format!("{first}-{last}")
+        };
+        ranges.push_str(&format!(
+            "        <Range chksum=\"{}\"> {range} </Range>\n",
+            hex::encode(hasher.finalize())
+        ));
+    }
+
+    let zeros = "0".repeat(64);
+    let document = |checksum: &str| {
+        format!(
+            "<?xml version=\"1.0\" ?>\n<bmap version=\"2.0\">\n\
+             \x20   <ImageSize> {size} </ImageSize>\n\
+             \x20   <BlockSize> {BLOCK} </BlockSize>\n\
+             \x20   <BlocksCount> {blocks} </BlocksCount>\n\
+             \x20   <MappedBlocksCount> {count} </MappedBlocksCount>\n\
+             \x20   <ChecksumType> sha256 </ChecksumType>\n\
+             \x20   <BmapFileChecksum> {checksum} </BmapFileChecksum>\n\
+             \x20   <BlockMap>\n{ranges}    </BlockMap>\n</bmap>\n"
+        )
+    };
+    // The file's own checksum is taken with that field all zeros (bmap-tools' rule).
+    let checksum = hex::encode(Sha256::digest(document(&zeros).as_bytes()));
+    File::create(out)?.write_all(document(&checksum).as_bytes())?;
+    Ok(())
+}
+
+fn read_block(file: &mut File, offset: u64, buf: &mut [u8]) -> Result<usize> {
+    file.seek(SeekFrom::Start(offset))?;
+    let mut len = 0;
+    while len < buf.len() {
+        let n = file.read(&mut buf[len..])?;
+        if n == 0 {
+            break;
+        }
+        len += n;
+    }
+    Ok(len)
+}
