@@ -20,6 +20,8 @@ const PACKAGES: &[&str] = &[
     "mmdebstrap",            // arm64 root tree without maintainer scripts
     "e2fsprogs",             // mkfs.ext4 -d for the data partition
     "kmod",                  // depmod -b for the image's module subset
+    "binutils",              // readelf: libraries the initramfs binaries need
+    "cpio",                  // cross-checks the initramfs archive writer
     "qemu-user-static",      // run the arm64 busybox once to list its applets
     "u-boot-qemu",           // the board firmware the QEMU tests boot through
     "swtpm",                 // the TPM attached to the test VM

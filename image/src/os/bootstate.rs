@@ -85,13 +85,14 @@ mod tests {
         let blob = encode(&vars("4")).unwrap();
         assert_eq!(blob.len(), SIZE);
         assert_eq!(decode(&blob).unwrap(), vars("4"));
-        // mkenvimage (u-boot-tools) is the reference encoder.
+        // mkenvimage (u-boot-tools) is the reference encoder (zero padding, as U-Boot
+        // exports).
         let dir = tempfile::tempdir().unwrap();
         let text = dir.path().join("env.txt");
         std::fs::write(&text, "BOOT_A_LEFT=3\nBOOT_ORDER=A B\nCAIRN_SEQ=4\n").unwrap();
         let out = dir.path().join("env.bin");
         let status = std::process::Command::new("mkenvimage")
-            .args(["-s", "0x4000", "-o"])
+            .args(["-s", "0x4000", "-p", "0", "-o"])
             .arg(&out)
             .arg(&text)
             .status()

@@ -33,8 +33,7 @@ const S_IFLNK: u32 = 0o120000;
 const S_IFCHR: u32 = 0o020000;
 
 pub fn write(out: &mut impl Write, entries: &[Entry], mtime: u32) -> io::Result<()> {
-    let mut ino = 1u32;
-    for entry in entries {
+    for (ino, entry) in (1u32..).zip(entries) {
         let (path, mode, data, nlink, rdev): (&str, u32, &[u8], u32, (u32, u32)) = match entry {
             Entry::Dir { path, mode } => (path, S_IFDIR | mode, &[], 2, (0, 0)),
             Entry::File { path, mode, data } => (path, S_IFREG | mode, data, 1, (0, 0)),
@@ -51,7 +50,6 @@ pub fn write(out: &mut impl Write, entries: &[Entry], mtime: u32) -> io::Result<
         header(out, ino, mode, nlink, mtime, data.len(), rdev, path)?;
         out.write_all(data)?;
         pad(out, data.len())?;
-        ino += 1;
     }
     header(out, 0, 0, 1, 0, 0, (0, 0), "TRAILER!!!")?;
     Ok(())
@@ -128,15 +126,7 @@ mod tests {
 
     #[test]
     fn cpio_tool_reads_what_we_write() {
-        if std::process::Command::new("cpio")
-            .arg("--version")
-            .output()
-            .is_err()
-        {
-            // cpio(1) is only a cross-check; the kernel is the real reader (QEMU tests).
-            eprintln!("cpio(1) not installed: skipping the cross-check");
-            return;
-        }
+        // cpio(1) cross-checks the format; the kernel is the real reader (QEMU tests).
         let entries = vec![Entry::File {
             path: "hello".into(),
             mode: 0o644,

@@ -147,9 +147,9 @@ impl Build {
         let mut root = SignedRoot::new(1, expires, 1, vec![key.public()]);
         root.sign(&key)?;
         TrustRoot::anchor(root.clone()).context("the development root does not verify")?;
-        cairn_atomic::write(&dir.join("release.key.json"), &key.to_json())?;
+        cairn_atomic::write(dir.join("release.key.json"), &key.to_json())?;
         cairn_atomic::write(
-            &dir.join("release.pub.json"),
+            dir.join("release.pub.json"),
             &serde_json::to_vec_pretty(&key.public())?,
         )?;
         cairn_atomic::write(&root_path, &root.to_json())?;
