@@ -54,11 +54,15 @@ impl Build {
         Ok(image)
     }
 
+    /// The slot's verity parameters, from `verity.json`.
+    pub fn verity(&self) -> Result<Verity> {
+        let bytes = fs::read(self.layout.verity_json())
+            .context("reading verity.json (run `slot` first)")?;
+        Ok(serde_json::from_slice(&bytes)?)
+    }
+
     pub fn disk(&self, slot_b: SlotB) -> Result<disk::DiskSummary> {
-        let verity: Verity = serde_json::from_slice(
-            &fs::read(self.layout.verity_json())
-                .context("reading verity.json (run `slot` first)")?,
-        )?;
+        let verity = self.verity()?;
         let summary = disk::build(&disk::Inputs {
             profile: &self.profile,
             workspace: &self.layout.workspace,

@@ -43,6 +43,25 @@ pub fn image() -> Result<&'static Build> {
         .map_err(|e| anyhow!("building the image failed: {e}"))
 }
 
+/// A fresh disk as `cargo xtask image` makes it by default: slot B empty and unbootable.
+/// Built from the same kernel, initramfs and slot image as [`image`], into `dir`.
+pub fn disk_with_empty_slot_b(dir: &Path) -> Result<PathBuf> {
+    let build = image()?;
+    let verity = build.verity()?;
+    let out = dir.join("disk-empty-b.img");
+    cairn_image::os::disk::build(&cairn_image::os::disk::Inputs {
+        profile: &build.profile,
+        workspace: &build.layout.workspace,
+        kernel: &build.layout.kernel(),
+        initrd: &build.layout.initrd(),
+        slot_image: &build.layout.slot_image(),
+        verity: &verity,
+        slot_b: SlotB::Empty,
+        out: &out,
+    })?;
+    Ok(out)
+}
+
 /// VMs run one at a time: two TCG guests on two cores would double every boot time.
 pub fn serial() -> MutexGuard<'static, ()> {
     static LOCK: Mutex<()> = Mutex::new(());
