@@ -310,7 +310,7 @@ fn put(disk: &Path, partition: &Partition, file: &Path) -> Result<()> {
         if n == 0 {
             break;
         }
-        if buf[..n].iter().any(|b| *b != 0) {
+        if !bmap::is_zero(&buf[..n]) {
             dest.seek(SeekFrom::Start(partition.start + offset))?;
             dest.write_all(&buf[..n])?;
         }
