@@ -22,6 +22,7 @@ const PACKAGES: &[&str] = &[
     "kmod",                  // depmod -b for the image's module subset
     "binutils",              // readelf: libraries the initramfs binaries need
     "cpio",                  // cross-checks the initramfs archive writer
+    "bmap-tools",            // cross-checks the disk's .bmap
     "qemu-user-static",      // run the arm64 busybox once to list its applets
     "u-boot-qemu",           // the board firmware the QEMU tests boot through
     "swtpm",                 // the TPM attached to the test VM

@@ -134,5 +134,17 @@ mod tests {
         let checksum = text[start..start + 64].to_string();
         let zeroed = text.replace(&checksum, &"0".repeat(64));
         assert_eq!(hex::encode(Sha256::digest(zeroed.as_bytes())), checksum);
+
+        // bmap-tools is the reference reader: it checks both kinds of checksums on copy.
+        let copy = dir.path().join("copy");
+        let status = std::process::Command::new("bmaptool")
+            .args(["-q", "copy", "--bmap"])
+            .arg(&out)
+            .arg(&disk)
+            .arg(&copy)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        assert_eq!(std::fs::read(copy).unwrap(), image);
     }
 }
