@@ -250,3 +250,33 @@ fn tree_size(tree: &Path) -> Result<u64> {
 pub fn content_size(tree: &Path) -> Result<u64> {
     tree_size(tree)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn system_toml_describes_both_slots_for_cairnd() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("profiles/qemu-arm64.toml");
+        let profile = Profile::load(&path).unwrap();
+        let config: toml::Value = toml::from_str(&system_toml(&profile)).unwrap();
+        assert_eq!(config["compatible"].as_str(), Some("cairn-qemu-arm64"));
+        assert_eq!(config["bootloader"]["backend"].as_str(), Some("uboot-env"));
+        assert_eq!(config["bootloader"]["dir"].as_str(), Some("/boot"));
+        for (slot, dir) in [("A", "a"), ("B", "b")] {
+            let images = &config["slots"][slot]["images"];
+            assert_eq!(
+                images["rootfs"]["device"].as_str(),
+                Some(format!("PARTLABEL=rootfs-{dir}").as_str())
+            );
+            assert_eq!(
+                images["kernel"]["file"].as_str(),
+                Some(format!("/boot/{dir}/vmlinuz").as_str())
+            );
+            assert_eq!(
+                config["slots"][slot]["slot_env"].as_str(),
+                Some(format!("/boot/{dir}/slot.env").as_str())
+            );
+        }
+    }
+}
