@@ -55,7 +55,10 @@ pub fn build(profile: &Profile, layout: &Layout, trust_root: &Path) -> Result<()
     if !profile.rootfs.console_shell {
         let inittab = tree.join("etc/inittab");
         let text = fs::read_to_string(&inittab).unwrap_or_default();
-        let kept: Vec<&str> = text.lines().filter(|l| !l.contains("/bin/sh")).collect();
+        let kept: Vec<&str> = text
+            .lines()
+            .filter(|l| !l.contains(":respawn:-/bin/sh"))
+            .collect();
         fs::write(&inittab, kept.join("\n") + "\n")?;
     }
     write_cairn_config(profile, &tree, trust_root)?;
