@@ -141,6 +141,42 @@ fn cairn_status_reports_slot_a_committed() -> Result<()> {
 }
 
 #[test]
+fn device_network_settings_on_data_override_the_image_and_dhcp_works() -> Result<()> {
+    let s = scenario()?;
+    let mut vm = Vm::start("network-dhcp", &s.disk.path, s.scratch.path())?;
+    vm.wait_for(
+        "cairn: network eth0 static up (/etc/cairn/network.conf)",
+        BOOT_TIMEOUT,
+    )?;
+    vm.wait_for_shell(BOOT_TIMEOUT)?;
+    vm.check(
+        "printf 'IFACE=eth0\\nMETHOD=dhcp\\n' > /data/cairn/network.conf && sync",
+        COMMAND_TIMEOUT,
+    )?;
+    vm.send("reboot -f")?;
+    vm.wait_for("cairn: slot A chosen, A=1", BOOT_TIMEOUT)?;
+    vm.wait_for(
+        "cairn: network eth0 dhcp up (/data/cairn/network.conf)",
+        BOOT_TIMEOUT,
+    )?;
+    vm.wait_for_shell(BOOT_TIMEOUT)?;
+    // QEMU's user network leases 10.0.2.15 with gateway 10.0.2.2 and DNS 10.0.2.3.
+    let address = vm.check("ip -4 addr show eth0", COMMAND_TIMEOUT)?;
+    ensure!(address.contains("10.0.2.15/24"), "eth0: {address}");
+    let route = vm.check("ip route show default", COMMAND_TIMEOUT)?;
+    ensure!(route.contains("via 10.0.2.2"), "route: {route}");
+    let resolv = vm.check("cat /etc/resolv.conf", COMMAND_TIMEOUT)?;
+    ensure!(
+        resolv.contains("nameserver 10.0.2.3"),
+        "resolv.conf: {resolv}"
+    );
+    let took = vm.elapsed();
+    vm.stop();
+    record_time("static then DHCP from /data (2 boots)", took);
+    Ok(())
+}
+
+#[test]
 fn a_corrupt_rootfs_block_is_caught_by_verity_and_slot_b_takes_over() -> Result<()> {
     let s = scenario()?;
     // Block 0 holds the erofs superblock: the initramfs's mount must read it.
