@@ -128,8 +128,7 @@ impl Profile {
         }
         semver::Version::parse(&self.version)
             .with_context(|| format!("profile version {:?}", self.version))?;
-        let salt = &self.slot.verity_salt;
-        if salt.len() % 2 != 0 || !salt.chars().all(|c| c.is_ascii_hexdigit()) {
+        if hex::decode(&self.slot.verity_salt).is_err() {
             bail!("slot.verity_salt must be hex");
         }
         if self.disk.boot_mib < 128 {

@@ -37,13 +37,13 @@ pub fn build(settings: &Slot, tree: &Path, image: &Path, verity_json: &Path) -> 
     }
     stdout(mkfs.arg(image).arg(tree))?;
     let data_size = fs::metadata(image)?.len();
-    if data_size % u64::from(BLOCK_SIZE) != 0 {
+    let data_blocks = data_size / u64::from(BLOCK_SIZE);
+    if data_blocks * u64::from(BLOCK_SIZE) != data_size {
         bail!("erofs image of {data_size} bytes is not whole 4 KiB blocks");
     }
     stage.done(format!("data {}", mib(data_size)));
 
     let stage = Stage::start("slot: dm-verity hash tree");
-    let data_blocks = data_size / u64::from(BLOCK_SIZE);
     let output = stdout(
         verity_command("format", settings, data_size, data_blocks)
             .arg(image)
