@@ -120,7 +120,7 @@ fn wait_for_cri(vm: &mut Vm) -> Result<String> {
 }
 
 #[test]
-#[ignore = "needs cairnd and cairn in the image: the `updater` package, merged from main"]
+#[ignore = "needs cairnd and cairn in the image: the `cairn-updater` package, merged from main"]
 fn cairn_status_reports_slot_a_committed() -> Result<()> {
     // TODO(merge): remove the ignore once the updater package is in the workspace (the
     // profile already cross-compiles cairnd/cairn when it exists).
