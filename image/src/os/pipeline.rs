@@ -22,7 +22,11 @@ pub struct Build {
 impl Build {
     pub fn new(profile_path: &Path) -> Result<Build> {
         let profile = Profile::load(profile_path)?;
-        let workspace = workspace_root(profile_path.parent().unwrap_or(Path::new(".")))?;
+        let dir = profile_path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let workspace = workspace_root(dir)?;
         let layout = Layout::new(&workspace, &profile.name);
         Ok(Build { profile, layout })
     }
