@@ -1,7 +1,8 @@
-//! `cairn-image`: keys, trust roots and signed bundles (later: rootfs, slots, disks).
+//! `cairn-image`: keys, trust roots, signed bundles, and the OS image (rootfs, slot, disk).
 
 mod bundle_cmd;
 mod keys_cmd;
+mod os_cmd;
 
 use clap::{Parser, Subcommand};
 
@@ -28,6 +29,14 @@ enum Command {
     /// Create, inspect and verify update bundles.
     #[command(subcommand)]
     Bundle(bundle_cmd::BundleCommand),
+    /// Assemble the root tree, kernel and initramfs from Debian packages and the profile.
+    Rootfs(os_cmd::RootfsArgs),
+    /// Make the verity-protected erofs slot image (rootfs.img) and verity.json.
+    Slot(os_cmd::ProfileArgs),
+    /// Make the GPT disk image (disk.img + disk.img.bmap).
+    Disk(os_cmd::DiskArgs),
+    /// rootfs, slot and disk in one go.
+    Build(os_cmd::BuildArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -36,5 +45,9 @@ fn main() -> anyhow::Result<()> {
         Command::Root(cmd) => keys_cmd::root(cmd),
         Command::Sign(args) => keys_cmd::sign(args),
         Command::Bundle(cmd) => bundle_cmd::run(cmd),
+        Command::Rootfs(args) => os_cmd::rootfs(args),
+        Command::Slot(args) => os_cmd::slot(args),
+        Command::Disk(args) => os_cmd::disk(args),
+        Command::Build(args) => os_cmd::build(args),
     }
 }

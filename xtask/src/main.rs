@@ -10,6 +10,7 @@ use anyhow::{bail, Context, Result};
 const USAGE: &str = "usage: cargo xtask <command>
 
   test    install what the tests need, then fmt --check, clippy -D warnings, cargo test
+  image   build the QEMU arm64 OS image: target/cairn/qemu-arm64/disk.img (+ .bmap)
   demo    the end-to-end update demo under QEMU
   setup   only install what the tests need
   bench   check-ins per second of cairn-server on loopback (SQLite and PostgreSQL, release
@@ -22,6 +23,7 @@ fn main() -> Result<()> {
         Some("setup") => setup::test_prerequisites(),
         Some("demo") => demo(),
         Some("bench") => bench(&args[1..]),
+        Some("image") => image(&args[1..]),
         _ => {
             eprintln!("{USAGE}");
             std::process::exit(2);
@@ -61,6 +63,18 @@ fn bench(extra: &[String]) -> Result<()> {
     ]);
     cmd.args(extra.iter().filter(|a| a.as_str() != "--"));
     step("check-in bench", cmd)
+}
+
+/// `cargo xtask image [--slot-b empty|copy] [--profile PATH]`: the device image, from a
+/// fresh clone (installs the tools first).
+fn image(extra: &[String]) -> Result<()> {
+    setup::test_prerequisites()?;
+    let mut args = vec!["run", "-p", "cairn-image", "--", "build"];
+    if !extra.iter().any(|a| a == "--profile") {
+        args.extend(["--profile", "image/profiles/qemu-arm64.toml"]);
+    }
+    args.extend(extra.iter().map(String::as_str));
+    step("image", cargo(&args))
 }
 
 fn demo() -> Result<()> {

@@ -18,11 +18,26 @@ const PACKAGES: &[&str] = &[
     "cryptsetup-bin",   // veritysetup
     "postgresql",       // cairn-server's PostgreSQL tests start a throwaway cluster
     "chromium",         // cairn-server's dashboard test renders pages headless
+    // The OS image (issue 4): cairn-image rootfs/slot/disk and the QEMU tests.
+    "mmdebstrap",            // arm64 root tree without maintainer scripts
+    "e2fsprogs",             // mkfs.ext4 -d for the data partition
+    "kmod",                  // depmod -b for the image's module subset
+    "binutils",              // readelf: libraries the initramfs binaries need
+    "cpio",                  // cross-checks the initramfs archive writer
+    "bmap-tools",            // cross-checks the disk's .bmap
+    "qemu-user-static",      // run the arm64 busybox once to list its applets
+    "u-boot-qemu",           // the board firmware the QEMU tests boot through
+    "swtpm",                 // the TPM attached to the test VM
+    "gcc-aarch64-linux-gnu", // cross linker for the image's Rust binaries
+    "libc6-dev-arm64-cross", // ... and its C library
 ];
 
 /// Packages that must come from bookworm-backports (QEMU 10 matches the preinstalled
 /// qemu-utils and blocks bookworm's 7.2).
 const BACKPORTS: &[&str] = &["qemu-system-arm", "qemu-system-common", "qemu-system-data"];
+
+/// The device's Rust target (the image's binaries are built for it).
+const CROSS_TARGET: &str = "aarch64-unknown-linux-gnu";
 
 const BACKPORTS_SOURCES: &str = "/etc/apt/sources.list.d/backports.sources";
 
@@ -45,6 +60,17 @@ fn rustup_components() -> Result<()> {
     };
     if !(have("fmt") && have("clippy")) {
         run(Command::new("rustup").args(["component", "add", "rustfmt", "clippy"]))?;
+    }
+    // The OS image cross-compiles its Rust binaries for the device.
+    let targets = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output()
+        .context("running rustup")?;
+    if !String::from_utf8_lossy(&targets.stdout)
+        .lines()
+        .any(|t| t.trim() == CROSS_TARGET)
+    {
+        run(Command::new("rustup").args(["target", "add", CROSS_TARGET]))?;
     }
     Ok(())
 }

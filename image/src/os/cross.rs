@@ -1,0 +1,96 @@
+//! Cross-compiling the workspace's own binaries for the device (aarch64-unknown-linux-gnu).
+//! A separate target directory keeps this nested cargo clear of the outer build's lock.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+
+use super::profile::WorkspaceBinaries;
+use super::progress::Stage;
+use super::run::{run, stdout};
+
+pub const TARGET: &str = "aarch64-unknown-linux-gnu";
+
+/// A built binary and where it goes in the tree.
+pub struct Built {
+    pub path: PathBuf,
+    pub dest: String,
+}
+
+pub fn build(
+    workspace: &Path,
+    target_dir: &Path,
+    wanted: &[WorkspaceBinaries],
+) -> Result<Vec<Built>> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let packages = workspace_packages(&cargo, workspace)?;
+    let mut built = Vec::new();
+    for entry in wanted {
+        if !packages.iter().any(|p| p == &entry.package) {
+            if entry.optional {
+                eprintln!(
+                    "==> binaries: the workspace has no package {:?} yet; {} not included",
+                    entry.package,
+                    entry.bins.join(", ")
+                );
+                continue;
+            }
+            bail!(
+                "the profile wants package {:?}, which the workspace lacks",
+                entry.package
+            );
+        }
+        let stage = Stage::start(format!(
+            "binaries: cross-compiling {} for {TARGET}",
+            entry.package
+        ));
+        let mut cmd = Command::new(&cargo);
+        cmd.current_dir(workspace)
+            .args([
+                "build",
+                "--release",
+                "--target",
+                TARGET,
+                "-p",
+                &entry.package,
+            ])
+            .arg("--target-dir")
+            .arg(target_dir)
+            .env(
+                "CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER",
+                "aarch64-linux-gnu-gcc",
+            )
+            .env("PKG_CONFIG_ALLOW_CROSS", "1")
+            .env("PKG_CONFIG_LIBDIR", "/usr/lib/aarch64-linux-gnu/pkgconfig");
+        for bin in &entry.bins {
+            cmd.args(["--bin", bin]);
+        }
+        run(&mut cmd)?;
+        for bin in &entry.bins {
+            built.push(Built {
+                path: target_dir.join(TARGET).join("release").join(bin),
+                dest: format!("{}/{bin}", entry.dest.trim_matches('/')),
+            });
+        }
+        stage.done(entry.bins.join(", "));
+    }
+    Ok(built)
+}
+
+fn workspace_packages(cargo: &str, workspace: &Path) -> Result<Vec<String>> {
+    let json = stdout(Command::new(cargo).current_dir(workspace).args([
+        "metadata",
+        "--no-deps",
+        "--format-version",
+        "1",
+    ]))?;
+    let metadata: serde_json::Value =
+        serde_json::from_str(&json).context("cargo metadata output")?;
+    Ok(metadata["packages"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p["name"].as_str().map(str::to_string))
+        .collect())
+}

@@ -1,0 +1,321 @@
+//! `cairn-image disk`: the GPT disk a device is flashed with. Every filesystem is made as a
+//! file (mkfs.vfat -C + mtools, mkfs.ext4 -d) and copied to its partition's offset; no
+//! loop device and no mount. Writes `<disk>.bmap` next to it.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+use cairn_bundle::Verity;
+
+use super::bmap;
+use super::bootstate;
+use super::profile::Profile;
+use super::progress::{mib, Stage};
+use super::run::run;
+use super::slot::slot_args;
+
+const MIB: u64 = 1024 * 1024;
+/// The partition table and the first partition's alignment.
+const HEAD_MIB: u64 = 1;
+/// Room for the backup GPT at the end.
+const TAIL_MIB: u64 = 1;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SlotB {
+    /// Slot B holds nothing and is unbootable (BOOT_B_LEFT=0): the first update fills it.
+    Empty,
+    /// Slot B is a bootable copy of A: a fallback from the first boot on.
+    Copy,
+}
+
+pub struct Inputs<'a> {
+    pub profile: &'a Profile,
+    /// Profile paths are relative to it.
+    pub workspace: &'a Path,
+    pub kernel: &'a Path,
+    pub initrd: &'a Path,
+    pub slot_image: &'a Path,
+    pub verity: &'a Verity,
+    pub slot_b: SlotB,
+    pub out: &'a Path,
+}
+
+pub struct Partition {
+    pub label: &'static str,
+    pub start: u64,
+    pub size: u64,
+}
+
+pub struct DiskSummary {
+    pub partitions: Vec<Partition>,
+    pub disk_size: u64,
+    pub bmap: PathBuf,
+}
+
+pub fn build(inputs: &Inputs) -> Result<DiskSummary> {
+    let profile = inputs.profile;
+    let work = inputs
+        .out
+        .parent()
+        .context("the disk path has a directory")?
+        .join("disk-parts");
+    if work.exists() {
+        fs::remove_dir_all(&work)?;
+    }
+    fs::create_dir_all(&work)?;
+    let slot_size = fs::metadata(inputs.slot_image)?.len();
+    if slot_size > profile.disk.slot_mib * MIB {
+        bail!(
+            "the slot image ({}) does not fit the {} MiB slot partitions",
+            mib(slot_size),
+            profile.disk.slot_mib
+        );
+    }
+
+    let stage = Stage::start("disk: boot partition (FAT32)");
+    let boot = work.join("boot.vfat");
+    build_boot_partition(inputs, &work, &boot)?;
+    stage.done(format!("{} MiB", profile.disk.boot_mib));
+
+    let stage = Stage::start("disk: data partition (ext4)");
+    let data = work.join("data.ext4");
+    let data_tree = work.join("data");
+    fs::create_dir_all(data_tree.join("cairn"))?;
+    run(Command::new("mkfs.ext4")
+        .args([
+            "-q",
+            "-F",
+            "-L",
+            "data",
+            "-U",
+            "c41a7e11-da7a-4000-8000-000000000001",
+        ])
+        .args([
+            "-E",
+            "hash_seed=c41a7e11-da7a-4000-8000-000000000002,root_owner=0:0",
+        ])
+        .arg("-d")
+        .arg(&data_tree)
+        .arg(&data)
+        .arg(format!("{}M", profile.disk.data_mib))
+        .env("E2FSPROGS_FAKE_TIME", profile.slot.epoch.to_string()))?;
+    stage.done(format!("{} MiB", profile.disk.data_mib));
+
+    let stage = Stage::start("disk: GPT and partitions");
+    let partitions = layout(profile);
+    let disk_size = partitions.last().map_or(0, |p| p.start + p.size) + TAIL_MIB * MIB;
+    if inputs.out.exists() {
+        fs::remove_file(inputs.out)?;
+    }
+    File::create(inputs.out)?.set_len(disk_size)?;
+    partition_table(inputs.out, &partitions)?;
+    let by_label = |label: &str| {
+        partitions
+            .iter()
+            .find(|p| p.label == label)
+            .context("partition in the layout")
+    };
+    put(inputs.out, by_label("boot")?, &boot)?;
+    put(inputs.out, by_label("rootfs-a")?, inputs.slot_image)?;
+    let mut keep_whole = vec![range(by_label("rootfs-a")?, slot_size)];
+    if inputs.slot_b == SlotB::Copy {
+        put(inputs.out, by_label("rootfs-b")?, inputs.slot_image)?;
+        keep_whole.push(range(by_label("rootfs-b")?, slot_size));
+    }
+    put(inputs.out, by_label("data")?, &data)?;
+    stage.done(format!(
+        "{} ({} partitions)",
+        mib(disk_size),
+        partitions.len()
+    ));
+
+    let stage = Stage::start("disk: bmap");
+    let bmap_path = PathBuf::from(format!("{}.bmap", inputs.out.display()));
+    bmap::write(inputs.out, &keep_whole, &bmap_path)?;
+    stage.done(bmap_path.display().to_string());
+    fs::remove_dir_all(&work)?;
+    Ok(DiskSummary {
+        partitions,
+        disk_size,
+        bmap: bmap_path,
+    })
+}
+
+fn range(partition: &Partition, len: u64) -> (u64, u64) {
+    (partition.start, partition.start + len)
+}
+
+/// Partition offsets and sizes, in bytes, 1 MiB aligned.
+pub fn layout(profile: &Profile) -> Vec<Partition> {
+    let sizes = [
+        ("boot", profile.disk.boot_mib),
+        ("rootfs-a", profile.disk.slot_mib),
+        ("rootfs-b", profile.disk.slot_mib),
+        ("data", profile.disk.data_mib),
+    ];
+    let mut start = HEAD_MIB * MIB;
+    sizes
+        .into_iter()
+        .map(|(label, size_mib)| {
+            let partition = Partition {
+                label,
+                start,
+                size: size_mib * MIB,
+            };
+            start += size_mib * MIB;
+            partition
+        })
+        .collect()
+}
+
+fn build_boot_partition(inputs: &Inputs, work: &Path, boot: &Path) -> Result<()> {
+    let profile = inputs.profile;
+    let epoch = profile.slot.epoch.to_string();
+    let script = work.join("boot.scr");
+    run(Command::new("mkimage")
+        .args(["-A", "arm64", "-O", "linux", "-T", "script", "-C", "none"])
+        .args(["-n", "cairn A/B boot"])
+        .arg("-d")
+        .arg(inputs.workspace.join(&profile.disk.boot_script))
+        .arg(&script)
+        .env("SOURCE_DATE_EPOCH", &epoch))?;
+
+    let slot_env = work.join("slot.env");
+    fs::write(
+        &slot_env,
+        format!("slot_args={}\n", slot_args(inputs.verity, &profile.version)),
+    )?;
+    let b_tries = match inputs.slot_b {
+        SlotB::Empty => 0,
+        SlotB::Copy => profile.disk.tries,
+    };
+    let state = |seq: u32| -> BTreeMap<String, String> {
+        [
+            ("BOOT_ORDER", "A B".to_string()),
+            ("BOOT_A_LEFT", profile.disk.tries.to_string()),
+            ("BOOT_B_LEFT", b_tries.to_string()),
+            ("CAIRN_COMMITTED", "A".to_string()),
+            ("CAIRN_SEQ", seq.to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+    };
+    let state0 = work.join("bootstate.0");
+    let state1 = work.join("bootstate.1");
+    fs::write(&state0, bootstate::encode(&state(1))?)?;
+    fs::write(&state1, bootstate::encode(&state(0))?)?;
+
+    run(Command::new("mkfs.vfat")
+        .args(["-F", "32", "-n", "CAIRN-BOOT", "-i", "c41a7e11"])
+        .arg("-C")
+        .arg(boot)
+        .arg((profile.disk.boot_mib * 1024).to_string()))?;
+    let mtools = |args: &[&std::ffi::OsStr]| -> Result<()> {
+        run(Command::new(args[0])
+            .arg("-i")
+            .arg(boot)
+            .args(&args[1..])
+            .env("MTOOLS_SKIP_CHECK", "1"))?;
+        Ok(())
+    };
+    let os = |s: &str| std::ffi::OsString::from(s);
+    mtools(&[&os("mmd"), &os("::a"), &os("::b")])?;
+    for file in [&script, &state0, &state1] {
+        mtools(&[&os("mcopy"), file.as_os_str(), &os("::")])?;
+    }
+    let mut slots = vec!["a"];
+    if inputs.slot_b == SlotB::Copy {
+        slots.push("b");
+    }
+    for dir in slots {
+        for (file, name) in [
+            (inputs.kernel, "vmlinuz"),
+            (inputs.initrd, "initrd.img"),
+            (slot_env.as_path(), "slot.env"),
+        ] {
+            mtools(&[
+                &os("mcopy"),
+                file.as_os_str(),
+                &os(&format!("::{dir}/{name}")),
+            ])?;
+        }
+    }
+    Ok(())
+}
+
+fn partition_table(disk: &Path, partitions: &[Partition]) -> Result<()> {
+    let mut script = String::from(
+        "label: gpt\nlabel-id: C41A7E11-0000-4000-8000-00000000D15C\nfirst-lba: 2048\n",
+    );
+    for (index, p) in partitions.iter().enumerate() {
+        let (kind, attrs) = match p.label {
+            // The ESP type and LegacyBIOSBootable: U-Boot's distro boot scans it first.
+            "boot" => (
+                "C12A7328-F81F-11D2-BA4B-00A0C93EC93B",
+                ", attrs=\"LegacyBIOSBootable\"",
+            ),
+            _ => ("0FC63DAF-8483-4772-8E79-3D69D8477DE4", ""),
+        };
+        script.push_str(&format!(
+            "start={}, size={}, type={kind}, uuid=C41A7E11-0000-4000-8000-0000000000{:02X}, name=\"{}\"{attrs}\n",
+            p.start / 512,
+            p.size / 512,
+            index + 1,
+            p.label
+        ));
+    }
+    let mut child = Command::new("sfdisk")
+        .arg("--quiet")
+        .arg("--no-reread")
+        .arg("--no-tell-kernel")
+        .arg(disk)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .context("starting sfdisk")?;
+    child
+        .stdin
+        .take()
+        .context("sfdisk stdin")?
+        .write_all(script.as_bytes())?;
+    let output = child.wait_with_output()?;
+    if !output.status.success() {
+        bail!("sfdisk failed: {}", String::from_utf8_lossy(&output.stderr));
+    }
+    Ok(())
+}
+
+/// Copies `file` to the partition's offset, leaving all-zero 64 KiB chunks as holes.
+fn put(disk: &Path, partition: &Partition, file: &Path) -> Result<()> {
+    let len = fs::metadata(file)?.len();
+    if len > partition.size {
+        bail!(
+            "{} does not fit partition {}",
+            file.display(),
+            partition.label
+        );
+    }
+    let mut src = File::open(file)?;
+    let mut dest = fs::OpenOptions::new().write(true).open(disk)?;
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut offset = 0u64;
+    loop {
+        let n = src.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        if !bmap::is_zero(&buf[..n]) {
+            dest.seek(SeekFrom::Start(partition.start + offset))?;
+            dest.write_all(&buf[..n])?;
+        }
+        offset += n as u64;
+    }
+    dest.sync_all()?;
+    Ok(())
+}

@@ -1,0 +1,22 @@
+//! Building the device OS: a Debian arm64 root tree ([`rootfs`]), a dm-verity protected
+//! erofs slot image ([`slot`]) and a bootable GPT disk ([`disk`]). Every stage calls the
+//! Debian tools (mmdebstrap, mkfs.erofs, veritysetup, mkfs.vfat, mtools, sfdisk, mkfs.ext4),
+//! never loop devices or mounts, so it runs unprivileged-style on any build machine.
+
+pub mod bmap;
+pub mod bootstate;
+pub mod cpio;
+pub mod cross;
+pub mod debian;
+pub mod disk;
+pub mod elf;
+pub mod initramfs;
+pub mod kernel;
+pub mod layout;
+pub mod pipeline;
+pub mod profile;
+pub mod progress;
+pub mod rootfs;
+pub mod run;
+pub mod slot;
+pub mod uboot;

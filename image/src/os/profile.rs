@@ -1,0 +1,182 @@
+//! Image profiles: what goes into an image, as data (`image/profiles/*.toml`).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Profile {
+    pub name: String,
+    /// The bundle `compatible` string of devices running this image.
+    pub compatible: String,
+    pub version: String,
+    pub debian: Debian,
+    pub kernel: Kernel,
+    pub rootfs: Rootfs,
+    pub initramfs: Initramfs,
+    #[serde(default)]
+    pub binaries: Vec<WorkspaceBinaries>,
+    pub slot: Slot,
+    pub disk: Disk,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Debian {
+    pub suite: String,
+    /// apt source lines (`deb URI SUITE COMPONENTS`).
+    pub sources: Vec<String>,
+    pub architecture: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Kernel {
+    pub package: String,
+    /// `uname -r` of that package: the directory under /lib/modules.
+    pub release: String,
+    pub initramfs_modules: Vec<String>,
+    pub modules: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rootfs {
+    pub packages: Vec<String>,
+    #[serde(default)]
+    pub cni_plugins: Vec<String>,
+    #[serde(default)]
+    pub trim: Vec<String>,
+    pub overlay: PathBuf,
+    #[serde(default)]
+    pub console_shell: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Initramfs {
+    pub init: PathBuf,
+    #[serde(default)]
+    pub binaries: Vec<String>,
+}
+
+/// Binaries of a workspace package, cross-compiled for the device into `dest`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkspaceBinaries {
+    pub package: String,
+    pub bins: Vec<String>,
+    #[serde(default = "default_bin_dest")]
+    pub dest: String,
+    /// Skip (with a notice) when the workspace has no such package.
+    #[serde(default)]
+    pub optional: bool,
+}
+
+fn default_bin_dest() -> String {
+    "usr/bin".into()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    None,
+    Lz4hc,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Slot {
+    pub compression: Compression,
+    /// Every file's timestamp in the image (seconds since 1970).
+    pub epoch: u64,
+    /// The erofs filesystem UUID.
+    pub uuid: String,
+    pub verity_salt: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Disk {
+    pub boot_mib: u64,
+    pub slot_mib: u64,
+    pub data_mib: u64,
+    pub boot_script: PathBuf,
+    pub tries: u32,
+}
+
+impl Profile {
+    pub fn load(path: &Path) -> Result<Profile> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading profile {}", path.display()))?;
+        let profile: Profile =
+            toml::from_str(&text).with_context(|| format!("parsing profile {}", path.display()))?;
+        profile.check()?;
+        Ok(profile)
+    }
+
+    fn check(&self) -> Result<()> {
+        let simple = |s: &str| {
+            !s.is_empty()
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        };
+        if !simple(&self.name) {
+            bail!("profile name {:?} must be [A-Za-z0-9._-]+", self.name);
+        }
+        semver::Version::parse(&self.version)
+            .with_context(|| format!("profile version {:?}", self.version))?;
+        if hex::decode(&self.slot.verity_salt).is_err() {
+            bail!("slot.verity_salt must be hex");
+        }
+        if self.disk.boot_mib < 128 {
+            bail!("disk.boot_mib must be at least 128 (two kernels and initrds)");
+        }
+        for path in self.rootfs.trim.iter() {
+            if path.starts_with('/') || path.split('/').any(|c| c == ".." || c.is_empty()) {
+                bail!("rootfs.trim entry {path:?} must be a relative path inside the tree");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The workspace root: the nearest ancestor of `start` whose Cargo.toml has `[workspace]`.
+pub fn workspace_root(start: &Path) -> Result<PathBuf> {
+    let start =
+        std::fs::canonicalize(start).with_context(|| format!("resolving {}", start.display()))?;
+    for dir in start.ancestors() {
+        let manifest = dir.join("Cargo.toml");
+        if let Ok(text) = std::fs::read_to_string(&manifest) {
+            if text.lines().any(|l| l.trim() == "[workspace]") {
+                return Ok(dir.to_path_buf());
+            }
+        }
+    }
+    bail!("no Cargo workspace above {}", start.display())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_qemu_profile_parses() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("profiles/qemu-arm64.toml");
+        let profile = Profile::load(&path).unwrap();
+        assert_eq!(profile.name, "qemu-arm64");
+        assert!(profile
+            .kernel
+            .initramfs_modules
+            .contains(&"dm_verity".into()));
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("profiles/qemu-arm64.toml");
+        let text = std::fs::read_to_string(path).unwrap() + "\nsurprise = 1\n";
+        assert!(toml::from_str::<Profile>(&text).is_err());
+    }
+}

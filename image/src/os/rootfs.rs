@@ -1,0 +1,285 @@
+//! `cairn-image rootfs`: the device's root tree, its kernel and its initramfs.
+//!
+//! Debian packages (cached tree) → trimmed → busybox applet links → the profile's overlay
+//! (init, services, passwd/group, containerd and CNI config) → /etc/cairn → kernel module
+//! subset → the workspace's cross-compiled binaries. Also writes `vmlinuz` and
+//! `initrd.img` next to the tree.
+
+use std::fs;
+use std::os::unix::fs::{symlink, PermissionsExt};
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::{Context, Result};
+
+use super::cross;
+use super::debian::{self, copy_tree};
+use super::initramfs;
+use super::kernel::KernelTree;
+use super::layout::Layout;
+use super::profile::Profile;
+use super::progress::{mib, Stage};
+use super::run::stdout;
+
+pub fn build(profile: &Profile, layout: &Layout, trust_root: &Path) -> Result<()> {
+    fs::create_dir_all(&layout.out)?;
+    let base = debian::tree(
+        &profile.debian,
+        &profile.rootfs.packages,
+        "rootfs",
+        &layout.cache,
+    )?;
+    let kernel_tree = debian::tree(
+        &profile.debian,
+        std::slice::from_ref(&profile.kernel.package),
+        "kernel",
+        &layout.cache,
+    )?;
+    let kernel = KernelTree {
+        root: kernel_tree.dir.clone(),
+        release: profile.kernel.release.clone(),
+    };
+
+    let stage = Stage::start("rootfs: assembling the tree");
+    let tree = layout.tree();
+    copy_tree(&base.dir, &tree)?;
+    trim(profile, &tree)?;
+    let applets = busybox_applets(&tree)?;
+    let linked = link_applets(&tree, &applets)?;
+    for dir in [
+        "boot", "data", "dev", "proc", "root", "run", "sys", "tmp", "mnt",
+    ] {
+        fs::create_dir_all(tree.join(dir))?;
+    }
+    copy_overlay(&layout.workspace.join(&profile.rootfs.overlay), &tree)?;
+    if !profile.rootfs.console_shell {
+        let inittab = tree.join("etc/inittab");
+        let text = fs::read_to_string(&inittab).unwrap_or_default();
+        let kept: Vec<&str> = text
+            .lines()
+            .filter(|l| !l.contains(":respawn:-/bin/sh"))
+            .collect();
+        fs::write(&inittab, kept.join("\n") + "\n")?;
+    }
+    write_cairn_config(profile, &tree, trust_root)?;
+    fs::write(
+        tree.join("etc/modules"),
+        profile.kernel.modules.join("\n") + "\n",
+    )?;
+    let module_count = kernel.install_modules(&profile.kernel.modules, &tree)?;
+
+    let cross_dir = layout.workspace.join("target/cairn/cross");
+    for built in cross::build(&layout.workspace, &cross_dir, &profile.binaries)? {
+        let dest = tree.join(&built.dest);
+        fs::create_dir_all(dest.parent().context("binary destination has a parent")?)?;
+        fs::copy(&built.path, &dest)
+            .with_context(|| format!("installing {}", built.path.display()))?;
+        fs::set_permissions(&dest, fs::Permissions::from_mode(0o755))?;
+    }
+    fs::create_dir_all(tree.join("usr/share/cairn"))?;
+    fs::write(tree.join("usr/share/cairn/packages.txt"), &base.packages)?;
+    fs::write(layout.packages(), &base.packages)?;
+    stage.done(format!(
+        "{} packages, {linked} busybox links, {module_count} modules, {}",
+        base.packages.lines().count(),
+        mib(tree_size(&tree)?)
+    ));
+
+    let stage = Stage::start("rootfs: kernel and initramfs");
+    fs::copy(kernel.image(), layout.kernel())
+        .with_context(|| format!("copying {}", kernel.image().display()))?;
+    let modules_root = layout.out.join("initramfs-modules");
+    if modules_root.exists() {
+        fs::remove_dir_all(&modules_root)?;
+    }
+    kernel.install_modules(&profile.kernel.initramfs_modules, &modules_root)?;
+    let initrd = initramfs::build(&initramfs::Inputs {
+        tree: &tree,
+        busybox_applets: &applets,
+        modules_root: &modules_root,
+        modules: &profile.kernel.initramfs_modules,
+        init: &layout.workspace.join(&profile.initramfs.init),
+        binaries: &profile.initramfs.binaries,
+        mtime: u32::try_from(profile.slot.epoch).context("slot.epoch beyond 2106")?,
+    })?;
+    fs::write(layout.initrd(), &initrd)?;
+    stage.done(format!(
+        "vmlinuz {}, initrd.img {}",
+        mib(fs::metadata(layout.kernel())?.len()),
+        mib(initrd.len() as u64)
+    ));
+    Ok(())
+}
+
+fn trim(profile: &Profile, tree: &Path) -> Result<()> {
+    for rel in &profile.rootfs.trim {
+        let path = tree.join(rel);
+        match fs::symlink_metadata(&path) {
+            Ok(meta) if meta.is_dir() => fs::remove_dir_all(&path)?,
+            Ok(_) => fs::remove_file(&path)?,
+            Err(_) => {}
+        }
+    }
+    let cni = tree.join("usr/lib/cni");
+    if !profile.rootfs.cni_plugins.is_empty() && cni.is_dir() {
+        for entry in fs::read_dir(&cni)? {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !profile.rootfs.cni_plugins.contains(&name) {
+                fs::remove_file(entry.path())?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `bin/sh`, `usr/bin/awk`, ...: the applets of the tree's busybox, from the binary itself
+/// (run once under qemu-aarch64-static; it is static, so it needs nothing else).
+pub fn busybox_applets(tree: &Path) -> Result<Vec<String>> {
+    let list = stdout(
+        Command::new("qemu-aarch64-static")
+            .arg(tree.join("bin/busybox"))
+            .arg("--list-full"),
+    )?;
+    Ok(list
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect())
+}
+
+/// Links each applet to busybox unless a real program of that name is in the tree.
+fn link_applets(tree: &Path, applets: &[String]) -> Result<usize> {
+    let mut linked = 0;
+    for applet in applets {
+        let name = applet.rsplit('/').next().unwrap_or(applet);
+        let exists = ["bin", "sbin", "usr/bin", "usr/sbin"]
+            .iter()
+            .any(|dir| fs::symlink_metadata(tree.join(dir).join(name)).is_ok());
+        if exists {
+            continue;
+        }
+        let path = tree.join(applet);
+        fs::create_dir_all(path.parent().context("applet path has a parent")?)?;
+        symlink("/bin/busybox", &path)?;
+        linked += 1;
+    }
+    Ok(linked)
+}
+
+/// Copies `overlay` over `tree`: files 0755 when executable in the source, else 0644.
+fn copy_overlay(overlay: &Path, tree: &Path) -> Result<()> {
+    for entry in fs::read_dir(overlay).with_context(|| format!("reading {}", overlay.display()))? {
+        let entry = entry?;
+        let dest = tree.join(entry.file_name());
+        let kind = entry.file_type()?;
+        if kind.is_dir() {
+            fs::create_dir_all(&dest)?;
+            copy_overlay(&entry.path(), &dest)?;
+        } else {
+            if fs::symlink_metadata(&dest).is_ok() {
+                fs::remove_file(&dest)?;
+            }
+            fs::copy(entry.path(), &dest)?;
+            let executable = entry.metadata()?.permissions().mode() & 0o111 != 0;
+            let mode = if executable { 0o755 } else { 0o644 };
+            fs::set_permissions(&dest, fs::Permissions::from_mode(mode))?;
+        }
+    }
+    Ok(())
+}
+
+/// `/etc/cairn`: what cairnd needs to know about this device type and image.
+fn write_cairn_config(profile: &Profile, tree: &Path, trust_root: &Path) -> Result<()> {
+    let dir = tree.join("etc/cairn");
+    fs::create_dir_all(dir.join("health.d"))?;
+    fs::copy(trust_root, dir.join("root.json"))
+        .with_context(|| format!("installing trust root {}", trust_root.display()))?;
+    fs::write(dir.join("version"), format!("{}\n", profile.version))?;
+    fs::write(
+        dir.join("release"),
+        format!(
+            "CAIRN_VERSION={}\nCAIRN_COMPATIBLE={}\nCAIRN_PROFILE={}\n",
+            profile.version, profile.compatible, profile.name
+        ),
+    )?;
+    fs::write(dir.join("system.toml"), system_toml(profile))?;
+    Ok(())
+}
+
+/// cairnd's configuration (updater/src/config.rs): slots, boot state, paths.
+fn system_toml(profile: &Profile) -> String {
+    let mut text = format!(
+        "# Written by cairn-image from profile {name}.\n\
+         compatible = \"{compatible}\"\n\
+         trust_root = \"/etc/cairn/root.json\"\n\
+         data_dir = \"/data/cairn\"\n\
+         health_dir = \"/etc/cairn/health.d\"\n\n\
+         [bootloader]\n\
+         backend = \"uboot-env\"\n\
+         dir = \"/boot\"\n",
+        name = profile.name,
+        compatible = profile.compatible,
+    );
+    for (slot, dir) in [("A", "a"), ("B", "b")] {
+        text.push_str(&format!(
+            "\n[slots.{slot}]\n\
+             slot_env = \"/boot/{dir}/slot.env\"\n\
+             [slots.{slot}.images]\n\
+             rootfs = {{ device = \"PARTLABEL=rootfs-{dir}\" }}\n\
+             kernel = {{ file = \"/boot/{dir}/vmlinuz\" }}\n\
+             initrd = {{ file = \"/boot/{dir}/initrd.img\" }}\n"
+        ));
+    }
+    text
+}
+
+fn tree_size(tree: &Path) -> Result<u64> {
+    let mut total = 0;
+    for entry in fs::read_dir(tree)? {
+        let entry = entry?;
+        let kind = entry.file_type()?;
+        if kind.is_dir() {
+            total += tree_size(&entry.path())?;
+        } else if kind.is_file() {
+            total += entry.metadata()?.len();
+        }
+    }
+    Ok(total)
+}
+
+/// Bytes of regular files in the tree (the uncompressed size of a slot's content).
+pub fn content_size(tree: &Path) -> Result<u64> {
+    tree_size(tree)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn system_toml_describes_both_slots_for_cairnd() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("profiles/qemu-arm64.toml");
+        let profile = Profile::load(&path).unwrap();
+        let config: toml::Value = toml::from_str(&system_toml(&profile)).unwrap();
+        assert_eq!(config["compatible"].as_str(), Some("cairn-qemu-arm64"));
+        assert_eq!(config["bootloader"]["backend"].as_str(), Some("uboot-env"));
+        assert_eq!(config["bootloader"]["dir"].as_str(), Some("/boot"));
+        for (slot, dir) in [("A", "a"), ("B", "b")] {
+            let images = &config["slots"][slot]["images"];
+            assert_eq!(
+                images["rootfs"]["device"].as_str(),
+                Some(format!("PARTLABEL=rootfs-{dir}").as_str())
+            );
+            assert_eq!(
+                images["kernel"]["file"].as_str(),
+                Some(format!("/boot/{dir}/vmlinuz").as_str())
+            );
+            assert_eq!(
+                config["slots"][slot]["slot_env"].as_str(),
+                Some(format!("/boot/{dir}/slot.env").as_str())
+            );
+        }
+    }
+}

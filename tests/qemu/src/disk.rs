@@ -1,0 +1,124 @@
+//! Per-test disk copies and the edits scenarios make to them (on the host, before boot):
+//! flipping bytes in a partition, replacing files on the FAT boot partition, reading the
+//! boot state back after the VM is gone.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+use cairn_image::os::bootstate;
+use cairn_image::os::disk::{layout, Partition};
+use cairn_image::os::profile::Profile;
+
+pub struct TestDisk {
+    pub path: PathBuf,
+    partitions: Vec<Partition>,
+}
+
+impl TestDisk {
+    /// A sparse copy of `image` in `dir`.
+    pub fn copy_of(image: &Path, profile: &Profile, dir: &Path) -> Result<TestDisk> {
+        let path = dir.join("disk.img");
+        let status = Command::new("cp")
+            .arg("--sparse=always")
+            .arg(image)
+            .arg(&path)
+            .status()?;
+        if !status.success() {
+            bail!("copying {}", image.display());
+        }
+        Ok(TestDisk {
+            path,
+            partitions: layout(profile),
+        })
+    }
+
+    pub fn partition(&self, label: &str) -> Result<&Partition> {
+        self.partitions
+            .iter()
+            .find(|p| p.label == label)
+            .with_context(|| format!("no partition {label}"))
+    }
+
+    /// Flips every bit of one byte at `offset` inside partition `label`.
+    pub fn flip_byte(&self, label: &str, offset: u64) -> Result<()> {
+        let at = self.partition(label)?.start + offset;
+        let mut file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&self.path)?;
+        let mut byte = [0u8];
+        file.seek(SeekFrom::Start(at))?;
+        file.read_exact(&mut byte)?;
+        byte[0] ^= 0xff;
+        file.seek(SeekFrom::Start(at))?;
+        file.write_all(&byte)?;
+        file.sync_all()?;
+        Ok(())
+    }
+
+    fn boot_image(&self) -> Result<String> {
+        Ok(format!(
+            "{}@@{}",
+            self.path.display(),
+            self.partition("boot")?.start
+        ))
+    }
+
+    /// Replaces (or creates) `name` on the boot partition with `bytes`.
+    pub fn put_boot_file(&self, name: &str, bytes: &[u8], scratch: &Path) -> Result<()> {
+        let local = scratch.join("boot-file");
+        fs::write(&local, bytes)?;
+        let status = Command::new("mcopy")
+            .arg("-o")
+            .arg("-i")
+            .arg(self.boot_image()?)
+            .arg(&local)
+            .arg(format!("::{name}"))
+            .env("MTOOLS_SKIP_CHECK", "1")
+            .status()?;
+        if !status.success() {
+            bail!("mcopy to ::{name} failed");
+        }
+        Ok(())
+    }
+
+    pub fn boot_file(&self, name: &str) -> Result<Vec<u8>> {
+        let output = Command::new("mtype")
+            .arg("-i")
+            .arg(self.boot_image()?)
+            .arg(format!("::{name}"))
+            .env("MTOOLS_SKIP_CHECK", "1")
+            .output()?;
+        if !output.status.success() {
+            bail!(
+                "mtype ::{name}: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        Ok(output.stdout)
+    }
+
+    /// The newest valid boot-state copy, as U-Boot and cairnd read it.
+    pub fn boot_state(&self) -> Result<BTreeMap<String, String>> {
+        let copy0 = self.boot_file("bootstate.0")?;
+        let copy1 = self.boot_file("bootstate.1")?;
+        bootstate::newest([&copy0, &copy1])
+            .map(|(_, vars)| vars)
+            .context("neither boot-state copy is valid")
+    }
+
+    /// Overwrites both copies with `vars` (as a fresh disk would have them).
+    pub fn set_boot_state(&self, vars: &BTreeMap<String, String>, scratch: &Path) -> Result<()> {
+        let mut newer = vars.clone();
+        newer.insert("CAIRN_SEQ".into(), "1".into());
+        let mut older = vars.clone();
+        older.insert("CAIRN_SEQ".into(), "0".into());
+        self.put_boot_file("bootstate.0", &bootstate::encode(&newer)?, scratch)?;
+        self.put_boot_file("bootstate.1", &bootstate::encode(&older)?, scratch)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,249 @@
+//! One QEMU guest: qemu-system-aarch64 + swtpm, the serial console captured by a thread,
+//! waits with timeouts, shell commands over the console (Linux's console does not drop
+//! characters; U-Boot's does, so U-Boot is only ever driven through its env and script).
+
+use std::fs;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use cairn_image::os::uboot;
+
+pub struct Vm {
+    qemu: Child,
+    swtpm: Child,
+    stdin: ChildStdin,
+    console: Arc<Mutex<String>>,
+    /// Waits search from here on: what an earlier wait matched is not matched again.
+    cursor: usize,
+    started: Instant,
+    log: PathBuf,
+    commands: u32,
+}
+
+impl Vm {
+    /// Boots `disk`; `scratch` holds the TPM state and the patched U-Boot.
+    pub fn start(name: &str, disk: &Path, scratch: &Path) -> Result<Vm> {
+        let uboot_path = scratch.join("u-boot.bin");
+        uboot::write_patched(&uboot_path)?;
+        let tpm_dir = scratch.join("tpm");
+        fs::create_dir_all(&tpm_dir)?;
+        let socket = tpm_dir.join("swtpm.sock");
+        let swtpm = Command::new("swtpm")
+            .arg("socket")
+            .arg("--tpm2")
+            .arg("--tpmstate")
+            .arg(format!("dir={}", tpm_dir.display()))
+            .arg("--ctrl")
+            .arg(format!("type=unixio,path={}", socket.display()))
+            .args(["--flags", "not-need-init"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting swtpm")?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !socket.exists() {
+            if Instant::now() > deadline {
+                bail!("swtpm did not create {}", socket.display());
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+
+        let mut qemu = Command::new("qemu-system-aarch64")
+            .args([
+                "-M",
+                "virt",
+                "-cpu",
+                "cortex-a57",
+                "-m",
+                "1024",
+                "-nographic",
+            ])
+            .arg("-bios")
+            .arg(&uboot_path)
+            .arg("-drive")
+            .arg(format!("if=none,file={},format=raw,id=hd", disk.display()))
+            .args(["-device", "virtio-blk-device,drive=hd"])
+            .args([
+                "-netdev",
+                "user,id=n0",
+                "-device",
+                "virtio-net-device,netdev=n0",
+            ])
+            .arg("-chardev")
+            .arg(format!("socket,id=chrtpm,path={}", socket.display()))
+            .args(["-tpmdev", "emulator,id=tpm0,chardev=chrtpm"])
+            .args(["-device", "tpm-tis-device,tpmdev=tpm0"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting qemu-system-aarch64")?;
+        let stdin = qemu.stdin.take().context("qemu stdin")?;
+        let console = Arc::new(Mutex::new(String::new()));
+        for stream in [
+            qemu.stdout
+                .take()
+                .map(|s| Box::new(s) as Box<dyn Read + Send>),
+            qemu.stderr
+                .take()
+                .map(|s| Box::new(s) as Box<dyn Read + Send>),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let console = Arc::clone(&console);
+            thread::spawn(move || capture(stream, console));
+        }
+        let log_dir = crate::log_dir();
+        fs::create_dir_all(&log_dir)?;
+        Ok(Vm {
+            qemu,
+            swtpm,
+            stdin,
+            console,
+            cursor: 0,
+            started: Instant::now(),
+            log: log_dir.join(format!("{name}.console.log")),
+            commands: 0,
+        })
+    }
+
+    pub fn elapsed(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// Everything the console printed so far.
+    pub fn console(&self) -> String {
+        self.console.lock().map(|c| c.clone()).unwrap_or_default()
+    }
+
+    /// Waits until `pattern` appears after the cursor; moves the cursor past it.
+    pub fn wait_for(&mut self, pattern: &str, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let text = self.console();
+            if let Some(at) = text.get(self.cursor..).and_then(|t| t.find(pattern)) {
+                self.cursor += at + pattern.len();
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                self.save_log();
+                bail!(
+                    "no {pattern:?} on the console within {:.0}s (log: {})\n--- last output ---\n{}",
+                    timeout.as_secs_f64(),
+                    self.log.display(),
+                    tail(&text, 3000)
+                );
+            }
+            if let Ok(Some(status)) = self.qemu.try_wait() {
+                self.save_log();
+                bail!(
+                    "QEMU exited ({status}) while waiting for {pattern:?}\n{}",
+                    tail(&text, 3000)
+                );
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits for the shell on the serial console after a boot.
+    pub fn wait_for_shell(&mut self, timeout: Duration) -> Result<()> {
+        self.wait_for("cairn: system up", timeout)?;
+        self.wait_for("Enter 'help' for a list of built-in commands.", timeout)
+    }
+
+    /// Runs a shell command in the guest; returns its output and exit status. The markers
+    /// are split in the typed line so the terminal's echo of it never matches.
+    pub fn run(&mut self, command: &str, timeout: Duration) -> Result<(String, i32)> {
+        self.commands += 1;
+        let n = self.commands;
+        let line = format!("echo '@@'\"B{n}\"; {command}; echo '@@'\"E{n}\" $?\n");
+        self.stdin.write_all(line.as_bytes())?;
+        self.stdin.flush()?;
+        let begin = format!("@@B{n}");
+        let end = format!("@@E{n} ");
+        self.wait_for(&begin, timeout)?;
+        let start = self.cursor;
+        self.wait_for(&end, timeout)?;
+        let text = self.console();
+        let output = text[start..self.cursor - end.len()]
+            .trim()
+            .replace('\r', "");
+        let status_text: String = text[self.cursor..]
+            .chars()
+            .take_while(|c| c.is_ascii_digit())
+            .collect();
+        let status = status_text.parse().unwrap_or(-1);
+        Ok((output, status))
+    }
+
+    /// Runs a command that must succeed.
+    pub fn check(&mut self, command: &str, timeout: Duration) -> Result<String> {
+        let (output, status) = self.run(command, timeout)?;
+        if status != 0 {
+            bail!("`{command}` exited {status} in the guest:\n{output}");
+        }
+        Ok(output)
+    }
+
+    /// Types a line without waiting for anything (e.g. `reboot -f`).
+    pub fn send(&mut self, line: &str) -> Result<()> {
+        self.stdin.write_all(format!("{line}\n").as_bytes())?;
+        self.stdin.flush()?;
+        Ok(())
+    }
+
+    /// How often `pattern` appeared on the console in total.
+    pub fn count(&self, pattern: &str) -> usize {
+        self.console().matches(pattern).count()
+    }
+
+    fn save_log(&self) {
+        let _ = fs::write(&self.log, self.console());
+    }
+
+    /// Kills QEMU (a power cut) and keeps the console log.
+    pub fn stop(mut self) -> String {
+        self.kill();
+        self.console()
+    }
+
+    fn kill(&mut self) {
+        let _ = self.qemu.kill();
+        let _ = self.qemu.wait();
+        let _ = self.swtpm.kill();
+        let _ = self.swtpm.wait();
+        self.save_log();
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn capture(mut stream: Box<dyn Read + Send>, console: Arc<Mutex<String>>) {
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = stream.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        if let Ok(mut text) = console.lock() {
+            text.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    }
+}
+
+fn tail(text: &str, max: usize) -> &str {
+    let mut start = text.len().saturating_sub(max);
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    &text[start..]
+}
