@@ -30,6 +30,10 @@ const PACKAGES: &[&str] = &[
     "swtpm",                 // the TPM attached to the test VM
     "gcc-aarch64-linux-gnu", // cross linker for the image's Rust binaries
     "libc6-dev-arm64-cross", // ... and its C library
+    // cairnd's CRI health check is tested against a real containerd on the host.
+    "containerd",                  // the CRI server
+    "runc",                        // its runtime (crun fails under hybrid cgroups here)
+    "containernetworking-plugins", // NetworkReady needs a CNI config and plugins
 ];
 
 /// Packages that must come from bookworm-backports (QEMU 10 matches the preinstalled
