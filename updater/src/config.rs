@@ -115,9 +115,19 @@ pub enum RebootPolicy {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerConfig {
+    /// Base URL of cairn-server (`http://updates.example.com:8080`).
     pub url: String,
+    /// Seconds between check-ins until the server says otherwise.
     #[serde(default = "default_poll_secs")]
     pub poll_secs: u64,
+    /// The device's id on the server; default: `dev-` and the first 16 hex digits of its
+    /// public key.
+    #[serde(default)]
+    pub device_id: Option<String>,
+    /// The device key (created on first use when missing); default:
+    /// `<data_dir>/identity.json`. Factory provisioning writes it before the first boot.
+    #[serde(default)]
+    pub identity: Option<PathBuf>,
 }
 
 /// Paths to kernel interfaces, overridable so tests can stand in for a real boot.

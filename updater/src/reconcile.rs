@@ -71,7 +71,7 @@ pub fn reconcile(
                 // Crash or power cut mid-write: the slot was unbootable before the first
                 // byte (INVARIANTS.md 2); keep it so and say what happened.
                 new_boot.reject(slot);
-                state.install_failed(
+                state.install_interrupted(
                     now,
                     Some(&version),
                     &format!("install into slot {slot} was interrupted (crash or power loss)"),
@@ -199,7 +199,7 @@ mod tests {
     }
 
     #[test]
-    fn interrupted_install_is_failed_and_slot_stays_unbootable() {
+    fn interrupted_install_stops_and_slot_stays_unbootable_but_is_not_a_verdict() {
         let mut state = DeviceState::first_boot(SlotId::A, None);
         let mut boot = BootState::factory();
         boot.prepare_install(SlotId::B);
@@ -207,7 +207,10 @@ mod tests {
         let r = reconcile(&state, &boot, &facts(SlotId::A, "boot-2"), now());
         assert!(matches!(r.state.phase, Phase::Failed { .. }));
         assert!(!r.boot.unwrap_or(boot).is_bootable(SlotId::B));
-        assert!(r.state.outbox.iter().any(|rep| rep.status == "failed"));
+        // A power cut says nothing about the update: the server is not told it failed,
+        // so its deployment stays live and the device tries again.
+        assert!(r.state.outbox.iter().all(|rep| rep.status != "failed"));
+        assert_eq!(r.state.history.last().unwrap().event, "install-interrupted");
     }
 
     #[test]

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
 use cairn_updater::context::Context;
+use cairn_updater::fleet::{self, ServerClient};
 use cairn_updater::metrics::{self, Counters};
 use cairn_updater::state::Phase;
 use cairn_updater::trial::{self, Verdict};
@@ -63,25 +64,85 @@ fn main() -> Result<()> {
     ) {
         tracing::warn!(error = %e, listen = %ctx.config.system.metrics_listen, "metrics disabled");
     }
-    run(&args, &stop)
+    run(&args, &stop, &counters)
 }
 
-/// The idle loop: reboot into an installed update when the policy says so.
-fn run(args: &Args, stop: &AtomicBool) -> Result<()> {
+/// The daemon's loop: check in with the server when one is configured (installing what
+/// it assigns), and reboot into an installed update when the policy says so.
+fn run(args: &Args, stop: &Arc<AtomicBool>, counters: &Counters) -> Result<()> {
     let tick = Duration::from_secs(5);
-    let mut last = Instant::now() - tick;
+    let mut client = None;
+    let mut next_check_in = Instant::now();
+    let mut last_tick = Instant::now() - tick;
     while !stop.load(Ordering::Relaxed) {
-        if last.elapsed() >= tick {
-            last = Instant::now();
-            let ctx = Context::open(&args.config)?;
-            if matches!(ctx.state.phase, Phase::InstalledPending { .. })
-                && reboot::due(&ctx.config.reboot, time::OffsetDateTime::now_utc())
-            {
-                reboot::reboot(&ctx.config.reboot).map_err(anyhow::Error::msg)?;
-            }
+        if Instant::now() >= next_check_in {
+            next_check_in = Instant::now() + check_in(args, &mut client, stop, counters);
+        }
+        if last_tick.elapsed() >= tick {
+            last_tick = Instant::now();
+            reboot_if_due(args, &mut client)?;
         }
         std::thread::sleep(Duration::from_millis(200));
     }
     tracing::info!("stopping");
     Ok(())
+}
+
+/// One check-in round; returns the wait until the next. Errors are logged and retried:
+/// the server being away never stops the daemon.
+fn check_in(
+    args: &Args,
+    client: &mut Option<ServerClient>,
+    stop: &Arc<AtomicBool>,
+    counters: &Counters,
+) -> Duration {
+    let ctx = match Context::open(&args.config) {
+        Ok(ctx) => ctx,
+        Err(e) => {
+            tracing::error!("{e}");
+            return Duration::from_secs(30);
+        }
+    };
+    let Some(server) = ctx.config.server.clone() else {
+        return Duration::from_secs(3600);
+    };
+    let retry = Duration::from_secs(server.poll_secs.clamp(1, 60));
+    if client.is_none() {
+        match fleet::client(&ctx, &server) {
+            Ok(c) => *client = Some(c),
+            Err(e) => {
+                tracing::error!("cannot talk to {}: {e}", server.url);
+                return retry;
+            }
+        }
+    }
+    let Some(c) = client.as_mut() else {
+        return retry;
+    };
+    match fleet::cycle(&args.config, c, stop, counters) {
+        Ok(wait) => wait,
+        Err(e) => {
+            counters.checkin_errors.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!("check-in with {} failed: {e}", server.url);
+            retry
+        }
+    }
+}
+
+/// Reboots into an installed update when the policy allows, after telling the server
+/// (`rebooting` must reach it before the reboot when it can).
+fn reboot_if_due(args: &Args, client: &mut Option<ServerClient>) -> Result<()> {
+    let mut ctx = Context::open(&args.config)?;
+    if !matches!(ctx.state.phase, Phase::InstalledPending { .. })
+        || !reboot::due(&ctx.config.reboot, time::OffsetDateTime::now_utc())
+    {
+        return Ok(());
+    }
+    if let Some(c) = client.as_mut() {
+        if let Err(e) = fleet::deliver_reports(&mut ctx, c) {
+            tracing::warn!("rebooting before the server heard about it: {e}");
+        }
+    }
+    tracing::info!("rebooting into the installed update");
+    reboot::reboot(&ctx.config.reboot).map_err(anyhow::Error::msg)
 }

@@ -49,6 +49,12 @@ pub enum InstallError {
 }
 
 impl InstallError {
+    /// Stopped by something outside the update itself (shutdown, network): worth trying
+    /// again later, not a verdict on the bundle.
+    pub fn is_interruption(&self) -> bool {
+        matches!(self, Self::Cancelled(_) | Self::Download { .. })
+    }
+
     pub(crate) fn download(url: &str) -> impl FnOnce(io::Error) -> InstallError + '_ {
         move |source| InstallError::Download {
             url: url.to_string(),
@@ -106,6 +112,41 @@ pub fn install(
     cancel: Arc<AtomicBool>,
     progress: &mut (dyn FnMut(Progress) + Send),
 ) -> Result<Installed, InstallError> {
+    let (source, verified, plan, roots) = match prepare(ctx, request) {
+        Ok(prepared) => prepared,
+        Err(e) => {
+            // Nothing was written. A bad bundle or a refusal is the deployment's verdict;
+            // a network failure is not, and is tried again later.
+            if !e.is_interruption() {
+                let reason = e.to_string();
+                let now = OffsetDateTime::now_utc();
+                ctx.state
+                    .install_refused(now, request.deployment.clone(), None, &reason);
+                ctx.save_state()
+                    .map_err(|e| InstallError::Other(e.to_string()))?;
+            }
+            return Err(e);
+        }
+    };
+    progress(Progress::Verified {
+        version: verified.manifest.version.to_string(),
+        images: plan.len(),
+    });
+    write_and_arm(
+        ctx, request, &source, &verified, &plan, roots, cancel, progress,
+    )
+}
+
+type Prepared = (
+    BundleSource,
+    VerifiedBundle,
+    Vec<Step>,
+    Vec<cairn_bundle::SignedRoot>,
+);
+
+/// Everything before the first write: fetch and verify the metadata, check the device
+/// may install this version, and plan a payload per image.
+fn prepare(ctx: &Context, request: &InstallRequest) -> Result<Prepared, InstallError> {
     let facts = ctx
         .boot_facts()
         .map_err(|e| InstallError::Other(e.to_string()))?;
@@ -124,10 +165,26 @@ pub fn install(
     let version = verified.manifest.version.to_string();
     ctx.state.check_can_install(&version, request.force)?;
     let plan = plan(ctx, &verified.manifest, facts.slot, target)?;
-    progress(Progress::Verified {
-        version: version.clone(),
-        images: plan.len(),
-    });
+    Ok((source, verified, plan, roots))
+}
+
+/// The writing half: INVARIANTS.md 2 and 3 in order.
+#[allow(clippy::too_many_arguments)]
+fn write_and_arm(
+    ctx: &mut Context,
+    request: &InstallRequest,
+    source: &BundleSource,
+    verified: &VerifiedBundle,
+    plan: &[Step],
+    roots: Vec<cairn_bundle::SignedRoot>,
+    cancel: Arc<AtomicBool>,
+    progress: &mut (dyn FnMut(Progress) + Send),
+) -> Result<Installed, InstallError> {
+    let facts = ctx
+        .boot_facts()
+        .map_err(|e| InstallError::Other(e.to_string()))?;
+    let target = facts.slot.other();
+    let version = verified.manifest.version.to_string();
 
     // INVARIANTS.md 2: the target is unbootable, on disk, before its first byte changes.
     let mut boot = ctx.boot_store.load()?;
@@ -144,13 +201,17 @@ pub fn install(
     ctx.save_state()
         .map_err(|e| InstallError::Other(e.to_string()))?;
 
-    let written = write_images(ctx, &source, &verified, &plan, target, &cancel, progress);
+    let written = write_images(ctx, source, verified, plan, target, &cancel, progress);
     let record = match written {
         Ok(record) => record,
         Err(e) => {
             let reason = e.to_string();
-            ctx.state
-                .install_failed(OffsetDateTime::now_utc(), Some(&version), &reason);
+            let now = OffsetDateTime::now_utc();
+            if e.is_interruption() {
+                ctx.state.install_interrupted(now, Some(&version), &reason);
+            } else {
+                ctx.state.install_failed(now, Some(&version), &reason);
+            }
             ctx.save_state()
                 .map_err(|e| InstallError::Other(e.to_string()))?;
             return Err(e);

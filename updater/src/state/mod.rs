@@ -17,6 +17,8 @@ pub use store::StateStore;
 
 /// History entries kept; older ones are dropped.
 const HISTORY_LEN: usize = 200;
+/// Reports kept while the server is unreachable (or none is configured).
+const OUTBOX_LEN: usize = 100;
 
 /// Where an update stands. The first five are the states; `Committed` is also
 /// the resting state of a device with no update in flight.
@@ -170,17 +172,27 @@ impl DeviceState {
         self.history.drain(..excess);
     }
 
-    /// Queues a report for the server (idempotent by id).
+    /// Queues a report for the server (idempotent by id). The id is unique within the
+    /// deployment it belongs to and uses only the characters the device API allows.
     pub fn report(&mut self, status: &str, version: Option<&str>, detail: Option<String>) {
-        let id = format!(
-            "{}:{}:{}",
-            self.deployment.as_deref().unwrap_or("local"),
-            version.unwrap_or("-"),
-            status
-        );
-        if self.outbox.iter().any(|r| r.id == id) {
+        let id: String = format!("{status}.{}", version.unwrap_or("none"))
+            .chars()
+            .map(|c| match c {
+                'A'..='Z' | 'a'..='z' | '0'..='9' | '.' | '_' | '-' => c,
+                _ => '_',
+            })
+            .take(128)
+            .collect();
+        if self
+            .outbox
+            .iter()
+            .any(|r| r.id == id && r.deployment == self.deployment)
+        {
             return;
         }
+        // Without a server nobody drains the outbox: keep it bounded.
+        let excess = (self.outbox.len() + 1).saturating_sub(OUTBOX_LEN);
+        self.outbox.drain(..excess);
         self.outbox.push(Report {
             id,
             deployment: self.deployment.clone(),
@@ -250,7 +262,53 @@ impl DeviceState {
         self.report("installed", Some(&version), None);
     }
 
+    /// The install ended for good (bad bundle, write error): the server hears `failed`.
     pub fn install_failed(&mut self, now: OffsetDateTime, version: Option<&str>, reason: &str) {
+        self.install_stopped(now, version, reason, "install-failed");
+        self.report("failed", version, Some(reason.to_string()));
+    }
+
+    /// The install stopped for a reason that says nothing about the update (power cut,
+    /// shutdown, network): the slot stays unbootable, and a live deployment is tried again
+    /// at the next check-in instead of being reported as failed.
+    pub fn install_interrupted(
+        &mut self,
+        now: OffsetDateTime,
+        version: Option<&str>,
+        reason: &str,
+    ) {
+        self.install_stopped(now, version, reason, "install-interrupted");
+    }
+
+    /// An install was refused before anything was written (bad bundle, refusal); the
+    /// phase is unchanged and the deployment, if any, hears `failed`.
+    pub fn install_refused(
+        &mut self,
+        now: OffsetDateTime,
+        deployment: Option<String>,
+        version: Option<&str>,
+        reason: &str,
+    ) {
+        self.last_error = Some(reason.to_string());
+        self.record(
+            now,
+            "install-refused",
+            None,
+            version,
+            Some(reason.to_string()),
+        );
+        let before = std::mem::replace(&mut self.deployment, deployment);
+        self.report("failed", version, Some(reason.to_string()));
+        self.deployment = before;
+    }
+
+    fn install_stopped(
+        &mut self,
+        now: OffsetDateTime,
+        version: Option<&str>,
+        reason: &str,
+        event: &str,
+    ) {
         if let Phase::Installing { slot, .. } = self.phase {
             self.slots.insert(slot, SlotRecord::default());
         }
@@ -260,14 +318,7 @@ impl DeviceState {
         };
         self.last_error = Some(reason.to_string());
         self.pending_root = None;
-        self.record(
-            now,
-            "install-failed",
-            None,
-            version,
-            Some(reason.to_string()),
-        );
-        self.report("failed", version, Some(reason.to_string()));
+        self.record(now, event, None, version, Some(reason.to_string()));
     }
 
     /// The reboot happened and the new slot is running on trial.

@@ -299,3 +299,50 @@ pub fn phase(status: &serde_json::Value) -> String {
 pub fn file_bytes(p: &Path) -> Vec<u8> {
     fs::read(p).unwrap()
 }
+
+impl Device {
+    /// Points cairnd at a fleet server, with reboots as soon as an update is installed.
+    pub fn use_server(&self, url: &str, device_id: &str) {
+        let text =
+            self.config_text().replace(
+                "[reboot]\npolicy = \"on-request\"",
+                "[reboot]\npolicy = \"now\"",
+            ) + &format!("[server]\nurl = \"{url}\"\npoll_secs = 1\ndevice_id = \"{device_id}\"\n");
+        fs::write(self.config(), text).unwrap();
+    }
+
+    /// The daemon, running until the returned child is killed.
+    pub fn spawn_cairnd(&self) -> std::process::Child {
+        let log = fs::File::create(self.path(&format!("cairnd-{}.log", self.boots))).unwrap();
+        Command::new(env!("CARGO_BIN_EXE_cairnd"))
+            .arg("--config")
+            .arg(self.config())
+            .env("CAIRN_LOG", "info")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap()
+    }
+
+    pub fn cairnd_log(&self) -> String {
+        let mut all = String::new();
+        for boot in 0..=self.boots {
+            if let Ok(text) = fs::read_to_string(self.path(&format!("cairnd-{boot}.log"))) {
+                all.push_str(&text);
+            }
+        }
+        all
+    }
+}
+
+/// Polls `done` every 100 ms for up to `secs` seconds; panics with `what` on timeout.
+pub fn wait_for(secs: u64, what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while !done() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out after {secs} s waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}

@@ -1,0 +1,133 @@
+//! The device's identity on the fleet server: an id and an ed25519 key, kept in one JSON
+//! file on the data partition. Factory provisioning writes it; a device without one makes
+//! its own on first use and enrolls it for an operator to approve.
+
+use std::path::{Path, PathBuf};
+
+use ed25519_dalek::SigningKey;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: not a device identity: {why}")]
+    Invalid { path: PathBuf, why: String },
+    #[error("no randomness for a new device key: {0}")]
+    Random(String),
+}
+
+pub struct DeviceIdentity {
+    pub device_id: String,
+    pub key: SigningKey,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IdentityFile {
+    device_id: String,
+    /// The 32-byte ed25519 secret key, hex.
+    secret_key: String,
+}
+
+impl DeviceIdentity {
+    /// Reads the identity at `path`, or creates and saves one (atomically, mode 0600)
+    /// when the file does not exist. `device_id` overrides the derived id of a new key.
+    pub fn load_or_create(
+        path: &Path,
+        device_id: Option<&str>,
+    ) -> Result<DeviceIdentity, IdentityError> {
+        match std::fs::read(path) {
+            Ok(bytes) => Self::parse(path, &bytes),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Self::create(path, device_id),
+            Err(source) => Err(IdentityError::Io {
+                path: path.into(),
+                source,
+            }),
+        }
+    }
+
+    fn parse(path: &Path, bytes: &[u8]) -> Result<DeviceIdentity, IdentityError> {
+        let invalid = |why: String| IdentityError::Invalid {
+            path: path.into(),
+            why,
+        };
+        let file: IdentityFile =
+            serde_json::from_slice(bytes).map_err(|e| invalid(e.to_string()))?;
+        let secret: [u8; 32] = hex::decode(&file.secret_key)
+            .ok()
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(|| invalid("secret_key is not 64 hex digits".into()))?;
+        Ok(DeviceIdentity {
+            device_id: file.device_id,
+            key: SigningKey::from_bytes(&secret),
+        })
+    }
+
+    fn create(path: &Path, device_id: Option<&str>) -> Result<DeviceIdentity, IdentityError> {
+        let mut secret = [0u8; 32];
+        getrandom::getrandom(&mut secret).map_err(|e| IdentityError::Random(e.to_string()))?;
+        let key = SigningKey::from_bytes(&secret);
+        let device_id = device_id.map(str::to_string).unwrap_or_else(|| {
+            format!("dev-{}", &hex::encode(key.verifying_key().as_bytes())[..16])
+        });
+        let file = IdentityFile {
+            device_id: device_id.clone(),
+            secret_key: hex::encode(secret),
+        };
+        let io = |source| IdentityError::Io {
+            path: path.into(),
+            source,
+        };
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(io)?;
+        }
+        let json = serde_json::to_vec_pretty(&file).expect("identity serialises");
+        let mut out = cairn_atomic::AtomicFile::create(path).map_err(io)?;
+        use std::io::Write as _;
+        use std::os::unix::fs::PermissionsExt as _;
+        out.file()
+            .set_permissions(std::fs::Permissions::from_mode(0o600))
+            .map_err(io)?;
+        out.file().write_all(&json).map_err(io)?;
+        out.commit().map_err(io)?;
+        tracing::info!(%device_id, path = %path.display(), "created a device identity");
+        Ok(DeviceIdentity { device_id, key })
+    }
+
+    pub fn public_key_hex(&self) -> String {
+        hex::encode(self.key.verifying_key().as_bytes())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_new_identity_is_saved_and_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("id/identity.json");
+        let made = DeviceIdentity::load_or_create(&path, None).unwrap();
+        assert!(made.device_id.starts_with("dev-") && made.device_id.len() == 20);
+        let mode = std::fs::metadata(&path).unwrap().permissions();
+        use std::os::unix::fs::PermissionsExt as _;
+        assert_eq!(mode.mode() & 0o777, 0o600);
+        let again = DeviceIdentity::load_or_create(&path, Some("ignored")).unwrap();
+        assert_eq!(again.device_id, made.device_id);
+        assert_eq!(again.public_key_hex(), made.public_key_hex());
+    }
+
+    #[test]
+    fn a_damaged_identity_is_an_error_not_a_new_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("identity.json");
+        std::fs::write(&path, br#"{"device_id":"d","secret_key":"abcd"}"#).unwrap();
+        let err = DeviceIdentity::load_or_create(&path, None).err().unwrap();
+        assert!(err.to_string().contains("not 64 hex digits"), "{err}");
+    }
+}

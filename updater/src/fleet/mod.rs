@@ -1,0 +1,303 @@
+//! cairnd and the fleet server: deliver queued reports, check in, and install what a
+//! campaign assigns. `decide` is the pure part (what to do with an assignment, given
+//! cairnd's state); `cycle` does the I/O around it.
+//!
+//! Ordering (server/API.md): reports go out oldest first and before the check-in, so the
+//! server hears `rebooting` before `committed`, and an assignment is acted on only when
+//! nothing older is still undelivered.
+
+pub mod client;
+pub mod identity;
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use cairn_server_api::{Assignment, CheckIn, InstalledImage, Report, ReportedState, Slot};
+use time::OffsetDateTime;
+
+use crate::bootstate::SlotId;
+use crate::config::ServerConfig;
+use crate::context::Context;
+use crate::install::{self, InstallRequest, Progress};
+use crate::metrics::Counters;
+use crate::state::{DeviceState, Phase};
+
+pub use client::{FleetError, ServerClient};
+pub use identity::DeviceIdentity;
+
+/// What to do with the server's answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    Idle,
+    /// Install the assigned bundle for `deployment`.
+    Install {
+        deployment: String,
+        url: String,
+        version: String,
+    },
+    /// Tell the server this device will not install `version` (its trial failed here).
+    Decline {
+        deployment: String,
+        version: String,
+        reason: String,
+    },
+}
+
+/// Decides what an assignment means for a device in `state`. Never installs a version
+/// whose trial failed on this device (the issue: no loops), never starts while another
+/// update waits for its reboot or trial.
+pub fn decide(assignment: Option<&Assignment>, state: &DeviceState, booted: SlotId) -> Action {
+    let Some(a) = assignment else {
+        return Action::Idle;
+    };
+    if a.state.is_terminal() {
+        return Action::Idle;
+    }
+    if matches!(
+        state.phase,
+        Phase::Installing { .. } | Phase::InstalledPending { .. } | Phase::TrialBoot { .. }
+    ) {
+        return Action::Idle;
+    }
+    if state.slot(booted).version.as_deref() == Some(a.release_version.as_str()) {
+        return Action::Idle; // already running it; the outbox says how it went
+    }
+    if state.failed_versions.contains(&a.release_version) {
+        return Action::Decline {
+            deployment: a.deployment_id.clone(),
+            version: a.release_version.clone(),
+            reason: format!(
+                "version {} failed its trial on this device before; it is not retried",
+                a.release_version
+            ),
+        };
+    }
+    Action::Install {
+        deployment: a.deployment_id.clone(),
+        url: a.bundle_url.clone(),
+        version: a.release_version.clone(),
+    }
+}
+
+/// The device-API name of a report cairnd queued, or `None` for local-only events.
+/// "installed" means armed for the trial boot: from the server's side, rebooting.
+fn wire_state(status: &str) -> Option<ReportedState> {
+    Some(match status {
+        "downloading" => ReportedState::Downloading,
+        "installing" => ReportedState::Installing,
+        "installed" => ReportedState::Rebooting,
+        "committed" => ReportedState::Committed,
+        "rolled-back" => ReportedState::RolledBack,
+        "failed" => ReportedState::Failed,
+        _ => return None,
+    })
+}
+
+/// Builds the client from the config: identity file (made on first use) and server URL.
+pub fn client(ctx: &Context, server: &ServerConfig) -> Result<ServerClient, FleetError> {
+    let path = server
+        .identity
+        .clone()
+        .unwrap_or_else(|| ctx.config.data_dir.join("identity.json"));
+    let identity = DeviceIdentity::load_or_create(&path, server.device_id.as_deref())
+        .map_err(|e| FleetError::Identity(e.to_string()))?;
+    Ok(ServerClient::new(
+        &server.url,
+        identity,
+        &ctx.config.compatible,
+    ))
+}
+
+/// One round: enroll if needed, deliver reports, check in, act. Returns how long to wait
+/// before the next round.
+pub fn cycle(
+    config_path: &Path,
+    client: &mut ServerClient,
+    stop: &Arc<AtomicBool>,
+    counters: &Counters,
+) -> Result<Duration, FleetError> {
+    let mut ctx = Context::open(config_path).map_err(|e| FleetError::Local(e.to_string()))?;
+    deliver_reports(&mut ctx, client)?;
+    let booted = ctx
+        .boot_facts()
+        .map_err(|e| FleetError::Local(e.to_string()))?
+        .slot;
+    let answer = match client.check_in(&check_in_body(&ctx.state, booted, &ctx)) {
+        Err(FleetError::Refused { code, .. }) if code == "unknown-device" => {
+            enroll(client)?;
+            client.check_in(&check_in_body(&ctx.state, booted, &ctx))?
+        }
+        other => other?,
+    };
+    counters.checkins.fetch_add(1, Ordering::Relaxed);
+    match decide(answer.assignment.as_ref(), &ctx.state, booted) {
+        Action::Idle => {}
+        Action::Decline {
+            deployment,
+            version,
+            reason,
+        } => {
+            tracing::warn!(%deployment, %version, "declining the assignment: {reason}");
+            ctx.state.install_refused(
+                OffsetDateTime::now_utc(),
+                Some(deployment),
+                Some(&version),
+                &reason,
+            );
+            ctx.save_state()
+                .map_err(|e| FleetError::Local(e.to_string()))?;
+            deliver_reports(&mut ctx, client)?;
+        }
+        Action::Install {
+            deployment,
+            url,
+            version,
+        } => install_assignment(&mut ctx, client, stop, counters, deployment, url, &version)?,
+    }
+    Ok(Duration::from_secs(answer.poll_interval_secs.max(1)))
+}
+
+fn enroll(client: &mut ServerClient) -> Result<(), FleetError> {
+    match client.enroll()? {
+        cairn_server_api::EnrollStatus::Approved => Ok(()),
+        cairn_server_api::EnrollStatus::Pending => {
+            Err(FleetError::NotApproved(client.device_id().to_string()))
+        }
+    }
+}
+
+fn install_assignment(
+    ctx: &mut Context,
+    client: &mut ServerClient,
+    stop: &Arc<AtomicBool>,
+    counters: &Counters,
+    deployment: String,
+    url: String,
+    version: &str,
+) -> Result<(), FleetError> {
+    let lock = match ctx.lock_install() {
+        Ok(lock) => lock,
+        Err(e) => {
+            tracing::info!("not installing {version} now: {e}");
+            return Ok(());
+        }
+    };
+    tracing::info!(%deployment, %version, %url, "installing the assigned update");
+    ctx.state.deployment = Some(deployment.clone());
+    ctx.state.report("downloading", Some(version), None);
+    ctx.save_state()
+        .map_err(|e| FleetError::Local(e.to_string()))?;
+    // Best effort: the install does not wait on the server.
+    if let Err(e) = deliver_reports(ctx, client) {
+        tracing::warn!("report not delivered yet: {e}");
+    }
+    let request = InstallRequest {
+        location: url,
+        force: false,
+        deployment: Some(deployment),
+    };
+    let mut last_logged = 0u64;
+    let mut progress = |p: Progress| log_progress(p, counters, &mut last_logged);
+    match install::install(ctx, &request, stop.clone(), &mut progress) {
+        Ok(done) => {
+            tracing::info!(slot = %done.slot, version = %done.version, "installed; waiting for the reboot")
+        }
+        Err(e) if e.is_interruption() => {
+            tracing::warn!("install interrupted, tried again at the next check-in: {e}")
+        }
+        Err(e) => tracing::error!("install failed: {e}"),
+    }
+    drop(lock);
+    deliver_reports(ctx, client)
+}
+
+fn log_progress(p: Progress, counters: &Counters, last_logged: &mut u64) {
+    match p {
+        Progress::Bytes { name, done, total } => {
+            counters
+                .install_bytes
+                .fetch_add(done.saturating_sub(*last_logged), Ordering::Relaxed);
+            let step = (total / 10).max(1);
+            if done / step != *last_logged / step || done == total {
+                tracing::info!(image = %name, done, total, "writing");
+            }
+            *last_logged = done;
+        }
+        Progress::Verified { version, images } => {
+            *last_logged = 0;
+            tracing::info!(%version, images, "bundle verified")
+        }
+        Progress::Image { name, method, size } => {
+            *last_logged = 0;
+            tracing::info!(image = %name, %method, size, "image started")
+        }
+        Progress::ImageDone { name } => tracing::info!(image = %name, "image written and verified"),
+        Progress::Armed { slot } => tracing::info!(%slot, "armed for one trial boot"),
+    }
+}
+
+/// Sends queued reports oldest first; each is dropped from the outbox once the server
+/// acknowledged it, or refused it for good (a retry could never succeed). Stops at the
+/// first transport error, so order is kept.
+pub fn deliver_reports(ctx: &mut Context, client: &mut ServerClient) -> Result<(), FleetError> {
+    for queued in ctx.state.outbox.clone() {
+        let (Some(deployment), Some(state)) = (&queued.deployment, wire_state(&queued.status))
+        else {
+            ctx.state.acknowledge(&queued.id);
+            continue;
+        };
+        let report = Report {
+            report_id: queued.id.clone(),
+            state,
+            detail: queued
+                .detail
+                .clone()
+                .map(|d| d.chars().take(4000).collect()),
+        };
+        match client.report(deployment, &report) {
+            Ok(ack) => {
+                tracing::info!(%deployment, report = %queued.id, server_state = ack.deployment_state.as_str(), "report delivered")
+            }
+            Err(e) if e.is_refusal() => {
+                tracing::warn!(%deployment, report = %queued.id, "report dropped: {e}")
+            }
+            Err(e) => {
+                ctx.save_state()
+                    .map_err(|e| FleetError::Local(e.to_string()))?;
+                return Err(e);
+            }
+        }
+        ctx.state.acknowledge(&queued.id);
+    }
+    ctx.save_state()
+        .map_err(|e| FleetError::Local(e.to_string()))
+}
+
+fn check_in_body(state: &DeviceState, booted: SlotId, ctx: &Context) -> CheckIn {
+    let committed = ctx.boot_state().map(|b| b.committed).unwrap_or(booted);
+    let record = state.slot(booted);
+    CheckIn {
+        version: record.version.clone().unwrap_or_else(|| "0.0.0".into()),
+        booted_slot: wire_slot(booted),
+        committed_slot: wire_slot(committed),
+        security_floor: state.security_floor,
+        images: record
+            .images
+            .iter()
+            .map(|(name, image)| InstalledImage {
+                name: name.clone(),
+                sha256: image.sha256.clone(),
+                size: image.size,
+            })
+            .collect(),
+    }
+}
+
+fn wire_slot(slot: SlotId) -> Slot {
+    match slot {
+        SlotId::A => Slot::A,
+        SlotId::B => Slot::B,
+    }
+}
