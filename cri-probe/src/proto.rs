@@ -10,7 +10,7 @@ pub struct Condition {
     pub message: String,
 }
 
-pub fn parse_status_response(bytes: &[u8]) -> Result<Vec<Condition>, String> {
+pub(crate) fn parse_status_response(bytes: &[u8]) -> Result<Vec<Condition>, String> {
     let mut conditions = Vec::new();
     for (field, value) in fields(bytes)? {
         if let (1, Value::Bytes(status)) = (field, value) {
