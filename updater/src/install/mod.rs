@@ -165,6 +165,11 @@ fn prepare(ctx: &Context, request: &InstallRequest) -> Result<Prepared, InstallE
     let version = verified.manifest.version.to_string();
     ctx.state.check_can_install(&version, request.force)?;
     let plan = plan(ctx, &verified.manifest, facts.slot, target)?;
+    let payloads: Vec<(&str, &Payload)> = plan
+        .iter()
+        .map(|step| (step.image.name.as_str(), &step.payload))
+        .collect();
+    source.precheck(&payloads)?;
     Ok((source, verified, plan, roots))
 }
 

@@ -54,6 +54,39 @@ impl BundleSource {
     }
 }
 
+impl BundleSource {
+    /// For a local file, hashes each payload `plan` will read before anything is
+    /// written, so a corrupt or truncated file never touches a slot. A download is checked
+    /// while it streams instead (reading it twice would double the transfer); its target
+    /// slot is unbootable from before the first byte.
+    pub fn precheck(&self, payloads: &[(&str, &Payload)]) -> Result<(), InstallError> {
+        let BundleSource::Local(file) = self else {
+            return Ok(());
+        };
+        for (image, payload) in payloads {
+            let mut reader = file.payload_reader(payload)?;
+            let (digest, len) = cairn_bundle::sha256_reader(&mut reader)
+                .map_err(|e| InstallError::Other(format!("reading the bundle: {e}")))?;
+            if len != payload.size {
+                return Err(cairn_bundle::Error::PayloadTruncated {
+                    image: image.to_string(),
+                    missing: payload.size.saturating_sub(len),
+                }
+                .into());
+            }
+            if digest != payload.sha256 {
+                return Err(cairn_bundle::Error::PayloadHashMismatch {
+                    image: image.to_string(),
+                    expected: payload.sha256.clone(),
+                    actual: digest,
+                }
+                .into());
+            }
+        }
+        Ok(())
+    }
+}
+
 enum FetchError {
     Io(io::Error),
     Bundle(cairn_bundle::Error),

@@ -151,6 +151,20 @@ impl Device {
 
     /// A signed bundle for `release`, optionally with deltas from `from`.
     pub fn bundle(&self, release: &Release, from: Option<&Release>) -> PathBuf {
+        let key = SigningKey::from_json(&self.key.to_json()).unwrap();
+        self.bundle_with(release, from, &release.version.clone(), &[key], |_| {})
+    }
+
+    /// A bundle named `name`, signed by `keys`, with `edit` applied to its spec first
+    /// (for bundles a device must refuse).
+    pub fn bundle_with(
+        &self,
+        release: &Release,
+        from: Option<&Release>,
+        name: &str,
+        keys: &[SigningKey],
+        edit: impl FnOnce(&mut BundleSpec),
+    ) -> PathBuf {
         let build = self.path(&format!("build/{}", release.version));
         fs::create_dir_all(&build).unwrap();
         let write = |name: &str, bytes: &[u8]| {
@@ -195,9 +209,10 @@ impl Device {
             level: 3,
             roots: Vec::new(),
         };
-        let out = self.path(&format!("build/{}.cairn", release.version));
-        let key = SigningKey::from_json(&self.key.to_json()).unwrap();
-        writer::create(&spec, &[key], &out, &mut |_| {}).unwrap();
+        let mut spec = spec;
+        edit(&mut spec);
+        let out = self.path(&format!("build/{name}.cairn"));
+        writer::create(&spec, keys, &out, &mut |_| {}).unwrap();
         out
     }
 
