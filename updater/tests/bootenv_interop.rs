@@ -12,7 +12,10 @@ fn fw_config(dir: &Path, copy: usize) -> std::path::PathBuf {
     let cfg = dir.join(format!("fw_env.{copy}.config"));
     std::fs::write(
         &cfg,
-        format!("{} 0x0 0x4000\n", dir.join(format!("bootstate.{copy}")).display()),
+        format!(
+            "{} 0x0 0x4000\n",
+            dir.join(format!("bootstate.{copy}")).display()
+        ),
     )
     .unwrap();
     cfg
@@ -54,12 +57,18 @@ fn fw_printenv_reads_both_copies_we_write() {
     for line in ["BOOT_ORDER=A B", "BOOT_A_LEFT=3", "BOOT_B_LEFT=0"] {
         assert!(copy0.contains(&line.to_string()), "{line} not in {copy0:?}");
     }
-    assert!(copy0.contains(&format!("CAIRN_SEQ={}", first.seq)), "{copy0:?}");
+    assert!(
+        copy0.contains(&format!("CAIRN_SEQ={}", first.seq)),
+        "{copy0:?}"
+    );
     let copy1 = printenv(&fw_config(dir.path(), 1));
     for line in ["BOOT_ORDER=B A", "BOOT_B_LEFT=1", "CAIRN_COMMITTED=A"] {
         assert!(copy1.contains(&line.to_string()), "{line} not in {copy1:?}");
     }
-    assert!(copy1.contains(&format!("CAIRN_SEQ={}", second.seq)), "{copy1:?}");
+    assert!(
+        copy1.contains(&format!("CAIRN_SEQ={}", second.seq)),
+        "{copy1:?}"
+    );
 }
 
 #[test]
@@ -80,8 +89,14 @@ fn what_fw_setenv_writes_reads_back_and_survives_our_next_write() {
     changed.commit(SlotId::B);
     store.store(&changed).unwrap();
     let copy1 = printenv(&fw_config(dir.path(), 1));
-    assert!(copy1.contains(&"serial_baud=115200".to_string()), "{copy1:?}");
-    assert!(copy1.contains(&"CAIRN_COMMITTED=B".to_string()), "{copy1:?}");
+    assert!(
+        copy1.contains(&"serial_baud=115200".to_string()),
+        "{copy1:?}"
+    );
+    assert!(
+        copy1.contains(&"CAIRN_COMMITTED=B".to_string()),
+        "{copy1:?}"
+    );
 }
 
 #[test]
@@ -99,10 +114,20 @@ fn an_env_image_made_by_mkenvimage_reads_correctly() {
         .arg(&text)
         .output()
         .expect("mkenvimage (u-boot-tools)");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let state = UbootEnvStore::new(dir.path()).load().unwrap();
     assert_eq!(
-        (state.order[0], state.tries_a, state.tries_b, state.seq, state.committed),
+        (
+            state.order[0],
+            state.tries_a,
+            state.tries_b,
+            state.seq,
+            state.committed
+        ),
         (SlotId::B, 3, 1, 7, SlotId::A)
     );
 }

@@ -65,14 +65,30 @@ fn every_bad_bundle_is_refused_and_nothing_is_written() {
     let area = payload_area(&good);
     let len = fs::metadata(&good).unwrap().len();
     let truncated = good.with_file_name("truncated.cairn");
-    fs::write(&truncated, &fs::read(&good).unwrap()[..(len * 6 / 10) as usize]).unwrap();
+    fs::write(
+        &truncated,
+        &fs::read(&good).unwrap()[..(len * 6 / 10) as usize],
+    )
+    .unwrap();
     let stranger = SigningKey::generate().unwrap();
 
     let cases: Vec<(&str, PathBuf, &[&str])> = vec![
         ("truncated file", truncated, &["truncated"]),
-        ("flipped header byte", flipped(&good, 41, "header"), &["header", "crc"]),
-        ("flipped manifest byte", flipped(&good, 64 + 40, "manifest"), &["manifest", "signature", "header"]),
-        ("flipped payload byte", flipped(&good, area + 1000, "payload"), &["payload", "hash"]),
+        (
+            "flipped header byte",
+            flipped(&good, 41, "header"),
+            &["header", "crc"],
+        ),
+        (
+            "flipped manifest byte",
+            flipped(&good, 64 + 40, "manifest"),
+            &["manifest", "signature", "header"],
+        ),
+        (
+            "flipped payload byte",
+            flipped(&good, area + 1000, "payload"),
+            &["payload", "hash"],
+        ),
         (
             "unsigned",
             d.bundle_with(&v2, None, "unsigned", &[], |_| {}),
@@ -100,9 +116,7 @@ fn every_bad_bundle_is_refused_and_nothing_is_written() {
         ),
         (
             "below the security floor (downgrade)",
-            d.bundle_with(&v2, None, "downgrade", &[key()], |s| {
-                s.security_version = 0
-            }),
+            d.bundle_with(&v2, None, "downgrade", &[key()], |s| s.security_version = 0),
             &["security"],
         ),
     ];
@@ -127,7 +141,10 @@ fn every_bad_bundle_is_refused_and_nothing_is_written() {
             words.iter().any(|w| last.contains(w)),
             "{what}: the error should name the problem ({words:?}):\n{err}"
         );
-        assert!(before == Untouched::of(&d), "{what}: a slot or the boot state changed");
+        assert!(
+            before == Untouched::of(&d),
+            "{what}: a slot or the boot state changed"
+        );
         let s = d.status();
         assert_eq!(phase(&s), "committed", "{what}: {s:#}");
     }
@@ -155,7 +172,11 @@ fn http_install_resumes_after_the_server_drops_the_connection() {
     let out = d.cairn(&["install", &url]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
-    assert_eq!(faults.drops.load(Ordering::SeqCst), 0, "every drop happened");
+    assert_eq!(
+        faults.drops.load(Ordering::SeqCst),
+        0,
+        "every drop happened"
+    );
     assert!(stderr.contains("resuming"), "{stderr}");
     assert!(d.holds(SlotId::B, &v2));
     let fetched = server.body_bytes.load(Ordering::SeqCst);
@@ -178,7 +199,10 @@ fn http_delta_install_fetches_only_the_delta_payloads() {
     let full_only = fs::metadata(d.bundle(&v2, None)).unwrap().len();
     let bundle = d.bundle(&v2, Some(&v1));
     let server = serve(bundle.parent().unwrap().to_path_buf(), Arc::default());
-    d.cairn_ok(&["install", &server.url(bundle.file_name().unwrap().to_str().unwrap())]);
+    d.cairn_ok(&[
+        "install",
+        &server.url(bundle.file_name().unwrap().to_str().unwrap()),
+    ]);
     assert!(d.holds(SlotId::B, &v2));
     let fetched = server.body_bytes.load(Ordering::SeqCst);
     eprintln!(

@@ -124,10 +124,8 @@ impl SlotWriter {
 impl Write for SlotWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         if self.cancel.load(Ordering::Relaxed) {
-            return Err(io::Error::new(
-                io::ErrorKind::Interrupted,
-                "install cancelled",
-            ));
+            // Not `Interrupted`: `write_all` and `io::copy` retry that kind forever.
+            return Err(io::Error::other("install cancelled"));
         }
         let n = match &mut self.out {
             Output::Device { file, .. } => file.write(buf)?,

@@ -361,3 +361,33 @@ pub fn wait_for(secs: u64, what: &str, mut done: impl FnMut() -> bool) {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
 }
+
+impl Device {
+    /// Rewrites system.toml through `edit`.
+    pub fn edit_config(&self, edit: impl FnOnce(String) -> String) {
+        let text = fs::read_to_string(self.config()).unwrap();
+        fs::write(self.config(), edit(text)).unwrap();
+    }
+
+    /// `cairn install URL` running in the background; its output goes to `install.log`
+    /// (a file, not a pipe nobody reads, which would stall its progress output).
+    pub fn spawn_install(&self, location: &str) -> std::process::Child {
+        let log = fs::File::create(self.path("install.log")).unwrap();
+        Command::new(env!("CARGO_BIN_EXE_cairn"))
+            .arg("--config")
+            .arg(self.config())
+            .args(["install", location])
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap()
+    }
+
+    /// cairnd's state file, raw.
+    pub fn state_json(&self) -> serde_json::Value {
+        fs::read(self.path("data/cairn/state.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or(serde_json::Value::Null)
+    }
+}
