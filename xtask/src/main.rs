@@ -13,8 +13,12 @@ const USAGE: &str = "usage: cargo xtask <command>
   image   build the QEMU arm64 OS image: target/cairn/qemu-arm64/disk.img (+ .bmap)
   demo    the end-to-end update demo under QEMU
   setup   only install what the tests need
-  bench   check-ins per second of cairn-server on loopback (SQLite and PostgreSQL, release
-          build); extra arguments go to the bench, e.g. -- --backend sqlite --seconds 20";
+  bench [install|server]
+          measurements (release builds), both unless one is named:
+          install: cairn install of a 512 MiB full image vs dd conv=fsync, peak RSS of the
+            install, idle RSS of cairnd; options: -- --mib 512 --runs 3
+          server: check-ins per second of cairn-server on loopback (SQLite and
+            PostgreSQL); extra arguments go to it, e.g. -- --backend sqlite --seconds 20";
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -49,9 +53,49 @@ fn test() -> Result<()> {
     Ok(())
 }
 
-/// A measurement, not a test: it reports numbers against a baseline taken in the same
-/// run and never fails on a threshold.
-fn bench(extra: &[String]) -> Result<()> {
+/// Measurements, not tests: each reports numbers against a baseline taken in the same
+/// run and never fails on a threshold. `bench [install|server] [-- args]`; without a
+/// name both run, and extra arguments go to the server bench.
+fn bench(args: &[String]) -> Result<()> {
+    let (which, extra) = match args.first().map(String::as_str) {
+        Some(w @ ("install" | "server")) => (Some(w), &args[1..]),
+        _ => (None, args),
+    };
+    let extra: Vec<&str> = extra
+        .iter()
+        .map(String::as_str)
+        .filter(|a| *a != "--")
+        .collect();
+    if which != Some("server") {
+        let install_args = if which.is_some() { &extra[..] } else { &[] };
+        bench_install(install_args)?;
+    }
+    if which != Some("install") {
+        bench_server(&extra)?;
+    }
+    Ok(())
+}
+
+/// updater/examples/install_bench.rs against the release `cairn` and `cairnd`.
+fn bench_install(extra: &[&str]) -> Result<()> {
+    step(
+        "build cairn and cairnd",
+        cargo(&["build", "--release", "-p", "cairn-updater", "--bins"]),
+    )?;
+    let mut cmd = cargo(&[
+        "run",
+        "--release",
+        "-p",
+        "cairn-updater",
+        "--example",
+        "install_bench",
+        "--",
+    ]);
+    cmd.args(extra);
+    step("install bench", cmd)
+}
+
+fn bench_server(extra: &[&str]) -> Result<()> {
     let mut cmd = cargo(&[
         "run",
         "--release",
@@ -61,7 +105,7 @@ fn bench(extra: &[String]) -> Result<()> {
         "checkin_bench",
         "--",
     ]);
-    cmd.args(extra.iter().filter(|a| a.as_str() != "--"));
+    cmd.args(extra);
     step("check-in bench", cmd)
 }
 

@@ -391,12 +391,16 @@ fn write_image(
         _ => None,
     };
     let result = std::thread::scope(|scope| {
-        let decoder = scope.spawn(|| {
+        let decoder = scope.spawn(|| -> Result<(), InstallError> {
             let out = io::BufWriter::with_capacity(cairn_bundle::COPY_BUF, writer);
-            decode_payload(image, payload, reader, map.as_deref(), out)
+            decode_payload(image, payload, reader, map.as_deref(), out)?
+                .into_inner()
+                .map_err(|e| InstallError::Other(e.to_string()))?
+                .finish()?;
+            Ok(())
         });
-        // The sender lives in the writer, which the decoder returns: stop on the
-        // thread finishing, not on the channel closing.
+        // The sender lives in the writer, which the decoder thread drops when it ends
+        // (also on error): the channel closing says the thread is done, at once.
         let mut last_reported = 0;
         loop {
             match rx.recv_timeout(std::time::Duration::from_millis(100)) {
@@ -416,10 +420,7 @@ fn write_image(
         }
         decoder.join().expect("decoder thread does not panic")
     });
-    result?
-        .into_inner()
-        .map_err(|e| InstallError::Other(e.to_string()))?
-        .finish()?;
+    result?;
     progress(Progress::ImageDone {
         name: image.name.clone(),
     });
