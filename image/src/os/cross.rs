@@ -66,6 +66,7 @@ pub fn build(
         for bin in &entry.bins {
             cmd.args(["--bin", bin]);
         }
+        clear_outer_cargo_env(&mut cmd);
         run(&mut cmd)?;
         for bin in &entry.bins {
             built.push(Built {
@@ -76,6 +77,33 @@ pub fn build(
         stage.done(entry.bins.join(", "));
     }
     Ok(built)
+}
+
+/// Removes what an outer cargo (`cargo run`, `cargo test`, `cargo xtask`) set for the
+/// calling crate. Build scripts such as ring's and the `cc` crate's declare
+/// `rerun-if-env-changed` on `CARGO_MANIFEST_DIR`, `CARGO_PKG_NAME`, `OUT_DIR`, ..., so
+/// inheriting them would make every caller (the QEMU test harness, `cargo xtask image`,
+/// `cargo run -p cairn-image`) rebuild ring and everything above it in the shared
+/// cross target directory.
+fn clear_outer_cargo_env(cmd: &mut Command) {
+    for (key, _) in std::env::vars_os() {
+        let Some(key) = key.to_str() else { continue };
+        let outer = key.starts_with("CARGO_PKG_")
+            || key.starts_with("CARGO_BIN_")
+            || matches!(
+                key,
+                "CARGO_MANIFEST_DIR"
+                    | "CARGO_MANIFEST_PATH"
+                    | "CARGO_MANIFEST_LINKS"
+                    | "CARGO_CRATE_NAME"
+                    | "CARGO_PRIMARY_PACKAGE"
+                    | "CARGO_TARGET_TMPDIR"
+                    | "OUT_DIR"
+            );
+        if outer {
+            cmd.env_remove(key);
+        }
+    }
 }
 
 fn workspace_packages(cargo: &str, workspace: &Path) -> Result<Vec<String>> {

@@ -120,31 +120,65 @@ fn wait_for_cri(vm: &mut Vm) -> Result<String> {
 }
 
 #[test]
-#[ignore = "needs cairnd and cairn in the image: the `cairn-updater` package, merged from main"]
 fn cairn_status_reports_slot_a_committed() -> Result<()> {
-    // TODO(merge): remove the ignore once cairn-updater is in the workspace (the
-    // profile already cross-compiles cairnd/cairn when it exists).
     let s = scenario()?;
     let mut vm = Vm::start("cairn-status", &s.disk.path, s.scratch.path())?;
+    vm.wait_for("cairn: slot A chosen, A=2", BOOT_TIMEOUT)?;
     vm.wait_for_shell(BOOT_TIMEOUT)?;
-    // cairnd is started by init right after rcS; give it until its first log line.
-    vm.check(
-        "for i in $(seq 60); do grep -q started /var/log/cairnd.log 2>/dev/null && break; sleep 0.5; done; cat /var/log/cairnd.log",
-        COMMAND_TIMEOUT,
-    )?;
+    // cairnd is started by init right after rcS; its "started" line comes after it
+    // reconciled the boot (and persisted what it changed).
+    wait_for_cairnd(&mut vm, "started")?;
     let text = vm.check("cairn status --json", COMMAND_TIMEOUT)?;
     let json_start = text.find('{').unwrap_or(0);
     let status: serde_json::Value = serde_json::from_str(&text[json_start..])?;
     ensure!(status["booted"] == "A", "cairn status: {status}");
     ensure!(status["committed"] == "A", "cairn status: {status}");
     ensure!(status["recovery"] == false, "cairn status: {status}");
+    ensure!(
+        status["compatible"] == "cairn-qemu-arm64",
+        "cairn status: {status}"
+    );
     // U-Boot took one try (3 -> 2); the booted committed slot gets its full tries back.
     ensure!(
         status["slots"]["A"]["tries_left"] == 3,
         "cairn status: {status}"
     );
-    record_time("cairn status", vm.elapsed());
+    ensure!(
+        status["slots"]["B"]["tries_left"] == 3 && status["slots"]["B"]["bootable"] == true,
+        "slot B (a copy of A on this disk) keeps its tries: {status}"
+    );
+    let took = vm.elapsed();
+    vm.stop();
+    // ... and that is on the boot partition, where U-Boot reads it.
+    let state = s.disk.boot_state()?;
+    ensure!(
+        state["BOOT_A_LEFT"] == "3" && state["CAIRN_COMMITTED"] == "A",
+        "boot state: {state:?}"
+    );
+    ensure!(
+        state["CAIRN_SEQ"] == "3",
+        "one U-Boot write, one cairnd write: {state:?}"
+    );
+    record_time("cairnd refreshes slot A, cairn status", took);
     Ok(())
+}
+
+/// cairnd's log (`/var/log/cairnd.log`, written by init's service wrapper) once it has a
+/// line containing `pattern`. cairnd decides trials (health checks: the CRI) before it
+/// logs, so this allows the CRI's time too.
+fn wait_for_cairnd(vm: &mut Vm, pattern: &str) -> Result<String> {
+    let halves = CRI_TIMEOUT.as_secs() * 2;
+    let log = vm.check(
+        &format!(
+            "for i in $(seq {halves}); do grep -q '{pattern}' /var/log/cairnd.log 2>/dev/null && break; sleep 0.5; done; cat /var/log/cairnd.log"
+        ),
+        CRI_TIMEOUT + COMMAND_TIMEOUT,
+    )?;
+    ensure!(
+        log.contains(pattern),
+        "cairnd did not log {pattern:?} within {CRI_TIMEOUT:?}:\n{log}"
+    );
+    Ok(log)
 }
 
 #[test]
@@ -156,12 +190,15 @@ fn device_network_settings_on_data_override_the_image_and_dhcp_works() -> Result
         BOOT_TIMEOUT,
     )?;
     vm.wait_for_shell(BOOT_TIMEOUT)?;
+    // cairnd gives the committed slot its tries back (3); wait for it so the next boot's
+    // count is known.
+    wait_for_cairnd(&mut vm, "started")?;
     vm.check(
         "printf 'IFACE=eth0\\nMETHOD=dhcp\\n' > /data/cairn/network.conf && sync",
         COMMAND_TIMEOUT,
     )?;
     vm.send("reboot -f")?;
-    vm.wait_for("cairn: slot A chosen, A=1", BOOT_TIMEOUT)?;
+    vm.wait_for("cairn: slot A chosen, A=2", BOOT_TIMEOUT)?;
     vm.wait_for(
         "cairn: network eth0 dhcp up (/data/cairn/network.conf)",
         BOOT_TIMEOUT,
@@ -204,11 +241,16 @@ fn a_corrupt_rootfs_block_is_caught_by_verity_and_slot_b_takes_over() -> Result<
     );
     let root = vm.check("grep ' / ' /proc/mounts", COMMAND_TIMEOUT)?;
     ensure!(root.contains("/dev/dm-0 / erofs ro"), "root mount: {root}");
+    // cairnd sees the committed slot A did not boot: it runs B's health checks (the CRI)
+    // and commits B, which gets its full tries and becomes what recovery would boot.
+    wait_for_cairnd(&mut vm, "update committed")?;
     let took = vm.elapsed();
     vm.stop();
     let state = s.disk.boot_state()?;
     ensure!(state["BOOT_A_LEFT"] == "0", "boot state: {state:?}");
-    ensure!(state["BOOT_B_LEFT"] == "2", "boot state: {state:?}");
+    ensure!(state["BOOT_B_LEFT"] == "3", "boot state: {state:?}");
+    ensure!(state["CAIRN_COMMITTED"] == "B", "boot state: {state:?}");
+    ensure!(state["BOOT_ORDER"] == "B A", "boot state: {state:?}");
     record_time(
         "verity catches a flipped byte, fallback to B (4 boots)",
         took,
@@ -227,6 +269,9 @@ fn a_corrupt_block_read_at_run_time_restarts_the_device() -> Result<()> {
     let mut vm = Vm::start("verity-runtime", &s.disk.path, s.scratch.path())?;
     vm.wait_for("cairn: slot A chosen, A=2", BOOT_TIMEOUT)?;
     vm.wait_for_shell(BOOT_TIMEOUT)?;
+    // cairnd refreshes the committed slot's tries (3) first, so the count after the
+    // restart is known.
+    wait_for_cairnd(&mut vm, "started")?;
     vm.send(&format!(
         "dd if=/dev/dm-0 of=/dev/null bs=4096 skip={last_block} count=1"
     ))?;
@@ -235,7 +280,7 @@ fn a_corrupt_block_read_at_run_time_restarts_the_device() -> Result<()> {
         COMMAND_TIMEOUT,
     )?;
     vm.wait_for("Restarting system", COMMAND_TIMEOUT)?;
-    vm.wait_for("cairn: slot A chosen, A=1", BOOT_TIMEOUT)?;
+    vm.wait_for("cairn: slot A chosen, A=2", BOOT_TIMEOUT)?;
     vm.wait_for_shell(BOOT_TIMEOUT)?;
     let took = vm.elapsed();
     vm.stop();
@@ -270,8 +315,9 @@ fn a_slot_whose_kernel_does_not_boot_is_abandoned_after_three_tries() -> Result<
 #[test]
 fn with_no_tries_left_the_committed_slot_boots_in_recovery_instead_of_looping() -> Result<()> {
     let s = scenario()?;
-    // A fresh disk with slot B empty: A has 3 tries, B none. Nothing commits A (no cairnd
-    // resets the counter), so every boot uses one try until none are left.
+    // A fresh disk with slot B empty: A has 3 tries, B none. A boot that reaches cairnd
+    // gives committed A its tries back, so tries run out only when boots keep dying
+    // before userspace: here, power cuts just after U-Boot persisted each try.
     let fresh = qemu_tests::disk_with_empty_slot_b(s.scratch.path())?;
     let disk = TestDisk::copy_of(&fresh, &image()?.profile, s.scratch.path())?;
     let initial = disk.boot_state()?;
@@ -280,37 +326,63 @@ fn with_no_tries_left_the_committed_slot_boots_in_recovery_instead_of_looping() 
         "fresh boot state: {initial:?}"
     );
     ensure!(disk.boot_file("b/vmlinuz").is_err(), "slot B is not empty");
-    let mut vm = Vm::start("recovery", &disk.path, s.scratch.path())?;
+    let started = Instant::now();
     for left in [2, 1, 0] {
-        vm.wait_for(&format!("cairn: slot A chosen, A={left} B=0"), BOOT_TIMEOUT)?;
-        vm.wait_for_shell(BOOT_TIMEOUT)?;
-        vm.send("reboot -f")?;
+        let mut vm = Vm::start("recovery", &disk.path, s.scratch.path())?;
+        vm.wait_for(
+            &format!("cairn: slot A chosen, A={left} B=0, saved"),
+            BOOT_TIMEOUT,
+        )?;
+        vm.stop();
     }
-    // Twice: the recovery boot repeats without resetting any counter.
+    // Twice: the recovery boot repeats without resetting any counter (U-Boot never
+    // loops through trials by itself).
     for _ in 0..2 {
+        let mut vm = Vm::start("recovery", &disk.path, s.scratch.path())?;
         vm.wait_for(
             "cairn: no slot has tries left: recovery boot of committed slot A",
             BOOT_TIMEOUT,
         )?;
-        vm.wait_for("cairn: userspace up: slot=A recovery=1", BOOT_TIMEOUT)?;
-        vm.wait_for_shell(BOOT_TIMEOUT)?;
-        let cmdline = vm.check("cat /proc/cmdline", COMMAND_TIMEOUT)?;
-        ensure!(cmdline.contains("cairn.recovery=1"), "cmdline: {cmdline}");
-        vm.send("reboot -f")?;
+        vm.wait_for("cairn: slot A chosen, A=0 B=0, saved", BOOT_TIMEOUT)?;
+        vm.stop();
     }
-    vm.wait_for("cairn: no slot has tries left", BOOT_TIMEOUT)?;
-    let took = vm.elapsed();
-    vm.stop();
     let state = disk.boot_state()?;
     ensure!(state["BOOT_A_LEFT"] == "0", "boot state: {state:?}");
     ensure!(state["BOOT_B_LEFT"] == "0", "boot state: {state:?}");
     ensure!(state["CAIRN_RECOVERY"] == "1", "boot state: {state:?}");
     ensure!(
-        state["CAIRN_SEQ"].parse::<u32>()? >= 6,
+        state["CAIRN_SEQ"] == "6",
         "every boot persists a new copy: {state:?}"
     );
+    // This time the recovery boot reaches userspace: cairnd reports it, clears it and
+    // gives the committed slot its tries back.
+    let mut vm = Vm::start("recovery", &disk.path, s.scratch.path())?;
+    vm.wait_for("cairn: no slot has tries left", BOOT_TIMEOUT)?;
+    vm.wait_for("cairn: userspace up: slot=A recovery=1", BOOT_TIMEOUT)?;
+    vm.wait_for_shell(BOOT_TIMEOUT)?;
+    let cmdline = vm.check("cat /proc/cmdline", COMMAND_TIMEOUT)?;
+    ensure!(cmdline.contains("cairn.recovery=1"), "cmdline: {cmdline}");
+    wait_for_cairnd(&mut vm, "started")?;
+    let text = vm.check("cairn status --json", COMMAND_TIMEOUT)?;
+    let status: serde_json::Value = serde_json::from_str(&text[text.find('{').unwrap_or(0)..])?;
+    ensure!(status["recovery"] == true, "cairn status: {status}");
+    ensure!(
+        status["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("recovery boot")),
+        "cairn status: {status}"
+    );
+    let took = started.elapsed();
+    vm.stop();
+    let state = disk.boot_state()?;
+    ensure!(state["BOOT_A_LEFT"] == "3", "boot state: {state:?}");
+    ensure!(state["BOOT_B_LEFT"] == "0", "boot state: {state:?}");
+    ensure!(
+        !state.contains_key("CAIRN_RECOVERY") && state["CAIRN_SEQ"] == "8",
+        "boot state: {state:?}"
+    );
     record_time(
-        "3 tries then recovery boots of the committed slot (6 boots)",
+        "3 tries, 2 recovery boots (power cuts), recovery cleared by cairnd (6 boots)",
         took,
     );
     Ok(())
@@ -346,12 +418,22 @@ fn a_torn_newest_boot_state_copy_falls_back_to_the_older_one() -> Result<()> {
         BOOT_TIMEOUT,
     )?;
     vm.wait_for("cairn: userspace up: slot=A", BOOT_TIMEOUT)?;
+    vm.wait_for_shell(BOOT_TIMEOUT)?;
+    // cairnd reads the same newest valid copy (U-Boot's, seq 2), writes the other one
+    // (bootstate.0, seq 3) and gives committed slot A its tries back.
+    wait_for_cairnd(&mut vm, "started")?;
     let took = vm.elapsed();
     vm.stop();
     let state = s.disk.boot_state()?;
     ensure!(
-        state["CAIRN_SEQ"] == "2" && state["BOOT_A_LEFT"] == "2",
+        state["CAIRN_SEQ"] == "3" && state["BOOT_A_LEFT"] == "3" && state["BOOT_B_LEFT"] == "0",
         "{state:?}"
+    );
+    let copy0 =
+        cairn_image::os::bootstate::decode(&s.disk.boot_file("bootstate.0")?).unwrap_or_default();
+    ensure!(
+        copy0.get("CAIRN_SEQ").map(String::as_str) == Some("3"),
+        "cairnd did not write bootstate.0: {copy0:?}"
     );
     record_time("torn boot-state copy ignored", took);
     Ok(())
