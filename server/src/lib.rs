@@ -11,7 +11,8 @@
 //! - [`auth`]: signed requests (timestamp + nonce) and device tokens.
 //! - [`checkin`], [`device_reader`], [`state_writer`]: the hot path of the device API.
 //! - [`reports`]: progress reports, applied once and atomically.
-//! - [`http`], [`device_api`], [`admin_api`], [`dashboard`], [`blobs`]: the HTTP side.
+//! - [`http`], [`device_api`], [`admin_api`], [`dashboard`], [`blobs`]: the HTTP side;
+//!   [`local`] runs it on a thread for non-async programs (tests, the demo).
 
 pub mod admin_api;
 pub mod auth;
@@ -27,6 +28,7 @@ pub mod dry_run;
 pub mod error;
 pub mod gates;
 pub mod http;
+pub mod local;
 pub mod plan;
 pub mod policy;
 pub mod releases;

@@ -9,8 +9,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use cairn_bundle::TrustRoot;
-use cairn_server::db::Db;
-use cairn_server::http::{self, Config};
+use cairn_server::http::Config;
+use cairn_server::local::LocalServer;
 use cairn_updater::bootstate::SlotId;
 use common::*;
 use serde_json::{json, Value};
@@ -20,8 +20,7 @@ const ADMIN: &str = "fleet-test-admin";
 struct Server {
     url: String,
     http: reqwest::blocking::Client,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    _server: LocalServer,
     _dir: tempfile::TempDir,
 }
 
@@ -34,26 +33,11 @@ impl Server {
         config.admin_token = Some(ADMIN.into());
         config.poll_interval_secs = 1;
         config.evaluate_every = Duration::from_secs(1);
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let (ready_tx, ready) = std::sync::mpsc::channel();
-        let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Runtime::new().unwrap();
-            rt.block_on(async move {
-                let db = Db::connect(&db_url).await.unwrap();
-                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-                ready_tx.send(listener.local_addr().unwrap()).unwrap();
-                let shutdown = async {
-                    let _ = stopped.await;
-                };
-                http::serve(db, config, listener, shutdown).await.unwrap();
-            });
-        });
-        let addr = ready.recv().unwrap();
+        let server = LocalServer::start(&db_url, config, "127.0.0.1:0").unwrap();
         Server {
-            url: format!("http://{addr}"),
+            url: server.url(),
             http: reqwest::blocking::Client::new(),
-            stop: Some(stop),
-            thread: Some(thread),
+            _server: server,
             _dir: dir,
         }
     }
@@ -111,17 +95,6 @@ impl Server {
             wave["failed"].as_u64().unwrap(),
             c["campaign"]["state"].as_str().unwrap().to_string(),
         )
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
     }
 }
 

@@ -20,6 +20,25 @@ pub struct Profile {
     pub binaries: Vec<WorkspaceBinaries>,
     pub slot: Slot,
     pub disk: Disk,
+    /// The fleet server cairnd checks in with; none: updates only by `cairn install`.
+    #[serde(default)]
+    pub server: Option<Server>,
+    /// Extra health checks baked into `/etc/cairn/health.d`, by name, as TOML text
+    /// (updater/src/health): each image version carries its own.
+    #[serde(default)]
+    pub health_checks: std::collections::BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Server {
+    pub url: String,
+    #[serde(default = "default_poll_secs")]
+    pub poll_secs: u64,
+}
+
+fn default_poll_secs() -> u64 {
+    300
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -108,11 +127,13 @@ pub struct Disk {
 }
 
 impl Profile {
+    /// Reads a profile. `extends = "other.toml"` (relative to the profile) starts from
+    /// that profile: tables merge key by key, any other value replaces the base's.
     pub fn load(path: &Path) -> Result<Profile> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("reading profile {}", path.display()))?;
-        let profile: Profile =
-            toml::from_str(&text).with_context(|| format!("parsing profile {}", path.display()))?;
+        let value = load_value(path, 0)?;
+        let profile: Profile = value
+            .try_into()
+            .with_context(|| format!("parsing profile {}", path.display()))?;
         profile.check()?;
         Ok(profile)
     }
@@ -178,5 +199,62 @@ mod tests {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("profiles/qemu-arm64.toml");
         let text = std::fs::read_to_string(path).unwrap() + "\nsurprise = 1\n";
         assert!(toml::from_str::<Profile>(&text).is_err());
+    }
+}
+
+fn load_value(path: &Path, depth: u32) -> Result<toml::Value> {
+    if depth > 4 {
+        bail!("profile {}: `extends` nests too deep", path.display());
+    }
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading profile {}", path.display()))?;
+    let mut value: toml::Value =
+        toml::from_str(&text).with_context(|| format!("parsing profile {}", path.display()))?;
+    let Some(table) = value.as_table_mut() else {
+        bail!("profile {} is not a table", path.display());
+    };
+    let Some(base) = table.remove("extends") else {
+        return Ok(value);
+    };
+    let base = base
+        .as_str()
+        .with_context(|| format!("profile {}: `extends` must be a path", path.display()))?;
+    let base_path = path.parent().unwrap_or(Path::new(".")).join(base);
+    let mut merged = load_value(&base_path, depth + 1)?;
+    merge(&mut merged, value);
+    Ok(merged)
+}
+
+fn merge(base: &mut toml::Value, over: toml::Value) {
+    match (base, over) {
+        (toml::Value::Table(base), toml::Value::Table(over)) => {
+            for (key, value) in over {
+                match base.get_mut(&key) {
+                    Some(existing) => merge(existing, value),
+                    None => {
+                        base.insert(key, value);
+                    }
+                }
+            }
+        }
+        (base, over) => *base = over,
+    }
+}
+
+#[cfg(test)]
+mod extends_tests {
+    use super::*;
+
+    #[test]
+    fn a_profile_extends_another_and_overrides_only_what_it_names() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("profiles");
+        let base = Profile::load(&dir.join("qemu-arm64.toml")).unwrap();
+        let v2 = Profile::load(&dir.join("qemu-arm64-v2.toml")).unwrap();
+        assert_ne!(v2.version, base.version);
+        assert_ne!(v2.kernel.package, base.kernel.package);
+        assert_eq!(v2.kernel.modules, base.kernel.modules);
+        assert_eq!(v2.compatible, base.compatible);
+        assert_eq!(v2.rootfs.packages, base.rootfs.packages);
+        assert_eq!(v2.disk.tries, base.disk.tries);
     }
 }

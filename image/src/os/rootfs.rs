@@ -205,6 +205,9 @@ fn write_cairn_config(profile: &Profile, tree: &Path, trust_root: &Path) -> Resu
         ),
     )?;
     fs::write(dir.join("system.toml"), system_toml(profile))?;
+    for (name, check) in &profile.health_checks {
+        fs::write(dir.join("health.d").join(format!("{name}.toml")), check)?;
+    }
     Ok(())
 }
 
@@ -230,6 +233,12 @@ fn system_toml(profile: &Profile) -> String {
              rootfs = {{ device = \"PARTLABEL=rootfs-{dir}\" }}\n\
              kernel = {{ file = \"/boot/{dir}/vmlinuz\" }}\n\
              initrd = {{ file = \"/boot/{dir}/initrd.img\" }}\n"
+        ));
+    }
+    if let Some(server) = &profile.server {
+        text.push_str(&format!(
+            "\n[server]\nurl = \"{}\"\npoll_secs = {}\n",
+            server.url, server.poll_secs
         ));
     }
     text

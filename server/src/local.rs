@@ -1,0 +1,66 @@
+//! A server running on its own thread and tokio runtime, for programs that are not async
+//! themselves: the updater's and the QEMU tests, and `cargo xtask demo`. Same code path
+//! as `cairn-server serve` (real HTTP, real database); stopped when dropped.
+
+use std::net::SocketAddr;
+use std::thread::JoinHandle;
+
+use anyhow::{Context, Result};
+use tokio::sync::oneshot;
+
+use crate::db::Db;
+use crate::http::{self, Config};
+
+pub struct LocalServer {
+    /// Where it listens (`127.0.0.1:PORT`).
+    pub addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl LocalServer {
+    /// Opens (or creates) the database at `db_url` and serves on `listen`
+    /// (`127.0.0.1:0` picks a free port).
+    pub fn start(db_url: &str, config: Config, listen: &str) -> Result<LocalServer> {
+        let runtime = tokio::runtime::Runtime::new().context("starting a tokio runtime")?;
+        let (db, listener) = runtime.block_on(async {
+            let db = Db::connect(db_url).await?;
+            let listener = tokio::net::TcpListener::bind(listen)
+                .await
+                .with_context(|| format!("listening on {listen}"))?;
+            anyhow::Ok((db, listener))
+        })?;
+        let addr = listener.local_addr()?;
+        let (stop, stopped) = oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("cairn-server".into())
+            .spawn(move || {
+                let shutdown = async {
+                    let _ = stopped.await;
+                };
+                if let Err(e) = runtime.block_on(http::serve(db, config, listener, shutdown)) {
+                    tracing::error!("cairn-server stopped: {e:#}");
+                }
+            })?;
+        Ok(LocalServer {
+            addr,
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+impl Drop for LocalServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
