@@ -121,14 +121,14 @@ fn image(extra: &[String]) -> Result<()> {
     step("image", cargo(&args))
 }
 
+/// The update loop end to end on the real image: installs what it needs, then runs
+/// tests/qemu's `cairn-demo`, which tells what happens as it happens.
 fn demo() -> Result<()> {
-    println!(
-        "The end-to-end demo (build v1 and v2 images, boot a device under QEMU, roll v2 out\n\
-         through cairn-server) is not there yet: it lands with the end-to-end issue.\n\
-         What works today: `cargo xtask test`, and the bundle tools, e.g.\n\
-         `cargo run -p cairn-image -- keygen --out release` then `bundle create`."
-    );
-    Ok(())
+    setup::test_prerequisites()?;
+    step(
+        "demo",
+        cargo(&["run", "-p", "qemu-tests", "--bin", "cairn-demo"]),
+    )
 }
 
 fn cargo(args: &[&str]) -> Command {

@@ -36,6 +36,14 @@ impl TestDisk {
         })
     }
 
+    /// A disk image a test made itself (no copy).
+    pub fn at(path: &Path, profile: &Profile) -> Result<TestDisk> {
+        Ok(TestDisk {
+            path: path.to_path_buf(),
+            partitions: layout(profile),
+        })
+    }
+
     pub fn partition(&self, label: &str) -> Result<&Partition> {
         self.partitions
             .iter()

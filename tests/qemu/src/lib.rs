@@ -5,6 +5,8 @@
 //! `virt` has no watchdog, so a hung guest would otherwise hang the test.
 
 pub mod disk;
+pub mod fleet;
+pub mod update_loop;
 pub mod vm;
 
 use std::path::{Path, PathBuf};

@@ -28,6 +28,12 @@ pub struct Vm {
 impl Vm {
     /// Boots `disk`; `scratch` holds the TPM state and the patched U-Boot.
     pub fn start(name: &str, disk: &Path, scratch: &Path) -> Result<Vm> {
+        Self::start_with(name, disk, scratch, None)
+    }
+
+    /// Like [`Vm::start`], with `usb` (a raw file) attached as a second disk: the guest
+    /// sees it as /dev/vdb, a USB stick stand-in.
+    pub fn start_with(name: &str, disk: &Path, scratch: &Path, usb: Option<&Path>) -> Result<Vm> {
         let uboot_path = scratch.join("u-boot.bin");
         uboot::write_patched(&uboot_path)?;
         let tpm_dir = scratch.join("tpm");
@@ -68,6 +74,17 @@ impl Vm {
             .arg("-drive")
             .arg(format!("if=none,file={},format=raw,id=hd", disk.display()))
             .args(["-device", "virtio-blk-device,drive=hd"])
+            .args(usb.map_or_else(Vec::new, |usb| {
+                vec![
+                    "-drive".to_string(),
+                    format!(
+                        "if=none,file={},format=raw,id=usb,readonly=on",
+                        usb.display()
+                    ),
+                    "-device".to_string(),
+                    "virtio-blk-device,drive=usb".to_string(),
+                ]
+            }))
             .args([
                 "-netdev",
                 "user,id=n0",

@@ -31,6 +31,8 @@ fn main() -> Result<()> {
             tracing_subscriber::EnvFilter::try_from_env("CAIRN_LOG")
                 .unwrap_or_else(|_| "info".into()),
         )
+        // Logs usually go to a file (the image's init redirects them): no colour codes.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .init();
     let args = Args::parse();
     let stop = Arc::new(AtomicBool::new(false));

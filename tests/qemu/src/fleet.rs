@@ -1,0 +1,204 @@
+//! The rest of the update loop around the VM, for the end-to-end tests and `cargo xtask
+//! demo`: the v2 image, the v2 bundle with deltas from v1, cairn-server where the image's
+//! profile says it is (QEMU's user network maps the guest's 10.0.2.2 to the host's
+//! loopback), and the operator's side of the admin API.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use cairn_bundle::writer::{self, BundleSpec, DeltaSource, ImageInput};
+use cairn_bundle::{SigningKey, TrustRoot};
+use cairn_image::os::disk::SlotB;
+use cairn_image::os::pipeline::Build;
+use cairn_server::http::Config;
+use cairn_server::local::LocalServer;
+use serde_json::{json, Value};
+
+/// Where the server listens on the host; the profile's `[server] url` is the guest's
+/// view of it.
+pub const LISTEN: &str = "127.0.0.1:18480";
+pub const PUBLIC_URL: &str = "http://10.0.2.2:18480";
+const ADMIN_TOKEN: &str = "cairn-demo-admin";
+
+pub fn v2_profile_path() -> PathBuf {
+    crate::workspace().join("image/profiles/qemu-arm64-v2.toml")
+}
+
+/// The v2 image (root tree, kernel, initramfs, slot), built once per process.
+pub fn image_v2() -> Result<&'static Build> {
+    static IMAGE: OnceLock<std::result::Result<Build, String>> = OnceLock::new();
+    IMAGE
+        .get_or_init(|| {
+            let build = Build::new(&v2_profile_path()).map_err(|e| format!("{e:#}"))?;
+            build.ensure(SlotB::Empty).map_err(|e| format!("{e:#}"))?;
+            Ok(build)
+        })
+        .as_ref()
+        .map_err(|e| anyhow!("building the v2 image failed: {e}"))
+}
+
+/// The images a bundle of `build` carries: the verity-protected slot, kernel, initrd.
+fn images(build: &Build) -> Result<Vec<ImageInput>> {
+    Ok(vec![
+        ImageInput {
+            name: "rootfs".into(),
+            path: build.layout.slot_image(),
+            verity: Some(build.verity()?),
+        },
+        ImageInput {
+            name: "kernel".into(),
+            path: build.layout.kernel(),
+            verity: None,
+        },
+        ImageInput {
+            name: "initrd".into(),
+            path: build.layout.initrd(),
+            verity: None,
+        },
+    ])
+}
+
+/// A bundle of `new`, signed with the development key, with a delta for each image from
+/// `old` (what devices in the field run).
+pub fn bundle(new: &Build, old: &Build, out: &Path) -> Result<PathBuf> {
+    let keys = new.layout.dev_keys();
+    let key = SigningKey::from_json(&std::fs::read(keys.join("release.key.json"))?)
+        .context("reading the development signing key")?;
+    let delta_sources = images(old)?
+        .into_iter()
+        .map(|i| DeltaSource {
+            image: i.name,
+            path: i.path,
+        })
+        .collect();
+    let now = time::OffsetDateTime::now_utc();
+    let spec = BundleSpec {
+        compatible: new.profile.compatible.clone(),
+        version: new.profile.version.parse()?,
+        security_version: 1,
+        created: now - time::Duration::hours(1),
+        expires: now + time::Duration::days(30),
+        description: Some(format!("{} {}", new.profile.name, new.profile.version)),
+        images: images(new)?,
+        delta_sources,
+        level: 19,
+        roots: Vec::new(),
+    };
+    writer::create(&spec, &[key], out, &mut |_| {})?;
+    Ok(out.to_path_buf())
+}
+
+/// cairn-server (SQLite in `dir`) and an operator talking to its admin API.
+pub struct Fleet {
+    server: LocalServer,
+    http: reqwest::blocking::Client,
+}
+
+impl Fleet {
+    /// Starts the server on [`LISTEN`], trusting `root` for releases.
+    pub fn start(root: &Path, dir: &Path) -> Result<Fleet> {
+        let db_url = format!("sqlite://{}", dir.join("cairn-server.db").display());
+        let mut config = Config::new(dir.join("blobs"));
+        config.root = Some(TrustRoot::from_json(&std::fs::read(root)?)?);
+        config.admin_token = Some(ADMIN_TOKEN.into());
+        config.public_url = Some(PUBLIC_URL.into());
+        config.poll_interval_secs = 3;
+        config.evaluate_every = Duration::from_secs(2);
+        let server = LocalServer::start(&db_url, config, LISTEN)?;
+        Ok(Fleet {
+            server,
+            http: reqwest::blocking::Client::new(),
+        })
+    }
+
+    /// The dashboard's address on this machine.
+    pub fn dashboard_url(&self) -> String {
+        self.server.url()
+    }
+
+    fn call(&self, method: &str, path: &str, body: Option<Vec<u8>>) -> Result<Value> {
+        let url = format!("{}/admin/v1{path}", self.server.url());
+        let request = match method {
+            "GET" => self.http.get(&url),
+            _ => self.http.post(&url).body(body.unwrap_or_default()),
+        };
+        let response = request.bearer_auth(ADMIN_TOKEN).send()?;
+        let status = response.status();
+        let value: Value = response.json().unwrap_or(Value::Null);
+        if !status.is_success() {
+            bail!("{method} {path}: {status} {value}");
+        }
+        Ok(value)
+    }
+
+    pub fn get(&self, path: &str) -> Result<Value> {
+        self.call("GET", path, None)
+    }
+
+    pub fn post(&self, path: &str, body: Option<Vec<u8>>) -> Result<Value> {
+        self.call("POST", path, body)
+    }
+
+    /// Adds a release; returns its id (`compatible@version`).
+    pub fn upload(&self, bundle: &Path) -> Result<String> {
+        let added = self.post("/releases", Some(std::fs::read(bundle)?))?;
+        added["id"]
+            .as_str()
+            .map(str::to_string)
+            .ok_or_else(|| anyhow!("release answer without an id: {added}"))
+    }
+
+    /// Devices that enrolled and wait for approval.
+    pub fn pending_devices(&self) -> Result<Vec<String>> {
+        let devices = self.get("/devices")?;
+        Ok(devices
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|d| d["approval"] == "pending")
+            .filter_map(|d| d["id"].as_str().map(str::to_string))
+            .collect())
+    }
+
+    pub fn approve(&self, device: &str) -> Result<()> {
+        self.post(&format!("/devices/{device}/approve"), None)?;
+        Ok(())
+    }
+
+    /// Creates and starts a one-wave campaign of `release` for every device of
+    /// `compatible`, pausing at the first failure.
+    pub fn start_campaign(&self, id: &str, release: &str, compatible: &str) -> Result<()> {
+        let body = json!({
+            "id": id,
+            "release_id": release,
+            "policy": {
+                "selector": { "compatible": compatible },
+                "waves": [{ "percent": 100.0 }],
+                "min_success_ratio": 1.0,
+                "bake_secs": 0,
+                "failure_threshold": 0.0,
+            },
+        });
+        self.post("/campaigns", Some(body.to_string().into_bytes()))?;
+        self.post(&format!("/campaigns/{id}/start"), None)?;
+        Ok(())
+    }
+
+    /// The campaign's state and its first wave's (succeeded, failed).
+    pub fn campaign(&self, id: &str) -> Result<(String, u64, u64)> {
+        let c = self.get(&format!("/campaigns/{id}"))?;
+        let wave = &c["waves"][0];
+        Ok((
+            c["campaign"]["state"].as_str().unwrap_or("?").to_string(),
+            wave["succeeded"].as_u64().unwrap_or(0),
+            wave["failed"].as_u64().unwrap_or(0),
+        ))
+    }
+
+    /// The device record and its history (newest first), as the admin API shows them.
+    pub fn device(&self, id: &str) -> Result<Value> {
+        self.get(&format!("/devices/{id}"))
+    }
+}

@@ -1,0 +1,192 @@
+//! The loop the product exists for, on the real image: v1 boots, enrolls, an operator
+//! approves it and starts a campaign of v2, the device downloads the delta, writes slot
+//! B, reboots into its trial, passes its health checks and commits; the server counts the
+//! success. Steps shared by the end-to-end tests and `cargo xtask demo`: the tests check
+//! what they return, the demo shows what `say` is told.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+use serde_json::Value;
+
+use crate::fleet::{self, Fleet};
+use crate::vm::Vm;
+use crate::{disk_with_empty_slot_b, image, BOOT_TIMEOUT};
+
+/// Enrollment, download, write, reboot and health checks under TCG take minutes; 4x.
+const UPDATE_TIMEOUT: Duration = Duration::from_secs(900);
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A device booted from a fresh v1 disk, enrolled and approved on a running server that
+/// holds the v2 release.
+pub struct Rig {
+    pub fleet: Fleet,
+    pub vm: Vm,
+    pub device_id: String,
+    /// The release id of v2 on the server.
+    pub release: String,
+    pub bundle: PathBuf,
+    pub bundle_bytes: u64,
+    pub disk: PathBuf,
+    pub started: Instant,
+}
+
+/// How a campaign ended for the device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CampaignEnd {
+    pub state: String,
+    pub succeeded: u64,
+    pub failed: u64,
+}
+
+impl Rig {
+    /// Builds v1 and v2 (once per process), bundles v2 with deltas from v1, starts the
+    /// server, boots v1 and approves the device when it enrolls. With `usb`, the bundle
+    /// is also on a second disk (a USB stick stand-in, [`Rig::find_usb_stick`]).
+    pub fn boot_v1(dir: &Path, name: &str, usb: bool, say: &mut dyn FnMut(&str)) -> Result<Rig> {
+        say("Building the v1 image (Debian bookworm arm64, kernel 6.1.0-55) and v2 (kernel 6.1.0-56)...");
+        let v1 = image()?;
+        let v2 = fleet::image_v2()?;
+        let bundle = fleet::bundle(v2, v1, &dir.join("v2.cairn"))?;
+        let bundle_bytes = std::fs::metadata(&bundle)?.len();
+        say(&format!(
+            "Signed bundle for v2 with deltas from v1: {:.1} MiB (v2's slot image alone is {:.1} MiB).",
+            bundle_bytes as f64 / 1048576.0,
+            std::fs::metadata(v2.layout.slot_image())?.len() as f64 / 1048576.0
+        ));
+        let fleet = Fleet::start(&v1.layout.dev_keys().join("root.json"), dir)?;
+        let release = fleet.upload(&bundle)?;
+        say(&format!(
+            "cairn-server is up at {} with release {release}.",
+            fleet.dashboard_url()
+        ));
+        let disk = disk_with_empty_slot_b(dir)?;
+        let started = Instant::now();
+        let stick = dir.join("usb-stick.img");
+        if usb {
+            let mut bytes = std::fs::read(&bundle)?;
+            bytes.resize(bytes.len().div_ceil(1 << 20) << 20, 0);
+            std::fs::write(&stick, bytes)?;
+        }
+        let mut vm = Vm::start_with(name, &disk, dir, usb.then_some(stick.as_path()))?;
+        say("Booting a fresh device from the v1 disk under QEMU (slot A; slot B empty)...");
+        vm.wait_for("cairn: slot A chosen", BOOT_TIMEOUT)?;
+        vm.wait_for_shell(BOOT_TIMEOUT)?;
+        say("The device is up; cairnd makes a device key on first boot and enrolls it.");
+        let device_id = wait_for_enrollment(&fleet)?;
+        fleet.approve(&device_id)?;
+        say(&format!("The operator approves {device_id}."));
+        Ok(Rig {
+            fleet,
+            vm,
+            device_id,
+            release,
+            bundle,
+            bundle_bytes,
+            disk,
+            started,
+        })
+    }
+
+    /// Starts a campaign of v2 for every device like this one and tells each event of
+    /// the device's history on the server until the campaign counts it.
+    pub fn roll_out(&self, campaign: &str, say: &mut dyn FnMut(&str)) -> Result<CampaignEnd> {
+        let compatible = &image()?.profile.compatible;
+        say(&format!(
+            "Campaign {campaign}: release {} to every {compatible} device, pause at the first failure.",
+            self.release
+        ));
+        self.fleet
+            .start_campaign(campaign, &self.release, compatible)?;
+        let deadline = Instant::now() + UPDATE_TIMEOUT;
+        let mut told = 0;
+        loop {
+            let history = self.fleet.device(&self.device_id)?["history"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            for event in history.iter().rev().skip(told) {
+                say(&format!(
+                    "  server: {} {}: {}",
+                    self.device_id,
+                    event["event"].as_str().unwrap_or("?"),
+                    event["detail"].as_str().unwrap_or("")
+                ));
+            }
+            told = told.max(history.len());
+            let (state, succeeded, failed) = self.fleet.campaign(campaign)?;
+            if succeeded + failed > 0 {
+                say(&format!(
+                    "Campaign {campaign}: {state}; succeeded {succeeded}, failed {failed}."
+                ));
+                return Ok(CampaignEnd {
+                    state,
+                    succeeded,
+                    failed,
+                });
+            }
+            if Instant::now() > deadline {
+                bail!("campaign {campaign} did not end for the device within {UPDATE_TIMEOUT:?}");
+            }
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    }
+
+    /// The guest's device node of the USB stick: the disk that starts with a bundle.
+    pub fn find_usb_stick(&mut self) -> Result<String> {
+        let found = self.vm.check(
+            "for d in /dev/vda /dev/vdb; do [ \"$(head -c 8 $d)\" = CAIRNBDL ] && echo $d; done; true",
+            COMMAND_TIMEOUT,
+        )?;
+        found
+            .lines()
+            .map(str::trim)
+            .find(|l| l.starts_with("/dev/"))
+            .map(str::to_string)
+            .ok_or_else(|| anyhow::anyhow!("no disk with a bundle in the guest: {found}"))
+    }
+
+    /// Polls `cairn status --json` until `done` holds for it.
+    pub fn wait_for_status(&mut self, what: &str, done: impl Fn(&Value) -> bool) -> Result<Value> {
+        let deadline = Instant::now() + UPDATE_TIMEOUT;
+        loop {
+            let status = self.status()?;
+            if done(&status) {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                bail!("the device never reached {what}: {status}");
+            }
+            std::thread::sleep(Duration::from_secs(2));
+        }
+    }
+
+    /// `cairn status --json` on the device's console.
+    pub fn status(&mut self) -> Result<Value> {
+        let text = self.vm.check("cairn status --json", COMMAND_TIMEOUT)?;
+        Ok(serde_json::from_str(&text[text.find('{').unwrap_or(0)..])?)
+    }
+
+    /// The device log's lines naming the payload each image was written from.
+    pub fn payload_lines(&mut self) -> Result<Vec<String>> {
+        let log = self.vm.check(
+            "grep -h 'image started' /var/log/cairnd.log* || true",
+            COMMAND_TIMEOUT,
+        )?;
+        Ok(log.lines().map(|l| l.trim().to_string()).collect())
+    }
+}
+
+fn wait_for_enrollment(fleet: &Fleet) -> Result<String> {
+    let deadline = Instant::now() + BOOT_TIMEOUT * 2;
+    loop {
+        if let Some(id) = fleet.pending_devices()?.into_iter().next() {
+            return Ok(id);
+        }
+        if Instant::now() > deadline {
+            bail!("no device enrolled within {:?}", BOOT_TIMEOUT * 2);
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
