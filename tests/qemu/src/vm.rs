@@ -71,9 +71,8 @@ impl Vm {
             ])
             .arg("-bios")
             .arg(&uboot_path)
-            .arg("-drive")
-            .arg(format!("if=none,file={},format=raw,id=hd", disk.display()))
-            .args(["-device", "virtio-blk-device,drive=hd"])
+            // virt gives the last virtio-mmio device the lowest address, and U-Boot boots
+            // "virtio 0": the system disk comes last.
             .args(usb.map_or_else(Vec::new, |usb| {
                 vec![
                     "-drive".to_string(),
@@ -85,6 +84,9 @@ impl Vm {
                     "virtio-blk-device,drive=usb".to_string(),
                 ]
             }))
+            .arg("-drive")
+            .arg(format!("if=none,file={},format=raw,id=hd", disk.display()))
+            .args(["-device", "virtio-blk-device,drive=hd"])
             .args([
                 "-netdev",
                 "user,id=n0",
