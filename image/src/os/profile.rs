@@ -27,6 +27,16 @@ pub struct Profile {
     /// (updater/src/health): each image version carries its own.
     #[serde(default)]
     pub health_checks: std::collections::BTreeMap<String, String>,
+    /// How long cairnd gives a trial boot's checks (its default: 300 s).
+    #[serde(default)]
+    pub health: Option<Health>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Health {
+    pub deadline_secs: u64,
+    pub interval_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]

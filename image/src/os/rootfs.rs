@@ -235,6 +235,12 @@ fn system_toml(profile: &Profile) -> String {
              initrd = {{ file = \"/boot/{dir}/initrd.img\" }}\n"
         ));
     }
+    if let Some(health) = &profile.health {
+        text.push_str(&format!(
+            "\n[health]\ndeadline_secs = {}\ninterval_secs = {}\n",
+            health.deadline_secs, health.interval_secs
+        ));
+    }
     if let Some(server) = &profile.server {
         text.push_str(&format!(
             "\n[server]\nurl = \"{}\"\npoll_secs = {}\n",

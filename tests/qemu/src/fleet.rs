@@ -4,7 +4,8 @@
 //! loopback), and the operator's side of the admin API.
 
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::collections::BTreeMap;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -22,21 +23,27 @@ pub const LISTEN: &str = "127.0.0.1:18480";
 pub const PUBLIC_URL: &str = "http://10.0.2.2:18480";
 const ADMIN_TOKEN: &str = "cairn-demo-admin";
 
-pub fn v2_profile_path() -> PathBuf {
-    crate::workspace().join("image/profiles/qemu-arm64-v2.toml")
+/// A release of the QEMU board, by profile file name (`qemu-arm64-v2.toml`), built once
+/// per process: root tree, kernel, initramfs, slot.
+pub fn image_of(profile: &str) -> Result<&'static Build> {
+    static IMAGES: Mutex<BTreeMap<String, &'static Build>> = Mutex::new(BTreeMap::new());
+    let mut images = IMAGES.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(build) = images.get(profile) {
+        return Ok(build);
+    }
+    let path = crate::workspace().join("image/profiles").join(profile);
+    let build = Build::new(&path)?;
+    build
+        .ensure(SlotB::Empty)
+        .with_context(|| format!("building {profile}"))?;
+    let build: &'static Build = Box::leak(Box::new(build));
+    images.insert(profile.to_string(), build);
+    Ok(build)
 }
 
-/// The v2 image (root tree, kernel, initramfs, slot), built once per process.
+/// v2: v1 one security update later.
 pub fn image_v2() -> Result<&'static Build> {
-    static IMAGE: OnceLock<std::result::Result<Build, String>> = OnceLock::new();
-    IMAGE
-        .get_or_init(|| {
-            let build = Build::new(&v2_profile_path()).map_err(|e| format!("{e:#}"))?;
-            build.ensure(SlotB::Empty).map_err(|e| format!("{e:#}"))?;
-            Ok(build)
-        })
-        .as_ref()
-        .map_err(|e| anyhow!("building the v2 image failed: {e}"))
+    image_of("qemu-arm64-v2.toml")
 }
 
 /// The images a bundle of `build` carries: the verity-protected slot, kernel, initrd.
@@ -63,6 +70,17 @@ fn images(build: &Build) -> Result<Vec<ImageInput>> {
 /// A bundle of `new`, signed with the development key, with a delta for each image from
 /// `old` (what devices in the field run).
 pub fn bundle(new: &Build, old: &Build, out: &Path) -> Result<PathBuf> {
+    bundle_with_kernel(new, old, out, None)
+}
+
+/// Like [`bundle`], with the kernel image replaced by `kernel` (a release that cannot
+/// boot).
+pub fn bundle_with_kernel(
+    new: &Build,
+    old: &Build,
+    out: &Path,
+    kernel: Option<(&str, &Path)>,
+) -> Result<PathBuf> {
     let keys = new.layout.dev_keys();
     let key = SigningKey::from_json(&std::fs::read(keys.join("release.key.json"))?)
         .context("reading the development signing key")?;
@@ -73,15 +91,23 @@ pub fn bundle(new: &Build, old: &Build, out: &Path) -> Result<PathBuf> {
             path: i.path,
         })
         .collect();
+    let mut new_images = images(new)?;
+    let mut version = new.profile.version.clone();
+    if let Some((v, kernel)) = kernel {
+        version = v.to_string();
+        for image in new_images.iter_mut().filter(|i| i.name == "kernel") {
+            image.path = kernel.to_path_buf();
+        }
+    }
     let now = time::OffsetDateTime::now_utc();
     let spec = BundleSpec {
         compatible: new.profile.compatible.clone(),
-        version: new.profile.version.parse()?,
+        version: version.parse()?,
         security_version: 1,
         created: now - time::Duration::hours(1),
         expires: now + time::Duration::days(30),
-        description: Some(format!("{} {}", new.profile.name, new.profile.version)),
-        images: images(new)?,
+        description: Some(format!("{} {version}", new.profile.name)),
+        images: new_images,
         delta_sources,
         // Level 9: most of 19's delta size in a fraction of its time.
         level: 9,

@@ -89,16 +89,29 @@ impl Rig {
         })
     }
 
+    /// Bundles `bundle_path` (already made) into the server; returns the release id.
+    pub fn add_release(&self, bundle_path: &Path) -> Result<String> {
+        self.fleet.upload(bundle_path)
+    }
+
     /// Starts a campaign of v2 for every device like this one and tells each event of
     /// the device's history on the server until the campaign counts it.
     pub fn roll_out(&self, campaign: &str, say: &mut dyn FnMut(&str)) -> Result<CampaignEnd> {
+        self.roll_out_release(campaign, &self.release.clone(), say)
+    }
+
+    /// [`Rig::roll_out`] of any release on the server.
+    pub fn roll_out_release(
+        &self,
+        campaign: &str,
+        release: &str,
+        say: &mut dyn FnMut(&str),
+    ) -> Result<CampaignEnd> {
         let compatible = &image()?.profile.compatible;
         say(&format!(
-            "Campaign {campaign}: release {} to every {compatible} device, pause at the first failure.",
-            self.release
+            "Campaign {campaign}: release {release} to every {compatible} device, pause at the first failure."
         ));
-        self.fleet
-            .start_campaign(campaign, &self.release, compatible)?;
+        self.fleet.start_campaign(campaign, release, compatible)?;
         let deadline = Instant::now() + UPDATE_TIMEOUT;
         let mut told = 0;
         loop {

@@ -4,7 +4,7 @@
 
 use anyhow::{ensure, Result};
 use qemu_tests::update_loop::{CampaignEnd, Rig, COMMAND_TIMEOUT};
-use qemu_tests::{disk::TestDisk, image, record_time, serial, BOOT_TIMEOUT};
+use qemu_tests::{disk::TestDisk, fleet, image, record_time, serial, BOOT_TIMEOUT};
 
 fn say(line: &str) {
     println!("{line}");
@@ -122,6 +122,79 @@ fn the_same_bundle_installs_offline_from_a_usb_stick() -> Result<()> {
     ensure!(status["slots"]["B"]["version"] == "0.2.0", "{status}");
     record_time(
         "offline install from a USB stick, trial boot, commit",
+        rig.started.elapsed(),
+    );
+    Ok(())
+}
+
+#[test]
+fn a_release_failing_its_health_check_rolls_back_and_stops_the_campaign() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let _lock = serial();
+    let v3 = fleet::image_of("qemu-arm64-v3.toml")?;
+    let mut rig = Rig::boot_v1(dir.path(), "update-health-failure", false, &mut say)?;
+    let bundle = fleet::bundle(v3, image()?, &dir.path().join("v3.cairn"))?;
+    let release = rig.add_release(&bundle)?;
+    let end = rig.roll_out_release("rollout-0.3.0", &release, &mut say)?;
+    ensure!(end.failed == 1 && end.state == "paused", "{end:?}");
+    let history = rig.fleet.device(&rig.device_id)?["history"].to_string();
+    ensure!(
+        history.contains("payments service is not answering"),
+        "the failing check's output reaches the server: {history}"
+    );
+    // Tried once: B on trial, then back in A.
+    rig.vm.wait_for("cairn: slot A chosen", BOOT_TIMEOUT * 2)?;
+    rig.vm.wait_for_shell(BOOT_TIMEOUT)?;
+    let status = rig.status()?;
+    ensure!(
+        status["booted"] == "A" && status["committed"] == "A",
+        "{status}"
+    );
+    ensure!(status["phase"]["phase"] == "rolled-back", "{status}");
+    // Offered again by a new campaign, the device declines instead of a second trial.
+    let again = rig.roll_out_release("rollout-0.3.0-again", &release, &mut say)?;
+    ensure!(again.failed == 1, "{again:?}");
+    let history = rig.fleet.device(&rig.device_id)?["history"].to_string();
+    ensure!(history.contains("not retried"), "{history}");
+    ensure!(
+        rig.vm.count("cairn: slot B chosen") == 1,
+        "slot B was tried exactly once"
+    );
+    record_time(
+        "health check fails: rollback, report, campaign paused, no retry",
+        rig.started.elapsed(),
+    );
+    Ok(())
+}
+
+#[test]
+fn a_release_whose_kernel_cannot_boot_falls_back_and_is_reported() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let _lock = serial();
+    let mut rig = Rig::boot_v1(dir.path(), "update-boot-failure", false, &mut say)?;
+    // v4: v2's root, but a kernel U-Boot cannot start.
+    let junk = dir.path().join("junk-kernel");
+    std::fs::write(&junk, vec![0xa5u8; 4 << 20])?;
+    let bundle = fleet::bundle_with_kernel(
+        fleet::image_v2()?,
+        image()?,
+        &dir.path().join("v4.cairn"),
+        Some(("0.4.0", &junk)),
+    )?;
+    let release = rig.add_release(&bundle)?;
+    let end = rig.roll_out_release("rollout-0.4.0", &release, &mut say)?;
+    ensure!(end.failed == 1, "{end:?}");
+    let history = rig.fleet.device(&rig.device_id)?["history"].to_string();
+    ensure!(history.contains("did not boot"), "{history}");
+    rig.vm.wait_for("cairn: slot A chosen", BOOT_TIMEOUT)?;
+    rig.vm.wait_for_shell(BOOT_TIMEOUT)?;
+    let status = rig.status()?;
+    ensure!(
+        status["booted"] == "A" && status["phase"]["phase"] == "rolled-back",
+        "{status}"
+    );
+    record_time(
+        "kernel cannot boot: U-Boot falls back, device reports the rollback",
         rig.started.elapsed(),
     );
     Ok(())
