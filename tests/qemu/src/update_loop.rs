@@ -112,6 +112,12 @@ impl Rig {
             "Campaign {campaign}: release {release} to every {compatible} device, pause at the first failure."
         ));
         self.fleet.start_campaign(campaign, release, compatible)?;
+        self.follow(campaign, say)
+    }
+
+    /// Tells each event of the device's history on the server until `campaign` counts
+    /// the device as succeeded or failed.
+    pub fn follow(&self, campaign: &str, say: &mut dyn FnMut(&str)) -> Result<CampaignEnd> {
         let deadline = Instant::now() + UPDATE_TIMEOUT;
         let mut told = 0;
         loop {
@@ -144,6 +150,18 @@ impl Rig {
             }
             std::thread::sleep(Duration::from_secs(1));
         }
+    }
+
+    /// Power cut: kills QEMU and boots the same disk again (console log `name`).
+    pub fn power_cycle(&mut self, name: &str) -> Result<()> {
+        let dir = self
+            .disk
+            .parent()
+            .ok_or_else(|| anyhow::anyhow!("disk without a directory"))?
+            .to_path_buf();
+        self.vm.power_off();
+        self.vm = Vm::start(name, &self.disk, &dir)?;
+        Ok(())
     }
 
     /// The guest's device node of the USB stick: the disk that starts with a bundle.

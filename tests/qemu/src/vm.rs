@@ -232,6 +232,11 @@ impl Vm {
         self.console()
     }
 
+    /// Kills QEMU now, in place (a power cut); the console log is kept.
+    pub fn power_off(&mut self) {
+        self.kill();
+    }
+
     fn kill(&mut self) {
         let _ = self.qemu.kill();
         let _ = self.qemu.wait();
