@@ -164,6 +164,13 @@ impl Rig {
         Ok(())
     }
 
+    /// Waits for the shell after a boot and echoes cairnd's log on the console from then
+    /// on, so waits can key on what the daemon is doing.
+    pub fn shell_with_cairnd_log(&mut self) -> Result<()> {
+        self.vm.wait_for_shell(BOOT_TIMEOUT)?;
+        self.vm.send("tail -n 0 -f /var/log/cairnd.log &")
+    }
+
     /// The guest's device node of the USB stick: the disk that starts with a bundle.
     pub fn find_usb_stick(&mut self) -> Result<String> {
         let found = self.vm.check(

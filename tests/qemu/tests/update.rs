@@ -200,40 +200,93 @@ fn a_release_whose_kernel_cannot_boot_falls_back_and_is_reported() -> Result<()>
     Ok(())
 }
 
+/// Where each power cut of the download-and-write scenario falls: a line of cairnd's log
+/// and a delay after it. Same points on every run.
+const CUTS_DURING_INSTALL: [(&str, u64); 10] = [
+    ("installing the assigned update", 0),
+    ("installing the assigned update", 300),
+    ("image started image=rootfs", 100),
+    ("image started image=rootfs", 900),
+    ("image started image=rootfs", 1700),
+    ("image started image=rootfs", 2600),
+    ("image started image=kernel", 200),
+    ("image started image=kernel", 900),
+    ("image started image=initrd", 100),
+    ("image started image=initrd", 600),
+];
+
 #[test]
-fn power_cuts_anywhere_in_the_update_never_leave_the_device_unbootable() -> Result<()> {
+fn power_cuts_during_download_and_write_always_boot_and_the_update_completes() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let _lock = serial();
     let mut rig = Rig::boot_v1(dir.path(), "update-power-cuts", false, &mut say)?;
+    rig.vm.send("tail -n 0 -f /var/log/cairnd.log &")?;
     rig.fleet
         .start_campaign("rollout-cuts", &rig.release, &image()?.profile.compatible)?;
-    // Cut the power at spread-out moments after the device is up: before, during and
-    // after the download and the slot write, after the boot-state switch, during the
-    // trial's health checks and the commit. Same points on every run.
-    let mut slots = Vec::new();
-    for (cut, delay_ms) in [900u64, 2300, 3100, 4700, 5200, 6900, 7400, 8800, 10500, 13100]
-        .into_iter()
-        .enumerate()
-    {
+    for (cut, (line, delay_ms)) in CUTS_DURING_INSTALL.into_iter().enumerate() {
+        rig.vm.wait_for(line, BOOT_TIMEOUT)?;
         std::thread::sleep(std::time::Duration::from_millis(delay_ms));
-        say(&format!("power cut {} at +{delay_ms} ms", cut + 1));
+        say(&format!("power cut {}: {delay_ms} ms after '{line}'", cut + 1));
         rig.power_cycle(&format!("update-power-cut-{}", cut + 1))?;
-        // Whatever was cut, U-Boot finds a slot and the system comes up.
-        rig.vm.wait_for("cairn: slot ", BOOT_TIMEOUT)?;
-        let console = rig.vm.console();
-        let slot = if console.contains("cairn: slot B chosen") { "B" } else { "A" };
-        slots.push(slot);
-        rig.vm.wait_for_shell(BOOT_TIMEOUT)?;
+        // The slot being written is never bootable: U-Boot boots the committed A.
+        rig.vm.wait_for("cairn: slot A chosen", BOOT_TIMEOUT)?;
+        rig.shell_with_cairnd_log()?;
     }
-    say(&format!("booted after each cut: {slots:?}"));
     let end = rig.follow("rollout-cuts", &mut say)?;
     ensure!(end.succeeded == 1 && end.failed == 0, "{end:?}");
+    rig.vm.wait_for("cairn: slot B chosen", BOOT_TIMEOUT)?;
+    rig.vm.wait_for_shell(BOOT_TIMEOUT)?;
     let status = rig.wait_for_status("the commit of 0.2.0", |s| {
         s["phase"]["phase"] == "committed" && s["slots"]["B"]["version"] == "0.2.0"
     })?;
     ensure!(status["committed"] == "B", "{status}");
     record_time(
-        "10 power cuts during download, write, switch and commit; then committed",
+        "10 power cuts during download and slot write, then committed",
+        rig.started.elapsed(),
+    );
+    Ok(())
+}
+
+#[test]
+fn power_cuts_after_the_switch_and_during_the_trial_end_committed_or_rolled_back() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let _lock = serial();
+    let mut rig = Rig::boot_v1(dir.path(), "update-power-cuts-trial", false, &mut say)?;
+    rig.vm.send("tail -n 0 -f /var/log/cairnd.log &")?;
+    rig.fleet
+        .start_campaign("rollout-trial-cuts", &rig.release, &image()?.profile.compatible)?;
+    // Right after the boot state armed the trial, before the reboot.
+    rig.vm.wait_for("armed for one trial boot", BOOT_TIMEOUT * 4)?;
+    say("power cut right after the boot-state switch");
+    rig.power_cycle("update-power-cut-switch")?;
+    // The armed trial boots once...
+    rig.vm.wait_for("cairn: slot B chosen", BOOT_TIMEOUT)?;
+    rig.vm.wait_for("cairn: system up", BOOT_TIMEOUT)?;
+    // ...and the power goes again while its health checks run, before the commit.
+    say("power cut during the trial boot's health checks");
+    rig.power_cycle("update-power-cut-trial")?;
+    // B had its one try: U-Boot falls back to A, never loops, never stalls.
+    rig.vm.wait_for("cairn: slot A chosen", BOOT_TIMEOUT)?;
+    rig.vm.wait_for_shell(BOOT_TIMEOUT)?;
+    let end = rig.follow("rollout-trial-cuts", &mut say)?;
+    let status = rig.wait_for_status("a settled phase", |s| {
+        matches!(
+            s["phase"]["phase"].as_str(),
+            Some("committed" | "rolled-back")
+        )
+    })?;
+    say(&format!("ended {} with the campaign {end:?}", status["phase"]["phase"]));
+    ensure!(
+        status["booted"] == status["committed"],
+        "runs its committed slot: {status}"
+    );
+    ensure!(
+        (status["phase"]["phase"] == "rolled-back" && end.failed == 1)
+            || (status["phase"]["phase"] == "committed" && end.succeeded == 1),
+        "device and server agree: {status} {end:?}"
+    );
+    record_time(
+        "power cuts after the switch and during the trial: settled",
         rig.started.elapsed(),
     );
     Ok(())
