@@ -50,18 +50,21 @@ impl BundleFile {
         self.bundle.clone().verify(anchor, policy)
     }
 
-    /// A reader over exactly one payload's bytes.
+    /// A reader over exactly one payload's bytes. Readers use positional reads on their
+    /// own handle, so several may be read at once (from different threads).
     pub fn payload_reader(&self, payload: &Payload) -> Result<impl Read> {
-        let mut file = self
+        let file = self
             .file
             .try_clone()
             .map_err(Error::io("cloning bundle handle"))?;
         let start = self.bundle.header.payload_area_offset + payload.offset;
-        file.seek(SeekFrom::Start(start))
-            .map_err(Error::io("seeking to payload"))?;
         Ok(io::BufReader::with_capacity(
             1 << 20,
-            file.take(payload.size),
+            RangeReader {
+                file,
+                pos: start,
+                end: start + payload.size,
+            },
         ))
     }
 
@@ -148,5 +151,28 @@ impl BundleFile {
             }
         }
         Ok(())
+    }
+}
+
+/// `end - pos` bytes of a file from `pos`, read with `pread`: a cloned handle shares its
+/// file offset with the original, so seeking and reading would race between threads.
+struct RangeReader {
+    file: File,
+    pos: u64,
+    end: u64,
+}
+
+impl Read for RangeReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        use std::os::unix::fs::FileExt;
+        let want = buf
+            .len()
+            .min((self.end - self.pos).min(usize::MAX as u64) as usize);
+        if want == 0 {
+            return Ok(0);
+        }
+        let n = self.file.read_at(&mut buf[..want], self.pos)?;
+        self.pos += n as u64;
+        Ok(n)
     }
 }

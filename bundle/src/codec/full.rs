@@ -1,6 +1,6 @@
 //! `zstd`: the full image as one zstd stream.
 
-use std::io::{self, Read, Write};
+use std::io::{self, BufRead, Read, Write};
 
 pub const METHOD: &str = "zstd";
 
@@ -26,4 +26,11 @@ pub fn decode(input: impl Read, out: &mut impl Write) -> io::Result<()> {
     let mut decoder = zstd::stream::read::Decoder::new(input)?;
     decoder.window_log_max(MAX_WINDOW_LOG)?;
     super::super::stream::copy_buffered(&mut decoder, out)
+}
+
+/// The decoder `decode` uses, over input that is already buffered.
+pub(crate) fn decoder<R: BufRead>(input: R) -> io::Result<zstd::stream::read::Decoder<'static, R>> {
+    let mut decoder = zstd::stream::read::Decoder::with_buffer(input)?;
+    decoder.window_log_max(MAX_WINDOW_LOG)?;
+    Ok(decoder)
 }

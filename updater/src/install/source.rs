@@ -1,6 +1,8 @@
 //! Where a bundle comes from: a local file (USB stick, offline) or an HTTP(S) URL.
 
 use std::io::{self, Read};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
 
 use cairn_bundle::header::{Header, HEADER_LEN};
 use cairn_bundle::{BundleFile, Payload, UnverifiedBundle};
@@ -59,14 +61,21 @@ impl BundleSource {
     /// written, so a corrupt or truncated file never touches a slot. A download is checked
     /// while it streams instead (reading it twice would double the transfer); its target
     /// slot is unbootable from before the first byte.
+    ///
+    /// One payload is hashed with its reading on a second thread; several are spread over
+    /// two threads. Failures are reported in `payloads` order.
     pub fn precheck(&self, payloads: &[(&str, &Payload)]) -> Result<(), InstallError> {
         let BundleSource::Local(file) = self else {
             return Ok(());
         };
-        for (image, payload) in payloads {
-            let mut reader = file.payload_reader(payload)?;
-            let (digest, len) = cairn_bundle::sha256_reader(&mut reader)
-                .map_err(|e| InstallError::Other(format!("reading the bundle: {e}")))?;
+        let check = |image: &str, payload: &Payload| -> Result<(), InstallError> {
+            let reader = file.payload_reader(payload)?;
+            let (digest, len) = if payloads.len() == 1 {
+                cairn_bundle::sha256_reader_overlapped(reader)
+            } else {
+                cairn_bundle::sha256_reader(&mut { reader })
+            }
+            .map_err(|e| InstallError::Other(format!("reading the bundle: {e}")))?;
             if len != payload.size {
                 return Err(cairn_bundle::Error::PayloadTruncated {
                     image: image.to_string(),
@@ -81,6 +90,37 @@ impl BundleSource {
                     actual: digest,
                 }
                 .into());
+            }
+            Ok(())
+        };
+        if payloads.len() <= 1 {
+            return payloads.iter().try_for_each(|(i, p)| check(i, p));
+        }
+        // Two workers take payloads in turn; each result lands in its payload's place.
+        let next = AtomicUsize::new(0);
+        let results: Vec<Mutex<Option<Result<(), InstallError>>>> =
+            payloads.iter().map(|_| Mutex::new(None)).collect();
+        std::thread::scope(|scope| {
+            for _ in 0..2 {
+                scope.spawn(|| loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some((image, payload)) = payloads.get(i) else {
+                        return;
+                    };
+                    let result = check(image, payload);
+                    let failed = result.is_err();
+                    *results[i].lock().expect("not poisoned") = Some(result);
+                    if failed {
+                        // Stop the other worker from starting more.
+                        next.store(payloads.len(), Ordering::Relaxed);
+                        return;
+                    }
+                });
+            }
+        });
+        for result in results {
+            if let Some(Err(e)) = result.into_inner().expect("not poisoned") {
+                return Err(e);
             }
         }
         Ok(())
