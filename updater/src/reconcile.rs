@@ -114,6 +114,14 @@ pub fn reconcile(
             settle(&mut state, &mut new_boot, facts, now, &mut next);
         }
     }
+    if facts.recovery || boot.recovery {
+        record_recovery(&mut state, boot, facts, now);
+    }
+    // Whatever became of an update, the committed slot has just booted: give it back its
+    // tries, so interrupted installs never wear it down toward a recovery boot.
+    if next == Next::Idle && facts.slot == new_boot.committed {
+        new_boot.refresh_committed();
+    }
     Reconciled {
         boot: (new_boot != *boot).then_some(new_boot),
         state,
@@ -131,17 +139,7 @@ fn settle(
     now: OffsetDateTime,
     next: &mut Next,
 ) {
-    if facts.recovery || boot.recovery {
-        let msg = format!(
-            "recovery boot: no slot had tries left; booted committed slot {}",
-            boot.committed
-        );
-        state.record(now, "recovery", Some(facts.slot), None, Some(msg.clone()));
-        state.report("recovery", None, Some(msg.clone()));
-        state.last_error = Some(msg);
-    }
     if facts.slot == boot.committed {
-        boot.refresh_committed();
         return;
     }
     let version = state.slot(facts.slot).version;
@@ -164,6 +162,21 @@ fn settle(
         security_version: state.slot(facts.slot).security_version,
     };
     *next = Next::CheckTrial(facts.slot);
+}
+
+fn record_recovery(
+    state: &mut DeviceState,
+    boot: &BootState,
+    facts: &BootFacts,
+    now: OffsetDateTime,
+) {
+    let msg = format!(
+        "recovery boot: no slot had tries left; booted committed slot {}",
+        boot.committed
+    );
+    state.record(now, "recovery", Some(facts.slot), None, Some(msg.clone()));
+    state.report("recovery", None, Some(msg.clone()));
+    state.last_error = Some(msg);
 }
 
 #[cfg(test)]
@@ -203,10 +216,14 @@ mod tests {
         let mut state = DeviceState::first_boot(SlotId::A, None);
         let mut boot = BootState::factory();
         boot.prepare_install(SlotId::B);
+        boot.tries_a = 1; // U-Boot spent tries on the boots the power cuts ended
         state.begin_install(now(), SlotId::B, "2.0.0", "boot-1", 2, None);
         let r = reconcile(&state, &boot, &facts(SlotId::A, "boot-2"), now());
         assert!(matches!(r.state.phase, Phase::Failed { .. }));
-        assert!(!r.boot.unwrap_or(boot).is_bootable(SlotId::B));
+        let after = r.boot.clone().unwrap_or(boot);
+        assert!(!after.is_bootable(SlotId::B));
+        // The committed slot that booted gets its tries back.
+        assert_eq!(after.tries(SlotId::A), 3);
         // A power cut says nothing about the update: the server is not told it failed,
         // so its deployment stays live and the device tries again.
         assert!(r.state.outbox.iter().all(|rep| rep.status != "failed"));

@@ -3,8 +3,8 @@
 //! profile says it is (QEMU's user network maps the guest's 10.0.2.2 to the host's
 //! loopback), and the operator's side of the admin API.
 
-use std::path::{Path, PathBuf};
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 

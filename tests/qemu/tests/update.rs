@@ -226,7 +226,10 @@ fn power_cuts_during_download_and_write_always_boot_and_the_update_completes() -
     for (cut, (line, delay_ms)) in CUTS_DURING_INSTALL.into_iter().enumerate() {
         rig.vm.wait_for(line, BOOT_TIMEOUT)?;
         std::thread::sleep(std::time::Duration::from_millis(delay_ms));
-        say(&format!("power cut {}: {delay_ms} ms after '{line}'", cut + 1));
+        say(&format!(
+            "power cut {}: {delay_ms} ms after '{line}'",
+            cut + 1
+        ));
         rig.power_cycle(&format!("update-power-cut-{}", cut + 1))?;
         // The slot being written is never bootable: U-Boot boots the committed A.
         rig.vm.wait_for("cairn: slot A chosen", BOOT_TIMEOUT)?;
@@ -253,10 +256,14 @@ fn power_cuts_after_the_switch_and_during_the_trial_end_committed_or_rolled_back
     let _lock = serial();
     let mut rig = Rig::boot_v1(dir.path(), "update-power-cuts-trial", false, &mut say)?;
     rig.vm.send("tail -n 0 -f /var/log/cairnd.log &")?;
-    rig.fleet
-        .start_campaign("rollout-trial-cuts", &rig.release, &image()?.profile.compatible)?;
+    rig.fleet.start_campaign(
+        "rollout-trial-cuts",
+        &rig.release,
+        &image()?.profile.compatible,
+    )?;
     // Right after the boot state armed the trial, before the reboot.
-    rig.vm.wait_for("armed for one trial boot", BOOT_TIMEOUT * 4)?;
+    rig.vm
+        .wait_for("armed for one trial boot", BOOT_TIMEOUT * 4)?;
     say("power cut right after the boot-state switch");
     rig.power_cycle("update-power-cut-switch")?;
     // The armed trial boots once...
@@ -275,7 +282,10 @@ fn power_cuts_after_the_switch_and_during_the_trial_end_committed_or_rolled_back
             Some("committed" | "rolled-back")
         )
     })?;
-    say(&format!("ended {} with the campaign {end:?}", status["phase"]["phase"]));
+    say(&format!(
+        "ended {} with the campaign {end:?}",
+        status["phase"]["phase"]
+    ));
     ensure!(
         status["booted"] == status["committed"],
         "runs its committed slot: {status}"
