@@ -15,11 +15,15 @@ pub struct AtomicFile {
 }
 
 impl AtomicFile {
+    /// Starts the replacement of `target`. Temporary files an earlier process left
+    /// for the same target (a crash, a power cut) are removed first, so they never pile
+    /// up on a small partition.
     pub fn create(target: impl AsRef<Path>) -> io::Result<AtomicFile> {
         let target = target.as_ref().to_path_buf();
         let name = target.file_name().ok_or_else(|| {
             io::Error::new(io::ErrorKind::InvalidInput, "target has no file name")
         })?;
+        remove_stale_temps(&target, name)?;
         let mut tmp_name = std::ffi::OsString::from(".");
         tmp_name.push(name);
         tmp_name.push(format!(".tmp.{}", std::process::id()));
@@ -84,6 +88,27 @@ pub fn sync_parent(path: &Path) -> io::Result<()> {
     File::open(parent)?.sync_all()
 }
 
+/// Removes `.NAME.tmp.*` siblings of `target`: what [`AtomicFile`]s of earlier processes
+/// left behind when they died before commit.
+fn remove_stale_temps(target: &Path, name: &std::ffi::OsStr) -> io::Result<()> {
+    let dir = match target.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let prefix = format!(".{}.tmp.", name.to_string_lossy());
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    for entry in entries.flatten() {
+        if entry.file_name().to_string_lossy().starts_with(&prefix) {
+            fs::remove_file(entry.path())?;
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -108,5 +133,20 @@ mod tests {
         drop(f);
         assert_eq!(fs::read(&target).unwrap(), b"old");
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn temporary_files_left_by_a_dead_writer_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("vmlinuz");
+        std::fs::write(dir.path().join(".vmlinuz.tmp.4242"), b"half").unwrap();
+        std::fs::write(dir.path().join(".initrd.tmp.4242"), b"other").unwrap();
+        write(&target, b"new").unwrap();
+        let mut left: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, [".initrd.tmp.4242", "vmlinuz"]);
     }
 }
