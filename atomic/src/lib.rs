@@ -48,8 +48,13 @@ impl AtomicFile {
     pub fn commit(mut self) -> io::Result<()> {
         let file = self.file.take().expect("present until commit");
         file.sync_all()?;
-        drop(file);
         fs::rename(&self.tmp, &self.target)?;
+        // On vfat (the boot partition) a file's size and first cluster live in its
+        // directory entry, which rename writes as empty and fills in only when the
+        // inode is written back: without this second fsync a power cut after the rename
+        // leaves a zero-length file (seen under QEMU: U-Boot read 0 bytes of slot.env).
+        file.sync_all()?;
+        drop(file);
         sync_parent(&self.target)
     }
 }
