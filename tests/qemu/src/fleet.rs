@@ -140,13 +140,18 @@ impl Fleet {
         })
     }
 
-    /// The dashboard's address on this machine.
-    pub fn dashboard_url(&self) -> String {
+    /// The server's address on this machine.
+    pub fn url(&self) -> String {
         self.server.url()
     }
 
+    /// The dashboard, signed in with the admin token.
+    pub fn dashboard_url(&self) -> String {
+        format!("{}/?token={ADMIN_TOKEN}", self.server.url())
+    }
+
     fn call(&self, method: &str, path: &str, body: Option<Vec<u8>>) -> Result<Value> {
-        let url = format!("{}/admin/v1{path}", self.server.url());
+        let url = format!("{}/admin/v1{path}", self.url());
         let request = match method {
             "GET" => self.http.get(&url),
             _ => self.http.post(&url).body(body.unwrap_or_default()),

@@ -59,7 +59,7 @@ impl Rig {
         let release = fleet.upload(&bundle)?;
         say(&format!(
             "cairn-server is up at {} with release {release}.",
-            fleet.dashboard_url()
+            fleet.url()
         ));
         let disk = disk_with_empty_slot_b(dir)?;
         let started = Instant::now();
@@ -192,6 +192,10 @@ impl Rig {
             let status = self.status()?;
             if done(&status) {
                 return Ok(status);
+            }
+            // A rolled-back update does not come back by waiting.
+            if status["phase"]["phase"] == "rolled-back" {
+                bail!("the device rolled back instead of reaching {what}: {status}");
             }
             if Instant::now() > deadline {
                 bail!("the device never reached {what}: {status}");

@@ -30,10 +30,10 @@ fn main() -> Result<()> {
     for line in rig.payload_lines()? {
         say(&format!("  device log: {line}"));
     }
-    let url = rig.fleet.dashboard_url();
     say(&format!(
-        "Done in {:.0} s. Dashboard: {url}/ (devices: {url}/ui/devices)",
-        started.elapsed().as_secs_f64()
+        "Done in {:.0} s. Dashboard: {}",
+        started.elapsed().as_secs_f64(),
+        rig.fleet.dashboard_url()
     ));
     if std::io::stdin().is_terminal() {
         say("The server and the device keep running: press Enter to stop them.");
