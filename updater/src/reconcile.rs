@@ -45,19 +45,14 @@ pub fn reconcile(
             // crash came before or after the write was complete.
             let armed = boot.order.first() == Some(&slot);
             if facts.slot == slot {
-                state.phase = Phase::TrialBoot {
-                    slot,
-                    version,
-                    security_version,
-                };
+                // Armed, then the power went before cairnd saved "installed": finish
+                // that step (slot record, `installed` report, so the server hears
+                // `rebooting` before `committed`), then the trial starts.
+                state.install_armed_unsaved(now, slot, &version, security_version, &boot_id);
+                state.trial_started(now);
                 next = Next::CheckTrial(slot);
             } else if armed && facts.boot_id == boot_id {
-                state.phase = Phase::InstalledPending {
-                    slot,
-                    version,
-                    security_version,
-                    boot_id,
-                };
+                state.install_armed_unsaved(now, slot, &version, security_version, &boot_id);
             } else if armed {
                 new_boot.reject(slot);
                 state.rolled_back(
@@ -243,9 +238,14 @@ mod tests {
             "{:?}",
             r.state.phase
         );
-        // Rebooted into it: the trial starts.
+        // Rebooted into it: the trial starts, knowing what B holds, and the server will
+        // hear `installed` (rebooting) before any `committed`.
         let r = reconcile(&state, &boot, &facts(SlotId::B, "boot-2"), now());
         assert_eq!(r.next, Next::CheckTrial(SlotId::B));
+        assert!(matches!(r.state.phase, Phase::TrialBoot { .. }));
+        assert_eq!(r.state.slot(SlotId::B).version.as_deref(), Some("2.0.0"));
+        let sent: Vec<&str> = r.state.outbox.iter().map(|x| x.status.as_str()).collect();
+        assert_eq!(sent, ["installing", "installed", "rebooted"]);
     }
 
     #[test]

@@ -262,6 +262,26 @@ impl DeviceState {
         self.report("installed", Some(&version), None);
     }
 
+    /// The boot state armed `slot` but cairnd did not get to save `installed` (a crash
+    /// or power cut in between): the same step as [`DeviceState::install_done`], with
+    /// what the `Installing` phase recorded (the images' hashes are not known here).
+    pub fn install_armed_unsaved(
+        &mut self,
+        now: OffsetDateTime,
+        slot: SlotId,
+        version: &str,
+        security_version: u64,
+        boot_id: &str,
+    ) {
+        let record = SlotRecord {
+            version: Some(version.to_string()),
+            security_version,
+            images: BTreeMap::new(),
+        };
+        let pending_root = self.pending_root.take();
+        self.install_done(now, slot, record, boot_id, pending_root);
+    }
+
     /// The install ended for good (bad bundle, write error): the server hears `failed`.
     pub fn install_failed(&mut self, now: OffsetDateTime, version: Option<&str>, reason: &str) {
         self.install_stopped(now, version, reason, "install-failed");
