@@ -28,6 +28,9 @@ const PACKAGES: &[&str] = &[
     "qemu-user-static",      // run the arm64 busybox once to list its applets
     "u-boot-qemu",           // the board firmware the QEMU tests boot through
     "swtpm",                 // the TPM attached to the test VM
+    "swtpm-tools",           // swtpm_setup: EK certificates for the TPM tests (issue 7)
+    "tpm2-tools",            // tpm2_checkquote etc.: cross-check cairn-tpm/cairn-attest formats
+    "libtss2-dev",           // libtss2 for cairn-tpm (tss-esapi links against it)
     "gcc-aarch64-linux-gnu", // cross linker for the image's Rust binaries
     "libc6-dev-arm64-cross", // ... and its C library
     // cairnd's CRI health check is tested against a real containerd on the host.
