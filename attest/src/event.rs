@@ -52,7 +52,7 @@ impl EventKind {
     /// Checks `value` has the form this kind requires.
     fn check_value(self, value: &str) -> std::result::Result<(), String> {
         let hex_of = |min: usize, max: usize| {
-            if value.len() < min || value.len() > max || value.len() % 2 != 0 {
+            if value.len() < min || value.len() > max || !value.len().is_multiple_of(2) {
                 return Err(format!(
                     "expected {min}..={max} lowercase hex characters, got {}",
                     value.len()

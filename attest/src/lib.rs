@@ -11,7 +11,8 @@
 //! The device sends its EK public and a freshly created AK public; the server calls
 //! [`challenge_ak`] (AK attribute check + [`make_credential`]) with a random secret and
 //! sends the [`Challenge`]; the device's TPM answers with the secret only if the AK lives
-//! on the same TPM as the EK.
+//! on the same TPM as the EK. [`verify_ek_certificate`] checks the EK certificate (DER, from
+//! NV 0x01c00002) against the manufacturer's CA and the EK public.
 //!
 //! # Attestation
 //! The server sends a fresh nonce; the device returns a TPM2_Quote over SHA-256 {12} plus
@@ -32,6 +33,7 @@
 //! [`AttestError::Malformed`], never a panic.
 
 pub mod credential;
+pub mod ekcert;
 pub mod error;
 pub mod event;
 pub mod public;
@@ -39,6 +41,7 @@ pub mod quote;
 mod wire;
 
 pub use credential::{challenge_ak, kdfa_sha256, make_credential, Challenge};
+pub use ekcert::verify_ek_certificate;
 pub use error::{AttestError, Result};
 pub use event::{event_digest, Event, EventKind, EventLog, Measured, Slot};
 pub use public::RsaPublicArea;

@@ -30,8 +30,10 @@
 //!   indices cannot carry TPMA_NV_POLICY_DELETE (that needs the platform hierarchy). swtpm
 //!   and a fresh TPM have an empty owner password; a production device must set one (and
 //!   then hand it to cairnd) for the floor to resist a root attacker. If only one index is
-//!   deleted, or the counter reads below the base, reads fail with
-//!   [`TpmError::FloorTampered`](crate::TpmError::FloorTampered) instead of returning 0.
+//!   deleted (or unwritten), or the counter reads below the base, reads fail with
+//!   [`TpmError::FloorTampered`](crate::TpmError::FloorTampered) instead of returning 0;
+//!   a deleted base alone reads as 0, because it is indistinguishable from a power cut
+//!   during provisioning.
 //! - One raise moves the floor by at most [`MAX_FLOOR_STEP`] (each step is an NV write;
 //!   security versions are meant to be small, consecutive integers).
 //! - The floor is at most `u64::MAX - base`; in practice unbounded.
@@ -267,7 +269,7 @@ impl Tpm {
     }
 
     /// Runs `f` with an ESYS handle for an existing NV index, then closes the handle.
-    fn with_nv<T>(
+    pub(crate) fn with_nv<T>(
         &mut self,
         index: u32,
         f: impl FnOnce(&mut Context, NvIndexHandle) -> Result<T, TpmError>,

@@ -8,7 +8,7 @@ use cairn_attest::{RsaPublicArea, CAIRN_PCR};
 use tss_esapi::abstraction::{ak, ek, nv, DefaultKey};
 use tss_esapi::attributes::SessionAttributesBuilder;
 use tss_esapi::constants::SessionType;
-use tss_esapi::handles::{AuthHandle, KeyHandle, NvIndexTpmHandle, SessionHandle};
+use tss_esapi::handles::{AuthHandle, KeyHandle, SessionHandle};
 use tss_esapi::interface_types::algorithm::{
     AsymmetricAlgorithm, HashingAlgorithm, SignatureSchemeAlgorithm,
 };
@@ -79,17 +79,33 @@ impl Tpm {
         if !self.nv_index_defined(EK_CERT_NV_INDEX)? {
             return Ok(None);
         }
-        let index = NvIndexTpmHandle::new(EK_CERT_NV_INDEX).op("EK cert NV handle")?;
-        let mut handle = self
-            .ctx
-            .execute_without_session(|ctx| ctx.tr_from_tpm_public(index.into()))
-            .op("open EK cert NV index")?;
-        let read = self.ctx.execute_with_nullauth_session(|ctx| {
-            nv::read_full(ctx, NvAuth::NvIndex(handle.into()), index)
-        });
-        // read_full may already have closed the ESYS handle; a failed close is harmless.
-        let _ = self.ctx.tr_close(&mut handle);
-        Ok(Some(read.op("read EK certificate")?))
+        let chunk = nv::max_nv_buffer_size(&mut self.ctx).op("NV buffer size")?;
+        let chunk = u16::try_from(chunk.min(1024)).unwrap_or(1024);
+        let cert = self.with_nv(EK_CERT_NV_INDEX, |ctx, handle| {
+            let (public, _) = ctx
+                .execute_without_session(|ctx| ctx.nv_read_public(handle))
+                .op("read EK cert NV public")?;
+            let size = public.data_size();
+            let mut cert = Vec::with_capacity(size);
+            while cert.len() < size {
+                let offset = u16::try_from(cert.len())
+                    .map_err(|_| TpmError::invalid("EK certificate", "larger than 64 KiB"))?;
+                let want = u16::try_from(size - cert.len())
+                    .unwrap_or(u16::MAX)
+                    .min(chunk);
+                let part = ctx
+                    .execute_with_nullauth_session(|ctx| {
+                        ctx.nv_read(NvAuth::NvIndex(handle), handle, want, offset)
+                    })
+                    .op("read EK certificate")?;
+                if part.is_empty() {
+                    return Err(TpmError::invalid("EK certificate", "TPM returned no data"));
+                }
+                cert.extend_from_slice(part.value());
+            }
+            Ok(cert)
+        })?;
+        Ok(Some(cert))
     }
 
     /// Creates an RSA-2048 restricted signing key (RSASSA-SHA256, SHA-256 name) under the

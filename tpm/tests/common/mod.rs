@@ -18,7 +18,7 @@ impl TestTpm {
     pub fn start() -> TestTpm {
         let dir = tempfile::tempdir().expect("temp dir");
         let swtpm = Swtpm::start(&dir.path().join("state"))
-            .unwrap_or_else(|e| panic!("cannot start swtpm: {e}\ninstall: {INSTALL_HINT}"));
+            .unwrap_or_else(|e| panic!("cannot start swtpm: {e}"));
         TestTpm { swtpm, dir }
     }
 
