@@ -31,7 +31,7 @@
 //!   and a fresh TPM have an empty owner password; a production device must set one (and
 //!   then hand it to cairnd) for the floor to resist a root attacker. If only one index is
 //!   deleted (or unwritten), or the counter reads below the base, reads fail with
-//!   [`TpmError::FloorTampered`](crate::TpmError::FloorTampered) instead of returning 0;
+//!   [`crate::TpmError::FloorTampered`] instead of returning 0;
 //!   a deleted base alone reads as 0, because it is indistinguishable from a power cut
 //!   during provisioning.
 //! - One raise moves the floor by at most [`MAX_FLOOR_STEP`] (each step is an NV write;
