@@ -12,8 +12,10 @@ pub use auth::{
     TokenResponse, ENROLL_CONTEXT, TOKEN_CONTEXT,
 };
 pub use types::{
-    Assignment, CheckIn, CheckInResponse, DeploymentState, EnrollResponse, EnrollStatus, ErrorBody,
-    InstalledImage, Report, ReportAck, ReportedState, Slot,
+    Assignment, AttestationEvidence, AttestationRequest, AttestationResult, CheckIn,
+    CheckInResponse, DeploymentState, EnrollResponse, EnrollStatus, ErrorBody, InstalledImage,
+    Report, ReportAck, ReportedState, Slot, TpmActivation, TpmChallenge, TpmEnrollRequest,
+    TpmEnrollStatus,
 };
 
 /// Paths of the device API, relative to the server's base URL.
@@ -21,9 +23,16 @@ pub mod paths {
     pub const ENROLL: &str = "/v1/device/enroll";
     pub const TOKEN: &str = "/v1/device/token";
     pub const CHECK_IN: &str = "/v1/device/check-in";
+    pub const TPM_ENROLL: &str = "/v1/device/tpm";
+    pub const TPM_ACTIVATE: &str = "/v1/device/tpm/activate";
 
     /// Where progress reports for one deployment go.
     pub fn reports(deployment_id: &str) -> String {
         format!("/v1/device/deployments/{deployment_id}/reports")
+    }
+
+    /// Where the TPM quote for one deployment goes.
+    pub fn attestation(deployment_id: &str) -> String {
+        format!("/v1/device/deployments/{deployment_id}/attestation")
     }
 }

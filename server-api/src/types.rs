@@ -38,6 +38,79 @@ pub struct CheckInResponse {
     pub assignment: Option<Assignment>,
     /// Seconds until the next check-in; already jittered per device.
     pub poll_interval_secs: u64,
+    /// Present while a committed deployment waits for the device's TPM quote.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attestation: Option<AttestationRequest>,
+}
+
+/// The server asks for a TPM quote over `pcrs` that includes `nonce`, for one deployment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttestationRequest {
+    pub deployment_id: String,
+    /// Hex; fresh per deployment, accepted once.
+    pub nonce: String,
+    /// SHA-256 bank PCR indices the quote must select.
+    pub pcrs: Vec<u8>,
+}
+
+/// The device's answer to an [`AttestationRequest`]: `POST .../attestation`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AttestationEvidence {
+    /// The nonce of the request, hex.
+    pub nonce: String,
+    /// TPMS_ATTEST as the TPM returned it, hex.
+    pub quote: String,
+    /// TPMT_SIGNATURE over `quote` by the enrolled attestation key, hex.
+    pub signature: String,
+    /// What was extended into the quoted PCRs, in order (`cairn-attest`'s event log JSON).
+    pub event_log: serde_json::Value,
+}
+
+/// The server's verdict on a quote.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttestationResult {
+    pub deployment_id: String,
+    pub deployment_state: DeploymentState,
+    /// Why attestation failed, when it did.
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// A device enrolls its TPM: the endorsement key and a fresh attestation key (AK).
+/// `POST /v1/device/tpm`; answered with a [`TpmChallenge`] only the TPM holding both can
+/// solve.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TpmEnrollRequest {
+    /// TPM2B_PUBLIC of the endorsement key, hex.
+    pub ek_public: String,
+    /// The EK certificate (DER) from the TPM's NV, hex, when the TPM has one.
+    #[serde(default)]
+    pub ek_certificate: Option<String>,
+    /// TPM2B_PUBLIC of the attestation key, hex.
+    pub ak_public: String,
+}
+
+/// TPM2_MakeCredential output for the enrolled EK and AK name, hex.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TpmChallenge {
+    pub credential_blob: String,
+    pub encrypted_secret: String,
+}
+
+/// The secret ActivateCredential recovered: `POST /v1/device/tpm/activate`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TpmActivation {
+    /// Hex.
+    pub secret: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TpmEnrollStatus {
+    /// `true` once the attestation key is proven to live in the enrolled TPM.
+    pub ak_trusted: bool,
 }
 
 /// An update the device should install (or is installing).
@@ -67,19 +140,31 @@ pub enum DeploymentState {
     /// Installed into the inactive slot; the device is rebooting into its trial boot.
     Rebooting,
     /// The device committed the new slot, and the campaign requires a valid attestation
-    /// quote before the deployment counts as a success (TPM issue).
+    /// quote before the deployment counts as a success.
     AttestationPending,
     /// Committed after its reboot (and attested, when the campaign requires it).
     Succeeded,
-    /// Failed, rolled back, or failed attestation; `reason` says which.
+    /// Failed or rolled back; `reason` says which.
     Failed,
+    /// Committed, but its TPM quote did not prove the release's image booted (bad
+    /// signature, stale nonce, or measurements of another image); `reason` says which.
+    /// Counts as a failure for the campaign's gates.
+    AttestationFailed,
     /// Withdrawn by the operator (campaign aborted) before the device started.
     Cancelled,
 }
 
 impl DeploymentState {
     pub fn is_terminal(self) -> bool {
-        matches!(self, Self::Succeeded | Self::Failed | Self::Cancelled)
+        matches!(
+            self,
+            Self::Succeeded | Self::Failed | Self::AttestationFailed | Self::Cancelled
+        )
+    }
+
+    /// Terminal and counted against the campaign's failure threshold.
+    pub fn is_failure(self) -> bool {
+        matches!(self, Self::Failed | Self::AttestationFailed)
     }
 
     pub fn as_str(self) -> &'static str {
@@ -91,6 +176,7 @@ impl DeploymentState {
             Self::AttestationPending => "attestation-pending",
             Self::Succeeded => "succeeded",
             Self::Failed => "failed",
+            Self::AttestationFailed => "attestation-failed",
             Self::Cancelled => "cancelled",
         }
     }
@@ -100,7 +186,7 @@ impl DeploymentState {
     }
 }
 
-const ALL_STATES: [DeploymentState; 8] = [
+const ALL_STATES: [DeploymentState; 9] = [
     DeploymentState::Assigned,
     DeploymentState::Downloading,
     DeploymentState::Installing,
@@ -108,6 +194,7 @@ const ALL_STATES: [DeploymentState; 8] = [
     DeploymentState::AttestationPending,
     DeploymentState::Succeeded,
     DeploymentState::Failed,
+    DeploymentState::AttestationFailed,
     DeploymentState::Cancelled,
 ];
 

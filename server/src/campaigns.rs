@@ -220,7 +220,8 @@ pub async fn resume(db: &Db, id: &str) -> ApiResult<Campaign> {
     let campaign = get(db, id).await?;
     require_state(&campaign, &[state::PAUSED], "resume")?;
     let failed: i64 = sqlx::query(
-        "SELECT COUNT(*) AS n FROM deployments WHERE campaign_id = $1 AND state = 'failed'",
+        "SELECT COUNT(*) AS n FROM deployments WHERE campaign_id = $1 \
+         AND state IN ('failed', 'attestation-failed')",
     )
     .bind(id)
     .fetch_one(&db.pool)
@@ -347,7 +348,7 @@ pub async fn status(db: &Db, id: &str) -> ApiResult<CampaignStatus> {
         w.assigned += n;
         match row.try_get::<String, _>("state")?.as_str() {
             "succeeded" => w.succeeded += n,
-            "failed" => w.failed += n,
+            "failed" | "attestation-failed" => w.failed += n,
             "cancelled" => w.cancelled += n,
             _ => w.in_progress += n,
         }

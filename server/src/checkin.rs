@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use cairn_bundle::Manifest;
 use cairn_server_api::{Assignment, CheckIn, CheckInResponse, DeploymentState};
 
+use crate::attestation;
 use crate::campaigns::{self, state, Campaign};
 use crate::db::{now_ms, random_id, Db};
 use crate::device_reader::{load, DeploymentRow, DeviceReader, DeviceRow};
@@ -116,10 +117,15 @@ pub async fn check_in(
         .await?;
     }
     ctx.writer.queue(device_id, report.clone()).await;
+    let attestation = existing
+        .iter()
+        .find(|d| d.live && d.state == DeploymentState::AttestationPending)
+        .and_then(|d| attestation::request(&d.id, d.attestation_nonce.as_deref()));
     let assignment = assignment(ctx, device_id, &device, existing, report).await?;
     Ok(CheckInResponse {
         assignment,
         poll_interval_secs: jittered(ctx.poll_interval_secs, device_id),
+        attestation,
     })
 }
 

@@ -9,7 +9,9 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use cairn_server_api::{
-    CheckIn, EnrollRequest, EnrollResponse, EnrollStatus, Report, TokenRequest, TokenResponse,
+    AttestationEvidence, AttestationResult, CheckIn, EnrollRequest, EnrollResponse, EnrollStatus,
+    Report, TokenRequest, TokenResponse, TpmActivation, TpmChallenge, TpmEnrollRequest,
+    TpmEnrollStatus,
 };
 use sha2::{Digest, Sha256};
 use sqlx::Row as _;
@@ -18,7 +20,7 @@ use crate::auth::{consume_nonce, unix_now, TOKEN_LIFETIME_SECS};
 use crate::devices;
 use crate::error::{ApiError, ApiResult};
 use crate::http::{parse_json, Shared};
-use crate::{checkin, reports};
+use crate::{attestation, checkin, reports};
 
 /// The device a valid bearer token was issued to.
 pub struct AuthenticatedDevice(pub String);
@@ -151,4 +153,39 @@ pub async fn report(
         state.caches.invalidate_campaigns();
     }
     Ok(Json(ack).into_response())
+}
+
+pub async fn tpm_enroll(
+    State(state): State<Shared>,
+    AuthenticatedDevice(device): AuthenticatedDevice,
+    body: Bytes,
+) -> ApiResult<Json<TpmChallenge>> {
+    let request: TpmEnrollRequest = parse_json(&body)?;
+    let ca = state.config.ek_ca.as_deref();
+    Ok(Json(
+        attestation::enroll(&state.db, ca, &device, &request).await?,
+    ))
+}
+
+pub async fn tpm_activate(
+    State(state): State<Shared>,
+    AuthenticatedDevice(device): AuthenticatedDevice,
+    body: Bytes,
+) -> ApiResult<Json<TpmEnrollStatus>> {
+    let activation: TpmActivation = parse_json(&body)?;
+    Ok(Json(
+        attestation::activate(&state.db, &device, &activation).await?,
+    ))
+}
+
+pub async fn attestation(
+    State(state): State<Shared>,
+    AuthenticatedDevice(device): AuthenticatedDevice,
+    Path(deployment): Path<String>,
+    body: Bytes,
+) -> ApiResult<Json<AttestationResult>> {
+    let evidence: AttestationEvidence = parse_json(&body)?;
+    let result =
+        attestation::attest(&state.db, &state.caches, &device, &deployment, &evidence).await?;
+    Ok(Json(result))
 }

@@ -22,6 +22,8 @@ pub struct DeploymentRow {
     pub live: bool,
     pub campaign_state: String,
     pub release_id: String,
+    /// Set while the deployment waits for the device's TPM quote.
+    pub attestation_nonce: Option<String>,
 }
 
 /// What a check-in needs of the device row.
@@ -36,7 +38,7 @@ pub struct DeviceRow {
 pub type DeviceView = (DeviceRow, Vec<DeploymentRow>);
 
 const SELECT: &str = "SELECT v.id AS device_id, v.approval, v.compatible, v.tags, v.version, \
-     d.id, d.campaign_id, d.state, d.live, c.state AS campaign_state, c.release_id FROM devices v \
+     d.id, d.campaign_id, d.state, d.live, d.attestation_nonce, c.state AS campaign_state, c.release_id FROM devices v \
      LEFT JOIN deployments d ON d.device_id = v.id \
      LEFT JOIN campaigns c ON c.id = d.campaign_id WHERE v.id ";
 
@@ -78,6 +80,7 @@ fn group(rows: &[Row]) -> ApiResult<HashMap<String, DeviceView>> {
             live: r.try_get::<Option<i64>, _>("live")?.is_some(),
             campaign_state: r.try_get("campaign_state")?,
             release_id: r.try_get("release_id")?,
+            attestation_nonce: r.try_get("attestation_nonce")?,
         });
     }
     Ok(out)

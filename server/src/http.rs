@@ -35,6 +35,9 @@ pub struct Config {
     pub poll_interval_secs: u64,
     /// How often running campaigns' gates are evaluated besides after each final report.
     pub evaluate_every: Duration,
+    /// The CA (PEM or DER) that must have issued a device's TPM EK certificate; `None`
+    /// accepts any EK (the MakeCredential challenge still binds the AK to it).
+    pub ek_ca: Option<Vec<u8>>,
 }
 
 impl Config {
@@ -46,6 +49,7 @@ impl Config {
             public_url: None,
             poll_interval_secs: 300,
             evaluate_every: Duration::from_secs(5),
+            ek_ca: None,
         }
     }
 }
@@ -115,6 +119,12 @@ pub async fn build(db: Db, config: Config, local: SocketAddr) -> anyhow::Result<
         .route("/token", post(device_api::token))
         .route("/check-in", post(device_api::check_in))
         .route("/deployments/{id}/reports", post(device_api::report))
+        .route(
+            "/deployments/{id}/attestation",
+            post(device_api::attestation),
+        )
+        .route("/tpm", post(device_api::tpm_enroll))
+        .route("/tpm/activate", post(device_api::tpm_activate))
         .layer(DefaultBodyLimit::max(64 * 1024));
     let admin = Router::new()
         .route(

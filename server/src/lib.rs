@@ -11,10 +11,13 @@
 //! - [`auth`]: signed requests (timestamp + nonce) and device tokens.
 //! - [`checkin`], [`device_reader`], [`state_writer`]: the hot path of the device API.
 //! - [`reports`]: progress reports, applied once and atomically.
+//! - [`attestation`]: TPM enrollment (MakeCredential challenge) and quote checks that
+//!   hold a deployment's success until the device proves which image booted.
 //! - [`http`], [`device_api`], [`admin_api`], [`dashboard`], [`blobs`]: the HTTP side;
 //!   [`local`] runs it on a thread for non-async programs (tests, the demo).
 
 pub mod admin_api;
+pub mod attestation;
 pub mod auth;
 pub mod blobs;
 pub mod campaigns;

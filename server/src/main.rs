@@ -65,6 +65,10 @@ struct ServeArgs {
     poll_interval_secs: u64,
     #[arg(long, default_value_t = 5)]
     evaluate_every_secs: u64,
+    /// CA certificate (PEM or DER) that must have issued devices' TPM EK certificates,
+    /// e.g. the TPM vendor's (swtpm-localca's issuercert.pem in tests).
+    #[arg(long)]
+    ek_ca: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -177,6 +181,10 @@ async fn serve(db: Db, blobs: PathBuf, args: ServeArgs) -> Result<()> {
     config.public_url = args.public_url;
     config.poll_interval_secs = args.poll_interval_secs;
     config.evaluate_every = Duration::from_secs(args.evaluate_every_secs.max(1));
+    config.ek_ca = match &args.ek_ca {
+        Some(p) => Some(std::fs::read(p).with_context(|| format!("reading {}", p.display()))?),
+        None => None,
+    };
     if config.root.is_none() {
         tracing::warn!(
             "no --root given: releases cannot be added until the server has a trust root"

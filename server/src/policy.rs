@@ -64,8 +64,8 @@ pub struct CampaignPolicy {
     /// The campaign pauses itself once failures exceed this share of the devices in the
     /// open waves.
     pub failure_threshold: f64,
-    /// Success needs a valid attestation quote after commit (TPM issue); false until the
-    /// attestation exchange exists.
+    /// Success needs, after the commit, a TPM quote proving the release's image booted
+    /// (`attestation.rs`); a device that cannot give one ends `attestation-failed`.
     #[serde(default)]
     pub attestation_required: bool,
 }
@@ -85,9 +85,6 @@ impl CampaignPolicy {
             if !(0.0..=1.0).contains(&v) {
                 return Err(format!("{name} {v} is outside [0, 1]"));
             }
-        }
-        if self.attestation_required {
-            return Err("attestation_required needs the attestation exchange (TPM issue), which this server does not offer yet".into());
         }
         Ok(())
     }

@@ -4,12 +4,12 @@
 use cairn_server_api::{DeploymentState, Report, ReportAck};
 use sqlx::Row as _;
 
-use crate::campaigns;
 use crate::db::{now_ms, ordered_id, Db};
 use crate::devices::check_name;
 use crate::error::{ApiError, ApiResult};
 use crate::policy::CampaignPolicy;
 use crate::transitions::{self, reported_name};
+use crate::{attestation, campaigns};
 
 /// A compare-and-set that lost to a concurrent report is retried this often.
 const ATTEMPTS: usize = 8;
@@ -147,6 +147,13 @@ async fn try_apply(
         if moved.rows_affected() == 0 {
             tx.rollback().await?;
             return Ok(None);
+        }
+        if transition.next == DeploymentState::AttestationPending {
+            sqlx::query("UPDATE deployments SET attestation_nonce = $1 WHERE id = $2")
+                .bind(attestation::new_nonce())
+                .bind(deployment_id)
+                .execute(&mut *tx)
+                .await?;
         }
     }
     let detail = match (&transition.reason, &report.detail) {

@@ -3,7 +3,7 @@
 //! ```text
 //! assigned → downloading → installing → rebooting ─committed─→ succeeded
 //!                                                └─committed─→ attestation-pending → succeeded
-//!                                                   (campaign requires attestation)  └→ failed
+//!                                                   (campaign requires attestation)  └→ attestation-failed
 //! any live state ─rolled-back / failed─→ failed (with the reason)
 //! assigned ─campaign aborted─→ cancelled
 //! ```
@@ -73,9 +73,9 @@ pub fn apply(
     };
     match (current, reported) {
         // A retried final report after the deployment ended the same way.
-        (S::Succeeded | S::AttestationPending, R::Committed) => stay,
+        (S::Succeeded | S::AttestationPending | S::AttestationFailed, R::Committed) => stay,
         (S::Failed, R::RolledBack | R::Failed) => stay,
-        (S::Succeeded | S::Failed | S::Cancelled, _) => Err(conflict()),
+        (S::Succeeded | S::Failed | S::AttestationFailed | S::Cancelled, _) => Err(conflict()),
         (_, R::RolledBack) => fail("rolled back"),
         (_, R::Failed) => fail("failed"),
         // Success only after the device said it was rebooting into the new slot: an

@@ -32,6 +32,24 @@ pub struct SystemConfig {
     pub server: Option<ServerConfig>,
     #[serde(default)]
     pub system: SystemPaths,
+    /// The TPM cairnd measures the booted slot into and attests with; none: no
+    /// attestation, and the security floor lives only in cairnd's state.
+    #[serde(default)]
+    pub tpm: Option<TpmConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TpmConfig {
+    /// TSS2 TCTI: `device:/dev/tpmrm0` on a device, `swtpm:host=...,port=...` in tests.
+    pub tcti: String,
+    /// The measurement log of this boot; on a tmpfs, since the PCRs reset with it.
+    #[serde(default = "default_event_log")]
+    pub event_log: PathBuf,
+}
+
+fn default_event_log() -> PathBuf {
+    "/run/cairn/measurements.json".into()
 }
 
 #[derive(Debug, Clone, Deserialize)]

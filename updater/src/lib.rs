@@ -4,9 +4,11 @@
 //! Map: `bootstate` (the bootloader's view and its stores) and `state` (cairnd's own
 //! record) hold pure transitions; `reconcile` derives what happened across a reboot;
 //! `install` streams a bundle into the inactive slot; `trial` commits or rejects;
-//! `health` runs the image's checks; `fleet` talks to cairn-server; `context` ties config
-//! and stores together.
+//! `health` runs the image's checks; `fleet` talks to cairn-server; `attestation`
+//! measures the boot into the TPM, enrolls its key and answers quote requests; `context`
+//! ties config and stores together.
 
+pub mod attestation;
 pub mod bootstate;
 pub mod config;
 pub mod context;

@@ -1,19 +1,25 @@
 //! cairnd against a real cairn-server (in-process, real HTTP on loopback, real SQLite):
 //! enroll → approval → campaign → delta download → trial → commit, with the server's
-//! view checked at each step; and a failing trial that the campaign counts and stops on.
+//! view checked at each step; a failing trial that the campaign counts and stops on; and
+//! TPM attestation with a real swtpm: the AK enrolled by MakeCredential/ActivateCredential,
+//! success counted only once a quote proves the release's image booted, a slot measuring
+//! differently ending `attestation-failed`, and the NV security floor surviving a wiped
+//! data partition.
 
 mod common;
 
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use cairn_bundle::TrustRoot;
 use cairn_server::http::Config;
 use cairn_server::local::LocalServer;
+use cairn_tpm::swtpm::Swtpm;
 use cairn_updater::bootstate::SlotId;
 use common::*;
 use serde_json::{json, Value};
+use sha2::Digest as _;
 
 const ADMIN: &str = "fleet-test-admin";
 
@@ -60,6 +66,10 @@ impl Server {
     }
 
     fn campaign(&self, id: &str, version: &str) {
+        self.campaign_with(id, version, false)
+    }
+
+    fn campaign_with(&self, id: &str, version: &str, attestation_required: bool) {
         let body = json!({
             "id": id,
             "release_id": format!("cairn-test@{version}"),
@@ -69,6 +79,7 @@ impl Server {
                 "min_success_ratio": 1.0,
                 "bake_secs": 0,
                 "failure_threshold": 0.0,
+                "attestation_required": attestation_required,
             },
         });
         self.ok("POST", "/campaigns", Some(body.to_string().into_bytes()));
@@ -213,5 +224,186 @@ fn a_failed_trial_is_reported_stops_the_campaign_and_is_never_retried() {
         !d.path("rebooted").exists(),
         "no second trial: {}",
         d.cairnd_log()
+    );
+}
+
+/// The device's TPM: a swtpm whose NV state lives in the device's dir. A "reboot"
+/// restarts it, which resets the PCRs as a power cycle does, and clears /run.
+struct DeviceTpm {
+    swtpm: Option<Swtpm>,
+    state: PathBuf,
+}
+
+impl DeviceTpm {
+    fn attach(d: &Device) -> DeviceTpm {
+        let state = d.path("tpm");
+        fs::create_dir_all(&state).unwrap();
+        let mut tpm = DeviceTpm { swtpm: None, state };
+        tpm.power_on(d);
+        tpm
+    }
+
+    /// Starts the TPM and points the device's config at it.
+    fn power_on(&mut self, d: &Device) {
+        self.swtpm = None;
+        let swtpm = Swtpm::start(&self.state).unwrap();
+        let tcti = swtpm.tcti();
+        self.swtpm = Some(swtpm);
+        let _ = fs::remove_dir_all(d.path("run"));
+        let log = d.path("run/cairn/measurements.json");
+        d.edit_config(|text| {
+            let base = text.split("[tpm]\n").next().unwrap_or_default().to_string();
+            format!(
+                "{base}[tpm]\ntcti = \"{tcti}\"\nevent_log = \"{}\"\n",
+                log.display()
+            )
+        });
+    }
+
+    fn tcti(&self) -> String {
+        self.swtpm.as_ref().unwrap().tcti()
+    }
+}
+
+/// A rootfs verity root hash made up for a test release (the server compares it with
+/// what the device measures; nothing here runs dm-verity).
+fn root_hash(release: &Release) -> String {
+    hex::encode(sha2::Sha256::digest(&release.rootfs))
+}
+
+fn with_verity(release: &Release) -> impl FnOnce(&mut cairn_bundle::writer::BundleSpec) + '_ {
+    move |spec| {
+        spec.images[0].verity = Some(cairn_bundle::Verity {
+            root_hash: root_hash(release),
+            salt: "00".repeat(32),
+            hash_algorithm: "sha256".into(),
+            data_block_size: 4096,
+            hash_block_size: 4096,
+            data_size: release.rootfs.len() as u64 - (64 << 10),
+        })
+    }
+}
+
+/// What U-Boot passes the kernel: the slot and, from the slot's `slot.env` (written by
+/// cairnd at install) or `root_hash` for the factory slot, the verity root hash.
+fn boot_cmdline(d: &Device, slot: SlotId, root_hash: &str) {
+    let cmdline = d.path("proc/cmdline");
+    let base = fs::read_to_string(&cmdline).unwrap();
+    fs::write(
+        &cmdline,
+        format!("{} cairn.verity.root_hash={root_hash}\n", base.trim_end()),
+    )
+    .unwrap();
+    assert!(base.contains(&format!("cairn.slot={slot}")), "{base}");
+}
+
+/// The slot.env root hash cairnd wrote for `slot`.
+fn installed_root_hash(d: &Device, slot: &str) -> String {
+    let env = fs::read_to_string(d.path(&format!("boot/{slot}/slot.env"))).unwrap();
+    env.trim_start_matches("slot_args=")
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("cairn.verity.root_hash="))
+        .unwrap_or_else(|| panic!("no root hash in {env}"))
+        .to_string()
+}
+
+/// v1 on slot A with its TPM enrolled, v2 installed into B by an attestation-requiring
+/// campaign, and the device "rebooted" into B with the TPM power-cycled. The cmdline of
+/// B's boot carries `boot_root_hash` (cairnd's slot.env value unless a test tampers).
+fn installed_under_attestation(tamper: Option<&str>) -> (Device, Server, DeviceTpm, Release) {
+    let v1 = Release::new("1.0.0", 0);
+    let v2 = Release::new("2.0.0", 3);
+    let (mut d, server) = enrolled_device(&v1);
+    d.health_check("ok", "kind = \"command\"\ncommand = [\"true\"]\n");
+    let mut tpm = DeviceTpm::attach(&d);
+    boot_cmdline(&d, SlotId::A, &root_hash(&v1));
+    let key = cairn_bundle::SigningKey::from_json(&d.key.to_json()).unwrap();
+    let bundle = d.bundle_with(&v2, Some(&v1), "2.0.0", &[key], with_verity(&v2));
+    server.ok("POST", "/releases", Some(fs::read(&bundle).unwrap()));
+    server.campaign_with("c-att", "2.0.0", true);
+
+    let daemon = Daemon(d.spawn_cairnd());
+    wait_for(60, "the install and the reboot request", || {
+        d.path("rebooted").exists()
+    });
+    drop(daemon);
+    let history = server.history("dev-0001").join("\n");
+    assert!(
+        history.contains("attestation key trusted"),
+        "the AK passed MakeCredential/ActivateCredential before the install:\n{history}\n{}",
+        d.cairnd_log()
+    );
+    assert_eq!(d.reboot(), SlotId::B);
+    tpm.power_on(&d);
+    let measured = tamper.map_or_else(|| installed_root_hash(&d, "b"), str::to_string);
+    boot_cmdline(&d, SlotId::B, &measured);
+    (d, server, tpm, v2)
+}
+
+#[test]
+fn success_counts_only_once_the_tpm_quote_proves_the_release_booted() {
+    let (d, server, tpm, v2) = installed_under_attestation(None);
+    assert_eq!(installed_root_hash(&d, "b"), root_hash(&v2));
+    let _daemon = Daemon(d.spawn_cairnd());
+    wait_for(30, "the attested success", || server.counts("c-att").0 == 1);
+    let history = server.history("dev-0001").join("\n");
+    assert!(history.contains("attested"), "{history}");
+    assert_eq!(phase(&d.status()), "committed");
+    // The quote covered this boot: PCR 12 holds exactly what the log says.
+    let log: cairn_attest::EventLog =
+        serde_json::from_slice(&fs::read(d.path("run/cairn/measurements.json")).unwrap()).unwrap();
+    let mut device_tpm = cairn_tpm::Tpm::open(&tpm.tcti()).unwrap();
+    assert_eq!(device_tpm.read_pcr(12).unwrap(), log.replay().unwrap());
+    assert_eq!(log.measured().unwrap().rootfs_verity_root, root_hash(&v2));
+}
+
+#[test]
+fn a_slot_measuring_other_than_the_release_ends_attestation_failed() {
+    let forged = "ee".repeat(32);
+    let (d, server, _tpm, _v2) = installed_under_attestation(Some(&forged));
+    let _daemon = Daemon(d.spawn_cairnd());
+    wait_for(30, "the attestation failure", || {
+        server.counts("c-att").1 == 1
+    });
+    let history = server.history("dev-0001").join("\n");
+    assert!(
+        history.contains("attestation failed: measured rootfs verity root hash"),
+        "{history}"
+    );
+    assert_eq!(server.counts("c-att").0, 0, "never counted as a success");
+    let devices = server.ok("GET", "/campaigns/c-att", None);
+    assert_eq!(devices["campaign"]["state"], "paused", "{devices:#}");
+}
+
+#[test]
+fn the_tpm_security_floor_survives_a_wiped_data_partition() {
+    let v1 = Release::new("1.0.0", 0);
+    let mut v2 = Release::new("2.0.0", 3);
+    v2.security_version = 3;
+    let mut old = Release::new("1.5.0", 1);
+    old.security_version = 2;
+    let mut d = Device::new(&v1);
+    let mut tpm = DeviceTpm::attach(&d);
+    boot_cmdline(&d, SlotId::A, &root_hash(&v1));
+    d.cairn_ok(&["install", d.bundle(&v2, None).to_str().unwrap()]);
+    assert_eq!(d.reboot(), SlotId::B);
+    tpm.power_on(&d);
+    let output = d.cairnd_once();
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(phase(&d.status()), "committed");
+    let floor = cairn_tpm::Tpm::open(&tpm.tcti())
+        .unwrap()
+        .security_floor()
+        .unwrap();
+    assert_eq!(floor, 3, "the commit raised the TPM's floor");
+
+    fs::remove_dir_all(d.path("data/cairn")).unwrap(); // an attacker resets /data
+    let slot_a = d.slot_bytes("a", v1.rootfs.len());
+    let err = d.cairn_err(&["install", d.bundle(&old, None).to_str().unwrap()]);
+    assert!(err.contains("security"), "{err}");
+    assert_eq!(
+        d.slot_bytes("a", v1.rootfs.len()),
+        slot_a,
+        "nothing written"
     );
 }

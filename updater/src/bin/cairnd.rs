@@ -12,7 +12,7 @@ use cairn_updater::fleet::{self, ServerClient};
 use cairn_updater::metrics::{self, Counters};
 use cairn_updater::state::Phase;
 use cairn_updater::trial::{self, Verdict};
-use cairn_updater::{config, reboot};
+use cairn_updater::{attestation, config, reboot};
 use clap::Parser;
 
 #[derive(Parser)]
@@ -41,6 +41,7 @@ fn main() -> Result<()> {
     }
     let mut ctx = Context::open(&args.config)
         .with_context(|| format!("loading {}", args.config.display()))?;
+    measure_boot(&ctx);
     let verdict = {
         let _lock = ctx.lock_install()?;
         trial::on_boot(&mut ctx)?
@@ -55,6 +56,9 @@ fn main() -> Result<()> {
             reboot::reboot(&ctx.config.reboot).map_err(anyhow::Error::msg)?;
         }
     }
+    if let Err(e) = attestation::sync_floor(&ctx.config, ctx.state.security_floor) {
+        tracing::error!("TPM security floor not updated: {e}");
+    }
     if args.once {
         return Ok(());
     }
@@ -67,6 +71,23 @@ fn main() -> Result<()> {
         tracing::warn!(error = %e, listen = %ctx.config.system.metrics_listen, "metrics disabled");
     }
     run(&args, &stop, &counters)
+}
+
+/// First thing: extend PCR 12 with the booted slot's identity, before health checks or
+/// anything else from the slot runs. A failure is logged, not fatal: the device still
+/// updates, and the server will refuse its attestation.
+fn measure_boot(ctx: &Context) {
+    let Some(tpm) = &ctx.config.tpm else {
+        return;
+    };
+    let measured = attestation::boot_events(&ctx.config).and_then(|events| {
+        let mut device = cairn_tpm::Tpm::open(&tpm.tcti)?;
+        attestation::measure_boot(&mut device, tpm, &events)
+    });
+    match measured {
+        Ok(log) => tracing::info!(events = log.events().len(), "boot measured into PCR 12"),
+        Err(e) => tracing::error!("boot not measured, attestation will fail: {e}"),
+    }
 }
 
 /// The daemon's loop: check in with the server when one is configured (installing what

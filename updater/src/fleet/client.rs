@@ -1,11 +1,12 @@
 //! The device API of cairn-server (server/API.md) over blocking HTTP: enroll, token,
-//! check-in (with ETag), reports. Requests and signatures come from `cairn-server-api`.
+//! check-in (with ETag), reports, TPM enrollment and attestation. Requests and signatures come from `cairn-server-api`.
 
 use std::time::Duration;
 
 use cairn_server_api::{
-    paths, CheckIn, CheckInResponse, EnrollRequest, EnrollResponse, EnrollStatus, ErrorBody,
-    Report, ReportAck, TokenRequest, TokenResponse,
+    paths, AttestationEvidence, AttestationResult, CheckIn, CheckInResponse, EnrollRequest,
+    EnrollResponse, EnrollStatus, ErrorBody, Report, ReportAck, TokenRequest, TokenResponse,
+    TpmActivation, TpmChallenge, TpmEnrollRequest, TpmEnrollStatus,
 };
 use reqwest::blocking::{Client, Response};
 use reqwest::StatusCode;
@@ -112,6 +113,30 @@ impl ServerClient {
     pub fn report(&mut self, deployment: &str, report: &Report) -> Result<ReportAck, FleetError> {
         let path = paths::reports(deployment);
         let response = self.authorized(&path, report, None)?;
+        self.json(&path, response)
+    }
+
+    /// Enrolls the TPM's EK and a fresh AK; the answer is the challenge to activate.
+    pub fn tpm_enroll(&mut self, request: &TpmEnrollRequest) -> Result<TpmChallenge, FleetError> {
+        let response = self.authorized(paths::TPM_ENROLL, request, None)?;
+        self.json(paths::TPM_ENROLL, response)
+    }
+
+    pub fn tpm_activate(
+        &mut self,
+        activation: &TpmActivation,
+    ) -> Result<TpmEnrollStatus, FleetError> {
+        let response = self.authorized(paths::TPM_ACTIVATE, activation, None)?;
+        self.json(paths::TPM_ACTIVATE, response)
+    }
+
+    pub fn attest(
+        &mut self,
+        deployment: &str,
+        evidence: &AttestationEvidence,
+    ) -> Result<AttestationResult, FleetError> {
+        let path = paths::attestation(deployment);
+        let response = self.authorized(&path, evidence, None)?;
         self.json(&path, response)
     }
 

@@ -14,11 +14,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use cairn_server_api::{Assignment, CheckIn, InstalledImage, Report, ReportedState, Slot};
+use cairn_server_api::{
+    Assignment, AttestationRequest, CheckIn, InstalledImage, Report, ReportedState, Slot,
+};
+use cairn_tpm::Tpm;
 use time::OffsetDateTime;
 
+use crate::attestation::{self, AttestationError};
 use crate::bootstate::SlotId;
-use crate::config::ServerConfig;
+use crate::config::{ServerConfig, TpmConfig};
 use crate::context::Context;
 use crate::install::{self, InstallRequest, Progress};
 use crate::metrics::Counters;
@@ -132,6 +136,12 @@ pub fn cycle(
         other => other?,
     };
     counters.checkins.fetch_add(1, Ordering::Relaxed);
+    if let Some(tpm) = &ctx.config.tpm {
+        // Attestation never blocks updates: a failure here is the server's to judge.
+        if let Err(e) = attest(&ctx, tpm, client, answer.attestation.as_ref()) {
+            tracing::warn!("TPM attestation: {e}");
+        }
+    }
     match decide(answer.assignment.as_ref(), &ctx.state, booted) {
         Action::Idle => {}
         Action::Decline {
@@ -157,6 +167,49 @@ pub fn cycle(
         } => install_assignment(&mut ctx, client, stop, counters, deployment, url, &version)?,
     }
     Ok(Duration::from_secs(answer.poll_interval_secs.max(1)))
+}
+
+/// Keeps the AK enrolled with this server and answers a pending quote request.
+fn attest(
+    ctx: &Context,
+    config: &TpmConfig,
+    client: &mut ServerClient,
+    request: Option<&AttestationRequest>,
+) -> Result<(), AttestationError> {
+    let mut tpm = Tpm::open(&config.tcti)?;
+    let url = ctx
+        .config
+        .server
+        .as_ref()
+        .map(|s| s.url.as_str())
+        .unwrap_or_default();
+    let ak = attestation::ensure_enrolled(
+        &mut tpm,
+        client,
+        &attestation::enrollment_path(&ctx.config),
+        url,
+    )?;
+    let Some(request) = request else {
+        return Ok(());
+    };
+    let bytes = std::fs::read(&config.event_log).map_err(|source| AttestationError::Io {
+        path: config.event_log.display().to_string(),
+        source,
+    })?;
+    let log = serde_json::from_slice(&bytes).map_err(|e| AttestationError::Io {
+        path: config.event_log.display().to_string(),
+        source: e.into(),
+    })?;
+    let result = attestation::answer(&mut tpm, client, &ak, &log, request)?;
+    match &result.reason {
+        None => {
+            tracing::info!(deployment = %result.deployment_id, state = result.deployment_state.as_str(), "attested")
+        }
+        Some(why) => {
+            tracing::error!(deployment = %result.deployment_id, "server rejected the attestation: {why}")
+        }
+    }
+    Ok(())
 }
 
 fn enroll(client: &mut ServerClient) -> Result<(), FleetError> {

@@ -155,9 +155,12 @@ fn prepare(ctx: &Context, request: &InstallRequest) -> Result<Prepared, InstallE
     let root = ctx
         .trust_root()
         .map_err(|e| InstallError::Other(e.to_string()))?;
+    // The TPM's NV floor counts too: a wiped data partition must not reopen old versions.
+    let security_floor = crate::attestation::effective_floor(&ctx.config, ctx.state.security_floor)
+        .map_err(|e| InstallError::Other(format!("reading the security floor: {e}")))?;
     let policy = Policy {
         compatible: Some(ctx.config.compatible.clone()),
-        security_floor: ctx.state.security_floor,
+        security_floor,
         now: OffsetDateTime::now_utc(),
     };
     let roots = unverified.roots.clone();

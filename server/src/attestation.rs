@@ -1,0 +1,350 @@
+//! TPM attestation: enrolling a device's attestation key (AK) and checking the quote a
+//! committed deployment must send before it counts as a success.
+//!
+//! Enrollment proves the AK lives in the TPM that owns the endorsement key (EK): the
+//! server wraps a random secret with TPM2_MakeCredential for that EK and the AK's name,
+//! and only that TPM's ActivateCredential, holding that AK, can unwrap it. Until the
+//! device sends the secret back, the AK is not trusted. A device that re-enrolls (its
+//! data partition was wiped, say) may bring a new AK but not a new EK: a trusted device
+//! moving to another TPM is refused rather than silently re-keyed.
+//!
+//! Attestation: when a campaign requires it, `committed` moves a deployment to
+//! `attestation-pending` with a fresh nonce (`reports.rs`). The device's check-in answer
+//! asks for a quote over that nonce; the quote must be signed by the trusted AK, carry
+//! the nonce, and its event log must replay to the quoted PCR and name the rootfs verity
+//! root hash, kernel and initrd of the release the campaign installed. Otherwise the
+//! deployment ends `attestation-failed`, which the gates count as a failure.
+
+use cairn_bundle::Manifest;
+use cairn_server_api::{
+    AttestationEvidence, AttestationRequest, AttestationResult, DeploymentState, TpmActivation,
+    TpmChallenge, TpmEnrollRequest, TpmEnrollStatus,
+};
+use sha2::{Digest, Sha256};
+use sqlx::Row as _;
+
+use crate::campaigns;
+use crate::checkin::Caches;
+use crate::db::{now_ms, random_bytes, Db};
+use crate::devices;
+use crate::error::{ApiError, ApiResult};
+
+/// The PCRs a quote must select (SHA-256 bank).
+pub fn quoted_pcrs() -> Vec<u8> {
+    vec![cairn_attest::CAIRN_PCR]
+}
+
+/// A fresh attestation nonce, hex.
+pub fn new_nonce() -> String {
+    hex::encode(random_bytes::<32>())
+}
+
+/// The check-in's request for a quote, when `nonce` is set on a pending deployment.
+pub fn request(deployment_id: &str, nonce: Option<&str>) -> Option<AttestationRequest> {
+    Some(AttestationRequest {
+        deployment_id: deployment_id.to_string(),
+        nonce: nonce?.to_string(),
+        pcrs: quoted_pcrs(),
+    })
+}
+
+fn unhex(field: &str, value: &str, max: usize) -> ApiResult<Vec<u8>> {
+    if value.len() > 2 * max {
+        return Err(ApiError::bad_request(
+            "bad-tpm-data",
+            format!("{field} is longer than {max} bytes"),
+        ));
+    }
+    hex::decode(value)
+        .map_err(|e| ApiError::bad_request("bad-tpm-data", format!("{field} is not hex: {e}")))
+}
+
+/// `POST /v1/device/tpm`: records the EK and a candidate AK and answers with the
+/// challenge. `ek_ca` (PEM or DER), when the server pins one, must have issued the EK
+/// certificate the device sends.
+pub async fn enroll(
+    db: &Db,
+    ek_ca: Option<&[u8]>,
+    device_id: &str,
+    request: &TpmEnrollRequest,
+) -> ApiResult<TpmChallenge> {
+    let ek_public = unhex("ek_public", &request.ek_public, 1024)?;
+    let ak_public = unhex("ak_public", &request.ak_public, 1024)?;
+    let ek_certificate = match &request.ek_certificate {
+        Some(c) => Some(unhex("ek_certificate", c, 4096)?),
+        None => None,
+    };
+    if let Some(ca) = ek_ca {
+        let cert = ek_certificate.as_deref().ok_or_else(|| {
+            ApiError::forbidden(
+                "ek-certificate-required",
+                "this server only trusts TPMs whose EK certificate it can check; send ek_certificate",
+            )
+        })?;
+        cairn_attest::verify_ek_certificate(cert, ca, &ek_public)
+            .map_err(|e| ApiError::forbidden("ek-certificate-rejected", e.to_string()))?;
+    }
+    let row = sqlx::query("SELECT ek_public, ak_trusted_at FROM devices WHERE id = $1")
+        .bind(device_id)
+        .fetch_optional(&db.pool)
+        .await?
+        .ok_or_else(|| devices::unknown(device_id))?;
+    let known_ek: Option<String> = row.try_get("ek_public")?;
+    let trusted: Option<i64> = row.try_get("ak_trusted_at")?;
+    if trusted.is_some() && known_ek.as_deref() != Some(request.ek_public.as_str()) {
+        return Err(ApiError::conflict(
+            "ek-changed",
+            format!(
+                "device {device_id} is enrolled with another TPM; an operator must reset its TPM enrollment"
+            ),
+        ));
+    }
+    let secret = random_bytes::<32>();
+    let challenge = cairn_attest::challenge_ak(&ek_public, &ak_public, &secret)
+        .map_err(|e| ApiError::bad_request("bad-tpm-key", e.to_string()))?;
+    sqlx::query(
+        "UPDATE devices SET ek_public = $1, ek_certificate = $2, ak_public = $3, ak_challenge = $4, \
+         ak_trusted_at = NULL WHERE id = $5",
+    )
+    .bind(&request.ek_public)
+    .bind(&request.ek_certificate)
+    .bind(&request.ak_public)
+    .bind(hex::encode(Sha256::digest(secret)))
+    .bind(device_id)
+    .execute(&db.pool)
+    .await?;
+    devices::record(
+        db,
+        device_id,
+        "tpm",
+        "attestation key enrolled, challenge sent",
+    )
+    .await?;
+    Ok(TpmChallenge {
+        credential_blob: hex::encode(challenge.credential_blob),
+        encrypted_secret: hex::encode(challenge.encrypted_secret),
+    })
+}
+
+/// `POST /v1/device/tpm/activate`: the AK is trusted once the device returns the
+/// challenge's secret. One attempt per challenge.
+pub async fn activate(
+    db: &Db,
+    device_id: &str,
+    activation: &TpmActivation,
+) -> ApiResult<TpmEnrollStatus> {
+    let secret = unhex("secret", &activation.secret, 64)?;
+    let row = sqlx::query("SELECT ak_challenge FROM devices WHERE id = $1")
+        .bind(device_id)
+        .fetch_optional(&db.pool)
+        .await?
+        .ok_or_else(|| devices::unknown(device_id))?;
+    let expected: String = row
+        .try_get::<Option<String>, _>("ak_challenge")?
+        .ok_or_else(|| {
+            ApiError::conflict(
+                "no-challenge",
+                "no TPM challenge is open: POST /v1/device/tpm first",
+            )
+        })?;
+    let solved = hex::encode(Sha256::digest(&secret)) == expected;
+    let trusted_at = solved.then(now_ms);
+    let done = sqlx::query(
+        "UPDATE devices SET ak_challenge = NULL, ak_trusted_at = $1 WHERE id = $2 AND ak_challenge = $3",
+    )
+    .bind(trusted_at)
+    .bind(device_id)
+    .bind(&expected)
+    .execute(&db.pool)
+    .await?;
+    if done.rows_affected() == 0 {
+        return Err(ApiError::conflict(
+            "busy",
+            "the TPM enrollment changed; enroll again",
+        ));
+    }
+    if !solved {
+        devices::record(
+            db,
+            device_id,
+            "tpm",
+            "challenge answered wrongly; key not trusted",
+        )
+        .await?;
+        return Err(ApiError::forbidden(
+            "wrong-secret",
+            "the secret does not match the challenge: the attestation key is not in the enrolled TPM",
+        ));
+    }
+    devices::record(db, device_id, "tpm", "attestation key trusted").await?;
+    Ok(TpmEnrollStatus { ak_trusted: true })
+}
+
+/// What the release says the slot must hold, as the event log names it.
+struct Expected {
+    rootfs_verity_root: Option<String>,
+    kernel_sha256: Option<String>,
+    initrd_sha256: Option<String>,
+}
+
+fn expected(manifest: &Manifest) -> Expected {
+    let image = |name: &str| manifest.images.iter().find(|i| i.name == name);
+    Expected {
+        rootfs_verity_root: image("rootfs")
+            .and_then(|i| i.verity.as_ref())
+            .map(|v| v.root_hash.to_lowercase()),
+        kernel_sha256: image("kernel").map(|i| i.sha256.to_lowercase()),
+        initrd_sha256: image("initrd").map(|i| i.sha256.to_lowercase()),
+    }
+}
+
+/// Why the measured slot is not the release, or `None` when it is.
+fn mismatch(expected: &Expected, measured: &cairn_attest::Measured) -> Option<String> {
+    let checks = [
+        (
+            "rootfs verity root hash",
+            &expected.rootfs_verity_root,
+            &measured.rootfs_verity_root,
+        ),
+        ("kernel", &expected.kernel_sha256, &measured.kernel_sha256),
+        ("initrd", &expected.initrd_sha256, &measured.initrd_sha256),
+    ];
+    for (what, want, got) in checks {
+        match want {
+            Some(want) if want != got => {
+                return Some(format!("measured {what} {got} is not the release's {want}"))
+            }
+            _ => {}
+        }
+    }
+    if expected.rootfs_verity_root.is_none() {
+        return Some("the release has no verity-protected rootfs to attest".into());
+    }
+    None
+}
+
+/// Checks `evidence` against the device's trusted AK, the deployment's nonce and the
+/// release, and ends the deployment: `succeeded` or `attestation-failed`. A malformed
+/// request changes nothing.
+pub async fn attest(
+    db: &Db,
+    caches: &Caches,
+    device_id: &str,
+    deployment_id: &str,
+    evidence: &AttestationEvidence,
+) -> ApiResult<AttestationResult> {
+    let quote = unhex("quote", &evidence.quote, 4096)?;
+    let signature = unhex("signature", &evidence.signature, 4096)?;
+    let nonce = unhex("nonce", &evidence.nonce, 64)?;
+    let log: cairn_attest::EventLog = serde_json::from_value(evidence.event_log.clone())
+        .map_err(|e| ApiError::bad_request("bad-event-log", e.to_string()))?;
+    let row = sqlx::query(
+        "SELECT d.device_id, d.state, d.attestation_nonce, d.campaign_id, c.release_id, \
+         v.ak_public, v.ak_trusted_at FROM deployments d JOIN campaigns c ON c.id = d.campaign_id \
+         JOIN devices v ON v.id = d.device_id WHERE d.id = $1",
+    )
+    .bind(deployment_id)
+    .fetch_optional(&db.pool)
+    .await?
+    .ok_or_else(|| {
+        ApiError::not_found(
+            "unknown-deployment",
+            format!("no deployment {deployment_id}"),
+        )
+    })?;
+    if row.try_get::<String, _>("device_id")? != device_id {
+        return Err(ApiError::forbidden(
+            "not-your-deployment",
+            format!("deployment {deployment_id} does not belong to device {device_id}"),
+        ));
+    }
+    let state: String = row.try_get("state")?;
+    let stored_nonce: Option<String> = row.try_get("attestation_nonce")?;
+    let (Some(stored_nonce), "attestation-pending") = (stored_nonce, state.as_str()) else {
+        return Err(ApiError::conflict(
+            "not-pending",
+            format!("deployment {deployment_id} is {state}, not waiting for attestation"),
+        ));
+    };
+    let verdict = match (
+        row.try_get::<Option<String>, _>("ak_public")?,
+        row.try_get::<Option<i64>, _>("ak_trusted_at")?,
+    ) {
+        (Some(ak), Some(_)) => {
+            let release = caches
+                .release(db, &row.try_get::<String, _>("release_id")?)
+                .await?;
+            check(
+                &ak,
+                &quote,
+                &signature,
+                &nonce,
+                &stored_nonce,
+                &log,
+                &release.1,
+            )
+        }
+        _ => Err("the device has no trusted attestation key (TPM not enrolled)".to_string()),
+    };
+    let (next, reason) = match &verdict {
+        Ok(()) => (DeploymentState::Succeeded, None),
+        Err(why) => (
+            DeploymentState::AttestationFailed,
+            Some(format!("attestation failed: {why}")),
+        ),
+    };
+    let moved = sqlx::query(
+        "UPDATE deployments SET state = $1, live = NULL, reason = $2, attestation_nonce = NULL, \
+         updated_at = $3 WHERE id = $4 AND state = 'attestation-pending' AND attestation_nonce = $5",
+    )
+    .bind(next.as_str())
+    .bind(&reason)
+    .bind(now_ms())
+    .bind(deployment_id)
+    .bind(&stored_nonce)
+    .execute(&db.pool)
+    .await?;
+    if moved.rows_affected() == 0 {
+        return Err(ApiError::conflict(
+            "busy",
+            "the deployment changed meanwhile; check in again",
+        ));
+    }
+    let detail = match &reason {
+        Some(r) => format!("{deployment_id}: {r}"),
+        None => format!("{deployment_id}: attested"),
+    };
+    devices::record(db, device_id, "attestation", &detail).await?;
+    caches.invalidate_campaigns();
+    let campaign_id: String = row.try_get("campaign_id")?;
+    if let Err(e) = campaigns::evaluate(db, &campaign_id).await {
+        tracing::warn!(campaign = %campaign_id, "evaluating after an attestation: {e}");
+    }
+    Ok(AttestationResult {
+        deployment_id: deployment_id.to_string(),
+        deployment_state: next,
+        reason,
+    })
+}
+
+/// The quote's verdict, as a reason for the operator when it fails.
+fn check(
+    ak_public_hex: &str,
+    quote: &[u8],
+    signature: &[u8],
+    nonce: &[u8],
+    stored_nonce: &str,
+    log: &cairn_attest::EventLog,
+    manifest: &Manifest,
+) -> Result<(), String> {
+    if hex::encode(nonce) != stored_nonce {
+        return Err("the quote answers another nonce (stale or replayed)".into());
+    }
+    let ak = hex::decode(ak_public_hex).map_err(|e| format!("stored AK: {e}"))?;
+    let measured =
+        cairn_attest::verify_quote(&ak, quote, signature, nonce, log).map_err(|e| e.to_string())?;
+    match mismatch(&expected(manifest), &measured) {
+        Some(why) => Err(why),
+        None => Ok(()),
+    }
+}
