@@ -39,6 +39,11 @@ const PACKAGES: &[&str] = &[
     "containernetworking-plugins", // NetworkReady needs a CNI config and plugins
 ];
 
+/// arm64 libraries the image's Rust binaries link against when cross-compiled.
+const ARM64_PACKAGES: &[&str] = &[
+    "libtss2-dev:arm64", // cairnd's TPM access through tss-esapi (issue 7)
+];
+
 /// Packages that must come from bookworm-backports (QEMU 10 matches the preinstalled
 /// qemu-utils and blocks bookworm's 7.2).
 const BACKPORTS: &[&str] = &["qemu-system-arm", "qemu-system-common", "qemu-system-data"];
@@ -54,6 +59,7 @@ pub fn test_prerequisites() -> Result<()> {
     ensure_backports_source(&mut apt)?;
     ensure_arm64_architecture(&mut apt)?;
     apt.install(PACKAGES, None)?;
+    apt.install(ARM64_PACKAGES, None)?;
     apt.install(BACKPORTS, Some("bookworm-backports"))?;
     Ok(())
 }

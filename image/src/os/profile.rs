@@ -30,6 +30,17 @@ pub struct Profile {
     /// How long cairnd gives a trial boot's checks (its default: 300 s).
     #[serde(default)]
     pub health: Option<Health>,
+    /// The TPM cairnd measures the boot into and attests with; the rootfs must then
+    /// carry Debian's libtss2 (esys, tctildr, tcti-device).
+    #[serde(default)]
+    pub tpm: Option<Tpm>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tpm {
+    /// TSS2 TCTI, e.g. `device:/dev/tpmrm0`.
+    pub tcti: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -247,6 +247,9 @@ fn system_toml(profile: &Profile) -> String {
             server.url, server.poll_secs
         ));
     }
+    if let Some(tpm) = &profile.tpm {
+        text.push_str(&format!("\n[tpm]\ntcti = \"{}\"\n", tpm.tcti));
+    }
     text
 }
 

@@ -200,7 +200,8 @@ impl Fleet {
     }
 
     /// Creates and starts a one-wave campaign of `release` for every device of
-    /// `compatible`, pausing at the first failure.
+    /// `compatible`, pausing at the first failure. A device counts as succeeded only once
+    /// its TPM quote proves the release booted (the guest's swtpm).
     pub fn start_campaign(&self, id: &str, release: &str, compatible: &str) -> Result<()> {
         let body = json!({
             "id": id,
@@ -211,6 +212,7 @@ impl Fleet {
                 "min_success_ratio": 1.0,
                 "bake_secs": 0,
                 "failure_threshold": 0.0,
+                "attestation_required": true,
             },
         });
         self.post("/campaigns", Some(body.to_string().into_bytes()))?;

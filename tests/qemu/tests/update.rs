@@ -34,7 +34,13 @@ fn a_campaign_delivers_v2_as_a_delta_and_the_device_commits_it() -> Result<()> {
     );
     let kernel = rig.vm.check("uname -r", COMMAND_TIMEOUT)?;
     ensure!(kernel.contains("6.1.0-56"), "v2's kernel runs: {kernel}");
-    let device = rig.fleet.device(&rig.device_id)?["device"].clone();
+    let record = rig.fleet.device(&rig.device_id)?;
+    let history = record["history"].to_string();
+    ensure!(
+        history.contains("attestation key trusted") && history.contains(": attested"),
+        "the server counted the device only after its TPM quote proved v2 booted: {history}"
+    );
+    let device = record["device"].clone();
     ensure!(device["version"] == "0.2.0", "server: {device}");
     ensure!(device["booted_slot"] == "B", "server: {device}");
     let payloads = rig.payload_lines()?;
