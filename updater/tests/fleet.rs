@@ -371,8 +371,20 @@ fn a_slot_measuring_other_than_the_release_ends_attestation_failed() {
         "{history}"
     );
     assert_eq!(server.counts("c-att").0, 0, "never counted as a success");
-    let devices = server.ok("GET", "/campaigns/c-att", None);
-    assert_eq!(devices["campaign"]["state"], "paused", "{devices:#}");
+    let campaign = server.ok("GET", "/campaigns/c-att", None);
+    assert_eq!(campaign["campaign"]["state"], "paused", "{campaign:#}");
+    let page = server
+        .http
+        .get(format!("{}/ui/campaigns/c-att", server.url))
+        .bearer_auth(ADMIN)
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(
+        page.contains("attestation-failed"),
+        "the dashboard shows the distinct state:\n{page}"
+    );
 }
 
 #[test]
