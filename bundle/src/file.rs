@@ -4,9 +4,10 @@ use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
+use crate::digest::{hash_reader, Algorithm};
 use crate::error::{Error, Result};
 use crate::manifest::{Image, Payload};
-use crate::stream::{decode_payload, sha256_reader};
+use crate::stream::decode_payload;
 use crate::verify::{Policy, UnverifiedBundle, VerifiedBundle};
 use crate::TrustRoot;
 
@@ -81,8 +82,10 @@ impl BundleFile {
 
     /// Checks every payload: decodes each full payload and compares the image hash, and
     /// hashes each delta payload (a delta can only be decoded against its source).
-    /// Also checks that every byte outside the payloads (alignment padding) is zero, so
-    /// that a flipped byte anywhere in the file is caught.
+    /// Every digest the manifest gives is checked (SHA-256, and BLAKE3 where present: a
+    /// device checks only one of them, so the builder's must agree). Also checks that
+    /// every byte outside the payloads (alignment padding) is zero, so that a flipped
+    /// byte anywhere in the file is caught.
     pub fn check_payloads(&self, mut progress: impl FnMut(&str)) -> Result<()> {
         self.check_padding()?;
         for image in &self.bundle.manifest.images {
@@ -90,23 +93,33 @@ impl BundleFile {
                 "checking image {} ({} bytes)",
                 image.name, image.size
             ));
-            self.extract_full(image, io::sink())?;
+            let mut sha256_only = image.clone();
+            sha256_only.blake3 = None;
+            sha256_only.full.blake3 = None;
+            self.extract_full(&sha256_only, io::sink())?;
+            if image.blake3.is_some() || image.full.blake3.is_some() {
+                self.extract_full(image, io::sink())?;
+            }
             for (label, delta) in image.payloads().skip(1) {
-                let mut reader = self.payload_reader(delta)?;
-                let (digest, len) =
-                    sha256_reader(&mut reader).map_err(Error::io("reading delta"))?;
-                if len != delta.size {
-                    return Err(Error::PayloadTruncated {
-                        image: image.name.clone(),
-                        missing: delta.size - len,
-                    });
-                }
-                if digest != delta.sha256 {
-                    return Err(Error::PayloadHashMismatch {
-                        image: format!("{} {label}", image.name),
-                        expected: delta.sha256.clone(),
-                        actual: digest,
-                    });
+                let mut checks = vec![(Algorithm::Sha256, delta.sha256.as_str())];
+                checks.extend(delta.blake3.as_deref().map(|b| (Algorithm::Blake3, b)));
+                for (algorithm, expected) in checks {
+                    let mut reader = self.payload_reader(delta)?;
+                    let (digest, len) =
+                        hash_reader(algorithm, &mut reader).map_err(Error::io("reading delta"))?;
+                    if len != delta.size {
+                        return Err(Error::PayloadTruncated {
+                            image: image.name.clone(),
+                            missing: delta.size - len,
+                        });
+                    }
+                    if digest != expected {
+                        return Err(Error::PayloadHashMismatch {
+                            image: format!("{} {label}", image.name),
+                            expected: format!("{} {expected}", algorithm.name()),
+                            actual: digest,
+                        });
+                    }
                 }
             }
         }

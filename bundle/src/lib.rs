@@ -13,6 +13,7 @@
 
 pub mod canonical;
 pub mod codec;
+pub mod digest;
 mod error;
 mod file;
 pub mod header;
@@ -31,7 +32,7 @@ pub use keys::{KeyId, PublicKey, Signature, SigningKey};
 pub use manifest::{Image, Manifest, Payload, Source, Verity};
 pub use root::{RootBody, SignedRoot, TrustRoot};
 pub use stream::{
-    decode_payload, sha256_reader, sha256_reader_overlapped, ImageSink, PayloadReader, COPY_BUF,
+    decode_payload, hash_reader_overlapped, sha256_reader, ImageSink, PayloadReader, COPY_BUF,
 };
 pub use verify::{Policy, UnverifiedBundle, VerifiedBundle};
 

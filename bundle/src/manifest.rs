@@ -40,6 +40,9 @@ pub struct Image {
     pub size: u64,
     /// SHA-256 of those `size` bytes.
     pub sha256: String,
+    /// BLAKE3 of the same bytes; when present, what a device checks (`digest.rs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blake3: Option<String>,
     /// dm-verity parameters when the image carries its own hash tree after `data_size`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verity: Option<Verity>,
@@ -61,6 +64,9 @@ pub struct Payload {
     pub size: u64,
     /// SHA-256 of the payload's `size` bytes as stored.
     pub sha256: String,
+    /// BLAKE3 of the same bytes; when present, what a device checks (`digest.rs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blake3: Option<String>,
     /// For deltas: the image the delta applies to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<Source>,
@@ -83,6 +89,20 @@ pub struct Verity {
     pub hash_block_size: u32,
     /// Bytes of filesystem data; the hash tree starts here.
     pub data_size: u64,
+}
+
+impl Image {
+    /// The digest a device checks the decoded image against.
+    pub fn checked_digest(&self) -> (crate::digest::Algorithm, &str) {
+        crate::digest::checked(&self.sha256, self.blake3.as_deref())
+    }
+}
+
+impl Payload {
+    /// The digest a device checks the payload's bytes against.
+    pub fn checked_digest(&self) -> (crate::digest::Algorithm, &str) {
+        crate::digest::checked(&self.sha256, self.blake3.as_deref())
+    }
 }
 
 impl Manifest {
@@ -175,6 +195,9 @@ impl Image {
             )));
         }
         check_sha256(&self.sha256).map_err(ctx)?;
+        if let Some(b) = &self.blake3 {
+            check_sha256(b).map_err(|e| ctx(format!("blake3: {e}")))?;
+        }
         if self.full.source.is_some() {
             return Err(ctx("the full payload names a source".into()));
         }
@@ -187,6 +210,9 @@ impl Image {
         for (label, p) in self.payloads() {
             check_name("method", &p.method, 32).map_err(|e| ctx(format!("{label}: {e}")))?;
             check_sha256(&p.sha256).map_err(|e| ctx(format!("{label}: {e}")))?;
+            if let Some(b) = &p.blake3 {
+                check_sha256(b).map_err(|e| ctx(format!("{label}: blake3: {e}")))?;
+            }
             if p.size == 0 {
                 return Err(ctx(format!("{label} is empty")));
             }

@@ -8,6 +8,7 @@ use std::thread;
 use sha2::{Digest, Sha256};
 
 use crate::codec::{full, zstd_patch, Method};
+use crate::digest::{Algorithm, Hasher};
 use crate::error::{Error, Result};
 use crate::manifest::{Image, Payload};
 
@@ -122,7 +123,7 @@ pub(crate) fn copy_buffered(input: &mut impl Read, out: &mut impl Write) -> io::
 /// `HASH_DEPTH + 2` buffers of [`COPY_BUF`]: queued, being hashed, and being filled.
 const HASH_DEPTH: usize = 2;
 
-/// A SHA-256 on its own thread, fed owned buffers that it hands back for reuse, so that
+/// A hash ([`Algorithm`]) on its own thread, fed owned buffers that it hands back for reuse, so that
 /// hashing overlaps decoding and writing on another core. Bytes are hashed in the order
 /// they are sent.
 struct HashThread<'scope> {
@@ -134,16 +135,16 @@ struct HashThread<'scope> {
 }
 
 impl<'scope> HashThread<'scope> {
-    fn spawn(scope: &'scope thread::Scope<'scope, '_>) -> Self {
+    fn spawn(scope: &'scope thread::Scope<'scope, '_>, algorithm: Algorithm) -> Self {
         let (full, full_rx) = mpsc::sync_channel::<(Vec<u8>, usize)>(HASH_DEPTH);
         let (free_tx, free) = mpsc::channel();
         let handle = scope.spawn(move || {
-            let mut hasher = Sha256::new();
+            let mut hasher = Hasher::new(algorithm);
             for (buf, len) in full_rx {
                 hasher.update(&buf[..len]);
                 let _ = free_tx.send(buf);
             }
-            hex::encode(hasher.finalize())
+            hasher.finalize_hex()
         });
         HashThread {
             full: Some(full),
@@ -446,8 +447,12 @@ pub fn decode_payload<R: Read, W: Write>(
         }
     };
     thread::scope(|scope| {
-        let mut reader = HashedInput::new(input, payload.size, HashThread::spawn(scope));
-        let mut sink = HashedSink::new(out, image.size, HashThread::spawn(scope));
+        let (payload_algorithm, payload_expected) = payload.checked_digest();
+        let (image_algorithm, image_expected) = image.checked_digest();
+        let payload_hash = HashThread::spawn(scope, payload_algorithm);
+        let mut reader = HashedInput::new(input, payload.size, payload_hash);
+        let image_hash = HashThread::spawn(scope, image_algorithm);
+        let mut sink = HashedSink::new(out, image.size, image_hash);
         let decoded = match source {
             None => full::decoder(&mut reader).and_then(|mut d| sink.fill_from(&mut d)),
             Some(source) => zstd_patch::decode(&mut reader, source, image.size, &mut sink),
@@ -473,10 +478,10 @@ pub fn decode_payload<R: Read, W: Write>(
                 Error::io(format!("reading payload of image {}", image.name))(e)
             }
         })?;
-        if payload_digest != payload.sha256 {
+        if payload_digest != payload_expected {
             return Err(Error::PayloadHashMismatch {
                 image: image.name.clone(),
-                expected: payload.sha256.clone(),
+                expected: format!("{} {payload_expected}", payload_algorithm.name()),
                 actual: payload_digest,
             });
         }
@@ -488,10 +493,10 @@ pub fn decode_payload<R: Read, W: Write>(
             });
         }
         let (out, image_digest) = sink.finish();
-        if image_digest != image.sha256 {
+        if image_digest != image_expected {
             return Err(Error::ImageHashMismatch {
                 image: image.name.clone(),
-                expected: image.sha256.clone(),
+                expected: format!("{} {image_expected}", image_algorithm.name()),
                 actual: image_digest,
             });
         }
@@ -537,25 +542,15 @@ fn classify(image: &Image, flags: Flags, result: io::Result<()>) -> Result<()> {
 
 /// SHA-256 of everything `input` yields, and how many bytes that was.
 pub fn sha256_reader(input: &mut impl Read) -> io::Result<(String, u64)> {
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; COPY_BUF];
-    let mut total = 0u64;
-    loop {
-        let n = match input.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        hasher.update(&buf[..n]);
-        total += n as u64;
-    }
-    Ok((hex::encode(hasher.finalize()), total))
+    crate::digest::hash_reader(Algorithm::Sha256, input)
 }
 
-/// [`sha256_reader`] with the reading on a helper thread, so that copying the bytes in
-/// overlaps hashing them. At most a few [`COPY_BUF`] buffers are in flight.
-pub fn sha256_reader_overlapped<R: Read + Send>(mut input: R) -> io::Result<(String, u64)> {
+/// [`crate::digest::hash_reader`] with the reading on a helper thread, so that copying
+/// the bytes in overlaps hashing them. At most a few [`COPY_BUF`] buffers are in flight.
+pub fn hash_reader_overlapped<R: Read + Send>(
+    algorithm: Algorithm,
+    mut input: R,
+) -> io::Result<(String, u64)> {
     let (full_tx, full_rx) = mpsc::sync_channel::<io::Result<(Vec<u8>, usize)>>(HASH_DEPTH);
     let (free_tx, free_rx) = mpsc::channel::<Vec<u8>>();
     thread::scope(|scope| {
@@ -586,7 +581,7 @@ pub fn sha256_reader_overlapped<R: Read + Send>(mut input: R) -> io::Result<(Str
                 }
             }
         });
-        let mut hasher = Sha256::new();
+        let mut hasher = Hasher::new(algorithm);
         let mut total = 0u64;
         for item in full_rx {
             let (buf, n) = item?;
@@ -594,6 +589,6 @@ pub fn sha256_reader_overlapped<R: Read + Send>(mut input: R) -> io::Result<(Str
             total += n as u64;
             let _ = free_tx.send(buf);
         }
-        Ok((hex::encode(hasher.finalize()), total))
+        Ok((hasher.finalize_hex(), total))
     })
 }

@@ -9,6 +9,7 @@ use time::OffsetDateTime;
 
 use crate::canonical;
 use crate::codec::{full, zstd_patch};
+use crate::digest::both_digests;
 use crate::error::{Error, Result};
 use crate::file::BundleFile;
 use crate::header::{align_up, Header};
@@ -16,7 +17,7 @@ use crate::keys::{Signature, SigningKey};
 use crate::manifest::{Image, Manifest, Payload, Source, Verity};
 use crate::root::SignedRoot;
 use crate::signatures::{signed_message, MANIFEST_CONTEXT};
-use crate::stream::{sha256_reader, COPY_BUF};
+use crate::stream::COPY_BUF;
 
 /// One image to put in a bundle.
 #[derive(Debug, Clone)]
@@ -186,7 +187,7 @@ fn write_image(
         input.name,
         input.path.display()
     )));
-    let (sha256, size) = hash_file(&input.path)?;
+    let (sha256, blake3, size) = hash_file(&input.path)?;
     let mut image_file = open(&input.path)?;
     let full = write_payload(area, full::METHOD, None, |out| {
         full::encode(&mut image_file, out, spec.level)
@@ -199,7 +200,7 @@ fn write_image(
     });
     let mut deltas = Vec::new();
     for source in spec.delta_sources.iter().filter(|s| s.image == input.name) {
-        let (source_sha, source_size) = hash_file(&source.path)?;
+        let (source_sha, _, source_size) = hash_file(&source.path)?;
         if source_sha == sha256
             || deltas
                 .iter()
@@ -238,6 +239,7 @@ fn write_image(
         name: input.name.clone(),
         size,
         sha256,
+        blake3: Some(blake3),
         verity: input.verity.clone(),
         full,
         deltas,
@@ -265,13 +267,15 @@ fn write_payload(
     let size = area.stream_position().map_err(Error::io(ctx()))? - offset;
     area.seek(SeekFrom::Start(offset))
         .map_err(Error::io(ctx()))?;
-    let (sha256, _) = sha256_reader(&mut (&mut *area).take(size)).map_err(Error::io(ctx()))?;
+    let (sha256, blake3, _) =
+        both_digests(&mut (&mut *area).take(size)).map_err(Error::io(ctx()))?;
     area.seek(SeekFrom::End(0)).map_err(Error::io(ctx()))?;
     Ok(Payload {
         method: method.to_string(),
         offset,
         size,
         sha256,
+        blake3: Some(blake3),
         source,
     })
 }
@@ -280,8 +284,9 @@ fn open(path: &Path) -> Result<File> {
     File::open(path).map_err(Error::io(format!("opening {}", path.display())))
 }
 
-fn hash_file(path: &Path) -> Result<(String, u64)> {
-    sha256_reader(&mut BufReader::new(open(path)?))
+/// SHA-256, BLAKE3 and size of a file.
+fn hash_file(path: &Path) -> Result<(String, String, u64)> {
+    both_digests(&mut BufReader::new(open(path)?))
         .map_err(Error::io(format!("reading {}", path.display())))
 }
 

@@ -463,3 +463,46 @@ fn fuzz_entry_point_survives_mutations() {
 fn crc32(b: &[u8]) -> u32 {
     crc32fast::hash(b)
 }
+
+/// A device checks BLAKE3 where the manifest gives it and the builder's check verifies
+/// both digests, so a signed manifest whose two digests disagree is caught either way.
+#[test]
+fn a_blake3_digest_that_disagrees_is_caught_by_device_and_full_check() {
+    let fx = Fixture::new();
+    let path = fx.standard_bundle();
+    let parsed = BundleFile::open(&path).unwrap();
+    let image = &parsed.bundle.manifest.images[0];
+    assert!(
+        image.blake3.is_some() && image.full.blake3.is_some(),
+        "the writer records BLAKE3"
+    );
+    let out = fx.path("hostile.cairn");
+    for field in ["image", "payload"] {
+        resign_with_edit(&path, &fx.key, &out, |m| {
+            let target = match field {
+                "image" => &mut m["images"][0]["blake3"],
+                _ => &mut m["images"][0]["full"]["blake3"],
+            };
+            *target = json!("ab".repeat(32));
+        });
+        let err = expect_err(&out, &fx.root, &device_policy());
+        let expected = match field {
+            "image" => matches!(err, Error::ImageHashMismatch { .. }),
+            _ => matches!(err, Error::PayloadHashMismatch { .. }),
+        };
+        assert!(expected, "{field}: {err}");
+        assert!(err.to_string().contains("blake3"), "{field}: {err}");
+        let full_check = BundleFile::open(&out).unwrap().check_payloads(|_| {});
+        assert!(full_check.is_err(), "{field}: check_payloads must refuse");
+    }
+    // And a SHA-256 that disagrees while BLAKE3 matches: the device would accept the
+    // bytes, so the full check (server, `bundle verify`) must refuse the bundle.
+    resign_with_edit(&path, &fx.key, &out, |m| {
+        m["images"][0]["sha256"] = json!("cd".repeat(32));
+    });
+    let full_check = BundleFile::open(&out).unwrap().check_payloads(|_| {});
+    assert!(
+        matches!(full_check, Err(Error::ImageHashMismatch { .. })),
+        "{full_check:?}"
+    );
+}

@@ -60,6 +60,7 @@ mod tests {
             offset: 0,
             size,
             sha256: "0".repeat(64),
+            blake3: None,
             source: source.map(|(sha256, size)| Source {
                 sha256: sha256.repeat(64),
                 size,
@@ -72,6 +73,7 @@ mod tests {
             name: "rootfs".into(),
             size: 1000,
             sha256: "1".repeat(64),
+            blake3: None,
             verity: None,
             full: payload(900, None),
             deltas: vec![
@@ -83,6 +85,7 @@ mod tests {
             name: "kernel".into(),
             size: 100,
             sha256: "2".repeat(64),
+            blake3: None,
             verity: None,
             full: payload(80, None),
             deltas: vec![],

@@ -70,10 +70,11 @@ impl BundleSource {
         };
         let check = |image: &str, payload: &Payload| -> Result<(), InstallError> {
             let reader = file.payload_reader(payload)?;
+            let (algorithm, expected) = payload.checked_digest();
             let (digest, len) = if payloads.len() == 1 {
-                cairn_bundle::sha256_reader_overlapped(reader)
+                cairn_bundle::hash_reader_overlapped(algorithm, reader)
             } else {
-                cairn_bundle::sha256_reader(&mut { reader })
+                cairn_bundle::digest::hash_reader(algorithm, &mut { reader })
             }
             .map_err(|e| InstallError::Other(format!("reading the bundle: {e}")))?;
             if len != payload.size {
@@ -83,10 +84,10 @@ impl BundleSource {
                 }
                 .into());
             }
-            if digest != payload.sha256 {
+            if digest != expected {
                 return Err(cairn_bundle::Error::PayloadHashMismatch {
                     image: image.to_string(),
-                    expected: payload.sha256.clone(),
+                    expected: format!("{} {expected}", algorithm.name()),
                     actual: digest,
                 }
                 .into());
