@@ -31,9 +31,7 @@ pub use header::Header;
 pub use keys::{KeyId, PublicKey, Signature, SigningKey};
 pub use manifest::{Image, Manifest, Payload, Source, Verity};
 pub use root::{RootBody, SignedRoot, TrustRoot};
-pub use stream::{
-    decode_payload, hash_reader_overlapped, sha256_reader, ImageSink, PayloadReader, COPY_BUF,
-};
+pub use stream::{decode_payload, hash_reader_overlapped, sha256_reader, COPY_BUF};
 pub use verify::{Policy, UnverifiedBundle, VerifiedBundle};
 
 use codec::Method;

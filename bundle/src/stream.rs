@@ -5,8 +5,6 @@ use std::io::{self, BufRead, Read, Write};
 use std::sync::mpsc;
 use std::thread;
 
-use sha2::{Digest, Sha256};
-
 use crate::codec::{full, zstd_patch, Method};
 use crate::digest::{Algorithm, Hasher};
 use crate::error::{Error, Result};
@@ -16,96 +14,7 @@ use crate::manifest::{Image, Payload};
 /// run at device speed, small enough for the memory budget.
 pub const COPY_BUF: usize = 1 << 20;
 
-/// Reads exactly a payload's bytes and hashes them on the way.
-pub struct PayloadReader<R> {
-    inner: R,
-    hasher: Sha256,
-    remaining: u64,
-    read_failed: bool,
-}
-
-impl<R: Read> PayloadReader<R> {
-    pub fn new(inner: R, size: u64) -> Self {
-        PayloadReader {
-            inner,
-            hasher: Sha256::new(),
-            remaining: size,
-            read_failed: false,
-        }
-    }
-}
-
-impl<R: Read> Read for PayloadReader<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if self.remaining == 0 {
-            return Ok(0);
-        }
-        let want = buf
-            .len()
-            .min(self.remaining.min(usize::MAX as u64) as usize);
-        let n = self
-            .inner
-            .read(&mut buf[..want])
-            .inspect_err(|_| self.read_failed = true)?;
-        if n == 0 {
-            self.read_failed = true;
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                format!("payload ends {} bytes early", self.remaining),
-            ));
-        }
-        self.hasher.update(&buf[..n]);
-        self.remaining -= n as u64;
-        Ok(n)
-    }
-}
-
-/// Writes a decoded image, hashing it and refusing a single byte past its declared size.
-pub struct ImageSink<W> {
-    inner: W,
-    hasher: Sha256,
-    written: u64,
-    limit: u64,
-    overflowed: bool,
-    write_failed: bool,
-}
-
-impl<W: Write> ImageSink<W> {
-    pub fn new(inner: W, limit: u64) -> Self {
-        ImageSink {
-            inner,
-            hasher: Sha256::new(),
-            written: 0,
-            limit,
-            overflowed: false,
-            write_failed: false,
-        }
-    }
-}
-
-impl<W: Write> Write for ImageSink<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        if self.written + buf.len() as u64 > self.limit {
-            self.overflowed = true;
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "image larger than declared",
-            ));
-        }
-        let n = self
-            .inner
-            .write(buf)
-            .inspect_err(|_| self.write_failed = true)?;
-        self.hasher.update(&buf[..n]);
-        self.written += n as u64;
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush().inspect_err(|_| self.write_failed = true)
-    }
-}
-
+/// Copies `input` into `out` through one [`COPY_BUF`] buffer.
 pub(crate) fn copy_buffered(input: &mut impl Read, out: &mut impl Write) -> io::Result<()> {
     let mut buf = vec![0u8; COPY_BUF];
     loop {
@@ -123,9 +32,9 @@ pub(crate) fn copy_buffered(input: &mut impl Read, out: &mut impl Write) -> io::
 /// `HASH_DEPTH + 2` buffers of [`COPY_BUF`]: queued, being hashed, and being filled.
 const HASH_DEPTH: usize = 2;
 
-/// A hash ([`Algorithm`]) on its own thread, fed owned buffers that it hands back for reuse, so that
-/// hashing overlaps decoding and writing on another core. Bytes are hashed in the order
-/// they are sent.
+/// A hash ([`Algorithm`]) on its own thread, fed owned buffers that it hands back for
+/// reuse, so that hashing overlaps decoding and writing on another core. Bytes are hashed
+/// in the order they are sent.
 struct HashThread<'scope> {
     full: Option<mpsc::SyncSender<(Vec<u8>, usize)>>,
     free: mpsc::Receiver<Vec<u8>>,
@@ -184,7 +93,7 @@ impl<'scope> HashThread<'scope> {
     }
 }
 
-/// [`PayloadReader`] for `decode_payload`: reads exactly a payload's bytes into buffers
+/// The payload side of `decode_payload`: reads exactly a payload's bytes into buffers
 /// that it serves to the codec (as a `BufRead`, without another copy) and then hands to
 /// a hasher thread.
 struct HashedInput<'scope, R> {
@@ -274,7 +183,7 @@ impl<R: Read> Read for HashedInput<'_, R> {
     }
 }
 
-/// [`ImageSink`] for `decode_payload`: writes on the calling thread, refusing a single
+/// The image side of `decode_payload`: writes on the calling thread, refusing a single
 /// byte past the declared size, and hashes on a hasher thread.
 struct HashedSink<'scope, W> {
     inner: W,
@@ -302,7 +211,8 @@ impl<'scope, W: Write> HashedSink<'scope, W> {
         }
     }
 
-    /// `ImageSink::write` without the hashing.
+    /// Writes to the slot, refusing a single byte past the declared size; the caller
+    /// hashes what was written.
     fn write_unhashed(&mut self, buf: &[u8]) -> io::Result<usize> {
         if self.written + buf.len() as u64 > self.limit {
             self.overflowed = true;

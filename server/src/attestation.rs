@@ -23,11 +23,11 @@ use cairn_server_api::{
 use sha2::{Digest, Sha256};
 use sqlx::Row as _;
 
-use crate::campaigns;
 use crate::checkin::Caches;
 use crate::db::{now_ms, random_bytes, Db};
 use crate::devices;
 use crate::error::{ApiError, ApiResult};
+use crate::{campaigns, reports};
 
 /// The PCRs a quote must select (SHA-256 bank).
 pub fn quoted_pcrs() -> Vec<u8> {
@@ -238,26 +238,15 @@ pub async fn attest(
     let nonce = unhex("nonce", &evidence.nonce, 64)?;
     let log: cairn_attest::EventLog = serde_json::from_value(evidence.event_log.clone())
         .map_err(|e| ApiError::bad_request("bad-event-log", e.to_string()))?;
-    let row = sqlx::query(
+    let row = reports::owned_deployment(
+        db,
+        device_id,
+        deployment_id,
         "SELECT d.device_id, d.state, d.attestation_nonce, d.campaign_id, c.release_id, \
          v.ak_public, v.ak_trusted_at FROM deployments d JOIN campaigns c ON c.id = d.campaign_id \
          JOIN devices v ON v.id = d.device_id WHERE d.id = $1",
     )
-    .bind(deployment_id)
-    .fetch_optional(&db.pool)
-    .await?
-    .ok_or_else(|| {
-        ApiError::not_found(
-            "unknown-deployment",
-            format!("no deployment {deployment_id}"),
-        )
-    })?;
-    if row.try_get::<String, _>("device_id")? != device_id {
-        return Err(ApiError::forbidden(
-            "not-your-deployment",
-            format!("deployment {deployment_id} does not belong to device {device_id}"),
-        ));
-    }
+    .await?;
     let state: String = row.try_get("state")?;
     let stored_nonce: Option<String> = row.try_get("attestation_nonce")?;
     let (Some(stored_nonce), "attestation-pending") = (stored_nonce, state.as_str()) else {

@@ -4,7 +4,7 @@
 use cairn_server_api::{DeploymentState, Report, ReportAck};
 use sqlx::Row as _;
 
-use crate::db::{now_ms, ordered_id, Db};
+use crate::db::{now_ms, ordered_id, Db, Row};
 use crate::devices::check_name;
 use crate::error::{ApiError, ApiResult};
 use crate::policy::CampaignPolicy;
@@ -27,26 +27,14 @@ pub async fn report(
             "detail is longer than 4096 bytes",
         ));
     }
-    let row = sqlx::query(
+    let row = owned_deployment(
+        db,
+        device_id,
+        deployment_id,
         "SELECT d.device_id, d.campaign_id, c.policy FROM deployments d \
          JOIN campaigns c ON c.id = d.campaign_id WHERE d.id = $1",
     )
-    .bind(deployment_id)
-    .fetch_optional(&db.pool)
-    .await?
-    .ok_or_else(|| {
-        ApiError::not_found(
-            "unknown-deployment",
-            format!("no deployment {deployment_id}"),
-        )
-    })?;
-    let owner: String = row.try_get("device_id")?;
-    if owner != device_id {
-        return Err(ApiError::forbidden(
-            "not-your-deployment",
-            format!("deployment {deployment_id} does not belong to device {device_id}"),
-        ));
-    }
+    .await?;
     let campaign_id: String = row.try_get("campaign_id")?;
     let policy: CampaignPolicy =
         serde_json::from_str(&row.try_get::<String, _>("policy")?).map_err(anyhow::Error::from)?;
@@ -74,6 +62,33 @@ pub async fn report(
         "busy",
         "the deployment kept changing under this report; retry",
     ))
+}
+
+/// The row `select` reads for `deployment_id` (bound as `$1`; the row must have the
+/// deployment's `device_id`), once the deployment exists and belongs to `device_id`.
+pub async fn owned_deployment(
+    db: &Db,
+    device_id: &str,
+    deployment_id: &str,
+    select: &str,
+) -> ApiResult<Row> {
+    let row = sqlx::query(select)
+        .bind(deployment_id)
+        .fetch_optional(&db.pool)
+        .await?
+        .ok_or_else(|| {
+            ApiError::not_found(
+                "unknown-deployment",
+                format!("no deployment {deployment_id}"),
+            )
+        })?;
+    if row.try_get::<String, _>("device_id")? != device_id {
+        return Err(ApiError::forbidden(
+            "not-your-deployment",
+            format!("deployment {deployment_id} does not belong to device {device_id}"),
+        ));
+    }
+    Ok(row)
 }
 
 /// One attempt in one transaction; `None` when a concurrent report changed the state

@@ -61,7 +61,11 @@ impl Context {
                 let booted = boot_facts(&config)
                     .map(|f| f.slot)
                     .unwrap_or(crate::bootstate::SlotId::A);
-                DeviceState::first_boot(booted, installed_version(&config))
+                let mut state = DeviceState::first_boot(booted, installed_version(&config));
+                if let Some(record) = state.slots.get_mut(&booted) {
+                    record.images = factory_images(&config, booted);
+                }
+                state
             }
         };
         Ok(Context {
@@ -153,6 +157,37 @@ impl Context {
             source,
         })
     }
+}
+
+/// What the image builder recorded of a factory slot's images (`images.json` next to the
+/// slot's `slot.env`), limited to the images this device's slots have. Only steers which
+/// delta the server plans and the device picks: a wrong record makes a delta's decoded
+/// image fail its manifest hash, never trusts wrong bytes. Empty when absent or unreadable.
+fn factory_images(
+    config: &SystemConfig,
+    slot: crate::bootstate::SlotId,
+) -> std::collections::BTreeMap<String, crate::state::ImageRecord> {
+    let slot_config = config.slot(slot);
+    let Some(path) = slot_config
+        .slot_env
+        .as_ref()
+        .map(|p| p.with_file_name("images.json"))
+    else {
+        return Default::default();
+    };
+    let Ok(bytes) = fs::read(&path) else {
+        return Default::default();
+    };
+    let mut images: std::collections::BTreeMap<String, crate::state::ImageRecord> =
+        match serde_json::from_slice(&bytes) {
+            Ok(images) => images,
+            Err(e) => {
+                tracing::warn!(path = %path.display(), "factory image record ignored: {e}");
+                return Default::default();
+            }
+        };
+    images.retain(|name, _| slot_config.images.contains_key(name));
+    images
 }
 
 /// The version of the image this process runs from (`/etc/cairn/version`, written by

@@ -151,6 +151,11 @@ fn a_campaign_installs_the_delta_and_counts_only_the_commit() {
     let log = d.cairnd_log();
     assert!(log.contains("zstd-patch"), "the delta was used:\n{log}");
     let history = server.history("dev-0001");
+    let assigned = history.iter().find(|h| h.starts_with("assigned")).unwrap();
+    assert!(
+        assigned.contains("rootfs delta"),
+        "the factory image record let the server plan the delta from the first check-in: {assigned}"
+    );
     assert!(
         history[0].starts_with("rebooting"),
         "the server heard `rebooting` before the reboot: {history:#?}"

@@ -189,6 +189,8 @@ fn build_boot_partition(inputs: &Inputs, work: &Path, boot: &Path) -> Result<()>
         &slot_env,
         format!("slot_args={}\n", slot_args(inputs.verity, &profile.version)),
     )?;
+    let images = work.join("images.json");
+    fs::write(&images, factory_images(inputs)?)?;
     let b_tries = match inputs.slot_b {
         SlotB::Empty => 0,
         SlotB::Copy => profile.disk.tries,
@@ -237,6 +239,7 @@ fn build_boot_partition(inputs: &Inputs, work: &Path, boot: &Path) -> Result<()>
             (inputs.kernel, "vmlinuz"),
             (inputs.initrd, "initrd.img"),
             (slot_env.as_path(), "slot.env"),
+            (images.as_path(), "images.json"),
         ] {
             mtools(&[
                 &os("mcopy"),
@@ -246,6 +249,27 @@ fn build_boot_partition(inputs: &Inputs, work: &Path, boot: &Path) -> Result<()>
         }
     }
     Ok(())
+}
+
+/// `images.json` next to a factory slot's `slot.env`: what the slot holds, by image name
+/// (sha256 and size, as a bundle manifest names them), so that cairnd can tell the server
+/// from its first check-in which deltas apply. It cannot live in the rootfs, whose hash it
+/// lists.
+fn factory_images(inputs: &Inputs) -> Result<String> {
+    let mut images = serde_json::Map::new();
+    for (name, path) in [
+        ("rootfs", inputs.slot_image),
+        ("kernel", inputs.kernel),
+        ("initrd", inputs.initrd),
+    ] {
+        let mut file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+        let (sha256, size) = cairn_bundle::sha256_reader(&mut file)?;
+        images.insert(
+            name.into(),
+            serde_json::json!({ "sha256": sha256, "size": size }),
+        );
+    }
+    Ok(serde_json::to_string_pretty(&images)? + "\n")
 }
 
 fn partition_table(disk: &Path, partitions: &[Partition]) -> Result<()> {

@@ -37,6 +37,10 @@ fn a_campaign_delivers_v2_as_a_delta_and_the_device_commits_it() -> Result<()> {
     let record = rig.fleet.device(&rig.device_id)?;
     let history = record["history"].to_string();
     ensure!(
+        history.contains("rootfs delta, kernel delta, initrd delta"),
+        "the factory slot's images.json let the server plan deltas: {history}"
+    );
+    ensure!(
         history.contains("attestation key trusted") && history.contains(": attested"),
         "the server counted the device only after its TPM quote proved v2 booted: {history}"
     );

@@ -114,6 +114,17 @@ impl Device {
         fs::write(self.path("dev/rootfs-a"), bytes).unwrap();
         fs::write(self.path("boot/a/vmlinuz"), &r.kernel).unwrap();
         fs::write(self.path("boot/a/initrd.img"), &r.initrd).unwrap();
+        // What cairn-image leaves next to a factory slot's slot.env.
+        let record = |bytes: &[u8]| {
+            let (sha256, size) = cairn_bundle::sha256_reader(&mut &bytes[..]).unwrap();
+            serde_json::json!({ "sha256": sha256, "size": size })
+        };
+        let images = serde_json::json!({
+            "rootfs": record(&r.rootfs),
+            "kernel": record(&r.kernel),
+            "initrd": record(&r.initrd),
+        });
+        fs::write(self.path("boot/a/images.json"), images.to_string()).unwrap();
     }
 
     fn config_text(&self) -> String {
