@@ -272,13 +272,18 @@ pub async fn device(
     }
     let d = devices::get(&s.db, &id).await?;
     let mut body = format!(
-        "<p>Version <b class=\"version\">{}</b> · type {} · tags {} · security floor {} · last check-in {}</p><h2>History</h2>\
+        "<p>Version <b class=\"version\">{}</b> · type {} · tags {} · security floor {} · last check-in {}</p>\
+         <p class=\"tpm\">TPM: {}</p><h2>History</h2>\
          <table class=\"history\"><tr><th>when</th><th>event</th><th>detail</th></tr>",
         escape(d.version.as_deref().unwrap_or("-")),
         escape(&d.compatible),
         escape(&d.tags.join(", ")),
         d.security_floor.map(|f| f.to_string()).unwrap_or_else(|| "-".into()),
         when(d.last_checkin),
+        match d.ak_trusted_at {
+            Some(at) => format!("attestation key trusted since {}", when(Some(at))),
+            None => "no trusted attestation key (cannot be attested)".into(),
+        },
     );
     for h in devices::history(&s.db, &id, 200).await? {
         let _ = write!(

@@ -27,6 +27,9 @@ pub struct Device {
     pub images: Vec<InstalledImage>,
     pub last_checkin: Option<i64>,
     pub enrolled_at: Option<i64>,
+    /// When the device's TPM attestation key passed the MakeCredential challenge
+    /// (`attestation.rs`); `None`: no trusted key, so it cannot be attested.
+    pub ak_trusted_at: Option<i64>,
 }
 
 /// One line of a factory manifest: a device whose key is authorized before it ships.
@@ -255,7 +258,8 @@ struct CsvEntry {
 }
 
 const COLUMNS: &str = "id, public_key, approval, compatible, tags, version, booted_slot, \
-                       committed_slot, security_floor, images, last_checkin, enrolled_at";
+                       committed_slot, security_floor, images, last_checkin, enrolled_at, \
+                       ak_trusted_at";
 
 pub async fn get(db: &Db, id: &str) -> ApiResult<Device> {
     let row = sqlx::query(&format!("SELECT {COLUMNS} FROM devices WHERE id = $1"))
@@ -307,6 +311,7 @@ pub fn from_row(row: &Row) -> ApiResult<Device> {
             .unwrap_or_default(),
         last_checkin: row.try_get("last_checkin")?,
         enrolled_at: row.try_get("enrolled_at")?,
+        ak_trusted_at: row.try_get("ak_trusted_at")?,
     })
 }
 

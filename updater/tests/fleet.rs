@@ -353,6 +353,20 @@ fn success_counts_only_once_the_tpm_quote_proves_the_release_booted() {
     wait_for(30, "the attested success", || server.counts("c-att").0 == 1);
     let history = server.history("dev-0001").join("\n");
     assert!(history.contains("attested"), "{history}");
+    let device = server.ok("GET", "/devices/dev-0001", None);
+    assert!(device["device"]["ak_trusted_at"].is_i64(), "{device:#}");
+    let page = server
+        .http
+        .get(format!("{}/ui/devices/dev-0001", server.url))
+        .bearer_auth(ADMIN)
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(
+        page.contains("TPM: attestation key trusted since"),
+        "{page}"
+    );
     assert_eq!(phase(&d.status()), "committed");
     // The quote covered this boot: PCR 12 holds exactly what the log says.
     let log: cairn_attest::EventLog =
