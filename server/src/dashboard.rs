@@ -5,8 +5,9 @@
 use std::collections::HashMap;
 use std::fmt::Write;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::header::{COOKIE, LOCATION, SET_COOKIE};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{Html, IntoResponse, Response};
 use serde::Deserialize;
@@ -18,16 +19,32 @@ use crate::devices;
 use crate::error::ApiResult;
 use crate::http::Shared;
 
+/// Someone allowed to see the dashboard. As an extractor it answers for the handler
+/// otherwise: the cookie redirect when the page was opened with `?token=`, or the
+/// "who are you" page.
+pub struct Viewer;
+
 #[derive(Deserialize)]
-pub struct TokenQuery {
+struct TokenQuery {
     token: Option<String>,
 }
 
-/// `Ok(None)`: the caller may see the page. `Ok(Some(response))`: send that instead
-/// (the cookie redirect, or the "who are you" page).
-fn gate(state: &Shared, headers: &HeaderMap, uri: &Uri, q: &TokenQuery) -> Option<Response> {
-    if let Some(token) = &q.token {
-        if state.admin_token_matches(token) {
+impl FromRequestParts<Shared> for Viewer {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &Shared) -> Result<Viewer, Response> {
+        match gate(state, &parts.headers, &parts.uri) {
+            None => Ok(Viewer),
+            Some(response) => Err(response),
+        }
+    }
+}
+
+/// `None`: the caller may see the page. `Some(response)`: send that instead.
+fn gate(state: &Shared, headers: &HeaderMap, uri: &Uri) -> Option<Response> {
+    let query = Query::<TokenQuery>::try_from_uri(uri).ok();
+    if let Some(token) = query.and_then(|q| q.0.token) {
+        if state.admin_token_matches(&token) {
             let cookie = format!("cairn_admin={token}; Path=/; HttpOnly; SameSite=Strict");
             return Some(
                 (
@@ -139,15 +156,7 @@ fn campaign_section(status: &CampaignStatus) -> String {
     )
 }
 
-pub async fn campaigns(
-    State(s): State<Shared>,
-    headers: HeaderMap,
-    uri: Uri,
-    Query(q): Query<TokenQuery>,
-) -> ApiResult<Response> {
-    if let Some(r) = gate(&s, &headers, &uri, &q) {
-        return Ok(r);
-    }
+pub async fn campaigns(_: Viewer, State(s): State<Shared>) -> ApiResult<Response> {
     let mut body = String::new();
     for c in campaigns::list(&s.db).await? {
         body.push_str(&campaign_section(&campaigns::status(&s.db, &c.id).await?));
@@ -159,15 +168,10 @@ pub async fn campaigns(
 }
 
 pub async fn campaign(
+    _: Viewer,
     State(s): State<Shared>,
-    headers: HeaderMap,
-    uri: Uri,
-    Query(q): Query<TokenQuery>,
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
-    if let Some(r) = gate(&s, &headers, &uri, &q) {
-        return Ok(r);
-    }
     let status = campaigns::status(&s.db, &id).await?;
     let mut body = campaign_section(&status);
     body.push_str(&deployments_table(&s, &id).await?);
@@ -225,15 +229,7 @@ async fn deployment_states(
         .collect()
 }
 
-pub async fn devices(
-    State(s): State<Shared>,
-    headers: HeaderMap,
-    uri: Uri,
-    Query(q): Query<TokenQuery>,
-) -> ApiResult<Response> {
-    if let Some(r) = gate(&s, &headers, &uri, &q) {
-        return Ok(r);
-    }
+pub async fn devices(_: Viewer, State(s): State<Shared>) -> ApiResult<Response> {
     let listed = devices::list(&s.db, 1000).await?;
     let states = deployment_states(&s, &listed).await?;
     let mut body = String::from(
@@ -261,15 +257,10 @@ pub async fn devices(
 }
 
 pub async fn device(
+    _: Viewer,
     State(s): State<Shared>,
-    headers: HeaderMap,
-    uri: Uri,
-    Query(q): Query<TokenQuery>,
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
-    if let Some(r) = gate(&s, &headers, &uri, &q) {
-        return Ok(r);
-    }
     let d = devices::get(&s.db, &id).await?;
     let mut body = format!(
         "<p>Version <b class=\"version\">{}</b> · type {} · tags {} · security floor {} · last check-in {}</p>\
