@@ -66,21 +66,33 @@ impl Hasher {
     }
 }
 
-/// The digest of everything `input` yields, and how many bytes that was.
-pub fn hash_reader(algorithm: Algorithm, input: &mut impl Read) -> io::Result<(String, u64)> {
-    let mut hasher = Hasher::new(algorithm);
+/// Hands everything `input` yields to `f`, one [`COPY_BUF`](crate::COPY_BUF) buffer at a
+/// time, and returns how many bytes that was.
+pub(crate) fn for_each_chunk(
+    input: &mut impl Read,
+    mut f: impl FnMut(&[u8]) -> io::Result<()>,
+) -> io::Result<u64> {
     let mut buf = vec![0u8; crate::stream::COPY_BUF];
     let mut total = 0u64;
     loop {
         let n = match input.read(&mut buf) {
-            Ok(0) => break,
+            Ok(0) => return Ok(total),
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
         };
-        hasher.update(&buf[..n]);
+        f(&buf[..n])?;
         total += n as u64;
     }
+}
+
+/// The digest of everything `input` yields, and how many bytes that was.
+pub fn hash_reader(algorithm: Algorithm, input: &mut impl Read) -> io::Result<(String, u64)> {
+    let mut hasher = Hasher::new(algorithm);
+    let total = for_each_chunk(input, |bytes| {
+        hasher.update(bytes);
+        Ok(())
+    })?;
     Ok((hasher.finalize_hex(), total))
 }
 
@@ -89,19 +101,11 @@ pub fn hash_reader(algorithm: Algorithm, input: &mut impl Read) -> io::Result<(S
 pub fn both_digests(input: &mut impl Read) -> io::Result<(String, String, u64)> {
     let mut sha256 = Sha256::new();
     let mut blake3 = blake3::Hasher::new();
-    let mut buf = vec![0u8; crate::stream::COPY_BUF];
-    let mut total = 0u64;
-    loop {
-        let n = match input.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        sha256.update(&buf[..n]);
-        blake3.update(&buf[..n]);
-        total += n as u64;
-    }
+    let total = for_each_chunk(input, |bytes| {
+        sha256.update(bytes);
+        blake3.update(bytes);
+        Ok(())
+    })?;
     Ok((
         hex::encode(sha256.finalize()),
         blake3.finalize().to_hex().to_string(),

@@ -16,16 +16,7 @@ pub const COPY_BUF: usize = 1 << 20;
 
 /// Copies `input` into `out` through one [`COPY_BUF`] buffer.
 pub(crate) fn copy_buffered(input: &mut impl Read, out: &mut impl Write) -> io::Result<()> {
-    let mut buf = vec![0u8; COPY_BUF];
-    loop {
-        let n = match input.read(&mut buf) {
-            Ok(0) => return Ok(()),
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        out.write_all(&buf[..n])?;
-    }
+    crate::digest::for_each_chunk(input, |bytes| out.write_all(bytes)).map(|_| ())
 }
 
 /// Buffers queued for each hasher thread. Each side (payload, image) owns at most

@@ -33,36 +33,22 @@ fn credential_activates_only_for_the_same_tpm_and_ak() {
     let mut other_name = name.clone();
     *other_name.last_mut().expect("non-empty name") ^= 1;
     let wrong_ak = make_credential(&ek, &other_name, secret).expect("make credential");
-    let refused =
-        tpm.activate_credential(&ak, &wrong_ak.credential_blob, &wrong_ak.encrypted_secret);
-    assert!(
-        matches!(
-            refused,
-            Err(TpmError::Tss {
-                op: "activate credential",
-                ..
-            })
-        ),
-        "{refused:?}"
-    );
+    assert_refused(tpm.activate_credential(
+        &ak,
+        &wrong_ak.credential_blob,
+        &wrong_ak.encrypted_secret,
+    ));
 
     // A credential made for another TPM's EK cannot be activated here.
     let other = TestTpm::start();
     let other_ek = other.open().ek_public().expect("second EK");
     assert_ne!(other_ek, ek);
     let wrong_ek = make_credential(&other_ek, &name, secret).expect("make credential");
-    let refused =
-        tpm.activate_credential(&ak, &wrong_ek.credential_blob, &wrong_ek.encrypted_secret);
-    assert!(
-        matches!(
-            refused,
-            Err(TpmError::Tss {
-                op: "activate credential",
-                ..
-            })
-        ),
-        "{refused:?}"
-    );
+    assert_refused(tpm.activate_credential(
+        &ak,
+        &wrong_ek.credential_blob,
+        &wrong_ek.encrypted_secret,
+    ));
 
     // The AK blob survives a JSON round trip and a new connection.
     let json = serde_json::to_string(&ak).expect("serialise");
@@ -106,4 +92,18 @@ fn ak_name_is_the_tpm_name() {
     assert_eq!(tpm_name, name);
     let out = t.tool("tpm2_flushcontext", &["-t"]);
     assert!(out.status.success(), "flush: {out:?}");
+}
+
+/// The TPM itself refused ActivateCredential (not our input checks).
+fn assert_refused(result: Result<Vec<u8>, TpmError>) {
+    assert!(
+        matches!(
+            result,
+            Err(TpmError::Tss {
+                op: "activate credential",
+                ..
+            })
+        ),
+        "{result:?}"
+    );
 }

@@ -51,6 +51,16 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> AttestationError + '_ {
     }
 }
 
+fn json(path: &Path) -> impl FnOnce(serde_json::Error) -> AttestationError + '_ {
+    move |e| io(path)(e.into())
+}
+
+/// This boot's measurement log, as [`measure_boot`] wrote it.
+pub fn read_log(path: &Path) -> Result<EventLog, AttestationError> {
+    let bytes = fs::read(path).map_err(io(path))?;
+    serde_json::from_slice(&bytes).map_err(json(path))
+}
+
 /// What identifies the booted slot: its name, the verity root hash the initramfs set up
 /// dm-verity with, and the digests of its kernel and initrd files.
 pub fn boot_events(config: &SystemConfig) -> Result<Vec<(EventKind, String)>, AttestationError> {
@@ -95,10 +105,7 @@ pub fn measure_boot(
 ) -> Result<EventLog, AttestationError> {
     let path = &config.event_log;
     let log = match fs::read(path) {
-        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| AttestationError::Io {
-            path: path.display().to_string(),
-            source: e.into(),
-        })?,
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(json(path))?,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let mut log = EventLog::new();
             for (kind, value) in events {
@@ -107,11 +114,8 @@ pub fn measure_boot(
             if let Some(dir) = path.parent() {
                 fs::create_dir_all(dir).map_err(io(dir))?;
             }
-            let json = serde_json::to_vec_pretty(&log).map_err(|e| AttestationError::Io {
-                path: path.display().to_string(),
-                source: e.into(),
-            })?;
-            cairn_atomic::write(path, &json).map_err(io(path))?;
+            let bytes = serde_json::to_vec_pretty(&log).map_err(json(path))?;
+            cairn_atomic::write(path, &bytes).map_err(io(path))?;
             log
         }
         Err(e) => return Err(io(path)(e)),
@@ -151,31 +155,53 @@ pub fn enrollment_path(config: &SystemConfig) -> PathBuf {
 }
 
 fn save(path: &Path, enrollment: &Enrollment) -> Result<(), AttestationError> {
-    let json = serde_json::to_vec_pretty(enrollment).map_err(|e| AttestationError::Io {
-        path: path.display().to_string(),
-        source: e.into(),
-    })?;
-    cairn_atomic::write(path, &json).map_err(io(path))
+    let bytes = serde_json::to_vec_pretty(enrollment).map_err(json(path))?;
+    cairn_atomic::write(path, &bytes).map_err(io(path))
 }
 
-/// Proves to the server that a fresh AK lives in this TPM (once per server; the AK is
-/// kept across reboots). Returns the trusted AK.
-pub fn ensure_enrolled(
+/// The enrollment on disk, if any (an unreadable one counts as none: a new AK is made).
+fn load(path: &Path) -> Option<Enrollment> {
+    serde_json::from_slice(&fs::read(path).ok()?).ok()
+}
+
+/// What cairnd does with the TPM at each check-in: keep its AK enrolled with the server
+/// at `server_url`, and answer the server's quote request if there is one. A device
+/// whose AK is trusted and that was asked nothing does not touch the TPM.
+pub fn on_check_in(
+    config: &SystemConfig,
+    tpm_config: &TpmConfig,
+    client: &mut ServerClient,
+    server_url: &str,
+    request: Option<&AttestationRequest>,
+) -> Result<Option<cairn_server_api::AttestationResult>, AttestationError> {
+    let path = enrollment_path(config);
+    let trusted = load(&path)
+        .filter(|e| e.trusted_by.as_deref() == Some(server_url))
+        .map(|e| e.ak);
+    if trusted.is_some() && request.is_none() {
+        return Ok(None);
+    }
+    let mut tpm = Tpm::open(&tpm_config.tcti)?;
+    let ak = match trusted {
+        Some(ak) => ak,
+        None => enroll(&mut tpm, client, &path, server_url)?,
+    };
+    let Some(request) = request else {
+        return Ok(None);
+    };
+    let log = read_log(&tpm_config.event_log)?;
+    answer(&mut tpm, client, &ak, &log, request).map(Some)
+}
+
+/// Proves to the server that an AK lives in this TPM: the one on disk, or a fresh one.
+/// Returns it once the server trusts it; the AK is kept across reboots.
+fn enroll(
     tpm: &mut Tpm,
     client: &mut ServerClient,
     path: &Path,
     server_url: &str,
 ) -> Result<AkBlob, AttestationError> {
-    let existing: Option<Enrollment> = match fs::read(path) {
-        Ok(bytes) => serde_json::from_slice(&bytes).ok(),
-        Err(_) => None,
-    };
-    if let Some(e) = &existing {
-        if e.trusted_by.as_deref() == Some(server_url) {
-            return Ok(e.ak.clone());
-        }
-    }
-    let ak = match existing {
+    let ak = match load(path) {
         Some(e) => e.ak,
         None => {
             let ak = tpm.create_ak()?;
@@ -218,7 +244,7 @@ pub fn ensure_enrolled(
 }
 
 /// Answers the server's request for a quote over this boot's measurements.
-pub fn answer(
+fn answer(
     tpm: &mut Tpm,
     client: &mut ServerClient,
     ak: &AkBlob,
@@ -232,10 +258,7 @@ pub fn answer(
         nonce: request.nonce.clone(),
         quote: hex::encode(&quote.attest),
         signature: hex::encode(&quote.signature),
-        event_log: serde_json::to_value(log).map_err(|e| AttestationError::Io {
-            path: "event log".into(),
-            source: e.into(),
-        })?,
+        event_log: serde_json::to_value(log).map_err(json(Path::new("event log")))?,
     };
     Ok(client.attest(&request.deployment_id, &evidence)?)
 }

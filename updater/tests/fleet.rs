@@ -86,6 +86,13 @@ impl Server {
         self.ok("POST", &format!("/campaigns/{id}/start"), None);
     }
 
+    /// A dashboard page, as the operator sees it.
+    fn page(&self, path: &str) -> String {
+        let url = format!("{}{path}", self.url);
+        let r = self.http.get(url).bearer_auth(ADMIN).send().unwrap();
+        r.text().unwrap()
+    }
+
     /// The device's history on the server, newest first, as "event: detail" lines.
     fn history(&self, device: &str) -> Vec<String> {
         let d = self.ok("GET", &format!("/devices/{device}"), None);
@@ -355,14 +362,7 @@ fn success_counts_only_once_the_tpm_quote_proves_the_release_booted() {
     assert!(history.contains("attested"), "{history}");
     let device = server.ok("GET", "/devices/dev-0001", None);
     assert!(device["device"]["ak_trusted_at"].is_i64(), "{device:#}");
-    let page = server
-        .http
-        .get(format!("{}/ui/devices/dev-0001", server.url))
-        .bearer_auth(ADMIN)
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
+    let page = server.page("/ui/devices/dev-0001");
     assert!(
         page.contains("TPM: attestation key trusted since"),
         "{page}"
@@ -392,14 +392,7 @@ fn a_slot_measuring_other_than_the_release_ends_attestation_failed() {
     assert_eq!(server.counts("c-att").0, 0, "never counted as a success");
     let campaign = server.ok("GET", "/campaigns/c-att", None);
     assert_eq!(campaign["campaign"]["state"], "paused", "{campaign:#}");
-    let page = server
-        .http
-        .get(format!("{}/ui/campaigns/c-att", server.url))
-        .bearer_auth(ADMIN)
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
+    let page = server.page("/ui/campaigns/c-att");
     assert!(
         page.contains("attestation-failed"),
         "the dashboard shows the distinct state:\n{page}"

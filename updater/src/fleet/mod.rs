@@ -17,7 +17,6 @@ use std::time::Duration;
 use cairn_server_api::{
     Assignment, AttestationRequest, CheckIn, InstalledImage, Report, ReportedState, Slot,
 };
-use cairn_tpm::Tpm;
 use time::OffsetDateTime;
 
 use crate::attestation::{self, AttestationError};
@@ -176,37 +175,21 @@ fn attest(
     client: &mut ServerClient,
     request: Option<&AttestationRequest>,
 ) -> Result<(), AttestationError> {
-    let mut tpm = Tpm::open(&config.tcti)?;
-    let url = ctx
-        .config
-        .server
-        .as_ref()
-        .map(|s| s.url.as_str())
-        .unwrap_or_default();
-    let ak = attestation::ensure_enrolled(
-        &mut tpm,
+    let url = ctx.config.server.as_ref().map(|s| s.url.as_str());
+    let answered = attestation::on_check_in(
+        &ctx.config,
+        config,
         client,
-        &attestation::enrollment_path(&ctx.config),
-        url,
+        url.unwrap_or_default(),
+        request,
     )?;
-    let Some(request) = request else {
-        return Ok(());
-    };
-    let bytes = std::fs::read(&config.event_log).map_err(|source| AttestationError::Io {
-        path: config.event_log.display().to_string(),
-        source,
-    })?;
-    let log = serde_json::from_slice(&bytes).map_err(|e| AttestationError::Io {
-        path: config.event_log.display().to_string(),
-        source: e.into(),
-    })?;
-    let result = attestation::answer(&mut tpm, client, &ak, &log, request)?;
-    match &result.reason {
-        None => {
-            tracing::info!(deployment = %result.deployment_id, state = result.deployment_state.as_str(), "attested")
+    match answered.as_ref().map(|r| (r, &r.reason)) {
+        None => {}
+        Some((r, None)) => {
+            tracing::info!(deployment = %r.deployment_id, state = r.deployment_state.as_str(), "attested")
         }
-        Some(why) => {
-            tracing::error!(deployment = %result.deployment_id, "server rejected the attestation: {why}")
+        Some((r, Some(why))) => {
+            tracing::error!(deployment = %r.deployment_id, "server rejected the attestation: {why}")
         }
     }
     Ok(())
