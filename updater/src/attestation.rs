@@ -13,11 +13,11 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use cairn_attest::{Event, EventKind, EventLog, CAIRN_PCR};
+use cairn_boot::{cmdline, slot_env, KernelCmdline};
 use cairn_server_api::{AttestationEvidence, AttestationRequest, TpmActivation, TpmEnrollRequest};
 use cairn_tpm::{AkBlob, Tpm};
 use serde::{Deserialize, Serialize};
 
-use crate::bootstate::SlotId;
 use crate::config::{SystemConfig, Target, TpmConfig};
 use crate::fleet::{FleetError, ServerClient};
 
@@ -65,19 +65,18 @@ pub fn read_log(path: &Path) -> Result<EventLog, AttestationError> {
 /// dm-verity with, and the digests of its kernel and initrd files.
 pub fn boot_events(config: &SystemConfig) -> Result<Vec<(EventKind, String)>, AttestationError> {
     let cmdline_path = &config.system.cmdline;
-    let cmdline = fs::read_to_string(cmdline_path).map_err(io(cmdline_path))?;
-    let arg = |key: &str| {
-        cmdline
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix(key).map(str::to_string))
-            .ok_or_else(|| AttestationError::Boot(format!("no {key} on the kernel command line")))
+    let cmdline = KernelCmdline::new(&fs::read_to_string(cmdline_path).map_err(io(cmdline_path))?);
+    let missing =
+        |key: &str| AttestationError::Boot(format!("no {key}= on the kernel command line"));
+    let slot = match (cmdline.slot(), cmdline.value(cmdline::SLOT)) {
+        (Some(slot), _) => slot,
+        (None, Some(other)) => return Err(AttestationError::Boot(format!("cairn.slot={other}"))),
+        (None, None) => return Err(missing(cmdline::SLOT)),
     };
-    let slot = match arg("cairn.slot=")?.to_ascii_lowercase().as_str() {
-        "a" => SlotId::A,
-        "b" => SlotId::B,
-        other => return Err(AttestationError::Boot(format!("cairn.slot={other}"))),
-    };
-    let root_hash = arg("cairn.verity.root_hash=")?.to_ascii_lowercase();
+    let root_hash = cmdline
+        .verity_root_hash()
+        .ok_or_else(|| missing(slot_env::arg::ROOT_HASH))?
+        .to_ascii_lowercase();
     let file_digest = |image: &str| -> Result<String, AttestationError> {
         let Some(Target::File(path)) = config.slot(slot).images.get(image) else {
             return Err(AttestationError::Boot(format!(

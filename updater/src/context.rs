@@ -2,12 +2,15 @@
 //! where it persists. Built once per process.
 
 use std::fs::{self, File};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
+use cairn_boot::{images, layout, SlotImages};
 use cairn_bundle::{SignedRoot, TrustRoot};
 use time::OffsetDateTime;
 
-use crate::bootstate::{BootState, BootStateError, BootStateStore, FileStore, UbootEnvStore};
+use crate::bootstate::{
+    BootState, BootStateError, BootStateStore, FileStore, SlotId, UbootEnvStore,
+};
 use crate::config::{BootloaderConfig, SystemConfig};
 use crate::slot::{boot_facts, BootFacts, SlotError};
 use crate::state::{DeviceState, StateStore};
@@ -58,9 +61,7 @@ impl Context {
         let state = match state_store.load()? {
             Some(state) => state,
             None => {
-                let booted = boot_facts(&config)
-                    .map(|f| f.slot)
-                    .unwrap_or(crate::bootstate::SlotId::A);
+                let booted = boot_facts(&config).map(|f| f.slot).unwrap_or(SlotId::A);
                 let mut state = DeviceState::first_boot(booted, installed_version(&config));
                 if let Some(record) = state.slots.get_mut(&booted) {
                     record.images = factory_images(&config, booted);
@@ -97,6 +98,25 @@ impl Context {
         self.state_store.save(&self.state)
     }
 
+    /// The one way cairnd changes state: `boot`, when given, is stored first (fsynced; it
+    /// is what the bootloader acts on), then `change` updates cairnd's own record, which is
+    /// saved last. A power cut between the two leaves the boot state ahead of the record,
+    /// and `reconcile` completes the step on the next start; the other order could leave a
+    /// record claiming what the bootloader never heard. `change` is not called when the
+    /// boot state could not be stored.
+    pub fn apply<T>(
+        &mut self,
+        boot: Option<&BootState>,
+        change: impl FnOnce(&mut DeviceState) -> Result<T, ContextError>,
+    ) -> Result<T, ContextError> {
+        if let Some(boot) = boot {
+            self.boot_store.store(boot)?;
+        }
+        let result = change(&mut self.state)?;
+        self.save_state()?;
+        Ok(result)
+    }
+
     /// Takes the install lock, or says who holds it. A second install while one runs is
     /// refused rather than queued.
     pub fn lock_install(&self) -> Result<InstallLock, ContextError> {
@@ -131,61 +151,57 @@ impl Context {
         Ok(anchor.walk_forward(&chain, OffsetDateTime::now_utc())?)
     }
 
-    fn committed_roots_path(&self) -> std::path::PathBuf {
+    pub fn committed_roots_path(&self) -> PathBuf {
         self.config.data_dir.join("roots.json")
     }
+}
 
-    /// Adds the roots a committed bundle carried to the chain the device trusts.
-    pub fn commit_roots(&self, roots: serde_json::Value) -> Result<(), ContextError> {
-        let path = self.committed_roots_path();
-        let mut chain: Vec<SignedRoot> = fs::read(&path)
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or_default();
-        let new: Vec<SignedRoot> = serde_json::from_value(roots).unwrap_or_default();
-        for root in new {
-            if !chain
-                .iter()
-                .any(|r| r.signed.version == root.signed.version)
-            {
-                chain.push(root);
-            }
+/// Adds the roots a committed bundle carried to the chain the device trusts (the file at
+/// [`Context::committed_roots_path`]).
+pub fn commit_roots(path: &Path, roots: serde_json::Value) -> Result<(), ContextError> {
+    let mut chain: Vec<SignedRoot> = fs::read(path)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
+    let new: Vec<SignedRoot> = serde_json::from_value(roots).unwrap_or_default();
+    for root in new {
+        if !chain
+            .iter()
+            .any(|r| r.signed.version == root.signed.version)
+        {
+            chain.push(root);
         }
-        let bytes = serde_json::to_vec_pretty(&chain).expect("roots serialise");
-        cairn_atomic::write(&path, &bytes).map_err(|source| ContextError::Io {
-            path: path.display().to_string(),
-            source,
-        })
     }
+    let bytes = serde_json::to_vec_pretty(&chain).expect("roots serialise");
+    cairn_atomic::write(path, &bytes).map_err(|source| ContextError::Io {
+        path: path.display().to_string(),
+        source,
+    })
 }
 
 /// What the image builder recorded of a factory slot's images (`images.json` next to the
 /// slot's `slot.env`), limited to the images this device's slots have. Only steers which
 /// delta the server plans and the device picks: a wrong record makes a delta's decoded
 /// image fail its manifest hash, never trusts wrong bytes. Empty when absent or unreadable.
-fn factory_images(
-    config: &SystemConfig,
-    slot: crate::bootstate::SlotId,
-) -> std::collections::BTreeMap<String, crate::state::ImageRecord> {
+fn factory_images(config: &SystemConfig, slot: SlotId) -> SlotImages {
     let slot_config = config.slot(slot);
     let Some(path) = slot_config
         .slot_env
         .as_ref()
-        .map(|p| p.with_file_name("images.json"))
+        .map(|p| p.with_file_name(layout::IMAGES_JSON))
     else {
-        return Default::default();
+        return SlotImages::new();
     };
     let Ok(bytes) = fs::read(&path) else {
-        return Default::default();
+        return SlotImages::new();
     };
-    let mut images: std::collections::BTreeMap<String, crate::state::ImageRecord> =
-        match serde_json::from_slice(&bytes) {
-            Ok(images) => images,
-            Err(e) => {
-                tracing::warn!(path = %path.display(), "factory image record ignored: {e}");
-                return Default::default();
-            }
-        };
+    let mut images = match images::from_json(&bytes) {
+        Ok(images) => images,
+        Err(e) => {
+            tracing::warn!(path = %path.display(), "factory image record ignored: {e}");
+            return SlotImages::new();
+        }
+    };
     images.retain(|name, _| slot_config.images.contains_key(name));
     images
 }

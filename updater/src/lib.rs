@@ -19,7 +19,6 @@ pub mod metrics;
 pub mod reboot;
 pub mod reconcile;
 pub mod slot;
-pub mod slotenv;
 pub mod state;
 pub mod status;
 pub mod trial;

@@ -1,4 +1,4 @@
-//! What happened while cairnd was not running? Derived, never assumed (INVARIANTS.md 9),
+//! What happened while cairnd was not running? Derived, never assumed (invariant 9),
 //! from three facts: the boot state, the slot the kernel booted, and cairnd's own state.
 //! Pure: returns the new states and what to do next; the caller persists and acts.
 
@@ -64,7 +64,7 @@ pub fn reconcile(
                 );
             } else {
                 // Crash or power cut mid-write: the slot was unbootable before the first
-                // byte (INVARIANTS.md 2); keep it so and say what happened.
+                // byte (invariant 2); keep it so and say what happened.
                 new_boot.reject(slot);
                 state.install_interrupted(
                     now,
@@ -106,11 +106,11 @@ pub fn reconcile(
             );
         }
         Phase::Committed | Phase::RolledBack { .. } | Phase::Failed { .. } => {
-            settle(&mut state, &mut new_boot, facts, now, &mut next);
+            settle(&mut state, boot, facts, now, &mut next);
         }
     }
     if facts.recovery || boot.recovery {
-        record_recovery(&mut state, boot, facts, now);
+        state.recovery_booted(now, facts.slot, boot.committed);
     }
     // Whatever became of an update, the committed slot has just booted: give it back its
     // tries, so interrupted installs never wear it down toward a recovery boot.
@@ -124,12 +124,12 @@ pub fn reconcile(
     }
 }
 
-/// No update in flight. Normally the committed slot booted: give it back its tries. If
-/// the bootloader fell back to the other slot (the committed one failed to boot), that
-/// slot held a verified image: check it and commit it. Recovery boots are recorded.
+/// No update in flight. Normally the committed slot booted and nothing changes. If the
+/// bootloader fell back to the other slot (the committed one failed to boot), that slot
+/// held a verified image: check it and commit it.
 fn settle(
     state: &mut DeviceState,
-    boot: &mut BootState,
+    boot: &BootState,
     facts: &BootFacts,
     now: OffsetDateTime,
     next: &mut Next,
@@ -137,47 +137,14 @@ fn settle(
     if facts.slot == boot.committed {
         return;
     }
-    let version = state.slot(facts.slot).version;
-    let msg = format!(
-        "committed slot {} did not boot; running slot {}",
-        boot.committed, facts.slot
-    );
-    state.record(
-        now,
-        "fallback",
-        Some(facts.slot),
-        version.as_deref(),
-        Some(msg.clone()),
-    );
-    state.report("fallback", version.as_deref(), Some(msg.clone()));
-    state.last_error = Some(msg);
-    state.phase = Phase::TrialBoot {
-        slot: facts.slot,
-        version: version.unwrap_or_else(|| "unknown".into()),
-        security_version: state.slot(facts.slot).security_version,
-    };
+    state.fallback_booted(now, facts.slot, boot.committed);
     *next = Next::CheckTrial(facts.slot);
-}
-
-fn record_recovery(
-    state: &mut DeviceState,
-    boot: &BootState,
-    facts: &BootFacts,
-    now: OffsetDateTime,
-) {
-    let msg = format!(
-        "recovery boot: no slot had tries left; booted committed slot {}",
-        boot.committed
-    );
-    state.record(now, "recovery", Some(facts.slot), None, Some(msg.clone()));
-    state.report("recovery", None, Some(msg.clone()));
-    state.last_error = Some(msg);
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::SlotRecord;
+    use crate::state::{ReportStatus, SlotRecord};
 
     fn facts(slot: SlotId, boot_id: &str) -> BootFacts {
         BootFacts {
@@ -221,7 +188,11 @@ mod tests {
         assert_eq!(after.tries(SlotId::A), 3);
         // A power cut says nothing about the update: the server is not told it failed,
         // so its deployment stays live and the device tries again.
-        assert!(r.state.outbox.iter().all(|rep| rep.status != "failed"));
+        assert!(r
+            .state
+            .outbox
+            .iter()
+            .all(|rep| rep.status != ReportStatus::Failed));
         assert_eq!(r.state.history.last().unwrap().event, "install-interrupted");
     }
 
@@ -265,7 +236,10 @@ mod tests {
         assert_eq!(r.next, Next::CheckTrial(SlotId::B));
         assert!(matches!(r.state.phase, Phase::TrialBoot { .. }));
         assert!(
-            r.state.outbox.iter().all(|rep| rep.status != "committed"),
+            r.state
+                .outbox
+                .iter()
+                .all(|rep| rep.status != ReportStatus::Committed),
             "success is reported only on commit"
         );
     }
@@ -293,7 +267,11 @@ mod tests {
         let r = reconcile(&state, &boot, &facts(SlotId::B, "boot-3"), now());
         assert_eq!(r.state.phase, Phase::Committed);
         assert_eq!(r.state.security_floor, 2);
-        assert!(r.state.outbox.iter().any(|rep| rep.status == "committed"));
+        assert!(r
+            .state
+            .outbox
+            .iter()
+            .any(|rep| rep.status == ReportStatus::Committed));
     }
 
     #[test]

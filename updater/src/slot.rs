@@ -3,6 +3,8 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use cairn_boot::KernelCmdline;
+
 use crate::bootstate::SlotId;
 use crate::config::{SystemConfig, Target};
 
@@ -43,25 +45,17 @@ pub fn boot_facts(config: &SystemConfig) -> Result<BootFacts, SlotError> {
             source,
         })
     };
-    let cmdline = read(&config.system.cmdline)?;
-    let slot = cmdline_value(&cmdline, "cairn.slot")
-        .and_then(|v| v.parse().ok())
-        .ok_or(SlotError::NoSlotArgument)?;
+    let cmdline = KernelCmdline::new(&read(&config.system.cmdline)?);
+    let slot = cmdline.slot().ok_or(SlotError::NoSlotArgument)?;
     let facts = BootFacts {
         slot,
-        recovery: cmdline_value(&cmdline, "cairn.recovery") == Some("1"),
+        recovery: cmdline.recovery(),
         boot_id: read(&config.system.boot_id)?.trim().to_string(),
     };
     if config.system.check_root_device {
         check_root_device(config, slot)?;
     }
     Ok(facts)
-}
-
-fn cmdline_value<'a>(cmdline: &'a str, key: &str) -> Option<&'a str> {
-    cmdline
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix(key).and_then(|rest| rest.strip_prefix('=')))
 }
 
 /// The block device behind `/` must be the booted slot's rootfs partition (directly or
@@ -136,17 +130,4 @@ pub fn resolve_device(spec: &str) -> Result<PathBuf, SlotError> {
         }
     }
     Err(SlotError::NoPartition(label.to_string()))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn reads_slot_and_recovery_from_the_command_line() {
-        let line = "console=ttyAMA0 root=PARTLABEL=rootfs-b cairn.slot=B cairn.recovery=1 panic=5";
-        assert_eq!(cmdline_value(line, "cairn.slot"), Some("B"));
-        assert_eq!(cmdline_value(line, "cairn.recovery"), Some("1"));
-        assert_eq!(cmdline_value("cairn.slotx=A", "cairn.slot"), None);
-    }
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 use time::OffsetDateTime;
 
 use crate::bootstate::SlotId;
-use crate::context::{Context, ContextError};
+use crate::context::{commit_roots, Context, ContextError};
 use crate::health;
 use crate::reconcile::{reconcile, Next};
 use crate::state::Phase;
@@ -32,12 +32,10 @@ pub fn on_boot(ctx: &mut Context) -> Result<Verdict, ContextError> {
     let facts = ctx.boot_facts()?;
     let boot = ctx.boot_state()?;
     let r = reconcile(&ctx.state, &boot, &facts, OffsetDateTime::now_utc());
-    // Boot state first: it is what the bootloader acts on; the state file only records.
-    if let Some(new_boot) = &r.boot {
-        ctx.boot_store.store(new_boot)?;
-    }
-    ctx.state = r.state;
-    ctx.save_state()?;
+    ctx.apply(r.boot.as_ref(), |state| {
+        *state = r.state;
+        Ok(())
+    })?;
     match r.next {
         Next::Idle => Ok(Verdict::Idle),
         Next::CheckTrial(slot) => decide_trial(ctx, slot),
@@ -60,31 +58,35 @@ pub fn decide_trial(ctx: &mut Context, slot: SlotId) -> Result<Verdict, ContextE
 }
 
 /// Commit: boot state first (full tries, first in order, committed), then cairnd's state
-/// (floor, history, report). A power cut between the two is finished by `reconcile`.
+/// (floor, history, report) and the trust roots the bundle carried. A power cut between
+/// the two is finished by `reconcile`.
 pub fn commit(ctx: &mut Context, slot: SlotId) -> Result<Verdict, ContextError> {
     let mut boot = ctx.boot_state()?;
     boot.commit(slot);
-    ctx.boot_store.store(&boot)?;
     let version = match &ctx.state.phase {
         Phase::TrialBoot { version, .. } => version.clone(),
         _ => ctx.state.slot(slot).version.unwrap_or_default(),
     };
-    if let Some(roots) = ctx.state.committed(OffsetDateTime::now_utc()) {
-        ctx.commit_roots(roots)?;
-    }
-    ctx.save_state()?;
+    let roots_path = ctx.committed_roots_path();
+    ctx.apply(Some(&boot), |state| {
+        match state.committed(OffsetDateTime::now_utc()) {
+            Some(roots) => commit_roots(&roots_path, roots),
+            None => Ok(()),
+        }
+    })?;
     tracing::info!(%slot, %version, "committed");
     Ok(Verdict::Committed { slot, version })
 }
 
 /// Reject: the slot can no longer boot and the committed slot goes first, on disk,
-/// before anyone reboots (INVARIANTS.md 5).
+/// before anyone reboots (invariant 5).
 pub fn reject(ctx: &mut Context, slot: SlotId, reason: &str) -> Result<Verdict, ContextError> {
     let mut boot = ctx.boot_state()?;
     boot.reject(slot);
-    ctx.boot_store.store(&boot)?;
-    ctx.state.rolled_back(OffsetDateTime::now_utc(), reason);
-    ctx.save_state()?;
+    ctx.apply(Some(&boot), |state| {
+        state.rolled_back(OffsetDateTime::now_utc(), reason);
+        Ok(())
+    })?;
     tracing::warn!(%slot, %reason, "trial rejected; rolling back");
     Ok(Verdict::RolledBack {
         slot,
@@ -104,7 +106,7 @@ pub fn mark_good(ctx: &mut Context) -> Result<Verdict, ContextError> {
     let mut boot = ctx.boot_state()?;
     if boot.committed == facts.slot {
         boot.refresh_committed();
-        ctx.boot_store.store(&boot)?;
+        ctx.apply(Some(&boot), |_| Ok(()))?;
     }
     Ok(Verdict::Idle)
 }
@@ -124,39 +126,38 @@ pub fn mark_bad(ctx: &mut Context) -> Result<Verdict, ContextError> {
 /// `cairn rollback`: go back to the other slot's image. A pending or trial update is
 /// rejected; on a committed device the other slot (the previous version, kept as the
 /// fallback) is armed for a trial boot so it must pass its checks like any update.
-pub fn rollback(ctx: &mut Context) -> Result<Verdict, String> {
+pub fn rollback(ctx: &mut Context) -> Result<Verdict, RollbackError> {
     match ctx.state.phase.clone() {
         Phase::TrialBoot { slot, .. } | Phase::InstalledPending { slot, .. } => {
-            reject(ctx, slot, "rolled back by the operator").map_err(|e| e.to_string())
+            Ok(reject(ctx, slot, "rolled back by the operator")?)
         }
         _ => {
-            let facts = ctx.boot_facts().map_err(|e| e.to_string())?;
+            let facts = ctx.boot_facts().map_err(ContextError::from)?;
             let other = facts.slot.other();
-            let mut boot = ctx.boot_state().map_err(|e| e.to_string())?;
+            let mut boot = ctx.boot_state()?;
             if !boot.is_bootable(other) {
-                return Err(format!(
-                    "slot {other} holds no bootable image to roll back to"
-                ));
+                return Err(RollbackError::NothingToRollBackTo(other));
             }
             boot.arm_trial(other);
-            ctx.boot_store.store(&boot).map_err(|e| e.to_string())?;
-            let record = ctx.state.slot(other);
-            let version = record.version.clone().unwrap_or_else(|| "unknown".into());
-            ctx.state.phase = Phase::InstalledPending {
-                slot: other,
-                version: version.clone(),
-                security_version: record.security_version,
-                boot_id: facts.boot_id,
-            };
-            ctx.state.record(
-                OffsetDateTime::now_utc(),
-                "rollback-requested",
-                Some(other),
-                Some(&version),
-                None,
-            );
-            ctx.save_state().map_err(|e| e.to_string())?;
+            ctx.apply(Some(&boot), |state| {
+                state.rollback_requested(OffsetDateTime::now_utc(), other, &facts.boot_id);
+                Ok(())
+            })?;
             Ok(Verdict::Idle)
         }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RollbackError {
+    #[error("slot {0} holds no bootable image to roll back to")]
+    NothingToRollBackTo(SlotId),
+    #[error(transparent)]
+    Context(#[from] ContextError),
+}
+
+impl From<crate::bootstate::BootStateError> for RollbackError {
+    fn from(e: crate::bootstate::BootStateError) -> RollbackError {
+        RollbackError::Context(e.into())
     }
 }

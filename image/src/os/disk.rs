@@ -2,21 +2,19 @@
 //! file (mkfs.vfat -C + mtools, mkfs.ext4 -d) and copied to its partition's offset; no
 //! loop device and no mount. Writes `<disk>.bmap` next to it.
 
-use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
+use cairn_boot::{copies, images, layout, BootState, ImageRecord, SlotArgs, SlotId, SlotImages};
 use cairn_bundle::Verity;
 
 use super::bmap;
-use super::bootstate;
 use super::profile::Profile;
 use super::progress::{mib, Stage};
 use super::run::run;
-use super::slot::slot_args;
 
 const MIB: u64 = 1024 * 1024;
 /// The partition table and the first partition's alignment.
@@ -184,33 +182,19 @@ fn build_boot_partition(inputs: &Inputs, work: &Path, boot: &Path) -> Result<()>
         .arg(&script)
         .env("SOURCE_DATE_EPOCH", &epoch))?;
 
-    let slot_env = work.join("slot.env");
+    let slot_env = work.join(layout::SLOT_ENV);
     fs::write(
         &slot_env,
-        format!("slot_args={}\n", slot_args(inputs.verity, &profile.version)),
+        SlotArgs::new(Some(inputs.verity), &profile.version).slot_env(),
     )?;
-    let images = work.join("images.json");
-    fs::write(&images, factory_images(inputs)?)?;
-    let b_tries = match inputs.slot_b {
-        SlotB::Empty => 0,
-        SlotB::Copy => profile.disk.tries,
-    };
-    let state = |seq: u32| -> BTreeMap<String, String> {
-        [
-            ("BOOT_ORDER", "A B".to_string()),
-            ("BOOT_A_LEFT", profile.disk.tries.to_string()),
-            ("BOOT_B_LEFT", b_tries.to_string()),
-            ("CAIRN_COMMITTED", "A".to_string()),
-            ("CAIRN_SEQ", seq.to_string()),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect()
-    };
-    let state0 = work.join("bootstate.0");
-    let state1 = work.join("bootstate.1");
-    fs::write(&state0, bootstate::encode(&state(1))?)?;
-    fs::write(&state1, bootstate::encode(&state(0))?)?;
+    let images = work.join(layout::IMAGES_JSON);
+    fs::write(&images, images::to_json(&factory_images(inputs)?))?;
+    let flashed = BootState::flashed(profile.disk.tries, inputs.slot_b == SlotB::Copy);
+    let [copy0, copy1] = copies::fresh_copies(&flashed.vars())?;
+    let state0 = work.join(layout::BOOT_STATE_COPIES[0]);
+    let state1 = work.join(layout::BOOT_STATE_COPIES[1]);
+    fs::write(&state0, copy0)?;
+    fs::write(&state1, copy1)?;
 
     run(Command::new("mkfs.vfat")
         .args(["-F", "32", "-n", "CAIRN-BOOT", "-i", "c41a7e11"])
@@ -230,16 +214,17 @@ fn build_boot_partition(inputs: &Inputs, work: &Path, boot: &Path) -> Result<()>
     for file in [&script, &state0, &state1] {
         mtools(&[&os("mcopy"), file.as_os_str(), &os("::")])?;
     }
-    let mut slots = vec!["a"];
+    let mut slots = vec![SlotId::A];
     if inputs.slot_b == SlotB::Copy {
-        slots.push("b");
+        slots.push(SlotId::B);
     }
-    for dir in slots {
+    for slot in slots {
+        let dir = layout::slot_dir(slot);
         for (file, name) in [
-            (inputs.kernel, "vmlinuz"),
-            (inputs.initrd, "initrd.img"),
-            (slot_env.as_path(), "slot.env"),
-            (images.as_path(), "images.json"),
+            (inputs.kernel, layout::KERNEL),
+            (inputs.initrd, layout::INITRD),
+            (slot_env.as_path(), layout::SLOT_ENV),
+            (images.as_path(), layout::IMAGES_JSON),
         ] {
             mtools(&[
                 &os("mcopy"),
@@ -251,25 +236,19 @@ fn build_boot_partition(inputs: &Inputs, work: &Path, boot: &Path) -> Result<()>
     Ok(())
 }
 
-/// `images.json` next to a factory slot's `slot.env`: what the slot holds, by image name
-/// (sha256 and size, as a bundle manifest names them), so that cairnd can tell the server
-/// from its first check-in which deltas apply. It cannot live in the rootfs, whose hash it
-/// lists.
-fn factory_images(inputs: &Inputs) -> Result<String> {
-    let mut images = serde_json::Map::new();
+/// What the factory slot holds (`cairn_boot::images`), so the device's first check-in
+/// already tells the server which deltas apply.
+fn factory_images(inputs: &Inputs) -> Result<SlotImages> {
+    let mut images = SlotImages::new();
     for (name, path) in [
         ("rootfs", inputs.slot_image),
         ("kernel", inputs.kernel),
         ("initrd", inputs.initrd),
     ] {
         let mut file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
-        let (sha256, size) = cairn_bundle::sha256_reader(&mut file)?;
-        images.insert(
-            name.into(),
-            serde_json::json!({ "sha256": sha256, "size": size }),
-        );
+        images.insert(name.into(), ImageRecord::of(&mut file)?);
     }
-    Ok(serde_json::to_string_pretty(&images)? + "\n")
+    Ok(images)
 }
 
 fn partition_table(disk: &Path, partitions: &[Partition]) -> Result<()> {

@@ -4,7 +4,6 @@
 //! never loop devices or mounts, so it runs unprivileged-style on any build machine.
 
 pub mod bmap;
-pub mod bootstate;
 pub mod cpio;
 pub mod cross;
 pub mod debian;

@@ -94,18 +94,6 @@ fn verity_command(action: &str, settings: &Slot, data_size: u64, data_blocks: u6
     cmd
 }
 
-/// The kernel arguments that open this slot (boot/BOOT-STATE.md `slot_args`).
-pub fn slot_args(verity: &Verity, version: &str) -> String {
-    format!(
-        "cairn.verity.root_hash={} cairn.verity.salt={} cairn.verity.data_blocks={} \
-         cairn.verity.hash_offset={} cairn.version={version}",
-        verity.root_hash,
-        verity.salt,
-        verity.data_size / u64::from(verity.data_block_size),
-        verity.data_size,
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -202,22 +190,5 @@ mod tests {
         .unwrap()
         .status;
         assert!(!status.success());
-    }
-
-    #[test]
-    fn slot_args_follow_the_boot_contract() {
-        let verity = Verity {
-            root_hash: "ab".into(),
-            salt: "cd".into(),
-            hash_algorithm: "sha256".into(),
-            data_block_size: 4096,
-            hash_block_size: 4096,
-            data_size: 8192,
-        };
-        assert_eq!(
-            slot_args(&verity, "1.2.3"),
-            "cairn.verity.root_hash=ab cairn.verity.salt=cd cairn.verity.data_blocks=2 \
-             cairn.verity.hash_offset=8192 cairn.version=1.2.3"
-        );
     }
 }

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
-use cairn_image::os::bootstate;
+use cairn_boot::copies;
 use cairn_image::os::disk::{layout, Partition};
 use cairn_image::os::profile::Profile;
 
@@ -112,21 +112,17 @@ impl TestDisk {
 
     /// The newest valid boot-state copy, as U-Boot and cairnd read it.
     pub fn boot_state(&self) -> Result<BTreeMap<String, String>> {
-        let copy0 = self.boot_file("bootstate.0")?;
-        let copy1 = self.boot_file("bootstate.1")?;
-        bootstate::newest([&copy0, &copy1])
-            .map(|(_, vars)| vars)
+        let read = |name: &str| self.boot_file(name).map_err(|e| e.to_string());
+        copies::newest([read("bootstate.0"), read("bootstate.1")])
+            .map(|copy| copy.vars)
             .context("neither boot-state copy is valid")
     }
 
     /// Overwrites both copies with `vars` (as a fresh disk would have them).
     pub fn set_boot_state(&self, vars: &BTreeMap<String, String>, scratch: &Path) -> Result<()> {
-        let mut newer = vars.clone();
-        newer.insert("CAIRN_SEQ".into(), "1".into());
-        let mut older = vars.clone();
-        older.insert("CAIRN_SEQ".into(), "0".into());
-        self.put_boot_file("bootstate.0", &bootstate::encode(&newer)?, scratch)?;
-        self.put_boot_file("bootstate.1", &bootstate::encode(&older)?, scratch)?;
+        let [newer, older] = copies::fresh_copies(vars)?;
+        self.put_boot_file("bootstate.0", &newer, scratch)?;
+        self.put_boot_file("bootstate.1", &older, scratch)?;
         Ok(())
     }
 }

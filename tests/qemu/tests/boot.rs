@@ -401,7 +401,7 @@ fn a_torn_newest_boot_state_copy_falls_back_to_the_older_one() -> Result<()> {
         ]),
         s.scratch.path(),
     )?;
-    let mut torn = cairn_image::os::bootstate::encode(&state(&[
+    let mut torn = cairn_boot::env::encode(&state(&[
         ("BOOT_ORDER", "B A"),
         ("BOOT_A_LEFT", "3"),
         ("BOOT_B_LEFT", "3"),
@@ -429,8 +429,7 @@ fn a_torn_newest_boot_state_copy_falls_back_to_the_older_one() -> Result<()> {
         state["CAIRN_SEQ"] == "3" && state["BOOT_A_LEFT"] == "3" && state["BOOT_B_LEFT"] == "0",
         "{state:?}"
     );
-    let copy0 =
-        cairn_image::os::bootstate::decode(&s.disk.boot_file("bootstate.0")?).unwrap_or_default();
+    let copy0 = cairn_boot::env::decode(&s.disk.boot_file("bootstate.0")?).unwrap_or_default();
     ensure!(
         copy0.get("CAIRN_SEQ").map(String::as_str) == Some("3"),
         "cairnd did not write bootstate.0: {copy0:?}"

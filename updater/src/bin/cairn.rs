@@ -101,7 +101,7 @@ fn main() -> Result<()> {
         }
         Command::Rollback => {
             let _lock = ctx.lock_install()?;
-            report(trial::rollback(&mut ctx).map_err(anyhow::Error::msg)?);
+            report(trial::rollback(&mut ctx)?);
             println!("reboot to complete the rollback (cairn reboot)");
         }
         Command::CheckHealth => check_health(&ctx)?,

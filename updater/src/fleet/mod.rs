@@ -14,9 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use cairn_server_api::{
-    Assignment, AttestationRequest, CheckIn, InstalledImage, Report, ReportedState, Slot,
-};
+use cairn_server_api::{Assignment, AttestationRequest, CheckIn, InstalledImage, Report, Slot};
 use time::OffsetDateTime;
 
 use crate::attestation::{self, AttestationError};
@@ -25,7 +23,7 @@ use crate::config::{ServerConfig, TpmConfig};
 use crate::context::Context;
 use crate::install::{self, InstallRequest, Progress};
 use crate::metrics::Counters;
-use crate::state::{DeviceState, Phase};
+use crate::state::{DeviceState, Phase, ReportStatus};
 
 pub use client::{FleetError, ServerClient};
 pub use identity::DeviceIdentity;
@@ -82,20 +80,6 @@ pub fn decide(assignment: Option<&Assignment>, state: &DeviceState, booted: Slot
         url: a.bundle_url.clone(),
         version: a.release_version.clone(),
     }
-}
-
-/// The device-API name of a report cairnd queued, or `None` for local-only events.
-/// "installed" means armed for the trial boot: from the server's side, rebooting.
-fn wire_state(status: &str) -> Option<ReportedState> {
-    Some(match status {
-        "downloading" => ReportedState::Downloading,
-        "installing" => ReportedState::Installing,
-        "installed" => ReportedState::Rebooting,
-        "committed" => ReportedState::Committed,
-        "rolled-back" => ReportedState::RolledBack,
-        "failed" => ReportedState::Failed,
-        _ => return None,
-    })
 }
 
 /// Builds the client from the config: identity file (made on first use) and server URL.
@@ -222,7 +206,8 @@ fn install_assignment(
     };
     tracing::info!(%deployment, %version, %url, "installing the assigned update");
     ctx.state.deployment = Some(deployment.clone());
-    ctx.state.report("downloading", Some(version), None);
+    ctx.state
+        .report(ReportStatus::Downloading, Some(version), None);
     ctx.save_state()
         .map_err(|e| FleetError::Local(e.to_string()))?;
     // Best effort: the install does not wait on the server.
@@ -279,8 +264,7 @@ fn log_progress(p: Progress, counters: &Counters, last_logged: &mut u64) {
 /// first transport error, so order is kept.
 pub fn deliver_reports(ctx: &mut Context, client: &mut ServerClient) -> Result<(), FleetError> {
     for queued in ctx.state.outbox.clone() {
-        let (Some(deployment), Some(state)) = (&queued.deployment, wire_state(&queued.status))
-        else {
+        let (Some(deployment), Some(state)) = (&queued.deployment, queued.status.wire()) else {
             ctx.state.acknowledge(&queued.id);
             continue;
         };

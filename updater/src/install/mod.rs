@@ -1,5 +1,5 @@
 //! The install pipeline: verify, choose payloads, stream them into the inactive slot,
-//! and switch the bootloader to a one-shot trial, in the order INVARIANTS.md requires.
+//! and switch the bootloader to a one-shot trial, in the order invariant requires.
 
 mod http;
 mod source;
@@ -10,14 +10,18 @@ use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use cairn_boot::SlotArgs;
 use cairn_bundle::{
     choose_payload, decode_payload, Image, Manifest, Payload, Policy, Source, VerifiedBundle,
 };
 use time::OffsetDateTime;
 
+use crate::attestation::AttestationError;
 use crate::bootstate::{BootStateError, SlotId};
 use crate::config::Target;
-use crate::context::Context;
+use crate::context::{Context, ContextError};
+use crate::slot::SlotError;
+use crate::state::store::StateError;
 use crate::state::{ImageRecord, Refusal, SlotRecord};
 
 pub use http::HttpBundle;
@@ -44,8 +48,21 @@ pub enum InstallError {
     BootState(#[from] BootStateError),
     #[error("install cancelled; slot {0} stays unbootable")]
     Cancelled(SlotId),
-    #[error("{0}")]
-    Other(String),
+    #[error("which slot is running: {0}")]
+    Slot(#[from] SlotError),
+    #[error("reading the bundle: {0}")]
+    ReadBundle(#[source] io::Error),
+    #[error("reading the security floor: {0}")]
+    SecurityFloor(#[source] AttestationError),
+    /// The trust root, or saving the device's state.
+    #[error(transparent)]
+    Device(#[from] ContextError),
+}
+
+impl From<StateError> for InstallError {
+    fn from(e: StateError) -> InstallError {
+        InstallError::Device(e.into())
+    }
 }
 
 impl InstallError {
@@ -120,10 +137,10 @@ pub fn install(
             if !e.is_interruption() {
                 let reason = e.to_string();
                 let now = OffsetDateTime::now_utc();
-                ctx.state
-                    .install_refused(now, request.deployment.clone(), None, &reason);
-                ctx.save_state()
-                    .map_err(|e| InstallError::Other(e.to_string()))?;
+                ctx.apply(None, |state| {
+                    state.install_refused(now, request.deployment.clone(), None, &reason);
+                    Ok(())
+                })?;
             }
             return Err(e);
         }
@@ -147,17 +164,13 @@ type Prepared = (
 /// Everything before the first write: fetch and verify the metadata, check the device
 /// may install this version, and plan a payload per image.
 fn prepare(ctx: &Context, request: &InstallRequest) -> Result<Prepared, InstallError> {
-    let facts = ctx
-        .boot_facts()
-        .map_err(|e| InstallError::Other(e.to_string()))?;
+    let facts = ctx.boot_facts()?;
     let target = facts.slot.other();
     let (source, unverified) = BundleSource::open(&request.location)?;
-    let root = ctx
-        .trust_root()
-        .map_err(|e| InstallError::Other(e.to_string()))?;
+    let root = ctx.trust_root()?;
     // The TPM's NV floor counts too: a wiped data partition must not reopen old versions.
     let security_floor = crate::attestation::effective_floor(&ctx.config, ctx.state.security_floor)
-        .map_err(|e| InstallError::Other(format!("reading the security floor: {e}")))?;
+        .map_err(InstallError::SecurityFloor)?;
     let policy = Policy {
         compatible: Some(ctx.config.compatible.clone()),
         security_floor,
@@ -176,7 +189,7 @@ fn prepare(ctx: &Context, request: &InstallRequest) -> Result<Prepared, InstallE
     Ok((source, verified, plan, roots))
 }
 
-/// The writing half: INVARIANTS.md 2 and 3 in order.
+/// The writing half: invariant 2 and 3 in order.
 #[allow(clippy::too_many_arguments)]
 fn write_and_arm(
     ctx: &mut Context,
@@ -188,26 +201,26 @@ fn write_and_arm(
     cancel: Arc<AtomicBool>,
     progress: &mut (dyn FnMut(Progress) + Send),
 ) -> Result<Installed, InstallError> {
-    let facts = ctx
-        .boot_facts()
-        .map_err(|e| InstallError::Other(e.to_string()))?;
+    let facts = ctx.boot_facts()?;
     let target = facts.slot.other();
     let version = verified.manifest.version.to_string();
 
-    // INVARIANTS.md 2: the target is unbootable, on disk, before its first byte changes.
+    // Invariant 2: the target is unbootable, on disk, before its first byte changes. The
+    // boot state is read strictly here: writing a slot on a guessed state could hit the
+    // one that boots.
     let mut boot = ctx.boot_store.load()?;
     boot.prepare_install(target);
-    ctx.boot_store.store(&boot)?;
-    ctx.state.begin_install(
-        OffsetDateTime::now_utc(),
-        target,
-        &version,
-        &facts.boot_id,
-        verified.manifest.security_version,
-        request.deployment.clone(),
-    );
-    ctx.save_state()
-        .map_err(|e| InstallError::Other(e.to_string()))?;
+    ctx.apply(Some(&boot), |state| {
+        state.begin_install(
+            OffsetDateTime::now_utc(),
+            target,
+            &version,
+            &facts.boot_id,
+            verified.manifest.security_version,
+            request.deployment.clone(),
+        );
+        Ok(())
+    })?;
 
     let written = write_images(ctx, source, verified, plan, target, &cancel, progress);
     let record = match written {
@@ -215,33 +228,34 @@ fn write_and_arm(
         Err(e) => {
             let reason = e.to_string();
             let now = OffsetDateTime::now_utc();
-            if e.is_interruption() {
-                ctx.state.install_interrupted(now, Some(&version), &reason);
-            } else {
-                ctx.state.install_failed(now, Some(&version), &reason);
-            }
-            ctx.save_state()
-                .map_err(|e| InstallError::Other(e.to_string()))?;
+            ctx.apply(None, |state| {
+                if e.is_interruption() {
+                    state.install_interrupted(now, Some(&version), &reason);
+                } else {
+                    state.install_failed(now, Some(&version), &reason);
+                }
+                Ok(())
+            })?;
             return Err(e);
         }
     };
 
-    // INVARIANTS.md 3: only now may the slot boot, once.
+    // Invariant 3: only now may the slot boot, once.
     let mut boot = ctx.boot_store.load()?;
     boot.arm_trial(target);
-    ctx.boot_store.store(&boot)?;
-    progress(Progress::Armed { slot: target });
     let pending_root =
         (!roots.is_empty()).then(|| serde_json::to_value(&roots).expect("roots serialise"));
-    ctx.state.install_done(
-        OffsetDateTime::now_utc(),
-        target,
-        record,
-        &facts.boot_id,
-        pending_root,
-    );
-    ctx.save_state()
-        .map_err(|e| InstallError::Other(e.to_string()))?;
+    ctx.apply(Some(&boot), |state| {
+        progress(Progress::Armed { slot: target });
+        state.install_done(
+            OffsetDateTime::now_utc(),
+            target,
+            record,
+            &facts.boot_id,
+            pending_root,
+        );
+        Ok(())
+    })?;
     Ok(Installed {
         slot: target,
         version,
@@ -359,7 +373,14 @@ fn write_images(
         );
     }
     if let Some(path) = &ctx.config.slot(target).slot_env {
-        crate::slotenv::write(path, &verified.manifest)?;
+        let manifest = &verified.manifest;
+        let rootfs_verity = manifest.image("rootfs").and_then(|i| i.verity.as_ref());
+        SlotArgs::new(rootfs_verity, &manifest.version.to_string())
+            .write(path)
+            .map_err(|source| TargetError::Io {
+                path: path.display().to_string(),
+                source,
+            })?;
     }
     Ok(SlotRecord {
         version: Some(verified.manifest.version.to_string()),
@@ -398,7 +419,10 @@ fn write_image(
             let out = io::BufWriter::with_capacity(cairn_bundle::COPY_BUF, writer);
             decode_payload(image, payload, reader, map.as_deref(), out)?
                 .into_inner()
-                .map_err(|e| InstallError::Other(e.to_string()))?
+                .map_err(|e| TargetError::Io {
+                    path: format!("slot image {}", image.name),
+                    source: e.into_error(),
+                })?
                 .finish()?;
             Ok(())
         });

@@ -76,7 +76,7 @@ impl BundleSource {
             } else {
                 cairn_bundle::digest::hash_reader(algorithm, &mut { reader })
             }
-            .map_err(|e| InstallError::Other(format!("reading the bundle: {e}")))?;
+            .map_err(InstallError::ReadBundle)?;
             if len != payload.size {
                 return Err(cairn_bundle::Error::PayloadTruncated {
                     image: image.to_string(),

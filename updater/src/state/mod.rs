@@ -2,7 +2,7 @@
 //! the security floor, the history, and reports waiting for the server.
 //!
 //! Transitions here are pure: they change the in-memory state and return. `StateStore`
-//! persists it. Callers order the two so that INVARIANTS.md holds at every instant.
+//! persists it. Callers order the two so that invariant holds at every instant.
 
 pub mod store;
 
@@ -10,6 +10,10 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
+
+pub use cairn_boot::ImageRecord;
+
+use cairn_server_api::ReportedState;
 
 use crate::bootstate::SlotId;
 
@@ -20,8 +24,8 @@ const HISTORY_LEN: usize = 200;
 /// Reports kept while the server is unreachable (or none is configured).
 const OUTBOX_LEN: usize = 100;
 
-/// Where an update stands. The first five are the states; `Committed` is also
-/// the resting state of a device with no update in flight.
+/// Where an update stands. `Committed` is also the resting state of a device with no
+/// update in flight; the others follow one update from its first write to its verdict.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "phase", rename_all = "kebab-case")]
 pub enum Phase {
@@ -71,12 +75,6 @@ pub struct SlotRecord {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ImageRecord {
-    pub sha256: String,
-    pub size: u64,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HistoryEntry {
     #[serde(with = "time::serde::rfc3339")]
     pub at: OffsetDateTime,
@@ -86,13 +84,68 @@ pub struct HistoryEntry {
     pub detail: Option<String>,
 }
 
-/// A report for the fleet server, kept until the server acknowledges it (INVARIANTS.md 10).
+/// What a queued report says. The device API knows fewer states than the device does:
+/// [`ReportStatus::wire`] maps them, and the others stay in the device's own outbox and
+/// history only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ReportStatus {
+    Downloading,
+    /// Writing the inactive slot.
+    Installing,
+    /// Written, verified and armed for its trial boot: to the server, rebooting.
+    Installed,
+    /// The trial boot started.
+    Rebooted,
+    /// The trial passed its checks and the slot is committed: the only success.
+    Committed,
+    RolledBack,
+    Failed,
+    /// The committed slot did not boot and the bootloader fell back to the other one.
+    Fallback,
+    /// No slot had tries left and the bootloader booted the committed one in recovery.
+    Recovery,
+}
+
+impl ReportStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReportStatus::Downloading => "downloading",
+            ReportStatus::Installing => "installing",
+            ReportStatus::Installed => "installed",
+            ReportStatus::Rebooted => "rebooted",
+            ReportStatus::Committed => "committed",
+            ReportStatus::RolledBack => "rolled-back",
+            ReportStatus::Failed => "failed",
+            ReportStatus::Fallback => "fallback",
+            ReportStatus::Recovery => "recovery",
+        }
+    }
+
+    /// The device-API state this report is sent as, or `None` for events the server's
+    /// API has no state for (they are dropped from the outbox unsent).
+    pub fn wire(self) -> Option<ReportedState> {
+        Some(match self {
+            ReportStatus::Downloading => ReportedState::Downloading,
+            ReportStatus::Installing => ReportedState::Installing,
+            ReportStatus::Installed => ReportedState::Rebooting,
+            ReportStatus::Committed => ReportedState::Committed,
+            ReportStatus::RolledBack => ReportedState::RolledBack,
+            ReportStatus::Failed => ReportedState::Failed,
+            ReportStatus::Rebooted | ReportStatus::Fallback | ReportStatus::Recovery => {
+                return None
+            }
+        })
+    }
+}
+
+/// A report for the fleet server, kept until the server acknowledges it (invariant 10).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Report {
     /// Stable id so a retried report is idempotent on the server.
     pub id: String,
     pub deployment: Option<String>,
-    pub status: String,
+    pub status: ReportStatus,
     pub version: Option<String>,
     pub detail: Option<String>,
 }
@@ -174,8 +227,8 @@ impl DeviceState {
 
     /// Queues a report for the server (idempotent by id). The id is unique within the
     /// deployment it belongs to and uses only the characters the device API allows.
-    pub fn report(&mut self, status: &str, version: Option<&str>, detail: Option<String>) {
-        let id: String = format!("{status}.{}", version.unwrap_or("none"))
+    pub fn report(&mut self, status: ReportStatus, version: Option<&str>, detail: Option<String>) {
+        let id: String = format!("{}.{}", status.as_str(), version.unwrap_or("none"))
             .chars()
             .map(|c| match c {
                 'A'..='Z' | 'a'..='z' | '0'..='9' | '.' | '_' | '-' => c,
@@ -196,7 +249,7 @@ impl DeviceState {
         self.outbox.push(Report {
             id,
             deployment: self.deployment.clone(),
-            status: status.to_string(),
+            status,
             version: version.map(str::to_string),
             detail,
         });
@@ -237,7 +290,7 @@ impl DeviceState {
         self.deployment = deployment;
         self.last_error = None;
         self.record(now, "install-started", Some(slot), Some(version), None);
-        self.report("installing", Some(version), None);
+        self.report(ReportStatus::Installing, Some(version), None);
     }
 
     /// Every image is written and verified, and the slot is armed for its trial.
@@ -259,7 +312,7 @@ impl DeviceState {
         self.slots.insert(slot, record);
         self.pending_root = pending_root;
         self.record(now, "installed", Some(slot), Some(&version), None);
-        self.report("installed", Some(&version), None);
+        self.report(ReportStatus::Installed, Some(&version), None);
     }
 
     /// The boot state armed `slot` but cairnd did not get to save `installed` (a crash
@@ -285,7 +338,7 @@ impl DeviceState {
     /// The install ended for good (bad bundle, write error): the server hears `failed`.
     pub fn install_failed(&mut self, now: OffsetDateTime, version: Option<&str>, reason: &str) {
         self.install_stopped(now, version, reason, "install-failed");
-        self.report("failed", version, Some(reason.to_string()));
+        self.report(ReportStatus::Failed, version, Some(reason.to_string()));
     }
 
     /// The install stopped for a reason that says nothing about the update (power cut,
@@ -318,7 +371,7 @@ impl DeviceState {
             Some(reason.to_string()),
         );
         let before = std::mem::replace(&mut self.deployment, deployment);
-        self.report("failed", version, Some(reason.to_string()));
+        self.report(ReportStatus::Failed, version, Some(reason.to_string()));
         self.deployment = before;
     }
 
@@ -356,12 +409,12 @@ impl DeviceState {
                 security_version,
             };
             self.record(now, "trial-boot", Some(slot), Some(&version), None);
-            self.report("rebooted", Some(&version), None);
+            self.report(ReportStatus::Rebooted, Some(&version), None);
         }
     }
 
     /// Health checks passed and the boot state commits the slot: the floor moves forward
-    /// (INVARIANTS.md 12) and success is reported, only now (INVARIANTS.md 10).
+    /// (invariant 12) and success is reported, only now (invariant 10).
     pub fn committed(&mut self, now: OffsetDateTime) -> Option<serde_json::Value> {
         let Phase::TrialBoot {
             slot,
@@ -374,7 +427,7 @@ impl DeviceState {
         self.security_floor = self.security_floor.max(security_version);
         self.phase = Phase::Committed;
         self.record(now, "committed", Some(slot), Some(&version), None);
-        self.report("committed", Some(&version), None);
+        self.report(ReportStatus::Committed, Some(&version), None);
         self.pending_root.take()
     }
 
@@ -401,7 +454,53 @@ impl DeviceState {
             Some(&version),
             Some(reason.to_string()),
         );
-        self.report("rolled-back", Some(&version), Some(reason.to_string()));
+        self.report(
+            ReportStatus::RolledBack,
+            Some(&version),
+            Some(reason.to_string()),
+        );
+    }
+
+    /// No update was in flight, yet the bootloader booted `booted` instead of the
+    /// committed slot, which therefore failed to boot. `booted` held a verified image:
+    /// it goes on trial like an update, and its checks decide.
+    pub fn fallback_booted(&mut self, now: OffsetDateTime, booted: SlotId, committed: SlotId) {
+        let record = self.slot(booted);
+        let msg = format!("committed slot {committed} did not boot; running slot {booted}");
+        let version = record.version.as_deref();
+        self.record(now, "fallback", Some(booted), version, Some(msg.clone()));
+        self.report(ReportStatus::Fallback, version, Some(msg.clone()));
+        self.last_error = Some(msg);
+        self.phase = Phase::TrialBoot {
+            slot: booted,
+            version: record.version.unwrap_or_else(|| "unknown".into()),
+            security_version: record.security_version,
+        };
+    }
+
+    /// The bootloader found no slot with tries left and booted `committed` in recovery
+    /// mode (invariant 6); `booted` is what the kernel says it booted.
+    pub fn recovery_booted(&mut self, now: OffsetDateTime, booted: SlotId, committed: SlotId) {
+        let msg =
+            format!("recovery boot: no slot had tries left; booted committed slot {committed}");
+        self.record(now, "recovery", Some(booted), None, Some(msg.clone()));
+        self.report(ReportStatus::Recovery, None, Some(msg.clone()));
+        self.last_error = Some(msg);
+    }
+
+    /// The operator asked to go back to `slot`'s image (the previous version, kept as
+    /// the fallback); the boot state armed it for a trial, so it must pass its checks
+    /// like any update. `boot_id` is this boot's, to tell the reboot from a restart.
+    pub fn rollback_requested(&mut self, now: OffsetDateTime, slot: SlotId, boot_id: &str) {
+        let record = self.slot(slot);
+        let version = record.version.unwrap_or_else(|| "unknown".into());
+        self.phase = Phase::InstalledPending {
+            slot,
+            version: version.clone(),
+            security_version: record.security_version,
+            boot_id: boot_id.to_string(),
+        };
+        self.record(now, "rollback-requested", Some(slot), Some(&version), None);
     }
 
     pub fn acknowledge(&mut self, report_id: &str) {

@@ -1,12 +1,14 @@
-//! The uboot-env backend against Debian's tools: files cairnd writes read correctly with
-//! `fw_printenv` (libubootenv) and U-Boot's `mkenvimage` format, and files `fw_setenv`
-//! writes read correctly with ours. Each copy is a plain (non-redundant) 0x4000-byte
-//! env, as in boot/BOOT-STATE.md.
+//! The boot-state copies against Debian's tools: files cairnd writes read correctly with
+//! `fw_printenv` (libubootenv), files `fw_setenv` and U-Boot's `mkenvimage` write read
+//! correctly with ours, and our encoder writes the same bytes as `mkenvimage`. Each copy
+//! is a plain (non-redundant) 0x4000-byte env, as in boot/BOOT-STATE.md.
 
 use std::path::Path;
 use std::process::Command;
 
-use cairn_updater::bootstate::{BootState, BootStateStore, SlotId, UbootEnvStore};
+use std::collections::BTreeMap;
+
+use cairn_boot::{env, BootState, BootStateStore, SlotId, UbootEnvStore};
 
 fn fw_config(dir: &Path, copy: usize) -> std::path::PathBuf {
     let cfg = dir.join(format!("fw_env.{copy}.config"));
@@ -130,4 +132,31 @@ fn an_env_image_made_by_mkenvimage_reads_correctly() {
         ),
         (SlotId::B, 3, 1, 7, SlotId::A)
     );
+}
+
+#[test]
+fn our_encoder_writes_what_mkenvimage_writes() {
+    let vars: BTreeMap<String, String> = [
+        ("BOOT_ORDER", "A B"),
+        ("BOOT_A_LEFT", "3"),
+        ("CAIRN_SEQ", "4"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let blob = env::encode(&vars).unwrap();
+    assert_eq!(env::decode(&blob).unwrap(), vars);
+    // mkenvimage (u-boot-tools) is the reference encoder (zero padding, as U-Boot exports).
+    let dir = tempfile::tempdir().unwrap();
+    let text = dir.path().join("env.txt");
+    std::fs::write(&text, "BOOT_A_LEFT=3\nBOOT_ORDER=A B\nCAIRN_SEQ=4\n").unwrap();
+    let out = dir.path().join("env.bin");
+    let status = Command::new("mkenvimage")
+        .args(["-s", "0x4000", "-p", "0", "-o"])
+        .arg(&out)
+        .arg(&text)
+        .status()
+        .expect("mkenvimage (u-boot-tools)");
+    assert!(status.success());
+    assert_eq!(std::fs::read(out).unwrap(), blob);
 }

@@ -1,10 +1,11 @@
 //! U-Boot's environment blob: CRC32 (IEEE, little-endian) of the data area, then
 //! `name=value\0` pairs ending in an extra `\0`, zero padded to the blob size. This is
-//! what `env export -c`, `fw_printenv` and `fw_setenv` read and write.
+//! what U-Boot's `env export -c`/`env import -c`, `mkenvimage`, `fw_printenv` and
+//! `fw_setenv` read and write.
 
 use std::collections::BTreeMap;
 
-/// The size cairn uses for each boot-state copy (boot/BOOT-STATE.md).
+/// The size of each boot-state copy (`BOOT-STATE.md`).
 pub const ENV_SIZE: usize = 0x4000;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -15,6 +16,8 @@ pub enum EnvError {
     BadCrc { stored: u32, computed: u32 },
     #[error("environment entry is not name=value: {0:?}")]
     BadEntry(String),
+    #[error("variable {0:?} cannot be encoded (a name holds '=' or NUL, or a value NUL)")]
+    Unencodable(String),
     #[error("environment does not fit in {ENV_SIZE} bytes ({0} needed)")]
     TooLarge(usize),
 }
@@ -24,8 +27,8 @@ pub fn decode(blob: &[u8]) -> Result<BTreeMap<String, String>, EnvError> {
     if blob.len() != ENV_SIZE {
         return Err(EnvError::WrongSize(blob.len()));
     }
-    let stored = u32::from_le_bytes(blob[..4].try_into().expect("4 bytes"));
-    let data = &blob[4..];
+    let (crc, data) = blob.split_at(4);
+    let stored = u32::from_le_bytes([crc[0], crc[1], crc[2], crc[3]]);
     let computed = crc32fast::hash(data);
     if stored != computed {
         return Err(EnvError::BadCrc { stored, computed });
@@ -45,6 +48,9 @@ pub fn decode(blob: &[u8]) -> Result<BTreeMap<String, String>, EnvError> {
 pub fn encode(vars: &BTreeMap<String, String>) -> Result<Vec<u8>, EnvError> {
     let mut data = Vec::with_capacity(ENV_SIZE);
     for (name, value) in vars {
+        if name.contains(['=', '\0']) || value.contains('\0') {
+            return Err(EnvError::Unencodable(name.clone()));
+        }
         data.extend_from_slice(name.as_bytes());
         data.push(b'=');
         data.extend_from_slice(value.as_bytes());
@@ -77,5 +83,16 @@ mod tests {
             b[i] ^= 0x10;
             assert!(decode(&b).is_err(), "flip at {i} accepted");
         }
+    }
+
+    #[test]
+    fn refuses_what_the_format_cannot_hold() {
+        let bad_name = BTreeMap::from([("A=B".to_string(), "1".to_string())]);
+        assert!(matches!(encode(&bad_name), Err(EnvError::Unencodable(_))));
+        let bad_value = BTreeMap::from([("A".to_string(), "x\0y".to_string())]);
+        assert!(matches!(encode(&bad_value), Err(EnvError::Unencodable(_))));
+        let huge = BTreeMap::from([("A".to_string(), "x".repeat(ENV_SIZE))]);
+        assert!(matches!(encode(&huge), Err(EnvError::TooLarge(_))));
+        assert_eq!(decode(&[0; 10]), Err(EnvError::WrongSize(10)));
     }
 }

@@ -1,0 +1,30 @@
+//! The boot contract: what the image builder (`cairn-image`), the device updater
+//! (`cairnd`) and the U-Boot script (`boot.cmd` beside this crate) must agree on, in one
+//! place. `BOOT-STATE.md` beside this crate is the prose version; every format here has
+//! exactly one encoder and one parser, and every writer of boot state goes through them.
+//!
+//! - [`env`]: U-Boot's environment blob (CRC32 + `name=value\0` pairs), the on-disk form
+//!   of one boot-state copy.
+//! - [`state`]: [`BootState`] (order, tries, committed slot, recovery flag, sequence
+//!   number), its variables, and the transitions cairnd makes to it.
+//! - [`copies`]: the two copies on the boot partition: which one is read, which one is
+//!   written, and [`UbootEnvStore`], which does both power-safely.
+//! - [`slot_env`]: a slot's `slot.env`, the kernel arguments that bind the slot's kernel to
+//!   its root filesystem's verity root hash.
+//! - [`cmdline`]: what the kernel command line says about this boot.
+//! - [`images`]: `images.json`, what a factory slot holds.
+//! - [`layout`]: file names and directories on the boot partition.
+
+pub mod cmdline;
+pub mod copies;
+pub mod env;
+pub mod images;
+pub mod layout;
+pub mod slot_env;
+pub mod state;
+
+pub use cmdline::KernelCmdline;
+pub use copies::{BootStateStore, UbootEnvStore};
+pub use images::{ImageRecord, SlotImages};
+pub use slot_env::SlotArgs;
+pub use state::{BootState, BootStateError, SlotId, FULL_TRIES, TRIAL_TRIES};
