@@ -1,6 +1,6 @@
 //! The two boot-state copies on the boot partition (`bootstate.0`, `bootstate.1`), each
-//! an [`env`](crate::env) blob with a CRC and a sequence number (invariant 7 of
-//! `INVARIANTS.md`).
+//! an [`env`](crate::env) blob with a CRC and a sequence number (INVARIANTS.md 7, at the
+//! repository root).
 //!
 //! Reading, on every side: a copy counts only if its size, CRC and variables are right;
 //! the valid copy with the higher `CAIRN_SEQ` wins, copy 0 on a tie. Writing: never the

@@ -1,8 +1,8 @@
 //! [`BootState`]: what the bootloader will do on the next boot (which slot to try, in
 //! what order, how often, what recovery boots), as the variables of one boot-state copy,
 //! and the transitions cairnd makes to it. Transitions are pure; [`crate::copies`]
-//! persists them. The numbers in the comments are the A/B safety invariants of
-//! `INVARIANTS.md` at the repository root.
+//! persists them. "INVARIANTS.md N" cites the A/B safety rules in that file at the
+//! repository root.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -146,21 +146,21 @@ impl BootState {
         self.tries(slot) > 0
     }
 
-    /// Before the first byte goes to `target`: it must not boot (invariant 2).
+    /// Before the first byte goes to `target`: it must not boot (INVARIANTS.md 2).
     pub fn prepare_install(&mut self, target: SlotId) {
         self.set_tries(target, 0);
         self.put_first(target.other());
     }
 
     /// Every image of `target` is written and verified: boot it once, on trial
-    /// (invariant 3). The committed slot keeps its tries as the fallback.
+    /// (INVARIANTS.md 3). The committed slot keeps its tries as the fallback.
     pub fn arm_trial(&mut self, target: SlotId) {
         self.set_tries(target, TRIAL_TRIES);
         self.put_first(target);
     }
 
     /// `slot` booted and passed its checks: it becomes the committed slot, first, with
-    /// full tries; the other slot keeps its tries as the fallback (invariant 4).
+    /// full tries; the other slot keeps its tries as the fallback (INVARIANTS.md 4).
     pub fn commit(&mut self, slot: SlotId) {
         self.set_tries(slot, FULL_TRIES);
         self.put_first(slot);
@@ -169,7 +169,7 @@ impl BootState {
     }
 
     /// The trial of `failed` is over: it can no longer boot and the committed slot goes
-    /// first, before any reboot (invariant 5).
+    /// first, before any reboot (INVARIANTS.md 5).
     pub fn reject(&mut self, failed: SlotId) {
         self.set_tries(failed, 0);
         self.put_first(failed.other());

@@ -6,7 +6,11 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::attestation::TpmConfig;
 use crate::bootstate::SlotId;
+use crate::fleet::ServerConfig;
+use crate::health::HealthConfig;
+use crate::reboot::{RebootConfig, RebootPolicy};
 
 pub const DEFAULT_PATH: &str = "/etc/cairn/system.toml";
 
@@ -39,20 +43,6 @@ pub struct SystemConfig {
 }
 
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TpmConfig {
-    /// TSS2 TCTI: `device:/dev/tpmrm0` on a device, `swtpm:host=...,port=...` in tests.
-    pub tcti: String,
-    /// The measurement log of this boot; on a tmpfs, since the PCRs reset with it.
-    #[serde(default = "default_event_log")]
-    pub event_log: PathBuf,
-}
-
-fn default_event_log() -> PathBuf {
-    "/run/cairn/measurements.json".into()
-}
-
-#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, tag = "backend", rename_all = "kebab-case")]
 pub enum BootloaderConfig {
     /// Two U-Boot env copies in `dir` (the mounted boot partition).
@@ -81,73 +71,6 @@ pub enum Target {
     File(PathBuf),
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct HealthConfig {
-    /// All checks must pass within this many seconds of the trial boot.
-    pub deadline_secs: u64,
-    /// How often a failing check is retried before the deadline.
-    pub interval_secs: u64,
-}
-
-impl Default for HealthConfig {
-    fn default() -> Self {
-        HealthConfig {
-            deadline_secs: 300,
-            interval_secs: 2,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RebootConfig {
-    pub policy: RebootPolicy,
-    /// For `window`: UTC hours, `"HH:MM-HH:MM"`.
-    pub window: Option<String>,
-    /// How to reboot; a list of argv words.
-    pub command: Vec<String>,
-}
-
-impl Default for RebootConfig {
-    fn default() -> Self {
-        RebootConfig {
-            policy: RebootPolicy::Now,
-            window: None,
-            command: vec!["reboot".into()],
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum RebootPolicy {
-    /// Reboot as soon as the update is installed.
-    Now,
-    /// Wait for `cairn reboot` (or the operator's own tooling).
-    OnRequest,
-    /// Reboot at the next time inside the maintenance window.
-    Window,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ServerConfig {
-    /// Base URL of cairn-server (`http://updates.example.com:8080`).
-    pub url: String,
-    /// Seconds between check-ins until the server says otherwise.
-    #[serde(default = "default_poll_secs")]
-    pub poll_secs: u64,
-    /// The device's id on the server; default: `dev-` and the first 16 hex digits of its
-    /// public key.
-    #[serde(default)]
-    pub device_id: Option<String>,
-    /// The device key (created on first use when missing); default:
-    /// `<data_dir>/identity.json`. Factory provisioning writes it before the first boot.
-    #[serde(default)]
-    pub identity: Option<PathBuf>,
-}
-
 /// Paths to kernel interfaces, overridable so tests can stand in for a real boot.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -173,10 +96,6 @@ impl Default for SystemPaths {
 
 fn default_health_dir() -> PathBuf {
     "/etc/cairn/health.d".into()
-}
-
-fn default_poll_secs() -> u64 {
-    300
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -2,9 +2,40 @@
 
 use std::process::Command;
 
+use serde::Deserialize;
 use time::OffsetDateTime;
 
-use crate::config::{RebootConfig, RebootPolicy};
+/// `[reboot]` in system.toml.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RebootConfig {
+    pub policy: RebootPolicy,
+    /// For `window`: UTC hours, `"HH:MM-HH:MM"`.
+    pub window: Option<String>,
+    /// How to reboot; a list of argv words.
+    pub command: Vec<String>,
+}
+
+impl Default for RebootConfig {
+    fn default() -> Self {
+        RebootConfig {
+            policy: RebootPolicy::Now,
+            window: None,
+            command: vec!["reboot".into()],
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RebootPolicy {
+    /// Reboot as soon as the update is installed.
+    Now,
+    /// Wait for `cairn reboot` (or the operator's own tooling).
+    OnRequest,
+    /// Reboot at the next time inside the maintenance window.
+    Window,
+}
 
 /// A maintenance window in UTC minutes since midnight; may wrap past midnight.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,4 +1,4 @@
-//! What happened while cairnd was not running? Derived, never assumed (invariant 9),
+//! What happened while cairnd was not running? Derived, never assumed (INVARIANTS.md 9),
 //! from three facts: the boot state, the slot the kernel booted, and cairnd's own state.
 //! Pure: returns the new states and what to do next; the caller persists and acts.
 
@@ -64,7 +64,7 @@ pub fn reconcile(
                 );
             } else {
                 // Crash or power cut mid-write: the slot was unbootable before the first
-                // byte (invariant 2); keep it so and say what happened.
+                // byte (INVARIANTS.md 2); keep it so and say what happened.
                 new_boot.reject(slot);
                 state.install_interrupted(
                     now,

@@ -79,7 +79,7 @@ pub fn commit(ctx: &mut Context, slot: SlotId) -> Result<Verdict, ContextError> 
 }
 
 /// Reject: the slot can no longer boot and the committed slot goes first, on disk,
-/// before anyone reboots (invariant 5).
+/// before anyone reboots (INVARIANTS.md 5).
 pub fn reject(ctx: &mut Context, slot: SlotId, reason: &str) -> Result<Verdict, ContextError> {
     let mut boot = ctx.boot_state()?;
     boot.reject(slot);

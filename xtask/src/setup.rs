@@ -1,6 +1,6 @@
 //! Idempotent machine set-up: Debian packages (with bookworm-backports for QEMU and the
-//! arm64 architecture for cross builds) and rustup components. Facts behind each step are
-//! in shared/ENVIRONMENT.md.
+//! arm64 architecture for cross builds) and rustup components. Why each step is there:
+//! docs/MACHINE.md.
 
 use std::path::Path;
 use std::process::Command;
@@ -18,7 +18,7 @@ const PACKAGES: &[&str] = &[
     "cryptsetup-bin",   // veritysetup
     "postgresql",       // cairn-server's PostgreSQL tests start a throwaway cluster
     "chromium",         // cairn-server's dashboard test renders pages headless
-    // The OS image (issue 4): cairn-image rootfs/slot/disk and the QEMU tests.
+    // The OS image: cairn-image rootfs/slot/disk and the QEMU tests.
     "mmdebstrap",            // arm64 root tree without maintainer scripts
     "e2fsprogs",             // mkfs.ext4 -d for the data partition
     "kmod",                  // depmod -b for the image's module subset
@@ -28,7 +28,7 @@ const PACKAGES: &[&str] = &[
     "qemu-user-static",      // run the arm64 busybox once to list its applets
     "u-boot-qemu",           // the board firmware the QEMU tests boot through
     "swtpm",                 // the TPM attached to the test VM
-    "swtpm-tools",           // swtpm_setup: EK certificates for the TPM tests (issue 7)
+    "swtpm-tools",           // swtpm_setup: EK certificates for the TPM tests
     "tpm2-tools",            // tpm2_checkquote etc.: cross-check cairn-tpm/cairn-attest formats
     "libtss2-dev",           // libtss2 for cairn-tpm (tss-esapi links against it)
     "gcc-aarch64-linux-gnu", // cross linker for the image's Rust binaries
@@ -41,7 +41,7 @@ const PACKAGES: &[&str] = &[
 
 /// arm64 libraries the image's Rust binaries link against when cross-compiled.
 const ARM64_PACKAGES: &[&str] = &[
-    "libtss2-dev:arm64", // cairnd's TPM access through tss-esapi (issue 7)
+    "libtss2-dev:arm64", // cairnd's TPM access through tss-esapi
 ];
 
 /// Packages that must come from bookworm-backports (QEMU 10 matches the preinstalled

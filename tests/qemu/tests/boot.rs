@@ -1,5 +1,7 @@
-//! Boot-path scenarios of issue 4 on the real image under QEMU. Each test copies the disk,
-//! may damage the copy, boots it, and checks the console and the boot state left on disk.
+//! Boot-path scenarios on the real image under QEMU: U-Boot's A/B choice, counting,
+//! fallback, recovery and torn boot-state copies (boot/BOOT-STATE.md). Each test copies
+//! the disk, may damage the copy, boots it, and checks the console and the boot state
+//! left on disk.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};

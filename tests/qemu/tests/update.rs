@@ -1,4 +1,4 @@
-//! The end-to-end scenarios of the update loop (issue 6) on the real image, real U-Boot
+//! The end-to-end scenarios of the update loop on the real image, real U-Boot
 //! and a real cairn-server. Each boots a fresh copy of the v1 disk; the images and the
 //! v2 bundle are built once per run.
 

@@ -9,17 +9,17 @@
 pub mod client;
 pub mod identity;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use cairn_server_api::{Assignment, AttestationRequest, CheckIn, InstalledImage, Report, Slot};
+use serde::Deserialize;
 use time::OffsetDateTime;
 
-use crate::attestation::{self, AttestationError};
+use crate::attestation::{self, AttestationError, TpmConfig};
 use crate::bootstate::SlotId;
-use crate::config::{ServerConfig, TpmConfig};
 use crate::context::Context;
 use crate::install::{self, InstallRequest, Progress};
 use crate::metrics::Counters;
@@ -27,6 +27,29 @@ use crate::state::{DeviceState, Phase, ReportStatus};
 
 pub use client::{FleetError, ServerClient};
 pub use identity::DeviceIdentity;
+
+/// `[server]` in system.toml.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Base URL of cairn-server (`http://updates.example.com:8080`).
+    pub url: String,
+    /// Seconds between check-ins until the server says otherwise.
+    #[serde(default = "default_poll_secs")]
+    pub poll_secs: u64,
+    /// The device's id on the server; default: `dev-` and the first 16 hex digits of its
+    /// public key.
+    #[serde(default)]
+    pub device_id: Option<String>,
+    /// The device key (created on first use when missing); default:
+    /// `<data_dir>/identity.json`. Factory provisioning writes it before the first boot.
+    #[serde(default)]
+    pub identity: Option<PathBuf>,
+}
+
+fn default_poll_secs() -> u64 {
+    300
+}
 
 /// What to do with the server's answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,8 +70,9 @@ pub enum Action {
 }
 
 /// Decides what an assignment means for a device in `state`. Never installs a version
-/// whose trial failed on this device (the issue: no loops), never starts while another
-/// update waits for its reboot or trial.
+/// whose trial failed on this device (a bad release must not make a device loop through
+/// install, trial and rollback), never starts while another update waits for its reboot
+/// or trial.
 pub fn decide(assignment: Option<&Assignment>, state: &DeviceState, booted: SlotId) -> Action {
     let Some(a) = assignment else {
         return Action::Idle;

@@ -18,6 +18,25 @@ use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 
+/// `[health]` in system.toml.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthConfig {
+    /// All checks must pass within this many seconds of the trial boot.
+    pub deadline_secs: u64,
+    /// How often a failing check is retried before the deadline.
+    pub interval_secs: u64,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig {
+            deadline_secs: 300,
+            interval_secs: 2,
+        }
+    }
+}
+
 // No deny_unknown_fields here: serde cannot combine it with `flatten`.
 #[derive(Debug, Clone, Deserialize)]
 pub struct CheckSpec {

@@ -1,5 +1,5 @@
 //! The install pipeline: verify, choose payloads, stream them into the inactive slot,
-//! and switch the bootloader to a one-shot trial, in the order invariant requires.
+//! and switch the bootloader to a one-shot trial, in the order INVARIANTS.md requires.
 
 mod http;
 mod source;
@@ -189,7 +189,7 @@ fn prepare(ctx: &Context, request: &InstallRequest) -> Result<Prepared, InstallE
     Ok((source, verified, plan, roots))
 }
 
-/// The writing half: invariant 2 and 3 in order.
+/// The writing half: INVARIANTS.md 2 and 3, in order.
 #[allow(clippy::too_many_arguments)]
 fn write_and_arm(
     ctx: &mut Context,
@@ -205,7 +205,7 @@ fn write_and_arm(
     let target = facts.slot.other();
     let version = verified.manifest.version.to_string();
 
-    // Invariant 2: the target is unbootable, on disk, before its first byte changes. The
+    // INVARIANTS.md 2: the target is unbootable, on disk, before its first byte changes. The
     // boot state is read strictly here: writing a slot on a guessed state could hit the
     // one that boots.
     let mut boot = ctx.boot_store.load()?;
@@ -240,7 +240,7 @@ fn write_and_arm(
         }
     };
 
-    // Invariant 3: only now may the slot boot, once.
+    // INVARIANTS.md 3: only now may the slot boot, once.
     let mut boot = ctx.boot_store.load()?;
     boot.arm_trial(target);
     let pending_root =

@@ -139,7 +139,7 @@ impl ReportStatus {
     }
 }
 
-/// A report for the fleet server, kept until the server acknowledges it (invariant 10).
+/// A report for the fleet server, kept until the server acknowledges it (INVARIANTS.md 10).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Report {
     /// Stable id so a retried report is idempotent on the server.
@@ -414,7 +414,7 @@ impl DeviceState {
     }
 
     /// Health checks passed and the boot state commits the slot: the floor moves forward
-    /// (invariant 12) and success is reported, only now (invariant 10).
+    /// (INVARIANTS.md 12) and success is reported, only now (INVARIANTS.md 10).
     pub fn committed(&mut self, now: OffsetDateTime) -> Option<serde_json::Value> {
         let Phase::TrialBoot {
             slot,
@@ -479,7 +479,7 @@ impl DeviceState {
     }
 
     /// The bootloader found no slot with tries left and booted `committed` in recovery
-    /// mode (invariant 6); `booted` is what the kernel says it booted.
+    /// mode (INVARIANTS.md 6); `booted` is what the kernel says it booted.
     pub fn recovery_booted(&mut self, now: OffsetDateTime, booted: SlotId, committed: SlotId) {
         let msg =
             format!("recovery boot: no slot had tries left; booted committed slot {committed}");
