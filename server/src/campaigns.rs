@@ -10,7 +10,7 @@ use crate::db::{now_ms, random_id, Db, Row};
 use crate::devices::{self, check_name, Device};
 use crate::error::{ApiError, ApiResult};
 use crate::gates::{self, Decision, Progress, WaveStats};
-use crate::policy::{wave_bounds, wave_of, CampaignPolicy};
+use crate::policy::{eligible, wave_bounds, wave_of, CampaignPolicy, Candidate};
 use crate::releases::{self, Release};
 
 /// Lifecycle: `draft` → `running` ⇄ `paused`; `running` → `completed` when the last
@@ -164,8 +164,7 @@ fn from_row(row: &Row) -> ApiResult<Campaign> {
     })
 }
 
-/// Approved devices the selector picks that do not already run the release and would
-/// accept it (their security floor is not above it): the same rule check-in applies.
+/// Approved devices the campaign is for ([`eligible`]).
 pub(crate) async fn targets(
     db: &Db,
     policy: &CampaignPolicy,
@@ -175,9 +174,16 @@ pub(crate) async fn targets(
     Ok(devices::list_compatible(db, &s.compatible)
         .await?
         .into_iter()
-        .filter(|d| s.matches(&d.id, &d.compatible, &d.tags))
-        .filter(|d| d.version.as_deref() != Some(release.version.as_str()))
-        .filter(|d| d.security_floor.unwrap_or(0) <= release.security_version)
+        .filter(|d| {
+            let device = Candidate {
+                id: &d.id,
+                compatible: &d.compatible,
+                tags: &d.tags,
+                version: d.version.as_deref(),
+                security_floor: d.security_floor.unwrap_or(0),
+            };
+            eligible(s, &device, &release.version, release.security_version)
+        })
         .collect())
 }
 

@@ -16,7 +16,7 @@ use crate::device_reader::{load, DeploymentRow, DeviceReader, DeviceRow};
 use crate::devices::{self, check_name};
 use crate::error::{ApiError, ApiResult};
 use crate::plan::plan;
-use crate::policy::{position, wave_of};
+use crate::policy::{eligible, position, wave_of, Candidate};
 use crate::releases::{self, Release};
 use crate::state_writer::StateWriter;
 
@@ -193,14 +193,23 @@ async fn assignment(
     for active in ctx.caches.assigning(ctx.db).await?.iter() {
         let c = &active.campaign;
         let (release, manifest) = &*active.release;
-        let eligible = c
-            .policy
-            .selector
-            .matches(device_id, &device.compatible, &device.tags)
-            && report.version != release.version
-            && report.security_floor <= release.security_version
-            && !existing.iter().any(|d| d.campaign_id == c.id);
-        if !eligible {
+        // Judged by what the device reports now, not by the stored (batched) state.
+        let candidate = Candidate {
+            id: device_id,
+            compatible: &device.compatible,
+            tags: &device.tags,
+            version: Some(&report.version),
+            security_floor: report.security_floor,
+        };
+        let for_device = eligible(
+            &c.policy.selector,
+            &candidate,
+            &release.version,
+            release.security_version,
+        );
+        // A device gets one deployment per campaign, even one that failed.
+        let had_one = existing.iter().any(|d| d.campaign_id == c.id);
+        if !for_device || had_one {
             continue;
         }
         let wave = wave_of(&active.bounds, &c.salt, device_id);
