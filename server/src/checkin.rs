@@ -12,7 +12,8 @@ use cairn_server_api::{Assignment, CheckIn, CheckInResponse, DeploymentState};
 use crate::attestation;
 use crate::campaigns::{self, state, Campaign};
 use crate::db::{now_ms, random_id, Db};
-use crate::device_reader::{load, DeploymentRow, DeviceReader, DeviceRow};
+use crate::deployments::{self, DeploymentRow, DeviceRow, NewDeployment};
+use crate::device_reader::DeviceReader;
 use crate::devices::{self, check_name};
 use crate::error::{ApiError, ApiResult};
 use crate::plan::plan;
@@ -218,22 +219,15 @@ async fn assignment(
         }
         let plan = plan(manifest, &report.images);
         let id = random_id("dep-");
-        let now = now_ms();
-        let inserted = sqlx::query(
-            "INSERT INTO deployments (id, campaign_id, device_id, wave, state, live, plan, created_at, updated_at) \
-             SELECT $1, $2, $3, $4, 'assigned', 1, $5, $6, $6 WHERE EXISTS \
-             (SELECT 1 FROM campaigns WHERE id = $2 AND state IN ('running', 'completed') AND opened_waves > $4) \
-             ON CONFLICT DO NOTHING",
-        )
-        .bind(&id)
-        .bind(&c.id)
-        .bind(device_id)
-        .bind(wave as i64)
-        .bind(serde_json::to_string(&plan).map_err(anyhow::Error::from)?)
-        .bind(now)
-        .execute(&ctx.db.pool)
-        .await?;
-        if inserted.rows_affected() == 1 {
+        let new = NewDeployment {
+            id: &id,
+            campaign_id: &c.id,
+            device_id,
+            wave,
+            plan: &serde_json::to_string(&plan).map_err(anyhow::Error::from)?,
+            now_ms: now_ms(),
+        };
+        if deployments::insert_assigned(ctx.db, &new).await? {
             let kinds: Vec<String> = plan
                 .images
                 .iter()
@@ -255,7 +249,7 @@ async fn assignment(
             )));
         }
         // Another server assigned this device at the same moment: answer with that one.
-        let again = load(ctx.db, device_id)
+        let again = deployments::device_view(ctx.db, device_id)
             .await?
             .map(|(_, d)| d)
             .unwrap_or_default();
@@ -275,14 +269,7 @@ async fn live_assignment(
 ) -> ApiResult<Option<Assignment>> {
     let not_started = live.state == DeploymentState::Assigned;
     if not_started && live.campaign_state == state::ABORTED {
-        sqlx::query(
-            "UPDATE deployments SET state = 'cancelled', live = NULL, reason = 'campaign aborted', \
-             updated_at = $1 WHERE id = $2 AND state = 'assigned'",
-        )
-        .bind(now_ms())
-        .bind(&live.id)
-        .execute(&ctx.db.pool)
-        .await?;
+        deployments::cancel_unstarted(ctx.db, &live.id, now_ms()).await?;
         return Ok(None);
     }
     if not_started

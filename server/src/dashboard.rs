@@ -11,13 +11,12 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{Html, IntoResponse, Response};
 use serde::Deserialize;
-use sqlx::Row as _;
 
 use crate::campaigns::{self, CampaignStatus};
 use crate::device_api::bearer;
-use crate::devices;
 use crate::error::ApiResult;
 use crate::http::Shared;
+use crate::{deployments, devices};
 
 /// Someone allowed to see the dashboard. As an extractor it answers for the handler
 /// otherwise: the cookie redirect when the page was opened with `?token=`, or the
@@ -180,27 +179,20 @@ pub async fn campaign(
 
 /// The campaign's deployments, most recently changed first.
 async fn deployments_table(s: &Shared, campaign_id: &str) -> ApiResult<String> {
-    let rows = sqlx::query(
-        "SELECT device_id, wave, state, reason, updated_at FROM deployments \
-         WHERE campaign_id = $1 ORDER BY updated_at DESC, device_id LIMIT 500",
-    )
-    .bind(campaign_id)
-    .fetch_all(&s.db.pool)
-    .await?;
+    let listed = deployments::list_of_campaign(&s.db, campaign_id, 500).await?;
     let mut out = String::from(
         "<h2>Deployments</h2><table class=\"deployments\"><tr><th>device</th><th>wave</th>\
          <th>state</th><th>reason</th><th>changed</th></tr>",
     );
-    for r in rows {
-        let device: String = r.try_get("device_id")?;
+    for dep in listed {
         let _ = write!(
             out,
             "<tr><td><a href=\"/ui/devices/{d}\">{d}</a></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-            r.try_get::<i64, _>("wave")? + 1,
-            escape(&r.try_get::<String, _>("state")?),
-            escape(&r.try_get::<Option<String>, _>("reason")?.unwrap_or_default()),
-            when(Some(r.try_get("updated_at")?)),
-            d = escape(&device),
+            dep.wave + 1,
+            escape(&dep.state),
+            escape(dep.reason.as_deref().unwrap_or_default()),
+            when(Some(dep.updated_at)),
+            d = escape(&dep.device_id),
         );
     }
     out.push_str("</table>");
@@ -215,18 +207,7 @@ async fn deployment_states(
     let (Some(first), Some(last)) = (listed.first(), listed.last()) else {
         return Ok(HashMap::new());
     };
-    let rows = sqlx::query(
-        "SELECT device_id, state FROM deployments WHERE device_id >= $1 AND device_id <= $2 \
-         ORDER BY updated_at",
-    )
-    .bind(&first.id)
-    .bind(&last.id)
-    .fetch_all(&s.db.pool)
-    .await?;
-    // Later rows overwrite earlier ones: the newest deployment wins.
-    rows.iter()
-        .map(|r| Ok((r.try_get("device_id")?, r.try_get("state")?)))
-        .collect()
+    deployments::newest_states(&s.db, &first.id, &last.id).await
 }
 
 pub async fn devices(_: Viewer, State(s): State<Shared>) -> ApiResult<Response> {

@@ -8,6 +8,7 @@
 //!
 //! - [`db`]: connection, portable migrations (`migrations/`), ids and time.
 //! - [`releases`], [`devices`], [`campaigns`]: the model and its store; [`dry_run`].
+//! - [`deployments`]: every statement on the `deployments` table.
 //! - [`auth`]: signed requests (timestamp + nonce) and device tokens.
 //! - [`checkin`], [`device_reader`], [`state_writer`]: the hot path of the device API.
 //! - [`reports`]: progress reports, applied once and atomically.
@@ -24,6 +25,7 @@ pub mod campaigns;
 pub mod checkin;
 pub mod dashboard;
 pub mod db;
+pub mod deployments;
 pub mod device_api;
 pub mod device_reader;
 pub mod devices;
