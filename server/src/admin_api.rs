@@ -8,12 +8,13 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
 
+use crate::app::Shared;
 use crate::campaigns::{self, Campaign, CampaignStatus};
 use crate::device_api::bearer;
 use crate::devices::{self, Device, HistoryEntry};
 use crate::dry_run::{self, DryRun};
 use crate::error::{ApiError, ApiResult};
-use crate::http::{parse_json, Shared};
+use crate::json::parse_body;
 use crate::policy::CampaignPolicy;
 use crate::releases::{self, Release};
 
@@ -138,7 +139,7 @@ pub async fn set_tags(
     Path(id): Path<String>,
     body: Bytes,
 ) -> ApiResult<Json<Device>> {
-    let tags: Vec<String> = parse_json(&body)?;
+    let tags: Vec<String> = parse_body(&body)?;
     Ok(Json(devices::set_tags(&s.db, &id, &tags).await?))
 }
 
@@ -178,7 +179,7 @@ pub async fn create_campaign(
     State(s): State<Shared>,
     body: Bytes,
 ) -> ApiResult<Json<Campaign>> {
-    let new: NewCampaign = parse_json(&body)?;
+    let new: NewCampaign = parse_body(&body)?;
     Ok(Json(
         campaigns::create(&s.db, &new.id, &new.release_id, new.policy).await?,
     ))

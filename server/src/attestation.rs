@@ -23,7 +23,7 @@ use cairn_server_api::{
 use sha2::{Digest, Sha256};
 use sqlx::Row as _;
 
-use crate::checkin::Caches;
+use crate::caches::Caches;
 use crate::db::{now_ms, random_bytes, Db};
 use crate::devices;
 use crate::error::{ApiError, ApiResult};

@@ -42,6 +42,15 @@ pub async fn shared_secret(db: &Db, name: &str) -> ApiResult<String> {
     Ok(row.try_get("value")?)
 }
 
+/// The admin token: from the configuration, else the one kept in the database (created
+/// on first start and shown by `cairn-server admin-token`).
+pub async fn admin_token(db: &Db, configured: Option<&str>) -> ApiResult<String> {
+    match configured {
+        Some(t) => Ok(t.to_string()),
+        None => shared_secret(db, "admin_token").await,
+    }
+}
+
 /// Refuses a signed request whose timestamp is out of the window or whose nonce this
 /// device used before; otherwise records the nonce, so the same request is refused next
 /// time. Call only after the signature verified (a forger must not burn nonces).

@@ -2,15 +2,11 @@
 //! nothing) and when to ask again. Built to be cheap: two indexed reads, device state
 //! written in batches, campaigns and releases served from memory.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
-
-use cairn_bundle::Manifest;
 use cairn_server_api::{Assignment, CheckIn, CheckInResponse, DeploymentState};
 
 use crate::attestation;
-use crate::campaigns::{self, state, Campaign};
+use crate::caches::Caches;
+use crate::campaigns::state;
 use crate::db::{now_ms, random_id, Db};
 use crate::deployments::{self, DeploymentRow, DeviceRow, NewDeployment};
 use crate::device_reader::DeviceReader;
@@ -18,68 +14,8 @@ use crate::devices::{self, check_name};
 use crate::error::{ApiError, ApiResult};
 use crate::plan::plan;
 use crate::policy::{eligible, position, wave_of, Candidate};
-use crate::releases::{self, Release};
+use crate::releases::Release;
 use crate::state_writer::StateWriter;
-
-/// How long a server trusts its copy of the assigning campaigns. Staleness cannot cause
-/// a wrong assignment: the insert re-checks the campaign row.
-const CAMPAIGN_CACHE_TTL: Duration = Duration::from_secs(1);
-
-pub struct ActiveCampaign {
-    pub campaign: Campaign,
-    pub release: Arc<(Release, Manifest)>,
-    pub bounds: Vec<f64>,
-}
-
-/// In-memory views shared by the request handlers of one server.
-#[derive(Default)]
-pub struct Caches {
-    campaigns: Mutex<Option<(Instant, Arc<Vec<ActiveCampaign>>)>>,
-    /// Releases never change once added, so they are cached for good.
-    releases: Mutex<HashMap<String, Arc<(Release, Manifest)>>>,
-}
-
-impl Caches {
-    pub async fn release(&self, db: &Db, id: &str) -> ApiResult<Arc<(Release, Manifest)>> {
-        if let Some(r) = lock(&self.releases).get(id) {
-            return Ok(r.clone());
-        }
-        let loaded = Arc::new(releases::get_with_manifest(db, id).await?);
-        lock(&self.releases).insert(id.to_string(), loaded.clone());
-        Ok(loaded)
-    }
-
-    pub async fn assigning(&self, db: &Db) -> ApiResult<Arc<Vec<ActiveCampaign>>> {
-        if let Some((at, list)) = lock(&self.campaigns).as_ref() {
-            if at.elapsed() < CAMPAIGN_CACHE_TTL {
-                return Ok(list.clone());
-            }
-        }
-        let mut active = Vec::new();
-        for campaign in campaigns::list_assigning(db).await? {
-            let release = self.release(db, &campaign.release_id).await?;
-            let bounds = campaign.wave_bounds.clone().unwrap_or_else(|| vec![1.0]);
-            active.push(ActiveCampaign {
-                campaign,
-                release,
-                bounds,
-            });
-        }
-        let list = Arc::new(active);
-        *lock(&self.campaigns) = Some((Instant::now(), list.clone()));
-        Ok(list)
-    }
-
-    /// Forget the campaigns after this server changed one.
-    pub fn invalidate_campaigns(&self) {
-        *lock(&self.campaigns) = None;
-    }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // A panic while holding these locks leaves plain data behind; keep serving.
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 /// What a check-in needs to know besides the database.
 pub struct CheckInContext<'a> {

@@ -12,10 +12,10 @@ use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{Html, IntoResponse, Response};
 use serde::Deserialize;
 
+use crate::app::Shared;
 use crate::campaigns::{self, CampaignStatus};
 use crate::device_api::bearer;
 use crate::error::ApiResult;
-use crate::http::Shared;
 use crate::{deployments, devices};
 
 /// Someone allowed to see the dashboard. As an extractor it answers for the handler

@@ -16,10 +16,11 @@ use cairn_server_api::{
 use sha2::{Digest, Sha256};
 use sqlx::Row as _;
 
+use crate::app::Shared;
 use crate::auth::{consume_nonce, unix_now, TOKEN_LIFETIME_SECS};
 use crate::devices;
 use crate::error::{ApiError, ApiResult};
-use crate::http::{parse_json, Shared};
+use crate::json::parse_body;
 use crate::{attestation, checkin, reports};
 
 /// The device a valid bearer token was issued to.
@@ -50,7 +51,7 @@ pub fn bearer(headers: &HeaderMap) -> Option<&str> {
 }
 
 pub async fn enroll(State(state): State<Shared>, body: Bytes) -> ApiResult<Response> {
-    let request: EnrollRequest = parse_json(&body)?;
+    let request: EnrollRequest = parse_body(&body)?;
     request
         .verify()
         .map_err(|e| ApiError::unauthorized("bad-signature", format!("enrollment: {e}")))?;
@@ -74,7 +75,7 @@ pub async fn enroll(State(state): State<Shared>, body: Bytes) -> ApiResult<Respo
 }
 
 pub async fn token(State(state): State<Shared>, body: Bytes) -> ApiResult<Json<TokenResponse>> {
-    let request: TokenRequest = parse_json(&body)?;
+    let request: TokenRequest = parse_body(&body)?;
     let row = sqlx::query("SELECT public_key, approval FROM devices WHERE id = $1")
         .bind(&request.device_id)
         .fetch_optional(&state.db.pool)
@@ -115,7 +116,7 @@ pub async fn check_in(
     headers: HeaderMap,
     body: Bytes,
 ) -> ApiResult<Response> {
-    let report: CheckIn = parse_json(&body)?;
+    let report: CheckIn = parse_body(&body)?;
     let answer = checkin::check_in(&state.check_in_context(), &device, &report).await?;
     let body = serde_json::to_vec(&answer).map_err(anyhow::Error::from)?;
     let tag = format!("\"{}\"", hex::encode(&Sha256::digest(&body)[..16]));
@@ -147,7 +148,7 @@ pub async fn report(
     Path(deployment): Path<String>,
     body: Bytes,
 ) -> ApiResult<Response> {
-    let report: Report = parse_json(&body)?;
+    let report: Report = parse_body(&body)?;
     let ack = reports::report(&state.db, &device, &deployment, &report).await?;
     if ack.deployment_state.is_terminal() && !ack.duplicate {
         state.caches.invalidate_campaigns();
@@ -160,7 +161,7 @@ pub async fn tpm_enroll(
     AuthenticatedDevice(device): AuthenticatedDevice,
     body: Bytes,
 ) -> ApiResult<Json<TpmChallenge>> {
-    let request: TpmEnrollRequest = parse_json(&body)?;
+    let request: TpmEnrollRequest = parse_body(&body)?;
     let ca = state.config.ek_ca.as_deref();
     Ok(Json(
         attestation::enroll(&state.db, ca, &device, &request).await?,
@@ -172,7 +173,7 @@ pub async fn tpm_activate(
     AuthenticatedDevice(device): AuthenticatedDevice,
     body: Bytes,
 ) -> ApiResult<Json<TpmEnrollStatus>> {
-    let activation: TpmActivation = parse_json(&body)?;
+    let activation: TpmActivation = parse_body(&body)?;
     Ok(Json(
         attestation::activate(&state.db, &device, &activation).await?,
     ))
@@ -184,7 +185,7 @@ pub async fn attestation(
     Path(deployment): Path<String>,
     body: Bytes,
 ) -> ApiResult<Json<AttestationResult>> {
-    let evidence: AttestationEvidence = parse_json(&body)?;
+    let evidence: AttestationEvidence = parse_body(&body)?;
     let result =
         attestation::attest(&state.db, &state.caches, &device, &deployment, &evidence).await?;
     Ok(Json(result))
