@@ -5,9 +5,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use sha2::{Digest, Sha256};
-
-use crate::auth::{admin_token, shared_secret, TokenKey};
+use crate::auth::{admin_token, shared_secret, AdminToken, Credentials, TokenKey};
 use crate::caches::Caches;
 use crate::checkin::CheckInContext;
 use crate::config::Config;
@@ -20,8 +18,7 @@ pub struct AppState {
     pub config: Config,
     pub public_url: String,
     pub token_key: TokenKey,
-    /// sha256 of the admin token: compared digest to digest, never the token itself.
-    admin_token_digest: [u8; 32],
+    pub admin_token: AdminToken,
     pub caches: Caches,
     pub writer: StateWriter,
     pub reader: DeviceReader,
@@ -46,7 +43,7 @@ impl AppState {
             db,
             public_url,
             token_key,
-            admin_token_digest: Sha256::digest(admin.as_bytes()).into(),
+            admin_token: AdminToken::new(&admin),
             caches: Caches::default(),
             config,
         }))
@@ -62,10 +59,13 @@ impl AppState {
             poll_interval_secs: self.config.poll_interval_secs,
         }
     }
+}
 
-    pub fn admin_token_matches(&self, presented: &str) -> bool {
-        let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
-        // Comparing fixed-size digests leaks nothing useful about the token.
-        digest == self.admin_token_digest
+impl Credentials for Shared {
+    fn token_key(&self) -> &TokenKey {
+        &self.token_key
+    }
+    fn admin_token(&self) -> &AdminToken {
+        &self.admin_token
     }
 }

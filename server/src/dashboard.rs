@@ -1,20 +1,19 @@
-//! The web dashboard: server-rendered HTML, read-only. It takes the admin token as a
-//! bearer header or a `cairn_admin` cookie; opening any page once with `?token=...` sets
-//! the cookie and redirects to the same page without the token in the address.
+//! The web dashboard: server-rendered HTML, read-only. Who may see it is decided by
+//! [`crate::auth::admin`] (the admin token as a bearer header, a `cairn_admin` cookie,
+//! or `?token=...` once); this module answers with the redirect or the sign-in page.
 
 use std::collections::HashMap;
 use std::fmt::Write;
 
-use axum::extract::{FromRequestParts, Path, Query, State};
-use axum::http::header::{COOKIE, LOCATION, SET_COOKIE};
+use axum::extract::{FromRequestParts, Path, State};
+use axum::http::header::{LOCATION, SET_COOKIE};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse, Response};
-use serde::Deserialize;
 
 use crate::app::Shared;
+use crate::auth::{dashboard_access, DashboardAccess};
 use crate::campaigns::{self, CampaignStatus};
-use crate::device_api::bearer;
 use crate::error::ApiResult;
 use crate::{deployments, devices};
 
@@ -23,54 +22,30 @@ use crate::{deployments, devices};
 /// "who are you" page.
 pub struct Viewer;
 
-#[derive(Deserialize)]
-struct TokenQuery {
-    token: Option<String>,
-}
-
 impl FromRequestParts<Shared> for Viewer {
     type Rejection = Response;
 
     async fn from_request_parts(parts: &mut Parts, state: &Shared) -> Result<Viewer, Response> {
-        match gate(state, &parts.headers, &parts.uri) {
-            None => Ok(Viewer),
-            Some(response) => Err(response),
+        match dashboard_access(&state.admin_token, &parts.headers, &parts.uri) {
+            DashboardAccess::Allowed => Ok(Viewer),
+            DashboardAccess::SetCookie(cookie) => Err((
+                StatusCode::SEE_OTHER,
+                [
+                    (SET_COOKIE, cookie),
+                    (LOCATION, parts.uri.path().to_string()),
+                ],
+            )
+                .into_response()),
+            DashboardAccess::Denied => {
+                let body = page(
+                    "Sign in",
+                    "<p>Open this page with <code>?token=&lt;admin token&gt;</code> once; \
+                    <code>cairn-server admin-token</code> prints it.</p>",
+                );
+                Err((StatusCode::UNAUTHORIZED, Html(body)).into_response())
+            }
         }
     }
-}
-
-/// `None`: the caller may see the page. `Some(response)`: send that instead.
-fn gate(state: &Shared, headers: &HeaderMap, uri: &Uri) -> Option<Response> {
-    let query = Query::<TokenQuery>::try_from_uri(uri).ok();
-    if let Some(token) = query.and_then(|q| q.0.token) {
-        if state.admin_token_matches(&token) {
-            let cookie = format!("cairn_admin={token}; Path=/; HttpOnly; SameSite=Strict");
-            return Some(
-                (
-                    StatusCode::SEE_OTHER,
-                    [(SET_COOKIE, cookie), (LOCATION, uri.path().to_string())],
-                )
-                    .into_response(),
-            );
-        }
-    }
-    let from_cookie = headers
-        .get_all(COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|c| c.trim().strip_prefix("cairn_admin="))
-        .any(|t| state.admin_token_matches(t));
-    let from_header = bearer(headers).is_some_and(|t| state.admin_token_matches(t));
-    if from_cookie || from_header {
-        return None;
-    }
-    let body = page(
-        "Sign in",
-        "<p>Open this page with <code>?token=&lt;admin token&gt;</code> once; \
-        <code>cairn-server admin-token</code> prints it.</p>",
-    );
-    Some((StatusCode::UNAUTHORIZED, Html(body)).into_response())
 }
 
 pub fn escape(s: &str) -> String {

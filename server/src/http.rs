@@ -7,10 +7,10 @@ use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post, put};
 use axum::Router;
 
-use crate::campaigns;
 use crate::db::Db;
 use crate::error::ApiResult;
 use crate::{admin_api, blobs, dashboard, device_api};
+use crate::{auth, campaigns};
 
 // Where other crates and the tests have always taken them from.
 pub use crate::app::{AppState, Shared};
@@ -97,7 +97,7 @@ pub async fn evaluate_once(state: &AppState) -> ApiResult<()> {
             campaigns::evaluate(&state.db, &c.id).await?;
         }
     }
-    crate::auth::purge_nonces(&state.db).await?;
+    auth::purge_nonces(&state.db).await?;
     state.caches.invalidate_campaigns();
     Ok(())
 }

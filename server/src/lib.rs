@@ -9,12 +9,13 @@
 //! - [`db`]: connection, portable migrations (`migrations/`), ids and time.
 //! - [`releases`], [`devices`], [`campaigns`]: the model and its store; [`dry_run`].
 //! - [`deployments`]: every statement on the `deployments` table.
-//! - [`auth`]: signed requests (timestamp + nonce) and device tokens.
 //! - [`checkin`], [`device_reader`], [`state_writer`], [`caches`]: the hot path of the
 //!   device API.
 //! - [`reports`]: progress reports, applied once and atomically.
 //! - [`attestation`]: TPM enrollment (MakeCredential challenge) and quote checks that
 //!   hold a deployment's success until the device proves which image booted.
+//! - [`auth`]: request authentication: signed device requests (timestamp + nonce),
+//!   device tokens, the admin token (admin API and dashboard).
 //! - [`config`], [`app`]: how a server is run and the state its handlers share.
 //! - [`http`]: routes and the serve loop; [`device_api`], [`admin_api`], [`dashboard`],
 //!   [`blobs`]: the handlers; [`json`], [`error`]: request bodies and error answers;
