@@ -2,41 +2,20 @@
 //! the same functions directly on the database.
 
 use axum::body::{Body, Bytes};
-use axum::extract::{FromRequestParts, Path, Query, State};
-use axum::http::request::Parts;
+use axum::extract::{Path, Query, State};
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
 
+use crate::app::Shared;
+use crate::auth::Admin;
 use crate::campaigns::{self, Campaign, CampaignStatus};
-use crate::device_api::bearer;
 use crate::devices::{self, Device, HistoryEntry};
 use crate::dry_run::{self, DryRun};
 use crate::error::{ApiError, ApiResult};
-use crate::http::{parse_json, Shared};
+use crate::json::parse_body;
 use crate::policy::CampaignPolicy;
 use crate::releases::{self, Release};
-
-/// Present when the request carries the admin token.
-pub struct Admin;
-
-impl FromRequestParts<Shared> for Admin {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &Shared) -> ApiResult<Self> {
-        match bearer(&parts.headers) {
-            Some(t) if state.admin_token_matches(t) => Ok(Admin),
-            Some(_) => Err(ApiError::unauthorized(
-                "bad-admin-token",
-                "the admin token is wrong",
-            )),
-            None => Err(ApiError::unauthorized(
-                "no-admin-token",
-                "send Authorization: Bearer <admin token>",
-            )),
-        }
-    }
-}
 
 pub async fn list_releases(_: Admin, State(s): State<Shared>) -> ApiResult<Json<Vec<Release>>> {
     Ok(Json(releases::list(&s.db).await?))
@@ -138,7 +117,7 @@ pub async fn set_tags(
     Path(id): Path<String>,
     body: Bytes,
 ) -> ApiResult<Json<Device>> {
-    let tags: Vec<String> = parse_json(&body)?;
+    let tags: Vec<String> = parse_body(&body)?;
     Ok(Json(devices::set_tags(&s.db, &id, &tags).await?))
 }
 
@@ -178,7 +157,7 @@ pub async fn create_campaign(
     State(s): State<Shared>,
     body: Bytes,
 ) -> ApiResult<Json<Campaign>> {
-    let new: NewCampaign = parse_json(&body)?;
+    let new: NewCampaign = parse_body(&body)?;
     Ok(Json(
         campaigns::create(&s.db, &new.id, &new.release_id, new.policy).await?,
     ))

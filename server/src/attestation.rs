@@ -23,11 +23,11 @@ use cairn_server_api::{
 use sha2::{Digest, Sha256};
 use sqlx::Row as _;
 
-use crate::checkin::Caches;
+use crate::caches::Caches;
 use crate::db::{now_ms, random_bytes, Db};
 use crate::devices;
 use crate::error::{ApiError, ApiResult};
-use crate::{campaigns, reports};
+use crate::{campaigns, deployments};
 
 /// The PCRs a quote must select (SHA-256 bank).
 pub fn quoted_pcrs() -> Vec<u8> {
@@ -238,31 +238,18 @@ pub async fn attest(
     let nonce = unhex("nonce", &evidence.nonce, 64)?;
     let log: cairn_attest::EventLog = serde_json::from_value(evidence.event_log.clone())
         .map_err(|e| ApiError::bad_request("bad-event-log", e.to_string()))?;
-    let row = reports::owned_deployment(
-        db,
-        device_id,
-        deployment_id,
-        "SELECT d.device_id, d.state, d.attestation_nonce, d.campaign_id, c.release_id, \
-         v.ak_public, v.ak_trusted_at FROM deployments d JOIN campaigns c ON c.id = d.campaign_id \
-         JOIN devices v ON v.id = d.device_id WHERE d.id = $1",
-    )
-    .await?;
-    let state: String = row.try_get("state")?;
-    let stored_nonce: Option<String> = row.try_get("attestation_nonce")?;
-    let (Some(stored_nonce), "attestation-pending") = (stored_nonce, state.as_str()) else {
+    let target = deployments::for_attestation(db, device_id, deployment_id).await?;
+    let state = target.state;
+    let (Some(stored_nonce), "attestation-pending") = (target.attestation_nonce, state.as_str())
+    else {
         return Err(ApiError::conflict(
             "not-pending",
             format!("deployment {deployment_id} is {state}, not waiting for attestation"),
         ));
     };
-    let verdict = match (
-        row.try_get::<Option<String>, _>("ak_public")?,
-        row.try_get::<Option<i64>, _>("ak_trusted_at")?,
-    ) {
+    let verdict = match (target.ak_public, target.ak_trusted_at) {
         (Some(ak), Some(_)) => {
-            let release = caches
-                .release(db, &row.try_get::<String, _>("release_id")?)
-                .await?;
+            let release = caches.release(db, &target.release_id).await?;
             check(
                 &ak,
                 &quote,
@@ -282,18 +269,16 @@ pub async fn attest(
             Some(format!("attestation failed: {why}")),
         ),
     };
-    let moved = sqlx::query(
-        "UPDATE deployments SET state = $1, live = NULL, reason = $2, attestation_nonce = NULL, \
-         updated_at = $3 WHERE id = $4 AND state = 'attestation-pending' AND attestation_nonce = $5",
+    let moved = deployments::end_attestation(
+        db,
+        deployment_id,
+        &stored_nonce,
+        next,
+        reason.as_deref(),
+        now_ms(),
     )
-    .bind(next.as_str())
-    .bind(&reason)
-    .bind(now_ms())
-    .bind(deployment_id)
-    .bind(&stored_nonce)
-    .execute(&db.pool)
     .await?;
-    if moved.rows_affected() == 0 {
+    if !moved {
         return Err(ApiError::conflict(
             "busy",
             "the deployment changed meanwhile; check in again",
@@ -305,7 +290,7 @@ pub async fn attest(
     };
     devices::record(db, device_id, "attestation", &detail).await?;
     caches.invalidate_campaigns();
-    let campaign_id: String = row.try_get("campaign_id")?;
+    let campaign_id = target.campaign_id;
     if let Err(e) = campaigns::evaluate(db, &campaign_id).await {
         tracing::warn!(campaign = %campaign_id, "evaluating after an attestation: {e}");
     }

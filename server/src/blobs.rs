@@ -7,8 +7,8 @@ use axum::extract::{Path, Request, State};
 use axum::response::Response;
 use tower_http::services::ServeFile;
 
+use crate::app::Shared;
 use crate::error::{ApiError, ApiResult};
-use crate::http::Shared;
 
 pub fn is_blob_name(name: &str) -> bool {
     name.strip_suffix(".cairn").is_some_and(|hash| {

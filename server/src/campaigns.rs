@@ -7,10 +7,11 @@ use serde::Serialize;
 use sqlx::Row as _;
 
 use crate::db::{now_ms, random_id, Db, Row};
+use crate::deployments;
 use crate::devices::{self, check_name, Device};
 use crate::error::{ApiError, ApiResult};
 use crate::gates::{self, Decision, Progress, WaveStats};
-use crate::policy::{wave_bounds, wave_of, CampaignPolicy};
+use crate::policy::{eligible, wave_bounds, wave_of, CampaignPolicy, Candidate};
 use crate::releases::{self, Release};
 
 /// Lifecycle: `draft` → `running` ⇄ `paused`; `running` → `completed` when the last
@@ -164,8 +165,7 @@ fn from_row(row: &Row) -> ApiResult<Campaign> {
     })
 }
 
-/// Approved devices the selector picks that do not already run the release and would
-/// accept it (their security floor is not above it): the same rule check-in applies.
+/// Approved devices the campaign is for ([`eligible`]).
 pub(crate) async fn targets(
     db: &Db,
     policy: &CampaignPolicy,
@@ -175,9 +175,16 @@ pub(crate) async fn targets(
     Ok(devices::list_compatible(db, &s.compatible)
         .await?
         .into_iter()
-        .filter(|d| s.matches(&d.id, &d.compatible, &d.tags))
-        .filter(|d| d.version.as_deref() != Some(release.version.as_str()))
-        .filter(|d| d.security_floor.unwrap_or(0) <= release.security_version)
+        .filter(|d| {
+            let device = Candidate {
+                id: &d.id,
+                compatible: &d.compatible,
+                tags: &d.tags,
+                version: d.version.as_deref(),
+                security_floor: d.security_floor.unwrap_or(0),
+            };
+            eligible(s, &device, &release.version, release.security_version)
+        })
         .collect())
 }
 
@@ -219,14 +226,7 @@ pub async fn pause(db: &Db, id: &str, reason: &str) -> ApiResult<Campaign> {
 pub async fn resume(db: &Db, id: &str) -> ApiResult<Campaign> {
     let campaign = get(db, id).await?;
     require_state(&campaign, &[state::PAUSED], "resume")?;
-    let failed: i64 = sqlx::query(
-        "SELECT COUNT(*) AS n FROM deployments WHERE campaign_id = $1 \
-         AND state IN ('failed', 'attestation-failed')",
-    )
-    .bind(id)
-    .fetch_one(&db.pool)
-    .await?
-    .try_get("n")?;
+    let failed = deployments::count_failed(db, id).await?;
     let done = sqlx::query(
         "UPDATE campaigns SET state = $1, failures_acknowledged = $2, state_reason = $3 \
          WHERE id = $4 AND state = $5",
@@ -263,14 +263,7 @@ pub async fn abort(db: &Db, id: &str) -> ApiResult<Campaign> {
         "aborted by operator",
     )
     .await?;
-    sqlx::query(
-        "UPDATE deployments SET state = 'cancelled', live = NULL, reason = 'campaign aborted', \
-         updated_at = $1 WHERE campaign_id = $2 AND state = 'assigned'",
-    )
-    .bind(now_ms())
-    .bind(id)
-    .execute(&db.pool)
-    .await?;
+    deployments::cancel_unstarted_of_campaign(db, id, now_ms()).await?;
     changed(db, id, done, "abort").await
 }
 
@@ -316,12 +309,7 @@ async fn changed(db: &Db, id: &str, rows: u64, action: &str) -> ApiResult<Campai
 
 pub async fn status(db: &Db, id: &str) -> ApiResult<CampaignStatus> {
     let campaign = get(db, id).await?;
-    let rows = sqlx::query(
-        "SELECT wave, state, COUNT(*) AS n FROM deployments WHERE campaign_id = $1 GROUP BY wave, state",
-    )
-    .bind(id)
-    .fetch_all(&db.pool)
-    .await?;
+    let counts = deployments::count_by_wave_and_state(db, id).await?;
     let count = campaign.policy.waves.len();
     let sizes = campaign
         .wave_sizes
@@ -339,14 +327,13 @@ pub async fn status(db: &Db, id: &str) -> ApiResult<CampaignStatus> {
             cancelled: 0,
         })
         .collect();
-    for row in rows {
-        let wave = row.try_get::<i64, _>("wave")? as usize;
-        let n = row.try_get::<i64, _>("n")? as u64;
-        let Some(w) = waves.get_mut(wave) else {
+    for count in counts {
+        let n = count.count;
+        let Some(w) = waves.get_mut(count.wave) else {
             continue;
         };
         w.assigned += n;
-        match row.try_get::<String, _>("state")?.as_str() {
+        match count.state.as_str() {
             "succeeded" => w.succeeded += n,
             "failed" | "attestation-failed" => w.failed += n,
             "cancelled" => w.cancelled += n,

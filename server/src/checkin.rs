@@ -2,83 +2,20 @@
 //! nothing) and when to ask again. Built to be cheap: two indexed reads, device state
 //! written in batches, campaigns and releases served from memory.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
-
-use cairn_bundle::Manifest;
 use cairn_server_api::{Assignment, CheckIn, CheckInResponse, DeploymentState};
 
 use crate::attestation;
-use crate::campaigns::{self, state, Campaign};
+use crate::caches::Caches;
+use crate::campaigns::state;
 use crate::db::{now_ms, random_id, Db};
-use crate::device_reader::{load, DeploymentRow, DeviceReader, DeviceRow};
+use crate::deployments::{self, DeploymentRow, DeviceRow, NewDeployment};
+use crate::device_reader::DeviceReader;
 use crate::devices::{self, check_name};
 use crate::error::{ApiError, ApiResult};
 use crate::plan::plan;
-use crate::policy::{position, wave_of};
-use crate::releases::{self, Release};
+use crate::policy::{eligible, position, wave_of, Candidate};
+use crate::releases::Release;
 use crate::state_writer::StateWriter;
-
-/// How long a server trusts its copy of the assigning campaigns. Staleness cannot cause
-/// a wrong assignment: the insert re-checks the campaign row.
-const CAMPAIGN_CACHE_TTL: Duration = Duration::from_secs(1);
-
-pub struct ActiveCampaign {
-    pub campaign: Campaign,
-    pub release: Arc<(Release, Manifest)>,
-    pub bounds: Vec<f64>,
-}
-
-/// In-memory views shared by the request handlers of one server.
-#[derive(Default)]
-pub struct Caches {
-    campaigns: Mutex<Option<(Instant, Arc<Vec<ActiveCampaign>>)>>,
-    /// Releases never change once added, so they are cached for good.
-    releases: Mutex<HashMap<String, Arc<(Release, Manifest)>>>,
-}
-
-impl Caches {
-    pub async fn release(&self, db: &Db, id: &str) -> ApiResult<Arc<(Release, Manifest)>> {
-        if let Some(r) = lock(&self.releases).get(id) {
-            return Ok(r.clone());
-        }
-        let loaded = Arc::new(releases::get_with_manifest(db, id).await?);
-        lock(&self.releases).insert(id.to_string(), loaded.clone());
-        Ok(loaded)
-    }
-
-    pub async fn assigning(&self, db: &Db) -> ApiResult<Arc<Vec<ActiveCampaign>>> {
-        if let Some((at, list)) = lock(&self.campaigns).as_ref() {
-            if at.elapsed() < CAMPAIGN_CACHE_TTL {
-                return Ok(list.clone());
-            }
-        }
-        let mut active = Vec::new();
-        for campaign in campaigns::list_assigning(db).await? {
-            let release = self.release(db, &campaign.release_id).await?;
-            let bounds = campaign.wave_bounds.clone().unwrap_or_else(|| vec![1.0]);
-            active.push(ActiveCampaign {
-                campaign,
-                release,
-                bounds,
-            });
-        }
-        let list = Arc::new(active);
-        *lock(&self.campaigns) = Some((Instant::now(), list.clone()));
-        Ok(list)
-    }
-
-    /// Forget the campaigns after this server changed one.
-    pub fn invalidate_campaigns(&self) {
-        *lock(&self.campaigns) = None;
-    }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // A panic while holding these locks leaves plain data behind; keep serving.
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 /// What a check-in needs to know besides the database.
 pub struct CheckInContext<'a> {
@@ -193,14 +130,23 @@ async fn assignment(
     for active in ctx.caches.assigning(ctx.db).await?.iter() {
         let c = &active.campaign;
         let (release, manifest) = &*active.release;
-        let eligible = c
-            .policy
-            .selector
-            .matches(device_id, &device.compatible, &device.tags)
-            && report.version != release.version
-            && report.security_floor <= release.security_version
-            && !existing.iter().any(|d| d.campaign_id == c.id);
-        if !eligible {
+        // Judged by what the device reports now, not by the stored (batched) state.
+        let candidate = Candidate {
+            id: device_id,
+            compatible: &device.compatible,
+            tags: &device.tags,
+            version: Some(&report.version),
+            security_floor: report.security_floor,
+        };
+        let for_device = eligible(
+            &c.policy.selector,
+            &candidate,
+            &release.version,
+            release.security_version,
+        );
+        // A device gets one deployment per campaign, even one that failed.
+        let had_one = existing.iter().any(|d| d.campaign_id == c.id);
+        if !for_device || had_one {
             continue;
         }
         let wave = wave_of(&active.bounds, &c.salt, device_id);
@@ -209,22 +155,15 @@ async fn assignment(
         }
         let plan = plan(manifest, &report.images);
         let id = random_id("dep-");
-        let now = now_ms();
-        let inserted = sqlx::query(
-            "INSERT INTO deployments (id, campaign_id, device_id, wave, state, live, plan, created_at, updated_at) \
-             SELECT $1, $2, $3, $4, 'assigned', 1, $5, $6, $6 WHERE EXISTS \
-             (SELECT 1 FROM campaigns WHERE id = $2 AND state IN ('running', 'completed') AND opened_waves > $4) \
-             ON CONFLICT DO NOTHING",
-        )
-        .bind(&id)
-        .bind(&c.id)
-        .bind(device_id)
-        .bind(wave as i64)
-        .bind(serde_json::to_string(&plan).map_err(anyhow::Error::from)?)
-        .bind(now)
-        .execute(&ctx.db.pool)
-        .await?;
-        if inserted.rows_affected() == 1 {
+        let new = NewDeployment {
+            id: &id,
+            campaign_id: &c.id,
+            device_id,
+            wave,
+            plan: &serde_json::to_string(&plan).map_err(anyhow::Error::from)?,
+            now_ms: now_ms(),
+        };
+        if deployments::insert_assigned(ctx.db, &new).await? {
             let kinds: Vec<String> = plan
                 .images
                 .iter()
@@ -246,7 +185,7 @@ async fn assignment(
             )));
         }
         // Another server assigned this device at the same moment: answer with that one.
-        let again = load(ctx.db, device_id)
+        let again = deployments::device_view(ctx.db, device_id)
             .await?
             .map(|(_, d)| d)
             .unwrap_or_default();
@@ -266,14 +205,7 @@ async fn live_assignment(
 ) -> ApiResult<Option<Assignment>> {
     let not_started = live.state == DeploymentState::Assigned;
     if not_started && live.campaign_state == state::ABORTED {
-        sqlx::query(
-            "UPDATE deployments SET state = 'cancelled', live = NULL, reason = 'campaign aborted', \
-             updated_at = $1 WHERE id = $2 AND state = 'assigned'",
-        )
-        .bind(now_ms())
-        .bind(&live.id)
-        .execute(&ctx.db.pool)
-        .await?;
+        deployments::cancel_unstarted(ctx.db, &live.id, now_ms()).await?;
         return Ok(None);
     }
     if not_started

@@ -1,77 +1,51 @@
-//! The web dashboard: server-rendered HTML, read-only. It takes the admin token as a
-//! bearer header or a `cairn_admin` cookie; opening any page once with `?token=...` sets
-//! the cookie and redirects to the same page without the token in the address.
+//! The web dashboard: server-rendered HTML, read-only. Who may see it is decided by
+//! [`crate::auth::admin`] (the admin token as a bearer header, a `cairn_admin` cookie,
+//! or `?token=...` once); this module answers with the redirect or the sign-in page.
 
 use std::collections::HashMap;
 use std::fmt::Write;
 
-use axum::extract::{FromRequestParts, Path, Query, State};
-use axum::http::header::{COOKIE, LOCATION, SET_COOKIE};
+use axum::extract::{FromRequestParts, Path, State};
+use axum::http::header::{LOCATION, SET_COOKIE};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse, Response};
-use serde::Deserialize;
-use sqlx::Row as _;
 
+use crate::app::Shared;
+use crate::auth::{dashboard_access, DashboardAccess};
 use crate::campaigns::{self, CampaignStatus};
-use crate::device_api::bearer;
-use crate::devices;
 use crate::error::ApiResult;
-use crate::http::Shared;
+use crate::{deployments, devices};
 
 /// Someone allowed to see the dashboard. As an extractor it answers for the handler
 /// otherwise: the cookie redirect when the page was opened with `?token=`, or the
 /// "who are you" page.
 pub struct Viewer;
 
-#[derive(Deserialize)]
-struct TokenQuery {
-    token: Option<String>,
-}
-
 impl FromRequestParts<Shared> for Viewer {
     type Rejection = Response;
 
     async fn from_request_parts(parts: &mut Parts, state: &Shared) -> Result<Viewer, Response> {
-        match gate(state, &parts.headers, &parts.uri) {
-            None => Ok(Viewer),
-            Some(response) => Err(response),
+        match dashboard_access(&state.admin_token, &parts.headers, &parts.uri) {
+            DashboardAccess::Allowed => Ok(Viewer),
+            DashboardAccess::SetCookie(cookie) => Err((
+                StatusCode::SEE_OTHER,
+                [
+                    (SET_COOKIE, cookie),
+                    (LOCATION, parts.uri.path().to_string()),
+                ],
+            )
+                .into_response()),
+            DashboardAccess::Denied => {
+                let body = page(
+                    "Sign in",
+                    "<p>Open this page with <code>?token=&lt;admin token&gt;</code> once; \
+                    <code>cairn-server admin-token</code> prints it.</p>",
+                );
+                Err((StatusCode::UNAUTHORIZED, Html(body)).into_response())
+            }
         }
     }
-}
-
-/// `None`: the caller may see the page. `Some(response)`: send that instead.
-fn gate(state: &Shared, headers: &HeaderMap, uri: &Uri) -> Option<Response> {
-    let query = Query::<TokenQuery>::try_from_uri(uri).ok();
-    if let Some(token) = query.and_then(|q| q.0.token) {
-        if state.admin_token_matches(&token) {
-            let cookie = format!("cairn_admin={token}; Path=/; HttpOnly; SameSite=Strict");
-            return Some(
-                (
-                    StatusCode::SEE_OTHER,
-                    [(SET_COOKIE, cookie), (LOCATION, uri.path().to_string())],
-                )
-                    .into_response(),
-            );
-        }
-    }
-    let from_cookie = headers
-        .get_all(COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|c| c.trim().strip_prefix("cairn_admin="))
-        .any(|t| state.admin_token_matches(t));
-    let from_header = bearer(headers).is_some_and(|t| state.admin_token_matches(t));
-    if from_cookie || from_header {
-        return None;
-    }
-    let body = page(
-        "Sign in",
-        "<p>Open this page with <code>?token=&lt;admin token&gt;</code> once; \
-        <code>cairn-server admin-token</code> prints it.</p>",
-    );
-    Some((StatusCode::UNAUTHORIZED, Html(body)).into_response())
 }
 
 pub fn escape(s: &str) -> String {
@@ -180,27 +154,20 @@ pub async fn campaign(
 
 /// The campaign's deployments, most recently changed first.
 async fn deployments_table(s: &Shared, campaign_id: &str) -> ApiResult<String> {
-    let rows = sqlx::query(
-        "SELECT device_id, wave, state, reason, updated_at FROM deployments \
-         WHERE campaign_id = $1 ORDER BY updated_at DESC, device_id LIMIT 500",
-    )
-    .bind(campaign_id)
-    .fetch_all(&s.db.pool)
-    .await?;
+    let listed = deployments::list_of_campaign(&s.db, campaign_id, 500).await?;
     let mut out = String::from(
         "<h2>Deployments</h2><table class=\"deployments\"><tr><th>device</th><th>wave</th>\
          <th>state</th><th>reason</th><th>changed</th></tr>",
     );
-    for r in rows {
-        let device: String = r.try_get("device_id")?;
+    for dep in listed {
         let _ = write!(
             out,
             "<tr><td><a href=\"/ui/devices/{d}\">{d}</a></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-            r.try_get::<i64, _>("wave")? + 1,
-            escape(&r.try_get::<String, _>("state")?),
-            escape(&r.try_get::<Option<String>, _>("reason")?.unwrap_or_default()),
-            when(Some(r.try_get("updated_at")?)),
-            d = escape(&device),
+            dep.wave + 1,
+            escape(&dep.state),
+            escape(dep.reason.as_deref().unwrap_or_default()),
+            when(Some(dep.updated_at)),
+            d = escape(&dep.device_id),
         );
     }
     out.push_str("</table>");
@@ -215,18 +182,7 @@ async fn deployment_states(
     let (Some(first), Some(last)) = (listed.first(), listed.last()) else {
         return Ok(HashMap::new());
     };
-    let rows = sqlx::query(
-        "SELECT device_id, state FROM deployments WHERE device_id >= $1 AND device_id <= $2 \
-         ORDER BY updated_at",
-    )
-    .bind(&first.id)
-    .bind(&last.id)
-    .fetch_all(&s.db.pool)
-    .await?;
-    // Later rows overwrite earlier ones: the newest deployment wins.
-    rows.iter()
-        .map(|r| Ok((r.try_get("device_id")?, r.try_get("state")?)))
-        .collect()
+    deployments::newest_states(&s.db, &first.id, &last.id).await
 }
 
 pub async fn devices(_: Viewer, State(s): State<Shared>) -> ApiResult<Response> {

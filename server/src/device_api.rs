@@ -2,9 +2,8 @@
 //! needs a bearer token, and acts only for the device the token names.
 
 use axum::body::Bytes;
-use axum::extract::{FromRequestParts, Path, State};
-use axum::http::header::{AUTHORIZATION, ETAG, IF_NONE_MATCH};
-use axum::http::request::Parts;
+use axum::extract::{Path, State};
+use axum::http::header::{ETAG, IF_NONE_MATCH};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -14,53 +13,17 @@ use cairn_server_api::{
     TpmEnrollStatus,
 };
 use sha2::{Digest, Sha256};
-use sqlx::Row as _;
 
-use crate::auth::{consume_nonce, unix_now, TOKEN_LIFETIME_SECS};
+use crate::app::Shared;
+use crate::auth::{check_enrollment, issue_token, AuthenticatedDevice};
 use crate::devices;
-use crate::error::{ApiError, ApiResult};
-use crate::http::{parse_json, Shared};
+use crate::error::ApiResult;
+use crate::json::parse_body;
 use crate::{attestation, checkin, reports};
 
-/// The device a valid bearer token was issued to.
-pub struct AuthenticatedDevice(pub String);
-
-impl FromRequestParts<Shared> for AuthenticatedDevice {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &Shared) -> ApiResult<Self> {
-        let token = bearer(&parts.headers).ok_or_else(|| {
-            ApiError::unauthorized(
-                "no-token",
-                "send Authorization: Bearer <token> from /v1/device/token",
-            )
-        })?;
-        let device = state.token_key.check(token, unix_now())?;
-        Ok(AuthenticatedDevice(device.to_string()))
-    }
-}
-
-pub fn bearer(headers: &HeaderMap) -> Option<&str> {
-    headers
-        .get(AUTHORIZATION)?
-        .to_str()
-        .ok()?
-        .strip_prefix("Bearer ")
-        .map(str::trim)
-}
-
 pub async fn enroll(State(state): State<Shared>, body: Bytes) -> ApiResult<Response> {
-    let request: EnrollRequest = parse_json(&body)?;
-    request
-        .verify()
-        .map_err(|e| ApiError::unauthorized("bad-signature", format!("enrollment: {e}")))?;
-    consume_nonce(
-        &state.db,
-        &request.device_id,
-        request.timestamp,
-        &request.nonce,
-    )
-    .await?;
+    let request: EnrollRequest = parse_body(&body)?;
+    check_enrollment(&state.db, &request).await?;
     let status = devices::enroll(&state.db, &request).await?;
     let code = match status {
         EnrollStatus::Approved => StatusCode::OK,
@@ -74,37 +37,10 @@ pub async fn enroll(State(state): State<Shared>, body: Bytes) -> ApiResult<Respo
 }
 
 pub async fn token(State(state): State<Shared>, body: Bytes) -> ApiResult<Json<TokenResponse>> {
-    let request: TokenRequest = parse_json(&body)?;
-    let row = sqlx::query("SELECT public_key, approval FROM devices WHERE id = $1")
-        .bind(&request.device_id)
-        .fetch_optional(&state.db.pool)
-        .await?
-        .ok_or_else(|| devices::unknown(&request.device_id))?;
-    let key: String = row.try_get("public_key")?;
-    request
-        .verify(&key)
-        .map_err(|e| ApiError::unauthorized("bad-signature", format!("token request: {e}")))?;
-    consume_nonce(
-        &state.db,
-        &request.device_id,
-        request.timestamp,
-        &request.nonce,
-    )
-    .await?;
-    if row.try_get::<String, _>("approval")? != "approved" {
-        return Err(ApiError::forbidden(
-            "not-approved",
-            format!(
-                "device {} waits for an operator to approve its key",
-                request.device_id
-            ),
-        ));
-    }
-    let expires_at = unix_now() + TOKEN_LIFETIME_SECS;
-    Ok(Json(TokenResponse {
-        token: state.token_key.issue(&request.device_id, expires_at),
-        expires_at,
-    }))
+    let request: TokenRequest = parse_body(&body)?;
+    Ok(Json(
+        issue_token(&state.db, &state.token_key, &request).await?,
+    ))
 }
 
 /// Answers 304 when the body would be byte-identical to the one the device has (its
@@ -115,7 +51,7 @@ pub async fn check_in(
     headers: HeaderMap,
     body: Bytes,
 ) -> ApiResult<Response> {
-    let report: CheckIn = parse_json(&body)?;
+    let report: CheckIn = parse_body(&body)?;
     let answer = checkin::check_in(&state.check_in_context(), &device, &report).await?;
     let body = serde_json::to_vec(&answer).map_err(anyhow::Error::from)?;
     let tag = format!("\"{}\"", hex::encode(&Sha256::digest(&body)[..16]));
@@ -147,7 +83,7 @@ pub async fn report(
     Path(deployment): Path<String>,
     body: Bytes,
 ) -> ApiResult<Response> {
-    let report: Report = parse_json(&body)?;
+    let report: Report = parse_body(&body)?;
     let ack = reports::report(&state.db, &device, &deployment, &report).await?;
     if ack.deployment_state.is_terminal() && !ack.duplicate {
         state.caches.invalidate_campaigns();
@@ -160,7 +96,7 @@ pub async fn tpm_enroll(
     AuthenticatedDevice(device): AuthenticatedDevice,
     body: Bytes,
 ) -> ApiResult<Json<TpmChallenge>> {
-    let request: TpmEnrollRequest = parse_json(&body)?;
+    let request: TpmEnrollRequest = parse_body(&body)?;
     let ca = state.config.ek_ca.as_deref();
     Ok(Json(
         attestation::enroll(&state.db, ca, &device, &request).await?,
@@ -172,7 +108,7 @@ pub async fn tpm_activate(
     AuthenticatedDevice(device): AuthenticatedDevice,
     body: Bytes,
 ) -> ApiResult<Json<TpmEnrollStatus>> {
-    let activation: TpmActivation = parse_json(&body)?;
+    let activation: TpmActivation = parse_body(&body)?;
     Ok(Json(
         attestation::activate(&state.db, &device, &activation).await?,
     ))
@@ -184,7 +120,7 @@ pub async fn attestation(
     Path(deployment): Path<String>,
     body: Bytes,
 ) -> ApiResult<Json<AttestationResult>> {
-    let evidence: AttestationEvidence = parse_json(&body)?;
+    let evidence: AttestationEvidence = parse_body(&body)?;
     let result =
         attestation::attest(&state.db, &state.caches, &device, &deployment, &evidence).await?;
     Ok(Json(result))

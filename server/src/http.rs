@@ -1,119 +1,24 @@
-//! The HTTP server: shared state, routes, background gate evaluation.
+//! The HTTP server: the routes, the serve loop, and the periodic gate evaluation that
+//! runs beside it.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::Duration;
 
-use axum::body::Bytes;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post, put};
 use axum::Router;
-use cairn_bundle::TrustRoot;
-use serde::de::DeserializeOwned;
-use sha2::{Digest, Sha256};
 
-use crate::auth::{shared_secret, TokenKey};
-use crate::campaigns;
-use crate::checkin::{Caches, CheckInContext};
 use crate::db::Db;
-use crate::device_reader::DeviceReader;
-use crate::error::{ApiError, ApiResult};
-use crate::state_writer::StateWriter;
+use crate::error::ApiResult;
 use crate::{admin_api, blobs, dashboard, device_api};
+use crate::{auth, campaigns};
 
-/// How a server is run; everything else lives in the database.
-#[derive(Debug, Clone)]
-pub struct Config {
-    pub blobs: PathBuf,
-    pub root: Option<TrustRoot>,
-    /// Overrides the admin token kept in the database.
-    pub admin_token: Option<String>,
-    /// The base URL devices reach this server at (for bundle URLs); defaults to
-    /// `http://<listen address>`.
-    pub public_url: Option<String>,
-    pub poll_interval_secs: u64,
-    /// How often running campaigns' gates are evaluated besides after each final report.
-    pub evaluate_every: Duration,
-    /// The CA (PEM or DER) that must have issued a device's TPM EK certificate; `None`
-    /// accepts any EK (the MakeCredential challenge still binds the AK to it).
-    pub ek_ca: Option<Vec<u8>>,
-}
+// Where other crates and the tests have always taken them from.
+pub use crate::app::{AppState, Shared};
+pub use crate::config::Config;
 
-impl Config {
-    pub fn new(blobs: PathBuf) -> Config {
-        Config {
-            blobs,
-            root: None,
-            admin_token: None,
-            public_url: None,
-            poll_interval_secs: 300,
-            evaluate_every: Duration::from_secs(5),
-            ek_ca: None,
-        }
-    }
-}
-
-pub struct AppState {
-    pub db: Db,
-    pub config: Config,
-    pub public_url: String,
-    pub token_key: TokenKey,
-    /// sha256 of the admin token: compared digest to digest, never the token itself.
-    admin_token_digest: [u8; 32],
-    pub caches: Caches,
-    pub writer: StateWriter,
-    pub reader: DeviceReader,
-}
-
-pub type Shared = Arc<AppState>;
-
-impl AppState {
-    pub fn check_in_context(&self) -> CheckInContext<'_> {
-        CheckInContext {
-            db: &self.db,
-            caches: &self.caches,
-            writer: &self.writer,
-            reader: &self.reader,
-            public_url: &self.public_url,
-            poll_interval_secs: self.config.poll_interval_secs,
-        }
-    }
-
-    pub fn admin_token_matches(&self, presented: &str) -> bool {
-        let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
-        // Comparing fixed-size digests leaks nothing useful about the token.
-        digest == self.admin_token_digest
-    }
-}
-
-/// The admin token: from the configuration, else the one kept in the database (created
-/// on first start and shown by `cairn-server admin-token`).
-pub async fn admin_token(db: &Db, configured: Option<&str>) -> ApiResult<String> {
-    match configured {
-        Some(t) => Ok(t.to_string()),
-        None => shared_secret(db, "admin_token").await,
-    }
-}
-
+/// Starts the shared state ([`AppState::start`]) and builds the routes over it.
 pub async fn build(db: Db, config: Config, local: SocketAddr) -> anyhow::Result<(Router, Shared)> {
-    tokio::fs::create_dir_all(&config.blobs).await?;
-    let token_key = TokenKey::new(&shared_secret(&db, "device_token_key").await?);
-    let admin = admin_token(&db, config.admin_token.as_deref()).await?;
-    let public_url = config
-        .public_url
-        .clone()
-        .unwrap_or_else(|| format!("http://{local}"));
-    let state = Arc::new(AppState {
-        writer: StateWriter::start(db.clone()),
-        reader: DeviceReader::start(db.clone(), 2),
-        db,
-        public_url,
-        token_key,
-        admin_token_digest: Sha256::digest(admin.as_bytes()).into(),
-        caches: Caches::default(),
-        config,
-    });
+    let state = AppState::start(db, config, local).await?;
     let device = Router::new()
         .route("/enroll", post(device_api::enroll))
         .route("/token", post(device_api::token))
@@ -192,13 +97,7 @@ pub async fn evaluate_once(state: &AppState) -> ApiResult<()> {
             campaigns::evaluate(&state.db, &c.id).await?;
         }
     }
-    crate::auth::purge_nonces(&state.db).await?;
+    auth::purge_nonces(&state.db).await?;
     state.caches.invalidate_campaigns();
     Ok(())
-}
-
-/// Parses a JSON body with a message that names what is wrong.
-pub fn parse_json<T: DeserializeOwned>(body: &Bytes) -> ApiResult<T> {
-    serde_json::from_slice(body)
-        .map_err(|e| ApiError::bad_request("bad-json", format!("request body: {e}")))
 }

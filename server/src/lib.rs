@@ -8,22 +8,31 @@
 //!
 //! - [`db`]: connection, portable migrations (`migrations/`), ids and time.
 //! - [`releases`], [`devices`], [`campaigns`]: the model and its store; [`dry_run`].
-//! - [`auth`]: signed requests (timestamp + nonce) and device tokens.
-//! - [`checkin`], [`device_reader`], [`state_writer`]: the hot path of the device API.
+//! - [`deployments`]: every statement on the `deployments` table.
+//! - [`checkin`], [`device_reader`], [`state_writer`], [`caches`]: the hot path of the
+//!   device API.
 //! - [`reports`]: progress reports, applied once and atomically.
 //! - [`attestation`]: TPM enrollment (MakeCredential challenge) and quote checks that
 //!   hold a deployment's success until the device proves which image booted.
-//! - [`http`], [`device_api`], [`admin_api`], [`dashboard`], [`blobs`]: the HTTP side;
-//!   [`local`] runs it on a thread for non-async programs (tests, the demo).
+//! - [`auth`]: request authentication: signed device requests (timestamp + nonce),
+//!   device tokens, the admin token (admin API and dashboard).
+//! - [`config`], [`app`]: how a server is run and the state its handlers share.
+//! - [`http`]: routes and the serve loop; [`device_api`], [`admin_api`], [`dashboard`],
+//!   [`blobs`]: the handlers; [`json`], [`error`]: request bodies and error answers;
+//!   [`local`] runs a server on a thread for non-async programs (tests, the demo).
 
 pub mod admin_api;
+pub mod app;
 pub mod attestation;
 pub mod auth;
 pub mod blobs;
+pub mod caches;
 pub mod campaigns;
 pub mod checkin;
+pub mod config;
 pub mod dashboard;
 pub mod db;
+pub mod deployments;
 pub mod device_api;
 pub mod device_reader;
 pub mod devices;
@@ -31,6 +40,7 @@ pub mod dry_run;
 pub mod error;
 pub mod gates;
 pub mod http;
+pub mod json;
 pub mod local;
 pub mod plan;
 pub mod policy;

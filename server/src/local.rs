@@ -8,8 +8,9 @@ use std::thread::JoinHandle;
 use anyhow::{Context, Result};
 use tokio::sync::oneshot;
 
+use crate::config::Config;
 use crate::db::Db;
-use crate::http::{self, Config};
+use crate::http;
 
 pub struct LocalServer {
     /// Where it listens (`127.0.0.1:PORT`).

@@ -5,8 +5,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use cairn_bundle::TrustRoot;
+use cairn_server::config::Config;
 use cairn_server::db::Db;
-use cairn_server::http::{self, Config};
+use cairn_server::http;
 use cairn_server::policy::{CampaignPolicy, Selector, WaveSize};
 use cairn_server::{campaigns, devices, dry_run, releases};
 use clap::{Parser, Subcommand};
@@ -155,7 +156,7 @@ async fn main() -> Result<()> {
     match cli.command {
         Command::Serve(args) => serve(db, cli.blobs, args).await,
         Command::AdminToken => {
-            println!("{}", http::admin_token(&db, None).await?);
+            println!("{}", cairn_server::auth::admin_token(&db, None).await?);
             Ok(())
         }
         Command::Release(c) => release(&db, cli.blobs, c).await,

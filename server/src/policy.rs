@@ -24,6 +24,33 @@ impl Selector {
     }
 }
 
+/// What the eligibility rule needs to know of a device: who it is and what it runs.
+#[derive(Debug, Clone, Copy)]
+pub struct Candidate<'a> {
+    pub id: &'a str,
+    pub compatible: &'a str,
+    pub tags: &'a [String],
+    /// The version it runs; `None` when it never said.
+    pub version: Option<&'a str>,
+    /// The lowest security version it still accepts.
+    pub security_floor: u64,
+}
+
+/// Whether a campaign installing the release `version` (with `security_version`) is for
+/// this device: the selector picks it, it does not already run that version, and it would
+/// accept the release (its security floor is not above the release's). Campaign targeting
+/// (wave sizes, dry run) and check-in (assignment) both decide with this.
+pub fn eligible(
+    selector: &Selector,
+    device: &Candidate<'_>,
+    version: &str,
+    security_version: u64,
+) -> bool {
+    selector.matches(device.id, device.compatible, device.tags)
+        && device.version != Some(version)
+        && device.security_floor <= security_version
+}
+
 /// The size of one wave: a number of devices or a percentage of the targeted fleet.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase", deny_unknown_fields)]
@@ -187,6 +214,36 @@ mod tests {
         };
         assert!(!ids.matches("d1", "c", &eu));
         assert!(ids.matches("d2", "c", &eu));
+    }
+
+    #[test]
+    fn eligible_needs_the_selector_another_version_and_an_acceptable_security_version() {
+        let s = Selector {
+            compatible: "c".into(),
+            tags: vec!["eu".into()],
+            device_ids: vec![],
+        };
+        let eu = vec!["eu".to_string()];
+        let device = Candidate {
+            id: "d1",
+            compatible: "c",
+            tags: &eu,
+            version: Some("1.0"),
+            security_floor: 3,
+        };
+        assert!(eligible(&s, &device, "2.0", 3));
+        assert!(!eligible(&s, &device, "1.0", 3), "already runs it");
+        assert!(!eligible(&s, &device, "2.0", 2), "below its security floor");
+        let other = Candidate {
+            compatible: "other",
+            ..device
+        };
+        assert!(!eligible(&s, &other, "2.0", 3), "not selected");
+        let silent = Candidate {
+            version: None,
+            ..device
+        };
+        assert!(eligible(&s, &silent, "1.0", 3), "no version reported yet");
     }
 
     #[test]

@@ -2,14 +2,12 @@
 //! belongs to, and atomically with the deployment's state change.
 
 use cairn_server_api::{DeploymentState, Report, ReportAck};
-use sqlx::Row as _;
 
-use crate::db::{now_ms, ordered_id, Db, Row};
+use crate::db::{now_ms, ordered_id, Db};
 use crate::devices::check_name;
 use crate::error::{ApiError, ApiResult};
-use crate::policy::CampaignPolicy;
 use crate::transitions::{self, reported_name};
-use crate::{attestation, campaigns};
+use crate::{attestation, campaigns, deployments};
 
 /// A compare-and-set that lost to a concurrent report is retried this often.
 const ATTEMPTS: usize = 8;
@@ -27,24 +25,15 @@ pub async fn report(
             "detail is longer than 4096 bytes",
         ));
     }
-    let row = owned_deployment(
-        db,
-        device_id,
-        deployment_id,
-        "SELECT d.device_id, d.campaign_id, c.policy FROM deployments d \
-         JOIN campaigns c ON c.id = d.campaign_id WHERE d.id = $1",
-    )
-    .await?;
-    let campaign_id: String = row.try_get("campaign_id")?;
-    let policy: CampaignPolicy =
-        serde_json::from_str(&row.try_get::<String, _>("policy")?).map_err(anyhow::Error::from)?;
+    let target = deployments::for_report(db, device_id, deployment_id).await?;
+    let campaign_id = target.campaign_id;
     for _ in 0..ATTEMPTS {
         if let Some(ack) = try_apply(
             db,
             device_id,
             deployment_id,
             report,
-            policy.attestation_required,
+            target.policy.attestation_required,
         )
         .await?
         {
@@ -62,33 +51,6 @@ pub async fn report(
         "busy",
         "the deployment kept changing under this report; retry",
     ))
-}
-
-/// The row `select` reads for `deployment_id` (bound as `$1`; the row must have the
-/// deployment's `device_id`), once the deployment exists and belongs to `device_id`.
-pub async fn owned_deployment(
-    db: &Db,
-    device_id: &str,
-    deployment_id: &str,
-    select: &str,
-) -> ApiResult<Row> {
-    let row = sqlx::query(select)
-        .bind(deployment_id)
-        .fetch_optional(&db.pool)
-        .await?
-        .ok_or_else(|| {
-            ApiError::not_found(
-                "unknown-deployment",
-                format!("no deployment {deployment_id}"),
-            )
-        })?;
-    if row.try_get::<String, _>("device_id")? != device_id {
-        return Err(ApiError::forbidden(
-            "not-your-deployment",
-            format!("deployment {deployment_id} does not belong to device {device_id}"),
-        ));
-    }
-    Ok(row)
 }
 
 /// One attempt in one transaction; `None` when a concurrent report changed the state
@@ -117,13 +79,7 @@ async fn try_apply(
     .await?
     .rows_affected()
         == 1;
-    let current: String = sqlx::query("SELECT state FROM deployments WHERE id = $1")
-        .bind(deployment_id)
-        .fetch_one(&mut *tx)
-        .await?
-        .try_get("state")?;
-    let current = DeploymentState::parse(&current)
-        .ok_or_else(|| anyhow::anyhow!("stored deployment state '{current}'"))?;
+    let current = deployments::state_in(&mut tx, deployment_id).await?;
     let ack = |state, duplicate| ReportAck {
         deployment_id: deployment_id.to_string(),
         report_id: report.report_id.clone(),
@@ -142,33 +98,22 @@ async fn try_apply(
     )
     .map_err(|c| ApiError::conflict("report-conflict", c.to_string()))?;
     if transition.next != current {
-        let live = if transition.next.is_terminal() {
-            None
-        } else {
-            Some(1i64)
-        };
-        let moved = sqlx::query(
-            "UPDATE deployments SET state = $1, live = $2, reason = COALESCE($3, reason), updated_at = $4 \
-             WHERE id = $5 AND state = $6",
+        let moved = deployments::move_state(
+            &mut tx,
+            deployment_id,
+            current,
+            transition.next,
+            transition.reason.as_deref(),
+            now,
         )
-        .bind(transition.next.as_str())
-        .bind(live)
-        .bind(&transition.reason)
-        .bind(now)
-        .bind(deployment_id)
-        .bind(current.as_str())
-        .execute(&mut *tx)
         .await?;
-        if moved.rows_affected() == 0 {
+        if !moved {
             tx.rollback().await?;
             return Ok(None);
         }
         if transition.next == DeploymentState::AttestationPending {
-            sqlx::query("UPDATE deployments SET attestation_nonce = $1 WHERE id = $2")
-                .bind(attestation::new_nonce())
-                .bind(deployment_id)
-                .execute(&mut *tx)
-                .await?;
+            let nonce = attestation::new_nonce();
+            deployments::set_attestation_nonce(&mut tx, deployment_id, &nonce).await?;
         }
     }
     let detail = match (&transition.reason, &report.detail) {
