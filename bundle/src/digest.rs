@@ -10,6 +10,8 @@ use std::io::{self, Read};
 
 use sha2::{Digest, Sha256};
 
+use crate::chunks::for_each_chunk;
+
 /// Which digest a check uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Algorithm {
@@ -63,26 +65,6 @@ impl Hasher {
             Hasher::Sha256(h) => hex::encode(h.finalize()),
             Hasher::Blake3(h) => h.finalize().to_hex().to_string(),
         }
-    }
-}
-
-/// Hands everything `input` yields to `f`, one [`COPY_BUF`](crate::COPY_BUF) buffer at a
-/// time, and returns how many bytes that was.
-pub(crate) fn for_each_chunk(
-    input: &mut impl Read,
-    mut f: impl FnMut(&[u8]) -> io::Result<()>,
-) -> io::Result<u64> {
-    let mut buf = vec![0u8; crate::stream::COPY_BUF];
-    let mut total = 0u64;
-    loop {
-        let n = match input.read(&mut buf) {
-            Ok(0) => return Ok(total),
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        f(&buf[..n])?;
-        total += n as u64;
     }
 }
 

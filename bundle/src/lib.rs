@@ -12,6 +12,7 @@
 //! matches.
 
 pub mod canonical;
+mod chunks;
 pub mod codec;
 pub mod digest;
 mod error;
@@ -25,13 +26,14 @@ mod stream;
 mod verify;
 pub mod writer;
 
+pub use chunks::COPY_BUF;
 pub use error::{Error, Result};
 pub use file::BundleFile;
 pub use header::Header;
 pub use keys::{KeyId, PublicKey, Signature, SigningKey};
 pub use manifest::{Image, Manifest, Payload, Source, Verity};
 pub use root::{RootBody, SignedRoot, TrustRoot};
-pub use stream::{decode_payload, hash_reader_overlapped, sha256_reader, COPY_BUF};
+pub use stream::{decode_payload, hash_reader_overlapped, sha256_reader};
 pub use verify::{Policy, UnverifiedBundle, VerifiedBundle};
 
 use codec::Method;

@@ -5,19 +5,11 @@ use std::io::{self, BufRead, Read, Write};
 use std::sync::mpsc;
 use std::thread;
 
+use crate::chunks::COPY_BUF;
 use crate::codec::{full, zstd_patch, Method};
 use crate::digest::{Algorithm, Hasher};
 use crate::error::{Error, Result};
 use crate::manifest::{Image, Payload};
-
-/// Buffer size for moving decoded bytes to the slot: big enough for sequential writes to
-/// run at device speed, small enough for the memory budget.
-pub const COPY_BUF: usize = 1 << 20;
-
-/// Copies `input` into `out` through one [`COPY_BUF`] buffer.
-pub(crate) fn copy_buffered(input: &mut impl Read, out: &mut impl Write) -> io::Result<()> {
-    crate::digest::for_each_chunk(input, |bytes| out.write_all(bytes)).map(|_| ())
-}
 
 /// Buffers queued for each hasher thread. Each side (payload, image) owns at most
 /// `HASH_DEPTH + 2` buffers of [`COPY_BUF`]: queued, being hashed, and being filled.

@@ -8,6 +8,7 @@ use cairn_atomic::AtomicFile;
 use time::OffsetDateTime;
 
 use crate::canonical;
+use crate::chunks::COPY_BUF;
 use crate::codec::{full, zstd_patch};
 use crate::digest::both_digests;
 use crate::error::{Error, Result};
@@ -17,7 +18,6 @@ use crate::keys::{Signature, SigningKey};
 use crate::manifest::{Image, Manifest, Payload, Source, Verity};
 use crate::root::SignedRoot;
 use crate::signatures::{signed_message, MANIFEST_CONTEXT};
-use crate::stream::COPY_BUF;
 
 /// One image to put in a bundle.
 #[derive(Debug, Clone)]

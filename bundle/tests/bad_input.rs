@@ -7,9 +7,8 @@ use std::fs;
 use std::io::{self, Cursor};
 
 use cairn_bundle::header::{Header, HEADER_LEN};
-use cairn_bundle::{
-    decode_payload, BundleFile, Error, Policy, SigningKey, TrustRoot, UnverifiedBundle,
-};
+use cairn_bundle::{decode_payload, BundleFile, Error, Policy, TrustRoot, UnverifiedBundle};
+use cairn_testkit::{image_bytes, in_days, new_key, root_with};
 use common::*;
 use serde_json::json;
 use time::{Duration, OffsetDateTime};
@@ -188,10 +187,7 @@ fn missing_and_bad_signatures_are_rejected() {
 #[test]
 fn signatures_below_threshold_are_rejected() {
     let fx = Fixture::new();
-    let (a, b) = (
-        SigningKey::generate().unwrap(),
-        SigningKey::generate().unwrap(),
-    );
+    let (a, b) = (new_key(), new_key());
     let root = TrustRoot::anchor(root_with(&[&a, &b], 1, 2, in_days(10))).unwrap();
     let rootfs = fx.image("rootfs.img", 100_000, 1);
     let spec = fx.spec(&[("rootfs", &rootfs)]);
@@ -222,7 +218,7 @@ fn signatures_below_threshold_are_rejected() {
 #[test]
 fn key_not_in_root_is_rejected() {
     let fx = Fixture::new();
-    let stranger = SigningKey::generate().unwrap();
+    let stranger = new_key();
     let rootfs = fx.image("rootfs.img", 100_000, 1);
     let (path, _) = fx.build(
         &fx.spec(&[("rootfs", &rootfs)]),
@@ -263,7 +259,7 @@ fn expired_root_is_rejected() {
 #[test]
 fn root_rotation_is_followed_forward_when_both_roots_signed_it() {
     let fx = Fixture::new();
-    let new_key = SigningKey::generate().unwrap();
+    let new_key = new_key();
     let mut v2 = root_with(&[&new_key], 2, 1, in_days(100));
     v2.sign(&fx.key).unwrap(); // the old root's key approves the rotation
     let rootfs = fx.image("rootfs.img", 100_000, 1);
@@ -280,7 +276,7 @@ fn root_rotation_is_followed_forward_when_both_roots_signed_it() {
 #[test]
 fn root_rotation_not_signed_by_old_root_is_rejected() {
     let fx = Fixture::new();
-    let attacker = SigningKey::generate().unwrap();
+    let attacker = new_key();
     let v2 = root_with(&[&attacker], 2, 1, in_days(100)); // self-signed only
     let rootfs = fx.image("rootfs.img", 100_000, 1);
     let mut spec = fx.spec(&[("rootfs", &rootfs)]);
@@ -300,7 +296,7 @@ fn root_rotation_not_signed_by_old_root_is_rejected() {
 #[test]
 fn root_rotation_not_signed_by_its_own_keys_is_rejected() {
     let fx = Fixture::new();
-    let new_key = SigningKey::generate().unwrap();
+    let new_key = new_key();
     let mut v2 = cairn_bundle::SignedRoot::new(2, in_days(100), 1, vec![new_key.public()]);
     v2.sign(&fx.key).unwrap(); // old key only: the new keyholders never agreed
     let err = TrustRoot::anchor(root_with(&[&fx.key], 1, 1, in_days(10)))
@@ -505,4 +501,11 @@ fn a_blake3_digest_that_disagrees_is_caught_by_device_and_full_check() {
         matches!(full_check, Err(Error::ImageHashMismatch { .. })),
         "{full_check:?}"
     );
+}
+
+/// Corrupts one byte of the file at `path`.
+fn flip_byte(path: &std::path::Path, offset: u64) {
+    let mut bytes = fs::read(path).unwrap();
+    bytes[offset as usize] ^= 0x40;
+    fs::write(path, bytes).unwrap();
 }

@@ -8,6 +8,7 @@ use std::path::Path;
 use std::process::Command;
 
 use cairn_bundle::{choose_payload, codec, decode_payload, BundleFile, Policy, Source};
+use cairn_testkit::{delta_sources, image_bytes};
 use common::*;
 
 fn policy() -> Policy {
@@ -55,7 +56,7 @@ fn delta_reconstructs_the_target_and_is_chosen_only_with_its_source() {
     fs::write(fx.path("v1.img"), &v1).unwrap();
     fs::write(fx.path("v2.img"), &v2).unwrap();
     let mut spec = fx.spec(&[("rootfs", &fx.path("v2.img"))]);
-    spec.delta_sources = vec![Fixture::delta_source("rootfs", &fx.path("v1.img"))];
+    spec.delta_sources = delta_sources(&[("rootfs", &fx.path("v1.img"))]);
     let (bundle, manifest) = fx.build(&spec, &[&fx.key], "v2.cairn");
     let image = manifest.image("rootfs").unwrap();
     assert_eq!(image.deltas.len(), 1);
@@ -82,7 +83,7 @@ fn unknown_delta_methods_are_skipped_not_fatal() {
     fs::write(fx.path("v1.img"), &v1).unwrap();
     let v2 = fx.image("v2.img", 1 << 20, 2);
     let mut spec = fx.spec(&[("rootfs", &v2)]);
-    spec.delta_sources = vec![Fixture::delta_source("rootfs", &fx.path("v1.img"))];
+    spec.delta_sources = delta_sources(&[("rootfs", &fx.path("v1.img"))]);
     let (bundle, _) = fx.build(&spec, &[&fx.key], "v2.cairn");
     let future = fx.path("future.cairn");
     resign_with_edit(&bundle, &fx.key, &future, |m| {
@@ -152,7 +153,7 @@ fn delta_between_two_real_erofs_images_reconstructs_the_target() {
     }
     let (v1, v2) = (fx.path("rootfs-v1.erofs"), fx.path("rootfs-v2.erofs"));
     let mut spec = fx.spec(&[("rootfs", &v2)]);
-    spec.delta_sources = vec![Fixture::delta_source("rootfs", &v1)];
+    spec.delta_sources = delta_sources(&[("rootfs", &v1)]);
     let (bundle, manifest) = fx.build(&spec, &[&fx.key], "v2.cairn");
     let image = manifest.image("rootfs").unwrap();
     let v1_bytes = fs::read(&v1).unwrap();

@@ -19,15 +19,15 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use axum::routing::post;
-use cairn_bundle::writer::{self, BundleSpec, ImageInput};
-use cairn_bundle::{SignedRoot, SigningKey, TrustRoot};
+use cairn_bundle::writer::BundleSpec;
+use cairn_bundle::TrustRoot;
 use cairn_server::db::Db;
 use cairn_server::http::{self, Config, Shared};
 use cairn_server::policy::{CampaignPolicy, Selector, WaveSize};
 use cairn_server::{campaigns, releases};
 use cairn_server_api::{paths, CheckIn, InstalledImage, Slot};
+use cairn_testkit::{bundle_spec, image_inputs, in_days, new_key, root_for, sign_bundle};
 use clap::Parser;
-use time::OffsetDateTime;
 
 const COMPATIBLE: &str = "cairn-bench";
 
@@ -207,35 +207,17 @@ async fn populate(state: &Shared, count: usize) -> Result<Vec<String>> {
 }
 
 fn release_bundle(work: &std::path::Path) -> Result<(TrustRoot, std::path::PathBuf)> {
-    let key = SigningKey::generate()?;
-    let mut signed = SignedRoot::new(
-        1,
-        OffsetDateTime::now_utc() + time::Duration::days(1),
-        1,
-        vec![key.public()],
-    );
-    signed.sign(&key)?;
+    let key = new_key();
     let image = work.join("rootfs.img");
     std::fs::write(&image, vec![7u8; 1 << 20])?;
     let out = work.join("bench.cairn");
     let spec = BundleSpec {
-        compatible: COMPATIBLE.into(),
-        version: "2.0.0".parse()?,
-        security_version: 1,
-        created: OffsetDateTime::now_utc() - time::Duration::hours(1),
-        expires: OffsetDateTime::now_utc() + time::Duration::days(1),
-        description: None,
-        images: vec![ImageInput {
-            name: "rootfs".into(),
-            path: image,
-            verity: None,
-        }],
-        delta_sources: vec![],
-        level: 3,
-        roots: vec![],
+        expires: in_days(1),
+        images: image_inputs(&[("rootfs", &image)]),
+        ..bundle_spec(COMPATIBLE, "2.0.0")
     };
-    writer::create(&spec, &[key], &out, &mut |_| {})?;
-    Ok((TrustRoot::anchor(signed)?, out))
+    sign_bundle(&spec, &[&key], &out);
+    Ok((TrustRoot::anchor(root_for(&key, 1))?, out))
 }
 
 /// Check-ins from `concurrency` tasks for `seconds`, each request as the next device in

@@ -3,12 +3,12 @@
 
 mod common;
 
-use cairn_bundle::{SignedRoot, SigningKey, TrustRoot};
+use cairn_bundle::TrustRoot;
 use cairn_server_api::{paths, ReportedState, TokenRequest};
+use cairn_testkit::{new_key, root_for};
 use common::device::{now, SimDevice};
 use common::{Releases, TestServer, COMPATIBLE};
 use serde_json::json;
-use time::OffsetDateTime;
 
 struct Setup {
     _dir: tempfile::TempDir,
@@ -346,14 +346,8 @@ async fn bundles_failing_verification_are_rejected_and_leave_nothing_behind() {
     let dir = tempfile::tempdir().unwrap();
 
     // Signed by a key the server's trust root does not know.
-    let stranger = SigningKey::generate().unwrap();
-    let mut root = SignedRoot::new(
-        1,
-        OffsetDateTime::now_utc() + time::Duration::days(30),
-        1,
-        vec![stranger.public()],
-    );
-    root.sign(&stranger).unwrap();
+    let stranger = new_key();
+    let root = root_for(&stranger, 30);
     let other = TestServer::start(
         &format!("sqlite://{}", dir.path().join("other.db").display()),
         Some(&TrustRoot::anchor(root).unwrap()),
@@ -416,7 +410,7 @@ async fn bundles_failing_verification_are_rejected_and_leave_nothing_behind() {
     assert_eq!(std::fs::read_dir(&s.server.blobs).unwrap().count(), 1);
     // Other bytes under a version that exists: refused, and no orphan blob is left.
     let image = dir.path().join("other-rootfs");
-    std::fs::write(&image, common::image_bytes(100 << 10, 9)).unwrap();
+    std::fs::write(&image, cairn_testkit::image_bytes(100 << 10, 9)).unwrap();
     let other = dir.path().join("other-1.0.0.cairn");
     common::make_bundle(&s.releases.key, "1.0.0", &[("rootfs", &image)], &[], &other);
     let (status, body) = admin.upload(&other).await;

@@ -1,7 +1,7 @@
 //! Install throughput and memory of the real `cairn` and `cairnd` binaries, for
 //! `cargo xtask bench install` (issue 3: ≥ 0.9× dd, ≤ 48 MiB peak RSS, ≤ 8 MiB idle RSS).
 //!
-//! A device laid out like the integration tests' (updater/tests/common/mod.rs): slots
+//! A device laid out like the integration tests' (cairn-testkit's `DeviceDir`): slots
 //! are plain files, the U-Boot env backend works on a directory, reboots are on request.
 //! The bundle carries one 512 MiB image with only a full zstd payload. Each run writes
 //! the raw image with `dd bs=1M conv=fsync,notrunc` (the baseline; `notrunc` so that,
@@ -24,10 +24,13 @@ use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use cairn_bundle::writer::{self, BundleSpec, ImageInput};
-use cairn_bundle::{SignedRoot, SigningKey};
+use cairn_bundle::writer::BundleSpec;
+use cairn_bundle::SigningKey;
+use cairn_testkit::{
+    bundle_spec, image_inputs, in_days, new_key, sign_bundle, slot_image_bytes, DeviceDir,
+    SlotImages,
+};
 use cairn_updater::bootstate::{BootState, BootStateStore, UbootEnvStore};
-use time::OffsetDateTime;
 
 const MB: f64 = 1e6;
 const MIB: f64 = (1 << 20) as f64;
@@ -56,7 +59,7 @@ fn main() -> Result<()> {
     }
 
     let t = Instant::now();
-    let image = image_bytes(size, 7);
+    let image = slot_image_bytes(size, 7);
     let image_sha = cairn_bundle::sha256_reader(&mut &image[..])?.0;
     let device = Device::create(&root, &image)?;
     let bundle = device.bundle(&image)?;
@@ -212,24 +215,6 @@ fn parse_args() -> Result<(usize, usize)> {
     Ok((mib, runs))
 }
 
-/// Deterministic image bytes: compressible text with a seeded sprinkle of noise (the
-/// tests' `image_bytes`).
-fn image_bytes(len: usize, seed: u8) -> Vec<u8> {
-    let mut state = 0x9e37_79b9_7f4a_7c15_u64 ^ seed as u64;
-    (0..len)
-        .map(|i| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            if i % 64 < 40 {
-                b"cairn slot image "[i % 17]
-            } else {
-                (state >> 32) as u8
-            }
-        })
-        .collect()
-}
-
 fn median(values: impl Iterator<Item = f64>) -> f64 {
     let mut v: Vec<f64> = values.collect();
     v.sort_by(f64::total_cmp);
@@ -243,108 +228,51 @@ fn hash_file(path: &Path) -> Result<String> {
 
 /// A device in `dir`, booted from slot A, with only a `rootfs` image per slot.
 struct Device {
-    dir: PathBuf,
+    layout: DeviceDir,
     key: SigningKey,
 }
 
 impl Device {
     fn create(dir: &Path, image: &[u8]) -> Result<Device> {
+        let key = new_key();
         let d = Device {
-            dir: dir.to_path_buf(),
-            key: SigningKey::generate()?,
+            layout: DeviceDir::create(dir, &key, "1.0.0"),
+            key,
         };
-        for sub in [
-            "boot/a",
-            "boot/b",
-            "dev",
-            "data",
-            "etc/cairn/health.d",
-            "proc",
-            "build",
-        ] {
-            fs::create_dir_all(d.path(sub))?;
-        }
-        let mut root = SignedRoot::new(
-            1,
-            OffsetDateTime::now_utc() + time::Duration::days(30),
-            1,
-            vec![d.key.public()],
-        );
-        root.sign(&d.key)?;
-        fs::write(d.path("etc/cairn/root.json"), root.to_json())?;
-        fs::write(d.path("etc/cairn/version"), "1.0.0")?;
         fs::write(d.path("build/rootfs.img"), image)?;
         // Slots and the dd target hold allocated, different bytes, like partitions: both
         // measurements overwrite in place.
-        let other = image_bytes(image.len(), 8);
+        let other = slot_image_bytes(image.len(), 8);
         for name in ["rootfs-a", "rootfs-b", "dd-target"] {
             let mut f = File::create(d.path(&format!("dev/{name}")))?;
             f.write_all(&other)?;
             f.sync_all()?;
         }
-        fs::write(d.path("etc/cairn/system.toml"), d.config_text())?;
         fs::write(
-            d.path("proc/cmdline"),
-            "console=ttyAMA0 cairn.slot=A panic=5\n",
+            d.layout.config(),
+            d.layout.system_toml("cairn-bench", SlotImages::Rootfs),
         )?;
+        d.layout.write_cmdline("A", false);
         d.reset(0)?;
         Ok(d)
     }
 
     fn path(&self, rel: &str) -> PathBuf {
-        self.dir.join(rel)
+        self.layout.path(rel)
     }
 
     fn slot_b(&self) -> PathBuf {
         self.path("dev/rootfs-b")
     }
 
-    fn config_text(&self) -> String {
-        let root = self.dir.display();
-        let slot = |s: &str| {
-            format!(
-                "[slots.{up}]\nslot_env = \"{root}/boot/{s}/slot.env\"\n[slots.{up}.images]\n\
-                 rootfs = {{ device = \"{root}/dev/rootfs-{s}\" }}\n",
-                up = s.to_uppercase()
-            )
-        };
-        format!(
-            "compatible = \"cairn-bench\"\ntrust_root = \"{root}/etc/cairn/root.json\"\n\
-             data_dir = \"{root}/data/cairn\"\nhealth_dir = \"{root}/etc/cairn/health.d\"\n\
-             [bootloader]\nbackend = \"uboot-env\"\ndir = \"{root}/boot\"\n{}{}\
-             [health]\ndeadline_secs = 3\ninterval_secs = 1\n\
-             [reboot]\npolicy = \"on-request\"\ncommand = [\"touch\", \"{root}/rebooted\"]\n\
-             [system]\ncmdline = \"{root}/proc/cmdline\"\nboot_id = \"{root}/proc/boot_id\"\n\
-             check_root_device = false\nmetrics_listen = \"127.0.0.1:0\"\n",
-            slot("a"),
-            slot("b")
-        )
-    }
-
     fn bundle(&self, image: &[u8]) -> Result<PathBuf> {
         let spec = BundleSpec {
-            compatible: "cairn-bench".into(),
-            version: "2.0.0".parse()?,
-            security_version: 1,
-            created: OffsetDateTime::now_utc() - time::Duration::hours(1),
-            expires: OffsetDateTime::now_utc() + time::Duration::days(10),
-            description: None,
-            images: vec![ImageInput {
-                name: "rootfs".into(),
-                path: self.path("build/rootfs.img"),
-                verity: None,
-            }],
-            delta_sources: Vec::new(),
-            level: 3,
-            roots: Vec::new(),
+            expires: in_days(10),
+            images: image_inputs(&[("rootfs", &self.path("build/rootfs.img"))]),
+            ..bundle_spec("cairn-bench", "2.0.0")
         };
         let out = self.path("build/bench.cairn");
-        let manifest = writer::create(
-            &spec,
-            &[SigningKey::from_json(&self.key.to_json())?],
-            &out,
-            &mut |_| {},
-        )?;
+        let manifest = sign_bundle(&spec, &[&self.key], &out);
         ensure!(
             manifest.images[0].size == image.len() as u64 && manifest.images[0].deltas.is_empty()
         );
@@ -359,10 +287,10 @@ impl Device {
             fs::remove_dir_all(&data)?;
         }
         UbootEnvStore::new(self.path("boot")).store(&BootState::factory())?;
-        fs::write(self.path("proc/boot_id"), format!("boot-{run}\n"))?;
+        self.layout.write_boot_id(run);
         let mut slot = OpenOptions::new().write(true).open(self.slot_b())?;
         let len = slot.seek(SeekFrom::End(0))?;
-        let junk = image_bytes(1 << 20, 100 + run as u8);
+        let junk = slot_image_bytes(1 << 20, 100 + run as u8);
         for at in (0..len.saturating_sub(junk.len() as u64)).step_by(64 << 20) {
             slot.seek(SeekFrom::Start(at))?;
             slot.write_all(&junk)?;
@@ -387,7 +315,7 @@ impl Device {
         measure(
             Command::new(cairn)
                 .arg("--config")
-                .arg(self.path("etc/cairn/system.toml"))
+                .arg(self.layout.config())
                 .arg("install")
                 .arg(bundle)
                 .arg("--no-reboot"),
@@ -401,7 +329,7 @@ impl Device {
         let log_file = File::create(&log)?;
         let mut child = Command::new(cairnd)
             .arg("--config")
-            .arg(self.path("etc/cairn/system.toml"))
+            .arg(self.layout.config())
             .stdin(Stdio::null())
             .stdout(log_file.try_clone()?)
             .stderr(log_file)

@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use cairn_bundle::{BundleFile, SigningKey};
+use cairn_bundle::BundleFile;
+use cairn_testkit::{copy_key, new_key};
 use cairn_updater::bootstate::SlotId;
 use common::http::{serve, Faults};
 use common::*;
@@ -60,7 +61,7 @@ fn every_bad_bundle_is_refused_and_nothing_is_written() {
     let v1 = Release::new("1.0.0", 0);
     let v2 = Release::new("2.0.0", 3);
     let d = Device::new(&v1);
-    let key = || SigningKey::from_json(&d.key.to_json()).unwrap();
+    let key = || copy_key(&d.key);
     let good = d.bundle(&v2, None);
     let area = payload_area(&good);
     let len = fs::metadata(&good).unwrap().len();
@@ -70,7 +71,7 @@ fn every_bad_bundle_is_refused_and_nothing_is_written() {
         &fs::read(&good).unwrap()[..(len * 6 / 10) as usize],
     )
     .unwrap();
-    let stranger = SigningKey::generate().unwrap();
+    let stranger = new_key();
 
     let cases: Vec<(&str, PathBuf, &[&str])> = vec![
         ("truncated file", truncated, &["truncated"]),

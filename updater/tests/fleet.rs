@@ -329,7 +329,7 @@ fn installed_under_attestation(tamper: Option<&str>) -> (Device, Server, DeviceT
     d.health_check("ok", "kind = \"command\"\ncommand = [\"true\"]\n");
     let mut tpm = DeviceTpm::attach(&d);
     boot_cmdline(&d, SlotId::A, &root_hash(&v1));
-    let key = cairn_bundle::SigningKey::from_json(&d.key.to_json()).unwrap();
+    let key = cairn_testkit::copy_key(&d.key);
     let bundle = d.bundle_with(&v2, Some(&v1), "2.0.0", &[key], with_verity(&v2));
     server.ok("POST", "/releases", Some(fs::read(&bundle).unwrap()));
     server.campaign_with("c-att", "2.0.0", true);

@@ -2,6 +2,8 @@
 
 use std::io::{self, BufRead, Read, Write};
 
+use crate::chunks::copy_buffered;
+
 pub const METHOD: &str = "zstd";
 
 /// The encoder's window; the decoder refuses anything larger, which bounds the memory a
@@ -25,7 +27,7 @@ pub fn encode(input: &mut impl Read, out: impl Write, level: i32) -> io::Result<
 pub fn decode(input: impl Read, out: &mut impl Write) -> io::Result<()> {
     let mut decoder = zstd::stream::read::Decoder::new(input)?;
     decoder.window_log_max(MAX_WINDOW_LOG)?;
-    super::super::stream::copy_buffered(&mut decoder, out)
+    copy_buffered(&mut decoder, out)
 }
 
 /// The decoder `decode` uses, over input that is already buffered.

@@ -1,12 +1,15 @@
-//! Shared fixtures: keys, roots, image files and bundles made with the real writer.
-#![allow(dead_code)]
+//! The bundle tests' fixture: a key, its trust root and a directory of images and
+//! bundles; and the one way tests forge a correctly signed but hostile bundle.
+//! Images, keys and specs come from cairn-testkit.
 
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use cairn_bundle::writer::{self, BundleSpec, DeltaSource, ImageInput};
-use cairn_bundle::{canonical, Manifest, SignedRoot, SigningKey, TrustRoot};
-use time::{Duration, OffsetDateTime};
+use cairn_bundle::writer::{self, BundleSpec};
+use cairn_bundle::{canonical, Manifest, SigningKey, TrustRoot};
+use cairn_testkit::{
+    bundle_spec, image_bytes, image_inputs, in_days, new_key, root_with, sign_bundle,
+};
 
 pub struct Fixture {
     pub dir: tempfile::TempDir,
@@ -16,7 +19,7 @@ pub struct Fixture {
 
 impl Fixture {
     pub fn new() -> Fixture {
-        let key = SigningKey::generate().unwrap();
+        let key = new_key();
         let root = root_with(&[&key], 1, 1, in_days(365));
         Fixture {
             dir: tempfile::tempdir().unwrap(),
@@ -38,23 +41,9 @@ impl Fixture {
 
     pub fn spec(&self, images: &[(&str, &Path)]) -> BundleSpec {
         BundleSpec {
-            compatible: "cairn-test".into(),
-            version: "1.2.3".parse().unwrap(),
             security_version: 5,
-            created: OffsetDateTime::now_utc() - Duration::hours(1),
-            expires: in_days(30),
-            description: None,
-            images: images
-                .iter()
-                .map(|(name, path)| ImageInput {
-                    name: name.to_string(),
-                    path: path.to_path_buf(),
-                    verity: None,
-                })
-                .collect(),
-            delta_sources: Vec::new(),
-            level: 3,
-            roots: Vec::new(),
+            images: image_inputs(images),
+            ..bundle_spec("cairn-test", "1.2.3")
         }
     }
 
@@ -65,11 +54,7 @@ impl Fixture {
         name: &str,
     ) -> (PathBuf, Manifest) {
         let out = self.path(name);
-        let keys: Vec<SigningKey> = keys
-            .iter()
-            .map(|k| SigningKey::from_json(&k.to_json()).unwrap())
-            .collect();
-        let manifest = writer::create(spec, &keys, &out, &mut |_| {}).unwrap();
+        let manifest = sign_bundle(spec, keys, &out);
         (out, manifest)
     }
 
@@ -80,52 +65,6 @@ impl Fixture {
         let spec = self.spec(&[("rootfs", &rootfs), ("kernel", &kernel)]);
         self.build(&spec, &[&self.key], "bundle.cairn").0
     }
-
-    pub fn delta_source(image: &str, path: &Path) -> DeltaSource {
-        DeltaSource {
-            image: image.into(),
-            path: path.to_path_buf(),
-        }
-    }
-}
-
-pub fn in_days(days: i64) -> OffsetDateTime {
-    OffsetDateTime::now_utc() + Duration::days(days)
-}
-
-pub fn root_with(
-    keys: &[&SigningKey],
-    version: u64,
-    threshold: usize,
-    expires: OffsetDateTime,
-) -> SignedRoot {
-    let mut root = SignedRoot::new(
-        version,
-        expires,
-        threshold,
-        keys.iter().map(|k| k.public()).collect(),
-    );
-    for key in keys {
-        root.sign(key).unwrap();
-    }
-    root
-}
-
-pub fn image_bytes(len: usize, seed: u8) -> Vec<u8> {
-    // Text-like runs with a seed-dependent sprinkling: compressible, but not trivially.
-    let mut state = 0x2545_f491_4f6c_dd1d_u64 ^ seed as u64;
-    (0..len)
-        .map(|i| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            if i % 64 < 48 {
-                b"cairn edge os image "[i % 20]
-            } else {
-                (state >> 24) as u8
-            }
-        })
-        .collect()
 }
 
 /// Rewrites a bundle's manifest with `edit`, signs it with `key`, keeps the payloads.
@@ -150,10 +89,4 @@ pub fn resign_with_edit(
     file.seek(SeekFrom::Start(header.payload_area_offset))
         .unwrap();
     writer::assemble(out, &bytes, &[sig], &[], &mut file, header.payload_area_len).unwrap();
-}
-
-pub fn flip_byte(path: &Path, offset: u64) {
-    let mut bytes = fs::read(path).unwrap();
-    bytes[offset as usize] ^= 0x40;
-    fs::write(path, bytes).unwrap();
 }

@@ -1,6 +1,6 @@
 //! Shared test fixtures: real signed bundles, a real server on loopback, simulated
 //! devices that speak the device API over HTTP, and a throwaway PostgreSQL cluster.
-#![allow(dead_code)]
+#![allow(dead_code)] // each test binary uses a different part
 
 pub mod device;
 pub mod fleet;
@@ -9,11 +9,13 @@ pub mod postgres;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use cairn_bundle::writer::{self, BundleSpec, DeltaSource, ImageInput};
-use cairn_bundle::{SignedRoot, SigningKey, TrustRoot};
+use cairn_bundle::writer::BundleSpec;
+use cairn_bundle::{SigningKey, TrustRoot};
 use cairn_server::db::Db;
 use cairn_server::http::{self, Config, Shared};
-use time::OffsetDateTime;
+use cairn_testkit::{
+    bundle_spec, delta_sources, image_bytes, image_inputs, new_key, root_for, sign_bundle,
+};
 use tokio::sync::oneshot;
 
 pub const COMPATIBLE: &str = "cairn-qemu-arm64";
@@ -34,14 +36,8 @@ pub struct Releases {
 impl Releases {
     pub fn build() -> Releases {
         let dir = tempfile::tempdir().unwrap();
-        let key = SigningKey::generate().unwrap();
-        let mut signed = SignedRoot::new(
-            1,
-            OffsetDateTime::now_utc() + time::Duration::days(365),
-            1,
-            vec![key.public()],
-        );
-        signed.sign(&key).unwrap();
+        let key = new_key();
+        let signed = root_for(&key, 365);
         let root_path = dir.path().join("root.json");
         std::fs::write(&root_path, signed.to_json()).unwrap();
         let root = TrustRoot::anchor(signed).unwrap();
@@ -65,10 +61,7 @@ impl Releases {
             &key,
             "2.0.0",
             &[("rootfs", &p("rootfs-2")), ("kernel", &p("kernel-2"))],
-            &[DeltaSource {
-                image: "rootfs".into(),
-                path: p("rootfs-1"),
-            }],
+            &[("rootfs", &p("rootfs-1"))],
             &v2,
         );
         let v1_images = ["rootfs", "kernel"]
@@ -96,51 +89,21 @@ impl Releases {
     }
 }
 
+/// A bundle of `version` for [`COMPATIBLE`] with `images`, deltas from `deltas` (image
+/// name, old file), signed by `key`.
 pub fn make_bundle(
     key: &SigningKey,
     version: &str,
     images: &[(&str, &Path)],
-    deltas: &[DeltaSource],
+    deltas: &[(&str, &Path)],
     out: &Path,
 ) {
     let spec = BundleSpec {
-        compatible: COMPATIBLE.into(),
-        version: version.parse().unwrap(),
-        security_version: 1,
-        created: OffsetDateTime::now_utc() - time::Duration::hours(1),
-        expires: OffsetDateTime::now_utc() + time::Duration::days(30),
-        description: None,
-        images: images
-            .iter()
-            .map(|(name, path)| ImageInput {
-                name: name.to_string(),
-                path: path.to_path_buf(),
-                verity: None,
-            })
-            .collect(),
-        delta_sources: deltas.to_vec(),
-        level: 3,
-        roots: Vec::new(),
+        images: image_inputs(images),
+        delta_sources: delta_sources(deltas),
+        ..bundle_spec(COMPATIBLE, version)
     };
-    let key = SigningKey::from_json(&key.to_json()).unwrap();
-    writer::create(&spec, &[key], out, &mut |_| {}).unwrap();
-}
-
-/// Compressible, seed-dependent bytes.
-pub fn image_bytes(len: usize, seed: u8) -> Vec<u8> {
-    let mut state = 0x2545_f491_4f6c_dd1d_u64 ^ seed as u64;
-    (0..len)
-        .map(|i| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            if i % 64 < 48 {
-                b"cairn edge os image "[i % 20]
-            } else {
-                (state >> 24) as u8
-            }
-        })
-        .collect()
+    sign_bundle(&spec, &[key], out);
 }
 
 /// A server on 127.0.0.1 and a free port, stopped when dropped.

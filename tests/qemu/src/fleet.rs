@@ -99,19 +99,13 @@ pub fn bundle_with_kernel(
             image.path = kernel.to_path_buf();
         }
     }
-    let now = time::OffsetDateTime::now_utc();
     let spec = BundleSpec {
-        compatible: new.profile.compatible.clone(),
-        version: version.parse()?,
-        security_version: 1,
-        created: now - time::Duration::hours(1),
-        expires: now + time::Duration::days(30),
         description: Some(format!("{} {version}", new.profile.name)),
         images: new_images,
         delta_sources,
         // Level 9: most of 19's delta size in a fraction of its time.
         level: 9,
-        roots: Vec::new(),
+        ..cairn_testkit::bundle_spec(&new.profile.compatible, &version)
     };
     writer::create(&spec, &[key], out, &mut |_| {})?;
     Ok(out.to_path_buf())

@@ -1,7 +1,7 @@
 //! A device in a temp dir: slots as files, a directory standing for the mounted boot
 //! partition, the real `cairn`/`cairnd` binaries, and `boot()` playing U-Boot's part of
 //! boot/BOOT-STATE.md so reboots can be simulated.
-#![allow(dead_code)]
+#![allow(dead_code)] // each test binary uses a different part
 
 pub mod http;
 
@@ -9,34 +9,21 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use cairn_bundle::writer::{self, BundleSpec, DeltaSource, ImageInput};
-use cairn_bundle::{SignedRoot, SigningKey};
+use cairn_bundle::writer::BundleSpec;
+use cairn_bundle::SigningKey;
+use cairn_testkit::{
+    bundle_spec, copy_key, delta_sources, image_inputs, in_days, new_key, sign_bundle,
+    slot_image_bytes, DeviceDir, SlotImages,
+};
 use cairn_updater::bootstate::{BootState, BootStateStore, SlotId, UbootEnvStore};
-use time::{Duration, OffsetDateTime};
 
 pub const SLOT_SIZE: u64 = 16 << 20;
 
 pub struct Device {
     pub dir: tempfile::TempDir,
     pub key: SigningKey,
+    layout: DeviceDir,
     boots: u32,
-}
-
-/// Deterministic image bytes: compressible text with a seeded sprinkle of noise.
-pub fn image_bytes(len: usize, seed: u8) -> Vec<u8> {
-    let mut state = 0x9e37_79b9_7f4a_7c15_u64 ^ seed as u64;
-    (0..len)
-        .map(|i| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            if i % 64 < 40 {
-                b"cairn slot image "[i % 17]
-            } else {
-                (state >> 32) as u8
-            }
-        })
-        .collect()
 }
 
 pub struct Release {
@@ -49,19 +36,19 @@ pub struct Release {
 
 impl Release {
     pub fn new(version: &str, seed: u8) -> Release {
-        let mut rootfs = image_bytes(6 << 20, 1);
+        let mut rootfs = slot_image_bytes(6 << 20, 1);
         // A "security update": a few regions change, most stay.
         for region in 0..seed as usize {
             let at = region * (1 << 20) + 4096;
             rootfs[at..at + 20_000]
-                .copy_from_slice(&image_bytes(20_000, seed.wrapping_add(region as u8)));
+                .copy_from_slice(&slot_image_bytes(20_000, seed.wrapping_add(region as u8)));
         }
         Release {
             version: version.into(),
             security_version: 1,
             rootfs,
-            kernel: image_bytes(512 << 10, 50 + seed),
-            initrd: image_bytes(256 << 10, 80 + seed),
+            kernel: slot_image_bytes(512 << 10, 50 + seed),
+            initrd: slot_image_bytes(256 << 10, 80 + seed),
         }
     }
 }
@@ -70,34 +57,20 @@ impl Device {
     /// A freshly flashed device running `release` from slot A; slot B empty.
     pub fn new(release: &Release) -> Device {
         let dir = tempfile::tempdir().unwrap();
-        let key = SigningKey::generate().unwrap();
-        let d = Device { dir, key, boots: 0 };
-        for sub in [
-            "boot/a",
-            "boot/b",
-            "dev",
-            "data",
-            "etc/cairn/health.d",
-            "proc",
-            "build",
-        ] {
-            fs::create_dir_all(d.path(sub)).unwrap();
-        }
-        let mut root = SignedRoot::new(
-            1,
-            OffsetDateTime::now_utc() + Duration::days(30),
-            1,
-            vec![d.key.public()],
-        );
-        root.sign(&d.key).unwrap();
-        fs::write(d.path("etc/cairn/root.json"), root.to_json()).unwrap();
-        fs::write(d.path("etc/cairn/version"), &release.version).unwrap();
+        let key = new_key();
+        let layout = DeviceDir::create(dir.path(), &key, &release.version);
+        let d = Device {
+            dir,
+            key,
+            layout,
+            boots: 0,
+        };
         for slot in ["a", "b"] {
             let f = fs::File::create(d.path(&format!("dev/rootfs-{slot}"))).unwrap();
             f.set_len(SLOT_SIZE).unwrap();
         }
         d.write_slot_a(release);
-        fs::write(d.path("etc/cairn/system.toml"), d.config_text()).unwrap();
+        fs::write(d.config(), d.config_text()).unwrap();
         let mut store = UbootEnvStore::new(d.path("boot"));
         store.store(&BootState::factory()).unwrap();
         d.set_booted(SlotId::A, false);
@@ -105,7 +78,7 @@ impl Device {
     }
 
     pub fn path(&self, rel: &str) -> PathBuf {
-        self.dir.path().join(rel)
+        self.layout.path(rel)
     }
 
     fn write_slot_a(&self, r: &Release) {
@@ -128,31 +101,12 @@ impl Device {
     }
 
     fn config_text(&self) -> String {
-        let root = self.dir.path().display();
-        let slot = |s: &str| {
-            format!(
-                "[slots.{up}]\nslot_env = \"{root}/boot/{s}/slot.env\"\n[slots.{up}.images]\n\
-                 rootfs = {{ device = \"{root}/dev/rootfs-{s}\" }}\n\
-                 kernel = {{ file = \"{root}/boot/{s}/vmlinuz\" }}\n\
-                 initrd = {{ file = \"{root}/boot/{s}/initrd.img\" }}\n",
-                up = s.to_uppercase()
-            )
-        };
-        format!(
-            "compatible = \"cairn-test\"\ntrust_root = \"{root}/etc/cairn/root.json\"\n\
-             data_dir = \"{root}/data/cairn\"\nhealth_dir = \"{root}/etc/cairn/health.d\"\n\
-             [bootloader]\nbackend = \"uboot-env\"\ndir = \"{root}/boot\"\n{}{}\
-             [health]\ndeadline_secs = 3\ninterval_secs = 1\n\
-             [reboot]\npolicy = \"on-request\"\ncommand = [\"touch\", \"{root}/rebooted\"]\n\
-             [system]\ncmdline = \"{root}/proc/cmdline\"\nboot_id = \"{root}/proc/boot_id\"\n\
-             check_root_device = false\nmetrics_listen = \"127.0.0.1:0\"\n",
-            slot("a"),
-            slot("b")
-        )
+        self.layout
+            .system_toml("cairn-test", SlotImages::RootfsKernelInitrd)
     }
 
     pub fn config(&self) -> PathBuf {
-        self.path("etc/cairn/system.toml")
+        self.layout.config()
     }
 
     /// Declares a health check for the image (the running one, in this stand-in).
@@ -162,8 +116,13 @@ impl Device {
 
     /// A signed bundle for `release`, optionally with deltas from `from`.
     pub fn bundle(&self, release: &Release, from: Option<&Release>) -> PathBuf {
-        let key = SigningKey::from_json(&self.key.to_json()).unwrap();
-        self.bundle_with(release, from, &release.version.clone(), &[key], |_| {})
+        self.bundle_with(
+            release,
+            from,
+            &release.version.clone(),
+            &[copy_key(&self.key)],
+            |_| {},
+        )
     }
 
     /// A bundle named `name`, signed by `keys`, with `edit` applied to its spec first
@@ -188,53 +147,36 @@ impl Device {
             ("kernel", write("kernel", &release.kernel)),
             ("initrd", write("initrd", &release.initrd)),
         ];
-        let mut delta_sources = Vec::new();
+        let mut old_images = Vec::new();
         if let Some(old) = from {
             for (name, bytes) in [
                 ("rootfs", &old.rootfs),
                 ("kernel", &old.kernel),
                 ("initrd", &old.initrd),
             ] {
-                delta_sources.push(DeltaSource {
-                    image: name.into(),
-                    path: write(&format!("old-{name}"), bytes),
-                });
+                old_images.push((name, write(&format!("old-{name}"), bytes)));
             }
         }
-        let spec = BundleSpec {
-            compatible: "cairn-test".into(),
-            version: release.version.parse().unwrap(),
+        fn refs<'a>(files: &'a [(&'a str, PathBuf)]) -> Vec<(&'a str, &'a Path)> {
+            files.iter().map(|(n, p)| (*n, p.as_path())).collect()
+        }
+        let mut spec = BundleSpec {
             security_version: release.security_version,
-            created: OffsetDateTime::now_utc() - Duration::hours(1),
-            expires: OffsetDateTime::now_utc() + Duration::days(10),
-            description: None,
-            images: images
-                .iter()
-                .map(|(n, p)| ImageInput {
-                    name: n.to_string(),
-                    path: p.clone(),
-                    verity: None,
-                })
-                .collect(),
-            delta_sources,
-            level: 3,
-            roots: Vec::new(),
+            expires: in_days(10),
+            images: image_inputs(&refs(&images)),
+            delta_sources: delta_sources(&refs(&old_images)),
+            ..bundle_spec("cairn-test", &release.version)
         };
-        let mut spec = spec;
         edit(&mut spec);
         let out = self.path(&format!("build/{name}.cairn"));
-        writer::create(&spec, keys, &out, &mut |_| {}).unwrap();
+        let keys: Vec<&SigningKey> = keys.iter().collect();
+        sign_bundle(&spec, &keys, &out);
         out
     }
 
     pub fn set_booted(&self, slot: SlotId, recovery: bool) {
-        let extra = if recovery { " cairn.recovery=1" } else { "" };
-        fs::write(
-            self.path("proc/cmdline"),
-            format!("console=ttyAMA0 cairn.slot={slot}{extra} panic=5\n"),
-        )
-        .unwrap();
-        fs::write(self.path("proc/boot_id"), format!("boot-{}\n", self.boots)).unwrap();
+        self.layout.write_cmdline(&slot.to_string(), recovery);
+        self.layout.write_boot_id(self.boots);
     }
 
     /// A reboot: does what the U-Boot script does (BOOT-STATE.md), then "boots" the chosen
