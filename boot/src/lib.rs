@@ -27,4 +27,4 @@ pub use cmdline::KernelCmdline;
 pub use copies::{BootStateStore, UbootEnvStore};
 pub use images::{ImageRecord, SlotImages};
 pub use slot_env::SlotArgs;
-pub use state::{BootState, BootStateError, SlotId, FULL_TRIES, TRIAL_TRIES};
+pub use state::{BootChoice, BootState, BootStateError, SlotId, FULL_TRIES, TRIAL_TRIES};

@@ -82,6 +82,13 @@ pub enum BootStateError {
     Invalid(String),
 }
 
+/// The slot the bootloader boots, and whether as a recovery boot (`cairn.recovery=1`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BootChoice {
+    pub slot: SlotId,
+    pub recovery: bool,
+}
+
 /// What the bootloader will do on the next boot.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BootState {
@@ -173,6 +180,29 @@ impl BootState {
     pub fn reject(&mut self, failed: SlotId) {
         self.set_tries(failed, 0);
         self.put_first(failed.other());
+    }
+
+    /// What the bootloader does at power-on (`boot.cmd`; INVARIANTS.md 6 and 8): takes
+    /// one try from the first slot in the order that has any and boots it, or, when none
+    /// has, marks a recovery boot of the committed slot, leaving every counter as it is.
+    /// The caller persists the result before the kernel starts.
+    pub fn take_try(&mut self) -> BootChoice {
+        match self.next_boot() {
+            Some(slot) => {
+                self.set_tries(slot, self.tries(slot) - 1);
+                BootChoice {
+                    slot,
+                    recovery: false,
+                }
+            }
+            None => {
+                self.recovery = true;
+                BootChoice {
+                    slot: self.committed,
+                    recovery: true,
+                }
+            }
+        }
     }
 
     /// The committed slot booted normally: restore its tries so a later bad trial plus a
@@ -267,6 +297,28 @@ mod tests {
         s.reject(SlotId::A);
         check(&s);
         assert_eq!((s.next_boot(), s.tries_a), (Some(SlotId::B), 0));
+    }
+
+    #[test]
+    fn the_bootloader_spends_tries_and_falls_into_recovery_without_resetting_counters() {
+        let mut s = BootState::factory();
+        s.prepare_install(SlotId::B);
+        s.arm_trial(SlotId::B);
+        let normal = |slot| BootChoice {
+            slot,
+            recovery: false,
+        };
+        assert_eq!(s.take_try(), normal(SlotId::B));
+        assert_eq!(s.tries_b, 0);
+        assert_eq!(
+            s.take_try(),
+            normal(SlotId::A),
+            "the trial's one try is spent"
+        );
+        s.tries_a = 0;
+        let recovery = s.take_try();
+        assert_eq!((recovery.slot, recovery.recovery), (SlotId::A, true));
+        assert_eq!((s.tries_a, s.tries_b, s.recovery), (0, 0, true));
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Install throughput and memory of the real `cairn` and `cairnd` binaries, for
-//! `cargo xtask bench install` (issue 3: ≥ 0.9× dd, ≤ 48 MiB peak RSS, ≤ 8 MiB idle RSS).
+//! `cargo xtask bench install`. Targets: a full install at ≥ 0.9× the throughput of
+//! `dd conv=fsync`, ≤ 48 MiB peak RSS while installing, ≤ 8 MiB idle RSS for cairnd.
 //!
 //! A device laid out like the integration tests' (cairn-testkit's `DeviceDir`): slots
 //! are plain files, the U-Boot env backend works on a directory, reboots are on request.

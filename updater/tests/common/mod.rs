@@ -9,6 +9,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use cairn_boot::{images, ImageRecord};
 use cairn_bundle::writer::BundleSpec;
 use cairn_bundle::SigningKey;
 use cairn_testkit::{
@@ -88,16 +89,15 @@ impl Device {
         fs::write(self.path("boot/a/vmlinuz"), &r.kernel).unwrap();
         fs::write(self.path("boot/a/initrd.img"), &r.initrd).unwrap();
         // What cairn-image leaves next to a factory slot's slot.env.
-        let record = |bytes: &[u8]| {
-            let (sha256, size) = cairn_bundle::sha256_reader(&mut &bytes[..]).unwrap();
-            serde_json::json!({ "sha256": sha256, "size": size })
-        };
-        let images = serde_json::json!({
-            "rootfs": record(&r.rootfs),
-            "kernel": record(&r.kernel),
-            "initrd": record(&r.initrd),
-        });
-        fs::write(self.path("boot/a/images.json"), images.to_string()).unwrap();
+        let images: cairn_boot::SlotImages = [
+            ("rootfs", &r.rootfs),
+            ("kernel", &r.kernel),
+            ("initrd", &r.initrd),
+        ]
+        .into_iter()
+        .map(|(name, bytes)| (name.to_string(), ImageRecord::of(&mut &bytes[..]).unwrap()))
+        .collect();
+        fs::write(self.path("boot/a/images.json"), images::to_json(&images)).unwrap();
     }
 
     fn config_text(&self) -> String {
@@ -184,24 +184,11 @@ impl Device {
     pub fn reboot(&mut self) -> SlotId {
         let mut store = UbootEnvStore::new(self.path("boot"));
         let mut s = store.load().unwrap();
-        let chosen = s.order.iter().copied().find(|&x| s.tries(x) > 0);
-        let slot = match chosen {
-            Some(x) => {
-                match x {
-                    SlotId::A => s.tries_a -= 1,
-                    SlotId::B => s.tries_b -= 1,
-                }
-                x
-            }
-            None => {
-                s.recovery = true;
-                s.committed
-            }
-        };
+        let choice = s.take_try();
         store.store(&s).unwrap();
         self.boots += 1;
-        self.set_booted(slot, chosen.is_none());
-        slot
+        self.set_booted(choice.slot, choice.recovery);
+        choice.slot
     }
 
     pub fn boot_state(&self) -> BootState {
