@@ -205,19 +205,47 @@ impl TrustRoot {
         candidates: &[SignedRoot],
         now: OffsetDateTime,
     ) -> Result<TrustRoot> {
-        let mut current = self.clone();
-        loop {
-            let next = candidates
-                .iter()
-                .find(|c| c.signed.version == current.version() + 1);
-            match next {
-                Some(next) => current = current.rotate(next.clone())?,
-                None => break,
-            }
-        }
-        current.check_unexpired(now)?;
-        Ok(current)
+        Ok(self.follow(candidates, now)?.root)
     }
+
+    /// [`TrustRoot::walk_forward`], saying which candidates it accepted and which it
+    /// skipped. A candidate that does not verify as the next version is skipped, never
+    /// fatal: a bad root carried next to good ones (an unsigned future version, a forgery)
+    /// neither blocks the good ones nor becomes trusted.
+    pub fn follow(&self, candidates: &[SignedRoot], now: OffsetDateTime) -> Result<Walk> {
+        let mut walk = Walk {
+            root: self.clone(),
+            accepted: Vec::new(),
+            skipped: Vec::new(),
+        };
+        'next_version: loop {
+            let wanted = walk.root.version() + 1;
+            for candidate in candidates.iter().filter(|c| c.signed.version == wanted) {
+                match walk.root.rotate(candidate.clone()) {
+                    Ok(next) => {
+                        walk.accepted.push(candidate.clone());
+                        walk.root = next;
+                        continue 'next_version;
+                    }
+                    Err(e) => walk.skipped.push(e),
+                }
+            }
+            break;
+        }
+        walk.root.check_unexpired(now)?;
+        Ok(walk)
+    }
+}
+
+/// Where [`TrustRoot::follow`] got to.
+#[derive(Debug)]
+pub struct Walk {
+    /// The newest root reached.
+    pub root: TrustRoot,
+    /// The roots that verified on the way, oldest first: the only ones worth keeping.
+    pub accepted: Vec<SignedRoot>,
+    /// Why the other candidates for a next version were not accepted.
+    pub skipped: Vec<Error>,
 }
 
 pub(crate) fn fmt_time(t: OffsetDateTime) -> String {

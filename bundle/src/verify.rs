@@ -55,6 +55,9 @@ pub struct VerifiedBundle {
     /// The trust root that verified the manifest; newer than the device's anchor when the
     /// bundle carried a rotation. The device persists it only on commit.
     pub root: TrustRoot,
+    /// The roots of that rotation, oldest first: the ones that verified, and no others.
+    /// A device keeps exactly these when it commits the bundle.
+    pub rotation: Vec<SignedRoot>,
 }
 
 impl UnverifiedBundle {
@@ -112,15 +115,21 @@ impl UnverifiedBundle {
     /// The checks of INVARIANTS.md 11, in order: trust chain, signatures, expiry,
     /// compatibility, security floor.
     pub fn verify(self, anchor: &TrustRoot, policy: &Policy) -> Result<VerifiedBundle> {
-        let root = anchor.walk_forward(&self.roots, policy.now)?;
+        let walk = anchor.follow(&self.roots, policy.now)?;
+        let root = walk.root;
         let message = signed_message(MANIFEST_CONTEXT, &self.manifest_bytes);
-        check_threshold(
+        let signed = check_threshold(
             "manifest",
             &message,
             &self.signatures,
             root.keys(),
             root.threshold(),
-        )?;
+        );
+        if let Err(e) = signed {
+            // A manifest signed under a root the bundle carried but that did not verify:
+            // why that root was refused says more than the missing signatures.
+            return Err(walk.skipped.into_iter().next().unwrap_or(e));
+        }
         let m = &self.manifest;
         if policy.now >= m.expires {
             return Err(Error::Expired {
@@ -146,6 +155,7 @@ impl UnverifiedBundle {
             header: self.header,
             manifest: self.manifest,
             root,
+            rotation: walk.accepted,
         })
     }
 }

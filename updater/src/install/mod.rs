@@ -129,7 +129,7 @@ pub fn install(
     cancel: Arc<AtomicBool>,
     progress: &mut (dyn FnMut(Progress) + Send),
 ) -> Result<Installed, InstallError> {
-    let (source, verified, plan, roots) = match prepare(ctx, request) {
+    let (source, verified, plan) = match prepare(ctx, request) {
         Ok(prepared) => prepared,
         Err(e) => {
             // Nothing was written. A bad bundle or a refusal is the deployment's verdict;
@@ -149,17 +149,10 @@ pub fn install(
         version: verified.manifest.version.to_string(),
         images: plan.len(),
     });
-    write_and_arm(
-        ctx, request, &source, &verified, &plan, roots, cancel, progress,
-    )
+    write_and_arm(ctx, request, &source, &verified, &plan, cancel, progress)
 }
 
-type Prepared = (
-    BundleSource,
-    VerifiedBundle,
-    Vec<Step>,
-    Vec<cairn_bundle::SignedRoot>,
-);
+type Prepared = (BundleSource, VerifiedBundle, Vec<Step>);
 
 /// Everything before the first write: fetch and verify the metadata, check the device
 /// may install this version, and plan a payload per image.
@@ -176,7 +169,6 @@ fn prepare(ctx: &Context, request: &InstallRequest) -> Result<Prepared, InstallE
         security_floor,
         now: OffsetDateTime::now_utc(),
     };
-    let roots = unverified.roots.clone();
     let verified = unverified.verify(&root, &policy)?;
     let version = verified.manifest.version.to_string();
     ctx.state.check_can_install(&version, request.force)?;
@@ -186,18 +178,16 @@ fn prepare(ctx: &Context, request: &InstallRequest) -> Result<Prepared, InstallE
         .map(|step| (step.image.name.as_str(), &step.payload))
         .collect();
     source.precheck(&payloads)?;
-    Ok((source, verified, plan, roots))
+    Ok((source, verified, plan))
 }
 
 /// The writing half: INVARIANTS.md 2 and 3, in order.
-#[allow(clippy::too_many_arguments)]
 fn write_and_arm(
     ctx: &mut Context,
     request: &InstallRequest,
     source: &BundleSource,
     verified: &VerifiedBundle,
     plan: &[Step],
-    roots: Vec<cairn_bundle::SignedRoot>,
     cancel: Arc<AtomicBool>,
     progress: &mut (dyn FnMut(Progress) + Send),
 ) -> Result<Installed, InstallError> {
@@ -243,8 +233,10 @@ fn write_and_arm(
     // INVARIANTS.md 3: only now may the slot boot, once.
     let mut boot = ctx.boot_store.load()?;
     boot.arm_trial(target);
+    // Only the roots that verified are kept, never everything the bundle carried.
+    let rotation = &verified.rotation;
     let pending_root =
-        (!roots.is_empty()).then(|| serde_json::to_value(&roots).expect("roots serialise"));
+        (!rotation.is_empty()).then(|| serde_json::to_value(rotation).expect("roots serialise"));
     ctx.apply(Some(&boot), |state| {
         progress(Progress::Armed { slot: target });
         state.install_done(
