@@ -33,10 +33,14 @@ impl AppState {
         tokio::fs::create_dir_all(&config.blobs).await?;
         let token_key = TokenKey::new(&shared_secret(&db, "device_token_key").await?);
         let admin = admin_token(&db, config.admin_token.as_deref()).await?;
-        let public_url = config
-            .public_url
-            .clone()
-            .unwrap_or_else(|| format!("http://{local}"));
+        let public_url = config.public_url.clone().unwrap_or_else(|| {
+            let scheme = if config.tls.is_some() {
+                "https"
+            } else {
+                "http"
+            };
+            format!("{scheme}://{local}")
+        });
         Ok(Arc::new(AppState {
             writer: StateWriter::start(db.clone()),
             reader: DeviceReader::start(db.clone(), 2),

@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use cairn_bundle::TrustRoot;
 
+pub use crate::tls::TlsFiles;
+
 /// How a server is run; everything else lives in the database.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -14,7 +16,7 @@ pub struct Config {
     /// Overrides the admin token kept in the database.
     pub admin_token: Option<String>,
     /// The base URL devices reach this server at (for bundle URLs); defaults to
-    /// `http://<listen address>`.
+    /// `https://<listen address>` with TLS, `http://<listen address>` without.
     pub public_url: Option<String>,
     pub poll_interval_secs: u64,
     /// How often running campaigns' gates are evaluated besides after each final report.
@@ -22,6 +24,9 @@ pub struct Config {
     /// The CA (PEM or DER) that must have issued a device's TPM EK certificate; `None`
     /// accepts any EK (the MakeCredential challenge still binds the AK to it).
     pub ek_ca: Option<Vec<u8>>,
+    /// Serve HTTPS with this certificate and key; `None` serves plain HTTP, which only
+    /// a development setup should do (the server says so loudly at start-up).
+    pub tls: Option<TlsFiles>,
 }
 
 impl Config {
@@ -34,6 +39,7 @@ impl Config {
             poll_interval_secs: 300,
             evaluate_every: Duration::from_secs(5),
             ek_ca: None,
+            tls: None,
         }
     }
 }

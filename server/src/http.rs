@@ -10,7 +10,7 @@ use axum::Router;
 use crate::db::Db;
 use crate::error::ApiResult;
 use crate::{admin_api, blobs, dashboard, device_api};
-use crate::{auth, campaigns};
+use crate::{auth, campaigns, tls};
 
 // Where other crates and the tests have always taken them from.
 pub use crate::app::{AppState, Shared};
@@ -69,12 +69,36 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let local = listener.local_addr()?;
+    // Load the certificate before anything else: a server that cannot serve TLS as
+    // asked must not start at all.
+    let tls = match &config.tls {
+        Some(files) => Some(tls::CertReloader::load(files.clone())?),
+        None => None,
+    };
     let (router, state) = build(db, config, local).await?;
     let ticker = tokio::spawn(evaluate_forever(state.clone()));
-    tracing::info!(%local, public_url = %state.public_url, "cairn-server listening");
-    let served = axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
-        .await;
+    let served = match tls {
+        Some(reloader) => {
+            tracing::info!(%local, public_url = %state.public_url, "cairn-server listening (HTTPS)");
+            let acceptor = tls::acceptor(reloader.clone())?;
+            let watcher = tokio::spawn(reloader.watch());
+            let served = tls::serve(listener, acceptor, router, shutdown).await;
+            watcher.abort();
+            served
+        }
+        None => {
+            tracing::warn!(
+                %local,
+                public_url = %state.public_url,
+                "cairn-server listening on PLAIN HTTP: device tokens, reports and the admin \
+                 token cross the network unencrypted; give --tls-cert and --tls-key outside \
+                 development"
+            );
+            axum::serve(listener, router)
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+    };
     ticker.abort();
     state.writer.flush().await;
     served?;

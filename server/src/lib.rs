@@ -17,8 +17,9 @@
 //! - [`auth`]: request authentication: signed device requests (timestamp + nonce),
 //!   device tokens, the admin token (admin API and dashboard).
 //! - [`config`], [`app`]: how a server is run and the state its handlers share.
-//! - [`http`]: routes and the serve loop; [`device_api`], [`admin_api`], [`dashboard`],
-//!   [`blobs`]: the handlers; [`json`], [`error`]: request bodies and error answers;
+//! - [`http`]: routes and the serve loop; [`tls`]: HTTPS, its certificate reloaded on
+//!   change; [`device_api`], [`admin_api`], [`dashboard`], [`blobs`]: the handlers;
+//!   [`json`], [`error`]: request bodies and error answers;
 //!   [`local`] runs a server on a thread for non-async programs (tests, the demo).
 
 pub mod admin_api;
@@ -47,4 +48,5 @@ pub mod policy;
 pub mod releases;
 pub mod reports;
 pub mod state_writer;
+pub mod tls;
 pub mod transitions;

@@ -15,6 +15,7 @@ use crate::http;
 pub struct LocalServer {
     /// Where it listens (`127.0.0.1:PORT`).
     pub addr: SocketAddr,
+    tls: bool,
     stop: Option<oneshot::Sender<()>>,
     thread: Option<JoinHandle<()>>,
 }
@@ -32,6 +33,7 @@ impl LocalServer {
             anyhow::Ok((db, listener))
         })?;
         let addr = listener.local_addr()?;
+        let tls = config.tls.is_some();
         let (stop, stopped) = oneshot::channel::<()>();
         let thread = std::thread::Builder::new()
             .name("cairn-server".into())
@@ -45,13 +47,16 @@ impl LocalServer {
             })?;
         Ok(LocalServer {
             addr,
+            tls,
             stop: Some(stop),
             thread: Some(thread),
         })
     }
 
+    /// `https://127.0.0.1:PORT` when it serves TLS, else `http://...`.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
     }
 }
 

@@ -70,6 +70,13 @@ struct ServeArgs {
     /// e.g. the TPM vendor's (swtpm-localca's issuercert.pem in tests).
     #[arg(long)]
     ek_ca: Option<PathBuf>,
+    /// Serve HTTPS with this certificate chain (PEM, leaf first); reloaded on SIGHUP and
+    /// when the file changes. Without it the server speaks plain HTTP.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -182,6 +189,10 @@ async fn serve(db: Db, blobs: PathBuf, args: ServeArgs) -> Result<()> {
     config.public_url = args.public_url;
     config.poll_interval_secs = args.poll_interval_secs;
     config.evaluate_every = Duration::from_secs(args.evaluate_every_secs.max(1));
+    config.tls = args
+        .tls_cert
+        .zip(args.tls_key)
+        .map(|(cert, key)| cairn_server::config::TlsFiles { cert, key });
     config.ek_ca = match &args.ek_ca {
         Some(p) => Some(std::fs::read(p).with_context(|| format!("reading {}", p.display()))?),
         None => None,

@@ -6,7 +6,8 @@
 //! - [`bundles`]: a [`BundleSpec`](cairn_bundle::writer::BundleSpec) with test defaults,
 //!   signed with the real writer;
 //! - [`device`]: a device laid out in a directory (slots as files, a boot partition
-//!   directory, the trust root, `system.toml`).
+//!   directory, the trust root, `system.toml`);
+//! - [`tls`]: a throwaway certificate authority for real TLS in tests.
 //!
 //! Test code: helpers panic with a message instead of returning errors.
 
@@ -14,8 +15,10 @@ pub mod bundles;
 pub mod device;
 pub mod images;
 pub mod keys;
+pub mod tls;
 
 pub use bundles::{bundle_spec, delta_sources, image_inputs, sign_bundle};
 pub use device::{DeviceDir, SlotImages};
 pub use images::{image_bytes, slot_image_bytes};
 pub use keys::{copy_key, in_days, new_key, root_for, root_with};
+pub use tls::{IssuedPem, TestCa};

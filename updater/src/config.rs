@@ -11,6 +11,7 @@ use crate::bootstate::SlotId;
 use crate::fleet::ServerConfig;
 use crate::health::HealthConfig;
 use crate::reboot::{RebootConfig, RebootPolicy};
+use crate::transport::Transport;
 
 pub const DEFAULT_PATH: &str = "/etc/cairn/system.toml";
 
@@ -140,6 +141,9 @@ impl SystemConfig {
         }
         if self.reboot.policy == RebootPolicy::Window {
             crate::reboot::parse_window(self.reboot.window.as_deref().unwrap_or(""))?;
+        }
+        if let Some(server) = &self.server {
+            Transport::from_server(server).map_err(|e| format!("[server]: {e}"))?;
         }
         Ok(())
     }

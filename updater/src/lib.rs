@@ -21,4 +21,5 @@ pub mod reconcile;
 pub mod slot;
 pub mod state;
 pub mod status;
+pub mod transport;
 pub mod trial;

@@ -168,6 +168,7 @@ fn http_install_resumes_after_the_server_drops_the_connection() {
     });
     faults.drops.store(3, Ordering::SeqCst);
     let server = serve(bundle.parent().unwrap().to_path_buf(), faults.clone());
+    d.allow_plain_http_from(&server.base());
     let url = server.url(bundle.file_name().unwrap().to_str().unwrap());
 
     let out = d.cairn(&["install", &url]);
@@ -200,6 +201,7 @@ fn http_delta_install_fetches_only_the_delta_payloads() {
     let full_only = fs::metadata(d.bundle(&v2, None)).unwrap().len();
     let bundle = d.bundle(&v2, Some(&v1));
     let server = serve(bundle.parent().unwrap().to_path_buf(), Arc::default());
+    d.allow_plain_http_from(&server.base());
     d.cairn_ok(&[
         "install",
         &server.url(bundle.file_name().unwrap().to_str().unwrap()),
@@ -221,6 +223,7 @@ fn a_tampered_download_is_refused_and_the_slot_stays_unbootable() {
     let good = d.bundle(&v2, None);
     let bad = flipped(&good, payload_area(&good) + 5000, "tampered");
     let server = serve(bad.parent().unwrap().to_path_buf(), Arc::default());
+    d.allow_plain_http_from(&server.base());
     let boot_before = d.boot_state();
     let err = d.cairn_err(&["install", &server.url("tampered.cairn")]);
     assert!(err.to_lowercase().contains("hash"), "{err}");

@@ -13,8 +13,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use cairn_bundle::TrustRoot;
+use cairn_server::config::TlsFiles;
 use cairn_server::http::Config;
 use cairn_server::local::LocalServer;
+use cairn_testkit::TestCa;
 use cairn_tpm::swtpm::Swtpm;
 use cairn_updater::bootstate::SlotId;
 use common::*;
@@ -23,8 +25,11 @@ use sha2::Digest as _;
 
 const ADMIN: &str = "fleet-test-admin";
 
+/// A real cairn-server on loopback serving HTTPS with a certificate from a CA made here.
 struct Server {
     url: String,
+    /// The CA the server's certificate chains to (PEM): what devices pin.
+    ca: PathBuf,
     http: reqwest::blocking::Client,
     _server: LocalServer,
     _dir: tempfile::TempDir,
@@ -34,15 +39,30 @@ impl Server {
     fn start(root: &Path) -> Server {
         let dir = tempfile::tempdir().unwrap();
         let db_url = format!("sqlite://{}", dir.path().join("server.db").display());
+        let ca = TestCa::new("Cairn fleet test CA");
+        let issued = ca.issue(&["127.0.0.1", "localhost"], dir.path(), "server");
+        let ca_path = dir.path().join("ca.pem");
+        ca.write_cert(&ca_path);
         let mut config = Config::new(dir.path().join("blobs"));
         config.root = Some(TrustRoot::from_json(&fs::read(root).unwrap()).unwrap());
         config.admin_token = Some(ADMIN.into());
         config.poll_interval_secs = 1;
         config.evaluate_every = Duration::from_secs(1);
+        config.tls = Some(TlsFiles {
+            cert: issued.cert,
+            key: issued.key,
+        });
         let server = LocalServer::start(&db_url, config, "127.0.0.1:0").unwrap();
+        let http = reqwest::blocking::Client::builder()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(reqwest::Certificate::from_pem(ca.cert_pem().as_bytes()).unwrap())
+            .build()
+            .unwrap();
+        assert!(server.url().starts_with("https://"));
         Server {
             url: server.url(),
-            http: reqwest::blocking::Client::new(),
+            ca: ca_path,
+            http,
             _server: server,
             _dir: dir,
         }
@@ -129,7 +149,7 @@ impl Drop for Daemon {
 fn enrolled_device(v1: &Release) -> (Device, Server) {
     let d = Device::new(v1);
     let server = Server::start(&d.path("etc/cairn/root.json"));
-    d.use_server(&server.url, "dev-0001");
+    d.use_server(&server.url, &server.ca, "dev-0001");
     let daemon = Daemon(d.spawn_cairnd());
     wait_for(20, "the device's enrollment", || {
         server.admin("GET", "/devices/dev-0001", None).0 == 200
@@ -430,4 +450,79 @@ fn the_tpm_security_floor_survives_a_wiped_data_partition() {
         slot_a,
         "nothing written"
     );
+}
+
+#[test]
+fn a_device_pinned_to_another_ca_refuses_the_server_and_writes_nothing() {
+    let v1 = Release::new("1.0.0", 0);
+    let d = Device::new(&v1);
+    let server = Server::start(&d.path("etc/cairn/root.json"));
+    let other = TestCa::new("Someone else's CA");
+    let other_pem = d.path("other-ca.pem");
+    other.write_cert(&other_pem);
+    d.use_server(&server.url, &other_pem, "dev-0001");
+    let boot_before = d.boot_state();
+    let daemon = Daemon(d.spawn_cairnd());
+    wait_for(20, "cairnd to give up on the server's certificate", || {
+        d.cairnd_log().contains("UnknownIssuer")
+    });
+    drop(daemon);
+    assert_eq!(
+        server.admin("GET", "/devices/dev-0001", None).0,
+        404,
+        "nothing reached the server"
+    );
+    assert_eq!(d.boot_state(), boot_before);
+    assert!(!d.path("data/cairn/state.json").exists() || phase(&d.status()) == "committed");
+}
+
+#[test]
+fn a_plain_http_server_url_is_refused_at_config_load() {
+    let v1 = Release::new("1.0.0", 0);
+    let d = Device::new(&v1);
+    d.use_server(
+        "http://127.0.0.1:9",
+        &d.path("etc/cairn/root.json"),
+        "dev-0001",
+    );
+    let err = d.cairn_err(&["status"]);
+    assert!(
+        err.contains("plain http:// is refused") && err.contains("insecure_http"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_bundle_url_off_the_servers_origin_is_refused_and_never_read() {
+    let v1 = Release::new("1.0.0", 0);
+    let v2 = Release::new("2.0.0", 3);
+    let (d, server) = enrolled_device(&v1);
+    // A release whose bundle "lives" at a local path of the device: a compromised or
+    // mistaken server must not make cairnd read (and report on) /etc/shadow.
+    server.ok(
+        "POST",
+        "/releases?external_url=/etc/shadow",
+        Some(fs::read(d.bundle(&v2, None)).unwrap()),
+    );
+    server.campaign("c-v2", "2.0.0");
+    let boot_before = d.boot_state();
+    let daemon = Daemon(d.spawn_cairnd());
+    wait_for(30, "the refusal to reach the server", || {
+        server
+            .history("dev-0001")
+            .iter()
+            .any(|h| h.contains("failed"))
+    });
+    drop(daemon);
+    let history = server.history("dev-0001").join("\n");
+    assert!(
+        history.contains("/etc/shadow: not a URL"),
+        "the reason is the URL rule:\n{history}"
+    );
+    assert!(
+        !history.contains("root:"),
+        "nothing of the file leaked:\n{history}"
+    );
+    assert_eq!(d.boot_state(), boot_before, "nothing was armed");
+    assert!(!d.holds(SlotId::B, &v2));
 }

@@ -21,6 +21,7 @@ fn slow_install(d: &Device, v2: &Release) -> (Server, String) {
         ..Faults::default()
     });
     let server = serve(bundle.parent().unwrap().to_path_buf(), faults);
+    d.allow_plain_http_from(&server.base());
     let url = server.url(bundle.file_name().unwrap().to_str().unwrap());
     (server, url)
 }

@@ -12,10 +12,11 @@ use reqwest::blocking::{Client, Response};
 use reqwest::StatusCode;
 
 use super::identity::DeviceIdentity;
+use crate::transport::{error_chain, read_bounded, Transport, TransportError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum FleetError {
-    #[error("{url}: {source}")]
+    #[error("{url}: {}", error_chain(source))]
     Transport {
         url: String,
         #[source]
@@ -34,6 +35,9 @@ pub enum FleetError {
     Random(String),
     #[error("device identity: {0}")]
     Identity(String),
+    /// A URL or certificate setting the transport rules refuse.
+    #[error(transparent)]
+    Policy(#[from] TransportError),
     /// Reading or saving cairnd's own state around a server exchange.
     #[error("{0}")]
     Local(String),
@@ -49,6 +53,7 @@ impl FleetError {
 pub struct ServerClient {
     base: String,
     http: Client,
+    transport: Transport,
     identity: DeviceIdentity,
     compatible: String,
     token: Option<String>,
@@ -57,20 +62,37 @@ pub struct ServerClient {
 }
 
 impl ServerClient {
-    pub fn new(base: &str, identity: DeviceIdentity, compatible: &str) -> ServerClient {
-        let http = Client::builder()
+    /// A client for the server at `base`, reached as `transport` allows.
+    pub fn new(
+        base: &str,
+        identity: DeviceIdentity,
+        compatible: &str,
+        transport: Transport,
+    ) -> Result<ServerClient, FleetError> {
+        transport.check_url(base)?;
+        let http = transport
+            .client()
             .connect_timeout(Duration::from_secs(10))
             .timeout(Duration::from_secs(30))
             .build()
-            .expect("the TLS backend initialises");
-        ServerClient {
+            .map_err(|source| FleetError::Transport {
+                url: base.to_string(),
+                source,
+            })?;
+        Ok(ServerClient {
             base: base.trim_end_matches('/').to_string(),
             http,
+            transport,
             identity,
             compatible: compatible.to_string(),
             token: None,
             last: None,
-        }
+        })
+    }
+
+    /// What this client may reach: the server's origin, its mirrors, its CA.
+    pub fn transport(&self) -> &Transport {
+        &self.transport
     }
 
     pub fn device_id(&self) -> &str {
@@ -204,9 +226,13 @@ impl ServerClient {
     ) -> Result<T, FleetError> {
         let url = format!("{}{path}", self.base);
         let status = response.status();
-        let text = response.text().map_err(|source| FleetError::Transport {
+        // Bounded: a server (or whoever answers in its name) cannot make cairnd hold an
+        // answer of any size.
+        let text = read_bounded(response).map_err(|e| FleetError::Refused {
             url: url.clone(),
-            source,
+            status: status.as_u16(),
+            code: "unreadable-answer".into(),
+            message: e.to_string(),
         })?;
         if status.is_success() {
             if let Ok(value) = serde_json::from_str(&text) {

@@ -24,6 +24,7 @@ use crate::context::Context;
 use crate::install::{self, InstallRequest, Progress};
 use crate::metrics::Counters;
 use crate::state::{DeviceState, Phase, ReportStatus};
+use crate::transport::Transport;
 
 pub use client::{FleetError, ServerClient};
 pub use identity::DeviceIdentity;
@@ -32,7 +33,7 @@ pub use identity::DeviceIdentity;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerConfig {
-    /// Base URL of cairn-server (`http://updates.example.com:8080`).
+    /// Base URL of cairn-server (`https://updates.example.com:8443`).
     pub url: String,
     /// Seconds between check-ins until the server says otherwise.
     #[serde(default = "default_poll_secs")]
@@ -45,6 +46,16 @@ pub struct ServerConfig {
     /// `<data_dir>/identity.json`. Factory provisioning writes it before the first boot.
     #[serde(default)]
     pub identity: Option<PathBuf>,
+    /// PEM certificate(s) of the CA the server's certificate must chain to; the public
+    /// web roots are not trusted when it is set.
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
+    /// Allow plain `http://` for the server and bundle URLs (development only).
+    #[serde(default)]
+    pub insecure_http: bool,
+    /// Other origins bundles may be downloaded from (`https://cdn.example.com`).
+    #[serde(default)]
+    pub mirrors: Vec<String>,
 }
 
 fn default_poll_secs() -> u64 {
@@ -73,7 +84,12 @@ pub enum Action {
 /// whose trial failed on this device (a bad release must not make a device loop through
 /// install, trial and rollback), never starts while another update waits for its reboot
 /// or trial.
-pub fn decide(assignment: Option<&Assignment>, state: &DeviceState, booted: SlotId) -> Action {
+pub fn decide(
+    assignment: Option<&Assignment>,
+    state: &DeviceState,
+    booted: SlotId,
+    transport: &Transport,
+) -> Action {
     let Some(a) = assignment else {
         return Action::Idle;
     };
@@ -99,6 +115,15 @@ pub fn decide(assignment: Option<&Assignment>, state: &DeviceState, booted: Slot
             ),
         };
     }
+    if let Err(e) = transport.check_bundle_url(&a.bundle_url) {
+        // Never a local path, another host or plain HTTP: a server (or whoever speaks for
+        // it) must not point cairnd at anything but a bundle where bundles live.
+        return Action::Decline {
+            deployment: a.deployment_id.clone(),
+            version: a.release_version.clone(),
+            reason: e.to_string(),
+        };
+    }
     Action::Install {
         deployment: a.deployment_id.clone(),
         url: a.bundle_url.clone(),
@@ -114,11 +139,12 @@ pub fn client(ctx: &Context, server: &ServerConfig) -> Result<ServerClient, Flee
         .unwrap_or_else(|| ctx.config.data_dir.join("identity.json"));
     let identity = DeviceIdentity::load_or_create(&path, server.device_id.as_deref())
         .map_err(|e| FleetError::Identity(e.to_string()))?;
-    Ok(ServerClient::new(
+    ServerClient::new(
         &server.url,
         identity,
         &ctx.config.compatible,
-    ))
+        Transport::from_server(server)?,
+    )
 }
 
 /// One round: enroll if needed, deliver reports, check in, act. Returns how long to wait
@@ -149,7 +175,12 @@ pub fn cycle(
             tracing::warn!("TPM attestation: {e}");
         }
     }
-    match decide(answer.assignment.as_ref(), &ctx.state, booted) {
+    match decide(
+        answer.assignment.as_ref(),
+        &ctx.state,
+        booted,
+        client.transport(),
+    ) {
         Action::Idle => {}
         Action::Decline {
             deployment,

@@ -5,6 +5,8 @@ use std::io::{self, Read};
 use std::time::Duration;
 
 use reqwest::blocking::{Client, Response};
+
+use crate::transport::{error_chain, Transport};
 use reqwest::header::{CONTENT_RANGE, RANGE};
 use reqwest::StatusCode;
 
@@ -20,8 +22,9 @@ pub struct HttpBundle {
 }
 
 impl HttpBundle {
-    pub fn new(url: &str) -> io::Result<HttpBundle> {
-        let client = Client::builder()
+    pub fn new(url: &str, transport: &Transport) -> io::Result<HttpBundle> {
+        let client = transport
+            .client()
             .connect_timeout(Duration::from_secs(15))
             .tcp_keepalive(Duration::from_secs(15))
             .build()
@@ -57,7 +60,7 @@ impl HttpBundle {
             .map_err(|e| {
                 io::Error::new(
                     io::ErrorKind::ConnectionAborted,
-                    format!("GET {}: {e}", self.url),
+                    format!("GET {}: {}", self.url, error_chain(&e)),
                 )
             })?;
         match response.status() {

@@ -23,6 +23,7 @@ use crate::context::{Context, ContextError};
 use crate::slot::SlotError;
 use crate::state::store::StateError;
 use crate::state::{ImageRecord, Refusal, SlotRecord};
+use crate::transport::{Transport, TransportError};
 
 pub use http::HttpBundle;
 pub use source::BundleSource;
@@ -54,6 +55,8 @@ pub enum InstallError {
     ReadBundle(#[source] io::Error),
     #[error("reading the security floor: {0}")]
     SecurityFloor(#[source] AttestationError),
+    #[error(transparent)]
+    Transport(#[from] TransportError),
     /// The trust root, or saving the device's state.
     #[error(transparent)]
     Device(#[from] ContextError),
@@ -159,7 +162,8 @@ type Prepared = (BundleSource, VerifiedBundle, Vec<Step>);
 fn prepare(ctx: &Context, request: &InstallRequest) -> Result<Prepared, InstallError> {
     let facts = ctx.boot_facts()?;
     let target = facts.slot.other();
-    let (source, unverified) = BundleSource::open(&request.location)?;
+    let transport = Transport::for_server(ctx.config.server.as_ref())?;
+    let (source, unverified) = BundleSource::open(&request.location, &transport)?;
     let root = ctx.trust_root()?;
     // The TPM's NV floor counts too: a wiped data partition must not reopen old versions.
     let security_floor = crate::attestation::effective_floor(&ctx.config, ctx.state.security_floor)

@@ -9,6 +9,7 @@ use cairn_bundle::{BundleFile, Payload, UnverifiedBundle};
 
 use super::http::HttpBundle;
 use super::InstallError;
+use crate::transport::Transport;
 
 /// Bytes fetched in the first request: enough for the metadata of any ordinary bundle.
 const FIRST_FETCH: u64 = 64 << 10;
@@ -19,10 +20,16 @@ pub enum BundleSource {
 }
 
 impl BundleSource {
-    /// Opens `location` (a path, or an http:// or https:// URL) and reads its metadata.
-    pub fn open(location: &str) -> Result<(BundleSource, UnverifiedBundle), InstallError> {
-        if location.starts_with("http://") || location.starts_with("https://") {
-            let bundle = HttpBundle::new(location).map_err(InstallError::download(location))?;
+    /// Opens `location` (a path, or an https:// URL, or http:// where `transport` allows
+    /// it) and reads its metadata.
+    pub fn open(
+        location: &str,
+        transport: &Transport,
+    ) -> Result<(BundleSource, UnverifiedBundle), InstallError> {
+        if location.contains("://") {
+            transport.check_url(location)?;
+            let bundle =
+                HttpBundle::new(location, transport).map_err(InstallError::download(location))?;
             let metadata = fetch_metadata(&bundle).map_err(|e| match e {
                 FetchError::Io(e) => InstallError::download(location)(e),
                 FetchError::Bundle(e) => InstallError::Bundle(e),

@@ -27,7 +27,11 @@ pub struct Server {
 
 impl Server {
     pub fn url(&self, name: &str) -> String {
-        format!("http://127.0.0.1:{}/{name}", self.port)
+        format!("{}/{name}", self.base())
+    }
+
+    pub fn base(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
     }
 }
 

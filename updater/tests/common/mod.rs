@@ -256,13 +256,24 @@ pub fn file_bytes(p: &Path) -> Vec<u8> {
 }
 
 impl Device {
-    /// Points cairnd at a fleet server, with reboots as soon as an update is installed.
-    pub fn use_server(&self, url: &str, device_id: &str) {
+    /// Points cairnd at a fleet server whose certificate chains to the CA at `ca`, with
+    /// reboots as soon as an update is installed.
+    pub fn use_server(&self, url: &str, ca: &Path, device_id: &str) {
+        let text = self.config_text().replace(
+            "[reboot]\npolicy = \"on-request\"",
+            "[reboot]\npolicy = \"now\"",
+        ) + &format!(
+            "[server]\nurl = \"{url}\"\nca = \"{}\"\npoll_secs = 1\ndevice_id = \"{device_id}\"\n",
+            ca.display()
+        );
+        fs::write(self.config(), text).unwrap();
+    }
+
+    /// Lets `cairn install` fetch plain `http://` URLs from the test file server at
+    /// `base` (a device refuses plain HTTP unless its config says otherwise).
+    pub fn allow_plain_http_from(&self, base: &str) {
         let text =
-            self.config_text().replace(
-                "[reboot]\npolicy = \"on-request\"",
-                "[reboot]\npolicy = \"now\"",
-            ) + &format!("[server]\nurl = \"{url}\"\npoll_secs = 1\ndevice_id = \"{device_id}\"\n");
+            self.config_text() + &format!("[server]\nurl = \"{base}\"\ninsecure_http = true\n");
         fs::write(self.config(), text).unwrap();
     }
 
