@@ -19,6 +19,14 @@ impl AtomicFile {
     /// for the same target (a crash, a power cut) are removed first, so they never pile
     /// up on a small partition.
     pub fn create(target: impl AsRef<Path>) -> io::Result<AtomicFile> {
+        AtomicFile::create_with_mode(target, 0o666)
+    }
+
+    /// [`AtomicFile::create`], the temporary file created with `mode` (less the umask)
+    /// from its first byte: a secret written with `0o600` is never readable by others,
+    /// not even before a `chmod` could run.
+    pub fn create_with_mode(target: impl AsRef<Path>, mode: u32) -> io::Result<AtomicFile> {
+        use std::os::unix::fs::OpenOptionsExt;
         let target = target.as_ref().to_path_buf();
         let name = target.file_name().ok_or_else(|| {
             io::Error::new(io::ErrorKind::InvalidInput, "target has no file name")
@@ -28,10 +36,13 @@ impl AtomicFile {
         tmp_name.push(name);
         tmp_name.push(format!(".tmp.{}", std::process::id()));
         let tmp = target.with_file_name(tmp_name);
+        // A temporary of the same name can only be our own process's from an earlier
+        // attempt; remove it so `create_new` applies `mode` to a file made now.
+        let _ = fs::remove_file(&tmp);
         let file = OpenOptions::new()
             .write(true)
-            .create(true)
-            .truncate(true)
+            .create_new(true)
+            .mode(mode)
             .open(&tmp)?;
         Ok(AtomicFile {
             file: Some(file),
@@ -84,6 +95,14 @@ pub fn write(target: impl AsRef<Path>, bytes: &[u8]) -> io::Result<()> {
     file.commit()
 }
 
+/// Atomically replaces `target` with `bytes` readable and writable by the owner only
+/// (mode 0600 from the first byte): keys and tokens.
+pub fn write_private(target: impl AsRef<Path>, bytes: &[u8]) -> io::Result<()> {
+    let mut file = AtomicFile::create_with_mode(target, 0o600)?;
+    file.write_all(bytes)?;
+    file.commit()
+}
+
 /// fsyncs the directory that holds `path`, making a rename or create in it durable.
 pub fn sync_parent(path: &Path) -> io::Result<()> {
     let parent = match path.parent() {
@@ -117,6 +136,25 @@ fn remove_stale_temps(target: &Path, name: &std::ffi::OsStr) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_private_file_is_never_readable_by_others_not_even_before_commit() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("release.key.json");
+        let mut file = AtomicFile::create_with_mode(&target, 0o600).unwrap();
+        let mode = |m: fs::Metadata| m.permissions().mode() & 0o777;
+        assert_eq!(
+            mode(file.file().metadata().unwrap()),
+            0o600,
+            "the temporary"
+        );
+        file.write_all(b"secret").unwrap();
+        file.commit().unwrap();
+        assert_eq!(mode(fs::metadata(&target).unwrap()), 0o600);
+        write_private(&target, b"rotated").unwrap();
+        assert_eq!(mode(fs::metadata(&target).unwrap()), 0o600);
+    }
 
     #[test]
     fn replaces_content_and_leaves_no_temp_file() {

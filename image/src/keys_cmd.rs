@@ -1,7 +1,6 @@
 //! Key generation, trust roots and signing.
 
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -78,9 +77,9 @@ pub fn keygen(args: KeygenArgs) -> Result<()> {
             secret.display()
         );
     }
-    cairn_atomic::write(&secret, &key.to_json())
+    // 0600 from the first byte: never a moment when another user could read it.
+    cairn_atomic::write_private(&secret, &key.to_json())
         .with_context(|| format!("writing {}", secret.display()))?;
-    fs::set_permissions(&secret, fs::Permissions::from_mode(0o600))?;
     cairn_atomic::write(&public, &serde_json::to_vec_pretty(&key.public())?)?;
     println!(
         "key {}\n  secret: {}\n  public: {}",

@@ -1,4 +1,6 @@
 //! `cairn-image` as a library: the OS image pipeline (root tree, verity slot, GPT disk),
-//! used by the `cairn-image` CLI, `cargo xtask image` and the QEMU tests.
+//! used by the `cairn-image` CLI, `cargo xtask image` and the QEMU tests; and [`tls`],
+//! the certificates of a fleet server's HTTPS.
 
 pub mod os;
+pub mod tls;

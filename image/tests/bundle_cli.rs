@@ -253,3 +253,26 @@ fn root_rotation_needs_old_and_new_keys() {
         s(&r2),
     ]);
 }
+
+#[test]
+fn keygen_writes_the_secret_key_private_and_the_public_key_readable() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("release");
+    ok(&["keygen", "--out", s(&out)]);
+    let mode = |suffix: &str| {
+        std::fs::metadata(format!("{}{suffix}", s(&out)))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    assert_eq!(mode(".key.json"), 0o600);
+    assert_ne!(
+        mode(".pub.json") & 0o044,
+        0,
+        "the public key is for sharing"
+    );
+    // Nothing else (no temporary copy of the secret) is left next to it.
+    assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 2);
+}

@@ -10,9 +10,10 @@ use sha2::{Digest, Sha256};
 
 use super::disk::{self, SlotB};
 use super::layout::Layout;
-use super::profile::{workspace_root, Profile};
+use super::profile::{workspace_root, Profile, DEV_SERVER_CA};
 use super::progress::mib;
 use super::{rootfs, slot};
+use crate::tls::DevTls;
 
 pub struct Build {
     pub profile: Profile,
@@ -38,7 +39,43 @@ impl Build {
             Some(path) => path.to_path_buf(),
             None => self.dev_trust_root()?,
         };
-        rootfs::build(&self.profile, &self.layout, &root)
+        let server_ca = self.server_ca()?;
+        rootfs::build(&self.profile, &self.layout, &root, server_ca.as_deref())
+    }
+
+    /// The CA certificate the image pins for its fleet server, if the profile names one.
+    fn server_ca(&self) -> Result<Option<PathBuf>> {
+        let Some(server) = &self.profile.server else {
+            return Ok(None);
+        };
+        Ok(match server.ca.as_deref() {
+            None => None,
+            Some(DEV_SERVER_CA) => self.dev_tls()?.map(|tls| tls.ca),
+            Some(path) => Some(self.layout.workspace.join(path)),
+        })
+    }
+
+    /// The development CA and a server certificate for the profile's server URL host (and
+    /// the build machine's loopback, where the tests and the demo run the server), made
+    /// once under `target/cairn/dev-keys`. `None` when the profile has no server.
+    pub fn dev_tls(&self) -> Result<Option<DevTls>> {
+        let Some(server) = &self.profile.server else {
+            return Ok(None);
+        };
+        let host = server
+            .url
+            .split("://")
+            .nth(1)
+            .and_then(|rest| rest.split(['/', ':']).next())
+            .filter(|h| !h.is_empty())
+            .with_context(|| format!("no host in the server URL {}", server.url))?;
+        let mut names = vec![host.to_string()];
+        for local in ["127.0.0.1", "localhost"] {
+            if !names.iter().any(|n| n == local) {
+                names.push(local.to_string());
+            }
+        }
+        DevTls::ensure(&self.layout.dev_keys(), &names).map(Some)
     }
 
     pub fn slot(&self) -> Result<slot::SlotImage> {
@@ -155,7 +192,7 @@ impl Build {
         let mut root = SignedRoot::new(1, expires, 1, vec![key.public()]);
         root.sign(&key)?;
         TrustRoot::anchor(root.clone()).context("the development root does not verify")?;
-        cairn_atomic::write(dir.join("release.key.json"), &key.to_json())?;
+        cairn_atomic::write_private(dir.join("release.key.json"), &key.to_json())?;
         cairn_atomic::write(
             dir.join("release.pub.json"),
             &serde_json::to_vec_pretty(&key.public())?,

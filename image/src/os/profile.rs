@@ -56,7 +56,16 @@ pub struct Server {
     pub url: String,
     #[serde(default = "default_poll_secs")]
     pub poll_secs: u64,
+    /// The CA the server's certificate must chain to, installed as
+    /// `/etc/cairn/server-ca.pem` and pinned by cairnd: a PEM file (relative to the
+    /// workspace), or `"dev"` for the development CA cairn-image makes once per checkout
+    /// (`target/cairn/dev-keys/server-ca.pem`, with a server certificate for the URL's host).
+    #[serde(default)]
+    pub ca: Option<String>,
 }
+
+/// Where the image's server CA comes from.
+pub const DEV_SERVER_CA: &str = "dev";
 
 fn default_poll_secs() -> u64 {
     300

@@ -21,7 +21,13 @@ use super::profile::Profile;
 use super::progress::{mib, Stage};
 use super::run::stdout;
 
-pub fn build(profile: &Profile, layout: &Layout, trust_root: &Path) -> Result<()> {
+/// `server_ca`: the CA certificate cairnd pins for the fleet server, if any.
+pub fn build(
+    profile: &Profile,
+    layout: &Layout,
+    trust_root: &Path,
+    server_ca: Option<&Path>,
+) -> Result<()> {
     fs::create_dir_all(&layout.out)?;
     let base = debian::tree(
         &profile.debian,
@@ -61,7 +67,7 @@ pub fn build(profile: &Profile, layout: &Layout, trust_root: &Path) -> Result<()
             .collect();
         fs::write(&inittab, kept.join("\n") + "\n")?;
     }
-    write_cairn_config(profile, &tree, trust_root)?;
+    write_cairn_config(profile, &tree, trust_root, server_ca)?;
     fs::write(
         tree.join("etc/modules"),
         profile.kernel.modules.join("\n") + "\n",
@@ -190,12 +196,24 @@ fn copy_overlay(overlay: &Path, tree: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The pinned fleet-server CA, in `/etc/cairn`.
+const SERVER_CA_FILE: &str = "server-ca.pem";
+
 /// `/etc/cairn`: what cairnd needs to know about this device type and image.
-fn write_cairn_config(profile: &Profile, tree: &Path, trust_root: &Path) -> Result<()> {
+fn write_cairn_config(
+    profile: &Profile,
+    tree: &Path,
+    trust_root: &Path,
+    server_ca: Option<&Path>,
+) -> Result<()> {
     let dir = tree.join("etc/cairn");
     fs::create_dir_all(dir.join("health.d"))?;
     fs::copy(trust_root, dir.join("root.json"))
         .with_context(|| format!("installing trust root {}", trust_root.display()))?;
+    if let Some(ca) = server_ca {
+        fs::copy(ca, dir.join(SERVER_CA_FILE))
+            .with_context(|| format!("installing the server CA {}", ca.display()))?;
+    }
     fs::write(dir.join("version"), format!("{}\n", profile.version))?;
     fs::write(
         dir.join("release"),
@@ -246,6 +264,9 @@ fn system_toml(profile: &Profile) -> String {
             "\n[server]\nurl = \"{}\"\npoll_secs = {}\n",
             server.url, server.poll_secs
         ));
+        if server.ca.is_some() {
+            text.push_str(&format!("ca = \"/etc/cairn/{SERVER_CA_FILE}\"\n"));
+        }
     }
     if let Some(tpm) = &profile.tpm {
         text.push_str(&format!("\n[tpm]\ntcti = \"{}\"\n", tpm.tcti));

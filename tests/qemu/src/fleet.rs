@@ -13,6 +13,8 @@ use cairn_bundle::writer::{self, BundleSpec, DeltaSource, ImageInput};
 use cairn_bundle::{SigningKey, TrustRoot};
 use cairn_image::os::disk::SlotB;
 use cairn_image::os::pipeline::Build;
+use cairn_image::tls::DevTls;
+use cairn_server::config::TlsFiles;
 use cairn_server::http::Config;
 use cairn_server::local::LocalServer;
 use serde_json::{json, Value};
@@ -20,7 +22,7 @@ use serde_json::{json, Value};
 /// Where the server listens on the host; the profile's `[server] url` is the guest's
 /// view of it.
 pub const LISTEN: &str = "127.0.0.1:18480";
-pub const PUBLIC_URL: &str = "http://10.0.2.2:18480";
+pub const PUBLIC_URL: &str = "https://10.0.2.2:18480";
 const ADMIN_TOKEN: &str = "cairn-demo-admin";
 
 /// A release of the QEMU board, by profile file name (`qemu-arm64-v2.toml`), built once
@@ -118,8 +120,9 @@ pub struct Fleet {
 }
 
 impl Fleet {
-    /// Starts the server on [`LISTEN`], trusting `root` for releases.
-    pub fn start(root: &Path, dir: &Path) -> Result<Fleet> {
+    /// Starts the server on [`LISTEN`], trusting `root` for releases and serving HTTPS
+    /// with `tls`, the certificate the image's pinned CA issued.
+    pub fn start(root: &Path, tls: &DevTls, dir: &Path) -> Result<Fleet> {
         let db_url = format!("sqlite://{}", dir.join("cairn-server.db").display());
         let mut config = Config::new(dir.join("blobs"));
         config.root = Some(TrustRoot::from_json(&std::fs::read(root)?)?);
@@ -127,11 +130,17 @@ impl Fleet {
         config.public_url = Some(PUBLIC_URL.into());
         config.poll_interval_secs = 3;
         config.evaluate_every = Duration::from_secs(2);
+        config.tls = Some(TlsFiles {
+            cert: tls.server.cert.clone(),
+            key: tls.server.key.clone(),
+        });
         let server = LocalServer::start(&db_url, config, LISTEN)?;
-        Ok(Fleet {
-            server,
-            http: reqwest::blocking::Client::new(),
-        })
+        let ca = reqwest::Certificate::from_pem(&std::fs::read(&tls.ca)?)?;
+        let http = reqwest::blocking::Client::builder()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(ca)
+            .build()?;
+        Ok(Fleet { server, http })
     }
 
     /// The server's address on this machine.

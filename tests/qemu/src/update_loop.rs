@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
 use crate::fleet::{self, Fleet};
@@ -55,7 +55,10 @@ impl Rig {
             bundle_bytes as f64 / 1048576.0,
             std::fs::metadata(v2.layout.slot_image())?.len() as f64 / 1048576.0
         ));
-        let fleet = Fleet::start(&v1.layout.dev_keys().join("root.json"), dir)?;
+        let tls = v1
+            .dev_tls()?
+            .context("the QEMU profile names a fleet server")?;
+        let fleet = Fleet::start(&v1.layout.dev_keys().join("root.json"), &tls, dir)?;
         let release = fleet.upload(&bundle)?;
         say(&format!(
             "cairn-server is up at {} with release {release}.",

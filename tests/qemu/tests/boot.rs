@@ -449,7 +449,8 @@ fn rebuilding_from_the_same_packages_gives_the_same_bytes() -> Result<()> {
     let mut layout = build.layout.clone();
     layout.out = scratch.path().join("again");
     let trust_root = build.layout.dev_keys().join("root.json");
-    cairn_image::os::rootfs::build(&build.profile, &layout, &trust_root)?;
+    let server_ca = build.dev_tls()?.map(|tls| tls.ca);
+    cairn_image::os::rootfs::build(&build.profile, &layout, &trust_root, server_ca.as_deref())?;
     let again = cairn_image::os::slot::build(
         &build.profile.slot,
         &layout.tree(),

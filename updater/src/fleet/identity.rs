@@ -87,14 +87,7 @@ impl DeviceIdentity {
             std::fs::create_dir_all(dir).map_err(io)?;
         }
         let json = serde_json::to_vec_pretty(&file).expect("identity serialises");
-        let mut out = cairn_atomic::AtomicFile::create(path).map_err(io)?;
-        use std::io::Write as _;
-        use std::os::unix::fs::PermissionsExt as _;
-        out.file()
-            .set_permissions(std::fs::Permissions::from_mode(0o600))
-            .map_err(io)?;
-        out.file().write_all(&json).map_err(io)?;
-        out.commit().map_err(io)?;
+        cairn_atomic::write_private(path, &json).map_err(io)?;
         tracing::info!(%device_id, path = %path.display(), "created a device identity");
         Ok(DeviceIdentity { device_id, key })
     }
