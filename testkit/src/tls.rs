@@ -1,41 +1,28 @@
 //! A throwaway certificate authority for tests that run TLS for real: the server gets a
-//! certificate it issued, the device pins its certificate.
+//! certificate it issued, the device pins its certificate. The same issuing code as the
+//! image builder's development CA (`cairn_image::tls`).
 
-use std::net::IpAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose,
-    SanType,
-};
+use cairn_image::tls::{CertAuthority, IssuedFiles};
 
 /// A CA made in the test.
 pub struct TestCa {
-    issuer: CertifiedIssuer<'static, KeyPair>,
+    ca: CertAuthority,
 }
 
 /// PEM files of a certificate issued by a [`TestCa`].
-#[derive(Debug, Clone)]
-pub struct IssuedPem {
-    pub cert: PathBuf,
-    pub key: PathBuf,
-}
+pub type IssuedPem = IssuedFiles;
 
 impl TestCa {
     pub fn new(name: &str) -> TestCa {
-        let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA parameters");
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name.push(DnType::CommonName, name);
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        let key = KeyPair::generate().expect("CA key");
-        TestCa {
-            issuer: CertifiedIssuer::self_signed(params, key).expect("CA certificate"),
-        }
+        let (ca, _key) = CertAuthority::generate(name).expect("a test CA");
+        TestCa { ca }
     }
 
     /// The CA certificate, PEM: what a device pins.
     pub fn cert_pem(&self) -> String {
-        self.issuer.pem()
+        self.ca.cert_pem().to_string()
     }
 
     /// Writes the CA certificate to `path`.
@@ -47,28 +34,14 @@ impl TestCa {
     /// A server certificate for `names` (DNS names or IP addresses), written as
     /// `<dir>/<stem>.crt` (leaf, then this CA) and `<dir>/<stem>.key`.
     pub fn issue(&self, names: &[&str], dir: &Path, stem: &str) -> IssuedPem {
-        let mut params = CertificateParams::new(Vec::<String>::new()).expect("leaf parameters");
-        params.distinguished_name.push(DnType::CommonName, names[0]);
-        params.subject_alt_names = names
-            .iter()
-            .map(|n| match n.parse::<IpAddr>() {
-                Ok(ip) => SanType::IpAddress(ip),
-                Err(_) => SanType::DnsName((*n).try_into().expect("a DNS name")),
-            })
-            .collect();
-        let key = KeyPair::generate().expect("leaf key");
-        let cert = params
-            .signed_by(&key, &self.issuer)
-            .expect("leaf certificate");
-        let issued = IssuedPem {
+        let files = IssuedFiles {
             cert: dir.join(format!("{stem}.crt")),
             key: dir.join(format!("{stem}.key")),
         };
-        let chain = cert.pem() + &self.cert_pem();
-        for (path, text) in [(&issued.cert, chain), (&issued.key, key.serialize_pem())] {
-            std::fs::write(path, text)
-                .unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
-        }
-        issued
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        self.ca
+            .issue(&names, &files)
+            .unwrap_or_else(|e| panic!("issuing a certificate for {names:?}: {e:#}"));
+        files
     }
 }
