@@ -1,6 +1,7 @@
 //! The web dashboard: server-rendered HTML, read-only. Who may see it is decided by
-//! [`crate::auth::admin`] (the admin token as a bearer header, a `cairn_admin` cookie,
-//! or `?token=...` once); this module answers with the redirect or the sign-in page.
+//! [`crate::auth::admin`] (the admin token as a bearer header, or `?token=...` once,
+//! traded for a session cookie); this module answers with the redirect or the sign-in
+//! page.
 
 use std::collections::HashMap;
 use std::fmt::Write;
@@ -26,7 +27,9 @@ impl FromRequestParts<Shared> for Viewer {
     type Rejection = Response;
 
     async fn from_request_parts(parts: &mut Parts, state: &Shared) -> Result<Viewer, Response> {
-        match dashboard_access(&state.admin_token, &parts.headers, &parts.uri) {
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let https = state.config.tls.is_some();
+        match dashboard_access(&state.admin_token, &parts.headers, &parts.uri, now, https) {
             DashboardAccess::Allowed => Ok(Viewer),
             DashboardAccess::SetCookie(cookie) => Err((
                 StatusCode::SEE_OTHER,
