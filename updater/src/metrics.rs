@@ -2,11 +2,12 @@
 //! scrape, so installs made by the `cairn` CLI show up as well as cairnd's own.
 
 use std::fmt::Write as _;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::context::Context;
 use crate::status::{status, Status};
@@ -97,14 +98,25 @@ pub fn render(s: &Status, history: &[crate::state::HistoryEntry], counters: &Cou
     out
 }
 
+/// The longest request line read; anything longer is not a metrics scrape.
+const MAX_REQUEST_LINE: u64 = 1024;
+/// How long one client may take to send its request line or read the answer: the
+/// endpoint serves one client at a time, so a silent one must not hold it.
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// Serves `GET /metrics` on `listen` from a background thread.
 pub fn serve(listen: &str, config_path: PathBuf, counters: Arc<Counters>) -> std::io::Result<()> {
     let listener = TcpListener::bind(listen)?;
     std::thread::Builder::new().name("metrics".into()).spawn(move || {
         for stream in listener.incoming().flatten() {
-            let mut reader = BufReader::new(&stream);
+            if stream.set_read_timeout(Some(CLIENT_TIMEOUT)).is_err()
+                || stream.set_write_timeout(Some(CLIENT_TIMEOUT)).is_err()
+            {
+                continue;
+            }
+            let mut reader = BufReader::new((&stream).take(MAX_REQUEST_LINE));
             let mut request_line = String::new();
-            if reader.read_line(&mut request_line).is_err() {
+            if reader.read_line(&mut request_line).is_err() || !request_line.ends_with('\n') {
                 continue;
             }
             let (code, body) = if request_line.starts_with("GET /metrics ") {

@@ -114,7 +114,7 @@ fn a_second_install_while_one_runs_is_refused() {
 }
 
 #[test]
-fn the_daemon_serves_prometheus_metrics_on_localhost() {
+fn the_metrics_endpoint_serves_prometheus_on_localhost_and_no_client_can_hold_it() {
     let v1 = Release::new("1.0.0", 0);
     let d = Device::new(&v1);
     let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -136,6 +136,21 @@ fn the_daemon_serves_prometheus_metrics_on_localhost() {
             }
             Err(_) => false,
         },
+    );
+    // A client that connects and says nothing, and one that sends an endless line, must
+    // not keep the endpoint from answering the next scrape.
+    use std::io::Write as _;
+    let _silent = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let mut flood = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let _ = flood.write_all(&vec![b'A'; 256 << 10]);
+    let client = reqwest::blocking::Client::builder()
+        .timeout(std::time::Duration::from_secs(15))
+        .build()
+        .unwrap();
+    let again = client.get(&url).send().and_then(|r| r.text());
+    assert!(
+        again.is_ok_and(|t| t.contains("cairn_phase")),
+        "the endpoint stays available after idle and oversized requests"
     );
     daemon.kill().unwrap();
     daemon.wait().unwrap();
