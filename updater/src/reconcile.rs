@@ -21,6 +21,9 @@ pub struct Reconciled {
     pub state: DeviceState,
     /// `Some` when the boot state must be rewritten (persist it before `state`).
     pub boot: Option<BootState>,
+    /// Trust roots that a commit finished here makes the device's (store them with
+    /// `state`, as a commit does).
+    pub committed_roots: Option<serde_json::Value>,
     pub next: Next,
 }
 
@@ -33,6 +36,7 @@ pub fn reconcile(
     let mut state = state.clone();
     let mut new_boot = boot.clone();
     let mut next = Next::Idle;
+    let mut committed_roots = None;
     match state.phase.clone() {
         Phase::Installing {
             slot,
@@ -91,8 +95,9 @@ pub fn reconcile(
             );
         }
         Phase::TrialBoot { slot, .. } if facts.slot == slot && boot.committed == slot => {
-            // Power cut between the boot-state commit and the state file: finish it.
-            state.committed(now);
+            // Power cut between the boot-state commit and the state file: finish it,
+            // trust roots included (the bundle verified and committed).
+            committed_roots = state.committed(now);
         }
         Phase::TrialBoot { slot, .. } if facts.slot == slot => next = Next::CheckTrial(slot),
         Phase::TrialBoot { slot, .. } => {
@@ -120,6 +125,7 @@ pub fn reconcile(
     Reconciled {
         boot: (new_boot != *boot).then_some(new_boot),
         state,
+        committed_roots,
         next,
     }
 }
@@ -262,11 +268,17 @@ mod tests {
     #[test]
     fn power_cut_between_boot_state_commit_and_state_file_finishes_the_commit() {
         let (mut state, mut boot) = installed_b();
+        state.pending_root = Some(serde_json::json!([{"rotation": "v2"}]));
         state.trial_started(now());
         boot.commit(SlotId::B);
         let r = reconcile(&state, &boot, &facts(SlotId::B, "boot-3"), now());
         assert_eq!(r.state.phase, Phase::Committed);
         assert_eq!(r.state.security_floor, 2);
+        assert_eq!(
+            r.committed_roots,
+            Some(serde_json::json!([{"rotation": "v2"}])),
+            "the bundle's verified roots are kept, not dropped with the finished commit"
+        );
         assert!(r
             .state
             .outbox

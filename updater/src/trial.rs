@@ -32,9 +32,13 @@ pub fn on_boot(ctx: &mut Context) -> Result<Verdict, ContextError> {
     let facts = ctx.boot_facts()?;
     let boot = ctx.boot_state()?;
     let r = reconcile(&ctx.state, &boot, &facts, OffsetDateTime::now_utc());
+    let roots_path = ctx.committed_roots_path();
     ctx.apply(r.boot.as_ref(), |state| {
         *state = r.state;
-        Ok(())
+        match r.committed_roots {
+            Some(roots) => commit_roots(&roots_path, roots),
+            None => Ok(()),
+        }
     })?;
     match r.next {
         Next::Idle => Ok(Verdict::Idle),
