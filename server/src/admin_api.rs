@@ -8,6 +8,8 @@ use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
 
 use crate::app::Shared;
+use crate::attestation;
+use crate::audit::{self, AuditEntry};
 use crate::auth::Admin;
 use crate::campaigns::{self, Campaign, CampaignStatus};
 use crate::devices::{self, Device, HistoryEntry};
@@ -109,6 +111,34 @@ pub async fn approve_device(
     Path(id): Path<String>,
 ) -> ApiResult<Json<Device>> {
     Ok(Json(devices::approve(&s.db, &id).await?))
+}
+
+/// `POST /devices/{id}/{action}`: the operator's trust decisions on one device,
+/// audit-logged: `reset-tpm`.
+pub async fn device_action(
+    _: Admin,
+    State(s): State<Shared>,
+    Path((id, action)): Path<(String, String)>,
+) -> ApiResult<Json<DeviceDetail>> {
+    let actor = audit::ADMIN_API;
+    match action.as_str() {
+        "reset-tpm" => attestation::reset(&s.db, &id, actor).await?,
+        other => {
+            return Err(ApiError::not_found(
+                "unknown-action",
+                format!("no device action '{other}' (approve, reset-tpm)"),
+            ))
+        }
+    }
+    show_device(Admin, State(s), Path(id)).await
+}
+
+pub async fn audit_log(
+    _: Admin,
+    State(s): State<Shared>,
+    Query(q): Query<Limit>,
+) -> ApiResult<Json<Vec<AuditEntry>>> {
+    Ok(Json(audit::list(&s.db, q.limit.unwrap_or(1000)).await?))
 }
 
 pub async fn set_tags(

@@ -3,7 +3,7 @@
 
 use cairn_server_api::{parse_public_key, EnrollRequest, EnrollStatus, InstalledImage};
 use serde::{Deserialize, Serialize};
-use sqlx::Row as _;
+use sqlx::{AnyConnection, Row as _};
 
 use crate::db::{now_ms, ordered_id, Db, Row};
 use crate::error::{ApiError, ApiResult};
@@ -321,7 +321,18 @@ pub fn unknown(id: &str) -> ApiError {
 
 /// Appends to a device's history.
 pub async fn record(db: &Db, device_id: &str, event: &str, detail: &str) -> ApiResult<()> {
-    let at = now_ms();
+    let mut conn = db.pool.acquire().await?;
+    record_in(&mut conn, device_id, now_ms(), event, detail).await
+}
+
+/// Appends to a device's history on `conn` (inside the caller's transaction).
+pub async fn record_in(
+    conn: &mut AnyConnection,
+    device_id: &str,
+    at: i64,
+    event: &str,
+    detail: &str,
+) -> ApiResult<()> {
     sqlx::query(
         "INSERT INTO history (id, device_id, at, event, detail) VALUES ($1, $2, $3, $4, $5)",
     )
@@ -330,7 +341,7 @@ pub async fn record(db: &Db, device_id: &str, event: &str, detail: &str) -> ApiR
     .bind(at)
     .bind(event)
     .bind(detail)
-    .execute(&db.pool)
+    .execute(&mut *conn)
     .await?;
     Ok(())
 }

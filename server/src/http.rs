@@ -41,6 +41,8 @@ pub async fn build(db: Db, config: Config, local: SocketAddr) -> anyhow::Result<
         .route("/devices/{id}", get(admin_api::show_device))
         .route("/devices/{id}/approve", post(admin_api::approve_device))
         .route("/devices/{id}/tags", put(admin_api::set_tags))
+        .route("/devices/{id}/{action}", post(admin_api::device_action))
+        .route("/audit", get(admin_api::audit_log))
         .route(
             "/campaigns",
             get(admin_api::list_campaigns).post(admin_api::create_campaign),

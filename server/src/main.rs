@@ -9,7 +9,7 @@ use cairn_server::config::Config;
 use cairn_server::db::Db;
 use cairn_server::http;
 use cairn_server::policy::{CampaignPolicy, Selector, WaveSize};
-use cairn_server::{campaigns, devices, dry_run, releases};
+use cairn_server::{attestation, audit, campaigns, devices, dry_run, releases};
 use clap::{Parser, Subcommand};
 use serde::Serialize;
 
@@ -105,6 +105,12 @@ enum DeviceCommand {
         id: String,
         tags: Vec<String>,
     },
+    /// Unbind the device's TPM (EK, AK), so it may enroll another one (audit-logged).
+    ResetTpm {
+        id: String,
+    },
+    /// The audit log of operator actions on devices, newest first.
+    Audit,
 }
 
 #[derive(Subcommand)]
@@ -238,6 +244,11 @@ async fn device(db: &Db, command: DeviceCommand) -> Result<()> {
             Ok(())
         }
         DeviceCommand::Tag { id, tags } => print(&devices::set_tags(db, &id, &tags).await?),
+        DeviceCommand::ResetTpm { id } => {
+            attestation::reset(db, &id, &audit::cli_actor()).await?;
+            print(&devices::get(db, &id).await?)
+        }
+        DeviceCommand::Audit => print(&audit::list(db, i64::MAX).await?),
     }
 }
 

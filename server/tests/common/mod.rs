@@ -5,6 +5,7 @@
 pub mod device;
 pub mod fleet;
 pub mod postgres;
+pub mod tpm;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -1,0 +1,126 @@
+//! Device identity and enrollment: what binds a device to its keys (ed25519 key, TPM
+//! endorsement key), the operator's lifecycle decisions on it, and what an outsider can
+//! learn or exhaust through the enrollment endpoints.
+
+mod common;
+
+use std::process::Command;
+
+use cairn_server_api::{paths, TpmEnrollRequest};
+use common::device::SimDevice;
+use common::tpm::{ak_public, ek_public};
+use common::TestServer;
+
+struct Setup {
+    dir: tempfile::TempDir,
+    db_url: String,
+    server: TestServer,
+}
+
+async fn setup() -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let db_url = format!("sqlite://{}", dir.path().join("cairn.db").display());
+    let server = TestServer::start(&db_url, None).await;
+    Setup {
+        dir,
+        db_url,
+        server,
+    }
+}
+
+impl Setup {
+    /// A device pre-authorized by a factory import, enrolled and logged in.
+    async fn device(&self, id: &str) -> SimDevice {
+        let mut d = SimDevice::new(&self.server.url, id, vec![]);
+        let csv = format!(
+            "device_id,public_key,compatible,tags\n{}\n",
+            d.factory_line("")
+        );
+        self.server
+            .admin()
+            .ok("/admin/v1/devices/import", csv)
+            .await;
+        assert_eq!(d.enroll().await.status, 200);
+        d.login().await;
+        d
+    }
+
+    /// Runs a `cairn-server` subcommand on this server's database; must succeed.
+    fn cli(&self, args: &[&str]) -> serde_json::Value {
+        let out = Command::new(env!("CARGO_BIN_EXE_cairn-server"))
+            .args(["--db", &self.db_url, "--blobs"])
+            .arg(self.dir.path().join("blobs"))
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .env("USER", "alice")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
+    }
+
+    async fn sql(&self, statement: &str, id: &str) {
+        sqlx::query(statement)
+            .bind(id)
+            .execute(&self.server.state.db.pool)
+            .await
+            .unwrap();
+    }
+}
+
+fn error_code(body: &serde_json::Value) -> &str {
+    body["error"].as_str().unwrap_or("<no error code>")
+}
+
+async fn tpm_enroll(d: &SimDevice, ek: u8, ak: u8) -> (u16, String) {
+    let request = TpmEnrollRequest {
+        ek_public: ek_public(ek),
+        ek_certificate: None,
+        ak_public: ak_public(ak),
+    };
+    let answer = d.post_json(paths::TPM_ENROLL, &request, &[]).await;
+    (answer.status, error_code(&answer.body).to_string())
+}
+
+#[tokio::test]
+async fn a_device_cannot_swap_its_tpm_endorsement_key_by_re_enrolling_an_attestation_key() {
+    let s = setup().await;
+    let d = s.device("dev-tpm").await;
+    assert_eq!(tpm_enroll(&d, 1, 1).await.0, 200);
+    // The AK passed its challenge (ActivateCredential needs the EK's private key, which
+    // this test does not have; the server's record of it is what matters here).
+    s.sql("UPDATE devices SET ak_trusted_at = 1 WHERE id = $1", &d.id)
+        .await;
+
+    // EK1 with a new AK2 (a wiped data partition): the same TPM, accepted.
+    assert_eq!(tpm_enroll(&d, 1, 2).await.0, 200);
+    // Then EK2: another TPM. Refused, although the re-enrollment cleared the AK's trust.
+    assert_eq!(tpm_enroll(&d, 2, 2).await, (409, "ek-changed".into()));
+    assert_eq!(tpm_enroll(&d, 2, 3).await, (409, "ek-changed".into()));
+    assert_eq!(
+        tpm_enroll(&d, 1, 3).await.0,
+        200,
+        "EK1 is still the bound one"
+    );
+
+    // The operator unbinds it; the next enrollment binds EK2.
+    s.cli(&["device", "reset-tpm", &d.id]);
+    assert_eq!(tpm_enroll(&d, 2, 2).await.0, 200);
+    assert_eq!(tpm_enroll(&d, 1, 1).await, (409, "ek-changed".into()));
+
+    let audit = s.cli(&["device", "audit"]);
+    assert_eq!(audit[0]["action"], "reset-tpm", "{audit}");
+    assert_eq!(audit[0]["device_id"], d.id);
+    assert_eq!(audit[0]["actor"], "cli:alice");
+    let (_, shown) = s
+        .server
+        .admin()
+        .get(&format!("/admin/v1/devices/{}", d.id))
+        .await;
+    let history = shown["history"].as_array().unwrap();
+    assert!(history.iter().any(|h| h["event"] == "reset-tpm"), "{shown}");
+}
