@@ -106,9 +106,10 @@ async fn unknown_devices_bad_signatures_replays_and_stale_requests_are_refused()
     let mut stranger = SimDevice::new(&s.server.url, "dev-unknown", vec![]);
     let request = stranger.token_request();
     let answer = stranger.post_json(paths::TOKEN, &request, &[]).await;
+    // Answered like a bad signature: the endpoint does not tell which ids exist.
     assert_eq!(
         (answer.status, error_code(&answer.body)),
-        (404, "unknown-device")
+        (401, "bad-signature")
     );
 
     // Signed by another key: refused, and the nonce is not burned by the forger.

@@ -6,7 +6,7 @@ mod common;
 
 use std::process::Command;
 
-use cairn_server_api::{paths, TpmEnrollRequest};
+use cairn_server_api::{paths, TokenRequest, TpmEnrollRequest};
 use common::device::SimDevice;
 use common::tpm::{ak_public, ek_public};
 use common::TestServer;
@@ -123,4 +123,34 @@ async fn a_device_cannot_swap_its_tpm_endorsement_key_by_re_enrolling_an_attesta
         .await;
     let history = shown["history"].as_array().unwrap();
     assert!(history.iter().any(|h| h["event"] == "reset-tpm"), "{shown}");
+}
+
+#[tokio::test]
+async fn token_requests_do_not_tell_unknown_device_ids_from_bad_signatures() {
+    let s = setup().await;
+    let mut d = s.device("dev-known").await;
+    let mut stranger = SimDevice::new(&s.server.url, "dev-unknown", vec![]);
+
+    // Correctly signed by a key nobody enrolled, for an id nobody has.
+    let request = stranger.token_request();
+    let unknown = stranger.post_json(paths::TOKEN, &request, &[]).await;
+    // Signed by the wrong key, for an id that exists.
+    let request = d.token_request();
+    let forged = TokenRequest::sign(&stranger.key, &d.id, request.timestamp, &request.nonce);
+    let known = d.post_json(paths::TOKEN, &forged, &[]).await;
+    assert_eq!((unknown.status, &unknown.body), (known.status, &known.body));
+    assert_eq!(
+        (known.status, error_code(&known.body)),
+        (401, "bad-signature")
+    );
+
+    // A malformed signature reads the same for both too.
+    let mut garbled = stranger.token_request();
+    garbled.signature = "00".into();
+    let unknown = stranger.post_json(paths::TOKEN, &garbled, &[]).await;
+    garbled.device_id = d.id.clone();
+    let known = d.post_json(paths::TOKEN, &garbled, &[]).await;
+    assert_eq!((unknown.status, &unknown.body), (known.status, &known.body));
+    // The device itself still gets its token.
+    d.login().await;
 }

@@ -6,22 +6,34 @@
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
-use cairn_server_api::{TokenRequest, TokenResponse};
+use std::sync::LazyLock;
+
+use cairn_server_api::{SignError, TokenRequest, TokenResponse};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use sqlx::Row as _;
 
 use super::{bearer, consume_nonce, unix_now, Credentials};
 use crate::db::Db;
-use crate::devices;
 use crate::error::{ApiError, ApiResult};
 
 pub const TOKEN_LIFETIME_SECS: i64 = 900;
 
 const TOKEN_CONTEXT: &[u8] = b"cairn-server-token-v1\0";
 
+/// A valid ed25519 key no device holds: a token request for an unknown device is checked
+/// against it, so it costs the same and fails the same way as a forged signature.
+static NOBODY: LazyLock<String> = LazyLock::new(|| {
+    hex::encode(
+        ed25519_dalek::SigningKey::from_bytes(&[0x5a; 32])
+            .verifying_key()
+            .as_bytes(),
+    )
+});
+
 /// Answers a token request: signed by the device's enrolled key, fresh, not replayed,
-/// and the device approved.
+/// and the device approved. An unknown device id gets the answer of a bad signature, so
+/// the endpoint does not tell which ids exist.
 pub async fn issue_token(
     db: &Db,
     key: &TokenKey,
@@ -30,12 +42,18 @@ pub async fn issue_token(
     let row = sqlx::query("SELECT public_key, approval FROM devices WHERE id = $1")
         .bind(&request.device_id)
         .fetch_optional(&db.pool)
-        .await?
-        .ok_or_else(|| devices::unknown(&request.device_id))?;
-    let public_key: String = row.try_get("public_key")?;
-    request
-        .verify(&public_key)
-        .map_err(|e| ApiError::unauthorized("bad-signature", format!("token request: {e}")))?;
+        .await?;
+    let public_key: String = match &row {
+        Some(row) => row.try_get("public_key")?,
+        None => NOBODY.clone(),
+    };
+    let bad = |e: SignError| ApiError::unauthorized("bad-signature", format!("token request: {e}"));
+    let row = match (row, request.verify(&public_key)) {
+        (Some(row), Ok(())) => row,
+        (_, Err(e)) => return Err(bad(e)),
+        // Nobody holds NOBODY's private key; refused all the same should it ever verify.
+        (None, Ok(())) => return Err(bad(SignError::BadSignature)),
+    };
     consume_nonce(db, &request.device_id, request.timestamp, &request.nonce).await?;
     if row.try_get::<String, _>("approval")? != "approved" {
         return Err(ApiError::forbidden(
