@@ -154,3 +154,29 @@ async fn token_requests_do_not_tell_unknown_device_ids_from_bad_signatures() {
     // The device itself still gets its token.
     d.login().await;
 }
+
+#[tokio::test]
+async fn a_nonce_purged_at_the_edge_of_the_window_is_not_accepted_again() {
+    use cairn_server::auth::{consume_nonce, purge_nonces, CLOCK_SKEW_SECS};
+    use cairn_server::db::{now_ms, Db};
+
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::connect(&format!("sqlite://{}", dir.path().join("n.db").display()))
+        .await
+        .unwrap();
+    // Early in a second (with time to spare before the next one), a request stamped
+    // exactly the window's width ago: its nonce's expiry is this second's first
+    // millisecond, so the purge drops it now.
+    while !(100..600).contains(&(now_ms() % 1000)) {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let timestamp = now_ms() / 1000 - CLOCK_SKEW_SECS;
+    let nonce = "00112233445566778899aabbccddeeff";
+    let first = consume_nonce(&db, "dev-1", timestamp, nonce).await;
+    purge_nonces(&db).await.unwrap();
+    let second = consume_nonce(&db, "dev-1", timestamp, nonce).await;
+    assert!(
+        first.is_err() || second.is_err(),
+        "the same signed request was accepted twice"
+    );
+}
