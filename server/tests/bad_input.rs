@@ -308,6 +308,74 @@ async fn retried_reports_are_applied_once() {
 }
 
 #[tokio::test]
+async fn endless_reports_under_new_ids_do_not_grow_the_report_and_history_tables() {
+    let s = setup().await;
+    let mut fleet = devices(&s, 2).await;
+    running_campaign(&s).await;
+    let done = fleet[0].check_in().await.unwrap();
+    fleet[0].install(&done, true).await;
+    let live = fleet[1].check_in().await.unwrap();
+    let pool = &s.server.state.db.pool;
+    let rows = |table: &'static str, column: &'static str, value: String| async move {
+        let n: i64 =
+            sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {table} WHERE {column} = $1"))
+                .bind(value)
+                .fetch_one(pool)
+                .await
+                .unwrap();
+        n
+    };
+    let history_before = rows("history", "device_id", fleet[0].id.clone()).await;
+
+    // A device that retries its final report under a new id every time.
+    for i in 0..100 {
+        let ack = fleet[0]
+            .report(
+                &done.deployment_id,
+                &format!("again-{i}"),
+                ReportedState::Committed,
+                None,
+            )
+            .await;
+        assert_eq!(
+            (&ack["duplicate"], &ack["deployment_state"]),
+            (&json!(true), &json!("succeeded"))
+        );
+    }
+    assert_eq!(
+        rows("reports", "deployment_id", done.deployment_id.clone()).await,
+        4
+    );
+    assert_eq!(
+        rows("history", "device_id", fleet[0].id.clone()).await,
+        history_before
+    );
+
+    // Endless progress reports on a live deployment: kept up to a bound, then refused.
+    let mut refused = 0;
+    for i in 0..100 {
+        let answer = fleet[1]
+            .report_raw(
+                &live.deployment_id,
+                &format!("p-{i}"),
+                ReportedState::Downloading,
+                None,
+            )
+            .await;
+        if answer.status == 409 {
+            assert_eq!(error_code(&answer.body), "too-many-reports");
+            refused += 1;
+        } else {
+            assert_eq!(answer.status, 200, "{}", answer.body);
+        }
+    }
+    let kept = rows("reports", "deployment_id", live.deployment_id.clone()).await;
+    assert!(kept <= 32, "{kept} report rows");
+    assert_eq!(refused, 100 - kept);
+    assert!(rows("history", "device_id", fleet[1].id.clone()).await <= 32 + 4);
+}
+
+#[tokio::test]
 async fn polling_is_cheap_with_etags() {
     let s = setup().await;
     let d = devices(&s, 1).await.remove(0);
