@@ -114,7 +114,7 @@ pub async fn approve_device(
 }
 
 /// `POST /devices/{id}/{action}`: the operator's trust decisions on one device,
-/// audit-logged: `reset-tpm`.
+/// audit-logged: `reject`, `revoke`, `reset-tpm`.
 pub async fn device_action(
     _: Admin,
     State(s): State<Shared>,
@@ -123,10 +123,12 @@ pub async fn device_action(
     let actor = audit::ADMIN_API;
     match action.as_str() {
         "reset-tpm" => attestation::reset(&s.db, &id, actor).await?,
+        "reject" => drop(devices::reject(&s.db, &id, actor).await?),
+        "revoke" => drop(devices::revoke(&s.db, &id, actor).await?),
         other => {
             return Err(ApiError::not_found(
                 "unknown-action",
-                format!("no device action '{other}' (approve, reset-tpm)"),
+                format!("no device action '{other}' (approve, reject, revoke, reset-tpm)"),
             ))
         }
     }

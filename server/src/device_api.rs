@@ -1,5 +1,7 @@
 //! Handlers of the device API (`server/API.md`). Every handler but enroll and token
-//! needs a bearer token, and acts only for the device the token names.
+//! needs a bearer token, and acts only for the device the token names, and only while
+//! that device is approved (`devices::require_active`; check-in checks the row it reads
+//! anyway): a device revoked after its token was issued is refused at once.
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -84,6 +86,7 @@ pub async fn report(
     body: Bytes,
 ) -> ApiResult<Response> {
     let report: Report = parse_body(&body)?;
+    devices::require_active(&state.db, &device).await?;
     let ack = reports::report(&state.db, &device, &deployment, &report).await?;
     if ack.deployment_state.is_terminal() && !ack.duplicate {
         state.caches.invalidate_campaigns();
@@ -97,6 +100,7 @@ pub async fn tpm_enroll(
     body: Bytes,
 ) -> ApiResult<Json<TpmChallenge>> {
     let request: TpmEnrollRequest = parse_body(&body)?;
+    devices::require_active(&state.db, &device).await?;
     let ca = state.config.ek_ca.as_deref();
     Ok(Json(
         attestation::enroll(&state.db, ca, &device, &request).await?,
@@ -109,6 +113,7 @@ pub async fn tpm_activate(
     body: Bytes,
 ) -> ApiResult<Json<TpmEnrollStatus>> {
     let activation: TpmActivation = parse_body(&body)?;
+    devices::require_active(&state.db, &device).await?;
     Ok(Json(
         attestation::activate(&state.db, &device, &activation).await?,
     ))
@@ -121,6 +126,7 @@ pub async fn attestation(
     body: Bytes,
 ) -> ApiResult<Json<AttestationResult>> {
     let evidence: AttestationEvidence = parse_body(&body)?;
+    devices::require_active(&state.db, &device).await?;
     let result =
         attestation::attest(&state.db, &state.caches, &device, &deployment, &evidence).await?;
     Ok(Json(result))

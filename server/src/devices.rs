@@ -5,18 +5,26 @@ use cairn_server_api::{parse_public_key, EnrollRequest, EnrollStatus, InstalledI
 use serde::{Deserialize, Serialize};
 use sqlx::{AnyConnection, Row as _};
 
+use crate::audit;
 use crate::db::{now_ms, ordered_id, Db, Row};
 use crate::error::{ApiError, ApiResult};
 
 const APPROVED: &str = "approved";
 const PENDING: &str = "pending";
+/// An operator refused the pending enrollment: the id cannot enroll again (with any
+/// key) until an operator approves it.
+const REJECTED: &str = "rejected";
+/// An operator withdrew the device's trust: refused on every device endpoint for good
+/// (approving it again is refused too: its key is presumed compromised).
+const REVOKED: &str = "revoked";
 
 /// A device as the operator sees it.
 #[derive(Debug, Clone, Serialize)]
 pub struct Device {
     pub id: String,
     pub public_key: String,
-    /// `approved` (pre-authorized or approved by an operator) or `pending`.
+    /// `approved` (pre-authorized or approved by an operator), `pending`, `rejected` or
+    /// `revoked`.
     pub approval: String,
     pub compatible: String,
     pub tags: Vec<String>,
@@ -137,24 +145,131 @@ pub async fn enroll(db: &Db, request: &EnrollRequest) -> ApiResult<EnrollStatus>
         }
     }
     let approval: String = row.try_get("approval")?;
-    Ok(if approval == APPROVED {
-        EnrollStatus::Approved
-    } else {
-        EnrollStatus::Pending
-    })
+    if approval == PENDING {
+        return Ok(EnrollStatus::Pending);
+    }
+    require_approved(&request.device_id, &approval)?;
+    Ok(EnrollStatus::Approved)
 }
 
+/// Whether a device whose approval is `approval` may use the device API (token,
+/// check-in, reports, TPM): only an approved one; the refusal says why.
+pub fn require_approved(id: &str, approval: &str) -> ApiResult<()> {
+    match approval {
+        APPROVED => Ok(()),
+        REVOKED => Err(ApiError::forbidden(
+            "revoked",
+            format!("device {id} was revoked by an operator"),
+        )),
+        REJECTED => Err(ApiError::forbidden(
+            "rejected",
+            format!("an operator rejected the enrollment of device {id}"),
+        )),
+        _ => Err(ApiError::forbidden(
+            "not-approved",
+            format!("device {id} waits for an operator to approve its key"),
+        )),
+    }
+}
+
+/// [`require_approved`] for a bearer-token request: tokens are checked without the
+/// database, so a device revoked since its token was issued is caught here.
+pub async fn require_active(db: &Db, id: &str) -> ApiResult<()> {
+    let row = sqlx::query("SELECT approval FROM devices WHERE id = $1")
+        .bind(id)
+        .fetch_optional(&db.pool)
+        .await?
+        .ok_or_else(|| unknown(id))?;
+    require_approved(id, &row.try_get::<String, _>("approval")?)
+}
+
+/// Approves a pending or rejected device (a no-op for an approved one). A revoked device
+/// stays revoked: `409 revoked`.
 pub async fn approve(db: &Db, id: &str) -> ApiResult<Device> {
-    let done = sqlx::query("UPDATE devices SET approval = $1 WHERE id = $2")
+    let done = sqlx::query("UPDATE devices SET approval = $1 WHERE id = $2 AND approval <> $3")
         .bind(APPROVED)
         .bind(id)
+        .bind(REVOKED)
         .execute(&db.pool)
         .await?;
     if done.rows_affected() == 0 {
-        return Err(unknown(id));
+        get(db, id).await?;
+        return Err(ApiError::conflict(
+            "revoked",
+            format!("device {id} was revoked; a revoked device cannot be approved again"),
+        ));
     }
     record(db, id, "approved", "operator approved the device key").await?;
     get(db, id).await
+}
+
+/// The operator refuses a pending enrollment. Compare-and-set on `pending`: an approved
+/// or revoked device is not "rejected" (`409 not-pending`).
+pub async fn reject(db: &Db, id: &str, actor: &str) -> ApiResult<Device> {
+    let detail = "operator rejected the enrollment; the id cannot enroll again until approved";
+    set_approval(db, id, &[PENDING], REJECTED, actor, detail).await?;
+    get(db, id).await
+}
+
+/// The operator withdraws a device's trust, whatever its state: every device endpoint
+/// refuses it from now on (`403 revoked`), including with tokens issued before.
+pub async fn revoke(db: &Db, id: &str, actor: &str) -> ApiResult<Device> {
+    let detail = "operator revoked the device; it is refused on every device endpoint";
+    set_approval(
+        db,
+        id,
+        &[PENDING, APPROVED, REJECTED],
+        REVOKED,
+        actor,
+        detail,
+    )
+    .await?;
+    get(db, id).await
+}
+
+/// Moves `id` from one of `from` to `to`, audit-logged in the same transaction.
+async fn set_approval(
+    db: &Db,
+    id: &str,
+    from: &[&str],
+    to: &'static str,
+    actor: &str,
+    detail: &str,
+) -> ApiResult<()> {
+    let mut tx = db.pool.begin().await?;
+    let row = sqlx::query("SELECT approval FROM devices WHERE id = $1")
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or_else(|| unknown(id))?;
+    let current: String = row.try_get("approval")?;
+    let conflict = || {
+        ApiError::conflict(
+            if to == REJECTED {
+                "not-pending"
+            } else {
+                "already-revoked"
+            },
+            format!("device {id} is {current}; it cannot become {to}"),
+        )
+    };
+    if !from.contains(&current.as_str()) {
+        return Err(conflict());
+    }
+    // Compare-and-set on the approval read above: another server may have moved it.
+    let done = sqlx::query("UPDATE devices SET approval = $1 WHERE id = $2 AND approval = $3")
+        .bind(to)
+        .bind(id)
+        .bind(&current)
+        .execute(&mut *tx)
+        .await?;
+    if done.rows_affected() == 0 {
+        return Err(conflict());
+    }
+    let action = if to == REJECTED { "reject" } else { "revoke" };
+    audit::record(&mut tx, actor, action, id, detail).await?;
+    tx.commit().await?;
+    Ok(())
 }
 
 /// Sets the tags campaigns select on.

@@ -105,6 +105,14 @@ enum DeviceCommand {
         id: String,
         tags: Vec<String>,
     },
+    /// Refuse a pending enrollment; the id cannot enroll again until approved (audited).
+    Reject {
+        id: String,
+    },
+    /// Withdraw a device's trust for good: 403 on every device endpoint (audit-logged).
+    Revoke {
+        id: String,
+    },
     /// Unbind the device's TPM (EK, AK), so it may enroll another one (audit-logged).
     ResetTpm {
         id: String,
@@ -244,6 +252,12 @@ async fn device(db: &Db, command: DeviceCommand) -> Result<()> {
             Ok(())
         }
         DeviceCommand::Tag { id, tags } => print(&devices::set_tags(db, &id, &tags).await?),
+        DeviceCommand::Reject { id } => {
+            print(&devices::reject(db, &id, &audit::cli_actor()).await?)
+        }
+        DeviceCommand::Revoke { id } => {
+            print(&devices::revoke(db, &id, &audit::cli_actor()).await?)
+        }
         DeviceCommand::ResetTpm { id } => {
             attestation::reset(db, &id, &audit::cli_actor()).await?;
             print(&devices::get(db, &id).await?)

@@ -6,7 +6,7 @@ mod common;
 
 use std::process::Command;
 
-use cairn_server_api::{paths, TokenRequest, TpmEnrollRequest};
+use cairn_server_api::{paths, ReportedState, TokenRequest, TpmEnrollRequest};
 use common::device::SimDevice;
 use common::tpm::{ak_public, ek_public};
 use common::TestServer;
@@ -179,4 +179,128 @@ async fn a_nonce_purged_at_the_edge_of_the_window_is_not_accepted_again() {
         first.is_err() || second.is_err(),
         "the same signed request was accepted twice"
     );
+}
+
+#[tokio::test]
+async fn a_revoked_device_is_refused_on_every_endpoint_and_shown_as_revoked() {
+    let s = setup().await;
+    let admin = s.server.admin();
+    let mut d = s.device("dev-stolen").await;
+    assert_eq!(d.check_in_raw(None).await.status, 200);
+
+    let (status, shown) = admin
+        .post(&format!("/admin/v1/devices/{}/revoke", d.id), "")
+        .await;
+    assert_eq!(status, 200, "{shown}");
+    assert_eq!(shown["device"]["approval"], "revoked");
+
+    // The token it holds was issued before: still refused, everywhere.
+    let revoked = (403, "revoked".to_string());
+    let answer = d.check_in_raw(None).await;
+    assert_eq!(
+        (answer.status, error_code(&answer.body).to_string()),
+        revoked
+    );
+    let answer = d
+        .report_raw("dep-any", "r1", ReportedState::Downloading, None)
+        .await;
+    assert_eq!(
+        (answer.status, error_code(&answer.body).to_string()),
+        revoked
+    );
+    assert_eq!(tpm_enroll(&d, 1, 1).await, revoked);
+    let evidence = cairn_server_api::AttestationEvidence {
+        nonce: "00".into(),
+        quote: "00".into(),
+        signature: "00".into(),
+        event_log: serde_json::json!({ "events": [] }),
+    };
+    let answer = d
+        .post_json(&paths::attestation("dep-any"), &evidence, &[])
+        .await;
+    assert_eq!(
+        (answer.status, error_code(&answer.body).to_string()),
+        revoked
+    );
+    let request = d.token_request();
+    let answer = d.post_json(paths::TOKEN, &request, &[]).await;
+    assert_eq!(
+        (answer.status, error_code(&answer.body).to_string()),
+        revoked
+    );
+    let answer = d.enroll().await;
+    assert_eq!(
+        (answer.status, error_code(&answer.body).to_string()),
+        revoked
+    );
+
+    // Revoked for good: approving it again is refused, revoking again too.
+    let (status, body) = admin
+        .post(&format!("/admin/v1/devices/{}/approve", d.id), "")
+        .await;
+    assert_eq!((status, error_code(&body)), (409, "revoked"));
+    let (status, body) = admin
+        .post(&format!("/admin/v1/devices/{}/revoke", d.id), "")
+        .await;
+    assert_eq!((status, error_code(&body)), (409, "already-revoked"));
+
+    let (_, listed) = admin.get("/admin/v1/devices").await;
+    assert_eq!(listed[0]["approval"], "revoked");
+    let page = reqwest::Client::new()
+        .get(format!("{}/ui/devices", s.server.url))
+        .bearer_auth(common::ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("<td>revoked</td>"), "{page}");
+    let (_, audit) = admin.get("/admin/v1/audit").await;
+    assert_eq!(
+        (&audit[0]["action"], &audit[0]["actor"]),
+        (
+            &serde_json::json!("revoke"),
+            &serde_json::json!("admin-api")
+        )
+    );
+}
+
+#[tokio::test]
+async fn a_rejected_enrollment_cannot_enroll_again_until_an_operator_approves_it() {
+    let s = setup().await;
+    let mut newcomer = SimDevice::new(&s.server.url, "dev-new", vec![]);
+    assert_eq!(newcomer.enroll().await.status, 202);
+    let shown = s.cli(&["device", "reject", "dev-new"]);
+    assert_eq!(shown["approval"], "rejected");
+
+    let answer = newcomer.enroll().await;
+    assert_eq!((answer.status, error_code(&answer.body)), (403, "rejected"));
+    let request = newcomer.token_request();
+    let answer = newcomer.post_json(paths::TOKEN, &request, &[]).await;
+    assert_eq!((answer.status, error_code(&answer.body)), (403, "rejected"));
+    // Nor can another key take the id over.
+    let mut other = SimDevice::new(&s.server.url, "dev-new", vec![]);
+    let answer = other.enroll().await;
+    assert_eq!(
+        (answer.status, error_code(&answer.body)),
+        (403, "key-mismatch")
+    );
+    // Only pending enrollments can be rejected.
+    let d = s.device("dev-known").await;
+    let (status, body) = s
+        .server
+        .admin()
+        .post(&format!("/admin/v1/devices/{}/reject", d.id), "")
+        .await;
+    assert_eq!((status, error_code(&body)), (409, "not-pending"));
+
+    // The operator changes their mind.
+    s.server
+        .admin()
+        .ok("/admin/v1/devices/dev-new/approve", "")
+        .await;
+    assert_eq!(newcomer.enroll().await.status, 200);
+    newcomer.login().await;
+    assert_eq!(s.cli(&["device", "audit"])[0]["action"], "reject");
 }

@@ -15,6 +15,7 @@ use sqlx::Row as _;
 
 use super::{bearer, consume_nonce, unix_now, Credentials};
 use crate::db::Db;
+use crate::devices;
 use crate::error::{ApiError, ApiResult};
 
 pub const TOKEN_LIFETIME_SECS: i64 = 900;
@@ -55,15 +56,7 @@ pub async fn issue_token(
         (None, Ok(())) => return Err(bad(SignError::BadSignature)),
     };
     consume_nonce(db, &request.device_id, request.timestamp, &request.nonce).await?;
-    if row.try_get::<String, _>("approval")? != "approved" {
-        return Err(ApiError::forbidden(
-            "not-approved",
-            format!(
-                "device {} waits for an operator to approve its key",
-                request.device_id
-            ),
-        ));
-    }
+    devices::require_approved(&request.device_id, &row.try_get::<String, _>("approval")?)?;
     let expires_at = unix_now() + TOKEN_LIFETIME_SECS;
     Ok(TokenResponse {
         token: key.issue(&request.device_id, expires_at),
