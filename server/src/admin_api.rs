@@ -12,7 +12,7 @@ use crate::attestation;
 use crate::audit::{self, AuditEntry};
 use crate::auth::Admin;
 use crate::campaigns::{self, Campaign, CampaignStatus};
-use crate::devices::{self, Device, HistoryEntry};
+use crate::devices::{self, Device, HistoryEntry, ImportSummary};
 use crate::dry_run::{self, DryRun};
 use crate::error::{ApiError, ApiResult};
 use crate::json::parse_body;
@@ -153,23 +153,18 @@ pub async fn set_tags(
     Ok(Json(devices::set_tags(&s.db, &id, &tags).await?))
 }
 
-#[derive(Serialize)]
-pub struct Imported {
-    pub imported: usize,
-}
-
 /// Body: a factory manifest, JSON array or CSV.
 pub async fn import_devices(
     _: Admin,
     State(s): State<Shared>,
     body: Bytes,
-) -> ApiResult<Json<Imported>> {
+) -> ApiResult<Json<ImportSummary>> {
     let text = std::str::from_utf8(&body)
         .map_err(|_| ApiError::bad_request("bad-manifest", "factory manifest is not UTF-8"))?;
     let entries = devices::parse_factory_manifest(text)?;
-    Ok(Json(Imported {
-        imported: devices::import(&s.db, &entries).await?,
-    }))
+    Ok(Json(
+        devices::import(&s.db, &entries, audit::ADMIN_API).await?,
+    ))
 }
 
 pub async fn list_campaigns(_: Admin, State(s): State<Shared>) -> ApiResult<Json<Vec<Campaign>>> {

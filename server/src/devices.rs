@@ -285,10 +285,36 @@ pub async fn set_tags(db: &Db, id: &str, tags: &[String]) -> ApiResult<Device> {
     get(db, id).await
 }
 
-/// Imports a factory manifest: every key in it is authorized. A device that already
-/// exists with a different key is refused (the whole import is), so an import can never
-/// silently take over an enrolled device.
-pub async fn import(db: &Db, entries: &[FactoryEntry]) -> ApiResult<usize> {
+/// What an import did, entry by entry.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ImportSummary {
+    /// Entries now authorized with the manifest's key (new, or already with that key).
+    pub imported: usize,
+    /// Ids that had a pending or rejected enrollment under another key: the manifest's
+    /// key replaced it (that key was never approved, so nothing trusted is lost).
+    pub replaced: Vec<String>,
+    /// Ids left as they were: they exist, approved or revoked, with another key.
+    pub refused: Vec<RefusedEntry>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RefusedEntry {
+    pub device_id: String,
+    pub reason: String,
+}
+
+/// Whether a manifest entry may replace a device of this approval that holds another
+/// key: only one no operator ever trusted, so enrolling an id first (squatting it) never
+/// keeps the device the factory made for it out; a trusted key is never taken over.
+fn import_replaces(approval: &str) -> bool {
+    approval == PENDING || approval == REJECTED
+}
+
+/// Imports a factory manifest: every key in it is authorized. An id that exists with
+/// another key is replaced when its enrollment was never approved, and left alone (and
+/// listed as refused) otherwise: the import goes on with the other entries, and a
+/// malformed manifest (bad id or key) is refused before anything is written.
+pub async fn import(db: &Db, entries: &[FactoryEntry], actor: &str) -> ApiResult<ImportSummary> {
     for e in entries {
         check_name("device id", &e.device_id)?;
         check_name("compatible", &e.compatible)?;
@@ -298,38 +324,82 @@ pub async fn import(db: &Db, entries: &[FactoryEntry]) -> ApiResult<usize> {
     }
     let mut tx = db.pool.begin().await?;
     let now = now_ms();
+    let mut summary = ImportSummary::default();
     for e in entries {
+        let key = e.public_key.to_ascii_lowercase();
+        let tags = join_tags(&e.tags)?;
         sqlx::query(
             "INSERT INTO devices (id, public_key, approval, compatible, tags, created_at) \
              VALUES ($1, $2, $3, $4, $5, $6) \
              ON CONFLICT (id) DO UPDATE SET approval = $3, compatible = $4, tags = $5 \
-             WHERE devices.public_key = $2",
+             WHERE devices.public_key = $2 AND devices.approval <> $7",
         )
         .bind(&e.device_id)
-        .bind(e.public_key.to_ascii_lowercase())
+        .bind(&key)
         .bind(APPROVED)
         .bind(&e.compatible)
-        .bind(join_tags(&e.tags)?)
+        .bind(&tags)
         .bind(now)
+        .bind(REVOKED)
         .execute(&mut *tx)
         .await?;
-        let key: String = sqlx::query("SELECT public_key FROM devices WHERE id = $1")
+        let row = sqlx::query("SELECT public_key, approval FROM devices WHERE id = $1")
             .bind(&e.device_id)
             .fetch_one(&mut *tx)
-            .await?
-            .try_get("public_key")?;
-        if key != e.public_key.to_ascii_lowercase() {
-            return Err(ApiError::conflict(
-                "key-mismatch",
-                format!(
-                    "device {} exists with another key; nothing imported",
-                    e.device_id
-                ),
-            ));
+            .await?;
+        let (held, approval): (String, String) =
+            (row.try_get("public_key")?, row.try_get("approval")?);
+        if held == key && approval == APPROVED {
+            summary.imported += 1;
+            continue;
         }
+        let refuse = |reason: String| RefusedEntry {
+            device_id: e.device_id.clone(),
+            reason,
+        };
+        if held == key || !import_replaces(&approval) {
+            summary.refused.push(refuse(format!(
+                "device {} exists ({approval}) with {}; left as it is",
+                e.device_id,
+                if held == key {
+                    "this key"
+                } else {
+                    "another key"
+                }
+            )));
+            continue;
+        }
+        // Compare-and-set on what was read: the enrollment being replaced is the one
+        // the summary and the audit log name.
+        let replaced = sqlx::query(
+            "UPDATE devices SET public_key = $1, approval = $2, compatible = $3, tags = $4, \
+             enrolled_at = NULL WHERE id = $5 AND public_key = $6 AND approval = $7",
+        )
+        .bind(&key)
+        .bind(APPROVED)
+        .bind(&e.compatible)
+        .bind(&tags)
+        .bind(&e.device_id)
+        .bind(&held)
+        .bind(&approval)
+        .execute(&mut *tx)
+        .await?;
+        if replaced.rows_affected() == 0 {
+            summary.refused.push(refuse(format!(
+                "device {} changed during the import; import it again",
+                e.device_id
+            )));
+            continue;
+        }
+        let detail = format!(
+            "factory import replaced a {approval} enrollment under another key ({held}) with the manifest's key"
+        );
+        audit::record(&mut tx, actor, "import-replaced", &e.device_id, &detail).await?;
+        summary.imported += 1;
+        summary.replaced.push(e.device_id.clone());
     }
     tx.commit().await?;
-    Ok(entries.len())
+    Ok(summary)
 }
 
 /// Parses a factory manifest: a JSON array of entries, or CSV with the header
@@ -508,6 +578,14 @@ mod tests {
         let unknown_field = r#"[{"device_id":"d","public_key":"k","compatible":"c","owner":"x"}]"#;
         let e = parse_factory_manifest(unknown_field).unwrap_err();
         assert!(e.to_string().contains("unknown field"), "{e}");
+    }
+
+    #[test]
+    fn an_import_replaces_only_enrollments_no_operator_trusted() {
+        assert!(import_replaces(PENDING));
+        assert!(import_replaces(REJECTED));
+        assert!(!import_replaces(APPROVED));
+        assert!(!import_replaces(REVOKED));
     }
 
     #[test]

@@ -247,9 +247,7 @@ async fn device(db: &Db, command: DeviceCommand) -> Result<()> {
             let text = std::fs::read_to_string(&manifest)
                 .with_context(|| format!("reading {}", manifest.display()))?;
             let entries = devices::parse_factory_manifest(&text)?;
-            let n = devices::import(db, &entries).await?;
-            println!("imported {n} devices");
-            Ok(())
+            print(&devices::import(db, &entries, &audit::cli_actor()).await?)
         }
         DeviceCommand::Tag { id, tags } => print(&devices::set_tags(db, &id, &tags).await?),
         DeviceCommand::Reject { id } => {

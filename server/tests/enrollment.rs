@@ -304,3 +304,59 @@ async fn a_rejected_enrollment_cannot_enroll_again_until_an_operator_approves_it
     newcomer.login().await;
     assert_eq!(s.cli(&["device", "audit"])[0]["action"], "reject");
 }
+
+#[tokio::test]
+async fn an_enrollment_cannot_squat_an_id_a_factory_import_brings_later() {
+    let s = setup().await;
+    let admin = s.server.admin();
+    let owned = s.device("dev-owned").await;
+    // Someone enrolls the id the factory will ship, before the manifest is imported.
+    let mut squatter = SimDevice::new(&s.server.url, "dev-f1", vec![]);
+    assert_eq!(squatter.enroll().await.status, 202);
+    let mut rejected = SimDevice::new(&s.server.url, "dev-f3", vec![]);
+    assert_eq!(rejected.enroll().await.status, 202);
+    s.cli(&["device", "reject", "dev-f3"]);
+
+    let mut real = SimDevice::new(&s.server.url, "dev-f1", vec![]);
+    let fresh = SimDevice::new(&s.server.url, "dev-f2", vec![]);
+    let mut real_f3 = SimDevice::new(&s.server.url, "dev-f3", vec![]);
+    let impostor = SimDevice::new(&s.server.url, &owned.id, vec![]);
+    let csv = format!(
+        "device_id,public_key,compatible,tags\n{}\n{}\n{}\n{}\n",
+        real.factory_line("eu"),
+        fresh.factory_line(""),
+        impostor.factory_line(""),
+        real_f3.factory_line(""),
+    );
+    let (status, summary) = admin.post("/admin/v1/devices/import", csv).await;
+    assert_eq!(status, 200, "{summary}");
+    assert_eq!(summary["imported"], 3, "{summary}");
+    assert_eq!(summary["replaced"], serde_json::json!(["dev-f1", "dev-f3"]));
+    assert_eq!(summary["refused"].as_array().unwrap().len(), 1);
+    assert_eq!(summary["refused"][0]["device_id"], owned.id.as_str());
+
+    // The factory's device is the one that gets in.
+    let answer = real.enroll().await;
+    assert_eq!(
+        (answer.status, &answer.body["status"]),
+        (200, &serde_json::json!("approved"))
+    );
+    real.login().await;
+    assert_eq!(real_f3.enroll().await.status, 200);
+    let answer = squatter.enroll().await;
+    assert_eq!(
+        (answer.status, error_code(&answer.body)),
+        (403, "key-mismatch")
+    );
+    let (_, shown) = admin.get(&format!("/admin/v1/devices/{}", owned.id)).await;
+    assert_eq!(shown["device"]["public_key"], owned.public_key());
+    let (_, audit) = admin.get("/admin/v1/audit").await;
+    let replaced: Vec<&str> = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["action"] == "import-replaced")
+        .map(|a| a["device_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(replaced.len(), 2, "{audit}");
+}
