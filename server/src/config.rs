@@ -22,6 +22,8 @@ pub struct Config {
     /// The CA (PEM or DER) that must have issued a device's TPM EK certificate; `None`
     /// accepts any EK (the MakeCredential challenge still binds the AK to it).
     pub ek_ca: Option<Vec<u8>>,
+    /// Bounds on enrollments of unknown ids (`429 enrollment-limit` beyond them).
+    pub enroll_limits: crate::devices::EnrollLimits,
 }
 
 impl Config {
@@ -34,6 +36,7 @@ impl Config {
             poll_interval_secs: 300,
             evaluate_every: Duration::from_secs(5),
             ek_ca: None,
+            enroll_limits: Default::default(),
         }
     }
 }

@@ -4,11 +4,13 @@
 //! anyway): a device revoked after its token was issued is refused at once.
 
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, Path, State};
 use axum::http::header::{ETAG, IF_NONE_MATCH};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::{Extension, Json};
 use cairn_server_api::{
     AttestationEvidence, AttestationResult, CheckIn, EnrollRequest, EnrollResponse, EnrollStatus,
     Report, TokenRequest, TokenResponse, TpmActivation, TpmChallenge, TpmEnrollRequest,
@@ -23,10 +25,18 @@ use crate::error::ApiResult;
 use crate::json::parse_body;
 use crate::{attestation, checkin, reports};
 
-pub async fn enroll(State(state): State<Shared>, body: Bytes) -> ApiResult<Response> {
+/// The client's address bounds enrollments of unknown ids per source; a server started
+/// without connection info (or behind a proxy) counts all of them as one source.
+pub async fn enroll(
+    State(state): State<Shared>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    body: Bytes,
+) -> ApiResult<Response> {
     let request: EnrollRequest = parse_body(&body)?;
     check_enrollment(&state.db, &request).await?;
-    let status = devices::enroll(&state.db, &request).await?;
+    let source = peer.map_or_else(|| "unknown".to_string(), |p| p.0 .0.ip().to_string());
+    let limits = &state.config.enroll_limits;
+    let status = devices::enroll(&state.db, &request, &source, limits).await?;
     let code = match status {
         EnrollStatus::Approved => StatusCode::OK,
         EnrollStatus::Pending => StatusCode::ACCEPTED,

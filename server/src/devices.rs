@@ -1,6 +1,7 @@
 //! Devices: enrollment with an ed25519 key, operator approval, factory-manifest import,
 //! and what the operator sees of each device.
 
+use axum::http::StatusCode;
 use cairn_server_api::{parse_public_key, EnrollRequest, EnrollStatus, InstalledImage};
 use serde::{Deserialize, Serialize};
 use sqlx::{AnyConnection, Row as _};
@@ -90,32 +91,115 @@ pub fn split_tags(tags: &str) -> Vec<String> {
         .collect()
 }
 
+/// Bounds on enrollments of unknown ids, which anyone can send (an enrollment is signed
+/// by the key it presents): they stop a flood of made-up ids from filling the devices
+/// table and the operator's approval queue. Ids that exist (pre-authorized, or enrolled
+/// before) are not limited.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnrollLimits {
+    /// Pending (unapproved, not rejected) enrollments in all, from everywhere.
+    pub max_pending: i64,
+    /// Pending enrollments from one source address created within `window`.
+    pub per_source: i64,
+    pub window: std::time::Duration,
+}
+
+impl Default for EnrollLimits {
+    fn default() -> EnrollLimits {
+        EnrollLimits {
+            max_pending: 10_000,
+            per_source: 50,
+            window: std::time::Duration::from_secs(3600),
+        }
+    }
+}
+
+impl EnrollLimits {
+    /// Whether one more unknown id may enroll, given the pending enrollments counted in
+    /// all and from its source within the window; the refusal says which bound.
+    pub fn admit(&self, pending: i64, from_source: i64) -> ApiResult<()> {
+        let limited = |m: String| {
+            Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "enrollment-limit",
+                m,
+            ))
+        };
+        if pending >= self.max_pending {
+            return limited(format!(
+                "{pending} enrollments already wait for an operator; no new device ids are accepted until some are approved or rejected"
+            ));
+        }
+        if from_source >= self.per_source {
+            return limited(format!(
+                "{from_source} new device ids enrolled from this address in the last {} s; try later",
+                self.window.as_secs()
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// First contact of a device. The signature (checked by the caller against the key in the
 /// request) proves possession; this decides whether the key is trusted:
 /// - a pre-authorized or approved device with the same key: approved;
 /// - an unknown id: recorded as pending until an operator approves it;
 /// - a known id with another key: refused, and nothing changes.
-pub async fn enroll(db: &Db, request: &EnrollRequest) -> ApiResult<EnrollStatus> {
+///
+/// `source` is the client's address; with `limits` it bounds how many unknown ids can
+/// enroll (several servers counting at once may each admit one more: the bound is passed
+/// by at most the number of concurrent enrollments).
+pub async fn enroll(
+    db: &Db,
+    request: &EnrollRequest,
+    source: &str,
+    limits: &EnrollLimits,
+) -> ApiResult<EnrollStatus> {
     check_name("device id", &request.device_id)?;
     check_name("compatible", &request.compatible)?;
     // Keys are stored and compared as lowercase hex, however a device or manifest spells them.
     let presented = request.public_key.to_ascii_lowercase();
     let now = now_ms();
-    sqlx::query(
-        "INSERT INTO devices (id, public_key, approval, compatible, tags, created_at) \
-         VALUES ($1, $2, $3, $4, '', $5) ON CONFLICT DO NOTHING",
-    )
-    .bind(&request.device_id)
-    .bind(&presented)
-    .bind(PENDING)
-    .bind(&request.compatible)
-    .bind(now)
-    .execute(&db.pool)
-    .await?;
-    let row = sqlx::query("SELECT public_key, approval, enrolled_at FROM devices WHERE id = $1")
+    let select = "SELECT public_key, approval, enrolled_at FROM devices WHERE id = $1";
+    let mut row = sqlx::query(select)
         .bind(&request.device_id)
-        .fetch_one(&db.pool)
+        .fetch_optional(&db.pool)
         .await?;
+    if row.is_none() {
+        let pending: i64 = sqlx::query("SELECT COUNT(*) AS n FROM devices WHERE approval = $1")
+            .bind(PENDING)
+            .fetch_one(&db.pool)
+            .await?
+            .try_get("n")?;
+        let from_source: i64 = sqlx::query(
+            "SELECT COUNT(*) AS n FROM devices \
+             WHERE approval = $1 AND enroll_source = $2 AND created_at > $3",
+        )
+        .bind(PENDING)
+        .bind(source)
+        .bind(now - limits.window.as_millis() as i64)
+        .fetch_one(&db.pool)
+        .await?
+        .try_get("n")?;
+        limits.admit(pending, from_source)?;
+        sqlx::query(
+            "INSERT INTO devices (id, public_key, approval, compatible, tags, created_at, enroll_source) \
+             VALUES ($1, $2, $3, $4, '', $5, $6) ON CONFLICT DO NOTHING",
+        )
+        .bind(&request.device_id)
+        .bind(&presented)
+        .bind(PENDING)
+        .bind(&request.compatible)
+        .bind(now)
+        .bind(source)
+        .execute(&db.pool)
+        .await?;
+        row = sqlx::query(select)
+            .bind(&request.device_id)
+            .fetch_optional(&db.pool)
+            .await?;
+    }
+    let row = row.ok_or_else(|| unknown(&request.device_id))?;
     let key: String = row.try_get("public_key")?;
     if key != presented {
         return Err(ApiError::forbidden(
@@ -578,6 +662,22 @@ mod tests {
         let unknown_field = r#"[{"device_id":"d","public_key":"k","compatible":"c","owner":"x"}]"#;
         let e = parse_factory_manifest(unknown_field).unwrap_err();
         assert!(e.to_string().contains("unknown field"), "{e}");
+    }
+
+    #[test]
+    fn enrollments_of_unknown_ids_are_bounded_in_all_and_per_source() {
+        let limits = EnrollLimits {
+            max_pending: 3,
+            per_source: 2,
+            window: std::time::Duration::from_secs(60),
+        };
+        assert!(limits.admit(0, 0).is_ok());
+        assert!(limits.admit(2, 1).is_ok());
+        let e = limits.admit(2, 2).unwrap_err();
+        assert_eq!(e.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert!(e.to_string().contains("from this address"), "{e}");
+        let e = limits.admit(3, 0).unwrap_err();
+        assert!(e.to_string().contains("wait for an operator"), "{e}");
     }
 
     #[test]

@@ -74,6 +74,8 @@ pub async fn serve(
     let (router, state) = build(db, config, local).await?;
     let ticker = tokio::spawn(evaluate_forever(state.clone()));
     tracing::info!(%local, public_url = %state.public_url, "cairn-server listening");
+    // The peer address bounds enrollments per source (`devices::EnrollLimits`).
+    let router = router.into_make_service_with_connect_info::<SocketAddr>();
     let served = axum::serve(listener, router)
         .with_graceful_shutdown(shutdown)
         .await;

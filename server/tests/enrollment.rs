@@ -360,3 +360,57 @@ async fn an_enrollment_cannot_squat_an_id_a_factory_import_brings_later() {
         .collect();
     assert_eq!(replaced.len(), 2, "{audit}");
 }
+
+#[tokio::test]
+async fn enrollments_of_unknown_ids_are_bounded_per_source_and_in_all() {
+    let dir = tempfile::tempdir().unwrap();
+    let db_url = format!("sqlite://{}", dir.path().join("cairn.db").display());
+    let server = TestServer::start_with(&db_url, None, |c| {
+        c.enroll_limits.per_source = 2;
+        c.enroll_limits.max_pending = 3;
+    })
+    .await;
+    // Devices connecting from different loopback addresses are different sources.
+    let from = |source: [u8; 4], id: &str| {
+        let mut d = SimDevice::new(&server.url, id, vec![]);
+        d.http = reqwest::Client::builder()
+            .local_address(std::net::IpAddr::from(source))
+            .build()
+            .unwrap();
+        d
+    };
+    let limited =
+        |answer: &common::device::Answer| (answer.status, error_code(&answer.body).to_string());
+    let mut first = from([127, 0, 0, 1], "new-1");
+    assert_eq!(first.enroll().await.status, 202);
+    assert_eq!(from([127, 0, 0, 1], "new-2").enroll().await.status, 202);
+    let answer = from([127, 0, 0, 1], "new-3").enroll().await;
+    assert_eq!(
+        limited(&answer),
+        (429, "enrollment-limit".into()),
+        "per source"
+    );
+    // Enrolling again under an id already recorded is not a new id.
+    assert_eq!(first.enroll().await.status, 202);
+
+    assert_eq!(from([127, 0, 0, 2], "new-4").enroll().await.status, 202);
+    let answer = from([127, 0, 0, 3], "new-5").enroll().await;
+    assert_eq!(limited(&answer), (429, "enrollment-limit".into()), "in all");
+    // A refused enrollment leaves nothing behind.
+    let (_, listed) = server.admin().get("/admin/v1/devices").await;
+    assert_eq!(listed.as_array().unwrap().len(), 3, "{listed}");
+
+    // Pre-authorized devices are not limited, and a rejection frees a place.
+    let mut known = from([127, 0, 0, 3], "factory-1");
+    let csv = format!(
+        "device_id,public_key,compatible,tags\n{}\n",
+        known.factory_line("")
+    );
+    server.admin().ok("/admin/v1/devices/import", csv).await;
+    assert_eq!(known.enroll().await.status, 200);
+    server
+        .admin()
+        .ok("/admin/v1/devices/new-4/reject", "")
+        .await;
+    assert_eq!(from([127, 0, 0, 3], "new-5").enroll().await.status, 202);
+}
