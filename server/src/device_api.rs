@@ -13,13 +13,13 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use cairn_server_api::{
     AttestationEvidence, AttestationResult, CheckIn, EnrollRequest, EnrollResponse, EnrollStatus,
-    Report, TokenRequest, TokenResponse, TpmActivation, TpmChallenge, TpmEnrollRequest,
-    TpmEnrollStatus,
+    Report, RotateKeyRequest, RotateKeyResponse, TokenRequest, TokenResponse, TpmActivation,
+    TpmChallenge, TpmEnrollRequest, TpmEnrollStatus,
 };
 use sha2::{Digest, Sha256};
 
 use crate::app::Shared;
-use crate::auth::{check_enrollment, issue_token, AuthenticatedDevice};
+use crate::auth::{self, check_enrollment, issue_token, AuthenticatedDevice};
 use crate::devices;
 use crate::error::ApiResult;
 use crate::json::parse_body;
@@ -53,6 +53,14 @@ pub async fn token(State(state): State<Shared>, body: Bytes) -> ApiResult<Json<T
     Ok(Json(
         issue_token(&state.db, &state.token_key, &request).await?,
     ))
+}
+
+pub async fn rotate_key(
+    State(state): State<Shared>,
+    body: Bytes,
+) -> ApiResult<Json<RotateKeyResponse>> {
+    let request: RotateKeyRequest = parse_body(&body)?;
+    Ok(Json(auth::rotate_key(&state.db, &request).await?))
 }
 
 /// Answers 304 when the body would be byte-identical to the one the device has (its

@@ -356,6 +356,40 @@ async fn set_approval(
     Ok(())
 }
 
+/// The device's own key rotation (`auth::rotate_key` checked both signatures): from
+/// now on only `new` is accepted. Compare-and-set on the key the request was verified
+/// against, and only while the device is approved.
+pub async fn replace_key(db: &Db, id: &str, old: &str, new: &str) -> ApiResult<()> {
+    if old.eq_ignore_ascii_case(new) {
+        return Err(ApiError::bad_request(
+            "bad-key",
+            "the new key is the key the device already has",
+        ));
+    }
+    let done = sqlx::query(
+        "UPDATE devices SET public_key = $1 WHERE id = $2 AND public_key = $3 AND approval = $4",
+    )
+    .bind(new)
+    .bind(id)
+    .bind(old)
+    .bind(APPROVED)
+    .execute(&db.pool)
+    .await?;
+    if done.rows_affected() == 0 {
+        return Err(ApiError::conflict(
+            "key-changed",
+            format!("device {id}'s key or approval changed meanwhile; nothing rotated"),
+        ));
+    }
+    record(
+        db,
+        id,
+        "key-rotated",
+        &format!("the device replaced its key {old} with {new}"),
+    )
+    .await
+}
+
 /// Sets the tags campaigns select on.
 pub async fn set_tags(db: &Db, id: &str, tags: &[String]) -> ApiResult<Device> {
     let done = sqlx::query("UPDATE devices SET tags = $1 WHERE id = $2")

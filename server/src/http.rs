@@ -22,6 +22,7 @@ pub async fn build(db: Db, config: Config, local: SocketAddr) -> anyhow::Result<
     let device = Router::new()
         .route("/enroll", post(device_api::enroll))
         .route("/token", post(device_api::token))
+        .route("/rotate-key", post(device_api::rotate_key))
         .route("/check-in", post(device_api::check_in))
         .route("/deployments/{id}/reports", post(device_api::report))
         .route(

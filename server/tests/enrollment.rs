@@ -6,10 +6,12 @@ mod common;
 
 use std::process::Command;
 
-use cairn_server_api::{paths, ReportedState, TokenRequest, TpmEnrollRequest};
+use cairn_server_api::{paths, ReportedState, RotateKeyRequest, TokenRequest, TpmEnrollRequest};
+use common::device::now;
 use common::device::SimDevice;
 use common::tpm::{ak_public, ek_public};
 use common::TestServer;
+use ed25519_dalek::SigningKey;
 
 struct Setup {
     dir: tempfile::TempDir,
@@ -70,6 +72,12 @@ impl Setup {
             .await
             .unwrap();
     }
+}
+
+fn fresh_key() -> SigningKey {
+    let mut seed = [0u8; 32];
+    getrandom::getrandom(&mut seed).unwrap();
+    SigningKey::from_bytes(&seed)
 }
 
 fn error_code(body: &serde_json::Value) -> &str {
@@ -413,4 +421,87 @@ async fn enrollments_of_unknown_ids_are_bounded_per_source_and_in_all() {
         .ok("/admin/v1/devices/new-4/reject", "")
         .await;
     assert_eq!(from([127, 0, 0, 3], "new-5").enroll().await.status, 202);
+}
+
+#[tokio::test]
+async fn a_rotated_key_needs_both_keys_and_the_old_key_is_refused_after() {
+    let s = setup().await;
+    let mut d = s.device("dev-rotate").await;
+    let old = d.key.clone();
+    let new = fresh_key();
+    let attacker = fresh_key();
+    let rotate = |d: &mut SimDevice, by: &SigningKey, to: &SigningKey| {
+        let nonce = d.nonce();
+        RotateKeyRequest::sign(by, to, &d.id, now(), &nonce)
+    };
+
+    // Someone holding only a key of their own cannot rotate the device's key to it.
+    let forged = rotate(&mut d, &attacker, &attacker);
+    let answer = d.post_json(paths::ROTATE_KEY, &forged, &[]).await;
+    assert_eq!(
+        (answer.status, error_code(&answer.body)),
+        (401, "bad-signature")
+    );
+    // Nor can the old key alone point the device at a key nobody proved to hold.
+    let mut unproven = rotate(&mut d, &old, &new);
+    unproven.new_public_key = hex::encode(attacker.verifying_key().as_bytes());
+    let answer = d.post_json(paths::ROTATE_KEY, &unproven, &[]).await;
+    assert_eq!(
+        (answer.status, error_code(&answer.body)),
+        (401, "bad-signature")
+    );
+    // An unknown id reads like a bad signature here too.
+    let mut stranger = SimDevice::new(&s.server.url, "dev-nobody", vec![]);
+    let request = rotate(&mut stranger, &attacker, &new);
+    let answer = stranger.post_json(paths::ROTATE_KEY, &request, &[]).await;
+    assert_eq!(
+        (answer.status, error_code(&answer.body)),
+        (401, "bad-signature")
+    );
+
+    let request = rotate(&mut d, &old, &new);
+    let answer = d.post_json(paths::ROTATE_KEY, &request, &[]).await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert_eq!(
+        answer.body["public_key"],
+        hex::encode(new.verifying_key().as_bytes())
+    );
+    // Replayed: the old key no longer verifies.
+    let answer = d.post_json(paths::ROTATE_KEY, &request, &[]).await;
+    assert_eq!(
+        (answer.status, error_code(&answer.body)),
+        (401, "bad-signature")
+    );
+
+    // The old key is refused from now on, the new one works.
+    let request = d.token_request();
+    let answer = d.post_json(paths::TOKEN, &request, &[]).await;
+    assert_eq!(
+        (answer.status, error_code(&answer.body)),
+        (401, "bad-signature")
+    );
+    let answer = d.enroll().await;
+    assert_eq!(
+        (answer.status, error_code(&answer.body)),
+        (403, "key-mismatch")
+    );
+    d.key = new;
+    d.login().await;
+    assert_eq!(d.check_in_raw(None).await.status, 200);
+    assert_eq!(d.enroll().await.status, 200);
+    let (_, shown) = s
+        .server
+        .admin()
+        .get(&format!("/admin/v1/devices/{}", d.id))
+        .await;
+    assert_eq!(shown["device"]["public_key"], d.public_key());
+    assert_eq!(shown["history"][1]["event"], "key-rotated", "{shown}");
+
+    // A revoked device cannot rotate its way back in.
+    s.cli(&["device", "revoke", &d.id]);
+    let next = fresh_key();
+    let key = d.key.clone();
+    let request = rotate(&mut d, &key, &next);
+    let answer = d.post_json(paths::ROTATE_KEY, &request, &[]).await;
+    assert_eq!((answer.status, error_code(&answer.body)), (403, "revoked"));
 }

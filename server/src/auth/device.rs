@@ -6,14 +6,11 @@
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
-use std::sync::LazyLock;
-
-use cairn_server_api::{SignError, TokenRequest, TokenResponse};
+use cairn_server_api::{TokenRequest, TokenResponse};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
-use sqlx::Row as _;
 
-use super::{bearer, consume_nonce, unix_now, Credentials};
+use super::{bearer, consume_nonce, signed_by_device, unix_now, Credentials};
 use crate::db::Db;
 use crate::devices;
 use crate::error::{ApiError, ApiResult};
@@ -21,16 +18,6 @@ use crate::error::{ApiError, ApiResult};
 pub const TOKEN_LIFETIME_SECS: i64 = 900;
 
 const TOKEN_CONTEXT: &[u8] = b"cairn-server-token-v1\0";
-
-/// A valid ed25519 key no device holds: a token request for an unknown device is checked
-/// against it, so it costs the same and fails the same way as a forged signature.
-static NOBODY: LazyLock<String> = LazyLock::new(|| {
-    hex::encode(
-        ed25519_dalek::SigningKey::from_bytes(&[0x5a; 32])
-            .verifying_key()
-            .as_bytes(),
-    )
-});
 
 /// Answers a token request: signed by the device's enrolled key, fresh, not replayed,
 /// and the device approved. An unknown device id gets the answer of a bad signature, so
@@ -40,23 +27,12 @@ pub async fn issue_token(
     key: &TokenKey,
     request: &TokenRequest,
 ) -> ApiResult<TokenResponse> {
-    let row = sqlx::query("SELECT public_key, approval FROM devices WHERE id = $1")
-        .bind(&request.device_id)
-        .fetch_optional(&db.pool)
-        .await?;
-    let public_key: String = match &row {
-        Some(row) => row.try_get("public_key")?,
-        None => NOBODY.clone(),
-    };
-    let bad = |e: SignError| ApiError::unauthorized("bad-signature", format!("token request: {e}"));
-    let row = match (row, request.verify(&public_key)) {
-        (Some(row), Ok(())) => row,
-        (_, Err(e)) => return Err(bad(e)),
-        // Nobody holds NOBODY's private key; refused all the same should it ever verify.
-        (None, Ok(())) => return Err(bad(SignError::BadSignature)),
-    };
+    let device = signed_by_device(db, &request.device_id, "token request", |key| {
+        request.verify(key)
+    })
+    .await?;
     consume_nonce(db, &request.device_id, request.timestamp, &request.nonce).await?;
-    devices::require_approved(&request.device_id, &row.try_get::<String, _>("approval")?)?;
+    devices::require_approved(&request.device_id, &device.approval)?;
     let expires_at = unix_now() + TOKEN_LIFETIME_SECS;
     Ok(TokenResponse {
         token: key.issue(&request.device_id, expires_at),

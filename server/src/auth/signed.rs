@@ -1,10 +1,63 @@
 //! Requests a device signs with its enrollment key: the signature proves the key, the
 //! timestamp window and the one-time nonce stop a recorded request from being replayed.
 
-use cairn_server_api::EnrollRequest;
+use std::sync::LazyLock;
+
+use cairn_server_api::{EnrollRequest, RotateKeyRequest, RotateKeyResponse, SignError};
+use sqlx::Row as _;
 
 use crate::db::{now_ms, Db};
+use crate::devices;
 use crate::error::{ApiError, ApiResult};
+
+/// A valid ed25519 key no device holds: a signed request for an unknown device is
+/// checked against it, so it costs the same and fails the same way as a forged signature.
+static NOBODY: LazyLock<String> = LazyLock::new(|| {
+    hex::encode(
+        ed25519_dalek::SigningKey::from_bytes(&[0x5a; 32])
+            .verifying_key()
+            .as_bytes(),
+    )
+});
+
+/// The device a signed request names, as stored.
+pub struct SignedBy {
+    /// The enrolled key (lowercase hex) the signature verified against.
+    pub public_key: String,
+    pub approval: String,
+}
+
+/// The device `device_id`, once `verify` accepted the request's signature against its
+/// enrolled key. An unknown id is checked against a key nobody holds and refused exactly
+/// like a bad signature (`401 bad-signature`), so no signed endpoint tells which ids
+/// exist. `what` names the request in the refusal.
+pub async fn signed_by_device(
+    db: &Db,
+    device_id: &str,
+    what: &str,
+    verify: impl FnOnce(&str) -> Result<(), SignError>,
+) -> ApiResult<SignedBy> {
+    let row = sqlx::query("SELECT public_key, approval FROM devices WHERE id = $1")
+        .bind(device_id)
+        .fetch_optional(&db.pool)
+        .await?;
+    let device = match row {
+        Some(row) => Some(SignedBy {
+            public_key: row.try_get("public_key")?,
+            approval: row.try_get("approval")?,
+        }),
+        None => None,
+    };
+    let key = device.as_ref().map_or(NOBODY.as_str(), |d| &d.public_key);
+    let bad = |e: SignError| ApiError::unauthorized("bad-signature", format!("{what}: {e}"));
+    let verified = verify(key);
+    match (device, verified) {
+        (Some(device), Ok(())) => Ok(device),
+        (_, Err(e)) => Err(bad(e)),
+        // Nobody holds NOBODY's private key; refused all the same should it ever verify.
+        (None, Ok(())) => Err(bad(SignError::BadSignature)),
+    }
+}
 
 /// How far a device clock may be off.
 pub const CLOCK_SKEW_SECS: i64 = 300;
@@ -15,6 +68,25 @@ pub async fn check_enrollment(db: &Db, request: &EnrollRequest) -> ApiResult<()>
         .verify()
         .map_err(|e| ApiError::unauthorized("bad-signature", format!("enrollment: {e}")))?;
     consume_nonce(db, &request.device_id, request.timestamp, &request.nonce).await
+}
+
+/// Replaces a device's key: signed by its enrolled key and by the new one (see
+/// [`RotateKeyRequest`]), fresh, not replayed, and the device approved. The swap is a
+/// compare-and-set on the key the old signature verified against, so of two rotations
+/// racing from one key only one wins; the other gets `409 key-changed`.
+pub async fn rotate_key(db: &Db, request: &RotateKeyRequest) -> ApiResult<RotateKeyResponse> {
+    let device = signed_by_device(db, &request.device_id, "key rotation", |key| {
+        request.verify(key).map(drop)
+    })
+    .await?;
+    consume_nonce(db, &request.device_id, request.timestamp, &request.nonce).await?;
+    devices::require_approved(&request.device_id, &device.approval)?;
+    let new_key = request.new_public_key.to_ascii_lowercase();
+    devices::replace_key(db, &request.device_id, &device.public_key, &new_key).await?;
+    Ok(RotateKeyResponse {
+        device_id: request.device_id.clone(),
+        public_key: new_key,
+    })
 }
 
 /// Whether a request stamped `timestamp` (Unix seconds) is inside the window at `now_ms`.
