@@ -109,7 +109,7 @@ async fn unknown_devices_bad_signatures_replays_and_stale_requests_are_refused()
     // Answered like a bad signature: the endpoint does not tell which ids exist.
     assert_eq!(
         (answer.status, error_code(&answer.body)),
-        (401, "bad-signature")
+        (401, "unknown-device")
     );
 
     // Signed by another key: refused, and the nonce is not burned by the forger.
@@ -118,7 +118,7 @@ async fn unknown_devices_bad_signatures_replays_and_stale_requests_are_refused()
     let answer = d.post_json(paths::TOKEN, &forged, &[]).await;
     assert_eq!(
         (answer.status, error_code(&answer.body)),
-        (401, "bad-signature")
+        (401, "unknown-device")
     );
     let answer = d.post_json(paths::TOKEN, &request, &[]).await;
     assert_eq!(answer.status, 200, "{}", answer.body);

@@ -149,7 +149,7 @@ async fn token_requests_do_not_tell_unknown_device_ids_from_bad_signatures() {
     assert_eq!((unknown.status, &unknown.body), (known.status, &known.body));
     assert_eq!(
         (known.status, error_code(&known.body)),
-        (401, "bad-signature")
+        (401, "unknown-device")
     );
 
     // A malformed signature reads the same for both too.
@@ -440,7 +440,7 @@ async fn a_rotated_key_needs_both_keys_and_the_old_key_is_refused_after() {
     let answer = d.post_json(paths::ROTATE_KEY, &forged, &[]).await;
     assert_eq!(
         (answer.status, error_code(&answer.body)),
-        (401, "bad-signature")
+        (401, "unknown-device")
     );
     // Nor can the old key alone point the device at a key nobody proved to hold.
     let mut unproven = rotate(&mut d, &old, &new);
@@ -448,7 +448,7 @@ async fn a_rotated_key_needs_both_keys_and_the_old_key_is_refused_after() {
     let answer = d.post_json(paths::ROTATE_KEY, &unproven, &[]).await;
     assert_eq!(
         (answer.status, error_code(&answer.body)),
-        (401, "bad-signature")
+        (401, "unknown-device")
     );
     // An unknown id reads like a bad signature here too.
     let mut stranger = SimDevice::new(&s.server.url, "dev-nobody", vec![]);
@@ -456,7 +456,7 @@ async fn a_rotated_key_needs_both_keys_and_the_old_key_is_refused_after() {
     let answer = stranger.post_json(paths::ROTATE_KEY, &request, &[]).await;
     assert_eq!(
         (answer.status, error_code(&answer.body)),
-        (401, "bad-signature")
+        (401, "unknown-device")
     );
 
     let request = rotate(&mut d, &old, &new);
@@ -470,7 +470,7 @@ async fn a_rotated_key_needs_both_keys_and_the_old_key_is_refused_after() {
     let answer = d.post_json(paths::ROTATE_KEY, &request, &[]).await;
     assert_eq!(
         (answer.status, error_code(&answer.body)),
-        (401, "bad-signature")
+        (401, "unknown-device")
     );
 
     // The old key is refused from now on, the new one works.
@@ -478,7 +478,7 @@ async fn a_rotated_key_needs_both_keys_and_the_old_key_is_refused_after() {
     let answer = d.post_json(paths::TOKEN, &request, &[]).await;
     assert_eq!(
         (answer.status, error_code(&answer.body)),
-        (401, "bad-signature")
+        (401, "unknown-device")
     );
     let answer = d.enroll().await;
     assert_eq!(

@@ -28,9 +28,12 @@ pub struct SignedBy {
 }
 
 /// The device `device_id`, once `verify` accepted the request's signature against its
-/// enrolled key. An unknown id is checked against a key nobody holds and refused exactly
-/// like a bad signature (`401 bad-signature`), so no signed endpoint tells which ids
-/// exist. `what` names the request in the refusal.
+/// enrolled key. An unknown id is checked against a key nobody holds, and a bad signature
+/// and an unknown id get one answer, `401 unknown-device` ("no device with this id holds
+/// this key"), so no signed endpoint tells which ids exist. The code is the one cairnd
+/// already answers by enrolling, which is right for both: enrolling tells a device whose
+/// key the server does not know whether it is pending, approved or holds the wrong key.
+/// `what` names the request in the refusal.
 pub async fn signed_by_device(
     db: &Db,
     device_id: &str,
@@ -49,7 +52,12 @@ pub async fn signed_by_device(
         None => None,
     };
     let key = device.as_ref().map_or(NOBODY.as_str(), |d| &d.public_key);
-    let bad = |e: SignError| ApiError::unauthorized("bad-signature", format!("{what}: {e}"));
+    let bad = |e: SignError| {
+        ApiError::unauthorized(
+            "unknown-device",
+            format!("{what}: no device with this id holds the key that signed it ({e})"),
+        )
+    };
     let verified = verify(key);
     match (device, verified) {
         (Some(device), Ok(())) => Ok(device),
