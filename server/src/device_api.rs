@@ -1,11 +1,12 @@
-//! Handlers of the device API (`server/API.md`). Every handler but enroll and token
-//! needs a bearer token, and acts only for the device the token names, and only while
-//! that device is approved (`devices::require_active`; check-in checks the row it reads
-//! anyway): a device revoked after its token was issued is refused at once.
+//! Handlers of the device API (`server/API.md`). Every handler but enroll, token and
+//! rotate-key (signed requests) needs a bearer token and acts only for the device the
+//! token names, and only while that device is approved (`devices::require_active`;
+//! check-in checks the row it reads anyway): a device revoked after its token was
+//! issued is refused at once.
 
-use axum::body::Bytes;
 use std::net::SocketAddr;
 
+use axum::body::Bytes;
 use axum::extract::{ConnectInfo, Path, State};
 use axum::http::header::{ETAG, IF_NONE_MATCH};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};

@@ -1,5 +1,6 @@
-//! Devices: enrollment with an ed25519 key, operator approval, factory-manifest import,
-//! and what the operator sees of each device.
+//! Devices: enrollment with an ed25519 key (bounded for unknown ids), operator approval,
+//! rejection and revocation, the device's own key rotation, factory-manifest import, and
+//! what the operator sees of each device.
 
 use axum::http::StatusCode;
 use cairn_server_api::{parse_public_key, EnrollRequest, EnrollStatus, InstalledImage};
