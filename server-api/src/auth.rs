@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 /// Domain separation: a signature made for one purpose can never be replayed for another.
 pub const ENROLL_CONTEXT: &[u8] = b"cairn-device-enroll-v1\0";
 pub const TOKEN_CONTEXT: &[u8] = b"cairn-device-token-v1\0";
+pub const ROTATE_KEY_CONTEXT: &[u8] = b"cairn-device-rotate-key-v1\0";
 
 #[derive(Debug, thiserror::Error)]
 pub enum SignError {
@@ -52,6 +53,53 @@ pub struct TokenResponse {
     pub token: String,
     /// Seconds since the Unix epoch after which the server refuses the token.
     pub expires_at: i64,
+}
+
+/// "Replace my key with this one", like a TUF root rotation: the enrolled (old) key
+/// signs to prove the request comes from the device, the new key signs the same message
+/// to prove the device holds it. After it the server accepts only the new key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RotateKeyRequest {
+    pub device_id: String,
+    /// Hex of the 32 raw ed25519 public-key bytes of the new key.
+    pub new_public_key: String,
+    pub timestamp: i64,
+    /// 16 to 64 hex digits, never reused by this device.
+    pub nonce: String,
+    /// Hex of the old (enrolled) key's signature over [`rotate_key_message`].
+    pub old_signature: String,
+    /// Hex of the new key's signature over the same message.
+    pub new_signature: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RotateKeyResponse {
+    pub device_id: String,
+    /// The key the server accepts from now on (lowercase hex).
+    pub public_key: String,
+}
+
+/// `ROTATE_KEY_CONTEXT ‖ device_id ‖ 0 ‖ old_public_key ‖ 0 ‖ new_public_key ‖ 0 ‖
+/// timestamp ‖ 0 ‖ nonce`, keys in lowercase hex, the timestamp in decimal ASCII. Naming
+/// the old key makes the new key's signature consent to replacing that key only.
+pub fn rotate_key_message(
+    device_id: &str,
+    old_public_key: &str,
+    new_public_key: &str,
+    timestamp: i64,
+    nonce: &str,
+) -> Vec<u8> {
+    join(
+        ROTATE_KEY_CONTEXT,
+        &[
+            device_id,
+            old_public_key,
+            new_public_key,
+            &timestamp.to_string(),
+            nonce,
+        ],
+    )
 }
 
 /// `ENROLL_CONTEXT ‖ device_id ‖ 0 ‖ public_key ‖ 0 ‖ compatible ‖ 0 ‖ timestamp ‖ 0 ‖ nonce`,
@@ -145,6 +193,51 @@ impl TokenRequest {
     }
 }
 
+impl RotateKeyRequest {
+    pub fn sign(
+        old: &SigningKey,
+        new: &SigningKey,
+        device_id: &str,
+        timestamp: i64,
+        nonce: &str,
+    ) -> RotateKeyRequest {
+        let old_public_key = hex::encode(old.verifying_key().as_bytes());
+        let new_public_key = hex::encode(new.verifying_key().as_bytes());
+        let message = rotate_key_message(
+            device_id,
+            &old_public_key,
+            &new_public_key,
+            timestamp,
+            nonce,
+        );
+        RotateKeyRequest {
+            device_id: device_id.into(),
+            new_public_key,
+            timestamp,
+            nonce: nonce.into(),
+            old_signature: hex::encode(old.sign(&message).to_bytes()),
+            new_signature: hex::encode(new.sign(&message).to_bytes()),
+        }
+    }
+
+    /// Checks both signatures: the old one against the device's enrolled key (hex), the
+    /// new one against the key the request names. Returns the new key.
+    pub fn verify(&self, enrolled_public_key: &str) -> Result<VerifyingKey, SignError> {
+        let old = parse_public_key(enrolled_public_key)?;
+        let new = parse_public_key(&self.new_public_key)?;
+        let message = rotate_key_message(
+            &self.device_id,
+            &enrolled_public_key.to_ascii_lowercase(),
+            &self.new_public_key.to_ascii_lowercase(),
+            self.timestamp,
+            &self.nonce,
+        );
+        verify(&old, &message, &self.old_signature)?;
+        verify(&new, &message, &self.new_signature)?;
+        Ok(new)
+    }
+}
+
 pub fn parse_public_key(hex_key: &str) -> Result<VerifyingKey, SignError> {
     let bytes: [u8; 32] = decode_array(hex_key, "public key")?;
     VerifyingKey::from_bytes(&bytes).map_err(|_| SignError::BadKey)
@@ -197,6 +290,27 @@ mod tests {
         let mut other_type = request;
         other_type.compatible = "cairn-other".into();
         assert!(other_type.verify().is_err());
+    }
+
+    #[test]
+    fn a_key_rotation_needs_both_the_old_and_the_new_key() {
+        let old = hex::encode(key(1).verifying_key().as_bytes());
+        let request = RotateKeyRequest::sign(&key(1), &key(2), "dev-1", 7, "abcdabcdabcdabcd");
+        let new = request.verify(&old).expect("both signatures");
+        assert_eq!(new, key(2).verifying_key());
+        // The new key alone (an attacker's key), or the old key alone, is not enough.
+        let by_new_only = RotateKeyRequest::sign(&key(3), &key(2), "dev-1", 7, "abcdabcdabcdabcd");
+        assert!(by_new_only.verify(&old).is_err());
+        let mut by_old_only = request.clone();
+        by_old_only.new_signature = hex::encode(key(3).sign(b"other").to_bytes());
+        assert!(by_old_only.verify(&old).is_err());
+        // Pointed at another new key, or replayed for another device: broken.
+        let mut swapped = request.clone();
+        swapped.new_public_key = hex::encode(key(3).verifying_key().as_bytes());
+        assert!(swapped.verify(&old).is_err());
+        let mut moved = request;
+        moved.device_id = "dev-2".into();
+        assert!(moved.verify(&old).is_err());
     }
 
     #[test]

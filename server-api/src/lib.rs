@@ -8,8 +8,9 @@ mod auth;
 mod types;
 
 pub use auth::{
-    enroll_message, parse_public_key, token_message, EnrollRequest, SignError, TokenRequest,
-    TokenResponse, ENROLL_CONTEXT, TOKEN_CONTEXT,
+    enroll_message, parse_public_key, rotate_key_message, token_message, EnrollRequest,
+    RotateKeyRequest, RotateKeyResponse, SignError, TokenRequest, TokenResponse, ENROLL_CONTEXT,
+    ROTATE_KEY_CONTEXT, TOKEN_CONTEXT,
 };
 pub use types::{
     Assignment, AttestationEvidence, AttestationRequest, AttestationResult, CheckIn,
@@ -22,6 +23,7 @@ pub use types::{
 pub mod paths {
     pub const ENROLL: &str = "/v1/device/enroll";
     pub const TOKEN: &str = "/v1/device/token";
+    pub const ROTATE_KEY: &str = "/v1/device/rotate-key";
     pub const CHECK_IN: &str = "/v1/device/check-in";
     pub const TPM_ENROLL: &str = "/v1/device/tpm";
     pub const TPM_ACTIVATE: &str = "/v1/device/tpm/activate";

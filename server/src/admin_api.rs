@@ -8,9 +8,11 @@ use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
 
 use crate::app::Shared;
+use crate::attestation;
+use crate::audit::{self, AuditEntry};
 use crate::auth::Admin;
 use crate::campaigns::{self, Campaign, CampaignStatus};
-use crate::devices::{self, Device, HistoryEntry};
+use crate::devices::{self, Device, HistoryEntry, ImportSummary};
 use crate::dry_run::{self, DryRun};
 use crate::error::{ApiError, ApiResult};
 use crate::json::parse_body;
@@ -111,6 +113,36 @@ pub async fn approve_device(
     Ok(Json(devices::approve(&s.db, &id).await?))
 }
 
+/// `POST /devices/{id}/{action}`: the operator's trust decisions on one device,
+/// audit-logged: `reject`, `revoke`, `reset-tpm`.
+pub async fn device_action(
+    _: Admin,
+    State(s): State<Shared>,
+    Path((id, action)): Path<(String, String)>,
+) -> ApiResult<Json<DeviceDetail>> {
+    let actor = audit::ADMIN_API;
+    match action.as_str() {
+        "reset-tpm" => attestation::reset(&s.db, &id, actor).await?,
+        "reject" => drop(devices::reject(&s.db, &id, actor).await?),
+        "revoke" => drop(devices::revoke(&s.db, &id, actor).await?),
+        other => {
+            return Err(ApiError::not_found(
+                "unknown-action",
+                format!("no device action '{other}' (approve, reject, revoke, reset-tpm)"),
+            ))
+        }
+    }
+    show_device(Admin, State(s), Path(id)).await
+}
+
+pub async fn audit_log(
+    _: Admin,
+    State(s): State<Shared>,
+    Query(q): Query<Limit>,
+) -> ApiResult<Json<Vec<AuditEntry>>> {
+    Ok(Json(audit::list(&s.db, q.limit.unwrap_or(1000)).await?))
+}
+
 pub async fn set_tags(
     _: Admin,
     State(s): State<Shared>,
@@ -121,23 +153,18 @@ pub async fn set_tags(
     Ok(Json(devices::set_tags(&s.db, &id, &tags).await?))
 }
 
-#[derive(Serialize)]
-pub struct Imported {
-    pub imported: usize,
-}
-
 /// Body: a factory manifest, JSON array or CSV.
 pub async fn import_devices(
     _: Admin,
     State(s): State<Shared>,
     body: Bytes,
-) -> ApiResult<Json<Imported>> {
+) -> ApiResult<Json<ImportSummary>> {
     let text = std::str::from_utf8(&body)
         .map_err(|_| ApiError::bad_request("bad-manifest", "factory manifest is not UTF-8"))?;
     let entries = devices::parse_factory_manifest(text)?;
-    Ok(Json(Imported {
-        imported: devices::import(&s.db, &entries).await?,
-    }))
+    Ok(Json(
+        devices::import(&s.db, &entries, audit::ADMIN_API).await?,
+    ))
 }
 
 pub async fn list_campaigns(_: Admin, State(s): State<Shared>) -> ApiResult<Json<Vec<Campaign>>> {

@@ -4,9 +4,12 @@
 //! Enrollment proves the AK lives in the TPM that owns the endorsement key (EK): the
 //! server wraps a random secret with TPM2_MakeCredential for that EK and the AK's name,
 //! and only that TPM's ActivateCredential, holding that AK, can unwrap it. Until the
-//! device sends the secret back, the AK is not trusted. A device that re-enrolls (its
-//! data partition was wiped, say) may bring a new AK but not a new EK: a trusted device
-//! moving to another TPM is refused rather than silently re-keyed.
+//! device sends the secret back, the AK is not trusted. The first EK a device presents
+//! is bound to it for good: a device that re-enrolls (its data partition was wiped, say)
+//! may bring a new AK but never another EK, whether or not its AK was trusted, until an
+//! operator resets its TPM enrollment ([`reset`], audit-logged). Binding only while an AK
+//! is trusted would not do: each enrollment clears the trust, so a device could first
+//! re-enroll its old EK with a new AK and then switch EKs.
 //!
 //! Attestation: when a campaign requires it, `committed` moves a deployment to
 //! `attestation-pending` with a fresh nonce (`reports.rs`). The device's check-in answer
@@ -23,6 +26,7 @@ use cairn_server_api::{
 use sha2::{Digest, Sha256};
 use sqlx::Row as _;
 
+use crate::audit;
 use crate::caches::Caches;
 use crate::db::{now_ms, random_bytes, Db};
 use crate::devices;
@@ -84,35 +88,36 @@ pub async fn enroll(
         cairn_attest::verify_ek_certificate(cert, ca, &ek_public)
             .map_err(|e| ApiError::forbidden("ek-certificate-rejected", e.to_string()))?;
     }
-    let row = sqlx::query("SELECT ek_public, ak_trusted_at FROM devices WHERE id = $1")
+    // Stored and compared as lowercase hex, however the device spells it.
+    let ek_hex = request.ek_public.to_ascii_lowercase();
+    let row = sqlx::query("SELECT ek_public FROM devices WHERE id = $1")
         .bind(device_id)
         .fetch_optional(&db.pool)
         .await?
         .ok_or_else(|| devices::unknown(device_id))?;
-    let known_ek: Option<String> = row.try_get("ek_public")?;
-    let trusted: Option<i64> = row.try_get("ak_trusted_at")?;
-    if trusted.is_some() && known_ek.as_deref() != Some(request.ek_public.as_str()) {
-        return Err(ApiError::conflict(
-            "ek-changed",
-            format!(
-                "device {device_id} is enrolled with another TPM; an operator must reset its TPM enrollment"
-            ),
-        ));
+    let bound: Option<String> = row.try_get("ek_public")?;
+    if !ek_may_enroll(bound.as_deref(), &ek_hex) {
+        return Err(ek_changed(device_id));
     }
     let secret = random_bytes::<32>();
     let challenge = cairn_attest::challenge_ak(&ek_public, &ak_public, &secret)
         .map_err(|e| ApiError::bad_request("bad-tpm-key", e.to_string()))?;
-    sqlx::query(
+    // Compare-and-set on the binding: another server may have bound another EK since
+    // the read above.
+    let done = sqlx::query(
         "UPDATE devices SET ek_public = $1, ek_certificate = $2, ak_public = $3, ak_challenge = $4, \
-         ak_trusted_at = NULL WHERE id = $5",
+         ak_trusted_at = NULL WHERE id = $5 AND (ek_public IS NULL OR LOWER(ek_public) = $1)",
     )
-    .bind(&request.ek_public)
+    .bind(&ek_hex)
     .bind(&request.ek_certificate)
     .bind(&request.ak_public)
     .bind(hex::encode(Sha256::digest(secret)))
     .bind(device_id)
     .execute(&db.pool)
     .await?;
+    if done.rows_affected() == 0 {
+        return Err(ek_changed(device_id));
+    }
     devices::record(
         db,
         device_id,
@@ -124,6 +129,50 @@ pub async fn enroll(
         credential_blob: hex::encode(challenge.credential_blob),
         encrypted_secret: hex::encode(challenge.encrypted_secret),
     })
+}
+
+/// Whether a device whose bound EK is `bound` (lowercase hex; `None`: none yet) may
+/// enroll an AK under `presented`: only under the EK it is bound to.
+fn ek_may_enroll(bound: Option<&str>, presented: &str) -> bool {
+    bound.is_none_or(|b| b.eq_ignore_ascii_case(presented))
+}
+
+fn ek_changed(device_id: &str) -> ApiError {
+    ApiError::conflict(
+        "ek-changed",
+        format!(
+            "device {device_id} is bound to another TPM (endorsement key); an operator must reset its TPM enrollment (cairn-server device reset-tpm {device_id})"
+        ),
+    )
+}
+
+/// The operator's `device reset-tpm`: forgets the device's EK, AK and any open challenge,
+/// so its next `POST /v1/device/tpm` binds whatever EK it presents. Audit-logged.
+pub async fn reset(db: &Db, device_id: &str, actor: &str) -> ApiResult<()> {
+    let mut tx = db.pool.begin().await?;
+    let row = sqlx::query("SELECT ek_public FROM devices WHERE id = $1")
+        .bind(device_id)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or_else(|| devices::unknown(device_id))?;
+    let old: Option<String> = row.try_get("ek_public")?;
+    sqlx::query(
+        "UPDATE devices SET ek_public = NULL, ek_certificate = NULL, ak_public = NULL, \
+         ak_challenge = NULL, ak_trusted_at = NULL WHERE id = $1",
+    )
+    .bind(device_id)
+    .execute(&mut *tx)
+    .await?;
+    let detail = match old {
+        Some(ek) => format!(
+            "TPM enrollment reset; endorsement key {} unbound (sha256 of its TPM2B_PUBLIC)",
+            hex::encode(Sha256::digest(hex::decode(&ek).unwrap_or_default()))
+        ),
+        None => "TPM enrollment reset (no endorsement key was bound)".to_string(),
+    };
+    audit::record(&mut tx, actor, "reset-tpm", device_id, &detail).await?;
+    tx.commit().await?;
+    Ok(())
 }
 
 /// `POST /v1/device/tpm/activate`: the AK is trusted once the device returns the
@@ -320,5 +369,21 @@ fn check(
     match mismatch(&expected(manifest), &measured) {
         Some(why) => Err(why),
         None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ek_may_enroll;
+
+    #[test]
+    fn an_endorsement_key_once_bound_stays_bound() {
+        assert!(ek_may_enroll(None, "aa01"), "the first EK binds");
+        assert!(ek_may_enroll(Some("aa01"), "aa01"), "same EK, new AK");
+        assert!(
+            ek_may_enroll(Some("aa01"), "AA01"),
+            "hex case does not matter"
+        );
+        assert!(!ek_may_enroll(Some("aa01"), "bb02"));
     }
 }

@@ -38,12 +38,7 @@ pub async fn check_in(
         .read(device_id)
         .await?
         .ok_or_else(|| devices::unknown(device_id))?;
-    if device.approval != "approved" {
-        return Err(ApiError::forbidden(
-            "not-approved",
-            format!("device {device_id} is not approved"),
-        ));
-    }
+    devices::require_approved(device_id, &device.approval)?;
     if device.version.as_deref() != Some(report.version.as_str()) {
         record_new_version(
             ctx.db,

@@ -27,6 +27,8 @@ pub struct Config {
     /// Serve HTTPS with this certificate and key; `None` serves plain HTTP, which only
     /// a development setup should do (the server says so loudly at start-up).
     pub tls: Option<TlsFiles>,
+    /// Bounds on enrollments of unknown ids (`429 enrollment-limit` beyond them).
+    pub enroll_limits: crate::devices::EnrollLimits,
 }
 
 impl Config {
@@ -40,6 +42,7 @@ impl Config {
             evaluate_every: Duration::from_secs(5),
             ek_ca: None,
             tls: None,
+            enroll_limits: Default::default(),
         }
     }
 }

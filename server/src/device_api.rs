@@ -1,30 +1,43 @@
-//! Handlers of the device API (`server/API.md`). Every handler but enroll and token
-//! needs a bearer token, and acts only for the device the token names.
+//! Handlers of the device API (`server/API.md`). Every handler but enroll, token and
+//! rotate-key (signed requests) needs a bearer token and acts only for the device the
+//! token names, and only while that device is approved (`devices::require_active`;
+//! check-in checks the row it reads anyway): a device revoked after its token was
+//! issued is refused at once.
+
+use std::net::SocketAddr;
 
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{ConnectInfo, Path, State};
 use axum::http::header::{ETAG, IF_NONE_MATCH};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::{Extension, Json};
 use cairn_server_api::{
     AttestationEvidence, AttestationResult, CheckIn, EnrollRequest, EnrollResponse, EnrollStatus,
-    Report, TokenRequest, TokenResponse, TpmActivation, TpmChallenge, TpmEnrollRequest,
-    TpmEnrollStatus,
+    Report, RotateKeyRequest, RotateKeyResponse, TokenRequest, TokenResponse, TpmActivation,
+    TpmChallenge, TpmEnrollRequest, TpmEnrollStatus,
 };
 use sha2::{Digest, Sha256};
 
 use crate::app::Shared;
-use crate::auth::{check_enrollment, issue_token, AuthenticatedDevice};
+use crate::auth::{self, check_enrollment, issue_token, AuthenticatedDevice};
 use crate::devices;
 use crate::error::ApiResult;
 use crate::json::parse_body;
 use crate::{attestation, checkin, reports};
 
-pub async fn enroll(State(state): State<Shared>, body: Bytes) -> ApiResult<Response> {
+/// The client's address bounds enrollments of unknown ids per source; a server started
+/// without connection info (or behind a proxy) counts all of them as one source.
+pub async fn enroll(
+    State(state): State<Shared>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    body: Bytes,
+) -> ApiResult<Response> {
     let request: EnrollRequest = parse_body(&body)?;
     check_enrollment(&state.db, &request).await?;
-    let status = devices::enroll(&state.db, &request).await?;
+    let source = peer.map_or_else(|| "unknown".to_string(), |p| p.0 .0.ip().to_string());
+    let limits = &state.config.enroll_limits;
+    let status = devices::enroll(&state.db, &request, &source, limits).await?;
     let code = match status {
         EnrollStatus::Approved => StatusCode::OK,
         EnrollStatus::Pending => StatusCode::ACCEPTED,
@@ -41,6 +54,14 @@ pub async fn token(State(state): State<Shared>, body: Bytes) -> ApiResult<Json<T
     Ok(Json(
         issue_token(&state.db, &state.token_key, &request).await?,
     ))
+}
+
+pub async fn rotate_key(
+    State(state): State<Shared>,
+    body: Bytes,
+) -> ApiResult<Json<RotateKeyResponse>> {
+    let request: RotateKeyRequest = parse_body(&body)?;
+    Ok(Json(auth::rotate_key(&state.db, &request).await?))
 }
 
 /// Answers 304 when the body would be byte-identical to the one the device has (its
@@ -84,6 +105,7 @@ pub async fn report(
     body: Bytes,
 ) -> ApiResult<Response> {
     let report: Report = parse_body(&body)?;
+    devices::require_active(&state.db, &device).await?;
     let ack = reports::report(&state.db, &device, &deployment, &report).await?;
     if ack.deployment_state.is_terminal() && !ack.duplicate {
         state.caches.invalidate_campaigns();
@@ -97,6 +119,7 @@ pub async fn tpm_enroll(
     body: Bytes,
 ) -> ApiResult<Json<TpmChallenge>> {
     let request: TpmEnrollRequest = parse_body(&body)?;
+    devices::require_active(&state.db, &device).await?;
     let ca = state.config.ek_ca.as_deref();
     Ok(Json(
         attestation::enroll(&state.db, ca, &device, &request).await?,
@@ -109,6 +132,7 @@ pub async fn tpm_activate(
     body: Bytes,
 ) -> ApiResult<Json<TpmEnrollStatus>> {
     let activation: TpmActivation = parse_body(&body)?;
+    devices::require_active(&state.db, &device).await?;
     Ok(Json(
         attestation::activate(&state.db, &device, &activation).await?,
     ))
@@ -121,6 +145,7 @@ pub async fn attestation(
     body: Bytes,
 ) -> ApiResult<Json<AttestationResult>> {
     let evidence: AttestationEvidence = parse_body(&body)?;
+    devices::require_active(&state.db, &device).await?;
     let result =
         attestation::attest(&state.db, &state.caches, &device, &deployment, &evidence).await?;
     Ok(Json(result))

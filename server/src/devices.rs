@@ -1,22 +1,32 @@
-//! Devices: enrollment with an ed25519 key, operator approval, factory-manifest import,
-//! and what the operator sees of each device.
+//! Devices: enrollment with an ed25519 key (bounded for unknown ids), operator approval,
+//! rejection and revocation, the device's own key rotation, factory-manifest import, and
+//! what the operator sees of each device.
 
+use axum::http::StatusCode;
 use cairn_server_api::{parse_public_key, EnrollRequest, EnrollStatus, InstalledImage};
 use serde::{Deserialize, Serialize};
-use sqlx::Row as _;
+use sqlx::{AnyConnection, Row as _};
 
+use crate::audit;
 use crate::db::{now_ms, ordered_id, Db, Row};
 use crate::error::{ApiError, ApiResult};
 
 const APPROVED: &str = "approved";
 const PENDING: &str = "pending";
+/// An operator refused the pending enrollment: the id cannot enroll again (with any
+/// key) until an operator approves it.
+const REJECTED: &str = "rejected";
+/// An operator withdrew the device's trust: refused on every device endpoint for good
+/// (approving it again is refused too: its key is presumed compromised).
+const REVOKED: &str = "revoked";
 
 /// A device as the operator sees it.
 #[derive(Debug, Clone, Serialize)]
 pub struct Device {
     pub id: String,
     pub public_key: String,
-    /// `approved` (pre-authorized or approved by an operator) or `pending`.
+    /// `approved` (pre-authorized or approved by an operator), `pending`, `rejected` or
+    /// `revoked`.
     pub approval: String,
     pub compatible: String,
     pub tags: Vec<String>,
@@ -82,32 +92,115 @@ pub fn split_tags(tags: &str) -> Vec<String> {
         .collect()
 }
 
+/// Bounds on enrollments of unknown ids, which anyone can send (an enrollment is signed
+/// by the key it presents): they stop a flood of made-up ids from filling the devices
+/// table and the operator's approval queue. Ids that exist (pre-authorized, or enrolled
+/// before) are not limited.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnrollLimits {
+    /// Pending (unapproved, not rejected) enrollments in all, from everywhere.
+    pub max_pending: i64,
+    /// Pending enrollments from one source address created within `window`.
+    pub per_source: i64,
+    pub window: std::time::Duration,
+}
+
+impl Default for EnrollLimits {
+    fn default() -> EnrollLimits {
+        EnrollLimits {
+            max_pending: 10_000,
+            per_source: 50,
+            window: std::time::Duration::from_secs(3600),
+        }
+    }
+}
+
+impl EnrollLimits {
+    /// Whether one more unknown id may enroll, given the pending enrollments counted in
+    /// all and from its source within the window; the refusal says which bound.
+    pub fn admit(&self, pending: i64, from_source: i64) -> ApiResult<()> {
+        let limited = |m: String| {
+            Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "enrollment-limit",
+                m,
+            ))
+        };
+        if pending >= self.max_pending {
+            return limited(format!(
+                "{pending} enrollments already wait for an operator; no new device ids are accepted until some are approved or rejected"
+            ));
+        }
+        if from_source >= self.per_source {
+            return limited(format!(
+                "{from_source} new device ids enrolled from this address in the last {} s; try later",
+                self.window.as_secs()
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// First contact of a device. The signature (checked by the caller against the key in the
 /// request) proves possession; this decides whether the key is trusted:
 /// - a pre-authorized or approved device with the same key: approved;
 /// - an unknown id: recorded as pending until an operator approves it;
 /// - a known id with another key: refused, and nothing changes.
-pub async fn enroll(db: &Db, request: &EnrollRequest) -> ApiResult<EnrollStatus> {
+///
+/// `source` is the client's address; with `limits` it bounds how many unknown ids can
+/// enroll (several servers counting at once may each admit one more: the bound is passed
+/// by at most the number of concurrent enrollments).
+pub async fn enroll(
+    db: &Db,
+    request: &EnrollRequest,
+    source: &str,
+    limits: &EnrollLimits,
+) -> ApiResult<EnrollStatus> {
     check_name("device id", &request.device_id)?;
     check_name("compatible", &request.compatible)?;
     // Keys are stored and compared as lowercase hex, however a device or manifest spells them.
     let presented = request.public_key.to_ascii_lowercase();
     let now = now_ms();
-    sqlx::query(
-        "INSERT INTO devices (id, public_key, approval, compatible, tags, created_at) \
-         VALUES ($1, $2, $3, $4, '', $5) ON CONFLICT DO NOTHING",
-    )
-    .bind(&request.device_id)
-    .bind(&presented)
-    .bind(PENDING)
-    .bind(&request.compatible)
-    .bind(now)
-    .execute(&db.pool)
-    .await?;
-    let row = sqlx::query("SELECT public_key, approval, enrolled_at FROM devices WHERE id = $1")
+    let select = "SELECT public_key, approval, enrolled_at FROM devices WHERE id = $1";
+    let mut row = sqlx::query(select)
         .bind(&request.device_id)
-        .fetch_one(&db.pool)
+        .fetch_optional(&db.pool)
         .await?;
+    if row.is_none() {
+        let pending: i64 = sqlx::query("SELECT COUNT(*) AS n FROM devices WHERE approval = $1")
+            .bind(PENDING)
+            .fetch_one(&db.pool)
+            .await?
+            .try_get("n")?;
+        let from_source: i64 = sqlx::query(
+            "SELECT COUNT(*) AS n FROM devices \
+             WHERE approval = $1 AND enroll_source = $2 AND created_at > $3",
+        )
+        .bind(PENDING)
+        .bind(source)
+        .bind(now - limits.window.as_millis() as i64)
+        .fetch_one(&db.pool)
+        .await?
+        .try_get("n")?;
+        limits.admit(pending, from_source)?;
+        sqlx::query(
+            "INSERT INTO devices (id, public_key, approval, compatible, tags, created_at, enroll_source) \
+             VALUES ($1, $2, $3, $4, '', $5, $6) ON CONFLICT DO NOTHING",
+        )
+        .bind(&request.device_id)
+        .bind(&presented)
+        .bind(PENDING)
+        .bind(&request.compatible)
+        .bind(now)
+        .bind(source)
+        .execute(&db.pool)
+        .await?;
+        row = sqlx::query(select)
+            .bind(&request.device_id)
+            .fetch_optional(&db.pool)
+            .await?;
+    }
+    let row = row.ok_or_else(|| unknown(&request.device_id))?;
     let key: String = row.try_get("public_key")?;
     if key != presented {
         return Err(ApiError::forbidden(
@@ -137,24 +230,165 @@ pub async fn enroll(db: &Db, request: &EnrollRequest) -> ApiResult<EnrollStatus>
         }
     }
     let approval: String = row.try_get("approval")?;
-    Ok(if approval == APPROVED {
-        EnrollStatus::Approved
-    } else {
-        EnrollStatus::Pending
-    })
+    if approval == PENDING {
+        return Ok(EnrollStatus::Pending);
+    }
+    require_approved(&request.device_id, &approval)?;
+    Ok(EnrollStatus::Approved)
 }
 
+/// Whether a device whose approval is `approval` may use the device API (token,
+/// check-in, reports, TPM): only an approved one; the refusal says why.
+pub fn require_approved(id: &str, approval: &str) -> ApiResult<()> {
+    match approval {
+        APPROVED => Ok(()),
+        REVOKED => Err(ApiError::forbidden(
+            "revoked",
+            format!("device {id} was revoked by an operator"),
+        )),
+        REJECTED => Err(ApiError::forbidden(
+            "rejected",
+            format!("an operator rejected the enrollment of device {id}"),
+        )),
+        _ => Err(ApiError::forbidden(
+            "not-approved",
+            format!("device {id} waits for an operator to approve its key"),
+        )),
+    }
+}
+
+/// [`require_approved`] for a bearer-token request: tokens are checked without the
+/// database, so a device revoked since its token was issued is caught here.
+pub async fn require_active(db: &Db, id: &str) -> ApiResult<()> {
+    let row = sqlx::query("SELECT approval FROM devices WHERE id = $1")
+        .bind(id)
+        .fetch_optional(&db.pool)
+        .await?
+        .ok_or_else(|| unknown(id))?;
+    require_approved(id, &row.try_get::<String, _>("approval")?)
+}
+
+/// Approves a pending or rejected device (a no-op for an approved one). A revoked device
+/// stays revoked: `409 revoked`.
 pub async fn approve(db: &Db, id: &str) -> ApiResult<Device> {
-    let done = sqlx::query("UPDATE devices SET approval = $1 WHERE id = $2")
+    let done = sqlx::query("UPDATE devices SET approval = $1 WHERE id = $2 AND approval <> $3")
         .bind(APPROVED)
         .bind(id)
+        .bind(REVOKED)
         .execute(&db.pool)
         .await?;
     if done.rows_affected() == 0 {
-        return Err(unknown(id));
+        get(db, id).await?;
+        return Err(ApiError::conflict(
+            "revoked",
+            format!("device {id} was revoked; a revoked device cannot be approved again"),
+        ));
     }
     record(db, id, "approved", "operator approved the device key").await?;
     get(db, id).await
+}
+
+/// The operator refuses a pending enrollment. Compare-and-set on `pending`: an approved
+/// or revoked device is not "rejected" (`409 not-pending`).
+pub async fn reject(db: &Db, id: &str, actor: &str) -> ApiResult<Device> {
+    let detail = "operator rejected the enrollment; the id cannot enroll again until approved";
+    set_approval(db, id, &[PENDING], REJECTED, actor, detail).await?;
+    get(db, id).await
+}
+
+/// The operator withdraws a device's trust, whatever its state: every device endpoint
+/// refuses it from now on (`403 revoked`), including with tokens issued before.
+pub async fn revoke(db: &Db, id: &str, actor: &str) -> ApiResult<Device> {
+    let detail = "operator revoked the device; it is refused on every device endpoint";
+    set_approval(
+        db,
+        id,
+        &[PENDING, APPROVED, REJECTED],
+        REVOKED,
+        actor,
+        detail,
+    )
+    .await?;
+    get(db, id).await
+}
+
+/// Moves `id` from one of `from` to `to`, audit-logged in the same transaction.
+async fn set_approval(
+    db: &Db,
+    id: &str,
+    from: &[&str],
+    to: &'static str,
+    actor: &str,
+    detail: &str,
+) -> ApiResult<()> {
+    let mut tx = db.pool.begin().await?;
+    let row = sqlx::query("SELECT approval FROM devices WHERE id = $1")
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or_else(|| unknown(id))?;
+    let current: String = row.try_get("approval")?;
+    let conflict = || {
+        ApiError::conflict(
+            if to == REJECTED {
+                "not-pending"
+            } else {
+                "already-revoked"
+            },
+            format!("device {id} is {current}; it cannot become {to}"),
+        )
+    };
+    if !from.contains(&current.as_str()) {
+        return Err(conflict());
+    }
+    // Compare-and-set on the approval read above: another server may have moved it.
+    let done = sqlx::query("UPDATE devices SET approval = $1 WHERE id = $2 AND approval = $3")
+        .bind(to)
+        .bind(id)
+        .bind(&current)
+        .execute(&mut *tx)
+        .await?;
+    if done.rows_affected() == 0 {
+        return Err(conflict());
+    }
+    let action = if to == REJECTED { "reject" } else { "revoke" };
+    audit::record(&mut tx, actor, action, id, detail).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// The device's own key rotation (`auth::rotate_key` checked both signatures): from
+/// now on only `new` is accepted. Compare-and-set on the key the request was verified
+/// against, and only while the device is approved.
+pub async fn replace_key(db: &Db, id: &str, old: &str, new: &str) -> ApiResult<()> {
+    if old.eq_ignore_ascii_case(new) {
+        return Err(ApiError::bad_request(
+            "bad-key",
+            "the new key is the key the device already has",
+        ));
+    }
+    let done = sqlx::query(
+        "UPDATE devices SET public_key = $1 WHERE id = $2 AND public_key = $3 AND approval = $4",
+    )
+    .bind(new)
+    .bind(id)
+    .bind(old)
+    .bind(APPROVED)
+    .execute(&db.pool)
+    .await?;
+    if done.rows_affected() == 0 {
+        return Err(ApiError::conflict(
+            "key-changed",
+            format!("device {id}'s key or approval changed meanwhile; nothing rotated"),
+        ));
+    }
+    record(
+        db,
+        id,
+        "key-rotated",
+        &format!("the device replaced its key {old} with {new}"),
+    )
+    .await
 }
 
 /// Sets the tags campaigns select on.
@@ -170,10 +404,36 @@ pub async fn set_tags(db: &Db, id: &str, tags: &[String]) -> ApiResult<Device> {
     get(db, id).await
 }
 
-/// Imports a factory manifest: every key in it is authorized. A device that already
-/// exists with a different key is refused (the whole import is), so an import can never
-/// silently take over an enrolled device.
-pub async fn import(db: &Db, entries: &[FactoryEntry]) -> ApiResult<usize> {
+/// What an import did, entry by entry.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ImportSummary {
+    /// Entries now authorized with the manifest's key (new, or already with that key).
+    pub imported: usize,
+    /// Ids that had a pending or rejected enrollment under another key: the manifest's
+    /// key replaced it (that key was never approved, so nothing trusted is lost).
+    pub replaced: Vec<String>,
+    /// Ids left as they were: they exist, approved or revoked, with another key.
+    pub refused: Vec<RefusedEntry>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RefusedEntry {
+    pub device_id: String,
+    pub reason: String,
+}
+
+/// Whether a manifest entry may replace a device of this approval that holds another
+/// key: only one no operator ever trusted, so enrolling an id first (squatting it) never
+/// keeps the device the factory made for it out; a trusted key is never taken over.
+fn import_replaces(approval: &str) -> bool {
+    approval == PENDING || approval == REJECTED
+}
+
+/// Imports a factory manifest: every key in it is authorized. An id that exists with
+/// another key is replaced when its enrollment was never approved, and left alone (and
+/// listed as refused) otherwise: the import goes on with the other entries, and a
+/// malformed manifest (bad id or key) is refused before anything is written.
+pub async fn import(db: &Db, entries: &[FactoryEntry], actor: &str) -> ApiResult<ImportSummary> {
     for e in entries {
         check_name("device id", &e.device_id)?;
         check_name("compatible", &e.compatible)?;
@@ -183,38 +443,82 @@ pub async fn import(db: &Db, entries: &[FactoryEntry]) -> ApiResult<usize> {
     }
     let mut tx = db.pool.begin().await?;
     let now = now_ms();
+    let mut summary = ImportSummary::default();
     for e in entries {
+        let key = e.public_key.to_ascii_lowercase();
+        let tags = join_tags(&e.tags)?;
         sqlx::query(
             "INSERT INTO devices (id, public_key, approval, compatible, tags, created_at) \
              VALUES ($1, $2, $3, $4, $5, $6) \
              ON CONFLICT (id) DO UPDATE SET approval = $3, compatible = $4, tags = $5 \
-             WHERE devices.public_key = $2",
+             WHERE devices.public_key = $2 AND devices.approval <> $7",
         )
         .bind(&e.device_id)
-        .bind(e.public_key.to_ascii_lowercase())
+        .bind(&key)
         .bind(APPROVED)
         .bind(&e.compatible)
-        .bind(join_tags(&e.tags)?)
+        .bind(&tags)
         .bind(now)
+        .bind(REVOKED)
         .execute(&mut *tx)
         .await?;
-        let key: String = sqlx::query("SELECT public_key FROM devices WHERE id = $1")
+        let row = sqlx::query("SELECT public_key, approval FROM devices WHERE id = $1")
             .bind(&e.device_id)
             .fetch_one(&mut *tx)
-            .await?
-            .try_get("public_key")?;
-        if key != e.public_key.to_ascii_lowercase() {
-            return Err(ApiError::conflict(
-                "key-mismatch",
-                format!(
-                    "device {} exists with another key; nothing imported",
-                    e.device_id
-                ),
-            ));
+            .await?;
+        let (held, approval): (String, String) =
+            (row.try_get("public_key")?, row.try_get("approval")?);
+        if held == key && approval == APPROVED {
+            summary.imported += 1;
+            continue;
         }
+        let refuse = |reason: String| RefusedEntry {
+            device_id: e.device_id.clone(),
+            reason,
+        };
+        if held == key || !import_replaces(&approval) {
+            summary.refused.push(refuse(format!(
+                "device {} exists ({approval}) with {}; left as it is",
+                e.device_id,
+                if held == key {
+                    "this key"
+                } else {
+                    "another key"
+                }
+            )));
+            continue;
+        }
+        // Compare-and-set on what was read: the enrollment being replaced is the one
+        // the summary and the audit log name.
+        let replaced = sqlx::query(
+            "UPDATE devices SET public_key = $1, approval = $2, compatible = $3, tags = $4, \
+             enrolled_at = NULL WHERE id = $5 AND public_key = $6 AND approval = $7",
+        )
+        .bind(&key)
+        .bind(APPROVED)
+        .bind(&e.compatible)
+        .bind(&tags)
+        .bind(&e.device_id)
+        .bind(&held)
+        .bind(&approval)
+        .execute(&mut *tx)
+        .await?;
+        if replaced.rows_affected() == 0 {
+            summary.refused.push(refuse(format!(
+                "device {} changed during the import; import it again",
+                e.device_id
+            )));
+            continue;
+        }
+        let detail = format!(
+            "factory import replaced a {approval} enrollment under another key ({held}) with the manifest's key"
+        );
+        audit::record(&mut tx, actor, "import-replaced", &e.device_id, &detail).await?;
+        summary.imported += 1;
+        summary.replaced.push(e.device_id.clone());
     }
     tx.commit().await?;
-    Ok(entries.len())
+    Ok(summary)
 }
 
 /// Parses a factory manifest: a JSON array of entries, or CSV with the header
@@ -321,7 +625,18 @@ pub fn unknown(id: &str) -> ApiError {
 
 /// Appends to a device's history.
 pub async fn record(db: &Db, device_id: &str, event: &str, detail: &str) -> ApiResult<()> {
-    let at = now_ms();
+    let mut conn = db.pool.acquire().await?;
+    record_in(&mut conn, device_id, now_ms(), event, detail).await
+}
+
+/// Appends to a device's history on `conn` (inside the caller's transaction).
+pub async fn record_in(
+    conn: &mut AnyConnection,
+    device_id: &str,
+    at: i64,
+    event: &str,
+    detail: &str,
+) -> ApiResult<()> {
     sqlx::query(
         "INSERT INTO history (id, device_id, at, event, detail) VALUES ($1, $2, $3, $4, $5)",
     )
@@ -330,7 +645,7 @@ pub async fn record(db: &Db, device_id: &str, event: &str, detail: &str) -> ApiR
     .bind(at)
     .bind(event)
     .bind(detail)
-    .execute(&db.pool)
+    .execute(&mut *conn)
     .await?;
     Ok(())
 }
@@ -382,6 +697,30 @@ mod tests {
         let unknown_field = r#"[{"device_id":"d","public_key":"k","compatible":"c","owner":"x"}]"#;
         let e = parse_factory_manifest(unknown_field).unwrap_err();
         assert!(e.to_string().contains("unknown field"), "{e}");
+    }
+
+    #[test]
+    fn enrollments_of_unknown_ids_are_bounded_in_all_and_per_source() {
+        let limits = EnrollLimits {
+            max_pending: 3,
+            per_source: 2,
+            window: std::time::Duration::from_secs(60),
+        };
+        assert!(limits.admit(0, 0).is_ok());
+        assert!(limits.admit(2, 1).is_ok());
+        let e = limits.admit(2, 2).unwrap_err();
+        assert_eq!(e.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert!(e.to_string().contains("from this address"), "{e}");
+        let e = limits.admit(3, 0).unwrap_err();
+        assert!(e.to_string().contains("wait for an operator"), "{e}");
+    }
+
+    #[test]
+    fn an_import_replaces_only_enrollments_no_operator_trusted() {
+        assert!(import_replaces(PENDING));
+        assert!(import_replaces(REJECTED));
+        assert!(!import_replaces(APPROVED));
+        assert!(!import_replaces(REVOKED));
     }
 
     #[test]

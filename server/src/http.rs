@@ -22,6 +22,7 @@ pub async fn build(db: Db, config: Config, local: SocketAddr) -> anyhow::Result<
     let device = Router::new()
         .route("/enroll", post(device_api::enroll))
         .route("/token", post(device_api::token))
+        .route("/rotate-key", post(device_api::rotate_key))
         .route("/check-in", post(device_api::check_in))
         .route("/deployments/{id}/reports", post(device_api::report))
         .route(
@@ -41,6 +42,8 @@ pub async fn build(db: Db, config: Config, local: SocketAddr) -> anyhow::Result<
         .route("/devices/{id}", get(admin_api::show_device))
         .route("/devices/{id}/approve", post(admin_api::approve_device))
         .route("/devices/{id}/tags", put(admin_api::set_tags))
+        .route("/devices/{id}/{action}", post(admin_api::device_action))
+        .route("/audit", get(admin_api::audit_log))
         .route(
             "/campaigns",
             get(admin_api::list_campaigns).post(admin_api::create_campaign),
@@ -94,6 +97,8 @@ pub async fn serve(
                  token cross the network unencrypted; give --tls-cert and --tls-key outside \
                  development"
             );
+            // The peer address bounds enrollments per source (`devices::EnrollLimits`).
+            let router = router.into_make_service_with_connect_info::<SocketAddr>();
             axum::serve(listener, router)
                 .with_graceful_shutdown(shutdown)
                 .await

@@ -14,6 +14,8 @@
 //! - [`reports`]: progress reports, applied once and atomically.
 //! - [`attestation`]: TPM enrollment (MakeCredential challenge) and quote checks that
 //!   hold a deployment's success until the device proves which image booted.
+//! - [`audit`]: the log of operator actions on a device's trust (TPM reset, reject,
+//!   revoke).
 //! - [`auth`]: request authentication: signed device requests (timestamp + nonce),
 //!   device tokens, the admin token (admin API and dashboard).
 //! - [`config`], [`app`]: how a server is run and the state its handlers share.
@@ -25,6 +27,7 @@
 pub mod admin_api;
 pub mod app;
 pub mod attestation;
+pub mod audit;
 pub mod auth;
 pub mod blobs;
 pub mod caches;

@@ -9,7 +9,7 @@ use cairn_server::config::Config;
 use cairn_server::db::Db;
 use cairn_server::http;
 use cairn_server::policy::{CampaignPolicy, Selector, WaveSize};
-use cairn_server::{campaigns, devices, dry_run, releases};
+use cairn_server::{attestation, audit, campaigns, devices, dry_run, releases};
 use clap::{Parser, Subcommand};
 use serde::Serialize;
 
@@ -112,6 +112,20 @@ enum DeviceCommand {
         id: String,
         tags: Vec<String>,
     },
+    /// Refuse a pending enrollment; the id cannot enroll again until approved (audited).
+    Reject {
+        id: String,
+    },
+    /// Withdraw a device's trust for good: 403 on every device endpoint (audit-logged).
+    Revoke {
+        id: String,
+    },
+    /// Unbind the device's TPM (EK, AK), so it may enroll another one (audit-logged).
+    ResetTpm {
+        id: String,
+    },
+    /// The audit log of operator actions on devices, newest first.
+    Audit,
 }
 
 #[derive(Subcommand)]
@@ -244,11 +258,20 @@ async fn device(db: &Db, command: DeviceCommand) -> Result<()> {
             let text = std::fs::read_to_string(&manifest)
                 .with_context(|| format!("reading {}", manifest.display()))?;
             let entries = devices::parse_factory_manifest(&text)?;
-            let n = devices::import(db, &entries).await?;
-            println!("imported {n} devices");
-            Ok(())
+            print(&devices::import(db, &entries, &audit::cli_actor()).await?)
         }
         DeviceCommand::Tag { id, tags } => print(&devices::set_tags(db, &id, &tags).await?),
+        DeviceCommand::Reject { id } => {
+            print(&devices::reject(db, &id, &audit::cli_actor()).await?)
+        }
+        DeviceCommand::Revoke { id } => {
+            print(&devices::revoke(db, &id, &audit::cli_actor()).await?)
+        }
+        DeviceCommand::ResetTpm { id } => {
+            attestation::reset(db, &id, &audit::cli_actor()).await?;
+            print(&devices::get(db, &id).await?)
+        }
+        DeviceCommand::Audit => print(&audit::list(db, i64::MAX).await?),
     }
 }
 

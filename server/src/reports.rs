@@ -2,11 +2,12 @@
 //! belongs to, and atomically with the deployment's state change.
 
 use cairn_server_api::{DeploymentState, Report, ReportAck};
+use sqlx::{AnyConnection, Row as _};
 
 use crate::db::{now_ms, ordered_id, Db};
 use crate::devices::check_name;
 use crate::error::{ApiError, ApiResult};
-use crate::transitions::{self, reported_name};
+use crate::transitions::{self, reported_name, Keep, MAX_REPORTS};
 use crate::{attestation, campaigns, deployments};
 
 /// A compare-and-set that lost to a concurrent report is retried this often.
@@ -97,6 +98,24 @@ async fn try_apply(
         attestation_required,
     )
     .map_err(|c| ApiError::conflict("report-conflict", c.to_string()))?;
+    // This report's row is already in, hence the minus one.
+    let stored = stored_reports(&mut tx, deployment_id).await? - 1;
+    match transitions::keep(current, report.state, stored) {
+        Keep::Store => {}
+        Keep::Acknowledge => {
+            tx.rollback().await?;
+            return Ok(Some(ack(current, true)));
+        }
+        Keep::Refuse => {
+            tx.rollback().await?;
+            return Err(ApiError::conflict(
+                "too-many-reports",
+                format!(
+                    "deployment {deployment_id} has {MAX_REPORTS} reports already; no more are recorded"
+                ),
+            ));
+        }
+    }
     if transition.next != current {
         let moved = deployments::move_state(
             &mut tx,
@@ -133,4 +152,15 @@ async fn try_apply(
     .await?;
     tx.commit().await?;
     Ok(Some(ack(transition.next, false)))
+}
+
+/// How many reports the deployment has, on the report's transaction. Several servers
+/// inserting at once may each count before the others commit, so the bound can be passed
+/// by as many reports as arrive concurrently, never more.
+async fn stored_reports(conn: &mut AnyConnection, deployment_id: &str) -> ApiResult<i64> {
+    let row = sqlx::query("SELECT COUNT(*) AS n FROM reports WHERE deployment_id = $1")
+        .bind(deployment_id)
+        .fetch_one(&mut *conn)
+        .await?;
+    Ok(row.try_get("n")?)
 }

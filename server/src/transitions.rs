@@ -47,6 +47,46 @@ fn progress_rank(s: S) -> Option<u8> {
     }
 }
 
+/// A retried final report after the deployment ended the same way: acknowledged, and
+/// changes nothing.
+pub fn repeats_final(current: S, reported: R) -> bool {
+    matches!(
+        (current, reported),
+        (
+            S::Succeeded | S::AttestationPending | S::AttestationFailed,
+            R::Committed
+        ) | (S::Failed, R::RolledBack | R::Failed)
+    )
+}
+
+/// The most reports kept per deployment. A device sends about six (downloading to
+/// committed) and retries under the same `report_id`, which is stored once; the bound
+/// stops a device that invents new ids from growing the reports and history tables.
+pub const MAX_REPORTS: i64 = 32;
+
+/// What becomes of a report under a new `report_id`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Keep {
+    /// Applied, and kept with its history entry.
+    Store,
+    /// A repeat of the final report ([`repeats_final`]): acknowledged as a duplicate
+    /// without a row, so endless retries under new ids cost nothing.
+    Acknowledge,
+    /// The deployment has [`MAX_REPORTS`] already: refused, nothing kept.
+    Refuse,
+}
+
+/// `stored`: the deployment's report rows before this one.
+pub fn keep(current: S, reported: R, stored: i64) -> Keep {
+    if repeats_final(current, reported) {
+        Keep::Acknowledge
+    } else if stored >= MAX_REPORTS {
+        Keep::Refuse
+    } else {
+        Keep::Store
+    }
+}
+
 /// Applies one report. `attestation_required` comes from the campaign.
 pub fn apply(
     current: S,
@@ -71,10 +111,10 @@ pub fn apply(
             }),
         })
     };
+    if repeats_final(current, reported) {
+        return stay;
+    }
     match (current, reported) {
-        // A retried final report after the deployment ended the same way.
-        (S::Succeeded | S::AttestationPending | S::AttestationFailed, R::Committed) => stay,
-        (S::Failed, R::RolledBack | R::Failed) => stay,
         (S::Succeeded | S::Failed | S::AttestationFailed | S::Cancelled, _) => Err(conflict()),
         (_, R::RolledBack) => fail("rolled back"),
         (_, R::Failed) => fail("failed"),
@@ -108,6 +148,29 @@ pub fn apply(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn report_rows_are_bounded_and_repeated_final_reports_are_not_kept() {
+        assert_eq!(keep(S::Succeeded, R::Committed, 4), Keep::Acknowledge);
+        assert_eq!(keep(S::Failed, R::RolledBack, 4), Keep::Acknowledge);
+        assert_eq!(
+            keep(S::AttestationPending, R::Committed, 4),
+            Keep::Acknowledge
+        );
+        assert_eq!(keep(S::Downloading, R::Downloading, 4), Keep::Store);
+        assert_eq!(
+            keep(S::Downloading, R::Downloading, MAX_REPORTS - 1),
+            Keep::Store
+        );
+        assert_eq!(
+            keep(S::Downloading, R::Downloading, MAX_REPORTS),
+            Keep::Refuse
+        );
+        assert_eq!(
+            keep(S::Succeeded, R::Committed, MAX_REPORTS),
+            Keep::Acknowledge
+        );
+    }
 
     fn next(current: S, reported: R) -> Result<S, Conflict> {
         apply(current, reported, None, false).map(|t| t.next)

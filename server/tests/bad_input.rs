@@ -106,9 +106,10 @@ async fn unknown_devices_bad_signatures_replays_and_stale_requests_are_refused()
     let mut stranger = SimDevice::new(&s.server.url, "dev-unknown", vec![]);
     let request = stranger.token_request();
     let answer = stranger.post_json(paths::TOKEN, &request, &[]).await;
+    // Answered like a bad signature: the endpoint does not tell which ids exist.
     assert_eq!(
         (answer.status, error_code(&answer.body)),
-        (404, "unknown-device")
+        (401, "unknown-device")
     );
 
     // Signed by another key: refused, and the nonce is not burned by the forger.
@@ -117,7 +118,7 @@ async fn unknown_devices_bad_signatures_replays_and_stale_requests_are_refused()
     let answer = d.post_json(paths::TOKEN, &forged, &[]).await;
     assert_eq!(
         (answer.status, error_code(&answer.body)),
-        (401, "bad-signature")
+        (401, "unknown-device")
     );
     let answer = d.post_json(paths::TOKEN, &request, &[]).await;
     assert_eq!(answer.status, 200, "{}", answer.body);
@@ -190,7 +191,11 @@ async fn enrollment_needs_a_preauthorized_or_approved_key() {
         impostor.factory_line("")
     );
     let (status, body) = admin.post("/admin/v1/devices/import", csv).await;
-    assert_eq!((status, error_code(&body)), (409, "key-mismatch"));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["imported"], 0);
+    assert_eq!(body["refused"][0]["device_id"], owner.id.as_str());
+    let (_, shown) = admin.get(&format!("/admin/v1/devices/{}", owner.id)).await;
+    assert_eq!(shown["device"]["public_key"], owner.public_key());
 
     // The admin API itself needs its token.
     let r = reqwest::Client::new()
@@ -304,6 +309,74 @@ async fn retried_reports_are_applied_once() {
         .map(|h| h["event"].as_str().unwrap())
         .collect();
     assert_eq!(events, ["downloading", "assigned", "version", "enrolled"]);
+}
+
+#[tokio::test]
+async fn endless_reports_under_new_ids_do_not_grow_the_report_and_history_tables() {
+    let s = setup().await;
+    let mut fleet = devices(&s, 2).await;
+    running_campaign(&s).await;
+    let done = fleet[0].check_in().await.unwrap();
+    fleet[0].install(&done, true).await;
+    let live = fleet[1].check_in().await.unwrap();
+    let pool = &s.server.state.db.pool;
+    let rows = |table: &'static str, column: &'static str, value: String| async move {
+        let n: i64 =
+            sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {table} WHERE {column} = $1"))
+                .bind(value)
+                .fetch_one(pool)
+                .await
+                .unwrap();
+        n
+    };
+    let history_before = rows("history", "device_id", fleet[0].id.clone()).await;
+
+    // A device that retries its final report under a new id every time.
+    for i in 0..100 {
+        let ack = fleet[0]
+            .report(
+                &done.deployment_id,
+                &format!("again-{i}"),
+                ReportedState::Committed,
+                None,
+            )
+            .await;
+        assert_eq!(
+            (&ack["duplicate"], &ack["deployment_state"]),
+            (&json!(true), &json!("succeeded"))
+        );
+    }
+    assert_eq!(
+        rows("reports", "deployment_id", done.deployment_id.clone()).await,
+        4
+    );
+    assert_eq!(
+        rows("history", "device_id", fleet[0].id.clone()).await,
+        history_before
+    );
+
+    // Endless progress reports on a live deployment: kept up to a bound, then refused.
+    let mut refused = 0;
+    for i in 0..100 {
+        let answer = fleet[1]
+            .report_raw(
+                &live.deployment_id,
+                &format!("p-{i}"),
+                ReportedState::Downloading,
+                None,
+            )
+            .await;
+        if answer.status == 409 {
+            assert_eq!(error_code(&answer.body), "too-many-reports");
+            refused += 1;
+        } else {
+            assert_eq!(answer.status, 200, "{}", answer.body);
+        }
+    }
+    let kept = rows("reports", "deployment_id", live.deployment_id.clone()).await;
+    assert!(kept <= 32, "{kept} report rows");
+    assert_eq!(refused, 100 - kept);
+    assert!(rows("history", "device_id", fleet[1].id.clone()).await <= 32 + 4);
 }
 
 #[tokio::test]

@@ -1,6 +1,6 @@
 //! Request authentication, all of it in one place:
-//! - [`signed`]: requests a device signs with its enrollment key (enroll, token): the
-//!   signature, a timestamp window and a one-time nonce.
+//! - [`signed`]: requests a device signs with its enrollment key (enroll, token, key
+//!   rotation): the signature, a timestamp window and a one-time nonce.
 //! - [`device`]: the short-lived bearer tokens those requests earn, and the
 //!   [`AuthenticatedDevice`] extractor every other device API handler takes.
 //! - [`admin`]: the admin token: the [`Admin`] extractor of the admin API and the
@@ -24,7 +24,10 @@ pub mod signed;
 
 pub use admin::{admin_token, dashboard_access, Admin, AdminToken, DashboardAccess};
 pub use device::{issue_token, AuthenticatedDevice, TokenKey, TOKEN_LIFETIME_SECS};
-pub use signed::{check_enrollment, consume_nonce, purge_nonces, CLOCK_SKEW_SECS};
+pub use signed::{
+    check_enrollment, consume_nonce, purge_nonces, rotate_key, signed_by_device, SignedBy,
+    CLOCK_SKEW_SECS,
+};
 
 /// What requests are checked against; the application state offers it.
 pub trait Credentials: Send + Sync {

@@ -5,6 +5,7 @@
 pub mod device;
 pub mod fleet;
 pub mod postgres;
+pub mod tpm;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -118,6 +119,15 @@ pub struct TestServer {
 
 impl TestServer {
     pub async fn start(db_url: &str, root: Option<&TrustRoot>) -> TestServer {
+        TestServer::start_with(db_url, root, |_| {}).await
+    }
+
+    /// [`TestServer::start`] with `configure` applied to the configuration last.
+    pub async fn start_with(
+        db_url: &str,
+        root: Option<&TrustRoot>,
+        configure: impl FnOnce(&mut Config),
+    ) -> TestServer {
         let db = Db::connect(db_url).await.unwrap();
         let blob_dir = tempfile::tempdir().unwrap();
         let mut config = Config::new(blob_dir.path().to_path_buf());
@@ -127,11 +137,13 @@ impl TestServer {
         // Gates are evaluated after every final report and on demand in the tests, not
         // on a timer, so every step is deterministic.
         config.evaluate_every = Duration::from_secs(3600);
+        configure(&mut config);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let local = listener.local_addr().unwrap();
         let (router, state) = http::build(db, config, local).await.unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
+            let router = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
             axum::serve(listener, router)
                 .with_graceful_shutdown(async {
                     let _ = stopped.await;
