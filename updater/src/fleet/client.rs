@@ -191,11 +191,15 @@ impl ServerClient {
             &nonce()?,
         );
         let response = self.post(paths::TOKEN, &request, None, None)?;
-        if response.status() == StatusCode::FORBIDDEN {
-            return Err(FleetError::NotApproved(self.identity.device_id.clone()));
+        match self.json::<TokenResponse>(paths::TOKEN, response) {
+            Ok(token) => Ok(token.token),
+            // Waiting for an operator is not an error; a revoked or rejected key is, and
+            // says so (server/API.md, "Device states").
+            Err(FleetError::Refused { status: 403, code, .. }) if code == "not-approved" => {
+                Err(FleetError::NotApproved(self.identity.device_id.clone()))
+            }
+            Err(e) => Err(e),
         }
-        let token: TokenResponse = self.json(paths::TOKEN, response)?;
-        Ok(token.token)
     }
 
     fn post(
