@@ -17,6 +17,8 @@ pub struct Inputs<'a> {
     pub modules_root: &'a Path,
     /// Loaded in this order by /init.
     pub modules: &'a [String],
+    /// Directories under /data that /init mounts with exec (`etc/data-exec`, one a line).
+    pub data_exec: &'a [String],
     pub init: &'a Path,
     /// Paths inside `tree`.
     pub binaries: &'a [String],
@@ -60,6 +62,16 @@ pub fn build(inputs: &Inputs) -> Result<Vec<u8>> {
         path: "etc/modules".into(),
         mode: 0o644,
         data: (inputs.modules.join("\n") + "\n").into_bytes(),
+    });
+    entries.push(Entry::File {
+        path: "etc/data-exec".into(),
+        mode: 0o644,
+        data: inputs
+            .data_exec
+            .iter()
+            .map(|name| format!("{name}\n"))
+            .collect::<String>()
+            .into_bytes(),
     });
 
     entries.push(file(

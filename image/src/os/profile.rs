@@ -154,6 +154,12 @@ pub struct Disk {
     pub data_mib: u64,
     pub boot_script: PathBuf,
     pub tries: u32,
+    /// Directories directly under /data that keep exec: the initramfs mounts /data
+    /// `nosuid,nodev,noexec` and bind-mounts each of these over itself with exec back
+    /// (still `nosuid,nodev`), e.g. containerd's state, whose snapshots are container root
+    /// filesystems. One path component each ([A-Za-z0-9._-]).
+    #[serde(default)]
+    pub data_exec: Vec<String>,
 }
 
 impl Profile {
@@ -188,6 +194,11 @@ impl Profile {
         for path in self.rootfs.trim.iter() {
             if path.starts_with('/') || path.split('/').any(|c| c == ".." || c.is_empty()) {
                 bail!("rootfs.trim entry {path:?} must be a relative path inside the tree");
+            }
+        }
+        for name in &self.disk.data_exec {
+            if !simple(name) || name == "." || name == ".." {
+                bail!("disk.data_exec entry {name:?} must be one directory name under /data");
             }
         }
         Ok(())

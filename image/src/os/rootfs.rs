@@ -104,6 +104,7 @@ pub fn build(
         busybox_applets: &applets,
         modules_root: &modules_root,
         modules: &profile.kernel.initramfs_modules,
+        data_exec: &profile.disk.data_exec,
         init: &layout.workspace.join(&profile.initramfs.init),
         binaries: &profile.initramfs.binaries,
         mtime: u32::try_from(profile.slot.epoch).context("slot.epoch beyond 2106")?,

@@ -1,6 +1,7 @@
 //! Per-test disk copies and the edits scenarios make to them (on the host, before boot):
-//! flipping bytes in a partition, replacing files on the FAT boot partition, reading the
-//! boot state back after the VM is gone.
+//! flipping bytes in a partition, replacing files on the FAT boot partition or the ext4
+//! data partition, reading the boot state back after the VM is gone, and foreign disks
+//! (a USB stick stand-in with partitions of its own).
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -125,4 +126,89 @@ impl TestDisk {
         self.put_boot_file("bootstate.1", &older, scratch)?;
         Ok(())
     }
+
+    /// Replaces (or creates) `path` (relative, its directory must exist) on the ext4 data
+    /// partition with `bytes`, through debugfs at the partition's offset (no mount).
+    pub fn put_data_file(&self, path: &str, bytes: &[u8], scratch: &Path) -> Result<()> {
+        let local = scratch.join("data-file");
+        fs::write(&local, bytes)?;
+        let image = format!(
+            "{}?offset={}",
+            self.path.display(),
+            self.partition("data")?.start
+        );
+        // debugfs's `write` refuses an existing name; `rm` of a missing one is harmless.
+        let _ = debugfs(&image, &format!("rm {path}"), true);
+        debugfs(&image, &format!("write {} {path}", local.display()), true)?;
+        let back = debugfs(&image, &format!("cat {path}"), false)?;
+        if back != bytes {
+            bail!("debugfs did not write {path} on the data partition");
+        }
+        Ok(())
+    }
+}
+
+fn debugfs(image: &str, request: &str, write: bool) -> Result<Vec<u8>> {
+    let mut command = Command::new("debugfs");
+    if write {
+        command.arg("-w");
+    }
+    let output = command.arg("-R").arg(request).arg(image).output()?;
+    if !output.status.success() {
+        bail!(
+            "debugfs -R {request:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(output.stdout)
+}
+
+/// A disk that is not the device's (a USB stick stand-in) at `path`: a GPT with one
+/// 16 MiB partition per entry of `partitions`, named as given; a partition with a tree
+/// gets an ext4 filesystem made from it, one without stays zeros.
+pub fn foreign_disk(path: &Path, partitions: &[(&str, Option<&Path>)]) -> Result<()> {
+    const MIB: u64 = 1024 * 1024;
+    const SIZE: u64 = 16 * MIB;
+    let total = MIB + SIZE * partitions.len() as u64 + MIB;
+    fs::File::create(path)?.set_len(total)?;
+    let mut script = String::from("label: gpt\nfirst-lba: 2048\n");
+    for (index, (name, _)) in partitions.iter().enumerate() {
+        let start = MIB + SIZE * index as u64;
+        script.push_str(&format!(
+            "start={}, size={}, type=0FC63DAF-8483-4772-8E79-3D69D8477DE4, name=\"{name}\"\n",
+            start / 512,
+            SIZE / 512
+        ));
+    }
+    let mut child = Command::new("sfdisk")
+        .args(["--quiet", "--no-reread", "--no-tell-kernel"])
+        .arg(path)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .context("starting sfdisk")?;
+    child
+        .stdin
+        .take()
+        .context("sfdisk stdin")?
+        .write_all(script.as_bytes())?;
+    if !child.wait()?.success() {
+        bail!("sfdisk on {}", path.display());
+    }
+    for (index, (_, tree)) in partitions.iter().enumerate() {
+        let Some(tree) = tree else { continue };
+        let start = MIB + SIZE * index as u64;
+        let status = Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-E"])
+            .arg(format!("offset={start},root_owner=0:0"))
+            .arg("-d")
+            .arg(tree)
+            .arg(path)
+            .arg(format!("{}k", SIZE / 1024))
+            .status()?;
+        if !status.success() {
+            bail!("mkfs.ext4 for partition {index} of {}", path.display());
+        }
+    }
+    Ok(())
 }

@@ -34,6 +34,43 @@ impl Vm {
     /// Like [`Vm::start`], with `usb` (a raw file) attached as a second disk: the guest
     /// sees it as /dev/vdb, a USB stick stand-in.
     pub fn start_with(name: &str, disk: &Path, scratch: &Path, usb: Option<&Path>) -> Result<Vm> {
+        let extra = usb.map_or_else(Vec::new, |usb| {
+            vec![
+                "-drive".to_string(),
+                format!(
+                    "if=none,file={},format=raw,id=usb,readonly=on",
+                    usb.display()
+                ),
+                "-device".to_string(),
+                "virtio-blk-device,drive=usb".to_string(),
+            ]
+        });
+        Self::start_args(name, disk, scratch, extra)
+    }
+
+    /// Like [`Vm::start`], with `stick` (a raw file, writable) attached on a virtio-scsi
+    /// controller: the guest sees it as /dev/sda, which sorts before the system disk's
+    /// /dev/vda in /sys/class/block, as a real USB stick (sd*) would on a board.
+    pub fn start_with_scsi_disk(
+        name: &str,
+        disk: &Path,
+        scratch: &Path,
+        stick: &Path,
+    ) -> Result<Vm> {
+        let extra = vec![
+            "-device".to_string(),
+            "virtio-scsi-device,id=scsi0".to_string(),
+            "-drive".to_string(),
+            format!("if=none,file={},format=raw,id=stick", stick.display()),
+            "-device".to_string(),
+            "scsi-hd,drive=stick,bus=scsi0.0".to_string(),
+        ];
+        Self::start_args(name, disk, scratch, extra)
+    }
+
+    /// Boots `disk` with `extra` QEMU arguments placed before it (devices declared first
+    /// get the higher virtio-mmio addresses, so the system disk stays U-Boot's virtio 0).
+    fn start_args(name: &str, disk: &Path, scratch: &Path, extra: Vec<String>) -> Result<Vm> {
         let uboot_path = scratch.join("u-boot.bin");
         uboot::write_patched(&uboot_path)?;
         let tpm_dir = scratch.join("tpm");
@@ -73,17 +110,7 @@ impl Vm {
             .arg(&uboot_path)
             // virt gives the last virtio-mmio device the lowest address, and U-Boot boots
             // "virtio 0": the system disk comes last.
-            .args(usb.map_or_else(Vec::new, |usb| {
-                vec![
-                    "-drive".to_string(),
-                    format!(
-                        "if=none,file={},format=raw,id=usb,readonly=on",
-                        usb.display()
-                    ),
-                    "-device".to_string(),
-                    "virtio-blk-device,drive=usb".to_string(),
-                ]
-            }))
+            .args(extra)
             .arg("-drive")
             .arg(format!("if=none,file={},format=raw,id=hd", disk.display()))
             .args(["-device", "virtio-blk-device,drive=hd"])
