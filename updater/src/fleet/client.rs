@@ -195,7 +195,9 @@ impl ServerClient {
             Ok(token) => Ok(token.token),
             // Waiting for an operator is not an error; a revoked or rejected key is, and
             // says so (server/API.md, "Device states").
-            Err(FleetError::Refused { status: 403, code, .. }) if code == "not-approved" => {
+            Err(FleetError::Refused {
+                status: 403, code, ..
+            }) if code == "not-approved" => {
                 Err(FleetError::NotApproved(self.identity.device_id.clone()))
             }
             Err(e) => Err(e),
