@@ -150,6 +150,7 @@ fn ek_changed(device_id: &str) -> ApiError {
 /// so its next `POST /v1/device/tpm` binds whatever EK it presents. Audit-logged.
 pub async fn reset(db: &Db, device_id: &str, actor: &str) -> ApiResult<()> {
     let mut tx = db.pool.begin().await?;
+    devices::lock_row(&mut tx, device_id).await?;
     let row = sqlx::query("SELECT ek_public FROM devices WHERE id = $1")
         .bind(device_id)
         .fetch_optional(&mut *tx)

@@ -312,6 +312,22 @@ pub async fn revoke(db: &Db, id: &str, actor: &str) -> ApiResult<Device> {
     get(db, id).await
 }
 
+/// Takes the write lock on device `id`'s row before a transaction reads it: a no-op
+/// write. On SQLite (WAL) a transaction that reads first and writes later fails at once
+/// with "database is locked" when another connection (the check-in state writer, say)
+/// committed in between; writing first makes it wait its turn instead. On PostgreSQL it
+/// is a row lock that serializes operators acting on the same device.
+pub(crate) async fn lock_row(tx: &mut sqlx::Transaction<'_, sqlx::Any>, id: &str) -> ApiResult<()> {
+    let locked = sqlx::query("UPDATE devices SET approval = approval WHERE id = $1")
+        .bind(id)
+        .execute(&mut **tx)
+        .await?;
+    if locked.rows_affected() == 0 {
+        return Err(unknown(id));
+    }
+    Ok(())
+}
+
 /// Moves `id` from one of `from` to `to`, audit-logged in the same transaction.
 async fn set_approval(
     db: &Db,
@@ -322,6 +338,7 @@ async fn set_approval(
     detail: &str,
 ) -> ApiResult<()> {
     let mut tx = db.pool.begin().await?;
+    lock_row(&mut tx, id).await?;
     let row = sqlx::query("SELECT approval FROM devices WHERE id = $1")
         .bind(id)
         .fetch_optional(&mut *tx)
