@@ -272,6 +272,12 @@ fn partition_table(disk: &Path, partitions: &[Partition]) -> Result<()> {
             p.label
         ));
     }
+    sfdisk(disk, &script)
+}
+
+/// Partitions `disk` (a file) with sfdisk's `script`, without asking any kernel to
+/// reread anything.
+pub fn sfdisk(disk: &Path, script: &str) -> Result<()> {
     let mut child = Command::new("sfdisk")
         .arg("--quiet")
         .arg("--no-reread")

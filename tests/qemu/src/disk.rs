@@ -180,21 +180,7 @@ pub fn foreign_disk(path: &Path, partitions: &[(&str, Option<&Path>)]) -> Result
             SIZE / 512
         ));
     }
-    let mut child = Command::new("sfdisk")
-        .args(["--quiet", "--no-reread", "--no-tell-kernel"])
-        .arg(path)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .context("starting sfdisk")?;
-    child
-        .stdin
-        .take()
-        .context("sfdisk stdin")?
-        .write_all(script.as_bytes())?;
-    if !child.wait()?.success() {
-        bail!("sfdisk on {}", path.display());
-    }
+    cairn_image::os::disk::sfdisk(path, &script)?;
     for (index, (_, tree)) in partitions.iter().enumerate() {
         let Some(tree) = tree else { continue };
         let start = MIB + SIZE * index as u64;

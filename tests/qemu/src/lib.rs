@@ -90,3 +90,24 @@ pub fn record_time(scenario: &str, took: Duration) {
         let _ = file.write_all(line.as_bytes());
     }
 }
+
+/// One boot scenario's own copy of the v1 disk, in a scratch directory, holding the
+/// lock that keeps scenarios from running QEMU at the same time.
+pub struct Scenario {
+    _lock: MutexGuard<'static, ()>,
+    pub scratch: tempfile::TempDir,
+    pub disk: disk::TestDisk,
+}
+
+/// A fresh [`Scenario`]: the image (built once per run) copied for this test.
+pub fn scenario() -> Result<Scenario> {
+    let build = image()?;
+    let lock = serial();
+    let scratch = tempfile::tempdir()?;
+    let disk = disk::TestDisk::copy_of(&build.layout.disk(), &build.profile, scratch.path())?;
+    Ok(Scenario {
+        _lock: lock,
+        scratch,
+        disk,
+    })
+}

@@ -9,29 +9,11 @@ use std::time::{Duration, Instant};
 use anyhow::{ensure, Result};
 use qemu_tests::disk::TestDisk;
 use qemu_tests::vm::Vm;
-use qemu_tests::{image, record_time, serial, BOOT_TIMEOUT};
+use qemu_tests::{image, record_time, scenario, BOOT_TIMEOUT};
 
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
 /// containerd's CRI comes up a few seconds after init under TCG; 3x margin.
 const CRI_TIMEOUT: Duration = Duration::from_secs(90);
-
-struct Scenario {
-    _lock: std::sync::MutexGuard<'static, ()>,
-    scratch: tempfile::TempDir,
-    disk: TestDisk,
-}
-
-fn scenario() -> Result<Scenario> {
-    let build = image()?;
-    let lock = serial();
-    let scratch = tempfile::tempdir()?;
-    let disk = TestDisk::copy_of(&build.layout.disk(), &build.profile, scratch.path())?;
-    Ok(Scenario {
-        _lock: lock,
-        scratch,
-        disk,
-    })
-}
 
 fn state(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
     pairs

@@ -6,29 +6,11 @@
 use std::time::Duration;
 
 use anyhow::{ensure, Result};
-use qemu_tests::disk::{foreign_disk, TestDisk};
+use qemu_tests::disk::foreign_disk;
 use qemu_tests::vm::Vm;
-use qemu_tests::{image, record_time, serial, BOOT_TIMEOUT};
+use qemu_tests::{record_time, scenario, BOOT_TIMEOUT};
 
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
-
-struct Scenario {
-    _lock: std::sync::MutexGuard<'static, ()>,
-    scratch: tempfile::TempDir,
-    disk: TestDisk,
-}
-
-fn scenario() -> Result<Scenario> {
-    let build = image()?;
-    let lock = serial();
-    let scratch = tempfile::tempdir()?;
-    let disk = TestDisk::copy_of(&build.layout.disk(), &build.profile, scratch.path())?;
-    Ok(Scenario {
-        _lock: lock,
-        scratch,
-        disk,
-    })
-}
 
 #[test]
 fn a_command_in_the_device_network_conf_is_not_run() -> Result<()> {
