@@ -21,6 +21,9 @@ pub enum TpmError {
     /// in (deleted, counter below base): someone with owner authorisation meddled.
     #[error("security floor NV state is inconsistent: {0}")]
     FloorTampered(String),
+    /// The floor cannot be read right now, and answering 0 could allow a downgrade.
+    #[error("security floor unavailable: {0}")]
+    FloorUnavailable(String),
     /// Raising the floor by more than [`crate::MAX_FLOOR_STEP`] in one call.
     #[error("raising the security floor from {from} to {to} exceeds the step limit {max}")]
     FloorStepTooLarge { from: u64, to: u64, max: u64 },

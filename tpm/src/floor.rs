@@ -1,11 +1,12 @@
 //! The anti-rollback security floor in TPM NV.
 //!
 //! # Design
-//! Two owner-range NV indices:
+//! Two NV indices:
 //! - [`FLOOR_COUNTER_NV_INDEX`] (0x0100CA10), a `TPM_NT_COUNTER`: the TPM only ever
 //!   increments it (TPM2_NV_Increment); no command lowers or rewrites it. It starts at an
 //!   arbitrary value (the TPM initialises a new counter at or above any count it ever held).
-//!   Written with owner authorisation, read with its (empty) auth value.
+//!   Incremented and read with its own (empty) auth value: anyone may raise the floor,
+//!   nobody may lower it.
 //! - [`FLOOR_BASE_NV_INDEX`] (0x0100CA11), an ordinary 8-byte index written exactly once:
 //!   its only write authorisation is the policy `TPM2_PolicyNvWritten(NO)`, which the TPM
 //!   refuses once the index has been written. Provisioning stores the counter's starting
@@ -18,6 +19,27 @@
 //! wherever a power cut stopped it; until the base is written the floor reads 0, and it
 //! can only have been raised after the base was written, so that is exact.
 //!
+//! # Why nobody can delete it: platform-created, policy-delete indices
+//! Deleting both indices would return the floor to 0 ("never provisioned"). So, whenever
+//! the platform hierarchy is open at provisioning (swtpm; U-Boot boards, whose firmware
+//! leaves it open; a factory step before firmware closes it), both are defined by the
+//! platform with `TPMA_NV_PLATFORMCREATE | TPMA_NV_POLICY_DELETE` and the authPolicy
+//! `PolicyNvWritten(NO)`. The TPM then refuses TPM2_NV_UndefineSpace for them with any
+//! authorisation, owner or platform (TPM_RC_ATTRIBUTES); the only way left,
+//! TPM2_NV_UndefineSpaceSpecial, needs that policy, which no session can satisfy once the
+//! index was written; and TPM2_Clear removes owner indices only. The result is
+//! [`FloorProtection::Undeletable`].
+//!
+//! Platform-created indices cannot be opened while `phEnableNV` is clear (someone with
+//! platform authorisation can clear it until the next TPM reset). The floor then refuses to
+//! read or raise ([`TpmError::FloorUnavailable`]) instead of answering "never provisioned";
+//! firmware that clears phEnableNV for good leaves a device without a TPM floor.
+//!
+//! Where the platform hierarchy is already closed (UEFI firmware closes it or randomises
+//! its password before the OS starts), the indices are owner-created instead
+//! ([`FloorProtection::OwnerDeletable`]): anyone with owner authorisation (empty on a
+//! fresh TPM) can delete them, and TPM2_Clear does. SECURITY.md says what that leaves open.
+//!
 //! # Why wiping the data partition cannot lower it
 //! Nothing of the floor lives on disk: both values are inside the TPM, the counter only
 //! moves up, and the base can be written once. Wiping, restoring or forging the data
@@ -25,43 +47,56 @@
 //! read gives the same floor, and an old bundle is still refused.
 //!
 //! # Limits
-//! - An attacker holding *owner authorisation* can undefine both indices
-//!   (TPM2_NV_UndefineSpace) and so return the floor to 0 ("never provisioned"). Owner
-//!   indices cannot carry TPMA_NV_POLICY_DELETE (that needs the platform hierarchy). swtpm
-//!   and a fresh TPM have an empty owner password; a production device must set one (and
-//!   then hand it to cairnd) for the floor to resist a root attacker. If only one index is
-//!   deleted (or unwritten), or the counter reads below the base, reads fail with
-//!   [`crate::TpmError::FloorTampered`] instead of returning 0;
-//!   a deleted base alone reads as 0, because it is indistinguishable from a power cut
-//!   during provisioning.
+//! - If only one index is deleted (or unwritten), or the counter reads below the base,
+//!   reads fail with [`TpmError::FloorTampered`] instead of returning 0; a deleted base
+//!   alone reads as 0, because it is indistinguishable from a power cut during
+//!   provisioning (only possible for owner-created indices).
 //! - One raise moves the floor by at most [`MAX_FLOOR_STEP`] (each step is an NV write;
 //!   security versions are meant to be small, consecutive integers).
 //! - The floor is at most `u64::MAX - base`; in practice unbounded.
 
-use tss_esapi::attributes::{NvIndexAttributesBuilder, SessionAttributesBuilder};
-use tss_esapi::constants::{CapabilityType, NvIndexType, SessionType};
-use tss_esapi::handles::{NvIndexHandle, NvIndexTpmHandle, SessionHandle};
-use tss_esapi::interface_types::algorithm::HashingAlgorithm;
+use tss_esapi::attributes::{NvIndexAttributes, NvIndexAttributesBuilder};
+use tss_esapi::constants::{NvIndexType, SessionType};
 use tss_esapi::interface_types::resource_handles::{NvAuth, Provision};
-use tss_esapi::interface_types::session_handles::{AuthSession, PolicySession};
-use tss_esapi::structures::{
-    CapabilityData, Digest, MaxNvBuffer, NvPublic, NvPublicBuilder, SymmetricDefinition,
-};
-use tss_esapi::Context;
+use tss_esapi::structures::{Digest, MaxNvBuffer, NvPublic};
 
 use crate::error::{Op, TpmError};
 use crate::Tpm;
 
-/// NV index of the floor's monotonic counter (`TPM_NT_COUNTER`, owner range).
+/// NV index of the floor's monotonic counter (`TPM_NT_COUNTER`).
 pub const FLOOR_COUNTER_NV_INDEX: u32 = 0x0100_CA10;
-/// NV index of the floor's write-once base (8 bytes, big-endian, owner range).
+/// NV index of the floor's write-once base (8 bytes, big-endian).
 pub const FLOOR_BASE_NV_INDEX: u32 = 0x0100_CA11;
 /// The most one `raise_security_floor` call moves the floor.
 pub const MAX_FLOOR_STEP: u64 = 1024;
 
+/// Who could delete the floor's NV indices, and so return the floor to 0.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FloorProtection {
+    /// Not provisioned yet (the floor is 0).
+    Unprovisioned,
+    /// Platform-created with a delete policy that can no longer be satisfied: no
+    /// authorisation deletes them, and TPM2_Clear leaves them.
+    Undeletable,
+    /// Owner-created (the platform hierarchy was closed at provisioning): owner
+    /// authorisation deletes them, and so does TPM2_Clear.
+    OwnerDeletable,
+}
+
+impl std::fmt::Display for FloorProtection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            FloorProtection::Unprovisioned => "unprovisioned",
+            FloorProtection::Undeletable => "undeletable",
+            FloorProtection::OwnerDeletable => "owner-deletable",
+        })
+    }
+}
+
 impl Tpm {
     /// The device's security floor: 0 when never provisioned.
     pub fn security_floor(&mut self) -> Result<u64, TpmError> {
+        self.require_platform_nv()?;
         let counter = self.nv_public(FLOOR_COUNTER_NV_INDEX)?;
         let base = self.nv_public(FLOOR_BASE_NV_INDEX)?;
         if !is_written(&base) {
@@ -73,6 +108,18 @@ impl Tpm {
             ));
         }
         self.floor_from_nv()
+    }
+
+    /// How well the floor's indices resist deletion (see the module docs).
+    pub fn floor_protection(&mut self) -> Result<FloorProtection, TpmError> {
+        self.require_platform_nv()?;
+        let counter = self.nv_public(FLOOR_COUNTER_NV_INDEX)?;
+        let base = self.nv_public(FLOOR_BASE_NV_INDEX)?;
+        Ok(match (&counter, &base) {
+            (None, None) => FloorProtection::Unprovisioned,
+            (Some(c), Some(b)) if undeletable(c) && undeletable(b) => FloorProtection::Undeletable,
+            _ => FloorProtection::OwnerDeletable,
+        })
     }
 
     /// Raises the floor to `to`; a no-op if it is already `to` or higher (never lowers).
@@ -91,10 +138,7 @@ impl Tpm {
             });
         }
         for _ in floor..to {
-            self.with_nv(FLOOR_COUNTER_NV_INDEX, |ctx, nv| {
-                ctx.execute_with_nullauth_session(|ctx| ctx.nv_increment(NvAuth::Owner, nv))
-                    .op("increment floor counter")
-            })?;
+            self.increment_counter("increment floor counter")?;
         }
         self.floor_from_nv()
     }
@@ -107,8 +151,24 @@ impl Tpm {
         })
     }
 
+    /// With phEnableNV clear, platform-created indices cannot be opened (TPM_RC_HANDLE):
+    /// "not there" may then mean "hidden", so nothing is read. Only someone with platform
+    /// authorisation (or the firmware) can clear it, and only until the next TPM reset.
+    fn require_platform_nv(&mut self) -> Result<(), TpmError> {
+        if self.platform_hierarchy()?.nv_enabled {
+            Ok(())
+        } else {
+            Err(TpmError::FloorUnavailable(
+                "the platform NV hierarchy is disabled (phEnableNV clear), which hides \
+                 platform-created floor indices until the next TPM reset"
+                    .into(),
+            ))
+        }
+    }
+
     /// Brings both indices to "defined and written", from whatever step a power cut left.
     fn provision_floor(&mut self) -> Result<(), TpmError> {
+        self.require_platform_nv()?;
         let counter = self.nv_public(FLOOR_COUNTER_NV_INDEX)?;
         let base = self.nv_public(FLOOR_BASE_NV_INDEX)?;
         if is_written(&base) {
@@ -119,22 +179,15 @@ impl Tpm {
             }
             return Ok(());
         }
-        if counter.is_none() {
-            let attributes = NvIndexAttributesBuilder::new()
-                .with_nv_index_type(NvIndexType::Counter)
-                .with_owner_write(true)
-                .with_auth_read(true)
-                .with_no_da(true)
-                .build()
-                .op("counter attributes")?;
-            self.define_nv(FLOOR_COUNTER_NV_INDEX, attributes, Digest::default())?;
-        }
+        // The base goes into the hierarchy the counter went into.
+        let hierarchy = match &counter {
+            Some(c) if c.attributes().platform_create() => Provision::Platform,
+            Some(_) => Provision::Owner,
+            None => self.define_counter()?,
+        };
         if !is_written(&counter) {
             // A counter has no value until its first increment.
-            self.with_nv(FLOOR_COUNTER_NV_INDEX, |ctx, nv| {
-                ctx.execute_with_nullauth_session(|ctx| ctx.nv_increment(NvAuth::Owner, nv))
-                    .op("initialise floor counter")
-            })?;
+            self.increment_counter("initialise floor counter")?;
         }
         if base.is_none() {
             let attributes = NvIndexAttributesBuilder::new()
@@ -142,16 +195,15 @@ impl Tpm {
                 .with_policy_write(true)
                 .with_write_all(true)
                 .with_auth_read(true)
-                .with_no_da(true)
-                .build()
-                .op("base attributes")?;
-            let policy = self.write_once_policy_digest()?;
-            self.define_nv(FLOOR_BASE_NV_INDEX, attributes, policy)?;
+                .with_no_da(true);
+            let attributes = undeletable_if_platform(attributes, hierarchy)?;
+            let policy = self.unwritten_policy_digest()?;
+            self.nv_define(hierarchy, FLOOR_BASE_NV_INDEX, attributes, policy)?;
         }
         // The base is unwritten here, so the floor was never raised: base = counter now.
         let start = self.nv_read_u64(FLOOR_COUNTER_NV_INDEX)?;
         let data = MaxNvBuffer::try_from(start.to_be_bytes().to_vec()).op("base bytes")?;
-        let session = self.write_once_policy_session(SessionType::Policy)?;
+        let session = self.unwritten_policy_session(SessionType::Policy)?;
         let written = self.with_nv(FLOOR_BASE_NV_INDEX, |ctx, nv| {
             ctx.execute_with_session(Some(session), |ctx| {
                 ctx.nv_write(NvAuth::NvIndex(nv), nv, data, 0)
@@ -163,128 +215,82 @@ impl Tpm {
         flushed
     }
 
-    fn define_nv(
-        &mut self,
-        index: u32,
-        attributes: tss_esapi::attributes::NvIndexAttributes,
-        policy: Digest,
-    ) -> Result<(), TpmError> {
-        let public = NvPublicBuilder::new()
-            .with_nv_index(NvIndexTpmHandle::new(index).op("NV index handle")?)
-            .with_index_name_algorithm(HashingAlgorithm::Sha256)
-            .with_index_attributes(attributes)
-            .with_index_auth_policy(policy)
-            .with_data_area_size(8)
-            .build()
-            .op("NV public")?;
-        let handle = self
-            .ctx
-            .execute_with_nullauth_session(|ctx| {
-                ctx.nv_define_space(Provision::Owner, None, public)
-            })
-            .op("define NV index")?;
-        self.ctx.tr_close(&mut handle.into()).op("close NV handle")
-    }
-
-    /// The authPolicy of the base index: PolicyNvWritten(NO), from a trial session.
-    fn write_once_policy_digest(&mut self) -> Result<Digest, TpmError> {
-        let session = self.write_once_policy_session(SessionType::Trial)?;
-        let digest = PolicySession::try_from(session)
-            .and_then(|policy| self.ctx.policy_get_digest(policy))
-            .op("policy digest");
-        let flushed = self.flush_session(session);
-        let digest = digest?;
-        flushed?;
-        Ok(digest)
-    }
-
-    /// A policy (or trial) session with PolicyNvWritten(NO) applied.
-    fn write_once_policy_session(&mut self, kind: SessionType) -> Result<AuthSession, TpmError> {
-        let session = self
-            .ctx
-            .start_auth_session(
-                None,
-                None,
-                None,
-                kind,
-                SymmetricDefinition::AES_128_CFB,
-                HashingAlgorithm::Sha256,
-            )
-            .op("start policy session")?
-            .ok_or_else(|| TpmError::invalid("policy session", "TPM returned no session"))?;
-        let (attributes, mask) = SessionAttributesBuilder::new().build();
-        let applied = self
-            .ctx
-            .tr_sess_set_attributes(session, attributes, mask)
-            .and_then(|()| PolicySession::try_from(session))
-            .and_then(|policy| self.ctx.policy_nv_written(policy, false))
-            .op("PolicyNvWritten");
-        if let Err(e) = applied {
-            let _ = self.flush_session(session);
-            return Err(e);
+    /// Defines the counter, by the platform when its hierarchy is usable, else by the
+    /// owner. Returns the hierarchy used.
+    fn define_counter(&mut self) -> Result<Provision, TpmError> {
+        let attributes = || {
+            NvIndexAttributesBuilder::new()
+                .with_nv_index_type(NvIndexType::Counter)
+                .with_auth_write(true)
+                .with_auth_read(true)
+                .with_no_da(true)
+        };
+        if self.platform_hierarchy()?.enabled {
+            let policy = self.unwritten_policy_digest()?;
+            let platform = undeletable_if_platform(attributes(), Provision::Platform)?;
+            match self.nv_define(
+                Provision::Platform,
+                FLOOR_COUNTER_NV_INDEX,
+                platform,
+                policy,
+            ) {
+                Ok(()) => return Ok(Provision::Platform),
+                // Enabled but with a password we do not have (firmware randomised it).
+                Err(e) => tracing::warn!(
+                    "cannot define the floor in the platform hierarchy ({e}); \
+                     defining it owner-deletable"
+                ),
+            }
+        } else {
+            tracing::warn!(
+                "the TPM's platform hierarchy is closed: the security floor is defined \
+                 owner-deletable"
+            );
         }
-        Ok(session)
+        let owner = attributes().build().op("counter attributes")?;
+        self.nv_define(
+            Provision::Owner,
+            FLOOR_COUNTER_NV_INDEX,
+            owner,
+            Digest::default(),
+        )?;
+        Ok(Provision::Owner)
     }
 
-    fn flush_session(&mut self, session: AuthSession) -> Result<(), TpmError> {
-        self.ctx
-            .flush_context(SessionHandle::from(session).into())
-            .op("flush session")
-    }
-
-    /// Whether an NV index is defined (without opening it).
-    pub(crate) fn nv_index_defined(&mut self, index: u32) -> Result<bool, TpmError> {
-        let (data, _) = self
-            .ctx
-            .get_capability(CapabilityType::Handles, index, 1)
-            .op("list NV indices")?;
-        Ok(match data {
-            CapabilityData::Handles(handles) => handles.iter().any(|h| u32::from(*h) == index),
-            _ => false,
+    /// One TPM2_NV_Increment, authorised the way the counter was defined (owner-write
+    /// counters from before platform provisioning existed, else the index's own auth).
+    fn increment_counter(&mut self, op: &'static str) -> Result<(), TpmError> {
+        let owner_write = self
+            .nv_public(FLOOR_COUNTER_NV_INDEX)?
+            .is_some_and(|p| p.attributes().owner_write());
+        self.with_nv(FLOOR_COUNTER_NV_INDEX, |ctx, nv| {
+            let auth = if owner_write {
+                NvAuth::Owner
+            } else {
+                NvAuth::NvIndex(nv)
+            };
+            ctx.execute_with_nullauth_session(|ctx| ctx.nv_increment(auth, nv))
+                .op(op)
         })
     }
+}
 
-    /// The index's public area, or `None` if it is not defined.
-    fn nv_public(&mut self, index: u32) -> Result<Option<NvPublic>, TpmError> {
-        if !self.nv_index_defined(index)? {
-            return Ok(None);
-        }
-        self.with_nv(index, |ctx, nv| {
-            let (public, _) = ctx
-                .execute_without_session(|ctx| ctx.nv_read_public(nv))
-                .op("read NV public")?;
-            Ok(Some(public))
-        })
-    }
+/// Adds PLATFORMCREATE and POLICY_DELETE for platform-defined indices.
+fn undeletable_if_platform(
+    attributes: NvIndexAttributesBuilder,
+    hierarchy: Provision,
+) -> Result<NvIndexAttributes, TpmError> {
+    let platform = hierarchy == Provision::Platform;
+    attributes
+        .with_platform_create(platform)
+        .with_policy_delete(platform)
+        .build()
+        .op("NV attributes")
+}
 
-    fn nv_read_u64(&mut self, index: u32) -> Result<u64, TpmError> {
-        let bytes = self.with_nv(index, |ctx, nv| {
-            ctx.execute_with_nullauth_session(|ctx| ctx.nv_read(NvAuth::NvIndex(nv), nv, 8, 0))
-                .op("read NV index")
-        })?;
-        let bytes: [u8; 8] = bytes.value().try_into().map_err(|_| {
-            TpmError::FloorTampered(format!("NV index {index:#010x} is not 8 bytes"))
-        })?;
-        Ok(u64::from_be_bytes(bytes))
-    }
-
-    /// Runs `f` with an ESYS handle for an existing NV index, then closes the handle.
-    pub(crate) fn with_nv<T>(
-        &mut self,
-        index: u32,
-        f: impl FnOnce(&mut Context, NvIndexHandle) -> Result<T, TpmError>,
-    ) -> Result<T, TpmError> {
-        let tpm_handle = NvIndexTpmHandle::new(index).op("NV index handle")?;
-        let mut handle = self
-            .ctx
-            .execute_without_session(|ctx| ctx.tr_from_tpm_public(tpm_handle.into()))
-            .op("open NV index")?;
-        let out = f(&mut self.ctx, handle.into());
-        let closed = self.ctx.tr_close(&mut handle).op("close NV handle");
-        let value = out?;
-        closed?;
-        Ok(value)
-    }
+fn undeletable(public: &NvPublic) -> bool {
+    let a = public.attributes();
+    a.platform_create() && a.policy_delete() && a.written()
 }
 
 fn is_written(public: &Option<NvPublic>) -> bool {

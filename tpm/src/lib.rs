@@ -32,6 +32,7 @@ mod blob;
 mod error;
 pub mod floor;
 mod keys;
+mod nv;
 pub mod swtpm;
 
 use std::str::FromStr;
@@ -39,7 +40,7 @@ use std::str::FromStr;
 pub use blob::{AkBlob, Quote};
 pub use cairn_attest::{Event, EventKind, EventLog, CAIRN_PCR};
 pub use error::TpmError;
-pub use floor::{FLOOR_BASE_NV_INDEX, FLOOR_COUNTER_NV_INDEX, MAX_FLOOR_STEP};
+pub use floor::{FloorProtection, FLOOR_BASE_NV_INDEX, FLOOR_COUNTER_NV_INDEX, MAX_FLOOR_STEP};
 pub use keys::EK_CERT_NV_INDEX;
 
 use error::Op;

@@ -3,7 +3,7 @@
 mod common;
 
 use cairn_tpm::swtpm::Swtpm;
-use cairn_tpm::{Tpm, TpmError, MAX_FLOOR_STEP};
+use cairn_tpm::{FloorProtection, Tpm, TpmError, MAX_FLOOR_STEP};
 use common::TestTpm;
 
 #[test]
@@ -90,11 +90,92 @@ fn provisioning_resumes_after_a_power_cut() {
 }
 
 #[test]
-fn a_deleted_counter_is_reported_not_read_as_zero() {
+fn owner_or_platform_undefine_cannot_lower_the_floor() {
     let t = TestTpm::start();
-    assert_eq!(t.open().raise_security_floor(4).expect("raise"), 4);
-    // With owner authorisation (empty on swtpm) the counter can be deleted; the written
-    // base still shows the floor was provisioned, so reads fail instead of returning 0.
+    let mut tpm = t.open();
+    assert_eq!(tpm.raise_security_floor(4).expect("raise"), 4);
+    assert_eq!(
+        tpm.floor_protection().expect("protection"),
+        FloorProtection::Undeletable
+    );
+    drop(tpm);
+    for index in [
+        cairn_tpm::FLOOR_COUNTER_NV_INDEX,
+        cairn_tpm::FLOOR_BASE_NV_INDEX,
+    ] {
+        let index = format!("{index:#x}");
+        // TPM2_NV_UndefineSpace with owner or platform authorisation (both empty here).
+        for hierarchy in ["o", "p"] {
+            let out = t.tool("tpm2_nvundefine", &[&index, "-C", hierarchy]);
+            assert!(
+                !out.status.success(),
+                "{index} undefined with -C {hierarchy}: {out:?}"
+            );
+        }
+        // TPM2_NV_UndefineSpaceSpecial with the index's own policy, PolicyNvWritten(NO).
+        let session = t.dir.path().join("session.ctx");
+        let session = session.to_str().expect("utf-8 path");
+        let out = t.tool(
+            "tpm2_startauthsession",
+            &["--policy-session", "-S", session],
+        );
+        assert!(out.status.success(), "start session: {out:?}");
+        let out = t.tool("tpm2_policynvwritten", &["-S", session, "c"]);
+        assert!(out.status.success(), "PolicyNvWritten: {out:?}");
+        let out = t.tool("tpm2_nvundefine", &[&index, "-C", "p", "-S", session]);
+        assert!(
+            !out.status.success(),
+            "{index} undefined by policy: {out:?}"
+        );
+        let _ = t.tool("tpm2_flushcontext", &[session]);
+    }
+    // TPM2_Clear removes everything the owner made, but not the floor.
+    let out = t.tool("tpm2_clear", &["-c", "p"]);
+    assert!(out.status.success(), "tpm2_clear: {out:?}");
+    let mut tpm = t.open();
+    assert_eq!(tpm.security_floor().expect("read"), 4);
+    assert_eq!(tpm.raise_security_floor(5).expect("raise"), 5);
+    drop(tpm);
+    t.assert_no_leftover_handles();
+}
+
+#[test]
+fn a_hidden_platform_floor_is_not_read_as_zero() {
+    let t = TestTpm::start();
+    assert_eq!(t.open().raise_security_floor(2).expect("raise"), 2);
+    // Platform authorisation can hide platform-created indices until the next reset.
+    let out = t.tool("tpm2_hierarchycontrol", &["-C", "p", "phEnableNV", "clear"]);
+    assert!(out.status.success(), "hierarchycontrol: {out:?}");
+    let mut tpm = t.open();
+    assert!(matches!(
+        tpm.security_floor(),
+        Err(TpmError::FloorUnavailable(_))
+    ));
+    assert!(matches!(
+        tpm.raise_security_floor(3),
+        Err(TpmError::FloorUnavailable(_))
+    ));
+}
+
+#[test]
+fn a_closed_platform_hierarchy_gives_an_owner_deletable_floor() {
+    let t = TestTpm::start();
+    // What UEFI firmware does before the OS runs.
+    let out = t.tool("tpm2_hierarchycontrol", &["-C", "p", "phEnable", "clear"]);
+    assert!(out.status.success(), "hierarchycontrol: {out:?}");
+    let mut tpm = t.open();
+    assert_eq!(tpm.raise_security_floor(3).expect("raise"), 3);
+    assert_eq!(
+        tpm.floor_protection().expect("protection"),
+        FloorProtection::OwnerDeletable
+    );
+    assert_eq!(tpm.raise_security_floor(4).expect("raise"), 4);
+    drop(tpm);
+    t.assert_no_leftover_handles();
+
+    // With owner authorisation (empty on a fresh TPM) the counter can be deleted; the
+    // written base still shows the floor was provisioned, so reads fail instead of
+    // returning 0.
     let counter = format!("{:#x}", cairn_tpm::FLOOR_COUNTER_NV_INDEX);
     let out = t.tool("tpm2_nvundefine", &[&counter, "-C", "o"]);
     assert!(out.status.success(), "tpm2_nvundefine: {out:?}");

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
+use cairn_tpm::FloorProtection;
 use cairn_updater::context::Context;
 use cairn_updater::fleet::{self, ServerClient};
 use cairn_updater::metrics::{self, Counters};
@@ -56,8 +57,15 @@ fn main() -> Result<()> {
             reboot::reboot(&ctx.config.reboot).map_err(anyhow::Error::msg)?;
         }
     }
-    if let Err(e) = attestation::sync_floor(&ctx.config, ctx.state.security_floor) {
-        tracing::error!("TPM security floor not updated: {e}");
+    match attestation::sync_floor(&ctx.config, ctx.state.security_floor) {
+        Ok(Some((floor, FloorProtection::OwnerDeletable))) => tracing::warn!(
+            floor,
+            "the TPM security floor is owner-deletable (the platform hierarchy was closed \
+             when it was provisioned): anyone with TPM owner authorisation can reset it"
+        ),
+        Ok(Some((floor, protection))) => tracing::info!(floor, %protection, "TPM security floor"),
+        Ok(None) => {}
+        Err(e) => tracing::error!("TPM security floor not updated: {e}"),
     }
     if args.once {
         return Ok(());
