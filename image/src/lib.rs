@@ -1,6 +1,9 @@
 //! `cairn-image` as a library: the OS image pipeline (root tree, verity slot, GPT disk),
-//! used by the `cairn-image` CLI, `cargo xtask image` and the QEMU tests; and [`tls`],
-//! the certificates of a fleet server's HTTPS.
+//! used by the `cairn-image` CLI, `cargo xtask image` and the QEMU tests; the block map
+//! format ([`bmap`]) and flashing with it ([`flash`]); and [`tls`], the certificates of a
+//! fleet server's HTTPS.
 
+pub mod bmap;
+pub mod flash;
 pub mod os;
 pub mod tls;

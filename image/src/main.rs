@@ -1,6 +1,7 @@
 //! `cairn-image`: keys, trust roots, signed bundles, and the OS image (rootfs, slot, disk).
 
 mod bundle_cmd;
+mod flash_cmd;
 mod keys_cmd;
 mod os_cmd;
 
@@ -37,6 +38,8 @@ enum Command {
     Disk(os_cmd::DiskArgs),
     /// rootfs, slot and disk in one go.
     Build(os_cmd::BuildArgs),
+    /// Write a disk image to a card, disk or file using its .bmap, then read it back.
+    Flash(flash_cmd::FlashArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -49,5 +52,6 @@ fn main() -> anyhow::Result<()> {
         Command::Slot(args) => os_cmd::slot(args),
         Command::Disk(args) => os_cmd::disk(args),
         Command::Build(args) => os_cmd::build(args),
+        Command::Flash(args) => flash_cmd::flash(args),
     }
 }

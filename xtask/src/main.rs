@@ -3,6 +3,7 @@
 
 mod setup;
 
+use std::path::Path;
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
@@ -13,7 +14,7 @@ const USAGE: &str = "usage: cargo xtask <command>
   image   build the QEMU arm64 OS image: target/cairn/qemu-arm64/disk.img (+ .bmap)
   demo    the end-to-end update demo under QEMU
   setup   only install what the tests need
-  bench [install|server]
+  bench [install|server|flash]
           measurements (release builds), both unless one is named:
           install: cairn install of a 512 MiB full image vs dd conv=fsync, peak RSS of the
             install, idle RSS of cairnd; options: -- --mib 512 --runs 3
@@ -54,10 +55,11 @@ fn test() -> Result<()> {
 }
 
 /// Measurements, not tests: each reports numbers against a baseline taken in the same
-/// run and never fails on a threshold. `bench [install|server] [-- args]`; without a
-/// name both run, and extra arguments go to the server bench.
+/// run and never fails on a threshold. `bench [install|server|flash] [-- args]`; without a
+/// name install and server run, and extra arguments go to the server bench.
 fn bench(args: &[String]) -> Result<()> {
     let (which, extra) = match args.first().map(String::as_str) {
+        Some("flash") => return bench_flash(),
         Some(w @ ("install" | "server")) => (Some(w), &args[1..]),
         _ => (None, args),
     };
@@ -93,6 +95,37 @@ fn bench_install(extra: &[&str]) -> Result<()> {
     ]);
     cmd.args(extra);
     step("install bench", cmd)
+}
+
+/// image/examples/flash_bench.rs on the QEMU profile's disk image (built first if
+/// missing): `cairn-image flash` vs `dd` and `bmaptool copy` to one loop device.
+fn bench_flash() -> Result<()> {
+    let disk = Path::new("target/cairn/qemu-arm64/disk.img");
+    if !disk.exists() {
+        image(&[])?;
+    }
+    step(
+        "build cairn-image",
+        cargo(&[
+            "build",
+            "--release",
+            "-p",
+            "cairn-image",
+            "--bin",
+            "cairn-image",
+        ]),
+    )?;
+    let mut cmd = cargo(&[
+        "run",
+        "--release",
+        "-p",
+        "cairn-image",
+        "--example",
+        "flash_bench",
+        "--",
+    ]);
+    cmd.arg(disk);
+    step("flash bench", cmd)
 }
 
 fn bench_server(extra: &[&str]) -> Result<()> {

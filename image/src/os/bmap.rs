@@ -1,14 +1,16 @@
-//! A `.bmap` (bmap-tools format 2.0) for sparse flashing: which 4 KiB blocks of the disk
+//! Makes the `.bmap` ([`crate::bmap`]) of a disk image for sparse flashing: which 4 KiB blocks of the disk
 //! image carry data, with a SHA-256 per range. Slot images are mapped whole (their zero
 //! blocks are hashed by dm-verity and must be written); elsewhere all-zero blocks are left
 //! out, as a freshly made filesystem does not rely on them.
 
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 
 use anyhow::Result;
 use sha2::{Digest, Sha256};
+
+use crate::bmap::{Bmap, MappedRange};
 
 const BLOCK: u64 = 4096;
 
@@ -32,8 +34,7 @@ pub fn write(disk: &Path, keep_whole: &[(u64, u64)], out: &Path) -> Result<()> {
         }
     }
 
-    let mut ranges = String::new();
-    let mut count = 0u64;
+    let mut ranges = Vec::new();
     let mut index = 0usize;
     while index < mapped.len() {
         if !mapped[index] {
@@ -50,34 +51,18 @@ pub fn write(disk: &Path, keep_whole: &[(u64, u64)], out: &Path) -> Result<()> {
             let len = read_block(&mut file, block as u64 * BLOCK, &mut buf)?;
             hasher.update(&buf[..len]);
         }
-        count += (last - first + 1) as u64;
-        let range = if first == last {
-            format!("{first}")
-        } else {
-            format!("{first}-{last}")
-        };
-        ranges.push_str(&format!(
-            "        <Range chksum=\"{}\"> {range} </Range>\n",
-            hex::encode(hasher.finalize())
-        ));
+        ranges.push(MappedRange {
+            first: first as u64,
+            last: last as u64,
+            sha256: hasher.finalize().into(),
+        });
     }
-
-    let zeros = "0".repeat(64);
-    let document = |checksum: &str| {
-        format!(
-            "<?xml version=\"1.0\" ?>\n<bmap version=\"2.0\">\n\
-             \x20   <ImageSize> {size} </ImageSize>\n\
-             \x20   <BlockSize> {BLOCK} </BlockSize>\n\
-             \x20   <BlocksCount> {blocks} </BlocksCount>\n\
-             \x20   <MappedBlocksCount> {count} </MappedBlocksCount>\n\
-             \x20   <ChecksumType> sha256 </ChecksumType>\n\
-             \x20   <BmapFileChecksum> {checksum} </BmapFileChecksum>\n\
-             \x20   <BlockMap>\n{ranges}    </BlockMap>\n</bmap>\n"
-        )
+    let bmap = Bmap {
+        image_size: size,
+        block_size: BLOCK,
+        ranges,
     };
-    // The file's own checksum is taken with that field all zeros (bmap-tools' rule).
-    let checksum = hex::encode(Sha256::digest(document(&zeros).as_bytes()));
-    File::create(out)?.write_all(document(&checksum).as_bytes())?;
+    cairn_atomic::write(out, bmap.render().as_bytes())?;
     Ok(())
 }
 
