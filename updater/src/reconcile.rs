@@ -27,11 +27,14 @@ pub struct Reconciled {
     pub next: Next,
 }
 
+/// `max_trial_boots` is how many trial boots an update gets when they end without a
+/// health verdict (`[health] trial_boots`).
 pub fn reconcile(
     state: &DeviceState,
     boot: &BootState,
     facts: &BootFacts,
     now: OffsetDateTime,
+    max_trial_boots: u32,
 ) -> Reconciled {
     let mut state = state.clone();
     let mut new_boot = boot.clone();
@@ -58,13 +61,18 @@ pub fn reconcile(
             } else if armed && facts.boot_id == boot_id {
                 state.install_armed_unsaved(now, slot, &version, security_version, &boot_id);
             } else if armed {
-                new_boot.reject(slot);
-                state.rolled_back(
+                state.install_armed_unsaved(now, slot, &version, security_version, &boot_id);
+                let reason = format!(
+                    "slot {slot} did not boot; the bootloader fell back to slot {}",
+                    facts.slot
+                );
+                no_verdict(
+                    &mut state,
+                    &mut new_boot,
+                    facts,
                     now,
-                    &format!(
-                        "slot {slot} did not boot; the bootloader fell back to slot {}",
-                        facts.slot
-                    ),
+                    max_trial_boots,
+                    &reason,
                 );
             } else {
                 // Crash or power cut mid-write: the slot was unbootable before the first
@@ -85,13 +93,17 @@ pub fn reconcile(
             next = Next::CheckTrial(slot);
         }
         Phase::InstalledPending { slot, .. } => {
-            new_boot.reject(slot);
-            state.rolled_back(
+            let reason = format!(
+                "slot {slot} did not boot; the bootloader fell back to slot {}",
+                facts.slot
+            );
+            no_verdict(
+                &mut state,
+                &mut new_boot,
+                facts,
                 now,
-                &format!(
-                    "slot {slot} did not boot; the bootloader fell back to slot {}",
-                    facts.slot
-                ),
+                max_trial_boots,
+                &reason,
             );
         }
         Phase::TrialBoot { slot, .. } if facts.slot == slot && boot.committed == slot => {
@@ -101,13 +113,18 @@ pub fn reconcile(
         }
         Phase::TrialBoot { slot, .. } if facts.slot == slot => next = Next::CheckTrial(slot),
         Phase::TrialBoot { slot, .. } => {
-            new_boot.reject(slot);
-            state.rolled_back(
+            let reason = format!(
+                "trial of slot {slot} was interrupted after it booted (power cut, reset or \
+                 hang before a health verdict); the bootloader fell back to slot {}",
+                facts.slot
+            );
+            no_verdict(
+                &mut state,
+                &mut new_boot,
+                facts,
                 now,
-                &format!(
-                    "trial of slot {slot} was interrupted; the bootloader fell back to slot {}",
-                    facts.slot
-                ),
+                max_trial_boots,
+                &reason,
             );
         }
         Phase::Committed | Phase::RolledBack { .. } | Phase::Failed { .. } => {
@@ -127,6 +144,27 @@ pub fn reconcile(
         state,
         committed_roots,
         next,
+    }
+}
+
+/// The bootloader fell back from a trial that reached no verdict: try it again while
+/// trial boots are left (armed again, it boots at the next reboot), else reject it.
+fn no_verdict(
+    state: &mut DeviceState,
+    boot: &mut BootState,
+    facts: &BootFacts,
+    now: OffsetDateTime,
+    max_trial_boots: u32,
+    reason: &str,
+) {
+    let slot = match state.phase {
+        Phase::InstalledPending { slot, .. } | Phase::TrialBoot { slot, .. } => slot,
+        _ => return,
+    };
+    if state.trial_ended_without_verdict(now, &facts.boot_id, max_trial_boots, reason) {
+        boot.arm_trial(slot);
+    } else {
+        boot.reject(slot);
     }
 }
 
@@ -186,7 +224,7 @@ mod tests {
         boot.prepare_install(SlotId::B);
         boot.tries_a = 1; // U-Boot spent tries on the boots the power cuts ended
         state.begin_install(now(), SlotId::B, "2.0.0", "boot-1", 2, None);
-        let r = reconcile(&state, &boot, &facts(SlotId::A, "boot-2"), now());
+        let r = reconcile(&state, &boot, &facts(SlotId::A, "boot-2"), now(), 3);
         assert!(matches!(r.state.phase, Phase::Failed { .. }));
         let after = r.boot.clone().unwrap_or(boot);
         assert!(!after.is_bootable(SlotId::B));
@@ -209,7 +247,7 @@ mod tests {
         state.begin_install(now(), SlotId::B, "2.0.0", "boot-1", 2, None);
         boot.arm_trial(SlotId::B);
         // Same boot (daemon restarted): the install is complete, waiting for the reboot.
-        let r = reconcile(&state, &boot, &facts(SlotId::A, "boot-1"), now());
+        let r = reconcile(&state, &boot, &facts(SlotId::A, "boot-1"), now(), 3);
         assert!(
             matches!(r.state.phase, Phase::InstalledPending { .. }),
             "{:?}",
@@ -217,7 +255,7 @@ mod tests {
         );
         // Rebooted into it: the trial starts, knowing what B holds, and the server will
         // hear `installed` (rebooting) before any `committed`.
-        let r = reconcile(&state, &boot, &facts(SlotId::B, "boot-2"), now());
+        let r = reconcile(&state, &boot, &facts(SlotId::B, "boot-2"), now(), 3);
         assert_eq!(r.next, Next::CheckTrial(SlotId::B));
         assert!(matches!(r.state.phase, Phase::TrialBoot { .. }));
         assert_eq!(r.state.slot(SlotId::B).version.as_deref(), Some("2.0.0"));
@@ -228,7 +266,7 @@ mod tests {
     #[test]
     fn restart_before_the_reboot_changes_nothing() {
         let (state, boot) = installed_b();
-        let r = reconcile(&state, &boot, &facts(SlotId::A, "boot-1"), now());
+        let r = reconcile(&state, &boot, &facts(SlotId::A, "boot-1"), now(), 3);
         assert!(matches!(r.state.phase, Phase::InstalledPending { .. }));
         assert!(r.boot.is_none());
         assert_eq!(r.next, Next::Idle);
@@ -238,7 +276,7 @@ mod tests {
     fn booting_the_new_slot_starts_the_trial() {
         let (state, mut boot) = installed_b();
         boot.tries_b = 0; // U-Boot decremented
-        let r = reconcile(&state, &boot, &facts(SlotId::B, "boot-2"), now());
+        let r = reconcile(&state, &boot, &facts(SlotId::B, "boot-2"), now(), 3);
         assert_eq!(r.next, Next::CheckTrial(SlotId::B));
         assert!(matches!(r.state.phase, Phase::TrialBoot { .. }));
         assert!(
@@ -250,19 +288,77 @@ mod tests {
         );
     }
 
+    /// What U-Boot does when B's trial boot ends without a verdict: it spends B's one
+    /// try, and at the next power-on falls back to A; cairnd then starts on A.
+    fn fall_back(state: &DeviceState, boot: &BootState, boot_id: &str) -> Reconciled {
+        let mut boot = boot.clone();
+        assert_eq!(boot.take_try().slot, SlotId::B);
+        assert_eq!(boot.take_try().slot, SlotId::A);
+        reconcile(state, &boot, &facts(SlotId::A, boot_id), now(), 3)
+    }
+
     #[test]
-    fn fallback_to_the_old_slot_is_a_rollback_and_the_version_is_not_retried() {
-        let (state, mut boot) = installed_b();
-        boot.tries_b = 0;
-        let r = reconcile(&state, &boot, &facts(SlotId::A, "boot-2"), now());
-        assert!(matches!(r.state.phase, Phase::RolledBack { .. }));
-        assert!(r.state.failed_versions.contains("2.0.0"));
+    fn a_trial_cut_before_its_verdict_is_retried_not_declined() {
+        let (state, boot) = installed_b();
+        // B booted, its checks were running, then the power went.
+        let on_trial = reconcile(&state, &boot, &facts(SlotId::B, "boot-2"), now(), 3);
+        assert_eq!(on_trial.next, Next::CheckTrial(SlotId::B));
+        let r = fall_back(&on_trial.state, &boot, "boot-3");
+        assert!(
+            matches!(
+                r.state.phase,
+                Phase::InstalledPending { slot: SlotId::B, trial_boots: 1, ref boot_id, .. }
+                    if boot_id == "boot-3"
+            ),
+            "{:?}",
+            r.state.phase
+        );
+        assert!(r.state.failed_versions.is_empty());
+        assert!(r
+            .state
+            .outbox
+            .iter()
+            .all(|x| x.status != ReportStatus::RolledBack));
+        assert_eq!(r.state.history.last().unwrap().event, "trial-retry");
+        // Armed again: B goes first with its one try; A keeps its tries as the fallback.
+        let armed = r.boot.expect("boot state re-armed");
+        assert_eq!((armed.order[0], armed.tries_b), (SlotId::B, 1));
+        assert!(armed.is_bootable(SlotId::A));
+        // The next reboot is the second trial, which can commit as usual.
+        let second = reconcile(&r.state, &armed, &facts(SlotId::B, "boot-4"), now(), 3);
+        assert_eq!(second.next, Next::CheckTrial(SlotId::B));
+        assert!(matches!(
+            second.state.phase,
+            Phase::TrialBoot { trial_boots: 2, .. }
+        ));
+    }
+
+    #[test]
+    fn trial_boots_without_a_verdict_decline_the_release_after_the_last_one() {
+        let (mut state, mut boot) = installed_b();
+        for attempt in 1..=3 {
+            // B never reaches cairnd (a kernel that does not boot).
+            let r = fall_back(&state, &boot, &format!("boot-{}", attempt + 1));
+            state = r.state;
+            boot = r.boot.expect("boot state changed");
+            if attempt < 3 {
+                assert!(matches!(state.phase, Phase::InstalledPending { .. }));
+                assert!(boot.is_bootable(SlotId::B));
+            }
+        }
+        let Phase::RolledBack { reason, .. } = &state.phase else {
+            panic!("{:?}", state.phase)
+        };
+        assert!(
+            reason.contains("did not boot") && reason.contains("3 of 3"),
+            "{reason}"
+        );
+        assert!(state.failed_versions.contains("2.0.0"));
         assert_eq!(
-            r.state.check_can_install("2.0.0", false).unwrap_err(),
+            state.check_can_install("2.0.0", false).unwrap_err(),
             crate::state::Refusal::PreviouslyFailed("2.0.0".into())
         );
-        let b = r.boot.unwrap();
-        assert_eq!((b.order[0], b.tries_b), (SlotId::A, 0));
+        assert_eq!((boot.order[0], boot.tries_b), (SlotId::A, 0));
     }
 
     #[test]
@@ -271,7 +367,7 @@ mod tests {
         state.pending_root = Some(serde_json::json!([{"rotation": "v2"}]));
         state.trial_started(now());
         boot.commit(SlotId::B);
-        let r = reconcile(&state, &boot, &facts(SlotId::B, "boot-3"), now());
+        let r = reconcile(&state, &boot, &facts(SlotId::B, "boot-3"), now(), 3);
         assert_eq!(r.state.phase, Phase::Committed);
         assert_eq!(r.state.security_floor, 2);
         assert_eq!(
@@ -292,7 +388,7 @@ mod tests {
         let mut boot = BootState::factory();
         boot.tries_b = 3; // B holds a good copy
         boot.tries_a = 0; // A used its tries (e.g. dm-verity caught corruption)
-        let r = reconcile(&state, &boot, &facts(SlotId::B, "boot-9"), now());
+        let r = reconcile(&state, &boot, &facts(SlotId::B, "boot-9"), now(), 3);
         assert_eq!(r.next, Next::CheckTrial(SlotId::B));
         assert!(r.state.history.iter().any(|h| h.event == "fallback"));
     }

@@ -31,7 +31,13 @@ pub enum Verdict {
 pub fn on_boot(ctx: &mut Context) -> Result<Verdict, ContextError> {
     let facts = ctx.boot_facts()?;
     let boot = ctx.boot_state()?;
-    let r = reconcile(&ctx.state, &boot, &facts, OffsetDateTime::now_utc());
+    let r = reconcile(
+        &ctx.state,
+        &boot,
+        &facts,
+        OffsetDateTime::now_utc(),
+        ctx.config.health.trial_boots.max(1),
+    );
     let roots_path = ctx.committed_roots_path();
     ctx.apply(r.boot.as_ref(), |state| {
         *state = r.state;

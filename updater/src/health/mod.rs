@@ -26,6 +26,10 @@ pub struct HealthConfig {
     pub deadline_secs: u64,
     /// How often a failing check is retried before the deadline.
     pub interval_secs: u64,
+    /// Trial boots an update gets when they end without a verdict (power cut, reset,
+    /// hang, a slot that does not boot) before it is declined, as RAUC's boot attempts.
+    /// A failed health check declines at once.
+    pub trial_boots: u32,
 }
 
 impl Default for HealthConfig {
@@ -33,6 +37,7 @@ impl Default for HealthConfig {
         HealthConfig {
             deadline_secs: 300,
             interval_secs: 2,
+            trial_boots: 3,
         }
     }
 }

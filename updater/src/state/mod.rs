@@ -45,12 +45,18 @@ pub enum Phase {
         version: String,
         security_version: u64,
         boot_id: String,
+        /// Trial boots of this install that ended without a health verdict so far.
+        #[serde(default)]
+        trial_boots: u32,
     },
     /// Booted `slot` on trial; health checks decide.
     TrialBoot {
         slot: SlotId,
         version: String,
         security_version: u64,
+        /// Trial boots of this install so far, this one included.
+        #[serde(default)]
+        trial_boots: u32,
     },
     /// The trial of `version` in `slot` failed; running the committed slot again.
     RolledBack {
@@ -308,6 +314,7 @@ impl DeviceState {
             version: version.clone(),
             security_version: record.security_version,
             boot_id: boot_id.to_string(),
+            trial_boots: 0,
         };
         self.slots.insert(slot, record);
         self.pending_root = pending_root;
@@ -400,6 +407,7 @@ impl DeviceState {
             slot,
             version,
             security_version,
+            trial_boots,
             ..
         } = self.phase.clone()
         {
@@ -407,6 +415,7 @@ impl DeviceState {
                 slot,
                 version: version.clone(),
                 security_version,
+                trial_boots: trial_boots + 1,
             };
             self.record(now, "trial-boot", Some(slot), Some(&version), None);
             self.report(ReportStatus::Rebooted, Some(&version), None);
@@ -420,6 +429,7 @@ impl DeviceState {
             slot,
             version,
             security_version,
+            ..
         } = self.phase.clone()
         else {
             return None;
@@ -432,6 +442,70 @@ impl DeviceState {
     }
 
     /// The trial of the current update failed (`reason`), or the bootloader fell back.
+    /// The bootloader fell back from the trial of `slot` before any health verdict: a
+    /// power cut, reset or hang during the trial boot or its checks, or a slot that did
+    /// not boot. That says little about the release, so while fewer than `max_trial_boots`
+    /// trial boots were used the install goes back to waiting for its reboot (the caller
+    /// re-arms the trial in the boot state) and returns `true`. After the last one it is
+    /// a rollback: the release is declined.
+    pub fn trial_ended_without_verdict(
+        &mut self,
+        now: OffsetDateTime,
+        boot_id: &str,
+        max_trial_boots: u32,
+        reason: &str,
+    ) -> bool {
+        let (slot, version, security_version, used) = match &self.phase {
+            // It never reached cairnd, but the bootloader spent a trial boot on it.
+            Phase::InstalledPending {
+                slot,
+                version,
+                security_version,
+                trial_boots,
+                ..
+            } => (*slot, version.clone(), *security_version, trial_boots + 1),
+            Phase::TrialBoot {
+                slot,
+                version,
+                security_version,
+                trial_boots,
+            } => (
+                *slot,
+                version.clone(),
+                *security_version,
+                (*trial_boots).max(1),
+            ),
+            _ => return false,
+        };
+        if used >= max_trial_boots {
+            self.rolled_back(
+                now,
+                &format!(
+                    "{reason} ({used} of {max_trial_boots} trial boots, none reached a verdict)"
+                ),
+            );
+            return false;
+        }
+        self.phase = Phase::InstalledPending {
+            slot,
+            version: version.clone(),
+            security_version,
+            boot_id: boot_id.to_string(),
+            trial_boots: used,
+        };
+        self.record(
+            now,
+            "trial-retry",
+            Some(slot),
+            Some(&version),
+            Some(format!(
+                "{reason}; trial boot {} of {max_trial_boots} next",
+                used + 1
+            )),
+        );
+        true
+    }
+
     pub fn rolled_back(&mut self, now: OffsetDateTime, reason: &str) {
         let (slot, version) = match &self.phase {
             Phase::Installing { slot, version, .. }
@@ -475,6 +549,7 @@ impl DeviceState {
             slot: booted,
             version: record.version.unwrap_or_else(|| "unknown".into()),
             security_version: record.security_version,
+            trial_boots: 1,
         };
     }
 
@@ -499,6 +574,7 @@ impl DeviceState {
             version: version.clone(),
             security_version: record.security_version,
             boot_id: boot_id.to_string(),
+            trial_boots: 0,
         };
         self.record(now, "rollback-requested", Some(slot), Some(&version), None);
     }
