@@ -1,6 +1,7 @@
 //! When and how the device reboots into a freshly installed slot.
 
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 use time::OffsetDateTime;
@@ -14,6 +15,10 @@ pub struct RebootConfig {
     pub window: Option<String>,
     /// How to reboot; a list of argv words.
     pub command: Vec<String>,
+    /// A reboot still not happening this many seconds after it was asked for (a hung
+    /// shutdown, a command that does nothing) is forced: sync, then reboot(2), saying so
+    /// in the log. Unset: cairnd only runs the command. Images set it (cairn-image).
+    pub force_after_secs: Option<u64>,
 }
 
 impl Default for RebootConfig {
@@ -22,6 +27,7 @@ impl Default for RebootConfig {
             policy: RebootPolicy::Now,
             window: None,
             command: vec!["reboot".into()],
+            force_after_secs: None,
         }
     }
 }
@@ -84,28 +90,122 @@ pub fn due(config: &RebootConfig, now: OffsetDateTime) -> bool {
     }
 }
 
-/// Runs the configured reboot command.
+/// Runs the configured reboot command; with `force_after_secs`, waits for the reboot
+/// and forces it at the deadline (returning only if even that failed).
 pub fn reboot(config: &RebootConfig) -> Result<(), String> {
+    reboot_or_force(config, &mut force_reboot)
+}
+
+/// sync(2), then reboot(2): what is left when the orderly reboot did not happen.
+fn force_reboot() -> std::io::Error {
+    // SAFETY: plain syscalls without pointers. reboot(2) returns only on failure.
+    unsafe {
+        libc::sync();
+        libc::reboot(libc::RB_AUTOBOOT);
+    }
+    std::io::Error::last_os_error()
+}
+
+/// [`reboot`] with the forcing step passed in, so the deadline logic can be tested
+/// without rebooting the machine running the tests.
+fn reboot_or_force(
+    config: &RebootConfig,
+    force: &mut dyn FnMut() -> std::io::Error,
+) -> Result<(), String> {
     let (program, args) = config
         .command
         .split_first()
         .ok_or("reboot.command is empty")?;
     tracing::info!(command = ?config.command, "rebooting");
-    let status = Command::new(program)
+    let asked = Instant::now();
+    let mut child = Command::new(program)
         .args(args)
-        .status()
-        .map_err(|e| format!("{program}: {e}"))?;
-    if status.success() {
-        Ok(())
-    } else {
-        Err(format!("{program} exited with {status}"))
+        .spawn()
+        .map_err(|e| format!("{program}: {e}"));
+    let Some(secs) = config.force_after_secs else {
+        let status = child?.wait().map_err(|e| format!("{program}: {e}"))?;
+        return if status.success() {
+            Ok(())
+        } else {
+            Err(format!("{program} exited with {status}"))
+        };
+    };
+    let deadline = asked + Duration::from_secs(secs);
+    let mut waiting = true;
+    while waiting && Instant::now() < deadline {
+        let failed = match &mut child {
+            Ok(c) => match c.try_wait() {
+                Ok(None) => None,
+                Ok(Some(status)) if status.success() => {
+                    waiting = false; // the orderly reboot is under way: let it work
+                    None
+                }
+                Ok(Some(status)) => Some(format!("exited with {status}")),
+                Err(e) => Some(e.to_string()),
+            },
+            Err(e) => Some(e.clone()),
+        };
+        if let Some(why) = failed {
+            tracing::error!("reboot command {program} failed ({why}): forcing the reboot now");
+            return Err(format!("forced reboot failed: {}", force()));
+        }
+        std::thread::sleep(Duration::from_millis(200));
     }
+    let left = deadline.saturating_duration_since(Instant::now());
+    std::thread::sleep(left);
+    tracing::error!(
+        "asked for a reboot {secs} s ago and still running: forcing it (sync, reboot(2))"
+    );
+    Err(format!("forced reboot failed: {}", force()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use time::macros::datetime;
+
+    fn config(command: &[&str], force_after_secs: Option<u64>) -> RebootConfig {
+        RebootConfig {
+            command: command.iter().map(|w| w.to_string()).collect(),
+            force_after_secs,
+            ..RebootConfig::default()
+        }
+    }
+
+    #[test]
+    fn a_reboot_that_does_not_happen_is_forced_at_the_deadline() {
+        let mut forced = None;
+        let asked = Instant::now();
+        let result = reboot_or_force(&config(&["true"], Some(1)), &mut || {
+            forced = Some(asked.elapsed());
+            std::io::Error::other("not on a test machine")
+        });
+        assert!(result.is_err());
+        let after = forced.expect("forced");
+        assert!(after >= Duration::from_secs(1), "forced early: {after:?}");
+    }
+
+    #[test]
+    fn a_failing_reboot_command_is_forced_at_once() {
+        let mut forced = false;
+        let result = reboot_or_force(&config(&["false"], Some(3600)), &mut || {
+            forced = true;
+            std::io::Error::other("not on a test machine")
+        });
+        assert!(forced && result.is_err());
+    }
+
+    #[test]
+    fn without_a_deadline_only_the_command_runs() {
+        let mut forced = false;
+        let mut never = || {
+            forced = true;
+            std::io::Error::other("not on a test machine")
+        };
+        assert!(reboot_or_force(&config(&["true"], None), &mut never).is_ok());
+        assert!(reboot_or_force(&config(&["false"], None), &mut never).is_err());
+        assert!(!forced);
+    }
 
     #[test]
     fn windows_wrap_past_midnight() {

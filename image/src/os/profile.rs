@@ -30,6 +30,10 @@ pub struct Profile {
     /// How long cairnd gives a trial boot's checks (its default: 300 s).
     #[serde(default)]
     pub health: Option<Health>,
+    /// When cairnd forces a reboot that did not happen (default
+    /// [`DEFAULT_REBOOT_FORCE_AFTER_SECS`]).
+    #[serde(default)]
+    pub reboot: Option<Reboot>,
     /// The TPM cairnd measures the boot into and attests with; the rootfs must then
     /// carry Debian's libtss2 (esys, tctildr, tcti-device).
     #[serde(default)]
@@ -42,6 +46,25 @@ pub struct Tpm {
     /// TSS2 TCTI, e.g. `device:/dev/tpmrm0`.
     pub tcti: String,
 }
+
+/// `[reboot]`: how a device reboots, and how long it waits for an orderly reboot before
+/// forcing it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Reboot {
+    #[serde(default = "default_force_after_secs")]
+    pub force_after_secs: u64,
+    /// cairnd's reboot command (its default: busybox `reboot`).
+    pub command: Option<Vec<String>>,
+}
+
+fn default_force_after_secs() -> u64 {
+    DEFAULT_REBOOT_FORCE_AFTER_SECS
+}
+
+/// What an image's cairnd gets when the profile says nothing: a shutdown that has not
+/// rebooted the device five minutes after cairnd asked is hung.
+pub const DEFAULT_REBOOT_FORCE_AFTER_SECS: u64 = 300;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

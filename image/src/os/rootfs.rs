@@ -260,6 +260,15 @@ fn system_toml(profile: &Profile) -> String {
             health.deadline_secs, health.interval_secs
         ));
     }
+    let reboot = profile.reboot.as_ref();
+    text.push_str(&format!(
+        "\n[reboot]\nforce_after_secs = {}\n",
+        reboot.map_or(super::profile::DEFAULT_REBOOT_FORCE_AFTER_SECS, |r| r
+            .force_after_secs)
+    ));
+    if let Some(command) = reboot.and_then(|r| r.command.as_ref()) {
+        text.push_str(&format!("command = {}\n", toml::Value::from(command.clone())));
+    }
     if let Some(server) = &profile.server {
         text.push_str(&format!(
             "\n[server]\nurl = \"{}\"\npoll_secs = {}\n",

@@ -148,6 +148,27 @@ impl TestDisk {
     }
 }
 
+/// Reads `path` (relative to the file system's root) from the ext4 partition named
+/// `data` in `disk`'s GPT, without mounting, whatever profile made the disk.
+pub fn data_file_of(disk: &Path, path: &str) -> Result<Vec<u8>> {
+    let out = Command::new("sfdisk").arg("-J").arg(disk).output()?;
+    if !out.status.success() {
+        bail!(
+            "sfdisk -J {}: {}",
+            disk.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let table: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let start = table["partitiontable"]["partitions"]
+        .as_array()
+        .and_then(|parts| parts.iter().find(|p| p["name"] == "data"))
+        .and_then(|p| p["start"].as_u64())
+        .with_context(|| format!("no partition named data on {}", disk.display()))?;
+    let image = format!("{}?offset={}", disk.display(), start * 512);
+    debugfs(&image, &format!("cat {path}"), false)
+}
+
 fn debugfs(image: &str, request: &str, write: bool) -> Result<Vec<u8>> {
     let mut command = Command::new("debugfs");
     if write {

@@ -13,6 +13,10 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use cairn_image::os::uboot;
 
+/// `/var/log/cairnd.log` as stored on the data partition (/var is an overlay whose upper
+/// directory lives there; boot/initramfs/init).
+const CAIRND_LOG: &str = "overlay/var/upper/log/cairnd.log";
+
 pub struct Vm {
     qemu: Child,
     swtpm: Child,
@@ -22,6 +26,8 @@ pub struct Vm {
     cursor: usize,
     started: Instant,
     log: PathBuf,
+    /// The guest's system disk, read after QEMU is gone for the device's own log.
+    disk: PathBuf,
     commands: u32,
 }
 
@@ -155,6 +161,7 @@ impl Vm {
             cursor: 0,
             started: Instant::now(),
             log: log_dir.join(format!("{name}.console.log")),
+            disk: disk.to_path_buf(),
             commands: 0,
         })
     }
@@ -253,6 +260,21 @@ impl Vm {
         let _ = fs::write(&self.log, self.console());
     }
 
+    /// Copies cairnd's log off the (stopped) guest's data partition next to the console
+    /// log, so a failed or stalled run can be read instead of guessed. Best effort: a disk
+    /// that never got a data partition simply has no log to keep.
+    fn save_cairnd_log(&self) {
+        if let Some(log) = crate::disk::data_file_of(&self.disk, CAIRND_LOG)
+            .ok()
+            .filter(|log| !log.is_empty())
+        {
+            let _ = fs::write(
+                self.log.with_extension("").with_extension("cairnd.log"),
+                log,
+            );
+        }
+    }
+
     /// Kills QEMU (a power cut) and keeps the console log.
     pub fn stop(mut self) -> String {
         self.kill();
@@ -270,6 +292,7 @@ impl Vm {
         let _ = self.swtpm.kill();
         let _ = self.swtpm.wait();
         self.save_log();
+        self.save_cairnd_log();
     }
 }
 

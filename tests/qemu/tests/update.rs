@@ -162,6 +162,15 @@ fn a_release_failing_its_health_check_rolls_back_and_stops_the_campaign() -> Res
         "{status}"
     );
     ensure!(status["phase"]["phase"] == "rolled-back", "{status}");
+    // v3's reboot command does nothing (a hung shutdown): cairnd forced the reboot.
+    let forced = rig.vm.check(
+        "grep -h 'still running: forcing it' /var/log/cairnd.log* || true",
+        COMMAND_TIMEOUT,
+    )?;
+    ensure!(
+        forced.contains("forcing it"),
+        "no forced reboot in cairnd's log"
+    );
     // Offered again by a new campaign, the device declines instead of a second trial.
     let again = rig.roll_out_release("rollout-0.3.0-again", &release, &mut say)?;
     ensure!(again.failed == 1, "{again:?}");
