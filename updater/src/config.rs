@@ -34,6 +34,8 @@ pub struct SystemConfig {
     #[serde(default)]
     pub reboot: RebootConfig,
     #[serde(default)]
+    pub clock: crate::clock::ClockConfig,
+    #[serde(default)]
     pub server: Option<ServerConfig>,
     #[serde(default)]
     pub system: SystemPaths,

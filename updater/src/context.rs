@@ -6,7 +6,6 @@ use std::path::{Path, PathBuf};
 
 use cairn_boot::{images, layout, SlotImages};
 use cairn_bundle::{SignedRoot, TrustRoot};
-use time::OffsetDateTime;
 
 use crate::bootstate::{
     BootState, BootStateError, BootStateStore, FileStore, SlotId, UbootEnvStore,
@@ -148,7 +147,12 @@ impl Context {
             Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_default(),
             Err(_) => Vec::new(),
         };
-        Ok(anchor.walk_forward(&chain, OffsetDateTime::now_utc())?)
+        Ok(anchor.walk_forward(&chain, self.clock().trusted_now())?)
+    }
+
+    /// The device's clock: floor, server time, NTP ([`crate::clock`]).
+    pub fn clock(&self) -> crate::clock::Clock {
+        crate::clock::Clock::new(&self.config.clock, &self.config.data_dir)
     }
 
     pub fn committed_roots_path(&self) -> PathBuf {

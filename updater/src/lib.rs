@@ -10,6 +10,7 @@
 
 pub mod attestation;
 pub mod bootstate;
+pub mod clock;
 pub mod config;
 pub mod context;
 pub mod fleet;

@@ -34,6 +34,9 @@ pub struct Profile {
     /// [`DEFAULT_REBOOT_FORCE_AFTER_SECS`]).
     #[serde(default)]
     pub reboot: Option<Reboot>,
+    /// Where the device gets the time (besides the fleet server's `Date`).
+    #[serde(default)]
+    pub clock: Option<Clock>,
     /// The TPM cairnd measures the boot into and attests with; the rootfs must then
     /// carry Debian's libtss2 (esys, tctildr, tcti-device).
     #[serde(default)]
@@ -45,6 +48,14 @@ pub struct Profile {
 pub struct Tpm {
     /// TSS2 TCTI, e.g. `device:/dev/tpmrm0`.
     pub tcti: String,
+}
+
+/// `[clock]`: NTP servers for busybox `ntpd -q` (cairnd's clock floor is the slot epoch).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Clock {
+    #[serde(default)]
+    pub ntp_servers: Vec<String>,
 }
 
 /// `[reboot]`: how a device reboots, and how long it waits for an orderly reboot before

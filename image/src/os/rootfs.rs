@@ -267,8 +267,23 @@ fn system_toml(profile: &Profile) -> String {
             .force_after_secs)
     ));
     if let Some(command) = reboot.and_then(|r| r.command.as_ref()) {
-        text.push_str(&format!("command = {}\n", toml::Value::from(command.clone())));
+        text.push_str(&format!(
+            "command = {}\n",
+            toml::Value::from(command.clone())
+        ));
     }
+    // The slot epoch stands for the build time: a reproducible image has no other.
+    text.push_str(&format!(
+        "\n[clock]\nfloor = {}\nset_system_clock = true\nntp_servers = {}\n",
+        profile.slot.epoch,
+        toml::Value::from(
+            profile
+                .clock
+                .as_ref()
+                .map(|c| c.ntp_servers.clone())
+                .unwrap_or_default()
+        )
+    ));
     if let Some(server) = &profile.server {
         text.push_str(&format!(
             "\n[server]\nurl = \"{}\"\npoll_secs = {}\n",

@@ -45,6 +45,17 @@ impl Rig {
     /// server, boots v1 and approves the device when it enrolls. With `usb`, the bundle
     /// is also on a second disk (a USB stick stand-in, [`Rig::find_usb_stick`]).
     pub fn boot_v1(dir: &Path, name: &str, usb: bool, say: &mut dyn FnMut(&str)) -> Result<Rig> {
+        Self::boot_v1_with_clock(dir, name, usb, None, say)
+    }
+
+    /// [`Rig::boot_v1`] with the guest's clock starting at `rtc_base` ([`Vm::start_with_clock`]).
+    pub fn boot_v1_with_clock(
+        dir: &Path,
+        name: &str,
+        usb: bool,
+        rtc_base: Option<&str>,
+        say: &mut dyn FnMut(&str),
+    ) -> Result<Rig> {
         say("Building the v1 image (Debian bookworm arm64, kernel 6.1.0-55) and v2 (kernel 6.1.0-56)...");
         let v1 = image()?;
         let v2 = fleet::image_v2()?;
@@ -72,7 +83,8 @@ impl Rig {
             bytes.resize(bytes.len().div_ceil(1 << 20) << 20, 0);
             std::fs::write(&stick, bytes)?;
         }
-        let mut vm = Vm::start_with(name, &disk, dir, usb.then_some(stick.as_path()))?;
+        let mut vm =
+            Vm::start_with_clock(name, &disk, dir, usb.then_some(stick.as_path()), rtc_base)?;
         say("Booting a fresh device from the v1 disk under QEMU (slot A; slot B empty)...");
         vm.wait_for("cairn: slot A chosen", BOOT_TIMEOUT)?;
         vm.wait_for_shell(BOOT_TIMEOUT)?;
@@ -123,6 +135,7 @@ impl Rig {
     pub fn follow(&self, campaign: &str, say: &mut dyn FnMut(&str)) -> Result<CampaignEnd> {
         let deadline = Instant::now() + UPDATE_TIMEOUT;
         let mut told = 0;
+        let mut settle_until = None;
         loop {
             let history = self.fleet.device(&self.device_id)?["history"]
                 .as_array()
@@ -138,7 +151,13 @@ impl Rig {
             }
             told = told.max(history.len());
             let (state, succeeded, failed) = self.fleet.campaign(campaign)?;
-            if succeeded + failed > 0 {
+            // The server counts a failure when the report's transaction commits and runs
+            // the campaign's gates just after it: give a failure a moment to pause it.
+            if failed > 0 && state == "running" && settle_until.is_none() {
+                settle_until = Some(Instant::now() + Duration::from_secs(10));
+            }
+            let settling = settle_until.is_some_and(|t| Instant::now() < t) && state == "running";
+            if succeeded + failed > 0 && !settling {
                 say(&format!(
                     "Campaign {campaign}: {state}; succeeded {succeeded}, failed {failed}."
                 ));

@@ -40,7 +40,19 @@ impl Vm {
     /// Like [`Vm::start`], with `usb` (a raw file) attached as a second disk: the guest
     /// sees it as /dev/vdb, a USB stick stand-in.
     pub fn start_with(name: &str, disk: &Path, scratch: &Path, usb: Option<&Path>) -> Result<Vm> {
-        let extra = usb.map_or_else(Vec::new, |usb| {
+        Self::start_with_clock(name, disk, scratch, usb, None)
+    }
+
+    /// Like [`Vm::start_with`], with the guest's real-time clock starting at `rtc_base`
+    /// (`2006-06-17T16:01:21`) instead of the host's time: a board without a clock battery.
+    pub fn start_with_clock(
+        name: &str,
+        disk: &Path,
+        scratch: &Path,
+        usb: Option<&Path>,
+        rtc_base: Option<&str>,
+    ) -> Result<Vm> {
+        let mut extra = usb.map_or_else(Vec::new, |usb| {
             vec![
                 "-drive".to_string(),
                 format!(
@@ -51,6 +63,9 @@ impl Vm {
                 "virtio-blk-device,drive=usb".to_string(),
             ]
         });
+        if let Some(base) = rtc_base {
+            extra.extend(["-rtc".to_string(), format!("base={base}")]);
+        }
         Self::start_args(name, disk, scratch, extra)
     }
 

@@ -63,6 +63,51 @@ fn a_campaign_delivers_v2_as_a_delta_and_the_device_commits_it() -> Result<()> {
 }
 
 #[test]
+fn a_device_whose_clock_starts_in_1970_enrolls_and_installs_an_update_signed_today() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let _lock = serial();
+    // No clock battery, no NTP: the board's clock starts at the epoch on every boot.
+    let mut rig = Rig::boot_v1_with_clock(
+        dir.path(),
+        "update-clock-1970",
+        false,
+        Some("1970-01-01T00:00:00"),
+        &mut say,
+    )?;
+    say("The device enrolled with its clock starting in 1970; rolling out v2.");
+    let end = rig.roll_out("rollout-clock", &mut say)?;
+    ensure!(end.succeeded == 1 && end.failed == 0, "{end:?}");
+    rig.vm.wait_for("cairn: slot B chosen", BOOT_TIMEOUT)?;
+    rig.vm.wait_for_shell(BOOT_TIMEOUT)?;
+    let status = rig.wait_for_status("the commit of 0.2.0", |s| {
+        s["phase"]["phase"] == "committed" && s["slots"]["B"]["version"] == "0.2.0"
+    })?;
+    ensure!(status["booted"] == "B", "{status}");
+    let year: i32 = rig
+        .vm
+        .check("date -u +%Y", COMMAND_TIMEOUT)?
+        .trim()
+        .parse()?;
+    let this_year = time::OffsetDateTime::now_utc().year();
+    ensure!(year == this_year, "the device believes it is {year}");
+    // How it got there: the build-time floor first (TLS certificates are valid then),
+    // then the server's Date.
+    let steps = rig.vm.check(
+        "grep -h 'clock was behind' /var/log/cairnd.log* || true",
+        COMMAND_TIMEOUT,
+    )?;
+    ensure!(
+        steps.contains("time floor") && steps.contains("fleet server's Date"),
+        "{steps}"
+    );
+    record_time(
+        "clock from 1970: floor, server Date, enrolled and v2 committed",
+        rig.started.elapsed(),
+    );
+    Ok(())
+}
+
+#[test]
 fn a_tampered_download_is_refused_and_slot_b_stays_unbootable() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let _lock = serial();

@@ -42,6 +42,9 @@ fn main() -> Result<()> {
     }
     let mut ctx = Context::open(&args.config)
         .with_context(|| format!("loading {}", args.config.display()))?;
+    // Before anything checks a certificate or a signature's expiry: a board without a
+    // clock battery starts in 1970.
+    ctx.clock().enforce_floor();
     measure_boot(&ctx);
     let verdict = {
         let _lock = ctx.lock_install()?;
@@ -105,7 +108,16 @@ fn run(args: &Args, stop: &Arc<AtomicBool>, counters: &Counters) -> Result<()> {
     let mut client = None;
     let mut next_check_in = Instant::now();
     let mut last_tick = Instant::now() - tick;
+    let mut next_clock_sync = Instant::now();
     while !stop.load(Ordering::Relaxed) {
+        if Instant::now() >= next_clock_sync {
+            next_clock_sync = Instant::now() + Duration::from_secs(3600);
+            if let Ok(ctx) = Context::open(&args.config) {
+                let clock = ctx.clock();
+                clock.sync_ntp();
+                clock.keep_floor();
+            }
+        }
         if Instant::now() >= next_check_in {
             next_check_in = Instant::now() + check_in(args, &mut client, stop, counters);
         }

@@ -12,6 +12,7 @@ use reqwest::blocking::{Client, Response};
 use reqwest::StatusCode;
 
 use super::identity::DeviceIdentity;
+use crate::clock::Clock;
 use crate::transport::{error_chain, read_bounded, Transport, TransportError};
 
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +60,9 @@ pub struct ServerClient {
     token: Option<String>,
     /// The last check-in answer and its ETag, for `If-None-Match`.
     last: Option<(String, CheckInResponse)>,
+    /// Told the server's `Date` of every answer (a device without a clock learns the
+    /// time this way).
+    clock: Option<Clock>,
 }
 
 impl ServerClient {
@@ -87,7 +91,14 @@ impl ServerClient {
             compatible: compatible.to_string(),
             token: None,
             last: None,
+            clock: None,
         })
+    }
+
+    /// Lets the server's `Date` headers step `clock` forward.
+    pub fn with_clock(mut self, clock: Clock) -> ServerClient {
+        self.clock = Some(clock);
+        self
     }
 
     /// What this client may reach: the server's origin, its mirrors, its CA.
@@ -219,9 +230,17 @@ impl ServerClient {
         if let Some(etag) = etag {
             request = request.header(reqwest::header::IF_NONE_MATCH, etag);
         }
-        request
+        let response = request
             .send()
-            .map_err(|source| FleetError::Transport { url, source })
+            .map_err(|source| FleetError::Transport { url, source })?;
+        if let (Some(clock), Some(date)) =
+            (&self.clock, response.headers().get(reqwest::header::DATE))
+        {
+            if let Ok(date) = date.to_str() {
+                clock.observe_server_date(date);
+            }
+        }
+        Ok(response)
     }
 
     /// The body of a 2xx answer as `T`, or the server's error body as a `Refused`.

@@ -139,12 +139,13 @@ pub fn client(ctx: &Context, server: &ServerConfig) -> Result<ServerClient, Flee
         .unwrap_or_else(|| ctx.config.data_dir.join("identity.json"));
     let identity = DeviceIdentity::load_or_create(&path, server.device_id.as_deref())
         .map_err(|e| FleetError::Identity(e.to_string()))?;
-    ServerClient::new(
+    Ok(ServerClient::new(
         &server.url,
         identity,
         &ctx.config.compatible,
         Transport::from_server(server)?,
-    )
+    )?
+    .with_clock(ctx.clock()))
 }
 
 /// One round: enroll if needed, deliver reports, check in, act. Returns how long to wait

@@ -171,7 +171,8 @@ fn prepare(ctx: &Context, request: &InstallRequest) -> Result<Prepared, InstallE
     let policy = Policy {
         compatible: Some(ctx.config.compatible.clone()),
         security_floor,
-        now: OffsetDateTime::now_utc(),
+        // Never a time below the clock floor: setting the clock back revives nothing.
+        now: ctx.clock().trusted_now(),
     };
     let verified = unverified.verify(&root, &policy)?;
     let version = verified.manifest.version.to_string();
