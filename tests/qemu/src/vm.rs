@@ -307,13 +307,14 @@ impl Vm {
         let _ = self.swtpm.kill();
         let _ = self.swtpm.wait();
         self.save_log();
-        self.save_cairnd_log();
     }
 }
 
 impl Drop for Vm {
     fn drop(&mut self) {
         self.kill();
+        // Once per VM, not per power cut: the log on the disk holds every boot's lines.
+        self.save_cairnd_log();
     }
 }
 
