@@ -16,6 +16,7 @@ pub mod context;
 pub mod fleet;
 pub mod health;
 pub mod install;
+pub mod logpipe;
 pub mod metrics;
 pub mod reboot;
 pub mod reconcile;

@@ -181,7 +181,11 @@ pub fn data_file_of(disk: &Path, path: &str) -> Result<Vec<u8>> {
         .args(["-E", "journal_only", "-y"])
         .arg(copy.path())
         .output();
-    debugfs(&copy.path().display().to_string(), &format!("cat {path}"), false)
+    debugfs(
+        &copy.path().display().to_string(),
+        &format!("cat {path}"),
+        false,
+    )
 }
 
 fn debugfs(image: &str, request: &str, write: bool) -> Result<Vec<u8>> {

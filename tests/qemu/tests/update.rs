@@ -108,6 +108,36 @@ fn a_device_whose_clock_starts_in_1970_enrolls_and_installs_an_update_signed_tod
 }
 
 #[test]
+fn a_data_partition_filled_to_the_brim_does_not_stop_an_update() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let _lock = serial();
+    let mut rig = Rig::boot_v1(dir.path(), "update-data-full", false, &mut say)?;
+    // A workload (as root, so past ext4's reserved blocks) fills /data completely.
+    rig.vm.check(
+        "dd if=/dev/zero of=/data/workload-filler bs=1M 2>/dev/null; sync; df -k /data",
+        COMMAND_TIMEOUT * 3,
+    )?;
+    let free = rig
+        .vm
+        .check("df -k /data | awk 'NR==2 {print $4}'", COMMAND_TIMEOUT)?;
+    ensure!(free.trim() == "0", "/data still has {free} KiB free");
+    say("/data is full; rolling out v2.");
+    let end = rig.roll_out("rollout-data-full", &mut say)?;
+    ensure!(end.succeeded == 1 && end.failed == 0, "{end:?}");
+    rig.vm.wait_for("cairn: slot B chosen", BOOT_TIMEOUT)?;
+    rig.vm.wait_for_shell(BOOT_TIMEOUT)?;
+    let status = rig.wait_for_status("the commit of 0.2.0", |s| {
+        s["phase"]["phase"] == "committed" && s["slots"]["B"]["version"] == "0.2.0"
+    })?;
+    ensure!(status["booted"] == "B", "{status}");
+    record_time(
+        "data partition full: v2 still installs, trial, commit",
+        rig.started.elapsed(),
+    );
+    Ok(())
+}
+
+#[test]
 fn a_tampered_download_is_refused_and_slot_b_stays_unbootable() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let _lock = serial();

@@ -9,7 +9,7 @@ use anyhow::{bail, Context as _, Result};
 use cairn_updater::context::Context;
 use cairn_updater::install::{self, InstallRequest, Progress};
 use cairn_updater::trial::{self, Verdict};
-use cairn_updater::{config, health, reboot, status};
+use cairn_updater::{config, health, logpipe, reboot, status};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -58,6 +58,15 @@ enum Command {
     },
     /// Reboot now (for the on-request reboot policy).
     Reboot,
+    /// Append stdin to FILE, rotating it at --max-bytes and keeping --keep old copies
+    /// (the image's services log through this; a full disk drops output, never blocks).
+    LogTo {
+        file: PathBuf,
+        #[arg(long, default_value_t = 4 << 20)]
+        max_bytes: u64,
+        #[arg(long, default_value_t = 2)]
+        keep: u32,
+    },
 }
 
 fn main() -> Result<()> {
@@ -70,6 +79,24 @@ fn main() -> Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
+    if let Command::LogTo {
+        file,
+        max_bytes,
+        keep,
+    } = &cli.command
+    {
+        // Needs no config: it runs for every service, cairnd's own included.
+        let mut log = logpipe::RotatingLog::new(file, *max_bytes, *keep);
+        let stats = logpipe::pipe(std::io::stdin().lock(), &mut log);
+        if stats.dropped > 0 {
+            eprintln!(
+                "cairn log-to {}: dropped {} bytes",
+                file.display(),
+                stats.dropped
+            );
+        }
+        return Ok(());
+    }
     let mut ctx =
         Context::open(&cli.config).with_context(|| format!("loading {}", cli.config.display()))?;
     match cli.command {
@@ -107,6 +134,7 @@ fn main() -> Result<()> {
         Command::CheckHealth => check_health(&ctx)?,
         Command::History { json } => history(&ctx, json)?,
         Command::Reboot => reboot::reboot(&ctx.config.reboot).map_err(anyhow::Error::msg)?,
+        Command::LogTo { .. } => unreachable!("handled before loading the config"),
     }
     Ok(())
 }

@@ -62,6 +62,7 @@ impl StateStore {
             fs::create_dir_all(dir).map_err(io)?;
         }
         let bytes = serde_json::to_vec_pretty(state).expect("state serialises");
-        cairn_atomic::write(&self.path, &bytes).map_err(io)
+        let data_dir = self.path.parent().unwrap_or(Path::new("."));
+        super::reserve::write(data_dir, &self.path, &bytes).map_err(io)
     }
 }
