@@ -91,7 +91,9 @@ impl Clock {
     pub fn keep_floor(&self) {
         let now = OffsetDateTime::now_utc().unix_timestamp();
         if now >= self.floor() + FLOOR_WRITE_EVERY {
-            if let Err(e) = cairn_atomic::write(&self.floor_file, now.to_string().as_bytes()) {
+            if let Err(e) =
+                crate::state::reserve::write(&self.floor_file, now.to_string().as_bytes())
+            {
                 tracing::warn!(
                     "cannot keep the time floor in {}: {e}",
                     self.floor_file.display()

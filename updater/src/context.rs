@@ -177,12 +177,10 @@ pub fn commit_roots(path: &Path, roots: serde_json::Value) -> Result<(), Context
         }
     }
     let bytes = serde_json::to_vec_pretty(&chain).expect("roots serialise");
-    crate::state::reserve::write(path.parent().unwrap_or(Path::new(".")), path, &bytes).map_err(
-        |source| ContextError::Io {
-            path: path.display().to_string(),
-            source,
-        },
-    )
+    crate::state::reserve::write(path, &bytes).map_err(|source| ContextError::Io {
+        path: path.display().to_string(),
+        source,
+    })
 }
 
 /// What the image builder recorded of a factory slot's images (`images.json` next to the

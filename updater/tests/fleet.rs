@@ -195,8 +195,11 @@ fn a_campaign_installs_the_delta_and_counts_only_the_commit() {
 
     assert_eq!(d.reboot(), SlotId::B);
     let _daemon = Daemon(d.spawn_cairnd());
+    // The commit report counts the success; the check-in after it updates the device's
+    // record: wait for both.
     wait_for(30, "the commit to reach the server", || {
         server.counts("c-v2").0 == 1
+            && server.ok("GET", "/devices/dev-0001", None)["device"]["version"] == "2.0.0"
     });
     assert_eq!(phase(&d.status()), "committed");
     let device = server.ok("GET", "/devices/dev-0001", None);

@@ -29,7 +29,7 @@ pub fn enrollment_path(config: &SystemConfig) -> PathBuf {
 
 fn save(path: &Path, enrollment: &Enrollment) -> Result<(), AttestationError> {
     let bytes = serde_json::to_vec_pretty(enrollment).map_err(json(path))?;
-    cairn_atomic::write(path, &bytes).map_err(io(path))
+    crate::state::reserve::write(path, &bytes).map_err(io(path))
 }
 
 /// The enrollment on disk, if any (an unreadable one counts as none: a new AK is made).

@@ -12,8 +12,10 @@ use std::path::Path;
 pub const RESERVE_BYTES: usize = 1 << 20;
 const RESERVE_FILE: &str = "space.reserve";
 
-/// `cairn_atomic::write`, falling back on the reserve in `data_dir` when the disk is full.
-pub fn write(data_dir: &Path, path: &Path, bytes: &[u8]) -> io::Result<()> {
+/// `cairn_atomic::write`, falling back on the reserve kept in the file's directory (cairnd's
+/// data dir: its files all live there) when the disk is full.
+pub fn write(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let data_dir = path.parent().unwrap_or(Path::new("."));
     let written = match cairn_atomic::write(path, bytes) {
         Err(e) if is_full(&e) => {
             let reserve = data_dir.join(RESERVE_FILE);
@@ -102,13 +104,13 @@ mod tests {
         disk.fill();
         let state = vec![b'{'; 64 << 10];
         // Without the reserve the write fails: the disk really is full.
-        let err = cairn_atomic::write(&dir.join("other.json"), &state).unwrap_err();
+        let err = cairn_atomic::write(dir.join("other.json"), &state).unwrap_err();
         assert!(is_full(&err), "{err}");
-        write(dir, &dir.join("state.json"), &state).expect("written from the reserve");
+        write(&dir.join("state.json"), &state).expect("written from the reserve");
         assert_eq!(fs::read(dir.join("state.json")).unwrap(), state);
         // Once the workload frees space, the reserve comes back.
         fs::remove_file(dir.join("workload-filler")).unwrap();
-        write(dir, &dir.join("state.json"), b"{}").unwrap();
+        write(&dir.join("state.json"), b"{}").unwrap();
         assert!(dir.join(RESERVE_FILE).exists());
     }
 }

@@ -62,7 +62,6 @@ impl StateStore {
             fs::create_dir_all(dir).map_err(io)?;
         }
         let bytes = serde_json::to_vec_pretty(state).expect("state serialises");
-        let data_dir = self.path.parent().unwrap_or(Path::new("."));
-        super::reserve::write(data_dir, &self.path, &bytes).map_err(io)
+        super::reserve::write(&self.path, &bytes).map_err(io)
     }
 }
