@@ -126,6 +126,10 @@ pub struct Assignment {
     /// Where the server thinks the deployment is, so a device that lost its own record can
     /// pick up again.
     pub state: DeploymentState,
+    /// The operator re-offers a release whose trial failed on this device before: install
+    /// it anyway (a device otherwise declines such a release).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub retry_declined: bool,
 }
 
 /// The server's view of one device's deployment. Terminal: `succeeded`, `failed`,

@@ -153,6 +153,7 @@ async fn measure_server(args: &Args, db_url: &str, work: &std::path::Path) -> Re
         bake_secs: 3600,
         failure_threshold: 0.5,
         attestation_required: false,
+        retry_declined: false,
     };
     campaigns::create(&db, "bench", &release.id, policy).await?;
     campaigns::start(&db, "bench").await?;

@@ -177,6 +177,7 @@ async fn assignment(
                 &id,
                 release,
                 DeploymentState::Assigned,
+                c.policy.retry_declined,
             )));
         }
         // Another server assigned this device at the same moment: answer with that one.
@@ -215,6 +216,7 @@ async fn live_assignment(
         &live.id,
         &release.0,
         live.state,
+        live.retry_declined,
     )))
 }
 
@@ -223,6 +225,7 @@ fn to_assignment(
     id: &str,
     release: &Release,
     state: DeploymentState,
+    retry_declined: bool,
 ) -> Assignment {
     Assignment {
         deployment_id: id.to_string(),
@@ -232,6 +235,7 @@ fn to_assignment(
         bundle_sha256: release.bundle_sha256.clone(),
         bundle_size: release.bundle_size,
         state,
+        retry_declined,
     }
 }
 

@@ -29,6 +29,8 @@ pub struct DeploymentRow {
     pub release_id: String,
     /// Set while the deployment waits for the device's TPM quote.
     pub attestation_nonce: Option<String>,
+    /// The campaign's `retry_declined`.
+    pub retry_declined: bool,
 }
 
 /// What a check-in needs of the device row (read in the same query as its deployments).
@@ -43,7 +45,7 @@ pub struct DeviceRow {
 pub type DeviceView = (DeviceRow, Vec<DeploymentRow>);
 
 const DEVICE_VIEWS: &str = "SELECT v.id AS device_id, v.approval, v.compatible, v.tags, v.version, \
-     d.id, d.campaign_id, d.state, d.live, d.attestation_nonce, c.state AS campaign_state, c.release_id FROM devices v \
+     d.id, d.campaign_id, d.state, d.live, d.attestation_nonce, c.state AS campaign_state, c.release_id, c.policy FROM devices v \
      LEFT JOIN deployments d ON d.device_id = v.id \
      LEFT JOIN campaigns c ON c.id = d.campaign_id WHERE v.id IN ";
 
@@ -97,6 +99,10 @@ fn group(rows: &[Row]) -> ApiResult<HashMap<String, DeviceView>> {
             campaign_state: r.try_get("campaign_state")?,
             release_id: r.try_get("release_id")?,
             attestation_nonce: r.try_get("attestation_nonce")?,
+            retry_declined: r
+                .try_get::<Option<String>, _>("policy")?
+                .and_then(|p| serde_json::from_str::<crate::policy::CampaignPolicy>(&p).ok())
+                .is_some_and(|p| p.retry_declined),
         });
     }
     Ok(out)

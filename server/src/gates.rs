@@ -83,6 +83,7 @@ mod tests {
             bake_secs: 60,
             failure_threshold: 0.2,
             attestation_required: false,
+            retry_declined: false,
         }
     }
 

@@ -161,6 +161,10 @@ struct CreateCampaign {
     bake_secs: u64,
     #[arg(long, default_value_t = 0.1)]
     failure_threshold: f64,
+    /// Offer the release again to devices where its trial failed before (they decline it
+    /// otherwise).
+    #[arg(long)]
+    retry_declined: bool,
 }
 
 #[tokio::main]
@@ -290,6 +294,7 @@ async fn campaign(db: &Db, command: CampaignCommand) -> Result<()> {
                 bake_secs: c.bake_secs,
                 failure_threshold: c.failure_threshold,
                 attestation_required: false,
+                retry_declined: c.retry_declined,
             };
             print(&campaigns::create(db, &c.id, &c.release, policy).await?)
         }

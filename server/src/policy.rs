@@ -95,6 +95,10 @@ pub struct CampaignPolicy {
     /// (`attestation.rs`); a device that cannot give one ends `attestation-failed`.
     #[serde(default)]
     pub attestation_required: bool,
+    /// Offer the release also to devices that declined it because its trial failed there
+    /// before: the operator's way to re-offer a release after fixing what made it fail.
+    #[serde(default)]
+    pub retry_declined: bool,
 }
 
 impl CampaignPolicy {

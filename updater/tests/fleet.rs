@@ -90,6 +90,16 @@ impl Server {
     }
 
     fn campaign_with(&self, id: &str, version: &str, attestation_required: bool) {
+        self.campaign_policy(id, version, attestation_required, false)
+    }
+
+    fn campaign_policy(
+        &self,
+        id: &str,
+        version: &str,
+        attestation_required: bool,
+        retry_declined: bool,
+    ) {
         let body = json!({
             "id": id,
             "release_id": format!("cairn-test@{version}"),
@@ -100,6 +110,7 @@ impl Server {
                 "bake_secs": 0,
                 "failure_threshold": 0.0,
                 "attestation_required": attestation_required,
+                "retry_declined": retry_declined,
             },
         });
         self.ok("POST", "/campaigns", Some(body.to_string().into_bytes()));
@@ -260,6 +271,20 @@ fn a_failed_trial_is_reported_stops_the_campaign_and_is_never_retried() {
         "no second trial: {}",
         d.cairnd_log()
     );
+
+    // The operator fixed what failed and re-offers v3 on purpose: the device installs it
+    // and boots a second trial.
+    d.health_check("app", "kind = \"command\"\ncommand = [\"true\"]\n");
+    server.campaign_policy("c-v3-reoffer", "3.0.0", false, true);
+    wait_for(60, "the re-offered install", || d.path("rebooted").exists());
+    drop(_daemon);
+    fs::remove_file(d.path("rebooted")).unwrap();
+    assert_eq!(d.reboot(), SlotId::B);
+    let _daemon = Daemon(d.spawn_cairnd());
+    wait_for(30, "the re-offered release to succeed", || {
+        server.counts("c-v3-reoffer").0 == 1
+    });
+    assert_eq!(phase(&d.status()), "committed");
 }
 
 /// The device's TPM: a swtpm whose NV state lives in the device's dir. A "reboot"

@@ -63,15 +63,22 @@ fn default_poll_secs() -> u64 {
 }
 
 /// What to do with the server's answer.
+/// An assignment cairnd will install.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Offer {
+    pub deployment: String,
+    pub url: String,
+    pub version: String,
+    /// The operator re-offered a version whose trial failed here before: install it
+    /// anyway (as `cairn install --force`).
+    pub force: bool,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
     Idle,
     /// Install the assigned bundle for `deployment`.
-    Install {
-        deployment: String,
-        url: String,
-        version: String,
-    },
+    Install(Offer),
     /// Tell the server this device will not install `version` (its trial failed here).
     Decline {
         deployment: String,
@@ -105,7 +112,7 @@ pub fn decide(
     if state.slot(booted).version.as_deref() == Some(a.release_version.as_str()) {
         return Action::Idle; // already running it; the outbox says how it went
     }
-    if state.failed_versions.contains(&a.release_version) {
+    if state.failed_versions.contains(&a.release_version) && !a.retry_declined {
         return Action::Decline {
             deployment: a.deployment_id.clone(),
             version: a.release_version.clone(),
@@ -124,11 +131,12 @@ pub fn decide(
             reason: e.to_string(),
         };
     }
-    Action::Install {
+    Action::Install(Offer {
         deployment: a.deployment_id.clone(),
         url: a.bundle_url.clone(),
         version: a.release_version.clone(),
-    }
+        force: a.retry_declined && state.failed_versions.contains(&a.release_version),
+    })
 }
 
 /// Builds the client from the config: identity file (made on first use) and server URL.
@@ -199,11 +207,7 @@ pub fn cycle(
                 .map_err(|e| FleetError::Local(e.to_string()))?;
             deliver_reports(&mut ctx, client)?;
         }
-        Action::Install {
-            deployment,
-            url,
-            version,
-        } => install_assignment(&mut ctx, client, stop, counters, deployment, url, &version)?,
+        Action::Install(offer) => install_assignment(&mut ctx, client, stop, counters, offer)?,
     }
     Ok(Duration::from_secs(answer.poll_interval_secs.max(1)))
 }
@@ -249,10 +253,15 @@ fn install_assignment(
     client: &mut ServerClient,
     stop: &Arc<AtomicBool>,
     counters: &Counters,
-    deployment: String,
-    url: String,
-    version: &str,
+    offer: Offer,
 ) -> Result<(), FleetError> {
+    let Offer {
+        deployment,
+        url,
+        version,
+        force,
+    } = offer;
+    let version = version.as_str();
     let lock = match ctx.lock_install() {
         Ok(lock) => lock,
         Err(e) => {
@@ -272,7 +281,8 @@ fn install_assignment(
     }
     let request = InstallRequest {
         location: url,
-        force: false,
+        // Only the operator's re-offer installs a version whose trial failed here before.
+        force,
         deployment: Some(deployment),
     };
     let mut last_logged = 0u64;
