@@ -178,3 +178,64 @@ fn nothing_on_data_or_var_can_be_executed() -> Result<()> {
     record_time("/data and /var noexec, /data/containerd exec", took);
     Ok(())
 }
+
+#[test]
+fn a_bigger_medium_gets_data_grown_to_fill_it_even_through_power_cuts() -> Result<()> {
+    let s = scenario()?;
+    // The ~1 GiB image written to a 4 GiB card: the rest of the card is unused.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&s.disk.path)?
+        .set_len(4 << 30)?;
+    let started = std::time::Instant::now();
+    // Power cuts right after each step of the growth; every boot must still come up.
+    for (cut, after) in [
+        "cairn-initramfs: backup GPT at the end",
+        "cairn-initramfs: data partition /dev/vda",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut vm = Vm::start(
+            &format!("data-grow-cut-{}", cut + 1),
+            &s.disk.path,
+            s.scratch.path(),
+        )?;
+        vm.wait_for(after, BOOT_TIMEOUT)?;
+        // The kernel learns the new size in the same boot (no second boot needed).
+        ensure!(
+            cut == 0 || !vm.console().contains("now 256 MiB"),
+            "the kernel still sees the old data partition size"
+        );
+        vm.power_off();
+    }
+    let mut vm = Vm::start("data-grow", &s.disk.path, s.scratch.path())?;
+    vm.wait_for("cairn: userspace up", BOOT_TIMEOUT)?;
+    vm.wait_for_shell(BOOT_TIMEOUT)?;
+    let total_kib: u64 = vm
+        .check("df -k /data | awk 'NR==2 {print $2}'", COMMAND_TIMEOUT)?
+        .trim()
+        .parse()?;
+    ensure!(
+        total_kib > 3 << 20,
+        "/data is {total_kib} KiB on a 4 GiB medium"
+    );
+    // The table is whole: both GPT copies valid, the backup at the end of the medium.
+    let table = vm.check("sfdisk --verify /dev/vda 2>&1", COMMAND_TIMEOUT)?;
+    ensure!(
+        table.contains("No errors detected"),
+        "sfdisk --verify: {table}"
+    );
+    // Once grown, a boot leaves it alone.
+    ensure!(
+        !vm.console()
+            .contains("cairn-initramfs: growing data partition"),
+        "the third boot grew the partition again"
+    );
+    vm.stop();
+    record_time(
+        "data grows to fill a 4 GiB medium through two power cuts",
+        started.elapsed(),
+    );
+    Ok(())
+}
