@@ -15,7 +15,7 @@ pub use auth::{
 pub use types::{
     Assignment, AttestationEvidence, AttestationRequest, AttestationResult, CheckIn,
     CheckInResponse, DeploymentState, EnrollResponse, EnrollStatus, ErrorBody, InstalledImage,
-    Report, ReportAck, ReportedState, Slot, TpmActivation, TpmChallenge, TpmEnrollRequest,
+    ProvisioningRecord, Report, ReportAck, ReportedState, Slot, TpmActivation, TpmChallenge, TpmEnrollRequest,
     TpmEnrollStatus,
 };
 

@@ -260,3 +260,30 @@ pub struct ErrorBody {
     pub error: String,
     pub message: String,
 }
+
+/// One device as a factory hands it over: what `cairn provision-record` (or a device in
+/// factory mode) writes, and what `cairn-server device import` takes as a JSON array. A
+/// CSV manifest carries only the first four fields. Importing a record with `ek_public`
+/// binds the device to that TPM from its first check-in: attestation trusts no other EK.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProvisioningRecord {
+    pub device_id: String,
+    /// Hex of the 32 raw ed25519 public-key bytes.
+    pub public_key: String,
+    pub compatible: String,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// The board's serial number or hardware UUID as its firmware reports it, for people.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hardware_id: Option<String>,
+    /// The image version the device ran when the record was made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_version: Option<String>,
+    /// TPM2B_PUBLIC of the TPM's endorsement key, hex.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ek_public: Option<String>,
+    /// The EK certificate (DER) from the TPM's NV, hex, when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ek_certificate: Option<String>,
+}

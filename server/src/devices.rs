@@ -42,16 +42,9 @@ pub struct Device {
     pub ak_trusted_at: Option<i64>,
 }
 
-/// One line of a factory manifest: a device whose key is authorized before it ships.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FactoryEntry {
-    pub device_id: String,
-    pub public_key: String,
-    pub compatible: String,
-    #[serde(default)]
-    pub tags: Vec<String>,
-}
+/// One entry of a factory manifest: a device whose key (and TPM, when the record names
+/// its EK) is authorized before it ships. The device API crate owns the format.
+pub type FactoryEntry = cairn_server_api::ProvisioningRecord;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct HistoryEntry {
@@ -457,6 +450,28 @@ pub async fn import(db: &Db, entries: &[FactoryEntry], actor: &str) -> ApiResult
         parse_public_key(&e.public_key).map_err(|err| {
             ApiError::bad_request("bad-key", format!("device {}: {err}", e.device_id))
         })?;
+        for (what, value, max_bytes) in [
+            ("ek_public", &e.ek_public, 1024),
+            ("ek_certificate", &e.ek_certificate, 4096),
+        ] {
+            if let Some(hex_text) = value {
+                let bytes = hex::decode(hex_text).map_err(|err| {
+                    ApiError::bad_request("bad-ek", format!("device {}: {what}: {err}", e.device_id))
+                })?;
+                if bytes.is_empty() || bytes.len() > max_bytes {
+                    return Err(ApiError::bad_request(
+                        "bad-ek",
+                        format!("device {}: {what} is {} bytes", e.device_id, bytes.len()),
+                    ));
+                }
+            }
+        }
+        if e.ek_certificate.is_some() && e.ek_public.is_none() {
+            return Err(ApiError::bad_request(
+                "bad-ek",
+                format!("device {}: an EK certificate without its ek_public", e.device_id),
+            ));
+        }
     }
     let mut tx = db.pool.begin().await?;
     let now = now_ms();
@@ -464,6 +479,28 @@ pub async fn import(db: &Db, entries: &[FactoryEntry], actor: &str) -> ApiResult
     for e in entries {
         let key = e.public_key.to_ascii_lowercase();
         let tags = join_tags(&e.tags)?;
+        // A device bound to another TPM keeps that binding until an operator resets it.
+        let ek = e.ek_public.as_deref().map(str::to_ascii_lowercase);
+        if let Some(ek) = &ek {
+            let bound: Option<String> =
+                sqlx::query("SELECT ek_public FROM devices WHERE id = $1")
+                    .bind(&e.device_id)
+                    .fetch_optional(&mut *tx)
+                    .await?
+                    .map(|row| row.try_get::<Option<String>, _>("ek_public"))
+                    .transpose()?
+                    .flatten();
+            if bound.is_some_and(|b| b.to_ascii_lowercase() != *ek) {
+                summary.refused.push(RefusedEntry {
+                    device_id: e.device_id.clone(),
+                    reason: format!(
+                        "device {} is bound to another TPM (EK); `device reset-tpm` it first",
+                        e.device_id
+                    ),
+                });
+                continue;
+            }
+        }
         sqlx::query(
             "INSERT INTO devices (id, public_key, approval, compatible, tags, created_at) \
              VALUES ($1, $2, $3, $4, $5, $6) \
@@ -486,6 +523,7 @@ pub async fn import(db: &Db, entries: &[FactoryEntry], actor: &str) -> ApiResult
         let (held, approval): (String, String) =
             (row.try_get("public_key")?, row.try_get("approval")?);
         if held == key && approval == APPROVED {
+            bind_ek(&mut tx, e).await?;
             summary.imported += 1;
             continue;
         }
@@ -531,6 +569,7 @@ pub async fn import(db: &Db, entries: &[FactoryEntry], actor: &str) -> ApiResult
             "factory import replaced a {approval} enrollment under another key ({held}) with the manifest's key"
         );
         audit::record(&mut tx, actor, "import-replaced", &e.device_id, &detail).await?;
+        bind_ek(&mut tx, e).await?;
         summary.imported += 1;
         summary.replaced.push(e.device_id.clone());
     }
@@ -538,13 +577,42 @@ pub async fn import(db: &Db, entries: &[FactoryEntry], actor: &str) -> ApiResult
     Ok(summary)
 }
 
-/// Parses a factory manifest: a JSON array of entries, or CSV with the header
-/// `device_id,public_key,compatible,tags` (tags separated by `;` or spaces).
+/// Binds an imported device to the EK its record names (checked free or equal before).
+async fn bind_ek(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    e: &FactoryEntry,
+) -> ApiResult<()> {
+    let Some(ek) = e.ek_public.as_deref().map(str::to_ascii_lowercase) else {
+        return Ok(());
+    };
+    let bound = sqlx::query(
+        "UPDATE devices SET ek_public = $1, ek_certificate = $2 \
+         WHERE id = $3 AND (ek_public IS NULL OR LOWER(ek_public) = $1)",
+    )
+    .bind(&ek)
+    .bind(e.ek_certificate.as_deref().map(str::to_ascii_lowercase))
+    .bind(&e.device_id)
+    .execute(&mut **tx)
+    .await?;
+    if bound.rows_affected() == 0 {
+        return Err(ApiError::conflict(
+            "busy",
+            format!("device {}'s TPM binding changed during the import; import again", e.device_id),
+        ));
+    }
+    Ok(())
+}
+
+/// Parses a factory manifest: a JSON array of provisioning records, one record (a file a
+/// device wrote), or CSV with the header `device_id,public_key,compatible,tags` (tags
+/// separated by `;` or spaces).
 pub fn parse_factory_manifest(text: &str) -> ApiResult<Vec<FactoryEntry>> {
-    if text.trim_start().starts_with('[') {
-        return serde_json::from_str(text).map_err(|e| {
-            ApiError::bad_request("bad-manifest", format!("factory manifest JSON: {e}"))
-        });
+    let json_error =
+        |e: serde_json::Error| ApiError::bad_request("bad-manifest", format!("factory manifest JSON: {e}"));
+    match text.trim_start().chars().next() {
+        Some('[') => return serde_json::from_str(text).map_err(json_error),
+        Some('{') => return serde_json::from_str(text).map(|r| vec![r]).map_err(json_error),
+        _ => {}
     }
     let mut reader = csv::ReaderBuilder::new()
         .trim(csv::Trim::All)
@@ -565,6 +633,7 @@ pub fn parse_factory_manifest(text: &str) -> ApiResult<Vec<FactoryEntry>> {
                 .filter(|t| !t.is_empty())
                 .map(str::to_string)
                 .collect(),
+            ..FactoryEntry::default()
         });
     }
     Ok(out)

@@ -102,10 +102,12 @@ enum DeviceCommand {
     Approve {
         id: String,
     },
-    /// Authorize keys from a factory manifest (CSV with header
-    /// device_id,public_key,compatible,tags, or a JSON array).
+    /// Authorize keys (and bind TPMs) from factory manifests: CSV with header
+    /// device_id,public_key,compatible,tags, a JSON array of provisioning records, or one
+    /// record per file as devices write them (provisioning/<id>.json).
     Import {
-        manifest: PathBuf,
+        #[arg(required = true)]
+        manifests: Vec<PathBuf>,
     },
     /// Replace a device's tags.
     Tag {
@@ -258,10 +260,16 @@ async fn device(db: &Db, command: DeviceCommand) -> Result<()> {
             print(&devices::history(db, &id, 50).await?)
         }
         DeviceCommand::Approve { id } => print(&devices::approve(db, &id).await?),
-        DeviceCommand::Import { manifest } => {
-            let text = std::fs::read_to_string(&manifest)
-                .with_context(|| format!("reading {}", manifest.display()))?;
-            let entries = devices::parse_factory_manifest(&text)?;
+        DeviceCommand::Import { manifests } => {
+            let mut entries = Vec::new();
+            for manifest in &manifests {
+                let text = std::fs::read_to_string(manifest)
+                    .with_context(|| format!("reading {}", manifest.display()))?;
+                entries.extend(
+                    devices::parse_factory_manifest(&text)
+                        .with_context(|| format!("{}", manifest.display()))?,
+                );
+            }
             print(&devices::import(db, &entries, &audit::cli_actor()).await?)
         }
         DeviceCommand::Tag { id, tags } => print(&devices::set_tags(db, &id, &tags).await?),

@@ -36,6 +36,8 @@ pub struct SystemConfig {
     #[serde(default)]
     pub clock: crate::clock::ClockConfig,
     #[serde(default)]
+    pub provision: crate::provision::ProvisionConfig,
+    #[serde(default)]
     pub server: Option<ServerConfig>,
     #[serde(default)]
     pub system: SystemPaths,

@@ -210,6 +210,13 @@ fn factory_images(config: &SystemConfig, slot: SlotId) -> SlotImages {
     images
 }
 
+impl Context {
+    /// The version of the image this process runs from, if known.
+    pub fn image_version(&self) -> Option<String> {
+        installed_version(&self.config)
+    }
+}
+
 /// The version of the image this process runs from (`/etc/cairn/version`, written by
 /// the image builder), if known.
 fn installed_version(config: &SystemConfig) -> Option<String> {

@@ -18,6 +18,7 @@ pub mod health;
 pub mod install;
 pub mod logpipe;
 pub mod metrics;
+pub mod provision;
 pub mod reboot;
 pub mod reconcile;
 pub mod slot;

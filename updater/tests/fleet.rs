@@ -16,6 +16,7 @@ use cairn_bundle::TrustRoot;
 use cairn_server::config::TlsFiles;
 use cairn_server::http::Config;
 use cairn_server::local::LocalServer;
+use cairn_server_api::ProvisioningRecord;
 use cairn_testkit::TestCa;
 use cairn_tpm::swtpm::Swtpm;
 use cairn_updater::bootstate::SlotId;
@@ -553,4 +554,97 @@ fn a_bundle_url_off_the_servers_origin_is_refused_and_never_read() {
     );
     assert_eq!(d.boot_state(), boot_before, "nothing was armed");
     assert!(!d.holds(SlotId::B, &v2));
+}
+
+/// A device at the factory bench: its record, printed and written for a USB round trip.
+fn provisioned_device(device_id: &str) -> (Device, Server, DeviceTpm, ProvisioningRecord) {
+    let v1 = Release::new("1.0.0", 0);
+    let d = Device::new(&v1);
+    let server = Server::start(&d.path("etc/cairn/root.json"));
+    d.use_server(&server.url, &server.ca, device_id);
+    let tpm = DeviceTpm::attach(&d);
+    boot_cmdline(&d, SlotId::A, &root_hash(&v1));
+    let out = d.path("boot/provisioning");
+    let printed = d.cairn_ok(&[
+        "provision-record",
+        "--out",
+        out.to_str().unwrap(),
+        "--tag",
+        "line-3",
+    ]);
+    let record: ProvisioningRecord = serde_json::from_str(&printed).unwrap();
+    let written: ProvisioningRecord =
+        serde_json::from_slice(&fs::read(out.join(format!("{device_id}.json"))).unwrap())
+            .unwrap();
+    assert_eq!(written, record);
+    assert_eq!(record.device_id, device_id);
+    assert_eq!(record.tags, ["line-3"]);
+    assert_eq!(record.image_version.as_deref(), Some("1.0.0"));
+    let ek = record.ek_public.clone().expect("the record names the TPM's EK");
+    assert_eq!(
+        hex::decode(&ek).unwrap(),
+        cairn_tpm::Tpm::open(&tpm.tcti()).unwrap().ek_public().unwrap()
+    );
+    (d, server, tpm, record)
+}
+
+#[test]
+fn a_factory_record_imported_on_the_server_approves_the_device_and_binds_its_tpm() {
+    let (d, server, _tpm, record) = provisioned_device("dev-0042");
+    let summary = server.ok(
+        "POST",
+        "/devices/import",
+        Some(serde_json::to_vec(&[&record]).unwrap()),
+    );
+    assert_eq!(summary["imported"], 1, "{summary}");
+    // In the field: approved from the first check-in (no operator step), and the
+    // attestation key is trusted under the imported EK.
+    let _daemon = Daemon(d.spawn_cairnd());
+    wait_for(30, "the AK trusted under the imported EK", || {
+        server.ok("GET", "/devices/dev-0042", None)["device"]["ak_trusted_at"].is_i64()
+    });
+    let device = server.ok("GET", "/devices/dev-0042", None);
+    assert_eq!(device["device"]["approval"], "approved");
+    assert_eq!(device["device"]["tags"], json!(["line-3"]));
+}
+
+#[test]
+fn a_device_whose_tpm_is_not_the_imported_one_is_never_attested() {
+    let (d, server, mut tpm, record) = provisioned_device("dev-0043");
+    server.ok(
+        "POST",
+        "/devices/import",
+        Some(serde_json::to_vec(&[&record]).unwrap()),
+    );
+    // The TPM was swapped between the bench and the field: another EK.
+    fs::remove_dir_all(d.path("tpm")).unwrap();
+    fs::create_dir_all(d.path("tpm")).unwrap();
+    tpm.power_on(&d);
+    let other_ek = hex::encode(
+        cairn_tpm::Tpm::open(&tpm.tcti()).unwrap().ek_public().unwrap(),
+    );
+    assert_ne!(Some(&other_ek), record.ek_public.as_ref());
+    let daemon = Daemon(d.spawn_cairnd());
+    wait_for(30, "the refused TPM enrollment", || {
+        d.cairnd_log().contains("ek-changed")
+    });
+    drop(daemon);
+    let device = server.ok("GET", "/devices/dev-0043", None);
+    assert!(device["device"]["ak_trusted_at"].is_null(), "{device:#}");
+    // A manifest that would move the binding to another TPM is refused for that entry.
+    let mut other = record.clone();
+    other.ek_public = Some(other_ek);
+    let summary = server.ok(
+        "POST",
+        "/devices/import",
+        Some(serde_json::to_vec(&[&other]).unwrap()),
+    );
+    assert_eq!(summary["imported"], 0, "{summary}");
+    assert!(
+        summary["refused"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("bound to another TPM"),
+        "{summary}"
+    );
 }

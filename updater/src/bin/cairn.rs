@@ -9,7 +9,7 @@ use anyhow::{bail, Context as _, Result};
 use cairn_updater::context::Context;
 use cairn_updater::install::{self, InstallRequest, Progress};
 use cairn_updater::trial::{self, Verdict};
-use cairn_updater::{config, health, logpipe, reboot, status};
+use cairn_updater::{config, health, logpipe, provision, reboot, status};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -58,6 +58,14 @@ enum Command {
     },
     /// Reboot now (for the on-request reboot policy).
     Reboot,
+    /// Print this device's provisioning record (identity, TPM EK, hardware id) as JSON, the
+    /// form `cairn-server device import` takes; with --out, also write DIR/<id>.json.
+    ProvisionRecord {
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[arg(long = "tag")]
+        tags: Vec<String>,
+    },
     /// Append stdin to FILE, rotating it at --max-bytes and keeping --keep old copies
     /// (the image's services log through this; a full disk drops output, never blocks).
     LogTo {
@@ -135,6 +143,13 @@ fn main() -> Result<()> {
         Command::History { json } => history(&ctx, json)?,
         Command::Reboot => reboot::reboot(&ctx.config.reboot).map_err(anyhow::Error::msg)?,
         Command::LogTo { .. } => unreachable!("handled before loading the config"),
+        Command::ProvisionRecord { out, tags } => {
+            let record = provision::record(&ctx, &tags)?;
+            if let Some(dir) = out {
+                provision::write(&record, &dir)?;
+            }
+            println!("{}", serde_json::to_string_pretty(&record)?);
+        }
     }
     Ok(())
 }

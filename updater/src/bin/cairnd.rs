@@ -46,6 +46,7 @@ fn main() -> Result<()> {
     // clock battery starts in 1970.
     ctx.clock().enforce_floor();
     measure_boot(&ctx);
+    cairn_updater::provision::on_start(&ctx);
     let verdict = {
         let _lock = ctx.lock_install()?;
         trial::on_boot(&mut ctx)?

@@ -139,12 +139,17 @@ pub fn decide(
     })
 }
 
-/// Builds the client from the config: identity file (made on first use) and server URL.
-pub fn client(ctx: &Context, server: &ServerConfig) -> Result<ServerClient, FleetError> {
-    let path = server
+/// Where the device's identity lives: `[server] identity`, else `<data_dir>/identity.json`.
+pub fn identity_path(ctx: &Context, server: &ServerConfig) -> PathBuf {
+    server
         .identity
         .clone()
-        .unwrap_or_else(|| ctx.config.data_dir.join("identity.json"));
+        .unwrap_or_else(|| ctx.config.data_dir.join("identity.json"))
+}
+
+/// Builds the client from the config: identity file (made on first use) and server URL.
+pub fn client(ctx: &Context, server: &ServerConfig) -> Result<ServerClient, FleetError> {
+    let path = identity_path(ctx, server);
     let identity = DeviceIdentity::load_or_create(&path, server.device_id.as_deref())
         .map_err(|e| FleetError::Identity(e.to_string()))?;
     Ok(ServerClient::new(

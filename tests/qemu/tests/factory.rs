@@ -1,0 +1,84 @@
+//! Factory to field, as an integrator runs it: flash the image onto a card, boot it once in
+//! factory mode, import the provisioning record it printed on a real cairn-server, and
+//! the device is approved from its first check-in with its TPM bound, no operator step.
+
+use anyhow::{ensure, Context, Result};
+use cairn_image::bmap::Bmap;
+use cairn_server_api::ProvisioningRecord;
+use qemu_tests::disk::TestDisk;
+use qemu_tests::fleet::Fleet;
+use qemu_tests::vm::Vm;
+use qemu_tests::{image, record_time, serial, BOOT_TIMEOUT};
+
+#[test]
+fn a_flashed_device_in_factory_mode_is_imported_and_enrolls_approved_with_its_ek() -> Result<()> {
+    let build = image()?;
+    let _lock = serial();
+    let scratch = tempfile::tempdir()?;
+    let started = std::time::Instant::now();
+
+    // The bench: `cairn-image flash` onto a 2 GiB card, and the factory-mode marker on
+    // its boot partition.
+    let image_path = build.layout.disk();
+    let bmap = Bmap::parse(&std::fs::read_to_string(format!(
+        "{}.bmap",
+        image_path.display()
+    ))?)?;
+    let card = scratch.path().join("card.img");
+    std::fs::File::create(&card)?.set_len(2 << 30)?;
+    cairn_image::flash::flash(&image_path, &bmap, &card, &mut |_, _, _| {})?;
+    let disk = TestDisk::at(&card, &build.profile)?;
+    disk.put_boot_file("cairn-factory", b"", scratch.path())?;
+
+    let tls = build
+        .dev_tls()?
+        .context("the QEMU profile names a fleet server")?;
+    let fleet = Fleet::start(
+        &build.layout.dev_keys().join("root.json"),
+        &tls,
+        scratch.path(),
+    )?;
+    let mut vm = Vm::start("factory", &card, scratch.path())?;
+    vm.wait_for("cairn-provisioning: {", BOOT_TIMEOUT * 2)?;
+    let console = vm.console();
+    let line = console
+        .lines()
+        .find_map(|l| l.split_once("cairn-provisioning: ").map(|(_, json)| json))
+        .context("no provisioning record on the console")?;
+    let record: ProvisioningRecord = serde_json::from_str(line.trim())
+        .with_context(|| format!("provisioning record {line:?}"))?;
+    ensure!(record.ek_public.is_some(), "no EK in {record:?}");
+    ensure!(
+        record.image_version.as_deref() == Some(build.profile.version.as_str()),
+        "{record:?}"
+    );
+
+    // The operator imports the record; nobody approves anything.
+    let summary = fleet.post("/devices/import", Some(serde_json::to_vec(&[&record])?))?;
+    ensure!(summary["imported"] == 1, "{summary}");
+    let deadline = std::time::Instant::now() + BOOT_TIMEOUT * 2;
+    loop {
+        let device = fleet.device(&record.device_id)?;
+        if device["device"]["ak_trusted_at"].is_i64() {
+            ensure!(device["device"]["approval"] == "approved", "{device}");
+            break;
+        }
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "the device's attestation key was never trusted under the imported EK: {device}"
+        );
+        std::thread::sleep(std::time::Duration::from_secs(1));
+    }
+    vm.stop();
+
+    // The same record is on the boot partition, for a line without network.
+    let written: ProvisioningRecord = serde_json::from_slice(
+        &disk.boot_file(&format!("provisioning/{}.json", record.device_id))?,
+    )?;
+    ensure!(written == record, "{written:?} != {record:?}");
+    record_time(
+        "factory: flash, factory-mode record, import, approved with its EK",
+        started.elapsed(),
+    );
+    Ok(())
+}
