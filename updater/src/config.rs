@@ -38,6 +38,8 @@ pub struct SystemConfig {
     #[serde(default)]
     pub provision: crate::provision::ProvisionConfig,
     #[serde(default)]
+    pub watchdog: crate::watchdog::WatchdogConfig,
+    #[serde(default)]
     pub server: Option<ServerConfig>,
     #[serde(default)]
     pub system: SystemPaths,

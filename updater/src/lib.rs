@@ -26,3 +26,4 @@ pub mod state;
 pub mod status;
 pub mod transport;
 pub mod trial;
+pub mod watchdog;

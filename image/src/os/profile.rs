@@ -37,6 +37,10 @@ pub struct Profile {
     /// Where the device gets the time (besides the fleet server's `Date`).
     #[serde(default)]
     pub clock: Option<Clock>,
+    /// The board's watchdog (`/dev/watchdog`; its driver in `kernel.initramfs_modules`):
+    /// armed by the initramfs, fed by cairnd.
+    #[serde(default)]
+    pub watchdog: Option<Watchdog>,
     /// The TPM cairnd measures the boot into and attests with; the rootfs must then
     /// carry Debian's libtss2 (esys, tctildr, tcti-device).
     #[serde(default)]
@@ -48,6 +52,13 @@ pub struct Profile {
 pub struct Tpm {
     /// TSS2 TCTI, e.g. `device:/dev/tpmrm0`.
     pub tcti: String,
+}
+
+/// `[watchdog]`: how long the board may go unfed before it resets.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Watchdog {
+    pub timeout_secs: u32,
 }
 
 /// `[clock]`: NTP servers for busybox `ntpd -q` (cairnd's clock floor is the slot epoch).

@@ -284,6 +284,12 @@ fn system_toml(profile: &Profile) -> String {
                 .unwrap_or_default()
         )
     ));
+    if let Some(watchdog) = &profile.watchdog {
+        text.push_str(&format!(
+            "\n[watchdog]\ndevice = \"/dev/watchdog\"\ntimeout_secs = {}\n",
+            watchdog.timeout_secs
+        ));
+    }
     if let Some(server) = &profile.server {
         text.push_str(&format!(
             "\n[server]\nurl = \"{}\"\npoll_secs = {}\n",

@@ -2,6 +2,8 @@
 //! and a real cairn-server. Each boots a fresh copy of the v1 disk; the images and the
 //! v2 bundle are built once per run.
 
+use std::time::Duration;
+
 use anyhow::{ensure, Result};
 use qemu_tests::update_loop::{CampaignEnd, Rig, COMMAND_TIMEOUT};
 use qemu_tests::{disk::TestDisk, fleet, image, record_time, serial, BOOT_TIMEOUT};
@@ -257,6 +259,47 @@ fn a_release_failing_its_health_check_rolls_back_and_stops_the_campaign() -> Res
     );
     record_time(
         "health check fails: rollback, report, campaign paused, no retry",
+        rig.started.elapsed(),
+    );
+    Ok(())
+}
+
+#[test]
+fn a_trial_that_hangs_is_reset_by_the_watchdog_then_tried_again_and_decided() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let _lock = serial();
+    let v3 = fleet::image_of("qemu-arm64-v3.toml")?;
+    let mut rig = Rig::boot_v1(dir.path(), "update-watchdog", false, &mut say)?;
+    let bundle = fleet::bundle(v3, image()?, &dir.path().join("v3.cairn"))?;
+    let release = rig.add_release(&bundle)?;
+    rig.fleet
+        .start_campaign("rollout-hang", &release, &image()?.profile.compatible)?;
+    rig.vm.wait_for("cairn: slot B chosen", BOOT_TIMEOUT * 4)?;
+    rig.vm.wait_for_shell(BOOT_TIMEOUT)?;
+    // v3's failing check takes 20 s to fail: freeze cairnd during it, a hung userspace.
+    rig.vm.send("kill -STOP $(pidof cairnd)")?;
+    say("cairnd frozen during the trial's health checks: nothing feeds the watchdog");
+    rig.vm
+        .wait_for("cairn: slot A chosen", BOOT_TIMEOUT + Duration::from_secs(40))?;
+    ensure!(
+        rig.vm.console().contains("softdog"),
+        "the board reset without the watchdog saying so"
+    );
+    // No verdict was reached: cairnd on A arms the same trial again, which now fails its
+    // check for real and is declined.
+    say("reset by the watchdog; waiting for the second trial boot of B");
+    rig.vm.wait_for("cairn: slot B chosen", BOOT_TIMEOUT * 2)?;
+    let end = rig.follow("rollout-hang", &mut say)?;
+    ensure!(end.failed == 1 && end.succeeded == 0, "{end:?}");
+    rig.vm.wait_for("cairn: slot A chosen", BOOT_TIMEOUT * 2)?;
+    rig.vm.wait_for_shell(BOOT_TIMEOUT)?;
+    let history = rig.vm.check("cairn history", COMMAND_TIMEOUT)?;
+    ensure!(
+        history.contains("trial-retry") && history.contains("rolled-back"),
+        "{history}"
+    );
+    record_time(
+        "trial hangs: watchdog reset, retried, declined on its verdict",
         rig.started.elapsed(),
     );
     Ok(())

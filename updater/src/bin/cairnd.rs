@@ -42,6 +42,8 @@ fn main() -> Result<()> {
     }
     let mut ctx = Context::open(&args.config)
         .with_context(|| format!("loading {}", args.config.display()))?;
+    // First: the initramfs armed the watchdog and nothing feeds it until now.
+    cairn_updater::watchdog::start(&ctx.config.watchdog);
     // Before anything checks a certificate or a signature's expiry: a board without a
     // clock battery starts in 1970.
     ctx.clock().enforce_floor();
