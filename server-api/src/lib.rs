@@ -15,8 +15,8 @@ pub use auth::{
 pub use types::{
     Assignment, AttestationEvidence, AttestationRequest, AttestationResult, CheckIn,
     CheckInResponse, DeploymentState, EnrollResponse, EnrollStatus, ErrorBody, InstalledImage,
-    ProvisioningRecord, Report, ReportAck, ReportedState, Slot, TpmActivation, TpmChallenge, TpmEnrollRequest,
-    TpmEnrollStatus,
+    ProvisioningRecord, Report, ReportAck, ReportedState, Slot, TpmActivation, TpmChallenge,
+    TpmEnrollRequest, TpmEnrollStatus,
 };
 
 /// Paths of the device API, relative to the server's base URL.

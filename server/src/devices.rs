@@ -456,7 +456,10 @@ pub async fn import(db: &Db, entries: &[FactoryEntry], actor: &str) -> ApiResult
         ] {
             if let Some(hex_text) = value {
                 let bytes = hex::decode(hex_text).map_err(|err| {
-                    ApiError::bad_request("bad-ek", format!("device {}: {what}: {err}", e.device_id))
+                    ApiError::bad_request(
+                        "bad-ek",
+                        format!("device {}: {what}: {err}", e.device_id),
+                    )
                 })?;
                 if bytes.is_empty() || bytes.len() > max_bytes {
                     return Err(ApiError::bad_request(
@@ -469,7 +472,10 @@ pub async fn import(db: &Db, entries: &[FactoryEntry], actor: &str) -> ApiResult
         if e.ek_certificate.is_some() && e.ek_public.is_none() {
             return Err(ApiError::bad_request(
                 "bad-ek",
-                format!("device {}: an EK certificate without its ek_public", e.device_id),
+                format!(
+                    "device {}: an EK certificate without its ek_public",
+                    e.device_id
+                ),
             ));
         }
     }
@@ -482,14 +488,13 @@ pub async fn import(db: &Db, entries: &[FactoryEntry], actor: &str) -> ApiResult
         // A device bound to another TPM keeps that binding until an operator resets it.
         let ek = e.ek_public.as_deref().map(str::to_ascii_lowercase);
         if let Some(ek) = &ek {
-            let bound: Option<String> =
-                sqlx::query("SELECT ek_public FROM devices WHERE id = $1")
-                    .bind(&e.device_id)
-                    .fetch_optional(&mut *tx)
-                    .await?
-                    .map(|row| row.try_get::<Option<String>, _>("ek_public"))
-                    .transpose()?
-                    .flatten();
+            let bound: Option<String> = sqlx::query("SELECT ek_public FROM devices WHERE id = $1")
+                .bind(&e.device_id)
+                .fetch_optional(&mut *tx)
+                .await?
+                .map(|row| row.try_get::<Option<String>, _>("ek_public"))
+                .transpose()?
+                .flatten();
             if bound.is_some_and(|b| b.to_ascii_lowercase() != *ek) {
                 summary.refused.push(RefusedEntry {
                     device_id: e.device_id.clone(),
@@ -578,10 +583,7 @@ pub async fn import(db: &Db, entries: &[FactoryEntry], actor: &str) -> ApiResult
 }
 
 /// Binds an imported device to the EK its record names (checked free or equal before).
-async fn bind_ek(
-    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
-    e: &FactoryEntry,
-) -> ApiResult<()> {
+async fn bind_ek(tx: &mut sqlx::Transaction<'_, sqlx::Any>, e: &FactoryEntry) -> ApiResult<()> {
     let Some(ek) = e.ek_public.as_deref().map(str::to_ascii_lowercase) else {
         return Ok(());
     };
@@ -597,7 +599,10 @@ async fn bind_ek(
     if bound.rows_affected() == 0 {
         return Err(ApiError::conflict(
             "busy",
-            format!("device {}'s TPM binding changed during the import; import again", e.device_id),
+            format!(
+                "device {}'s TPM binding changed during the import; import again",
+                e.device_id
+            ),
         ));
     }
     Ok(())
@@ -607,11 +612,16 @@ async fn bind_ek(
 /// device wrote), or CSV with the header `device_id,public_key,compatible,tags` (tags
 /// separated by `;` or spaces).
 pub fn parse_factory_manifest(text: &str) -> ApiResult<Vec<FactoryEntry>> {
-    let json_error =
-        |e: serde_json::Error| ApiError::bad_request("bad-manifest", format!("factory manifest JSON: {e}"));
+    let json_error = |e: serde_json::Error| {
+        ApiError::bad_request("bad-manifest", format!("factory manifest JSON: {e}"))
+    };
     match text.trim_start().chars().next() {
         Some('[') => return serde_json::from_str(text).map_err(json_error),
-        Some('{') => return serde_json::from_str(text).map(|r| vec![r]).map_err(json_error),
+        Some('{') => {
+            return serde_json::from_str(text)
+                .map(|r| vec![r])
+                .map_err(json_error)
+        }
         _ => {}
     }
     let mut reader = csv::ReaderBuilder::new()
@@ -773,6 +783,20 @@ mod tests {
         assert_eq!(from_csv, parse_factory_manifest(&json).unwrap());
         assert_eq!(from_csv[0].tags, ["eu", "shop"]);
         assert!(from_csv[1].tags.is_empty());
+    }
+
+    #[test]
+    fn a_device_written_record_is_a_manifest_of_one() {
+        let record = format!(
+            r#"{{"device_id":"dev-9","public_key":"{KEY}","compatible":"cairn-x",
+                "hardware_id":"QEMU-1","image_version":"0.1.0","ek_public":"0a0b"}}"#
+        );
+        let entries = parse_factory_manifest(&record).unwrap();
+        assert_eq!(entries.len(), 1);
+        assert_eq!(entries[0].ek_public.as_deref(), Some("0a0b"));
+        // A field nobody defined is refused, not ignored.
+        let typo = record.replace("ek_public", "ek_pubic");
+        assert!(parse_factory_manifest(&typo).is_err());
     }
 
     #[test]

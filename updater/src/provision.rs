@@ -119,6 +119,10 @@ fn hardware_id() -> Option<String> {
     ]
     .iter()
     .filter_map(|path| fs::read(path).ok())
-    .map(|bytes| String::from_utf8_lossy(&bytes).trim_matches(['\0', ' ', '\n']).to_string())
+    .map(|bytes| {
+        String::from_utf8_lossy(&bytes)
+            .trim_matches(['\0', ' ', '\n'])
+            .to_string()
+    })
     .find(|id| !id.is_empty())
 }

@@ -37,7 +37,6 @@ impl Default for WatchdogConfig {
     }
 }
 
-
 /// Opens the configured watchdog, sets its timeout and feeds it from a thread for as long
 /// as the process lives. Errors are logged: a device without its watchdog still updates.
 pub fn start(config: &WatchdogConfig) {
@@ -82,7 +81,10 @@ fn set_timeout(file: &File, wanted: u32) -> u32 {
     if rc == 0 && timeout > 0 {
         timeout as u32
     } else {
-        tracing::warn!("watchdog timeout not set ({}); assuming {wanted} s", std::io::Error::last_os_error());
+        tracing::warn!(
+            "watchdog timeout not set ({}); assuming {wanted} s",
+            std::io::Error::last_os_error()
+        );
         wanted
     }
 }

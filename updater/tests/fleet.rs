@@ -574,16 +574,21 @@ fn provisioned_device(device_id: &str) -> (Device, Server, DeviceTpm, Provisioni
     ]);
     let record: ProvisioningRecord = serde_json::from_str(&printed).unwrap();
     let written: ProvisioningRecord =
-        serde_json::from_slice(&fs::read(out.join(format!("{device_id}.json"))).unwrap())
-            .unwrap();
+        serde_json::from_slice(&fs::read(out.join(format!("{device_id}.json"))).unwrap()).unwrap();
     assert_eq!(written, record);
     assert_eq!(record.device_id, device_id);
     assert_eq!(record.tags, ["line-3"]);
     assert_eq!(record.image_version.as_deref(), Some("1.0.0"));
-    let ek = record.ek_public.clone().expect("the record names the TPM's EK");
+    let ek = record
+        .ek_public
+        .clone()
+        .expect("the record names the TPM's EK");
     assert_eq!(
         hex::decode(&ek).unwrap(),
-        cairn_tpm::Tpm::open(&tpm.tcti()).unwrap().ek_public().unwrap()
+        cairn_tpm::Tpm::open(&tpm.tcti())
+            .unwrap()
+            .ek_public()
+            .unwrap()
     );
     (d, server, tpm, record)
 }
@@ -621,7 +626,10 @@ fn a_device_whose_tpm_is_not_the_imported_one_is_never_attested() {
     fs::create_dir_all(d.path("tpm")).unwrap();
     tpm.power_on(&d);
     let other_ek = hex::encode(
-        cairn_tpm::Tpm::open(&tpm.tcti()).unwrap().ek_public().unwrap(),
+        cairn_tpm::Tpm::open(&tpm.tcti())
+            .unwrap()
+            .ek_public()
+            .unwrap(),
     );
     assert_ne!(Some(&other_ek), record.ek_public.as_ref());
     let daemon = Daemon(d.spawn_cairnd());

@@ -279,8 +279,10 @@ fn a_trial_that_hangs_is_reset_by_the_watchdog_then_tried_again_and_decided() ->
     // v3's failing check takes 20 s to fail: freeze cairnd during it, a hung userspace.
     rig.vm.send("kill -STOP $(pidof cairnd)")?;
     say("cairnd frozen during the trial's health checks: nothing feeds the watchdog");
-    rig.vm
-        .wait_for("cairn: slot A chosen", BOOT_TIMEOUT + Duration::from_secs(40))?;
+    rig.vm.wait_for(
+        "cairn: slot A chosen",
+        BOOT_TIMEOUT + Duration::from_secs(40),
+    )?;
     ensure!(
         rig.vm.console().contains("softdog"),
         "the board reset without the watchdog saying so"
