@@ -62,10 +62,7 @@ pub fn reconcile(
                 state.install_armed_unsaved(now, slot, &version, security_version, &boot_id);
             } else if armed {
                 state.install_armed_unsaved(now, slot, &version, security_version, &boot_id);
-                let reason = format!(
-                    "slot {slot} did not boot; the bootloader fell back to slot {}",
-                    facts.slot
-                );
+                let reason = did_not_boot(slot, facts);
                 no_verdict(
                     &mut state,
                     &mut new_boot,
@@ -93,10 +90,7 @@ pub fn reconcile(
             next = Next::CheckTrial(slot);
         }
         Phase::InstalledPending { slot, .. } => {
-            let reason = format!(
-                "slot {slot} did not boot; the bootloader fell back to slot {}",
-                facts.slot
-            );
+            let reason = did_not_boot(slot, facts);
             no_verdict(
                 &mut state,
                 &mut new_boot,
@@ -145,6 +139,14 @@ pub fn reconcile(
         committed_roots,
         next,
     }
+}
+
+/// Why a trial armed for `slot` ended before cairnd ran in it.
+fn did_not_boot(slot: SlotId, facts: &BootFacts) -> String {
+    format!(
+        "slot {slot} did not boot; the bootloader fell back to slot {}",
+        facts.slot
+    )
 }
 
 /// The bootloader fell back from a trial that reached no verdict: try it again while

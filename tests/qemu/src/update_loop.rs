@@ -226,6 +226,19 @@ impl Rig {
         }
     }
 
+    /// After a campaign of v2 succeeded: the shell of the boot into B, and `cairn status`
+    /// once it shows v2 committed there (booted and committed both B).
+    pub fn wait_for_v2_committed(&mut self) -> Result<Value> {
+        self.vm.wait_for_shell(BOOT_TIMEOUT)?;
+        let status = self.wait_for_status("the commit of 0.2.0", |s| {
+            s["phase"]["phase"] == "committed" && s["slots"]["B"]["version"] == "0.2.0"
+        })?;
+        if status["booted"] != "B" || status["committed"] != "B" {
+            bail!("v2 committed, but not booted and committed in B: {status}");
+        }
+        Ok(status)
+    }
+
     /// `cairn status --json` on the device's console.
     pub fn status(&mut self) -> Result<Value> {
         let text = self.vm.check("cairn status --json", COMMAND_TIMEOUT)?;

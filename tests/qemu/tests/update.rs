@@ -80,11 +80,7 @@ fn a_device_whose_clock_starts_in_1970_enrolls_and_installs_an_update_signed_tod
     let end = rig.roll_out("rollout-clock", &mut say)?;
     ensure!(end.succeeded == 1 && end.failed == 0, "{end:?}");
     rig.vm.wait_for("cairn: slot B chosen", BOOT_TIMEOUT)?;
-    rig.vm.wait_for_shell(BOOT_TIMEOUT)?;
-    let status = rig.wait_for_status("the commit of 0.2.0", |s| {
-        s["phase"]["phase"] == "committed" && s["slots"]["B"]["version"] == "0.2.0"
-    })?;
-    ensure!(status["booted"] == "B", "{status}");
+    rig.wait_for_v2_committed()?;
     let year: i32 = rig
         .vm
         .check("date -u +%Y", COMMAND_TIMEOUT)?
@@ -127,11 +123,7 @@ fn a_data_partition_filled_to_the_brim_does_not_stop_an_update() -> Result<()> {
     let end = rig.roll_out("rollout-data-full", &mut say)?;
     ensure!(end.succeeded == 1 && end.failed == 0, "{end:?}");
     rig.vm.wait_for("cairn: slot B chosen", BOOT_TIMEOUT)?;
-    rig.vm.wait_for_shell(BOOT_TIMEOUT)?;
-    let status = rig.wait_for_status("the commit of 0.2.0", |s| {
-        s["phase"]["phase"] == "committed" && s["slots"]["B"]["version"] == "0.2.0"
-    })?;
-    ensure!(status["booted"] == "B", "{status}");
+    rig.wait_for_v2_committed()?;
     record_time(
         "data partition full: v2 still installs, trial, commit",
         rig.started.elapsed(),
@@ -385,11 +377,7 @@ fn power_cuts_during_download_and_write_always_boot_and_the_update_completes() -
     if !rig.vm.console().contains("cairn: slot B chosen") {
         rig.vm.wait_for("cairn: slot B chosen", BOOT_TIMEOUT)?;
     }
-    rig.vm.wait_for_shell(BOOT_TIMEOUT)?;
-    let status = rig.wait_for_status("the commit of 0.2.0", |s| {
-        s["phase"]["phase"] == "committed" && s["slots"]["B"]["version"] == "0.2.0"
-    })?;
-    ensure!(status["committed"] == "B", "{status}");
+    rig.wait_for_v2_committed()?;
     record_time(
         "10 power cuts during download and slot write, then committed",
         rig.started.elapsed(),
@@ -428,14 +416,7 @@ fn power_cuts_after_the_switch_and_during_the_trial_checks_are_retried_and_the_u
     rig.vm.wait_for("cairn: slot B chosen", BOOT_TIMEOUT * 2)?;
     let end = rig.follow("rollout-trial-cuts", &mut say)?;
     ensure!(end.succeeded == 1 && end.failed == 0, "{end:?}");
-    rig.vm.wait_for_shell(BOOT_TIMEOUT)?;
-    let status = rig.wait_for_status("the commit of 0.2.0", |s| {
-        s["phase"]["phase"] == "committed" && s["slots"]["B"]["version"] == "0.2.0"
-    })?;
-    ensure!(
-        status["booted"] == "B" && status["committed"] == "B",
-        "{status}"
-    );
+    rig.wait_for_v2_committed()?;
     let history = rig.vm.check("cairn history", COMMAND_TIMEOUT)?;
     ensure!(history.contains("trial-retry"), "{history}");
     record_time(
