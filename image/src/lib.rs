@@ -6,4 +6,5 @@
 pub mod bmap;
 pub mod flash;
 pub mod os;
+pub mod provision;
 pub mod tls;

@@ -4,6 +4,7 @@ mod bundle_cmd;
 mod flash_cmd;
 mod keys_cmd;
 mod os_cmd;
+mod provision_cmd;
 
 use clap::{Parser, Subcommand};
 
@@ -40,6 +41,9 @@ enum Command {
     Build(os_cmd::BuildArgs),
     /// Write a disk image to a card, disk or file using its .bmap, then read it back.
     Flash(flash_cmd::FlashArgs),
+    /// Make device identities offline, in copies of an image's data partition or in a
+    /// flashed card, with the manifest `cairn-server device import` takes.
+    Provision(provision_cmd::ProvisionArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -53,5 +57,6 @@ fn main() -> anyhow::Result<()> {
         Command::Disk(args) => os_cmd::disk(args),
         Command::Build(args) => os_cmd::build(args),
         Command::Flash(args) => flash_cmd::flash(args),
+        Command::Provision(args) => provision_cmd::provision(args),
     }
 }

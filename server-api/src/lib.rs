@@ -5,6 +5,7 @@
 //! and only needs the types and the signing rules to match the server.
 
 mod auth;
+mod identity;
 mod types;
 
 pub use auth::{
@@ -12,6 +13,7 @@ pub use auth::{
     RotateKeyRequest, RotateKeyResponse, SignError, TokenRequest, TokenResponse, ENROLL_CONTEXT,
     ROTATE_KEY_CONTEXT, TOKEN_CONTEXT,
 };
+pub use identity::{DeviceIdentity, IdentityFormatError};
 pub use types::{
     Assignment, AttestationEvidence, AttestationRequest, AttestationResult, CheckIn,
     CheckInResponse, DeploymentState, EnrollResponse, EnrollStatus, ErrorBody, InstalledImage,

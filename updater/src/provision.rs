@@ -13,7 +13,6 @@ use cairn_server_api::ProvisioningRecord;
 use serde::Deserialize;
 
 use crate::context::Context;
-use crate::fleet::DeviceIdentity;
 
 /// `[provision]` in system.toml.
 #[derive(Debug, Clone, Deserialize)]
@@ -55,7 +54,7 @@ pub enum ProvisionError {
 pub fn record(ctx: &Context, tags: &[String]) -> Result<ProvisioningRecord, ProvisionError> {
     let server = ctx.config.server.as_ref().ok_or(ProvisionError::NoServer)?;
     let path = crate::fleet::identity_path(ctx, server);
-    let identity = DeviceIdentity::load_or_create(&path, server.device_id.as_deref())
+    let identity = crate::fleet::load_identity(&path, server.device_id.as_deref())
         .map_err(|e| ProvisionError::Identity(e.to_string()))?;
     let (ek_public, ek_certificate) = match &ctx.config.tpm {
         Some(tpm) => {

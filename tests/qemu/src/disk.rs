@@ -153,27 +153,12 @@ impl TestDisk {
 /// that lost power leaves recent writes in the ext4 journal only: they are replayed on a
 /// copy of the partition (the disk itself stays as the power cut left it).
 pub fn data_file_of(disk: &Path, path: &str) -> Result<Vec<u8>> {
-    let out = Command::new("sfdisk").arg("-J").arg(disk).output()?;
-    if !out.status.success() {
-        bail!(
-            "sfdisk -J {}: {}",
-            disk.display(),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    let table: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-    let data = table["partitiontable"]["partitions"]
-        .as_array()
-        .and_then(|parts| parts.iter().find(|p| p["name"] == "data"))
-        .with_context(|| format!("no partition named data on {}", disk.display()))?;
-    let (Some(start), Some(size)) = (data["start"].as_u64(), data["size"].as_u64()) else {
-        bail!("sfdisk gave no start or size for the data partition");
-    };
+    let (start, size) = cairn_image::provision::partition(disk, "data")?;
     let copy = tempfile::NamedTempFile::new()?;
     let mut from = fs::File::open(disk)?;
-    std::io::Seek::seek(&mut from, std::io::SeekFrom::Start(start * 512))?;
+    std::io::Seek::seek(&mut from, std::io::SeekFrom::Start(start))?;
     std::io::copy(
-        &mut std::io::Read::take(from, size * 512),
+        &mut std::io::Read::take(from, size),
         &mut fs::File::create(copy.path())?,
     )?;
     // Exit status 1 means "journal replayed": fine; the read below says whether it worked.

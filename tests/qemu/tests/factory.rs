@@ -82,3 +82,64 @@ fn a_flashed_device_in_factory_mode_is_imported_and_enrolls_approved_with_its_ek
     );
     Ok(())
 }
+
+#[test]
+fn an_identity_provisioned_offline_is_approved_at_its_first_check_in() -> Result<()> {
+    let build = image()?;
+    let _lock = serial();
+    let scratch = tempfile::tempdir()?;
+    let started = std::time::Instant::now();
+    let card = scratch.path().join("card.img");
+    std::fs::copy(build.layout.disk(), &card)?;
+    // At a bench without network: the identity goes into the flashed card, the record
+    // into the server before the device ever runs.
+    let record = cairn_image::provision::into_target(
+        &card,
+        scratch.path(),
+        &cairn_image::provision::Batch {
+            compatible: &build.profile.compatible,
+            tags: &["offline".to_string()],
+            image_version: Some(&build.profile.version),
+        },
+    )?;
+    let tls = build
+        .dev_tls()?
+        .context("the QEMU profile names a fleet server")?;
+    let fleet = Fleet::start(
+        &build.layout.dev_keys().join("root.json"),
+        &tls,
+        scratch.path(),
+    )?;
+    let summary = fleet.post("/devices/import", Some(serde_json::to_vec(&[&record])?))?;
+    ensure!(summary["imported"] == 1, "{summary}");
+
+    let mut vm = Vm::start("factory-offline", &card, scratch.path())?;
+    vm.wait_for("cairn: system up", BOOT_TIMEOUT)?;
+    let deadline = std::time::Instant::now() + BOOT_TIMEOUT;
+    loop {
+        let device = fleet.device(&record.device_id)?;
+        if device["device"]["last_checkin"].is_i64() {
+            ensure!(device["device"]["approval"] == "approved", "{device}");
+            ensure!(
+                device["device"]["public_key"] == record.public_key.as_str(),
+                "{device}"
+            );
+            break;
+        }
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "the device never checked in under its provisioned identity: {device}"
+        );
+        std::thread::sleep(std::time::Duration::from_secs(1));
+    }
+    ensure!(
+        fleet.pending_devices()?.is_empty(),
+        "the device enrolled under another identity"
+    );
+    vm.stop();
+    record_time(
+        "factory offline: identity in the flashed card, approved at first check-in",
+        started.elapsed(),
+    );
+    Ok(())
+}

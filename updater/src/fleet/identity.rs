@@ -4,9 +4,6 @@
 
 use std::path::{Path, PathBuf};
 
-use ed25519_dalek::SigningKey;
-use serde::{Deserialize, Serialize};
-
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {
     #[error("{path}: {source}")]
@@ -21,80 +18,41 @@ pub enum IdentityError {
     Random(String),
 }
 
-pub struct DeviceIdentity {
-    pub device_id: String,
-    pub key: SigningKey,
-}
+pub use cairn_server_api::DeviceIdentity;
 
-#[derive(Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct IdentityFile {
-    device_id: String,
-    /// The 32-byte ed25519 secret key, hex.
-    secret_key: String,
-}
-
-impl DeviceIdentity {
-    /// Reads the identity at `path`, or creates and saves one (atomically, mode 0600)
-    /// when the file does not exist. `device_id` overrides the derived id of a new key.
-    pub fn load_or_create(
-        path: &Path,
-        device_id: Option<&str>,
-    ) -> Result<DeviceIdentity, IdentityError> {
-        match std::fs::read(path) {
-            Ok(bytes) => Self::parse(path, &bytes),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Self::create(path, device_id),
-            Err(source) => Err(IdentityError::Io {
-                path: path.into(),
-                source,
-            }),
-        }
-    }
-
-    fn parse(path: &Path, bytes: &[u8]) -> Result<DeviceIdentity, IdentityError> {
-        let invalid = |why: String| IdentityError::Invalid {
+/// Reads the identity at `path`, or creates and saves one (atomically, mode 0600) when
+/// the file does not exist. `device_id` overrides the derived id of a new key.
+pub fn load_or_create(
+    path: &Path,
+    device_id: Option<&str>,
+) -> Result<DeviceIdentity, IdentityError> {
+    match std::fs::read(path) {
+        Ok(bytes) => DeviceIdentity::from_json(&bytes).map_err(|e| IdentityError::Invalid {
             path: path.into(),
-            why,
-        };
-        let file: IdentityFile =
-            serde_json::from_slice(bytes).map_err(|e| invalid(e.to_string()))?;
-        let secret: [u8; 32] = hex::decode(&file.secret_key)
-            .ok()
-            .and_then(|b| b.try_into().ok())
-            .ok_or_else(|| invalid("secret_key is not 64 hex digits".into()))?;
-        Ok(DeviceIdentity {
-            device_id: file.device_id,
-            key: SigningKey::from_bytes(&secret),
-        })
-    }
-
-    fn create(path: &Path, device_id: Option<&str>) -> Result<DeviceIdentity, IdentityError> {
-        let mut secret = [0u8; 32];
-        getrandom::getrandom(&mut secret).map_err(|e| IdentityError::Random(e.to_string()))?;
-        let key = SigningKey::from_bytes(&secret);
-        let device_id = device_id.map(str::to_string).unwrap_or_else(|| {
-            format!("dev-{}", &hex::encode(key.verifying_key().as_bytes())[..16])
-        });
-        let file = IdentityFile {
-            device_id: device_id.clone(),
-            secret_key: hex::encode(secret),
-        };
-        let io = |source| IdentityError::Io {
+            why: e.to_string(),
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => create(path, device_id),
+        Err(source) => Err(IdentityError::Io {
             path: path.into(),
             source,
-        };
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(io)?;
-        }
-        let json = serde_json::to_vec_pretty(&file).expect("identity serialises");
-        cairn_atomic::write_private(path, &json).map_err(io)?;
-        tracing::info!(%device_id, path = %path.display(), "created a device identity");
-        Ok(DeviceIdentity { device_id, key })
+        }),
     }
+}
 
-    pub fn public_key_hex(&self) -> String {
-        hex::encode(self.key.verifying_key().as_bytes())
+fn create(path: &Path, device_id: Option<&str>) -> Result<DeviceIdentity, IdentityError> {
+    let mut secret = [0u8; 32];
+    getrandom::getrandom(&mut secret).map_err(|e| IdentityError::Random(e.to_string()))?;
+    let identity = DeviceIdentity::from_secret(secret, device_id);
+    let io = |source| IdentityError::Io {
+        path: path.into(),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(io)?;
     }
+    cairn_atomic::write_private(path, &identity.to_json()).map_err(io)?;
+    tracing::info!(device_id = %identity.device_id, path = %path.display(), "created a device identity");
+    Ok(identity)
 }
 
 #[cfg(test)]
@@ -105,12 +63,12 @@ mod tests {
     fn a_new_identity_is_saved_and_read_back() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("id/identity.json");
-        let made = DeviceIdentity::load_or_create(&path, None).unwrap();
+        let made = load_or_create(&path, None).unwrap();
         assert!(made.device_id.starts_with("dev-") && made.device_id.len() == 20);
         let mode = std::fs::metadata(&path).unwrap().permissions();
         use std::os::unix::fs::PermissionsExt as _;
         assert_eq!(mode.mode() & 0o777, 0o600);
-        let again = DeviceIdentity::load_or_create(&path, Some("ignored")).unwrap();
+        let again = load_or_create(&path, Some("ignored")).unwrap();
         assert_eq!(again.device_id, made.device_id);
         assert_eq!(again.public_key_hex(), made.public_key_hex());
     }
@@ -120,7 +78,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("identity.json");
         std::fs::write(&path, br#"{"device_id":"d","secret_key":"abcd"}"#).unwrap();
-        let err = DeviceIdentity::load_or_create(&path, None).err().unwrap();
+        let err = load_or_create(&path, None).err().unwrap();
         assert!(err.to_string().contains("not 64 hex digits"), "{err}");
     }
 }

@@ -27,7 +27,7 @@ use crate::state::{DeviceState, Phase, ReportStatus};
 use crate::transport::Transport;
 
 pub use client::{FleetError, ServerClient};
-pub use identity::DeviceIdentity;
+pub use identity::{load_or_create as load_identity, DeviceIdentity};
 
 /// `[server]` in system.toml.
 #[derive(Debug, Clone, Deserialize)]
@@ -150,7 +150,7 @@ pub fn identity_path(ctx: &Context, server: &ServerConfig) -> PathBuf {
 /// Builds the client from the config: identity file (made on first use) and server URL.
 pub fn client(ctx: &Context, server: &ServerConfig) -> Result<ServerClient, FleetError> {
     let path = identity_path(ctx, server);
-    let identity = DeviceIdentity::load_or_create(&path, server.device_id.as_deref())
+    let identity = load_identity(&path, server.device_id.as_deref())
         .map_err(|e| FleetError::Identity(e.to_string()))?;
     Ok(ServerClient::new(
         &server.url,
