@@ -66,7 +66,9 @@ fn check(code: usize) -> io::Result<usize> {
 /// `btlazy2` (levels 13-15) by `lazy2`, because on the 359 MB pair its binary-tree index
 /// took 170 s to build and still found fewer matches than level 12's `lazy2` (6.25 MB
 /// against 6.13 MB), while `lazy2` with level 15's search took 8.6 s for 6.13 MB. The
-/// optimal parsers (levels 16+) stay: 5.64 MB at 16 and 5.45 MB at 19, in ~220 s.
+/// optimal parsers (levels 16+) stay: on the 359 MB pair level 19 made 5.41 MB in 213 s
+/// against level 12's 5.77 MB in 12.5 s, but on the 163 MB lz4hc pair 9.97 MB against
+/// 9.92 MB, so above level 12 `zstd_patch::encode` keeps each chunk's smaller frame.
 fn parameters(
     level: i32,
     source_len: u64,

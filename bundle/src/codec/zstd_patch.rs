@@ -58,6 +58,23 @@ fn encoder_threads(chunks: usize) -> usize {
         .clamp(1, chunks.max(1))
 }
 
+/// `cairn-image bundle create`'s default level. A delta made at a higher level is never
+/// bigger than one made at this level.
+pub const BASELINE_LEVEL: i32 = 12;
+
+/// The smallest of the frames `encoders` make of `piece`.
+fn smallest_frame(encoders: &mut [ChunkEncoder], piece: &[u8]) -> io::Result<Vec<u8>> {
+    let mut best: Option<Vec<u8>> = None;
+    for encoder in encoders {
+        let mut frame = Vec::new();
+        encoder.encode(piece, &mut frame)?;
+        if best.as_ref().is_none_or(|b| frame.len() < b.len()) {
+            best = Some(frame);
+        }
+    }
+    best.ok_or_else(|| io::Error::other("no zstd-patch encoder"))
+}
+
 /// Encodes `target` as a delta against `source`.
 ///
 /// The source is indexed once ([`SourceDict`]) and the target's chunks are compressed on
@@ -97,7 +114,13 @@ pub fn encode_with_threads(
     if pieces.is_empty() {
         return Ok(());
     }
-    let dict = SourceDict::new(source, level, chunk, window_log)?;
+    // Above the baseline, each chunk is also made at the baseline and the smaller frame
+    // kept: zstd's stronger levels index the source differently (binary trees that reach
+    // fewer old positions) and were measured 0.5% worse than level 12 on an lz4hc pair.
+    let mut dicts = vec![SourceDict::new(source, level, chunk, window_log)?];
+    if level > BASELINE_LEVEL {
+        dicts.push(SourceDict::new(source, BASELINE_LEVEL, chunk, window_log)?);
+    }
     let threads = threads.map_or_else(|| encoder_threads(pieces.len()), |n| n.max(1));
     std::thread::scope(|scope| {
         // Worker `w` encodes chunks w, w + threads, ...; reading the workers' channels
@@ -106,18 +129,19 @@ pub fn encode_with_threads(
         let mut queues = Vec::with_capacity(threads);
         for first in 0..threads {
             let (tx, rx) = mpsc::sync_channel::<io::Result<Vec<u8>>>(1);
-            let (dict, pieces) = (&dict, &pieces);
+            let (dicts, pieces) = (&dicts, &pieces);
             scope.spawn(move || {
-                let mut encoder = match ChunkEncoder::new(dict) {
-                    Ok(encoder) => encoder,
+                let encoders: io::Result<Vec<ChunkEncoder>> =
+                    dicts.iter().map(ChunkEncoder::new).collect();
+                let mut encoders = match encoders {
+                    Ok(encoders) => encoders,
                     Err(e) => {
                         let _ = tx.send(Err(e));
                         return;
                     }
                 };
                 for piece in pieces.iter().skip(first).step_by(threads) {
-                    let mut frame = Vec::new();
-                    let result = encoder.encode(piece, &mut frame).map(|()| frame);
+                    let result = smallest_frame(&mut encoders, piece);
                     let failed = result.is_err();
                     // A closed channel means the writer stopped on an error.
                     if tx.send(result).is_err() || failed {
