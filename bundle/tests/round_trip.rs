@@ -4,7 +4,7 @@ mod common;
 
 use std::fs;
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use cairn_bundle::{choose_payload, codec, decode_payload, BundleFile, Policy, Source};
@@ -95,6 +95,11 @@ fn unknown_delta_methods_are_skipped_not_fatal() {
 }
 
 fn mkfs_erofs(tree: &Path, out: &Path) {
+    mkfs_erofs_with(tree, out, &[]);
+}
+
+/// `mkfs.erofs` with pinned UUID and times, plus `extra` options (`-zlz4hc`).
+fn mkfs_erofs_with(tree: &Path, out: &Path, extra: &[&str]) {
     let status = Command::new("mkfs.erofs")
         .args([
             "-T0",
@@ -104,6 +109,7 @@ fn mkfs_erofs(tree: &Path, out: &Path) {
             "-x",
             "-1",
         ])
+        .args(extra)
         .arg(out)
         .arg(tree)
         .output()
@@ -171,4 +177,124 @@ fn delta_between_two_real_erofs_images_reconstructs_the_target() {
         100.0 * image.deltas[0].size as f64 / image.full.size as f64
     );
     assert!(image.deltas[0].size * 3 < image.full.size);
+}
+
+/// Real binaries for a realistic delta pair: regular files of at most 4 MiB under
+/// `/usr/lib`, in name order, about 40 MB. Synthetic bytes do not show how zstd's match
+/// finders behave on code; the host's shared libraries do, and `mkfs.erofs` is already
+/// needed here.
+fn host_binaries() -> Vec<(PathBuf, Vec<u8>)> {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+        let Ok(entries) = fs::read_dir(dir) else {
+            return;
+        };
+        let mut entries: Vec<_> = entries.flatten().map(|e| e.path()).collect();
+        entries.sort();
+        for path in entries {
+            match fs::symlink_metadata(&path) {
+                Ok(m) if m.is_dir() => walk(&path, out),
+                Ok(m) if m.is_file() && m.len() <= 4 << 20 => out.push(path),
+                _ => {}
+            }
+        }
+    }
+    let mut paths = Vec::new();
+    walk(Path::new("/usr/lib"), &mut paths);
+    let mut files = Vec::new();
+    let mut total = 0;
+    for path in paths {
+        let Ok(bytes) = fs::read(&path) else { continue };
+        total += bytes.len();
+        files.push((path, bytes));
+        if total > 40 << 20 {
+            break;
+        }
+    }
+    files
+}
+
+/// A root tree from `files` as a security update changes it: version 2 rebuilds a
+/// twelfth of the files (bytes changed throughout, as a recompile does) and renames the
+/// directory named after the kernel, whose files mostly stay the same.
+fn write_update_tree(root: &Path, files: &[(PathBuf, Vec<u8>)], version: u32) {
+    for (i, (path, bytes)) in files.iter().enumerate() {
+        let dir = if i % 3 == 0 {
+            root.join(format!("lib/modules/6.1.0-{}/kernel", 54 + version))
+        } else {
+            root.join("usr/lib")
+        };
+        fs::create_dir_all(&dir).unwrap();
+        let mut bytes = bytes.clone();
+        if version == 2 && i % 12 == 5 {
+            for block in bytes.chunks_mut(3 * 4096) {
+                let n = block.len().min(64);
+                block[..n].iter_mut().for_each(|b| *b ^= 0x5a);
+            }
+        }
+        let name = format!("{i:05}-{}", path.file_name().unwrap().to_string_lossy());
+        fs::write(dir.join(name), bytes).unwrap();
+    }
+}
+
+/// Regression: zstd's optimal parsers (levels >= 16) used to drop the matches a frame
+/// found in its reference prefix, so `--level 19` made a delta many times bigger than
+/// the default level 12 (measured on the Debian pair: 18.3 MB against 7.65 MB). A higher
+/// level must never cost bytes. The lz4hc pair checks that the default level also finds
+/// the source in compressed images; the failure of too small a dictionary table measured
+/// on 74 MB and 163 MB lz4hc pairs (`source_dict.rs`) needs larger pairs than a test
+/// builds, so only `cargo xtask bench delta` shows that one.
+#[test]
+fn higher_levels_never_make_a_bigger_delta_than_level_12() {
+    let fx = Fixture::new();
+    let files = host_binaries();
+    for v in [1, 2] {
+        let tree = fx.path(&format!("tree{v}"));
+        write_update_tree(&tree, &files, v);
+        mkfs_erofs(&tree, &fx.path(&format!("dist-v{v}.erofs")));
+        mkfs_erofs_with(&tree, &fx.path(&format!("dist-v{v}.lz4hc")), &["-zlz4hc"]);
+    }
+    for (kind, levels) in [("erofs", &[12, 16, 19][..]), ("lz4hc", &[12, 16][..])] {
+        let v1 = fs::read(fx.path(&format!("dist-v1.{kind}"))).unwrap();
+        let v2 = fs::read(fx.path(&format!("dist-v2.{kind}"))).unwrap();
+        assert!(
+            v1.len() > 16 << 20,
+            "the pair must exceed the match finders' reach"
+        );
+        let mut sizes = Vec::new();
+        for &level in levels {
+            let mut delta = Vec::new();
+            codec::zstd_patch::encode(
+                &v1,
+                &v2,
+                level,
+                codec::zstd_patch::DEFAULT_CHUNK,
+                &mut delta,
+            )
+            .unwrap();
+            let mut out = Vec::new();
+            codec::zstd_patch::decode(&mut &delta[..], &v1, v2.len() as u64, &mut out).unwrap();
+            assert!(
+                out == v2,
+                "{kind} level {level}: the delta does not rebuild the target"
+            );
+            println!(
+                "{kind} level {level}: delta {} bytes of {}",
+                delta.len(),
+                v2.len()
+            );
+            sizes.push((level, delta.len()));
+        }
+        let level_12 = sizes[0].1;
+        // A twelfth of the files changed: the delta is far below the image.
+        assert!(
+            level_12 * 5 < v2.len(),
+            "{kind}: level 12 made {level_12} bytes"
+        );
+        for (level, size) in &sizes[1..] {
+            assert!(
+                *size <= level_12,
+                "{kind}: level {level} made {size} bytes, level 12 {level_12}: {sizes:?}"
+            );
+        }
+    }
 }

@@ -14,12 +14,19 @@ const USAGE: &str = "usage: cargo xtask <command>
   image   build the QEMU arm64 OS image: target/cairn/qemu-arm64/disk.img (+ .bmap)
   demo    the end-to-end update demo under QEMU
   setup   only install what the tests need
-  bench [install|server|flash]
-          measurements (release builds), both unless one is named:
+  bench [install|server|delta|flash]
+          measurements (release builds), install and server unless one is named:
           install: cairn install of a 512 MiB full image vs dd conv=fsync, peak RSS of the
             install, idle RSS of cairnd; options: -- --mib 512 --runs 3
           server: check-ins per second of cairn-server on loopback (SQLite and
-            PostgreSQL); extra arguments go to it, e.g. -- --backend sqlite --seconds 20";
+            PostgreSQL); extra arguments go to it, e.g. -- --backend sqlite --seconds 20
+          delta: Cairn's zstd-patch vs bsdiff, xdelta3 and zstd --patch-from on the
+            profile's v1 -> v2 slot images (bytes, time and peak memory to make and to
+            apply); options: -- --large (adds a ~360 MB Debian pair, uncompressed and
+            lz4hc erofs; bsdiff alone takes minutes and GBs on it), --levels 12,19,
+            --skip bsdiff, --rebuild (the profile images)
+          flash: cairn-image flash vs dd and bmaptool copy of the QEMU disk image to a
+            loop device (root)";
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -55,12 +62,12 @@ fn test() -> Result<()> {
 }
 
 /// Measurements, not tests: each reports numbers against a baseline taken in the same
-/// run and never fails on a threshold. `bench [install|server|flash] [-- args]`; without a
-/// name install and server run, and extra arguments go to the server bench.
+/// run and never fails on a threshold. `bench [install|server|delta|flash] [-- args]`;
+/// without a name install and server run, and extra arguments go to the server bench.
 fn bench(args: &[String]) -> Result<()> {
     let (which, extra) = match args.first().map(String::as_str) {
         Some("flash") => return bench_flash(),
-        Some(w @ ("install" | "server")) => (Some(w), &args[1..]),
+        Some(w @ ("install" | "server" | "delta")) => (Some(w), &args[1..]),
         _ => (None, args),
     };
     let extra: Vec<&str> = extra
@@ -68,6 +75,9 @@ fn bench(args: &[String]) -> Result<()> {
         .map(String::as_str)
         .filter(|a| *a != "--")
         .collect();
+    if which == Some("delta") {
+        return bench_delta(&extra);
+    }
     if which != Some("server") {
         let install_args = if which.is_some() { &extra[..] } else { &[] };
         bench_install(install_args)?;
@@ -126,6 +136,24 @@ fn bench_flash() -> Result<()> {
     ]);
     cmd.arg(disk);
     step("flash bench", cmd)
+}
+
+/// image/examples/delta_bench.rs: the tools it compares against come from Debian, and the
+/// profile's images need what `cargo xtask image` needs.
+fn bench_delta(extra: &[&str]) -> Result<()> {
+    setup::test_prerequisites()?;
+    setup::bench_prerequisites()?;
+    let mut cmd = cargo(&[
+        "run",
+        "--release",
+        "-p",
+        "cairn-image",
+        "--example",
+        "delta_bench",
+        "--",
+    ]);
+    cmd.args(extra);
+    step("delta bench", cmd)
 }
 
 fn bench_server(extra: &[&str]) -> Result<()> {

@@ -39,6 +39,14 @@ const PACKAGES: &[&str] = &[
     "containernetworking-plugins", // NetworkReady needs a CNI config and plugins
 ];
 
+/// What `cargo xtask bench delta` compares Cairn's deltas with, and measures them by.
+const BENCH_PACKAGES: &[&str] = &[
+    "bsdiff",  // bsdiff/bspatch: the size baseline
+    "xdelta3", // VCDIFF
+    "zstd",    // zstd --patch-from
+    "time",    // /usr/bin/time: peak RSS of each child
+];
+
 /// arm64 libraries the image's Rust binaries link against when cross-compiled.
 const ARM64_PACKAGES: &[&str] = &[
     "libtss2-dev:arm64", // cairnd's TPM access through tss-esapi
@@ -62,6 +70,12 @@ pub fn test_prerequisites() -> Result<()> {
     apt.install(ARM64_PACKAGES, None)?;
     apt.install(BACKPORTS, Some("bookworm-backports"))?;
     Ok(())
+}
+
+/// The delta bench's tools (after [`test_prerequisites`], which the bench also needs
+/// for the profile's images).
+pub fn bench_prerequisites() -> Result<()> {
+    Apt::default().install(BENCH_PACKAGES, None)
 }
 
 fn rustup_components() -> Result<()> {

@@ -5,6 +5,7 @@
 //! breaking devices that predate it.
 
 pub mod full;
+mod source_dict;
 pub mod zstd_patch;
 
 /// The codecs this build knows.
