@@ -94,15 +94,7 @@ fn bench_install(extra: &[&str]) -> Result<()> {
         "build cairn and cairnd",
         cargo(&["build", "--release", "-p", "cairn-updater", "--bins"]),
     )?;
-    let mut cmd = cargo(&[
-        "run",
-        "--release",
-        "-p",
-        "cairn-updater",
-        "--example",
-        "install_bench",
-        "--",
-    ]);
+    let mut cmd = example("cairn-updater", "install_bench");
     cmd.args(extra);
     step("install bench", cmd)
 }
@@ -125,15 +117,7 @@ fn bench_flash() -> Result<()> {
             "cairn-image",
         ]),
     )?;
-    let mut cmd = cargo(&[
-        "run",
-        "--release",
-        "-p",
-        "cairn-image",
-        "--example",
-        "flash_bench",
-        "--",
-    ]);
+    let mut cmd = example("cairn-image", "flash_bench");
     cmd.arg(disk);
     step("flash bench", cmd)
 }
@@ -143,29 +127,18 @@ fn bench_flash() -> Result<()> {
 fn bench_delta(extra: &[&str]) -> Result<()> {
     setup::test_prerequisites()?;
     setup::bench_prerequisites()?;
-    let mut cmd = cargo(&[
-        "run",
-        "--release",
-        "-p",
-        "cairn-image",
-        "--example",
-        "delta_bench",
-        "--",
-    ]);
+    let mut cmd = example("cairn-image", "delta_bench");
     cmd.args(extra);
     step("delta bench", cmd)
 }
 
+/// `cargo run --release -p PACKAGE --example NAME --`, arguments to follow.
+fn example(package: &str, name: &str) -> Command {
+    cargo(&["run", "--release", "-p", package, "--example", name, "--"])
+}
+
 fn bench_server(extra: &[&str]) -> Result<()> {
-    let mut cmd = cargo(&[
-        "run",
-        "--release",
-        "-p",
-        "cairn-server",
-        "--example",
-        "checkin_bench",
-        "--",
-    ]);
+    let mut cmd = example("cairn-server", "checkin_bench");
     cmd.args(extra);
     step("check-in bench", cmd)
 }

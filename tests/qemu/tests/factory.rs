@@ -2,8 +2,12 @@
 //! factory mode, import the provisioning record it printed on a real cairn-server, and
 //! the device is approved from its first check-in with its TPM bound, no operator step.
 
+use std::path::Path;
+use std::time::{Duration, Instant};
+
 use anyhow::{ensure, Context, Result};
 use cairn_image::bmap::Bmap;
+use cairn_image::os::pipeline::Build;
 use cairn_server_api::ProvisioningRecord;
 use qemu_tests::disk::TestDisk;
 use qemu_tests::fleet::Fleet;
@@ -15,7 +19,7 @@ fn a_flashed_device_in_factory_mode_is_imported_and_enrolls_approved_with_its_ek
     let build = image()?;
     let _lock = serial();
     let scratch = tempfile::tempdir()?;
-    let started = std::time::Instant::now();
+    let started = Instant::now();
 
     // The bench: `cairn-image flash` onto a 2 GiB card, and the factory-mode marker on
     // its boot partition.
@@ -30,14 +34,7 @@ fn a_flashed_device_in_factory_mode_is_imported_and_enrolls_approved_with_its_ek
     let disk = TestDisk::at(&card, &build.profile)?;
     disk.put_boot_file("cairn-factory", b"", scratch.path())?;
 
-    let tls = build
-        .dev_tls()?
-        .context("the QEMU profile names a fleet server")?;
-    let fleet = Fleet::start(
-        &build.layout.dev_keys().join("root.json"),
-        &tls,
-        scratch.path(),
-    )?;
+    let fleet = fleet_for(build, scratch.path())?;
     let mut vm = Vm::start("factory", &card, scratch.path())?;
     vm.wait_for("cairn-provisioning: {", BOOT_TIMEOUT * 2)?;
     let console = vm.console();
@@ -56,19 +53,13 @@ fn a_flashed_device_in_factory_mode_is_imported_and_enrolls_approved_with_its_ek
     // The operator imports the record; nobody approves anything.
     let summary = fleet.post("/devices/import", Some(serde_json::to_vec(&[&record])?))?;
     ensure!(summary["imported"] == 1, "{summary}");
-    let deadline = std::time::Instant::now() + BOOT_TIMEOUT * 2;
-    loop {
-        let device = fleet.device(&record.device_id)?;
-        if device["device"]["ak_trusted_at"].is_i64() {
-            ensure!(device["device"]["approval"] == "approved", "{device}");
-            break;
-        }
-        ensure!(
-            std::time::Instant::now() < deadline,
-            "the device's attestation key was never trusted under the imported EK: {device}"
-        );
-        std::thread::sleep(std::time::Duration::from_secs(1));
-    }
+    let device = wait_for_device(
+        &fleet,
+        &record.device_id,
+        "its AK trusted under the imported EK",
+        |d| d["ak_trusted_at"].is_i64(),
+    )?;
+    ensure!(device["approval"] == "approved", "{device}");
     vm.stop();
 
     // The same record is on the boot partition, for a line without network.
@@ -88,7 +79,7 @@ fn an_identity_provisioned_offline_is_approved_at_its_first_check_in() -> Result
     let build = image()?;
     let _lock = serial();
     let scratch = tempfile::tempdir()?;
-    let started = std::time::Instant::now();
+    let started = Instant::now();
     let card = scratch.path().join("card.img");
     std::fs::copy(build.layout.disk(), &card)?;
     // At a bench without network: the identity goes into the flashed card, the record
@@ -102,36 +93,20 @@ fn an_identity_provisioned_offline_is_approved_at_its_first_check_in() -> Result
             image_version: Some(&build.profile.version),
         },
     )?;
-    let tls = build
-        .dev_tls()?
-        .context("the QEMU profile names a fleet server")?;
-    let fleet = Fleet::start(
-        &build.layout.dev_keys().join("root.json"),
-        &tls,
-        scratch.path(),
-    )?;
+    let fleet = fleet_for(build, scratch.path())?;
     let summary = fleet.post("/devices/import", Some(serde_json::to_vec(&[&record])?))?;
     ensure!(summary["imported"] == 1, "{summary}");
 
     let mut vm = Vm::start("factory-offline", &card, scratch.path())?;
     vm.wait_for("cairn: system up", BOOT_TIMEOUT)?;
-    let deadline = std::time::Instant::now() + BOOT_TIMEOUT;
-    loop {
-        let device = fleet.device(&record.device_id)?;
-        if device["device"]["last_checkin"].is_i64() {
-            ensure!(device["device"]["approval"] == "approved", "{device}");
-            ensure!(
-                device["device"]["public_key"] == record.public_key.as_str(),
-                "{device}"
-            );
-            break;
-        }
-        ensure!(
-            std::time::Instant::now() < deadline,
-            "the device never checked in under its provisioned identity: {device}"
-        );
-        std::thread::sleep(std::time::Duration::from_secs(1));
-    }
+    let device = wait_for_device(&fleet, &record.device_id, "a check-in", |d| {
+        d["last_checkin"].is_i64()
+    })?;
+    ensure!(device["approval"] == "approved", "{device}");
+    ensure!(
+        device["public_key"] == record.public_key.as_str(),
+        "{device}"
+    );
     ensure!(
         fleet.pending_devices()?.is_empty(),
         "the device enrolled under another identity"
@@ -142,4 +117,34 @@ fn an_identity_provisioned_offline_is_approved_at_its_first_check_in() -> Result
         started.elapsed(),
     );
     Ok(())
+}
+
+/// A cairn-server with the image's trust root, serving the TLS certificate its pinned
+/// CA issued.
+fn fleet_for(build: &Build, dir: &Path) -> Result<Fleet> {
+    let tls = build
+        .dev_tls()?
+        .context("the QEMU profile names a fleet server")?;
+    Fleet::start(&build.layout.dev_keys().join("root.json"), &tls, dir)
+}
+
+/// Polls the server's record of `device` until `done` holds for it (two boot timeouts).
+fn wait_for_device(
+    fleet: &Fleet,
+    device: &str,
+    what: &str,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> Result<serde_json::Value> {
+    let deadline = Instant::now() + BOOT_TIMEOUT * 2;
+    loop {
+        let record = fleet.device(device)?["device"].clone();
+        if done(&record) {
+            return Ok(record);
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "{device} never showed {what}: {record}"
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
 }
