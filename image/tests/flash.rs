@@ -242,14 +242,7 @@ fn bmaptool_and_cairn_image_read_each_others_maps() {
         ],
     );
     let target = dir.path().join("ours.img");
-    let out = Command::new(env!("CARGO_BIN_EXE_cairn-image"))
-        .arg("flash")
-        .arg("--bmap")
-        .arg(&theirs)
-        .arg(&image)
-        .arg(&target)
-        .output()
-        .expect("run cairn-image");
+    let out = cairn_image(&[Path::new("--bmap"), &theirs, &image, &target]);
     assert!(out.status.success(), "{out:?}");
     assert_eq!(std::fs::read(&target).expect("target"), bytes);
 

@@ -91,18 +91,21 @@ fn group(rows: &[Row]) -> ApiResult<HashMap<String, DeviceView>> {
         let Some(id) = r.try_get::<Option<String>, _>("id")? else {
             continue;
         };
+        let live = r.try_get::<Option<i64>, _>("live")?.is_some();
         view.1.push(DeploymentRow {
             id,
             campaign_id: r.try_get("campaign_id")?,
             state: parse_state(&r.try_get::<String, _>("state")?)?,
-            live: r.try_get::<Option<i64>, _>("live")?.is_some(),
+            live,
             campaign_state: r.try_get("campaign_state")?,
             release_id: r.try_get("release_id")?,
             attestation_nonce: r.try_get("attestation_nonce")?,
-            retry_declined: r
-                .try_get::<Option<String>, _>("policy")?
-                .and_then(|p| serde_json::from_str::<crate::policy::CampaignPolicy>(&p).ok())
-                .is_some_and(|p| p.retry_declined),
+            // Only a live deployment is handed out again; a check-in reads every row, so
+            // the policy is parsed for that one alone.
+            retry_declined: live
+                && r.try_get::<Option<String>, _>("policy")?
+                    .and_then(|p| serde_json::from_str::<crate::policy::CampaignPolicy>(&p).ok())
+                    .is_some_and(|p| p.retry_declined),
         });
     }
     Ok(out)
