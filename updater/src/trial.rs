@@ -59,6 +59,11 @@ pub fn decide_trial(ctx: &mut Context, slot: SlotId) -> Result<Verdict, ContextE
         Err(e) => return reject(ctx, slot, &e.to_string()),
     };
     tracing::info!(%slot, checks = checks.len(), "trial boot: running health checks");
+    // Saved first, so a fallback during the checks is reported as what it was.
+    ctx.apply(None, |state| {
+        state.health_checks_started(OffsetDateTime::now_utc());
+        Ok(())
+    })?;
     let deadline = Duration::from_secs(ctx.config.health.deadline_secs);
     let interval = Duration::from_secs(ctx.config.health.interval_secs.max(1));
     match health::run_until(&checks, deadline, interval) {
