@@ -109,6 +109,7 @@ impl PgCluster {
 
     /// A PostgreSQL client tool (`pg_dump`, `pg_restore`, ...) of the cluster's version,
     /// run as `postgres` against this cluster.
+    #[allow(dead_code)] // the tests use it; the check-in bench shares this file
     pub fn tool(&self, name: &str) -> Command {
         let mut cmd = Command::new("runuser");
         cmd.args(["-u", "postgres", "--"])
