@@ -14,9 +14,12 @@
 //! - [`cmdline`]: what the kernel command line says about this boot.
 //! - [`images`]: `images.json`, what a factory slot holds.
 //! - [`layout`]: file names and directories on the boot partition.
+//! - [`device_settings`]: a device's hostname and network on its data partition, as the
+//!   init scripts read them.
 
 pub mod cmdline;
 pub mod copies;
+pub mod device_settings;
 pub mod env;
 pub mod images;
 pub mod layout;

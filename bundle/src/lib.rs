@@ -21,6 +21,7 @@ pub mod header;
 pub mod keys;
 pub mod manifest;
 mod root;
+pub mod server_override;
 mod signatures;
 mod stream;
 mod verify;
@@ -33,6 +34,7 @@ pub use header::Header;
 pub use keys::{KeyId, PublicKey, Signature, SigningKey};
 pub use manifest::{Image, Manifest, Payload, Source, Verity};
 pub use root::{RootBody, SignedRoot, TrustRoot};
+pub use server_override::SignedServerOverride;
 pub use stream::{decode_payload, hash_reader_overlapped, sha256_reader};
 pub use verify::{Policy, UnverifiedBundle, VerifiedBundle};
 

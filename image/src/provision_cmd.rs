@@ -3,7 +3,10 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Result};
+use cairn_image::provision::settings::DeviceSettings;
 use cairn_image::provision::{self, Batch};
+
+use crate::keys_cmd::load_secret;
 
 #[derive(clap::Args)]
 pub struct ProvisionArgs {
@@ -29,13 +32,32 @@ pub struct ProvisionArgs {
     /// The image's version, recorded for the operator.
     #[arg(long)]
     image_version: Option<String>,
+    /// Per-device settings (hostname, network, server override), checked before any
+    /// device is written; the format is in `cairn_image::provision::settings`.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// A release signing key (`cairn-image keygen`) to sign the config's server override
+    /// with; repeat it to reach the trust root's threshold.
+    #[arg(long = "key", requires = "config")]
+    keys: Vec<PathBuf>,
 }
 
 pub fn provision(args: ProvisionArgs) -> Result<()> {
+    cairn_image::provision::settings::check_tags(&args.tags).map_err(anyhow::Error::msg)?;
+    let keys = args
+        .keys
+        .iter()
+        .map(|path| load_secret(path))
+        .collect::<Result<Vec<_>>>()?;
+    let settings = match &args.config {
+        Some(path) => Some(DeviceSettings::load(path, keys)?),
+        None => None,
+    };
     let batch = Batch {
         compatible: &args.compatible,
         tags: &args.tags,
         image_version: args.image_version.as_deref(),
+        settings: settings.as_ref(),
     };
     let records = match (&args.image, &args.target) {
         (Some(image), None) => {

@@ -144,3 +144,98 @@ fn a_flashed_card_gets_its_identity_in_place() {
         "{run:?}"
     );
 }
+
+#[test]
+fn a_config_gives_each_device_its_settings_and_a_bad_one_writes_nothing() {
+    use cairn_bundle::{SignedRoot, SignedServerOverride, SigningKey, TrustRoot};
+    let dir = tempfile::tempdir().unwrap();
+    let disk = disk(dir.path());
+    let key = SigningKey::generate().unwrap();
+    let key_file = dir.path().join("release.key");
+    std::fs::write(&key_file, key.to_json()).unwrap();
+    // cairn-image checks only that it is PEM; the device parses it.
+    let ca_pem = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+    std::fs::write(dir.path().join("site-ca.pem"), ca_pem).unwrap();
+    let config = dir.path().join("site.toml");
+    std::fs::write(
+        &config,
+        "hostname = \"press-{device_id}\"\ntags = [\"site-3\"]\n\
+         [network]\niface = \"eth0\"\nmethod = \"static\"\naddress = \"10.1.2.3/24\"\n\
+         gateway = \"10.1.2.1\"\n\
+         [server]\nurl = \"https://site-3.example:8443\"\nca = \"site-ca.pem\"\n",
+    )
+    .unwrap();
+    let out = dir.path().join("batch");
+    let args = |config: &Path| {
+        vec![
+            "--image".to_string(),
+            disk.display().to_string(),
+            "--count".into(),
+            "2".into(),
+            "--out".into(),
+            out.display().to_string(),
+            "--compatible".into(),
+            "cairn-x".into(),
+            "--config".into(),
+            config.display().to_string(),
+            "--key".into(),
+            key_file.display().to_string(),
+        ]
+    };
+    let run = provision(&args(&config).iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(run.status.success(), "{run:?}");
+    let records: Vec<ProvisioningRecord> =
+        serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap();
+    let mut root = SignedRoot::new(
+        1,
+        time::OffsetDateTime::now_utc() + time::Duration::days(30),
+        1,
+        vec![key.public()],
+    );
+    root.sign(&key).unwrap();
+    let root = TrustRoot::anchor(root).unwrap();
+    for record in &records {
+        assert_eq!(record.tags, ["site-3"]);
+        let copy = out.join(format!("{}.data.img", record.device_id));
+        let copy = copy.to_str().unwrap();
+        assert_eq!(
+            debugfs(copy, "cat cairn/hostname"),
+            format!("press-{}\n", record.device_id)
+        );
+        assert_eq!(
+            debugfs(copy, "cat cairn/network.conf"),
+            "IFACE=eth0\nMETHOD=static\nADDRESS=10.1.2.3/24\nGATEWAY=10.1.2.1\n"
+        );
+        let stat = debugfs(copy, "stat cairn/network.conf");
+        assert!(stat.contains("Mode:  0644"), "{stat}");
+        let signed =
+            SignedServerOverride::parse(debugfs(copy, "cat cairn/server-override.json").as_bytes())
+                .unwrap();
+        let body = signed.verify(&root, &record.device_id).unwrap();
+        assert_eq!(body.url, "https://site-3.example:8443");
+        assert_eq!(body.ca_pem.as_deref(), Some(ca_pem));
+        let other = records
+            .iter()
+            .find(|r| r.device_id != record.device_id)
+            .unwrap();
+        assert!(
+            signed.verify(&root, &other.device_id).is_err(),
+            "copied to another device"
+        );
+    }
+
+    // A mistake in the config is named, and no device is written.
+    std::fs::remove_dir_all(&out).unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "hostname = \"press_{device_id}\"\n").unwrap();
+    let mut bad_args = args(&bad);
+    bad_args.truncate(bad_args.len() - 2);
+    let run = provision(&bad_args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(!run.status.success());
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        stderr.contains("bad.toml") && stderr.contains("hostname"),
+        "{stderr}"
+    );
+    assert!(!out.exists(), "something was written for a bad config");
+}

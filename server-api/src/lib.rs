@@ -21,6 +21,18 @@ pub use types::{
     TpmChallenge, TpmEnrollRequest, TpmEnrollStatus,
 };
 
+/// What a name on the server (a device ID, a tag, a release or campaign ID) may be.
+pub const NAME_RULE: &str = "1 to 128 characters of [A-Za-z0-9._-]";
+
+/// Whether `s` follows [`NAME_RULE`]. The server refuses any other name; tools that
+/// make records for it (cairn-image provision) check with this before writing anything.
+pub fn is_valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 128
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+}
+
 /// Paths of the device API, relative to the server's base URL.
 pub mod paths {
     pub const ENROLL: &str = "/v1/device/enroll";

@@ -54,16 +54,12 @@ pub struct HistoryEntry {
 }
 
 pub fn check_name(what: &str, s: &str) -> ApiResult<()> {
-    let ok = !s.is_empty()
-        && s.len() <= 128
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
-    if ok {
+    if cairn_server_api::is_valid_name(s) {
         Ok(())
     } else {
         Err(ApiError::bad_request(
             "bad-name",
-            format!("{what} '{s}' must be 1 to 128 characters of [A-Za-z0-9._-]"),
+            format!("{what} '{s}' must be {}", cairn_server_api::NAME_RULE),
         ))
     }
 }

@@ -9,14 +9,14 @@
 //!   CA) carries the server's time; a device clock more than [`STEP_AFTER`] behind it is
 //!   stepped forward to it. Never backward: a clock that runs ahead stays until NTP (or
 //!   time) catches up, and the floor never moves down.
-//! - **NTP.** `[clock] ntp_servers` makes cairnd run busybox `ntpd -q` against them at
-//!   start and every hour; with none configured the server's `Date` is the only source.
+//! - **NTP.** `[clock] ntp_servers` makes cairnd ask them (SNTP, [`crate::sntp`]) at
+//!   start and every hour, and set the clock to the first answer, forward or back but
+//!   never below the floor; with none configured the server's `Date` is the only source.
 //!
 //! Setting the system clock needs `[clock] set_system_clock = true` (images set it);
 //! without it cairnd only logs what it would do, so tests on a host never touch its clock.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -29,6 +29,11 @@ pub const STEP_AFTER: Duration = Duration::from_secs(30);
 /// the floor may be up to this much behind the last time seen.
 const FLOOR_WRITE_EVERY: i64 = 3600;
 const FLOOR_FILE: &str = "clock-floor";
+/// How long one NTP server has to answer.
+const NTP_TIMEOUT: Duration = Duration::from_secs(3);
+/// An NTP offset smaller than this leaves the clock alone (no slewing here: a step is
+/// for a clock that is really off, not for drift).
+const NTP_STEP_AFTER: time::Duration = time::Duration::seconds(1);
 
 /// `[clock]` in system.toml.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -38,7 +43,8 @@ pub struct ClockConfig {
     pub floor: i64,
     /// Whether cairnd may set the system clock.
     pub set_system_clock: bool,
-    /// NTP servers for busybox `ntpd -q` (none: the server's `Date` only).
+    /// NTP servers (`host` or `host:port`) asked hourly over SNTP (none: the server's
+    /// `Date` only).
     pub ntp_servers: Vec<String>,
 }
 
@@ -114,52 +120,86 @@ impl Clock {
         }
     }
 
-    /// Asks the configured NTP servers once (busybox `ntpd -n -q`), which sets the clock.
+    /// Asks the configured NTP servers in turn until one answers (SNTP, [`crate::sntp`])
+    /// and sets the clock to its time: forward or back, but never below the floor, and
+    /// not for an offset under [`NTP_STEP_AFTER`].
     pub fn sync_ntp(&self) {
-        if self.config.ntp_servers.is_empty() || !self.config.set_system_clock {
+        for server in &self.config.ntp_servers {
+            let sample = match crate::sntp::query(server, NTP_TIMEOUT) {
+                Ok(sample) => sample,
+                Err(e) => {
+                    tracing::warn!("NTP: {e}");
+                    continue;
+                }
+            };
+            let now = OffsetDateTime::now_utc();
+            let offset = time::Duration::seconds_f64(sample.offset);
+            let server_now = now + offset;
+            tracing::info!(
+                server,
+                offset_secs = sample.offset,
+                delay_secs = sample.delay,
+                "NTP answer"
+            );
+            if server_now.unix_timestamp() < self.floor() {
+                tracing::warn!(
+                    server,
+                    "NTP: the server's time {server_now} is before the time floor: ignored"
+                );
+                continue;
+            }
+            if offset.abs() >= NTP_STEP_AFTER {
+                self.set_clock(
+                    now.unix_timestamp(),
+                    server_now,
+                    &format!("NTP server {server}"),
+                );
+            }
+            tracing::info!(server, "clock synchronised by NTP");
+            self.keep_floor();
             return;
         }
-        let mut ntpd = Command::new("ntpd");
-        ntpd.args(["-n", "-q"]);
-        for server in &self.config.ntp_servers {
-            ntpd.args(["-p", server]);
-        }
-        match ntpd.output() {
-            Ok(out) if out.status.success() => {
-                tracing::info!(servers = ?self.config.ntp_servers, "clock synchronised by NTP");
-                self.keep_floor();
-            }
-            Ok(out) => tracing::warn!(
-                "ntpd found no usable server: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            ),
-            Err(e) => tracing::warn!("cannot run ntpd: {e}"),
+        if !self.config.ntp_servers.is_empty() {
+            tracing::warn!(servers = ?self.config.ntp_servers, "NTP: no server answered");
         }
     }
 
     fn step(&self, from: i64, to: i64, source: &str) {
+        let to =
+            OffsetDateTime::from_unix_timestamp(to).unwrap_or_else(|_| OffsetDateTime::now_utc());
+        self.set_clock(from, to, source);
+    }
+
+    /// Sets the system clock to `to` (from `from`, for the log), when the config allows.
+    fn set_clock(&self, from: i64, to: OffsetDateTime, source: &str) {
+        let to_secs = to.unix_timestamp();
         if !self.config.set_system_clock {
             tracing::warn!(
                 from,
-                to,
-                "clock is behind {source}; not set ([clock] set_system_clock is off)"
+                to = to_secs,
+                "clock is off from {source}; not set ([clock] set_system_clock is off)"
             );
             return;
         }
-        match set_system_clock(to) {
+        let direction = if to_secs >= from {
+            "behind"
+        } else {
+            "ahead of"
+        };
+        match set_system_clock(to_secs, to.nanosecond()) {
             Ok(()) => {
-                tracing::warn!(from, to, "clock was behind {source}: set forward");
+                tracing::warn!(from, to = to_secs, "clock was {direction} {source}: set");
                 self.keep_floor();
             }
-            Err(e) => tracing::error!(from, to, "cannot set the clock to {source}: {e}"),
+            Err(e) => tracing::error!(from, to = to_secs, "cannot set the clock to {source}: {e}"),
         }
     }
 }
 
-fn set_system_clock(unix: i64) -> std::io::Result<()> {
+fn set_system_clock(unix: i64, nanos: u32) -> std::io::Result<()> {
     let time = libc::timespec {
         tv_sec: unix as libc::time_t,
-        tv_nsec: 0,
+        tv_nsec: nanos as libc::c_long,
     };
     // SAFETY: `time` is a valid timespec that outlives the call.
     if unsafe { libc::clock_settime(libc::CLOCK_REALTIME, &time) } == 0 {

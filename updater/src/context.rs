@@ -11,6 +11,7 @@ use crate::bootstate::{
     BootState, BootStateError, BootStateStore, FileStore, SlotId, UbootEnvStore,
 };
 use crate::config::{BootloaderConfig, SystemConfig};
+use crate::fleet::server_override::OverrideOutcome;
 use crate::slot::{boot_facts, BootFacts, SlotError};
 use crate::state::{DeviceState, StateStore};
 
@@ -41,6 +42,8 @@ pub struct Context {
     pub boot_store: Box<dyn BootStateStore>,
     pub state_store: StateStore,
     pub state: DeviceState,
+    /// Whether a signed server override replaced `config.server` (applied at open).
+    pub server_override: OverrideOutcome,
 }
 
 /// Held while an install or a state change runs; released on drop (also on kill -9,
@@ -68,12 +71,15 @@ impl Context {
                 state
             }
         };
-        Ok(Context {
+        let mut ctx = Context {
             config,
             boot_store,
             state_store,
             state,
-        })
+            server_override: OverrideOutcome::Absent,
+        };
+        ctx.server_override = crate::fleet::server_override::apply(&mut ctx);
+        Ok(ctx)
     }
 
     pub fn boot_facts(&self) -> Result<BootFacts, SlotError> {

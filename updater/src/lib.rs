@@ -22,6 +22,7 @@ pub mod provision;
 pub mod reboot;
 pub mod reconcile;
 pub mod slot;
+pub mod sntp;
 pub mod state;
 pub mod status;
 pub mod transport;

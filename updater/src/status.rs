@@ -7,6 +7,7 @@ use serde::Serialize;
 
 use crate::bootstate::{BootState, SlotId};
 use crate::context::Context;
+use crate::fleet::server_override::OverrideOutcome;
 use crate::state::{ImageRecord, Phase};
 
 #[derive(Debug, Serialize)]
@@ -21,6 +22,9 @@ pub struct Status {
     pub security_floor: u64,
     pub last_error: Option<String>,
     pub pending_reports: usize,
+    /// The fleet server cairnd checks in with, after any server override.
+    pub server: Option<String>,
+    pub server_override: OverrideOutcome,
 }
 
 #[derive(Debug, Serialize)]
@@ -58,6 +62,8 @@ pub fn status(ctx: &Context) -> Status {
         security_floor: ctx.state.security_floor,
         last_error: ctx.state.last_error.clone(),
         pending_reports: ctx.state.outbox.len(),
+        server: ctx.config.server.as_ref().map(|s| s.url.clone()),
+        server_override: ctx.server_override.clone(),
     }
 }
 
@@ -92,6 +98,17 @@ pub fn render(s: &Status) -> String {
         );
     }
     let _ = writeln!(out, "floor:     security version {}", s.security_floor);
+    if let Some(url) = &s.server {
+        let from = match &s.server_override {
+            OverrideOutcome::Applied { .. } => " (signed server override)",
+            OverrideOutcome::Refused(_) => " (the image's: server override REFUSED)",
+            OverrideOutcome::Absent => "",
+        };
+        let _ = writeln!(out, "server:    {url}{from}");
+    }
+    if let OverrideOutcome::Refused(reason) = &s.server_override {
+        let _ = writeln!(out, "override:  {reason}");
+    }
     if let Some(e) = &s.last_error {
         let _ = writeln!(out, "last error: {e}");
     }

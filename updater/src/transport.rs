@@ -4,7 +4,6 @@
 //! ca`, or the public web roots when none is pinned), and bounds what is read back.
 
 use std::io::{self, Read};
-use std::path::PathBuf;
 use std::time::Duration;
 
 use reqwest::blocking::{Client, ClientBuilder};
@@ -66,8 +65,14 @@ impl Transport {
                 .bundle_origins
                 .push(parsed.origin().ascii_serialization());
         }
-        if let Some(path) = &server.ca {
-            transport.ca = Some(read_ca(path)?);
+        if let Some(pem) = &server.ca_pem {
+            transport.ca = Some(parse_ca("the server override's CA", pem.as_bytes())?);
+        } else if let Some(path) = &server.ca {
+            let pem = std::fs::read(path).map_err(|e| TransportError::Ca {
+                path: path.display().to_string(),
+                reason: e.to_string(),
+            })?;
+            transport.ca = Some(parse_ca(&path.display().to_string(), &pem)?);
         }
         Ok(transport)
     }
@@ -125,13 +130,13 @@ impl Transport {
     }
 }
 
-fn read_ca(path: &PathBuf) -> Result<Vec<Certificate>, TransportError> {
+/// The certificates in `pem` (from `source`), at least one.
+fn parse_ca(source: &str, pem: &[u8]) -> Result<Vec<Certificate>, TransportError> {
     let error = |reason: String| TransportError::Ca {
-        path: path.display().to_string(),
+        path: source.to_string(),
         reason,
     };
-    let pem = std::fs::read(path).map_err(|e| error(e.to_string()))?;
-    let certs = Certificate::from_pem_bundle(&pem).map_err(|e| error(e.to_string()))?;
+    let certs = Certificate::from_pem_bundle(pem).map_err(|e| error(e.to_string()))?;
     if certs.is_empty() {
         return Err(error("no PEM certificate in it".into()));
     }
@@ -179,6 +184,7 @@ mod tests {
             ca: None,
             insecure_http,
             mirrors: mirrors.iter().map(|m| m.to_string()).collect(),
+            ca_pem: None,
         }
     }
 

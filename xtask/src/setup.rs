@@ -28,6 +28,7 @@ const PACKAGES: &[&str] = &[
     "qemu-user-static",      // run the arm64 busybox once to list its applets
     "u-boot-qemu",           // the board firmware the QEMU tests boot through
     "swtpm",                 // the TPM attached to the test VM
+    "chrony",                // chronyd: the NTP server the QEMU tests' device syncs with
     "swtpm-tools",           // swtpm_setup: EK certificates for the TPM tests
     "tpm2-tools",            // tpm2_checkquote etc.: cross-check cairn-tpm/cairn-attest formats
     "libtss2-dev",           // libtss2 for cairn-tpm (tss-esapi links against it)

@@ -61,7 +61,7 @@ pub struct Watchdog {
     pub timeout_secs: u32,
 }
 
-/// `[clock]`: NTP servers for busybox `ntpd -q` (cairnd's clock floor is the slot epoch).
+/// `[clock]`: NTP servers cairnd asks over SNTP (cairnd's clock floor is the slot epoch).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Clock {

@@ -120,30 +120,45 @@ pub struct Fleet {
     http: reqwest::blocking::Client,
     db_url: String,
     config: Config,
+    /// Where it listens (`127.0.0.1:PORT`, the port resolved), to start a replacement on.
+    listen: String,
 }
 
 impl Fleet {
     /// Starts the server on [`LISTEN`], trusting `root` for releases and serving HTTPS
     /// with `tls`, the certificate the image's pinned CA issued.
     pub fn start(root: &Path, tls: &DevTls, dir: &Path) -> Result<Fleet> {
+        Fleet::start_at(root, tls, dir, LISTEN, PUBLIC_URL)
+    }
+
+    /// Like [`Fleet::start`], on `listen`, which the guest reaches as `public_url` (a
+    /// site's own server, where a server override sends a device).
+    pub fn start_at(
+        root: &Path,
+        tls: &DevTls,
+        dir: &Path,
+        listen: &str,
+        public_url: &str,
+    ) -> Result<Fleet> {
         let db_url = format!("sqlite://{}", dir.join("cairn-server.db").display());
         let mut config = Config::new(dir.join("blobs"));
         config.root = Some(TrustRoot::from_json(&std::fs::read(root)?)?);
         config.admin_token = Some(ADMIN_TOKEN.into());
-        config.public_url = Some(PUBLIC_URL.into());
+        config.public_url = Some(public_url.into());
         config.poll_interval_secs = 3;
         config.evaluate_every = Duration::from_secs(2);
         config.tls = Some(TlsFiles {
             cert: tls.server.cert.clone(),
             key: tls.server.key.clone(),
         });
-        let server = LocalServer::start(&db_url, config.clone(), LISTEN)?;
+        let server = LocalServer::start(&db_url, config.clone(), listen)?;
         let ca = reqwest::Certificate::from_pem(&std::fs::read(&tls.ca)?)?;
         let http = reqwest::blocking::Client::builder()
             .tls_built_in_root_certs(false)
             .add_root_certificate(ca)
             .build()?;
         Ok(Fleet {
+            listen: server.addr.to_string(),
             server: Some(server),
             http,
             db_url,
@@ -151,9 +166,9 @@ impl Fleet {
         })
     }
 
-    /// The server's address on this machine (it always serves HTTPS on [`LISTEN`]).
+    /// The server's address on this machine (it always serves HTTPS).
     pub fn url(&self) -> String {
-        format!("https://{LISTEN}")
+        format!("https://{}", self.listen)
     }
 
     /// The dashboard, signed in with the admin token.
@@ -175,7 +190,7 @@ impl Fleet {
         self.server = Some(LocalServer::start(
             &self.db_url,
             self.config.clone(),
-            LISTEN,
+            &self.listen,
         )?);
         Ok(())
     }

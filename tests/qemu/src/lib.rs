@@ -6,6 +6,7 @@
 
 pub mod disk;
 pub mod fleet;
+pub mod ntp;
 pub mod update_loop;
 pub mod vm;
 

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Result};
 use qemu_tests::disk::TestDisk;
+use qemu_tests::ntp::NtpServer;
 use qemu_tests::vm::Vm;
 use qemu_tests::{image, record_time, scenario, BOOT_TIMEOUT};
 
@@ -166,9 +167,19 @@ fn wait_for_cairnd(vm: &mut Vm, pattern: &str) -> Result<String> {
 }
 
 #[test]
-fn device_network_settings_on_data_override_the_image_and_dhcp_works() -> Result<()> {
+fn network_settings_on_data_override_the_image_dhcp_works_and_ntp_sets_a_clock_from_1970(
+) -> Result<()> {
     let s = scenario()?;
-    let mut vm = Vm::start("network-dhcp", &s.disk.path, s.scratch.path())?;
+    // A board without a clock battery and no fleet server to give it a `Date`: only the
+    // NTP server (chronyd on the host) can tell it the time.
+    let _ntp = NtpServer::start(s.scratch.path())?;
+    let mut vm = Vm::start_with_clock(
+        "network-dhcp-ntp",
+        &s.disk.path,
+        s.scratch.path(),
+        None,
+        Some("1970-01-01T00:00:00"),
+    )?;
     vm.wait_for(
         "cairn: network eth0 static up (/etc/cairn/network.conf)",
         BOOT_TIMEOUT,
@@ -177,6 +188,14 @@ fn device_network_settings_on_data_override_the_image_and_dhcp_works() -> Result
     // cairnd gives the committed slot its tries back (3); wait for it so the next boot's
     // count is known.
     wait_for_cairnd(&mut vm, "started")?;
+    wait_for_cairnd(&mut vm, "clock synchronised by NTP")?;
+    let guest: i64 = vm.check("date -u +%s", COMMAND_TIMEOUT)?.trim().parse()?;
+    let host = time::OffsetDateTime::now_utc().unix_timestamp();
+    ensure!(
+        (guest - host).abs() <= 10,
+        "the guest's clock is {} s off the NTP server's",
+        guest - host
+    );
     vm.check(
         "printf 'IFACE=eth0\\nMETHOD=dhcp\\n' > /data/cairn/network.conf && sync",
         COMMAND_TIMEOUT,
@@ -200,7 +219,10 @@ fn device_network_settings_on_data_override_the_image_and_dhcp_works() -> Result
     );
     let took = vm.elapsed();
     vm.stop();
-    record_time("static then DHCP from /data (2 boots)", took);
+    record_time(
+        "clock from 1970 set by NTP; static then DHCP from /data (2 boots)",
+        took,
+    );
     Ok(())
 }
 

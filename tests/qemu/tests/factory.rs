@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{ensure, Context, Result};
 use cairn_image::bmap::Bmap;
 use cairn_image::os::pipeline::Build;
+use cairn_image::provision::settings::DeviceSettings;
 use cairn_server_api::ProvisioningRecord;
 use qemu_tests::disk::TestDisk;
 use qemu_tests::fleet::Fleet;
@@ -74,16 +75,41 @@ fn a_flashed_device_in_factory_mode_is_imported_and_enrolls_approved_with_its_ek
     Ok(())
 }
 
+/// Where the site's own server listens, and how the guest reaches it: not where the
+/// image points ([`qemu_tests::fleet::PUBLIC_URL`]), so only the override can lead there.
+const SITE_LISTEN: &str = "127.0.0.1:18481";
+const SITE_URL: &str = "https://10.0.2.2:18481";
+
 #[test]
-fn an_identity_provisioned_offline_is_approved_at_its_first_check_in() -> Result<()> {
+fn an_identity_provisioned_offline_with_site_settings_is_approved_at_its_site_server() -> Result<()>
+{
     let build = image()?;
     let _lock = serial();
     let scratch = tempfile::tempdir()?;
     let started = Instant::now();
     let card = scratch.path().join("card.img");
     std::fs::copy(build.layout.disk(), &card)?;
-    // At a bench without network: the identity goes into the flashed card, the record
-    // into the server before the device ever runs.
+    // At a bench without network: the identity and the site's settings (hostname,
+    // network, and a server override signed with the release key) go into the flashed
+    // card, the record into the site's server before the device ever runs.
+    let tls = build
+        .dev_tls()?
+        .context("the QEMU profile names a fleet server")?;
+    let config = scratch.path().join("site.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "hostname = \"press-{{device_id}}\"\ntags = [\"site-3\"]\n\
+             [network]\niface = \"eth0\"\nmethod = \"static\"\naddress = \"10.0.2.15/24\"\n\
+             gateway = \"10.0.2.2\"\ndns = \"10.0.2.3\"\n\
+             [server]\nurl = \"{SITE_URL}\"\nca = \"{}\"\n",
+            tls.ca.display()
+        ),
+    )?;
+    let release_key = cairn_bundle::SigningKey::from_json(&std::fs::read(
+        build.layout.dev_keys().join("release.key.json"),
+    )?)?;
+    let settings = DeviceSettings::load(&config, vec![release_key])?;
     let record = cairn_image::provision::into_target(
         &card,
         scratch.path(),
@@ -91,14 +117,32 @@ fn an_identity_provisioned_offline_is_approved_at_its_first_check_in() -> Result
             compatible: &build.profile.compatible,
             tags: &["offline".to_string()],
             image_version: Some(&build.profile.version),
+            settings: Some(&settings),
         },
     )?;
-    let fleet = fleet_for(build, scratch.path())?;
+    ensure!(record.tags == ["offline", "site-3"], "{record:?}");
+    let fleet = Fleet::start_at(
+        &build.layout.dev_keys().join("root.json"),
+        &tls,
+        scratch.path(),
+        SITE_LISTEN,
+        SITE_URL,
+    )?;
     let summary = fleet.post("/devices/import", Some(serde_json::to_vec(&[&record])?))?;
     ensure!(summary["imported"] == 1, "{summary}");
 
     let mut vm = Vm::start("factory-offline", &card, scratch.path())?;
     vm.wait_for("cairn: system up", BOOT_TIMEOUT)?;
+    let console = vm.console();
+    for line in [
+        format!(
+            "cairn: hostname press-{} (/data/cairn/hostname)",
+            record.device_id
+        ),
+        "cairn: network eth0 static up (/data/cairn/network.conf)".to_string(),
+    ] {
+        ensure!(console.contains(&line), "no {line:?} on the console");
+    }
     let device = wait_for_device(&fleet, &record.device_id, "a check-in", |d| {
         d["last_checkin"].is_i64()
     })?;
@@ -113,7 +157,7 @@ fn an_identity_provisioned_offline_is_approved_at_its_first_check_in() -> Result
     );
     vm.stop();
     record_time(
-        "factory offline: identity in the flashed card, approved at first check-in",
+        "factory offline: identity and site settings in the flashed card, approved at the site's server",
         started.elapsed(),
     );
     Ok(())

@@ -90,6 +90,29 @@ fn main() -> Result<()> {
     run(&args, &stop, &counters)
 }
 
+/// On a thread of its own, so a slow or silent NTP server never holds up check-ins or
+/// reboots: ask NTP and keep the time floor, at start and every hour.
+fn keep_time(config: PathBuf, stop: Arc<AtomicBool>) {
+    let spawned = std::thread::Builder::new()
+        .name("clock".into())
+        .spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                if let Ok(ctx) = Context::open(&config) {
+                    let clock = ctx.clock();
+                    clock.sync_ntp();
+                    clock.keep_floor();
+                }
+                let next = Instant::now() + Duration::from_secs(3600);
+                while Instant::now() < next && !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::error!("no clock thread, the time is kept only at check-ins: {e}");
+    }
+}
+
 /// First thing: extend PCR 12 with the booted slot's identity, before health checks or
 /// anything else from the slot runs. A failure is logged, not fatal: the device still
 /// updates, and the server will refuse its attestation.
@@ -114,16 +137,8 @@ fn run(args: &Args, stop: &Arc<AtomicBool>, counters: &Counters) -> Result<()> {
     let mut client = None;
     let mut next_check_in = Instant::now();
     let mut last_tick = Instant::now() - tick;
-    let mut next_clock_sync = Instant::now();
+    keep_time(args.config.clone(), stop.clone());
     while !stop.load(Ordering::Relaxed) {
-        if Instant::now() >= next_clock_sync {
-            next_clock_sync = Instant::now() + Duration::from_secs(3600);
-            if let Ok(ctx) = Context::open(&args.config) {
-                let clock = ctx.clock();
-                clock.sync_ntp();
-                clock.keep_floor();
-            }
-        }
         if Instant::now() >= next_check_in {
             next_check_in = Instant::now() + check_in(args, &mut client, stop, counters);
         }

@@ -8,6 +8,7 @@
 
 pub mod client;
 pub mod identity;
+pub mod server_override;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -58,6 +59,10 @@ pub struct ServerConfig {
     /// Other origins bundles may be downloaded from (`https://cdn.example.com`).
     #[serde(default)]
     pub mirrors: Vec<String>,
+    /// The pinned CA as PEM text, in place of `ca`'s file: set only by a signed server
+    /// override ([`server_override`]), never from system.toml.
+    #[serde(skip)]
+    pub ca_pem: Option<String>,
 }
 
 fn default_poll_secs() -> u64 {

@@ -3,8 +3,12 @@
 //! into a card already flashed), with the manifest `cairn-server device import` takes.
 //!
 //! The identity file format is `cairn_server_api::DeviceIdentity`'s; where it goes on the
-//! data partition follows the image's `data_dir` ([`IDENTITY_ON_DATA`]). Files are put in
-//! place with debugfs at the partition's offset: no mount, no loop device.
+//! data partition follows the image's `data_dir` ([`IDENTITY_ON_DATA`]). With `--config`,
+//! each device also gets its own settings ([`settings`]: hostname, network, a signed
+//! server override). Files are put in place with debugfs at the partition's offset: no
+//! mount, no loop device.
+
+pub mod settings;
 
 use std::fs::{self, File};
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -14,8 +18,11 @@ use std::process::Command;
 use anyhow::{bail, Context, Result};
 use cairn_server_api::{DeviceIdentity, ProvisioningRecord};
 
+use settings::{DataFile, DeviceSettings};
+
 /// The identity's path inside the data partition: cairnd's `data_dir` is `/data/cairn`
-/// in every image cairn-image builds (`os::rootfs`), and `[server] identity` is unset.
+/// (`cairn_boot::device_settings::DIR`) in every image cairn-image builds (`os::rootfs`),
+/// and `[server] identity` is unset.
 pub const IDENTITY_ON_DATA: &str = "cairn/identity.json";
 
 /// What every device of a batch shares.
@@ -23,6 +30,8 @@ pub struct Batch<'a> {
     pub compatible: &'a str,
     pub tags: &'a [String],
     pub image_version: Option<&'a str>,
+    /// Settings each device gets with its identity (`--config`).
+    pub settings: Option<&'a DeviceSettings>,
 }
 
 /// Makes `count` identities; for each, a copy of `image`'s data partition holding it
@@ -40,7 +49,7 @@ pub fn batch(
         let identity = new_identity()?;
         let copy = out.join(format!("{}.data.img", identity.device_id));
         copy_range_sparse(image, offset, len, &copy)?;
-        put_identity(&copy.display().to_string(), &identity, out)?;
+        put_device_files(&copy.display().to_string(), &identity, batch, out)?;
         records.push(record(&identity, batch));
     }
     let manifest = out.join("manifest.json");
@@ -54,9 +63,10 @@ pub fn batch(
 pub fn into_target(target: &Path, scratch: &Path, batch: &Batch) -> Result<ProvisioningRecord> {
     let (offset, _) = partition(target, "data")?;
     let identity = new_identity()?;
-    put_identity(
+    put_device_files(
         &format!("{}?offset={offset}", target.display()),
         &identity,
+        batch,
         scratch,
     )?;
     Ok(record(&identity, batch))
@@ -74,7 +84,12 @@ fn record(identity: &DeviceIdentity, batch: &Batch) -> ProvisioningRecord {
         device_id: identity.device_id.clone(),
         public_key: identity.public_key_hex(),
         compatible: batch.compatible.to_string(),
-        tags: batch.tags.to_vec(),
+        tags: batch
+            .tags
+            .iter()
+            .chain(batch.settings.iter().flat_map(|s| &s.tags))
+            .cloned()
+            .collect(),
         image_version: batch.image_version.map(str::to_string),
         ..ProvisioningRecord::default()
     }
@@ -134,22 +149,44 @@ fn copy_range_sparse(from: &Path, offset: u64, len: u64, to: &Path) -> Result<()
     Ok(())
 }
 
-/// Writes the identity file (root-owned, mode 0600) into the ext4 file system `fs`
-/// (a path, `path?offset=N` for one inside a disk) with debugfs, then reads it back.
-fn put_identity(fs_spec: &str, identity: &DeviceIdentity, scratch: &Path) -> Result<()> {
-    let local: PathBuf = scratch.join(format!(".{}.identity.json", identity.device_id));
-    cairn_atomic::write_private(&local, &identity.to_json())?;
-    let (dir, _) = IDENTITY_ON_DATA
-        .rsplit_once('/')
-        .unwrap_or(("", IDENTITY_ON_DATA));
-    let requests = [
-        format!("mkdir {dir}"),
-        format!("rm {IDENTITY_ON_DATA}"),
-        format!("write {} {IDENTITY_ON_DATA}", local.display()),
-        format!("sif {IDENTITY_ON_DATA} mode 0100600"),
-        format!("sif {IDENTITY_ON_DATA} uid 0"),
-        format!("sif {IDENTITY_ON_DATA} gid 0"),
-    ];
+/// Writes the identity file (root-owned, mode 0600) and the batch's settings files
+/// (0644) into the ext4 file system `fs` (a path, `path?offset=N` for one inside a disk)
+/// with debugfs, then reads each one back.
+fn put_device_files(
+    fs_spec: &str,
+    identity: &DeviceIdentity,
+    batch: &Batch,
+    scratch: &Path,
+) -> Result<()> {
+    let mut files = vec![DataFile {
+        path: IDENTITY_ON_DATA.to_string(),
+        contents: identity.to_json(),
+        mode: 0o600,
+    }];
+    if let Some(settings) = batch.settings {
+        files.extend(settings.files_for(&identity.device_id)?);
+    }
+    let mut requests = Vec::new();
+    let mut locals = Vec::new();
+    let mut dirs: Vec<&str> = files
+        .iter()
+        .filter_map(|f| f.path.rsplit_once('/').map(|(dir, _)| dir))
+        .collect();
+    dirs.dedup();
+    requests.extend(dirs.iter().map(|dir| format!("mkdir {dir}")));
+    for (n, file) in files.iter().enumerate() {
+        let local: PathBuf = scratch.join(format!(".{}.{n}", identity.device_id));
+        cairn_atomic::write_private(&local, &file.contents)?;
+        let path = &file.path;
+        requests.extend([
+            format!("rm {path}"),
+            format!("write {} {path}", local.display()),
+            format!("sif {path} mode 0{:o}", 0o100000 | file.mode),
+            format!("sif {path} uid 0"),
+            format!("sif {path} gid 0"),
+        ]);
+        locals.push(local);
+    }
     let script = scratch.join(format!(".{}.debugfs", identity.device_id));
     fs::write(&script, requests.join("\n") + "\n")?;
     let out = Command::new("debugfs")
@@ -158,24 +195,27 @@ fn put_identity(fs_spec: &str, identity: &DeviceIdentity, scratch: &Path) -> Res
         .arg(&script)
         .arg(fs_spec)
         .output()
-        .context("running debugfs (e2fsprogs)")?;
+        .context("running debugfs (e2fsprogs)");
     let _ = fs::remove_file(&script);
-    let _ = fs::remove_file(&local);
+    for local in &locals {
+        let _ = fs::remove_file(local);
+    }
+    let out = out?;
     if !out.status.success() {
         bail!(
             "debugfs on {fs_spec}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    let back = Command::new("debugfs")
-        .arg("-R")
-        .arg(format!("cat {IDENTITY_ON_DATA}"))
-        .arg(fs_spec)
-        .output()?;
-    let written = DeviceIdentity::from_json(&back.stdout)
-        .with_context(|| format!("the identity did not land in {fs_spec}"))?;
-    if written.public_key_hex() != identity.public_key_hex() {
-        bail!("the identity read back from {fs_spec} is another one");
+    for file in &files {
+        let back = Command::new("debugfs")
+            .arg("-R")
+            .arg(format!("cat {}", file.path))
+            .arg(fs_spec)
+            .output()?;
+        if back.stdout != file.contents {
+            bail!("{} did not land in {fs_spec} as written", file.path);
+        }
     }
     Ok(())
 }
