@@ -269,6 +269,11 @@ fn a_trial_that_hangs_is_reset_by_the_watchdog_then_tried_again_and_decided() ->
     rig.vm.wait_for("cairn: slot B chosen", BOOT_TIMEOUT * 4)?;
     rig.vm.wait_for_shell(BOOT_TIMEOUT)?;
     // v3's failing check takes 20 s to fail: freeze cairnd during it, a hung userspace.
+    // Only once cairnd says the checks started: frozen earlier, nothing on the device
+    // would say the trial's userspace came up.
+    rig.wait_for_status("the trial's health checks", |s| {
+        s["phase"]["checks_started"] == true
+    })?;
     rig.vm.send("kill -STOP $(pidof cairnd)")?;
     say("cairnd frozen during the trial's health checks: nothing feeds the watchdog");
     rig.vm.wait_for(
@@ -290,6 +295,12 @@ fn a_trial_that_hangs_is_reset_by_the_watchdog_then_tried_again_and_decided() ->
     let history = rig.vm.check("cairn history", COMMAND_TIMEOUT)?;
     ensure!(
         history.contains("trial-retry") && history.contains("rolled-back"),
+        "{history}"
+    );
+    // B's kernel and userspace were up when it hung: not "did not boot".
+    ensure!(
+        history.contains("trial of slot B interrupted after boot")
+            && !history.contains("did not boot"),
         "{history}"
     );
     record_time(
