@@ -5,13 +5,11 @@
 //! version at a time and never goes back.
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use time::OffsetDateTime;
 
-use crate::canonical;
 use crate::error::{Error, Result};
 use crate::keys::{PublicKey, Signature, SigningKey};
-use crate::signatures::{check_threshold, signed_message, ROOT_CONTEXT};
+use crate::signatures::{add_signature, canonical_message, check_threshold, ROOT_CONTEXT};
 
 pub const ROOT_TYPE: &str = "cairn-root";
 
@@ -72,21 +70,13 @@ impl SignedRoot {
 
     /// The exact bytes signatures are made over.
     pub fn message(&self) -> Result<Vec<u8>> {
-        let value: Value = serde_json::to_value(&self.signed).map_err(|source| Error::Json {
-            what: "trust root body",
-            source,
-        })?;
-        Ok(signed_message(
-            ROOT_CONTEXT,
-            &canonical::value_to_vec(&value),
-        ))
+        canonical_message(ROOT_CONTEXT, "trust root body", &self.signed)
     }
 
     /// Adds (or replaces) `key`'s signature.
     pub fn sign(&mut self, key: &SigningKey) -> Result<()> {
         let sig = key.sign(&self.message()?);
-        self.signatures.retain(|s| s.key_id != sig.key_id);
-        self.signatures.push(sig);
+        add_signature(&mut self.signatures, sig);
         Ok(())
     }
 

@@ -11,13 +11,11 @@
 //! devices it is for; then no other device takes it.
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
-use crate::canonical;
 use crate::error::{Error, Result};
 use crate::keys::{Signature, SigningKey};
 use crate::root::TrustRoot;
-use crate::signatures::{check_threshold, signed_message};
+use crate::signatures::{add_signature, canonical_message, check_threshold};
 
 pub const SERVER_OVERRIDE_TYPE: &str = "cairn-server-override";
 /// Domain separation: a release signer's signature over an override can never be taken
@@ -85,21 +83,17 @@ impl SignedServerOverride {
 
     /// The exact bytes signatures are made over: the canonical body after the context.
     pub fn message(&self) -> Result<Vec<u8>> {
-        let value: Value = serde_json::to_value(&self.signed).map_err(|source| Error::Json {
-            what: "server override body",
-            source,
-        })?;
-        Ok(signed_message(
+        canonical_message(
             SERVER_OVERRIDE_CONTEXT,
-            &canonical::value_to_vec(&value),
-        ))
+            "server override body",
+            &self.signed,
+        )
     }
 
     /// Adds (or replaces) `key`'s signature.
     pub fn sign(&mut self, key: &SigningKey) -> Result<()> {
         let sig = key.sign(&self.message()?);
-        self.signatures.retain(|s| s.key_id != sig.key_id);
-        self.signatures.push(sig);
+        add_signature(&mut self.signatures, sig);
         Ok(())
     }
 
@@ -126,7 +120,9 @@ impl SignedServerOverride {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::canonical;
     use crate::root::SignedRoot;
+    use crate::signatures::signed_message;
     use time::OffsetDateTime;
 
     fn root_of(keys: &[&SigningKey], threshold: usize) -> TrustRoot {

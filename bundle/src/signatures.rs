@@ -18,6 +18,26 @@ pub fn signed_message(context: &[u8], document: &[u8]) -> Vec<u8> {
     msg
 }
 
+/// The exact bytes signed for the JSON document `body` in `context`: its canonical form
+/// (`canonical`), so an edited-by-hand document verifies as long as its content is the same.
+pub(crate) fn canonical_message<T: serde::Serialize>(
+    context: &[u8],
+    what: &'static str,
+    body: &T,
+) -> Result<Vec<u8>> {
+    let value = serde_json::to_value(body).map_err(|source| Error::Json { what, source })?;
+    Ok(signed_message(
+        context,
+        &crate::canonical::value_to_vec(&value),
+    ))
+}
+
+/// Adds `sig` to `signatures`, replacing an older signature by the same key.
+pub(crate) fn add_signature(signatures: &mut Vec<Signature>, sig: Signature) {
+    signatures.retain(|s| s.key_id != sig.key_id);
+    signatures.push(sig);
+}
+
 /// Checks that at least `threshold` distinct keys from `keys` produced valid signatures
 /// over `message`. Signatures by unknown keys and invalid signatures are not errors by
 /// themselves (another signer may be rotating keys) but are named when the threshold is

@@ -11,6 +11,7 @@ use crate::checkin::CheckInContext;
 use crate::config::Config;
 use crate::db::Db;
 use crate::device_reader::DeviceReader;
+use crate::metrics::Metrics;
 use crate::state_writer::StateWriter;
 
 pub struct AppState {
@@ -22,6 +23,8 @@ pub struct AppState {
     pub caches: Caches,
     pub writer: StateWriter,
     pub reader: DeviceReader,
+    /// Request counts and latencies for `/metrics`.
+    pub metrics: Metrics,
 }
 
 pub type Shared = Arc<AppState>;
@@ -49,6 +52,7 @@ impl AppState {
             token_key,
             admin_token: AdminToken::new(&admin),
             caches: Caches::default(),
+            metrics: Metrics::default(),
             config,
         }))
     }

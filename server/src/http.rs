@@ -9,7 +9,7 @@ use axum::Router;
 
 use crate::db::Db;
 use crate::error::ApiResult;
-use crate::{admin_api, blobs, dashboard, device_api};
+use crate::{admin_api, blobs, dashboard, device_api, metrics};
 use crate::{auth, campaigns, tls};
 
 // Where other crates and the tests have always taken them from.
@@ -60,6 +60,14 @@ pub async fn build(db: Db, config: Config, local: SocketAddr) -> anyhow::Result<
         .route("/ui/devices", get(dashboard::devices))
         .route("/ui/devices/{id}", get(dashboard::device))
         .route("/blobs/{name}", get(blobs::serve))
+        .route("/metrics", get(metrics::serve))
+        .route("/healthz", get(metrics::healthz))
+        .route("/readyz", get(metrics::readyz))
+        // After routing, so each request is counted under its route's template.
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            metrics::track,
+        ))
         .with_state(state.clone());
     Ok((router, state))
 }

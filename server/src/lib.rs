@@ -25,6 +25,8 @@
 //!   change; [`device_api`], [`admin_api`], [`dashboard`], [`blobs`]: the handlers;
 //!   [`json`], [`error`]: request bodies and error answers;
 //!   [`local`] runs a server on a thread for non-async programs (tests, the demo).
+//! - [`metrics`]: `/metrics` (Prometheus), `/healthz`, `/readyz`, and the middleware that
+//!   times every request.
 
 pub mod admin_api;
 pub mod app;
@@ -49,6 +51,7 @@ pub mod gates;
 pub mod http;
 pub mod json;
 pub mod local;
+pub mod metrics;
 pub mod plan;
 pub mod policy;
 pub mod releases;

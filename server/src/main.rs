@@ -32,8 +32,18 @@ struct Cli {
     /// Directory bundles are kept in.
     #[arg(long, global = true, env = "CAIRN_BLOBS", default_value = "./blobs")]
     blobs: PathBuf,
+    /// Logs on stderr as text for people or as one JSON object per line for a log
+    /// collector.
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -177,14 +187,17 @@ struct CreateCampaign {
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    tracing_subscriber::fmt()
+    let cli = Cli::parse();
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| "info,sqlx=warn".into()),
         )
-        .with_writer(std::io::stderr)
-        .init();
-    let cli = Cli::parse();
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().flatten_event(true).init(),
+    }
     if let Command::Restore { file } = &cli.command {
         // Before connecting: connecting would migrate (write) the database being replaced.
         let restored = cairn_server::backup::restore(&cli.db, file).await?;

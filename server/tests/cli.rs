@@ -49,9 +49,12 @@ fn serve_works_with_nothing_but_a_database_url_and_a_blob_dir() {
             "sqlite://cairn.db",
             "--blobs",
             "./blobs",
+            "--log-format",
+            "json",
             "--listen",
         ])
         .arg(format!("127.0.0.1:{port}"))
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
     let started = Instant::now();
@@ -71,7 +74,19 @@ fn serve_works_with_nothing_but_a_database_url_and_a_blob_dir() {
         std::thread::sleep(Duration::from_millis(50));
     };
     child.kill().unwrap();
-    child.wait().unwrap();
+    let logs = child.wait_with_output().unwrap().stderr;
+    // --log-format json: every line one JSON object, for a log collector.
+    let logs = String::from_utf8(logs).unwrap();
+    let lines: Vec<serde_json::Value> = logs
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["level"] == "WARN" && l["message"].as_str().is_some()),
+        "{logs}"
+    );
     assert!(answered.starts_with("HTTP/1.0 401"), "{answered}");
     assert!(answered.contains("no-admin-token"), "{answered}");
     assert!(dir.path().join("cairn.db").exists());

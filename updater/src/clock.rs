@@ -148,15 +148,16 @@ impl Clock {
                 );
                 continue;
             }
-            if offset.abs() >= NTP_STEP_AFTER {
-                self.set_clock(
+            let synchronised = offset.abs() < NTP_STEP_AFTER
+                || self.set_clock(
                     now.unix_timestamp(),
                     server_now,
                     &format!("NTP server {server}"),
                 );
+            if synchronised {
+                tracing::info!(server, "clock synchronised by NTP");
+                self.keep_floor();
             }
-            tracing::info!(server, "clock synchronised by NTP");
-            self.keep_floor();
             return;
         }
         if !self.config.ntp_servers.is_empty() {
@@ -170,8 +171,9 @@ impl Clock {
         self.set_clock(from, to, source);
     }
 
-    /// Sets the system clock to `to` (from `from`, for the log), when the config allows.
-    fn set_clock(&self, from: i64, to: OffsetDateTime, source: &str) {
+    /// Sets the system clock to `to` (from `from`, for the log), when the config allows;
+    /// whether it did.
+    fn set_clock(&self, from: i64, to: OffsetDateTime, source: &str) -> bool {
         let to_secs = to.unix_timestamp();
         if !self.config.set_system_clock {
             tracing::warn!(
@@ -179,7 +181,7 @@ impl Clock {
                 to = to_secs,
                 "clock is off from {source}; not set ([clock] set_system_clock is off)"
             );
-            return;
+            return false;
         }
         let direction = if to_secs >= from {
             "behind"
@@ -190,8 +192,12 @@ impl Clock {
             Ok(()) => {
                 tracing::warn!(from, to = to_secs, "clock was {direction} {source}: set");
                 self.keep_floor();
+                true
             }
-            Err(e) => tracing::error!(from, to = to_secs, "cannot set the clock to {source}: {e}"),
+            Err(e) => {
+                tracing::error!(from, to = to_secs, "cannot set the clock to {source}: {e}");
+                false
+            }
         }
     }
 }

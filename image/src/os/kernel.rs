@@ -43,7 +43,11 @@ impl KernelTree {
             deps.keys().map(|path| (module_name(path), path)).collect();
         let mut wanted = BTreeSet::new();
         let mut queue: Vec<String> = Vec::new();
-        for name in names {
+        // An entry may carry module parameters after the name (`softdog soft_margin=30`).
+        for name in names
+            .iter()
+            .filter_map(|entry| entry.split_whitespace().next())
+        {
             let Some(path) = by_name.get(&name.replace('-', "_")) else {
                 bail!("kernel {} has no module {name}", self.release);
             };

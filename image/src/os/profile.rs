@@ -131,6 +131,8 @@ pub struct Kernel {
     pub package: String,
     /// `uname -r` of that package: the directory under /lib/modules.
     pub release: String,
+    /// Modules the initramfs loads, in order; an entry may carry the module's parameters
+    /// after its name (`softdog soft_margin=30`).
     pub initramfs_modules: Vec<String>,
     pub modules: Vec<String>,
 }

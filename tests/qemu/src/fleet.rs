@@ -72,16 +72,23 @@ fn images(build: &Build) -> Result<Vec<ImageInput>> {
 /// A bundle of `new`, signed with the development key, with a delta for each image from
 /// `old` (what devices in the field run).
 pub fn bundle(new: &Build, old: &Build, out: &Path) -> Result<PathBuf> {
-    bundle_with_kernel(new, old, out, None)
+    bundle_replacing(new, old, out, None)
 }
 
-/// Like [`bundle`], with the kernel image replaced by `kernel` (a release that cannot
-/// boot).
-pub fn bundle_with_kernel(
+/// A release of `new` that differs in one image: [`Replaced`]'s file stands in for
+/// `new`'s image of that name (a kernel that cannot boot, an initrd that hangs).
+pub struct Replaced<'a> {
+    pub version: &'a str,
+    pub image: &'a str,
+    pub path: &'a Path,
+}
+
+/// Like [`bundle`], with one image replaced.
+pub fn bundle_replacing(
     new: &Build,
     old: &Build,
     out: &Path,
-    kernel: Option<(&str, &Path)>,
+    replaced: Option<Replaced>,
 ) -> Result<PathBuf> {
     let keys = new.layout.dev_keys();
     let key = SigningKey::from_json(&std::fs::read(keys.join("release.key.json"))?)
@@ -95,11 +102,13 @@ pub fn bundle_with_kernel(
         .collect();
     let mut new_images = images(new)?;
     let mut version = new.profile.version.clone();
-    if let Some((v, kernel)) = kernel {
-        version = v.to_string();
-        for image in new_images.iter_mut().filter(|i| i.name == "kernel") {
-            image.path = kernel.to_path_buf();
-        }
+    if let Some(replaced) = replaced {
+        version = replaced.version.to_string();
+        let image = new_images
+            .iter_mut()
+            .find(|i| i.name == replaced.image)
+            .with_context(|| format!("{} has no image {}", new.profile.name, replaced.image))?;
+        image.path = replaced.path.to_path_buf();
     }
     let spec = BundleSpec {
         description: Some(format!("{} {version}", new.profile.name)),

@@ -2,9 +2,11 @@
 //! and a real cairn-server. Each boots a fresh copy of the v1 disk; the images and the
 //! v2 bundle are built once per run.
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{ensure, Result};
+use cairn_image::os::pipeline::Build;
 use qemu_tests::update_loop::{CampaignEnd, Rig, COMMAND_TIMEOUT};
 use qemu_tests::{disk::TestDisk, fleet, image, record_time, serial, BOOT_TIMEOUT};
 
@@ -281,7 +283,9 @@ fn a_trial_that_hangs_is_reset_by_the_watchdog_then_tried_again_and_decided() ->
         BOOT_TIMEOUT + Duration::from_secs(40),
     )?;
     ensure!(
-        rig.vm.console().contains("softdog"),
+        rig.vm
+            .console()
+            .contains("softdog: Initiating system reboot"),
         "the board reset without the watchdog saying so"
     );
     // No verdict was reached: cairnd on A arms the same trial again, which now fails its
@@ -318,11 +322,15 @@ fn a_release_whose_kernel_cannot_boot_falls_back_and_is_reported() -> Result<()>
     // v4: v2's root, but a kernel U-Boot cannot start.
     let junk = dir.path().join("junk-kernel");
     std::fs::write(&junk, vec![0xa5u8; 4 << 20])?;
-    let bundle = fleet::bundle_with_kernel(
+    let bundle = fleet::bundle_replacing(
         fleet::image_v2()?,
         image()?,
         &dir.path().join("v4.cairn"),
-        Some(("0.4.0", &junk)),
+        Some(fleet::Replaced {
+            version: "0.4.0",
+            image: "kernel",
+            path: &junk,
+        }),
     )?;
     let release = rig.add_release(&bundle)?;
     let end = rig.roll_out_release("rollout-0.4.0", &release, &mut say)?;
@@ -341,6 +349,81 @@ fn a_release_whose_kernel_cannot_boot_falls_back_and_is_reported() -> Result<()>
         rig.started.elapsed(),
     );
     Ok(())
+}
+
+#[test]
+fn a_trial_whose_init_hangs_is_reset_by_the_watchdog_until_the_device_is_back_on_its_release(
+) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let _lock = serial();
+    let mut rig = Rig::boot_v1(dir.path(), "update-init-hang", false, &mut say)?;
+    // v5: v2, but its init hangs once it has armed the watchdog, before any health check.
+    let initrd = initrd_that_hangs(fleet::image_v2()?, dir.path())?;
+    let bundle = fleet::bundle_replacing(
+        fleet::image_v2()?,
+        image()?,
+        &dir.path().join("v5.cairn"),
+        Some(fleet::Replaced {
+            version: "0.5.0",
+            image: "initrd",
+            path: &initrd,
+        }),
+    )?;
+    let release = rig.add_release(&bundle)?;
+    let end = rig.roll_out_release("rollout-0.5.0", &release, &mut say)?;
+    ensure!(end.failed == 1 && end.succeeded == 0, "{end:?}");
+    rig.vm.wait_for("cairn: slot A chosen", BOOT_TIMEOUT)?;
+    rig.vm.wait_for_shell(BOOT_TIMEOUT)?;
+    // Each trial boot hung and was reset by the watchdog; none reached a verdict, so the
+    // device tried as often as `[health] trial_boots` allows, then declined the release.
+    let hangs = rig.vm.count(HANG_LINE);
+    let resets = rig.vm.count("softdog: Initiating system reboot");
+    ensure!(
+        hangs == 3 && resets >= 3,
+        "{hangs} hung trials, {resets} watchdog lines"
+    );
+    let status = rig.status()?;
+    ensure!(
+        status["booted"] == "A" && status["phase"]["phase"] == "rolled-back",
+        "{status}"
+    );
+    record_time(
+        "init hangs in every trial: watchdog resets, 3 tries, back on the committed slot",
+        rig.started.elapsed(),
+    );
+    Ok(())
+}
+
+/// What the hanging init prints before it hangs.
+const HANG_LINE: &str = "test release: init hangs here";
+
+/// `build`'s initrd with an `/init` that hangs right after arming the watchdog: a second
+/// cpio archive appended to the first, whose `/init` the kernel unpacks over the real one.
+fn initrd_that_hangs(build: &Build, dir: &Path) -> Result<PathBuf> {
+    let init = std::fs::read_to_string(qemu_tests::workspace().join("boot/initramfs/init"))?;
+    let armed = "printf 1 > /dev/watchdog && log \"watchdog armed; cairnd feeds it\"\nfi\n";
+    ensure!(
+        init.contains(armed),
+        "the initramfs no longer arms the watchdog as expected"
+    );
+    let hanging = init.replacen(
+        armed,
+        &format!("{armed}log \"{HANG_LINE}\"\nwhile :; do sleep 60; done\n"),
+        1,
+    );
+    let mut initrd = std::fs::read(build.layout.initrd())?;
+    cairn_image::os::cpio::write(
+        &mut initrd,
+        &[cairn_image::os::cpio::Entry::File {
+            path: "init".into(),
+            mode: 0o755,
+            data: hanging.into_bytes(),
+        }],
+        0,
+    )?;
+    let path = dir.join("initrd-that-hangs.img");
+    std::fs::write(&path, initrd)?;
+    Ok(path)
 }
 
 /// Where each power cut of the download-and-write scenario falls: a line of cairnd's log
