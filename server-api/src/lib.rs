@@ -15,10 +15,10 @@ pub use auth::{
 };
 pub use identity::{DeviceIdentity, IdentityFormatError};
 pub use types::{
-    Assignment, AttestationEvidence, AttestationRequest, AttestationResult, CheckIn,
-    CheckInResponse, DeploymentState, EnrollResponse, EnrollStatus, ErrorBody, InstalledImage,
-    ProvisioningRecord, Report, ReportAck, ReportedState, Slot, TpmActivation, TpmChallenge,
-    TpmEnrollRequest, TpmEnrollStatus,
+    ak_digest, codes, Assignment, AttestationEvidence, AttestationRequest, AttestationResult,
+    CheckIn, CheckInResponse, DeploymentState, EnrollResponse, EnrollStatus, ErrorBody,
+    InstalledImage, ProvisioningRecord, Report, ReportAck, ReportedState, Slot, TpmActivation,
+    TpmChallenge, TpmEnrollRequest, TpmEnrollStatus,
 };
 
 /// What a name on the server (a device ID, a tag, a release or campaign ID) may be.

@@ -41,6 +41,19 @@ pub struct CheckInResponse {
     /// Present while a committed deployment waits for the device's TPM quote.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attestation: Option<AttestationRequest>,
+    /// SHA-256 (hex) of the `TPM2B_PUBLIC` of the attestation key the server trusts for
+    /// this device; absent when it trusts none (never enrolled, restored from a backup
+    /// taken before, or reset by an operator). A device with a TPM whose own AK is not
+    /// this one enrolls it again (same EK); see [`ak_digest`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trusted_ak: Option<String>,
+}
+
+/// How [`CheckInResponse::trusted_ak`] names an attestation key: SHA-256 of its
+/// `TPM2B_PUBLIC` bytes, lowercase hex.
+pub fn ak_digest(ak_public: &[u8]) -> String {
+    use sha2::Digest as _;
+    hex::encode(sha2::Sha256::digest(ak_public))
 }
 
 /// The server asks for a TPM quote over `pcrs` that includes `nonce`, for one deployment.
@@ -252,6 +265,20 @@ pub enum EnrollStatus {
 pub struct EnrollResponse {
     pub device_id: String,
     pub status: EnrollStatus,
+}
+
+/// The `error` codes a device acts on (every other refusal is final for that request).
+pub mod codes {
+    /// The server has no device with this id (a check-in or token request): enroll again.
+    pub const UNKNOWN_DEVICE: &str = "unknown-device";
+    /// The server has no such deployment (it was restored from a backup taken before the
+    /// deployment existed, or rebuilt): drop reports for it; the next check-in tells the
+    /// server what the device runs.
+    pub const UNKNOWN_DEPLOYMENT: &str = "unknown-deployment";
+    /// The server trusts no attestation key for this device (a quote cannot be checked):
+    /// enroll the AK again (same EK), then send the quote again. The deployment stays
+    /// `attestation-pending`.
+    pub const UNKNOWN_ATTESTATION_KEY: &str = "unknown-attestation-key";
 }
 
 /// Every error response: a stable machine-readable `error` and a sentence for people.

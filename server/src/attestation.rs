@@ -297,21 +297,28 @@ pub async fn attest(
             format!("deployment {deployment_id} is {state}, not waiting for attestation"),
         ));
     };
-    let verdict = match (target.ak_public, target.ak_trusted_at) {
-        (Some(ak), Some(_)) => {
-            let release = caches.release(db, &target.release_id).await?;
-            check(
-                &ak,
-                &quote,
-                &signature,
-                &nonce,
-                &stored_nonce,
-                &log,
-                &release.1,
-            )
-        }
-        _ => Err("the device has no trusted attestation key (TPM not enrolled)".to_string()),
+    // No trusted AK says nothing about what booted (a server restored from a backup
+    // taken before the enrollment, an operator's reset-tpm): the device is told to
+    // enroll again and the deployment stays pending for its next quote.
+    let (Some(ak), Some(_)) = (target.ak_public, target.ak_trusted_at) else {
+        return Err(ApiError::conflict(
+            cairn_server_api::codes::UNKNOWN_ATTESTATION_KEY,
+            format!(
+                "this server trusts no attestation key of device {device_id}: enroll the TPM's \
+                 attestation key (POST /v1/device/tpm) and send the quote again"
+            ),
+        ));
     };
+    let release = caches.release(db, &target.release_id).await?;
+    let verdict = check(
+        &ak,
+        &quote,
+        &signature,
+        &nonce,
+        &stored_nonce,
+        &log,
+        &release.1,
+    );
     let (next, reason) = match &verdict {
         Ok(()) => (DeploymentState::Succeeded, None),
         Err(why) => (

@@ -4,7 +4,6 @@
 
 use cairn_server_api::{Assignment, CheckIn, CheckInResponse, DeploymentState};
 
-use crate::attestation;
 use crate::caches::Caches;
 use crate::campaigns::state;
 use crate::db::{now_ms, random_id, Db};
@@ -16,6 +15,7 @@ use crate::plan::plan;
 use crate::policy::{eligible, position, wave_of, Candidate};
 use crate::releases::Release;
 use crate::state_writer::StateWriter;
+use crate::{attestation, campaigns, transitions};
 
 /// What a check-in needs to know besides the database.
 pub struct CheckInContext<'a> {
@@ -33,7 +33,7 @@ pub async fn check_in(
     report: &CheckIn,
 ) -> ApiResult<CheckInResponse> {
     validate(report)?;
-    let (device, existing) = ctx
+    let (device, mut existing) = ctx
         .reader
         .read(device_id)
         .await?
@@ -49,6 +49,7 @@ pub async fn check_in(
         .await?;
     }
     ctx.writer.queue(device_id, report.clone()).await;
+    catch_up(ctx, device_id, &mut existing, report).await?;
     let attestation = existing
         .iter()
         .find(|d| d.live && d.state == DeploymentState::AttestationPending)
@@ -58,7 +59,66 @@ pub async fn check_in(
         assignment,
         poll_interval_secs: jittered(ctx.poll_interval_secs, device_id),
         attestation,
+        trusted_ak: device.trusted_ak,
     })
+}
+
+/// A device that runs its live deployment's release in its committed slot, while the
+/// deployment is still in progress here, is ahead of the server: the server lost the
+/// reports (restored from a backup, rebuilt). The deployment moves on as the `committed`
+/// report would have moved it ([`transitions::device_ahead`]), in one transaction with its
+/// history entry, and `existing` is updated to match. Losing the compare-and-set to a
+/// concurrent report changes nothing; the next check-in sees where that report left it.
+async fn catch_up(
+    ctx: &CheckInContext<'_>,
+    device_id: &str,
+    existing: &mut [DeploymentRow],
+    report: &CheckIn,
+) -> ApiResult<()> {
+    if report.booted_slot != report.committed_slot {
+        return Ok(()); // on trial: nothing is committed yet
+    }
+    let Some(live) = existing.iter_mut().find(|d| d.live) else {
+        return Ok(());
+    };
+    let Some(transition) = transitions::device_ahead(live.state, live.attestation_required) else {
+        return Ok(());
+    };
+    let release = ctx.caches.release(ctx.db, &live.release_id).await?;
+    if release.0.version != report.version {
+        return Ok(());
+    }
+    let now = now_ms();
+    let next = transition.next;
+    let mut tx = ctx.db.pool.begin().await?;
+    if !deployments::move_state(&mut tx, &live.id, live.state, next, None, now).await? {
+        tx.rollback().await?;
+        return Ok(());
+    }
+    let nonce = (next == DeploymentState::AttestationPending).then(attestation::new_nonce);
+    if let Some(nonce) = &nonce {
+        deployments::set_attestation_nonce(&mut tx, &live.id, nonce).await?;
+    }
+    let detail = format!(
+        "{}: the device runs {} committed while the server had it {}; counted as committed ({})",
+        live.id,
+        report.version,
+        live.state.as_str(),
+        next.as_str()
+    );
+    devices::record_in(&mut tx, device_id, now, "caught-up", &detail).await?;
+    tx.commit().await?;
+    tracing::info!(device = %device_id, deployment = %live.id, state = next.as_str(), "device ahead of the server: deployment caught up");
+    live.state = next;
+    live.live = !next.is_terminal();
+    live.attestation_nonce = nonce;
+    if next.is_terminal() {
+        ctx.caches.invalidate_campaigns();
+        if let Err(e) = campaigns::evaluate(ctx.db, &live.campaign_id).await {
+            tracing::warn!(campaign = %live.campaign_id, "evaluating after a catch-up: {e}");
+        }
+    }
+    Ok(())
 }
 
 /// Writes a changed version at once (the rest of the state waits for the batch) and

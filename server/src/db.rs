@@ -19,6 +19,8 @@ pub enum Backend {
 pub struct Db {
     pub pool: AnyPool,
     pub backend: Backend,
+    /// The database file, on SQLite (what a restore replaces and the serve lock guards).
+    pub sqlite_file: Option<std::path::PathBuf>,
 }
 
 pub type Row = AnyRow;
@@ -77,12 +79,16 @@ impl Db {
             .run(&pool)
             .await
             .context("running database migrations")?;
-        Ok(Db { pool, backend })
+        Ok(Db {
+            pool,
+            backend,
+            sqlite_file: crate::backup::sqlite_file(&url),
+        })
     }
 }
 
 /// The URL without its password, for messages.
-fn redact(url: &str) -> String {
+pub fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(scheme), Some(at)) if at > scheme => format!("{}://…{}", &url[..scheme], &url[at..]),
         _ => url.to_string(),

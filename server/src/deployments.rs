@@ -31,6 +31,8 @@ pub struct DeploymentRow {
     pub attestation_nonce: Option<String>,
     /// The campaign's `retry_declined`.
     pub retry_declined: bool,
+    /// The campaign's `attestation_required` (read for the live deployment only).
+    pub attestation_required: bool,
 }
 
 /// What a check-in needs of the device row (read in the same query as its deployments).
@@ -40,11 +42,14 @@ pub struct DeviceRow {
     pub compatible: String,
     pub tags: Vec<String>,
     pub version: Option<String>,
+    /// [`cairn_server_api::ak_digest`] of the attestation key the server trusts, if any.
+    pub trusted_ak: Option<String>,
 }
 
 pub type DeviceView = (DeviceRow, Vec<DeploymentRow>);
 
 const DEVICE_VIEWS: &str = "SELECT v.id AS device_id, v.approval, v.compatible, v.tags, v.version, \
+     v.ak_public, v.ak_trusted_at, \
      d.id, d.campaign_id, d.state, d.live, d.attestation_nonce, c.state AS campaign_state, c.release_id, c.policy FROM devices v \
      LEFT JOIN deployments d ON d.device_id = v.id \
      LEFT JOIN campaigns c ON c.id = d.campaign_id WHERE v.id IN ";
@@ -84,6 +89,7 @@ fn group(rows: &[Row]) -> ApiResult<HashMap<String, DeviceView>> {
                     compatible: r.try_get("compatible")?,
                     tags: split_tags(&r.try_get::<String, _>("tags")?),
                     version: r.try_get("version")?,
+                    trusted_ak: trusted_ak(r.try_get("ak_public")?, r.try_get("ak_trusted_at")?),
                 };
                 e.insert((device, Vec::new()))
             }
@@ -92,6 +98,14 @@ fn group(rows: &[Row]) -> ApiResult<HashMap<String, DeviceView>> {
             continue;
         };
         let live = r.try_get::<Option<i64>, _>("live")?.is_some();
+        // Only a live deployment is handed out again; a check-in reads every row, so the
+        // policy is parsed for that one alone.
+        let policy = if live {
+            r.try_get::<Option<String>, _>("policy")?
+                .and_then(|p| serde_json::from_str::<CampaignPolicy>(&p).ok())
+        } else {
+            None
+        };
         view.1.push(DeploymentRow {
             id,
             campaign_id: r.try_get("campaign_id")?,
@@ -100,15 +114,20 @@ fn group(rows: &[Row]) -> ApiResult<HashMap<String, DeviceView>> {
             campaign_state: r.try_get("campaign_state")?,
             release_id: r.try_get("release_id")?,
             attestation_nonce: r.try_get("attestation_nonce")?,
-            // Only a live deployment is handed out again; a check-in reads every row, so
-            // the policy is parsed for that one alone.
-            retry_declined: live
-                && r.try_get::<Option<String>, _>("policy")?
-                    .and_then(|p| serde_json::from_str::<crate::policy::CampaignPolicy>(&p).ok())
-                    .is_some_and(|p| p.retry_declined),
+            retry_declined: policy.as_ref().is_some_and(|p| p.retry_declined),
+            attestation_required: policy.as_ref().is_some_and(|p| p.attestation_required),
         });
     }
     Ok(out)
+}
+
+/// The digest a check-in answer names the device's trusted AK by; `None` unless an AK is
+/// stored and its challenge was solved.
+fn trusted_ak(ak_public: Option<String>, trusted_at: Option<i64>) -> Option<String> {
+    trusted_at?;
+    hex::decode(ak_public?)
+        .ok()
+        .map(|ak| cairn_server_api::ak_digest(&ak))
 }
 
 fn parse_state(stored: &str) -> ApiResult<DeploymentState> {
@@ -271,7 +290,7 @@ async fn owned(db: &Db, device_id: &str, deployment_id: &str, select: &str) -> A
         .await?
         .ok_or_else(|| {
             ApiError::not_found(
-                "unknown-deployment",
+                cairn_server_api::codes::UNKNOWN_DEPLOYMENT,
                 format!("no deployment {deployment_id}"),
             )
         })?;

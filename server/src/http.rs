@@ -86,6 +86,9 @@ pub async fn serve(
         Some(files) => Some(tls::CertReloader::load(files.clone())?),
         None => None,
     };
+    // Held while serving: `cairn-server restore` refuses to replace the database under it.
+    let _lock = crate::backup::ServeLock::serving(&db)?;
+    crate::backup::check_blobs(&db, &config.blobs).await?;
     let (router, state) = build(db, config, local).await?;
     let ticker = tokio::spawn(evaluate_forever(state.clone()));
     let served = match tls {

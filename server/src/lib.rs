@@ -14,6 +14,8 @@
 //! - [`reports`]: progress reports, applied once and atomically.
 //! - [`attestation`]: TPM enrollment (MakeCredential challenge) and quote checks that
 //!   hold a deployment's success until the device proves which image booted.
+//! - [`backup`]: `backup` and `restore` of a SQLite database, the serve lock that keeps
+//!   a restore from replacing a served database, the start-up check of the blob directory.
 //! - [`audit`]: the log of operator actions on a device's trust (TPM reset, reject,
 //!   revoke).
 //! - [`auth`]: request authentication: signed device requests (timestamp + nonce),
@@ -31,6 +33,7 @@ pub mod app;
 pub mod attestation;
 pub mod audit;
 pub mod auth;
+pub mod backup;
 pub mod blobs;
 pub mod caches;
 pub mod campaigns;

@@ -60,6 +60,29 @@ impl LocalServer {
     }
 }
 
+/// `cairn-server backup FILE` for programs that are not async: a consistent copy of the
+/// SQLite database at `db_url`, made while servers keep serving it.
+pub fn backup(db_url: &str, file: &std::path::Path) -> Result<()> {
+    let runtime = tokio::runtime::Runtime::new().context("starting a tokio runtime")?;
+    runtime.block_on(async {
+        let db = Db::connect(db_url).await?;
+        crate::backup::backup(&db, db_url, file).await?;
+        db.pool.close().await;
+        anyhow::Ok(())
+    })
+}
+
+/// `cairn-server restore FILE` for programs that are not async; refused while a server
+/// serves `db_url`. The database is opened once afterwards, which migrates it.
+pub fn restore(db_url: &str, file: &std::path::Path) -> Result<crate::backup::Restored> {
+    let runtime = tokio::runtime::Runtime::new().context("starting a tokio runtime")?;
+    runtime.block_on(async {
+        let restored = crate::backup::restore(db_url, file).await?;
+        Db::connect(db_url).await?.pool.close().await;
+        anyhow::Ok(restored)
+    })
+}
+
 impl Drop for LocalServer {
     fn drop(&mut self) {
         if let Some(stop) = self.stop.take() {

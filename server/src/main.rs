@@ -58,6 +58,12 @@ enum Command {
     Device(DeviceCommand),
     #[command(subcommand)]
     Campaign(CampaignCommand),
+    /// Write a consistent copy of the (SQLite) database to FILE while the server runs.
+    /// PostgreSQL: use pg_dump -Fc. Copy the blob directory after it (README).
+    Backup { file: PathBuf },
+    /// Replace the (SQLite) database with the backup FILE; refused while a server serves
+    /// it, or when FILE is damaged or not a cairn-server database. Restore blobs first.
+    Restore { file: PathBuf },
 }
 
 #[derive(Parser)]
@@ -192,6 +198,16 @@ async fn main() -> Result<()> {
         LogFormat::Text => logs.init(),
         LogFormat::Json => logs.json().flatten_event(true).init(),
     }
+    if let Command::Restore { file } = &cli.command {
+        // Before connecting: connecting would migrate (write) the database being replaced.
+        let restored = cairn_server::backup::restore(&cli.db, file).await?;
+        // Brings an older backup's schema up to date, and says what blobs it needs.
+        let db = Db::connect(&cli.db).await?;
+        if let Err(e) = cairn_server::backup::check_blobs(&db, &cli.blobs).await {
+            tracing::warn!("{e}");
+        }
+        return print(&restored);
+    }
     let db = Db::connect(&cli.db).await?;
     match cli.command {
         Command::Serve(args) => serve(db, cli.blobs, args).await,
@@ -202,6 +218,16 @@ async fn main() -> Result<()> {
         Command::Release(c) => release(&db, cli.blobs, c).await,
         Command::Device(c) => device(&db, c).await,
         Command::Campaign(c) => campaign(&db, c).await,
+        Command::Backup { file } => {
+            cairn_server::backup::backup(&db, &cli.db, &file).await?;
+            tracing::info!(
+                "database backed up to {}; now copy the blob directory {} beside it",
+                file.display(),
+                cli.blobs.display()
+            );
+            Ok(())
+        }
+        Command::Restore { .. } => unreachable!("handled before connecting"),
     }
 }
 

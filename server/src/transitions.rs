@@ -7,6 +7,11 @@
 //! any live state ─rolled-back / failed─→ failed (with the reason)
 //! assigned ─campaign aborted─→ cancelled
 //! ```
+//! A device ahead of the server (a check-in from the release's version, committed,
+//! while the deployment is still `assigned` to `rebooting`: the server lost the reports,
+//! e.g. it was restored from a backup) moves on as a `committed` report would
+//! ([`device_ahead`]).
+//!
 //! Progress never moves backwards: a late or retried `downloading` after `installing`
 //! is recorded in the history but changes nothing.
 
@@ -145,6 +150,25 @@ pub fn apply(
     }
 }
 
+/// A check-in says the device runs the deployment's release in its committed slot while
+/// the server still has the deployment in progress (`assigned` to `rebooting`): the
+/// reports that would have moved it were lost (a server restored from a backup, a
+/// rebuilt one). It counts as that `committed` report would: `succeeded`, or
+/// `attestation-pending` when the campaign requires a quote, which then proves (or not)
+/// what booted. Other states stay: ended ones are history, and a pending quote is
+/// already asked for. `None`: nothing moves.
+pub fn device_ahead(current: S, attestation_required: bool) -> Option<Transition> {
+    progress_rank(current)?;
+    Some(Transition {
+        next: if attestation_required {
+            S::AttestationPending
+        } else {
+            S::Succeeded
+        },
+        reason: None,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -201,6 +225,26 @@ mod tests {
         let t = apply(S::Rebooting, R::RolledBack, Some("health check k3s"), false).unwrap();
         assert_eq!(t.next, S::Failed);
         assert_eq!(t.reason.as_deref(), Some("rolled back: health check k3s"));
+    }
+
+    #[test]
+    fn a_device_ahead_of_the_server_counts_as_its_commit_would() {
+        for current in [S::Assigned, S::Downloading, S::Installing, S::Rebooting] {
+            assert_eq!(device_ahead(current, false).unwrap().next, S::Succeeded);
+            assert_eq!(
+                device_ahead(current, true).unwrap().next,
+                S::AttestationPending
+            );
+        }
+        for ended in [
+            S::AttestationPending,
+            S::Succeeded,
+            S::Failed,
+            S::AttestationFailed,
+            S::Cancelled,
+        ] {
+            assert_eq!(device_ahead(ended, true), None, "{ended:?}");
+        }
     }
 
     #[test]

@@ -279,3 +279,99 @@ async fn a_running_server_sees_what_the_subcommands_change() {
     }
     server.stop().await;
 }
+
+/// A backup of `d`'s database with one release and its blob, made through the CLI.
+fn backed_up_server(d: &Path) -> (Releases, serde_json::Value) {
+    let releases = Releases::build();
+    let v1 = json(
+        d,
+        &[
+            "release",
+            "add",
+            releases.v1.to_str().unwrap(),
+            "--root",
+            releases.root_path.to_str().unwrap(),
+        ],
+    );
+    let out = cli(d, &["backup", "backup.db"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (releases, v1)
+}
+
+fn restore_err(d: &Path, file: &str) -> String {
+    let out = cli(d, &["restore", file]);
+    assert!(!out.status.success(), "restoring {file} must fail");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn restore_refuses_damaged_and_foreign_files_and_leaves_the_database_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (_releases, v1) = backed_up_server(d);
+    let before = std::fs::read(d.join("cairn.db")).unwrap();
+
+    std::fs::write(d.join("notes.txt"), "not a database at all\n".repeat(200)).unwrap();
+    let err = restore_err(d, "notes.txt");
+    assert!(err.contains("is not a SQLite database"), "{err}");
+
+    // The backup with one of its b-tree pages overwritten.
+    let mut bytes = std::fs::read(d.join("backup.db")).unwrap();
+    let page = u16::from_be_bytes([bytes[16], bytes[17]]) as usize;
+    assert!(bytes.len() >= 3 * page);
+    bytes[page..2 * page].fill(0x5a);
+    std::fs::write(d.join("damaged.db"), bytes).unwrap();
+    let err = restore_err(d, "damaged.db");
+    assert!(err.contains("is damaged"), "{err}");
+
+    // Some other program's SQLite database.
+    let foreign = d.join("foreign.db");
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        use sqlx::Connection as _;
+        sqlx::any::install_default_drivers();
+        let url = format!("sqlite://{}?mode=rwc", foreign.display());
+        let mut conn = sqlx::AnyConnection::connect(&url).await.unwrap();
+        sqlx::query("CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT)")
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        conn.close().await.unwrap();
+    });
+    let err = restore_err(d, "foreign.db");
+    assert!(err.contains("not a cairn-server one"), "{err}");
+
+    let err = restore_err(d, "missing.db");
+    assert!(err.contains("missing.db"), "{err}");
+    assert_eq!(
+        std::fs::read(d.join("cairn.db")).unwrap(),
+        before,
+        "a refused restore changes nothing"
+    );
+    // The good backup restores, and the release is back.
+    let restored = json(d, &["restore", "backup.db"]);
+    assert_eq!(restored["releases"], 1, "{restored}");
+    let list = json(d, &["release", "list"]);
+    assert_eq!(list[0]["id"], v1["id"]);
+}
+
+#[test]
+fn serve_refuses_to_start_when_a_releases_blob_is_missing_and_names_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (_releases, v1) = backed_up_server(d);
+    let blob = v1["blob_name"].as_str().unwrap().to_string();
+    // Restored without the blob directory: the database names a bundle that is gone.
+    std::fs::remove_file(d.join("blobs").join(&blob)).unwrap();
+    let out = cli(d, &["serve", "--listen", "127.0.0.1:0"]);
+    assert!(!out.status.success(), "serve must refuse to start");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("release {}: {blob}", v1["id"].as_str().unwrap())),
+        "{stderr}"
+    );
+    assert!(stderr.contains("Restore the blob directory"), "{stderr}");
+}

@@ -131,3 +131,62 @@ async fn two_servers_on_one_postgres_never_double_assign_or_lose_a_report() {
     );
     drop(pg);
 }
+
+/// The restore path on PostgreSQL, with its own tools (README, Backup and restore):
+/// `cairn-server backup` says to use them, `pg_dump -Fc` while the server serves,
+/// `pg_restore --clean --if-exists` once it stopped, and devices ahead of the restored
+/// server are counted at their next check-in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_restored_with_pg_restore_counts_devices_ahead_of_it() {
+    let pg = std::sync::Arc::new(tokio::task::spawn_blocking(PgCluster::start).await.unwrap());
+    let url = pg.create_database("restored");
+    let blobs = tempfile::tempdir().unwrap();
+    let dump = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let backup = {
+        let (pg, url, dump) = (pg.clone(), url.clone(), dump.clone());
+        move || {
+            let ours = std::process::Command::new(env!("CARGO_BIN_EXE_cairn-server"))
+                .args(["--db", &url, "backup", "/nonexistent/backup.db"])
+                .output()
+                .unwrap();
+            let stderr = String::from_utf8_lossy(&ours.stderr);
+            assert!(!ours.status.success());
+            assert!(stderr.contains("pg_dump -Fc"), "{stderr}");
+            let out = pg
+                .tool("pg_dump")
+                .args(["-Fc", "-d", "restored"])
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            *dump.lock().unwrap() = out.stdout;
+        }
+    };
+    let restore = {
+        let pg = pg.clone();
+        move || {
+            use std::io::Write as _;
+            let mut child = pg
+                .tool("pg_restore")
+                .args(["--clean", "--if-exists", "-d", "restored"])
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            let bytes = std::mem::take(&mut *dump.lock().unwrap());
+            assert!(!bytes.is_empty());
+            child.stdin.take().unwrap().write_all(&bytes).unwrap();
+            let out = child.wait_with_output().unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    };
+    common::fleet::devices_ahead_of_a_restored_server(&url, blobs.path(), backup, restore).await;
+}

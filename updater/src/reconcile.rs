@@ -106,12 +106,12 @@ pub fn reconcile(
             committed_roots = state.committed(now);
         }
         Phase::TrialBoot { slot, .. } if facts.slot == slot => next = Next::CheckTrial(slot),
-        Phase::TrialBoot { slot, .. } => {
-            let reason = format!(
-                "trial of slot {slot} was interrupted after it booted (power cut, reset or \
-                 hang before a health verdict); the bootloader fell back to slot {}",
-                facts.slot
-            );
+        Phase::TrialBoot {
+            slot,
+            checks_started,
+            ..
+        } => {
+            let reason = interrupted_after_boot(slot, checks_started, facts);
             no_verdict(
                 &mut state,
                 &mut new_boot,
@@ -141,10 +141,28 @@ pub fn reconcile(
     }
 }
 
-/// Why a trial armed for `slot` ended before cairnd ran in it.
+/// Why a trial armed for `slot` ended before cairnd ran in it: nothing on disk says its
+/// userspace came up (the kernel, the initramfs or the root never got as far as cairnd).
 fn did_not_boot(slot: SlotId, facts: &BootFacts) -> String {
     format!(
-        "slot {slot} did not boot; the bootloader fell back to slot {}",
+        "slot {slot} did not boot (its userspace never came up); the bootloader fell back \
+         to slot {}",
+        facts.slot
+    )
+}
+
+/// Why a trial of `slot` ended after cairnd ran in it (the saved `TrialBoot` phase is
+/// the record that its userspace came up): the release booted, and something cut the
+/// trial short before a verdict.
+fn interrupted_after_boot(slot: SlotId, checks_started: bool, facts: &BootFacts) -> String {
+    let when = if checks_started {
+        "power cut, reset or hang during checks"
+    } else {
+        "power cut, reset or hang after userspace came up, before the checks started"
+    };
+    format!(
+        "trial of slot {slot} interrupted after boot ({when}); the bootloader fell back to \
+         slot {}",
         facts.slot
     )
 }
@@ -361,6 +379,77 @@ mod tests {
             crate::state::Refusal::PreviouslyFailed("2.0.0".into())
         );
         assert_eq!((boot.order[0], boot.tries_b), (SlotId::A, 0));
+    }
+
+    /// The reason a trial's last fallback is reported with (one trial boot allowed, so
+    /// the fallback is the verdict), after the trial got as far as `progress` took it.
+    fn reported_reason(progress: impl FnOnce(&mut DeviceState)) -> String {
+        let (mut state, boot) = installed_b();
+        progress(&mut state);
+        let mut after = boot.clone();
+        assert_eq!(after.take_try().slot, SlotId::B);
+        assert_eq!(after.take_try().slot, SlotId::A);
+        let r = reconcile(&state, &after, &facts(SlotId::A, "boot-3"), now(), 1);
+        let Phase::RolledBack { reason, .. } = &r.state.phase else {
+            panic!("{:?}", r.state.phase)
+        };
+        let report = r
+            .state
+            .outbox
+            .iter()
+            .find(|x| x.status == ReportStatus::RolledBack)
+            .expect("the rollback is reported");
+        assert_eq!(report.detail.as_deref(), Some(reason.as_str()));
+        reason.clone()
+    }
+
+    #[test]
+    fn a_fallback_before_the_kernel_says_the_slot_did_not_boot() {
+        // Armed, then U-Boot fell back before anything of B ran: no TrialBoot on disk.
+        let reason = reported_reason(|_| {});
+        assert!(reason.contains("slot B did not boot"), "{reason}");
+        assert!(!reason.contains("interrupted"), "{reason}");
+    }
+
+    #[test]
+    fn a_fallback_after_userspace_came_up_says_the_trial_was_interrupted_after_boot() {
+        // cairnd ran in B and saved the trial ("userspace up"), then the power went
+        // before the first check.
+        let reason = reported_reason(|state| state.trial_started(now()));
+        assert!(
+            reason.contains("trial of slot B interrupted after boot")
+                && reason.contains("before the checks started"),
+            "{reason}"
+        );
+        assert!(!reason.contains("did not boot"), "{reason}");
+    }
+
+    #[test]
+    fn a_fallback_during_the_checks_says_so() {
+        let reason = reported_reason(|state| {
+            state.trial_started(now());
+            state.health_checks_started(now());
+        });
+        assert!(
+            reason.contains(
+                "trial of slot B interrupted after boot (power cut, reset or hang during checks)"
+            ),
+            "{reason}"
+        );
+        assert!(!reason.contains("did not boot"), "{reason}");
+    }
+
+    #[test]
+    fn a_trial_saved_before_checks_were_recorded_reads_as_not_started() {
+        let saved = r#"{"phase":"trial-boot","slot":"B","version":"2.0.0","security_version":2,"trial_boots":1}"#;
+        let phase: Phase = serde_json::from_str(saved).unwrap();
+        assert!(matches!(
+            phase,
+            Phase::TrialBoot {
+                checks_started: false,
+                ..
+            }
+        ));
     }
 
     #[test]

@@ -27,8 +27,19 @@ pub enum Verdict {
     },
 }
 
-/// Startup: reconcile what happened while cairnd was down, then decide any trial.
+/// Startup: reconcile what happened while cairnd was down ([`record_boot`]), then
+/// decide any trial ([`decide`]).
 pub fn on_boot(ctx: &mut Context) -> Result<Verdict, ContextError> {
+    let next = record_boot(ctx)?;
+    decide(ctx, next)
+}
+
+/// The first half of [`on_boot`], and the first thing cairnd does after it takes the
+/// watchdog: reconcile and save. Fast (two small files), so that a trial boot's
+/// `TrialBoot` phase, the record that its userspace came up, is on disk before anything
+/// slow (the TPM, health checks) gives a power cut the chance to make the fallback look
+/// like a slot that did not boot.
+pub fn record_boot(ctx: &mut Context) -> Result<Next, ContextError> {
     let facts = ctx.boot_facts()?;
     let boot = ctx.boot_state()?;
     let r = reconcile(
@@ -46,7 +57,12 @@ pub fn on_boot(ctx: &mut Context) -> Result<Verdict, ContextError> {
             None => Ok(()),
         }
     })?;
-    match r.next {
+    Ok(r.next)
+}
+
+/// The second half of [`on_boot`]: run the trial [`record_boot`] found, if any.
+pub fn decide(ctx: &mut Context, next: Next) -> Result<Verdict, ContextError> {
+    match next {
         Next::Idle => Ok(Verdict::Idle),
         Next::CheckTrial(slot) => decide_trial(ctx, slot),
     }
@@ -59,6 +75,11 @@ pub fn decide_trial(ctx: &mut Context, slot: SlotId) -> Result<Verdict, ContextE
         Err(e) => return reject(ctx, slot, &e.to_string()),
     };
     tracing::info!(%slot, checks = checks.len(), "trial boot: running health checks");
+    // Saved first, so a fallback during the checks is reported as what it was.
+    ctx.apply(None, |state| {
+        state.health_checks_started(OffsetDateTime::now_utc());
+        Ok(())
+    })?;
     let deadline = Duration::from_secs(ctx.config.health.deadline_secs);
     let interval = Duration::from_secs(ctx.config.health.interval_secs.max(1));
     match health::run_until(&checks, deadline, interval) {

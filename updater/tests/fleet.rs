@@ -32,7 +32,9 @@ struct Server {
     /// The CA the server's certificate chains to (PEM): what devices pin.
     ca: PathBuf,
     http: reqwest::blocking::Client,
-    _server: LocalServer,
+    server: Option<LocalServer>,
+    db_url: String,
+    config: Config,
     _dir: tempfile::TempDir,
 }
 
@@ -53,7 +55,7 @@ impl Server {
             cert: issued.cert,
             key: issued.key,
         });
-        let server = LocalServer::start(&db_url, config, "127.0.0.1:0").unwrap();
+        let server = LocalServer::start(&db_url, config.clone(), "127.0.0.1:0").unwrap();
         let http = reqwest::blocking::Client::builder()
             .tls_built_in_root_certs(false)
             .add_root_certificate(reqwest::Certificate::from_pem(ca.cert_pem().as_bytes()).unwrap())
@@ -64,9 +66,34 @@ impl Server {
             url: server.url(),
             ca: ca_path,
             http,
-            _server: server,
+            server: Some(server),
+            db_url,
+            config,
             _dir: dir,
         }
+    }
+
+    /// `cairn-server backup FILE` while the server serves.
+    fn backup(&self, file: &Path) {
+        cairn_server::local::backup(&self.db_url, file).unwrap();
+    }
+
+    /// The server stops, its database is replaced by `backup` (`cairn-server restore`),
+    /// and a server starts again at the same URL over the same blob directory.
+    fn restore(&mut self, backup: &Path) {
+        let addr = self.server.as_ref().unwrap().addr;
+        let refused = cairn_server::local::restore(&self.db_url, backup).unwrap_err();
+        assert!(
+            format!("{refused:#}").contains("a cairn-server is serving"),
+            "a restore under a running server is refused: {refused:#}"
+        );
+        self.server = None;
+        let restored = cairn_server::local::restore(&self.db_url, backup).unwrap();
+        eprintln!("restored: {restored:?}");
+        let server =
+            LocalServer::start(&self.db_url, self.config.clone(), &addr.to_string()).unwrap();
+        assert_eq!(server.url(), self.url);
+        self.server = Some(server);
     }
 
     fn admin(&self, method: &str, path: &str, body: Option<Vec<u8>>) -> (u16, Value) {
@@ -654,5 +681,138 @@ fn a_device_whose_tpm_is_not_the_imported_one_is_never_attested() {
             .unwrap()
             .contains("bound to another TPM"),
         "{summary}"
+    );
+}
+
+/// cairnd runs until it installed the assigned update and asked for the reboot; the
+/// device "reboots" into `slot` with its TPM power-cycled and the slot's root hash (as
+/// cairnd wrote it in slot.env) measured.
+fn install_and_reboot(d: &mut Device, tpm: &mut DeviceTpm, slot: SlotId) {
+    let daemon = Daemon(d.spawn_cairnd());
+    wait_for(60, "the install and the reboot request", || {
+        d.path("rebooted").exists()
+    });
+    drop(daemon);
+    fs::remove_file(d.path("rebooted")).unwrap();
+    assert_eq!(d.reboot(), slot, "{}", d.cairnd_log());
+    tpm.power_on(d);
+    let name = if slot == SlotId::A { "a" } else { "b" };
+    let measured = installed_root_hash(d, name);
+    boot_cmdline(d, slot, &measured);
+}
+
+/// How many times the server's history says the device's AK passed its challenge.
+fn ak_trusted_events(server: &Server, device: &str) -> usize {
+    server
+        .history(device)
+        .iter()
+        .filter(|h| h.contains("attestation key trusted"))
+        .count()
+}
+
+#[test]
+fn devices_resync_with_a_server_restored_from_a_backup_without_an_operator() {
+    let v1 = Release::new("1.0.0", 0);
+    let v2 = Release::new("2.0.0", 3);
+    let v3 = Release::new("3.0.0", 5);
+    let mut a = Device::new(&v1);
+    let mut b = Device::with_key(&v1, cairn_testkit::copy_key(&a.key));
+    let mut server = Server::start(&a.path("etc/cairn/root.json"));
+    let ids = ["dev-0001", "dev-0002"];
+    for (d, id) in [(&a, ids[0]), (&b, ids[1])] {
+        d.use_server(&server.url, &server.ca, id);
+        d.health_check("ok", "kind = \"command\"\ncommand = [\"true\"]\n");
+        boot_cmdline(d, SlotId::A, &root_hash(&v1));
+    }
+    // dev-0001's TPM is enrolled before the backup; dev-0002's only after it.
+    let mut tpm_a = DeviceTpm::attach(&a);
+    for (d, id) in [(&a, ids[0]), (&b, ids[1])] {
+        let daemon = Daemon(d.spawn_cairnd());
+        wait_for(20, "the device's enrollment", || {
+            server.admin("GET", &format!("/devices/{id}"), None).0 == 200
+        });
+        drop(daemon);
+        server.ok("POST", &format!("/devices/{id}/approve"), None);
+    }
+    {
+        let _daemon = Daemon(a.spawn_cairnd());
+        wait_for(30, "dev-0001's attestation key", || {
+            ak_trusted_events(&server, ids[0]) == 1
+        });
+    }
+    let backups = tempfile::tempdir().unwrap();
+    let backup = backups.path().join("cairn-server.db");
+    server.backup(&backup);
+    let mut tpm_b = DeviceTpm::attach(&b);
+
+    // Campaign 1, on the server that is about to be lost: both devices attested on v2.
+    let key = cairn_testkit::copy_key(&a.key);
+    let bundle = a.bundle_with(&v2, Some(&v1), "2.0.0", &[key], with_verity(&v2));
+    server.ok("POST", "/releases", Some(fs::read(&bundle).unwrap()));
+    server.campaign_with("c-v2", "2.0.0", true);
+    for (n, (d, tpm)) in [(&mut a, &mut tpm_a), (&mut b, &mut tpm_b)]
+        .into_iter()
+        .enumerate()
+    {
+        install_and_reboot(d, tpm, SlotId::B);
+        let _daemon = Daemon(d.spawn_cairnd());
+        wait_for(30, "the attested success of v2", || {
+            server.counts("c-v2").0 == n as u64 + 1
+        });
+    }
+    assert_eq!(ak_trusted_events(&server, ids[1]), 1);
+
+    // The server is restored from the backup: it never heard of v2, campaign c-v2 or
+    // dev-0002's attestation key.
+    server.restore(&backup);
+    let (status, _) = server.admin("GET", "/campaigns/c-v2", None);
+    assert_eq!(status, 404, "the restored server predates the campaign");
+    assert_eq!(ak_trusted_events(&server, ids[1]), 0);
+
+    // Campaign 2 on the restored server, attestation required: no operator step between.
+    let key = cairn_testkit::copy_key(&a.key);
+    let bundle = a.bundle_with(&v3, Some(&v2), "3.0.0", &[key], with_verity(&v3));
+    server.ok("POST", "/releases", Some(fs::read(&bundle).unwrap()));
+    server.campaign_with("c-v3", "3.0.0", true);
+    for (n, (d, tpm)) in [(&mut a, &mut tpm_a), (&mut b, &mut tpm_b)]
+        .into_iter()
+        .enumerate()
+    {
+        install_and_reboot(d, tpm, SlotId::A);
+        let _daemon = Daemon(d.spawn_cairnd());
+        wait_for(30, "the attested success of v3", || {
+            server.counts("c-v3").0 == n as u64 + 1
+        });
+        assert_eq!(phase(&d.status()), "committed");
+    }
+    let (succeeded, failed, state) = server.counts("c-v3");
+    assert_eq!((succeeded, failed), (2, 0));
+    wait_for(10, "the campaign to complete", || {
+        server.counts("c-v3").2 == "completed"
+    });
+    let _ = state;
+    for id in ids {
+        let device = server.ok("GET", &format!("/devices/{id}"), None);
+        assert_eq!(device["device"]["version"], "3.0.0", "{device:#}");
+    }
+    // dev-0002 enrolled its AK again (same EK, so no operator reset); dev-0001's AK was
+    // in the backup and needed nothing.
+    assert_eq!(
+        ak_trusted_events(&server, ids[1]),
+        1,
+        "{:#?}",
+        server.history(ids[1])
+    );
+    assert!(
+        b.cairnd_log()
+            .contains("does not trust this device's attestation key any more"),
+        "{}",
+        b.cairnd_log()
+    );
+    assert_eq!(
+        ak_trusted_events(&server, ids[0]),
+        1,
+        "{:#?}",
+        server.history(ids[0])
     );
 }

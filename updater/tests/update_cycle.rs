@@ -229,3 +229,49 @@ fn history_lists_every_step() {
     let human = d.cairn_ok(&["status"]);
     assert!(human.contains("slot B:    2.0.0"), "{human}");
 }
+
+#[test]
+fn a_power_cut_during_the_trial_checks_is_reported_as_an_interruption_after_boot() {
+    let v1 = Release::new("1.0.0", 0);
+    let v4 = Release::new("4.0.0", 2);
+    let mut d = Device::new(&v1);
+    d.health_check(
+        "slow",
+        "kind = \"command\"\ncommand = [\"sh\", \"-c\", \"sleep 20; exit 1\"]\n",
+    );
+    d.cairn_ok(&["install", d.bundle(&v4, None).to_str().unwrap()]);
+    assert_eq!(d.reboot(), SlotId::B);
+    let mut daemon = d.spawn_cairnd();
+    wait_for(20, "the trial's health checks to start", || {
+        d.state_json()["phase"]["checks_started"] == true
+    });
+    daemon.kill().unwrap(); // the power goes during the checks
+    daemon.wait().unwrap();
+    assert_eq!(d.reboot(), SlotId::A, "B had its one try");
+    let out = d.cairnd_once();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let state = d.state_json();
+    assert_eq!(
+        state["phase"]["phase"], "installed-pending",
+        "retried: {state:#}"
+    );
+    let retry = state["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .rev()
+        .find(|h| h["event"] == "trial-retry")
+        .expect("a trial-retry entry");
+    let detail = retry["detail"].as_str().unwrap();
+    assert!(
+        detail.contains(
+            "trial of slot B interrupted after boot (power cut, reset or hang during checks)"
+        ),
+        "{detail}"
+    );
+    assert!(!detail.contains("did not boot"), "{detail}");
+}

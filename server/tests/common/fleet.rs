@@ -295,3 +295,110 @@ pub async fn run_campaign_through_waves(db_url: &str) -> Outcome {
         updated: updated.unwrap_or_else(|| fleet[in_flight].id.clone()),
     }
 }
+
+/// Backup while serving, a campaign to success, restore: the restored server still
+/// thinks every device is downloading. Each device's next check-in (it runs 2.0.0,
+/// committed) counts it, and the campaign completes with no operator step. `backup` runs
+/// while the server serves and devices download; `restore` once it has stopped; both
+/// blocking, as an operator's tools are.
+pub async fn devices_ahead_of_a_restored_server(
+    db_url: &str,
+    blobs: &std::path::Path,
+    backup: impl FnOnce() + Send + 'static,
+    restore: impl FnOnce() + Send + 'static,
+) {
+    use super::ServerProcess;
+
+    let releases = Releases::build();
+    let server = ServerProcess::start_with_blobs(db_url, &releases.root_path, blobs).await;
+    let admin = server.admin();
+    assert_eq!(admin.upload(&releases.v2).await.0, 200);
+    let mut fleet: Vec<SimDevice> = (0..3)
+        .map(|i| SimDevice::new(&server.url, &format!("dev-{i}"), releases.v1_images.clone()))
+        .collect();
+    let mut csv = String::from("device_id,public_key,compatible,tags\n");
+    for dev in &fleet {
+        csv.push_str(&dev.factory_line("eu"));
+        csv.push('\n');
+    }
+    admin.ok("/admin/v1/devices/import", csv).await;
+    for dev in fleet.iter_mut() {
+        assert_eq!(dev.enroll().await.status, 200);
+        dev.login().await;
+    }
+    let policy = json!({
+        "selector": { "compatible": COMPATIBLE },
+        "waves": [{ "percent": 100.0 }],
+        "min_success_ratio": 1.0,
+        "bake_secs": 0,
+        "failure_threshold": 0.0,
+    });
+    let body =
+        json!({ "id": "c-v2", "release_id": format!("{COMPATIBLE}@2.0.0"), "policy": policy });
+    admin.ok("/admin/v1/campaigns", body.to_string()).await;
+    admin.ok("/admin/v1/campaigns/c-v2/start", "").await;
+    let mut deployments = Vec::new();
+    for dev in &fleet {
+        let a = dev.check_in().await.expect("assigned");
+        dev.report(&a.deployment_id, "r1", ReportedState::Downloading, None)
+            .await;
+        deployments.push(a);
+    }
+    tokio::task::spawn_blocking(backup).await.unwrap();
+
+    for (dev, a) in fleet.iter_mut().zip(&deployments) {
+        dev.report(&a.deployment_id, "r2", ReportedState::Installing, None)
+            .await;
+        dev.report(&a.deployment_id, "r3", ReportedState::Rebooting, None)
+            .await;
+        dev.version = "2.0.0".into();
+        dev.report(&a.deployment_id, "r4", ReportedState::Committed, None)
+            .await;
+    }
+    let status = admin.ok("/admin/v1/campaigns/c-v2/evaluate", "").await;
+    assert_eq!(status["waves"][0]["succeeded"], 3, "{status}");
+    server.stop().await;
+    tokio::task::spawn_blocking(restore).await.unwrap();
+
+    let server = ServerProcess::start_with_blobs(db_url, &releases.root_path, blobs).await;
+    let admin = server.admin();
+    let status = admin.campaign("c-v2").await;
+    assert_eq!(
+        status["waves"][0]["succeeded"], 0,
+        "the backup's view: {status}"
+    );
+    for (dev, a) in fleet.iter_mut().zip(&deployments) {
+        dev.url = server.url.clone();
+        // The device is ahead: its check-in moves the deployment on.
+        assert_eq!(dev.check_in().await, None, "{}: nothing left to do", dev.id);
+        // A report the device still had queued (sent to the old server first) is now a
+        // repeat of the end and changes nothing.
+        let ack = dev
+            .report(&a.deployment_id, "r4", ReportedState::Committed, None)
+            .await;
+        assert_eq!(ack["deployment_state"], "succeeded", "{ack}");
+        // A deployment this server never had: a code the device acts on.
+        let unknown = dev
+            .report_raw(
+                "dep-lost-in-the-restore",
+                "r1",
+                ReportedState::Committed,
+                None,
+            )
+            .await;
+        assert_eq!(
+            (unknown.status, unknown.body["error"].as_str()),
+            (404, Some(cairn_server_api::codes::UNKNOWN_DEPLOYMENT))
+        );
+    }
+    let status = admin.ok("/admin/v1/campaigns/c-v2/evaluate", "").await;
+    assert_eq!(status["waves"][0]["succeeded"], 3, "{status}");
+    assert_eq!(status["campaign"]["state"], "completed", "{status}");
+    let (_, device) = admin.get("/admin/v1/devices/dev-0").await;
+    assert!(
+        device["history"].to_string().contains("caught-up"),
+        "{device:#}"
+    );
+    assert_eq!(device["device"]["version"], "2.0.0");
+    server.stop().await;
+}

@@ -107,6 +107,17 @@ impl PgCluster {
         format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)
     }
 
+    /// A PostgreSQL client tool (`pg_dump`, `pg_restore`, ...) of the cluster's version,
+    /// run as `postgres` against this cluster.
+    #[allow(dead_code)] // the tests use it; the check-in bench shares this file
+    pub fn tool(&self, name: &str) -> Command {
+        let mut cmd = Command::new("runuser");
+        cmd.args(["-u", "postgres", "--"])
+            .arg(self.bin.join(name))
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()]);
+        cmd
+    }
+
     /// A fresh database in the cluster, for one test.
     pub fn create_database(&self, name: &str) -> String {
         run(Command::new("runuser")

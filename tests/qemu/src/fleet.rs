@@ -124,8 +124,13 @@ pub fn bundle_replacing(
 
 /// cairn-server (SQLite in `dir`) and an operator talking to its admin API.
 pub struct Fleet {
-    server: LocalServer,
+    /// `None` only while [`Fleet::replace_with_restored`] swaps it.
+    server: Option<LocalServer>,
     http: reqwest::blocking::Client,
+    db_url: String,
+    config: Config,
+    /// Where it listens (`127.0.0.1:PORT`, the port resolved), to start a replacement on.
+    listen: String,
 }
 
 impl Fleet {
@@ -155,23 +160,48 @@ impl Fleet {
             cert: tls.server.cert.clone(),
             key: tls.server.key.clone(),
         });
-        let server = LocalServer::start(&db_url, config, listen)?;
+        let server = LocalServer::start(&db_url, config.clone(), listen)?;
         let ca = reqwest::Certificate::from_pem(&std::fs::read(&tls.ca)?)?;
         let http = reqwest::blocking::Client::builder()
             .tls_built_in_root_certs(false)
             .add_root_certificate(ca)
             .build()?;
-        Ok(Fleet { server, http })
+        Ok(Fleet {
+            listen: server.addr.to_string(),
+            server: Some(server),
+            http,
+            db_url,
+            config,
+        })
     }
 
-    /// The server's address on this machine.
+    /// The server's address on this machine (it always serves HTTPS).
     pub fn url(&self) -> String {
-        self.server.url()
+        format!("https://{}", self.listen)
     }
 
     /// The dashboard, signed in with the admin token.
     pub fn dashboard_url(&self) -> String {
-        format!("{}/?token={ADMIN_TOKEN}", self.server.url())
+        format!("{}/?token={ADMIN_TOKEN}", self.url())
+    }
+
+    /// `cairn-server backup FILE` while the server serves.
+    pub fn backup(&self, file: &Path) -> Result<()> {
+        cairn_server::local::backup(&self.db_url, file)
+    }
+
+    /// The server process is replaced by a restored copy: it stops, `cairn-server
+    /// restore` puts `backup` in place of its database, and a server starts again at the
+    /// same address over the same blob directory.
+    pub fn replace_with_restored(&mut self, backup: &Path) -> Result<()> {
+        self.server = None;
+        cairn_server::local::restore(&self.db_url, backup)?;
+        self.server = Some(LocalServer::start(
+            &self.db_url,
+            self.config.clone(),
+            &self.listen,
+        )?);
+        Ok(())
     }
 
     fn call(&self, method: &str, path: &str, body: Option<Vec<u8>>) -> Result<Value> {

@@ -271,6 +271,11 @@ fn a_trial_that_hangs_is_reset_by_the_watchdog_then_tried_again_and_decided() ->
     rig.vm.wait_for("cairn: slot B chosen", BOOT_TIMEOUT * 4)?;
     rig.vm.wait_for_shell(BOOT_TIMEOUT)?;
     // v3's failing check takes 20 s to fail: freeze cairnd during it, a hung userspace.
+    // Only once cairnd says the checks started: frozen earlier, nothing on the device
+    // would say the trial's userspace came up.
+    rig.wait_for_status("the trial's health checks", |s| {
+        s["phase"]["checks_started"] == true
+    })?;
     rig.vm.send("kill -STOP $(pidof cairnd)")?;
     say("cairnd frozen during the trial's health checks: nothing feeds the watchdog");
     rig.vm.wait_for(
@@ -294,6 +299,12 @@ fn a_trial_that_hangs_is_reset_by_the_watchdog_then_tried_again_and_decided() ->
     let history = rig.vm.check("cairn history", COMMAND_TIMEOUT)?;
     ensure!(
         history.contains("trial-retry") && history.contains("rolled-back"),
+        "{history}"
+    );
+    // B's kernel and userspace were up when it hung: not "did not boot".
+    ensure!(
+        history.contains("trial of slot B interrupted after boot")
+            && !history.contains("did not boot"),
         "{history}"
     );
     record_time(
@@ -504,6 +515,63 @@ fn power_cuts_after_the_switch_and_during_the_trial_checks_are_retried_and_the_u
     ensure!(history.contains("trial-retry"), "{history}");
     record_time(
         "power cuts after the switch and during the trial checks: retried, committed",
+        rig.started.elapsed(),
+    );
+    Ok(())
+}
+
+/// Polls the device's history on the server until an event named one of `events`.
+fn wait_for_server_event(rig: &Rig, events: &[&str], timeout: Duration) -> Result<()> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let history = rig.fleet.device(&rig.device_id)?["history"].clone();
+        let seen = history
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|h| events.iter().any(|e| h["event"] == *e));
+        if seen {
+            return Ok(());
+        }
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "the server never heard {events:?}: {history}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+#[test]
+fn a_server_replaced_by_a_restored_backup_mid_campaign_still_counts_the_attested_commit(
+) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let _lock = serial();
+    let mut rig = Rig::boot_v1(dir.path(), "update-server-restored", false, &mut say)?;
+    rig.fleet.start_campaign(
+        "rollout-restored",
+        &rig.release,
+        &image()?.profile.compatible,
+    )?;
+    // The nightly backup, taken while the device downloads.
+    wait_for_server_event(&rig, &["downloading"], BOOT_TIMEOUT * 4)?;
+    let backup = dir.path().join("nightly.db");
+    rig.fleet.backup(&backup)?;
+    say("backup taken while the device downloads");
+    // The device armed its trial and is rebooting when the server is lost and replaced
+    // by the backup, which still has the deployment downloading.
+    wait_for_server_event(&rig, &["rebooting"], BOOT_TIMEOUT * 4)?;
+    rig.fleet.replace_with_restored(&backup)?;
+    say("server replaced by a copy restored from the backup");
+    let end = rig.follow("rollout-restored", &mut say)?;
+    ensure!(end.succeeded == 1 && end.failed == 0, "{end:?}");
+    rig.wait_for_v2_committed()?;
+    let history = rig.fleet.device(&rig.device_id)?["history"].to_string();
+    ensure!(
+        history.contains("caught-up") && history.contains(": attested"),
+        "the restored server caught up from the check-in and checked the quote: {history}"
+    );
+    record_time(
+        "server restored from a backup mid-campaign: caught up, attested",
         rig.started.elapsed(),
     );
     Ok(())

@@ -6,7 +6,9 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use cairn_attest::EventLog;
-use cairn_server_api::{AttestationEvidence, AttestationRequest, TpmActivation, TpmEnrollRequest};
+use cairn_server_api::{
+    ak_digest, codes, AttestationEvidence, AttestationRequest, TpmActivation, TpmEnrollRequest,
+};
 use cairn_tpm::{AkBlob, Tpm};
 use serde::{Deserialize, Serialize};
 
@@ -40,16 +42,34 @@ fn load(path: &Path) -> Option<Enrollment> {
 /// What cairnd does with the TPM at each check-in: keep its AK enrolled with the server
 /// at `server_url`, and answer the server's quote request if there is one. A device
 /// whose AK is trusted and that was asked nothing does not touch the TPM.
+///
+/// `server_trusts` is the check-in answer's `trusted_ak`. The local record alone cannot
+/// tell whether the server still trusts the AK: a server restored from a backup, rebuilt
+/// at the same URL, or whose operator reset the device's TPM has forgotten it. So the AK
+/// counts as trusted only while the server names it; otherwise the record is dropped and
+/// the same AK is enrolled again under the same EK (the server's EK binding holds). A
+/// quote refused with `unknown-attestation-key` does the same, then is sent once more.
 pub fn on_check_in(
     config: &SystemConfig,
     tpm_config: &TpmConfig,
     client: &mut ServerClient,
     server_url: &str,
+    server_trusts: Option<&str>,
     request: Option<&AttestationRequest>,
 ) -> Result<Option<cairn_server_api::AttestationResult>, AttestationError> {
     let path = enrollment_path(config);
     let trusted = load(&path)
         .filter(|e| e.trusted_by.as_deref() == Some(server_url))
+        .filter(|e| {
+            let named = server_trusts == Some(ak_digest(&e.ak.public).as_str());
+            if !named {
+                tracing::warn!(
+                    "{server_url} does not trust this device's attestation key any more \
+                     (restored, rebuilt or reset): enrolling it again"
+                );
+            }
+            named
+        })
         .map(|e| e.ak);
     if trusted.is_some() && request.is_none() {
         return Ok(None);
@@ -63,11 +83,20 @@ pub fn on_check_in(
         return Ok(None);
     };
     let log = read_log(&tpm_config.event_log)?;
-    answer(&mut tpm, client, &ak, &log, request).map(Some)
+    match answer(&mut tpm, client, &ak, &log, request) {
+        Err(AttestationError::Fleet(e)) if e.code() == Some(codes::UNKNOWN_ATTESTATION_KEY) => {
+            tracing::warn!("{e}; enrolling the attestation key again");
+            let ak = enroll(&mut tpm, client, &path, server_url)?;
+            answer(&mut tpm, client, &ak, &log, request).map(Some)
+        }
+        other => other.map(Some),
+    }
 }
 
 /// Proves to the server that an AK lives in this TPM: the one on disk, or a fresh one.
-/// Returns it once the server trusts it; the AK is kept across reboots.
+/// Returns it once the server trusts it; the AK is kept across reboots. The record says
+/// "not trusted" (saved atomically) before the server is asked, so a power cut midway
+/// leaves a device that enrolls again rather than one that believes a stale trust.
 fn enroll(
     tpm: &mut Tpm,
     client: &mut ServerClient,
@@ -75,7 +104,18 @@ fn enroll(
     server_url: &str,
 ) -> Result<AkBlob, AttestationError> {
     let ak = match load(path) {
-        Some(e) => e.ak,
+        Some(e) => {
+            if e.trusted_by.is_some() {
+                save(
+                    path,
+                    &Enrollment {
+                        ak: e.ak.clone(),
+                        trusted_by: None,
+                    },
+                )?;
+            }
+            e.ak
+        }
         None => {
             let ak = tpm.create_ak()?;
             save(

@@ -47,11 +47,14 @@ fn main() -> Result<()> {
     // Before anything checks a certificate or a signature's expiry: a board without a
     // clock battery starts in 1970.
     ctx.clock().enforce_floor();
-    measure_boot(&ctx);
-    cairn_updater::provision::on_start(&ctx);
     let verdict = {
         let _lock = ctx.lock_install()?;
-        trial::on_boot(&mut ctx)?
+        // Saved before anything slow: on a trial boot, the record that its userspace
+        // came up (a fallback from here on is an interruption after boot).
+        let next = trial::record_boot(&mut ctx)?;
+        measure_boot(&ctx);
+        cairn_updater::provision::on_start(&ctx);
+        trial::decide(&mut ctx, next)?
     };
     match &verdict {
         Verdict::Idle => {

@@ -49,6 +49,15 @@ impl FleetError {
     pub fn is_refusal(&self) -> bool {
         matches!(self, Self::Refused { status, .. } if *status != 401 && *status < 500)
     }
+
+    /// The server's machine-readable error code (`cairn_server_api::codes`), when it
+    /// refused.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            Self::Refused { code, .. } => Some(code),
+            _ => None,
+        }
+    }
 }
 
 pub struct ServerClient {

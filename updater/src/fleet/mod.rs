@@ -15,7 +15,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use cairn_server_api::{Assignment, AttestationRequest, CheckIn, InstalledImage, Report, Slot};
+use cairn_server_api::{
+    codes, Assignment, AttestationRequest, CheckIn, InstalledImage, Report, Slot,
+};
 use serde::Deserialize;
 use time::OffsetDateTime;
 
@@ -181,7 +183,7 @@ pub fn cycle(
         .map_err(|e| FleetError::Local(e.to_string()))?
         .slot;
     let answer = match client.check_in(&check_in_body(&ctx.state, booted, &ctx)) {
-        Err(FleetError::Refused { code, .. }) if code == "unknown-device" => {
+        Err(FleetError::Refused { code, .. }) if code == codes::UNKNOWN_DEVICE => {
             enroll(client)?;
             client.check_in(&check_in_body(&ctx.state, booted, &ctx))?
         }
@@ -190,7 +192,13 @@ pub fn cycle(
     counters.checkins.fetch_add(1, Ordering::Relaxed);
     if let Some(tpm) = &ctx.config.tpm {
         // Attestation never blocks updates: a failure here is the server's to judge.
-        if let Err(e) = attest(&ctx, tpm, client, answer.attestation.as_ref()) {
+        if let Err(e) = attest(
+            &ctx,
+            tpm,
+            client,
+            answer.trusted_ak.as_deref(),
+            answer.attestation.as_ref(),
+        ) {
             tracing::warn!("TPM attestation: {e}");
         }
     }
@@ -227,6 +235,7 @@ fn attest(
     ctx: &Context,
     config: &TpmConfig,
     client: &mut ServerClient,
+    server_trusts: Option<&str>,
     request: Option<&AttestationRequest>,
 ) -> Result<(), AttestationError> {
     let url = ctx.config.server.as_ref().map(|s| s.url.as_str());
@@ -235,6 +244,7 @@ fn attest(
         config,
         client,
         url.unwrap_or_default(),
+        server_trusts,
         request,
     )?;
     match answered.as_ref().map(|r| (r, &r.reason)) {
@@ -355,6 +365,12 @@ pub fn deliver_reports(ctx: &mut Context, client: &mut ServerClient) -> Result<(
         match client.report(deployment, &report) {
             Ok(ack) => {
                 tracing::info!(%deployment, report = %queued.id, server_state = ack.deployment_state.as_str(), "report delivered")
+            }
+            Err(e) if e.code() == Some(codes::UNKNOWN_DEPLOYMENT) => {
+                // The server forgot the deployment (restored from a backup, rebuilt): no
+                // retry can land. The check-in that follows tells it what this device
+                // runs, and a live deployment it still has catches up from that.
+                tracing::warn!(%deployment, report = %queued.id, "the server does not know this deployment; report dropped: {e}")
             }
             Err(e) if e.is_refusal() => {
                 tracing::warn!(%deployment, report = %queued.id, "report dropped: {e}")

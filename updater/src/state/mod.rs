@@ -50,7 +50,10 @@ pub enum Phase {
         #[serde(default)]
         trial_boots: u32,
     },
-    /// Booted `slot` on trial; health checks decide.
+    /// Booted `slot` on trial; health checks decide. Saved by cairnd as soon as it runs
+    /// in the trial slot, before any check: on disk, this phase is the record that the
+    /// trial's kernel and userspace came up ("trial userspace up"), so a fallback from
+    /// here was an interruption after boot, never "did not boot".
     TrialBoot {
         slot: SlotId,
         version: String,
@@ -58,6 +61,10 @@ pub enum Phase {
         /// Trial boots of this install so far, this one included.
         #[serde(default)]
         trial_boots: u32,
+        /// The health checks started (saved just before the first one runs): a fallback
+        /// now was a power cut, reset or hang during the checks.
+        #[serde(default)]
+        checks_started: bool,
     },
     /// The trial of `version` in `slot` failed; running the committed slot again.
     RolledBack {
@@ -417,6 +424,7 @@ impl DeviceState {
                 version: version.clone(),
                 security_version,
                 trial_boots: trial_boots + 1,
+                checks_started: false,
             };
             self.record(now, "trial-boot", Some(slot), Some(&version), None);
             self.report(ReportStatus::Rebooted, Some(&version), None);
@@ -470,6 +478,7 @@ impl DeviceState {
                 version,
                 security_version,
                 trial_boots,
+                ..
             } => (
                 *slot,
                 version.clone(),
@@ -551,7 +560,24 @@ impl DeviceState {
             version: record.version.unwrap_or_else(|| "unknown".into()),
             security_version: record.security_version,
             trial_boots: 1,
+            checks_started: false,
         };
+    }
+
+    /// The trial's health checks are about to run (saved before the first one): from now
+    /// on a fallback from this trial means it was interrupted during its checks.
+    pub fn health_checks_started(&mut self, now: OffsetDateTime) {
+        if let Phase::TrialBoot {
+            slot,
+            version,
+            checks_started,
+            ..
+        } = &mut self.phase
+        {
+            *checks_started = true;
+            let (slot, version) = (*slot, version.clone());
+            self.record(now, "health-checks", Some(slot), Some(&version), None);
+        }
     }
 
     /// The bootloader found no slot with tries left and booted `committed` in recovery

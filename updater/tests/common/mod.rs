@@ -57,8 +57,12 @@ impl Release {
 impl Device {
     /// A freshly flashed device running `release` from slot A; slot B empty.
     pub fn new(release: &Release) -> Device {
+        Device::with_key(release, new_key())
+    }
+
+    /// [`Device::new`] with the release key `key` (devices of one fleet share it).
+    pub fn with_key(release: &Release, key: SigningKey) -> Device {
         let dir = tempfile::tempdir().unwrap();
-        let key = new_key();
         let layout = DeviceDir::create(dir.path(), &key, &release.version);
         let d = Device {
             dir,
