@@ -2,11 +2,12 @@
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
+use cairn_bundle::TrustRoot;
 use cairn_image::provision::settings::DeviceSettings;
 use cairn_image::provision::{self, Batch};
 
-use crate::keys_cmd::load_secret;
+use crate::keys_cmd::{load_secret, read};
 
 #[derive(clap::Args)]
 pub struct ProvisionArgs {
@@ -40,6 +41,10 @@ pub struct ProvisionArgs {
     /// with; repeat it to reach the trust root's threshold.
     #[arg(long = "key", requires = "config")]
     keys: Vec<PathBuf>,
+    /// The image's trust root (root.json): the keys must sign a server override its
+    /// devices will take.
+    #[arg(long, requires = "config")]
+    root: Option<PathBuf>,
 }
 
 pub fn provision(args: ProvisionArgs) -> Result<()> {
@@ -49,8 +54,15 @@ pub fn provision(args: ProvisionArgs) -> Result<()> {
         .iter()
         .map(|path| load_secret(path))
         .collect::<Result<Vec<_>>>()?;
+    let root = match &args.root {
+        Some(path) => Some(
+            TrustRoot::from_json(&read(path)?)
+                .with_context(|| format!("trust root {}", path.display()))?,
+        ),
+        None => None,
+    };
     let settings = match &args.config {
-        Some(path) => Some(DeviceSettings::load(path, keys)?),
+        Some(path) => Some(DeviceSettings::load(path, keys, root.as_ref())?),
         None => None,
     };
     let batch = Batch {

@@ -153,6 +153,15 @@ fn a_config_gives_each_device_its_settings_and_a_bad_one_writes_nothing() {
     let key = SigningKey::generate().unwrap();
     let key_file = dir.path().join("release.key");
     std::fs::write(&key_file, key.to_json()).unwrap();
+    let mut signed_root = SignedRoot::new(
+        1,
+        time::OffsetDateTime::now_utc() + time::Duration::days(30),
+        1,
+        vec![key.public()],
+    );
+    signed_root.sign(&key).unwrap();
+    let root_file = dir.path().join("root.json");
+    std::fs::write(&root_file, signed_root.to_json()).unwrap();
     // cairn-image checks only that it is PEM; the device parses it.
     let ca_pem = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
     std::fs::write(dir.path().join("site-ca.pem"), ca_pem).unwrap();
@@ -180,20 +189,15 @@ fn a_config_gives_each_device_its_settings_and_a_bad_one_writes_nothing() {
             config.display().to_string(),
             "--key".into(),
             key_file.display().to_string(),
+            "--root".into(),
+            root_file.display().to_string(),
         ]
     };
     let run = provision(&args(&config).iter().map(String::as_str).collect::<Vec<_>>());
     assert!(run.status.success(), "{run:?}");
     let records: Vec<ProvisioningRecord> =
         serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap();
-    let mut root = SignedRoot::new(
-        1,
-        time::OffsetDateTime::now_utc() + time::Duration::days(30),
-        1,
-        vec![key.public()],
-    );
-    root.sign(&key).unwrap();
-    let root = TrustRoot::anchor(root).unwrap();
+    let root = TrustRoot::anchor(signed_root.clone()).unwrap();
     for record in &records {
         assert_eq!(record.tags, ["site-3"]);
         let copy = out.join(format!("{}.data.img", record.device_id));
@@ -229,7 +233,7 @@ fn a_config_gives_each_device_its_settings_and_a_bad_one_writes_nothing() {
     let bad = dir.path().join("bad.toml");
     std::fs::write(&bad, "hostname = \"press_{device_id}\"\n").unwrap();
     let mut bad_args = args(&bad);
-    bad_args.truncate(bad_args.len() - 2);
+    bad_args.truncate(bad_args.len() - 4);
     let run = provision(&bad_args.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(!run.status.success());
     let stderr = String::from_utf8_lossy(&run.stderr);

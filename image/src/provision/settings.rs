@@ -12,7 +12,7 @@
 //! gateway = "10.0.2.2"
 //! dns = "10.0.2.3"
 //!
-//! [server]                         # a signed server override (needs --key)
+//! [server]                         # a signed server override (needs --key, --root)
 //! url = "https://updates.plant-3.example:8443"
 //! ca = "plant-3-ca.pem"            # relative to this file; none: the image's pin
 //! ```
@@ -28,7 +28,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use cairn_boot::device_settings::{self, Hostname, NetworkSettings};
-use cairn_bundle::{SignedServerOverride, SigningKey};
+use cairn_bundle::{SignedServerOverride, SigningKey, TrustRoot};
 use serde::Deserialize;
 
 const DEVICE_ID_PLACEHOLDER: &str = "{device_id}";
@@ -85,8 +85,14 @@ pub struct DataFile {
 }
 
 impl DeviceSettings {
-    /// Loads and checks `path`; `keys` sign the server override (required with one).
-    pub fn load(path: &Path, keys: Vec<SigningKey>) -> Result<DeviceSettings> {
+    /// Loads and checks `path`; `keys` sign the server override (required with one), and
+    /// must reach the threshold of `root`, the image's trust root, which devices check it
+    /// against: a wrong key is found at the bench, not by a device in the field.
+    pub fn load(
+        path: &Path,
+        keys: Vec<SigningKey>,
+        root: Option<&TrustRoot>,
+    ) -> Result<DeviceSettings> {
         let text =
             std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         let file: ConfigFile =
@@ -125,6 +131,20 @@ impl DeviceSettings {
                             .into(),
                     ));
                 }
+                let Some(root) = root else {
+                    return Err(invalid(
+                        "[server] needs the image's trust root (--root root.json) to check \
+                         that devices will take the override the keys sign"
+                            .into(),
+                    ));
+                };
+                let mut sample = SignedServerOverride::new(&server.url, ca_pem.clone(), vec![]);
+                for key in &keys {
+                    sample.sign(key)?;
+                }
+                sample.verify(root, "").map_err(|e| {
+                    invalid(format!("devices would refuse this server override: {e}"))
+                })?;
                 Some((server.url.clone(), ca_pem))
             }
         };
@@ -198,6 +218,25 @@ fn check_url(url: &str) -> std::result::Result<(), String> {
 mod tests {
     use super::*;
 
+    /// The release key every test's trust root holds.
+    fn release_key() -> SigningKey {
+        static KEY: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+        let json = KEY.get_or_init(|| SigningKey::generate().unwrap().to_json());
+        SigningKey::from_json(json).unwrap()
+    }
+
+    fn root() -> TrustRoot {
+        let key = release_key();
+        let mut root = cairn_bundle::SignedRoot::new(
+            1,
+            time::OffsetDateTime::now_utc() + time::Duration::days(30),
+            1,
+            vec![key.public()],
+        );
+        root.sign(&key).unwrap();
+        TrustRoot::anchor(root).unwrap()
+    }
+
     fn load(text: &str, keys: Vec<SigningKey>) -> Result<DeviceSettings> {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(
@@ -207,12 +246,12 @@ mod tests {
         .unwrap();
         let path = dir.path().join("site.toml");
         std::fs::write(&path, text).unwrap();
-        DeviceSettings::load(&path, keys)
+        DeviceSettings::load(&path, keys, Some(&root()))
     }
 
     #[test]
     fn a_full_config_gives_each_device_its_files() {
-        let key = SigningKey::generate().unwrap();
+        let key = release_key();
         let settings = load(
             "hostname = \"press-{device_id}\"\ntags = [\"site-3\"]\n\
              [network]\niface = \"eth0\"\nmethod = \"dhcp\"\n\
@@ -238,7 +277,7 @@ mod tests {
 
     #[test]
     fn each_mistake_is_named_before_anything_is_written() {
-        let key = || vec![SigningKey::generate().unwrap()];
+        let key = || vec![release_key()];
         let cases = [
             ("hostname = \"bad_name\"\n", vec![], "hostname"),
             (
@@ -269,6 +308,11 @@ mod tests {
             ),
             ("hostname = \"a\"\n", key(), "no [server]"),
             ("colour = \"blue\"\n", vec![], "unknown field"),
+            (
+                "[server]\nurl = \"https://s.example\"\n",
+                vec![SigningKey::generate().unwrap()],
+                "devices would refuse this server override: ",
+            ),
             ("tags = [\"site=3\"]\n", vec![], "tag \"site=3\""),
         ];
         for (text, keys, named) in cases {

@@ -109,7 +109,10 @@ fn an_identity_provisioned_offline_with_site_settings_is_approved_at_its_site_se
     let release_key = cairn_bundle::SigningKey::from_json(&std::fs::read(
         build.layout.dev_keys().join("release.key.json"),
     )?)?;
-    let settings = DeviceSettings::load(&config, vec![release_key])?;
+    let root = cairn_bundle::TrustRoot::from_json(&std::fs::read(
+        build.layout.dev_keys().join("root.json"),
+    )?)?;
+    let settings = DeviceSettings::load(&config, vec![release_key], Some(&root))?;
     let record = cairn_image::provision::into_target(
         &card,
         scratch.path(),
