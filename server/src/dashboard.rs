@@ -1,7 +1,7 @@
-//! The web dashboard: server-rendered HTML, read-only. Who may see it is decided by
-//! [`crate::auth::admin`] (the admin token as a bearer header, or `?token=...` once,
-//! traded for a session cookie); this module answers with the redirect or the sign-in
-//! page.
+//! The web dashboard: server-rendered HTML, read-only: campaigns, devices, the audit log.
+//! Who may see it is decided by [`crate::auth::admin`] (the admin token as a bearer
+//! header, or `?token=...` once, traded for a session cookie); this module answers with
+//! the redirect or the sign-in page.
 
 use std::collections::HashMap;
 use std::fmt::Write;
@@ -65,7 +65,7 @@ fn page(title: &str, body: &str) -> String {
          <style>body{{font-family:sans-serif;margin:2em;color:#222}}table{{border-collapse:collapse;margin:1em 0}}\
          td,th{{border:1px solid #ccc;padding:.3em .6em;text-align:left}}th{{background:#f3f3f3}}\
          .bar{{display:flex;width:20em;height:1em;background:#eee}}.ok{{background:#3a3}}.bad{{background:#c33}}.run{{background:#fb3}}\
-         nav a{{margin-right:1em}}</style></head><body><nav><a href=\"/\">Campaigns</a><a href=\"/ui/devices\">Devices</a></nav>\
+         nav a{{margin-right:1em}}</style></head><body><nav><a href=\"/\">Campaigns</a><a href=\"/ui/devices\">Devices</a><a href=\"/ui/audit\">Audit log</a></nav>\
          <h1>{}</h1>{body}</body></html>",
         escape(title),
         escape(title)
@@ -246,6 +246,28 @@ pub async fn device(
     }
     body.push_str("</table>");
     Ok(Html(page(&format!("Device {id}"), &body)).into_response())
+}
+
+/// `/ui/audit`: operator actions on devices' trust, newest first (who, what, when).
+pub async fn audit(_: Viewer, State(s): State<Shared>) -> ApiResult<Response> {
+    let mut body = String::from(
+        "<table class=\"audit\"><tr><th>when</th><th>who</th><th>action</th><th>device</th>\
+         <th>detail</th></tr>",
+    );
+    for e in crate::audit::list(&s.db, 500).await? {
+        let _ = write!(
+            body,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td><a href=\"/ui/devices/{id}\">{id}</a></td>\
+             <td>{}</td></tr>",
+            when(Some(e.at)),
+            escape(&e.actor),
+            escape(&e.action),
+            escape(&e.detail),
+            id = escape(&e.device_id),
+        );
+    }
+    body.push_str("</table>");
+    Ok(Html(page("Audit log", &body)).into_response())
 }
 
 #[cfg(test)]

@@ -59,6 +59,7 @@ pub async fn build(db: Db, config: Config, local: SocketAddr) -> anyhow::Result<
         .route("/ui/campaigns/{id}", get(dashboard::campaign))
         .route("/ui/devices", get(dashboard::devices))
         .route("/ui/devices/{id}", get(dashboard::device))
+        .route("/ui/audit", get(dashboard::audit))
         .route("/blobs/{name}", get(blobs::serve))
         .route("/metrics", get(metrics::serve))
         .route("/healthz", get(metrics::healthz))

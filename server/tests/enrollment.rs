@@ -272,6 +272,25 @@ async fn a_revoked_device_is_refused_on_every_endpoint_and_shown_as_revoked() {
             &serde_json::json!("admin-api")
         )
     );
+    // The same entry on the dashboard's audit page.
+    let page = reqwest::Client::new()
+        .get(format!("{}/ui/audit", s.server.url))
+        .bearer_auth(common::ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let row = format!(
+        "<td>admin-api</td><td>revoke</td><td><a href=\"/ui/devices/{id}\">{id}</a></td>",
+        id = d.id
+    );
+    assert!(page.contains(&row), "{page}");
+    let anonymous = reqwest::get(format!("{}/ui/audit", s.server.url))
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), 401);
 }
 
 #[tokio::test]
