@@ -12,7 +12,7 @@ use crate::attestation;
 use crate::audit::{self, AuditEntry};
 use crate::auth::Admin;
 use crate::campaigns::{self, Campaign, CampaignStatus};
-use crate::devices::{self, Device, HistoryEntry, ImportSummary};
+use crate::devices::{self, Device, DeviceFilter, HistoryEntry, ImportSummary};
 use crate::dry_run::{self, DryRun};
 use crate::error::{ApiError, ApiResult};
 use crate::json::parse_body;
@@ -80,12 +80,13 @@ pub struct Limit {
     limit: Option<i64>,
 }
 
+/// `GET /admin/v1/devices?approval=&version=&tag=&q=&unseen_secs=&attested=&limit=`.
 pub async fn list_devices(
     _: Admin,
     State(s): State<Shared>,
-    Query(q): Query<Limit>,
+    Query(filter): Query<DeviceFilter>,
 ) -> ApiResult<Json<Vec<Device>>> {
-    Ok(Json(devices::list(&s.db, q.limit.unwrap_or(1000)).await?))
+    Ok(Json(devices::list_filtered(&s.db, &filter).await?))
 }
 
 #[derive(Serialize)]

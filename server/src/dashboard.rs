@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::fmt::Write;
 
-use axum::extract::{FromRequestParts, Path, State};
+use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::header::{LOCATION, SET_COOKIE};
 use axum::http::request::Parts;
 use axum::http::StatusCode;
@@ -15,6 +15,7 @@ use axum::response::{Html, IntoResponse, Response};
 use crate::app::Shared;
 use crate::auth::{dashboard_access, DashboardAccess};
 use crate::campaigns::{self, CampaignStatus};
+use crate::devices::DeviceFilter;
 use crate::error::ApiResult;
 use crate::{deployments, devices};
 
@@ -188,10 +189,16 @@ async fn deployment_states(
     deployments::newest_states(&s.db, &first.id, &last.id).await
 }
 
-pub async fn devices(_: Viewer, State(s): State<Shared>) -> ApiResult<Response> {
-    let listed = devices::list(&s.db, 1000).await?;
+pub async fn devices(
+    _: Viewer,
+    State(s): State<Shared>,
+    Query(filter): Query<DeviceFilter>,
+) -> ApiResult<Response> {
+    let listed = devices::list_filtered(&s.db, &filter).await?;
     let states = deployment_states(&s, &listed).await?;
-    let mut body = String::from(
+    let mut body = filter_form(&filter);
+    let _ = write!(body, "<p class=\"count\">{} devices</p>", listed.len());
+    body.push_str(
         "<table class=\"devices\"><tr><th>device</th><th>approval</th><th>compatible</th><th>tags</th>\
          <th>version</th><th>booted / committed</th><th>deployment</th><th>last check-in</th></tr>",
     );
@@ -246,6 +253,64 @@ pub async fn device(
     }
     body.push_str("</table>");
     Ok(Html(page(&format!("Device {id}"), &body)).into_response())
+}
+
+/// The devices page's filters, as a GET form (it changes nothing, so needs no CSRF
+/// token), showing the filter in force.
+fn filter_form(filter: &DeviceFilter) -> String {
+    let text = |name: &str, label: &str, value: &Option<String>| {
+        format!(
+            "<label>{label} <input name=\"{name}\" value=\"{}\" size=\"12\"></label> ",
+            escape(value.as_deref().unwrap_or(""))
+        )
+    };
+    let select = |name: &str, label: &str, options: &[(&str, &str)], chosen: &str| {
+        let mut html = format!("<label>{label} <select name=\"{name}\">");
+        for (value, shown) in options {
+            let selected = if *value == chosen { " selected" } else { "" };
+            let _ = write!(html, "<option value=\"{value}\"{selected}>{shown}</option>");
+        }
+        html + "</select></label> "
+    };
+    let approval = filter.approval.as_deref().unwrap_or("");
+    let attested = filter.attested.as_deref().unwrap_or("");
+    let unseen = filter.unseen_secs.as_deref().unwrap_or("");
+    format!(
+        "<form class=\"filters\" method=\"get\" action=\"/ui/devices\">{}{}{}{}{}{}\
+         <button>Filter</button> <a href=\"/ui/devices\">clear</a></form>",
+        text("q", "ID", &filter.q),
+        select(
+            "approval",
+            "approval",
+            &[
+                ("", "any"),
+                ("approved", "approved"),
+                ("pending", "pending"),
+                ("rejected", "rejected"),
+                ("revoked", "revoked")
+            ],
+            approval,
+        ),
+        text("version", "version", &filter.version),
+        text("tag", "tag", &filter.tag),
+        select(
+            "unseen_secs",
+            "not seen for",
+            &[
+                ("", "-"),
+                ("3600", "1 hour"),
+                ("86400", "1 day"),
+                ("604800", "7 days")
+            ],
+            unseen,
+        ),
+        select(
+            "attested",
+            "attestation key",
+            &[("", "any"), ("true", "trusted"), ("false", "none")],
+            attested,
+        ),
+    )
 }
 
 /// `/ui/audit`: operator actions on devices' trust, newest first (who, what, when).

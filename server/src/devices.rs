@@ -676,6 +676,123 @@ pub async fn list(db: &Db, limit: i64) -> ApiResult<Vec<Device>> {
     rows.iter().map(from_row).collect()
 }
 
+/// Which devices a listing shows (admin API and dashboard query parameters); every
+/// field narrows it, none: all devices.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceFilter {
+    /// `approved`, `pending`, `rejected` or `revoked`.
+    #[serde(default)]
+    pub approval: Option<String>,
+    /// The version the device runs.
+    #[serde(default)]
+    pub version: Option<String>,
+    /// A tag the device carries.
+    #[serde(default)]
+    pub tag: Option<String>,
+    /// Part of the device ID.
+    #[serde(default)]
+    pub q: Option<String>,
+    /// Devices not seen (no check-in) for at least this many seconds, or never.
+    #[serde(default)]
+    pub unseen_secs: Option<String>,
+    /// `true`: devices with a trusted attestation key; `false`: without.
+    #[serde(default)]
+    pub attested: Option<String>,
+    /// At most this many devices (default and most 1000).
+    #[serde(default)]
+    pub limit: Option<i64>,
+}
+
+impl DeviceFilter {
+    /// Empty strings (a form's blank fields) mean "any".
+    fn given(value: &Option<String>) -> Option<&str> {
+        value.as_deref().map(str::trim).filter(|v| !v.is_empty())
+    }
+
+    pub fn unseen_secs(&self) -> ApiResult<Option<i64>> {
+        DeviceFilter::given(&self.unseen_secs)
+            .map(|v| {
+                v.parse::<i64>().ok().filter(|s| *s >= 0).ok_or_else(|| {
+                    ApiError::bad_request("bad-filter", format!("unseen_secs {v:?}: want seconds"))
+                })
+            })
+            .transpose()
+    }
+
+    pub fn attested(&self) -> ApiResult<Option<bool>> {
+        DeviceFilter::given(&self.attested)
+            .map(|v| match v {
+                "true" => Ok(true),
+                "false" => Ok(false),
+                _ => Err(ApiError::bad_request(
+                    "bad-filter",
+                    format!("attested {v:?}: want true or false"),
+                )),
+            })
+            .transpose()
+    }
+}
+
+/// A LIKE pattern matching `value` anywhere (`\` escapes LIKE's own wildcards).
+fn like_anywhere(value: &str) -> String {
+    let escaped = value
+        .replace('\\', "\\\\")
+        .replace('%', "\\%")
+        .replace('_', "\\_");
+    format!("%{escaped}%")
+}
+
+/// The devices `filter` selects, by ID.
+pub async fn list_filtered(db: &Db, filter: &DeviceFilter) -> ApiResult<Vec<Device>> {
+    let mut clauses: Vec<String> = Vec::new();
+    let mut binds: Vec<String> = Vec::new();
+    let mut bind = |clause: &str, value: String| {
+        binds.push(value);
+        clauses.push(clause.replace("$?", &format!("${}", binds.len())));
+    };
+    if let Some(approval) = DeviceFilter::given(&filter.approval) {
+        bind("approval = $?", approval.to_string());
+    }
+    if let Some(version) = DeviceFilter::given(&filter.version) {
+        bind("version = $?", version.to_string());
+    }
+    if let Some(tag) = DeviceFilter::given(&filter.tag) {
+        check_name("tag", tag)?;
+        // Tags are stored joined by commas (join_tags).
+        bind(
+            "(',' || tags || ',') LIKE $? ESCAPE '\\'",
+            like_anywhere(&format!(",{tag},")),
+        );
+    }
+    if let Some(q) = DeviceFilter::given(&filter.q) {
+        bind("id LIKE $? ESCAPE '\\'", like_anywhere(q));
+    }
+    let mut sql = format!("SELECT {COLUMNS} FROM devices");
+    let mut conditions = clauses;
+    if let Some(secs) = filter.unseen_secs()? {
+        let since = now_ms() - secs.saturating_mul(1000);
+        conditions.push(format!("(last_checkin IS NULL OR last_checkin <= {since})"));
+    }
+    match filter.attested()? {
+        Some(true) => conditions.push("ak_trusted_at IS NOT NULL".into()),
+        Some(false) => conditions.push("ak_trusted_at IS NULL".into()),
+        None => {}
+    }
+    if !conditions.is_empty() {
+        sql.push_str(" WHERE ");
+        sql.push_str(&conditions.join(" AND "));
+    }
+    let limit = filter.limit.unwrap_or(1000).clamp(1, 1000);
+    sql.push_str(&format!(" ORDER BY id LIMIT {limit}"));
+    let mut query = sqlx::query(&sql);
+    for value in binds {
+        query = query.bind(value);
+    }
+    let rows = query.fetch_all(&db.pool).await?;
+    rows.iter().map(from_row).collect()
+}
+
 /// Approved devices of one type (a campaign's candidates).
 pub async fn list_compatible(db: &Db, compatible: &str) -> ApiResult<Vec<Device>> {
     let rows = sqlx::query(&format!(

@@ -15,6 +15,7 @@ async fn campaign_goes_through_waves_pauses_on_failures_resumes_and_aborts_on_po
     let pg = tokio::task::spawn_blocking(PgCluster::start).await.unwrap();
     let url = pg.create_database("fleet");
     let outcome = common::fleet::run_campaign_through_waves(&url).await;
+    common::fleet::devices_are_found_by_every_filter(&outcome).await;
     outcome.server.stop().await;
     drop(pg);
 }

@@ -402,3 +402,73 @@ pub async fn devices_ahead_of_a_restored_server(
     assert_eq!(device["device"]["version"], "2.0.0");
     server.stop().await;
 }
+
+/// The device filters of the admin API and the dashboard, on the fleet
+/// [`run_campaign_through_waves`] left.
+pub async fn devices_are_found_by_every_filter(outcome: &Outcome) {
+    let admin = outcome.server.admin();
+    let ids = |filter: &str| {
+        let admin = &admin;
+        let filter = filter.to_string();
+        async move {
+            let (status, listed) = admin.get(&format!("/admin/v1/devices?{filter}")).await;
+            assert_eq!(status, 200, "{filter}: {listed}");
+            listed
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|d| d["id"].as_str().unwrap().to_string())
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(ids("").await.len(), 20);
+    assert_eq!(ids("tag=us").await, ["dev-0018", "dev-0019"]);
+    assert_eq!(ids("tag=eu").await.len(), 18);
+    assert!(ids("tag=sho").await.is_empty(), "a tag matches whole");
+    assert_eq!(ids("approval=approved&tag=us").await.len(), 2);
+    assert!(ids("approval=pending").await.is_empty());
+    assert_eq!(ids("q=dev-001").await.len(), 10);
+    assert!(
+        ids("q=_").await.is_empty(),
+        "LIKE's wildcards are taken literally"
+    );
+    let updated = ids("version=2.0.0").await;
+    assert!(updated.contains(&outcome.updated), "{updated:?}");
+    assert!(!updated.contains(&outcome.rolled_back), "{updated:?}");
+    assert!(ids("attested=true").await.is_empty());
+    assert_eq!(ids("attested=false").await.len(), 20);
+    assert!(
+        ids("unseen_secs=3600").await.is_empty(),
+        "all checked in just now"
+    );
+    assert_eq!(ids("unseen_secs=0&limit=5").await.len(), 5);
+
+    for (filter, code) in [
+        ("attested=maybe", "bad-filter"),
+        ("unseen_secs=-1", "bad-filter"),
+        ("tag=a%25b", "bad-name"),
+    ] {
+        let (status, body) = admin.get(&format!("/admin/v1/devices?{filter}")).await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (400, Some(code)),
+            "{filter}"
+        );
+    }
+
+    // The dashboard's form sends every field, blank ones too.
+    let page = reqwest::Client::new()
+        .get(format!(
+            "{}/ui/devices?q=&approval=&version=&tag=us&unseen_secs=&attested=",
+            outcome.server.url
+        ))
+        .bearer_auth(super::ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    let page = page.text().await.unwrap();
+    assert!(page.contains("<p class=\"count\">2 devices</p>"), "{page}");
+    assert!(page.contains("name=\"tag\" value=\"us\""), "{page}");
+    assert!(page.contains("/ui/devices/dev-0019") && !page.contains("/ui/devices/dev-0001\""));
+}
