@@ -66,7 +66,7 @@ fn page(title: &str, body: &str) -> String {
          <style>body{{font-family:sans-serif;margin:2em;color:#222}}table{{border-collapse:collapse;margin:1em 0}}\
          td,th{{border:1px solid #ccc;padding:.3em .6em;text-align:left}}th{{background:#f3f3f3}}\
          .bar{{display:flex;width:20em;height:1em;background:#eee}}.ok{{background:#3a3}}.bad{{background:#c33}}.run{{background:#fb3}}\
-         nav a{{margin-right:1em}}</style></head><body><nav><a href=\"/\">Campaigns</a><a href=\"/ui/devices\">Devices</a><a href=\"/ui/audit\">Audit log</a></nav>\
+         nav a{{margin-right:1em}}</style></head><body><nav><a href=\"/\">Campaigns</a><a href=\"/ui/devices\">Devices</a><a href=\"/ui/releases\">Releases</a><a href=\"/ui/audit\">Audit log</a></nav>\
          <h1>{}</h1>{body}</body></html>",
         escape(title),
         escape(title)
@@ -311,6 +311,64 @@ fn filter_form(filter: &DeviceFilter) -> String {
             attested,
         ),
     )
+}
+
+/// `/ui/releases`: every release, its images, and the images each one's deltas start
+/// from, named by the release that carries them where the server knows it.
+pub async fn releases(_: Viewer, State(s): State<Shared>) -> ApiResult<Response> {
+    let listed = crate::releases::list(&s.db).await?;
+    let mut known: HashMap<&str, String> = HashMap::new();
+    for r in &listed {
+        for image in &r.images {
+            known
+                .entry(image.sha256.as_str())
+                .or_insert_with(|| format!("{} {}", r.version, image.name));
+        }
+    }
+    let mut body = String::from(
+        "<table class=\"releases\"><tr><th>release</th><th>security version</th>\
+         <th>bundle</th><th>image</th><th>size</th><th>full payload</th>\
+         <th>deltas from</th></tr>",
+    );
+    for r in &listed {
+        for (i, image) in r.images.iter().enumerate() {
+            let release_cells = if i == 0 {
+                let span = r.images.len();
+                format!(
+                    "<td rowspan=\"{span}\">{}</td><td rowspan=\"{span}\">{}</td>\
+                     <td rowspan=\"{span}\">{} · {}</td>",
+                    escape(&r.id),
+                    r.security_version,
+                    mib(r.bundle_size),
+                    escape(r.external_url.as_deref().unwrap_or("served here"))
+                )
+            } else {
+                String::new()
+            };
+            let sources: Vec<String> = image
+                .delta_sources
+                .iter()
+                .map(|sha| match known.get(sha.as_str()) {
+                    Some(name) => escape(name),
+                    None => format!("unknown image {}", escape(sha.get(..12).unwrap_or(sha))),
+                })
+                .collect();
+            let _ = write!(
+                body,
+                "<tr>{release_cells}<td>{}</td><td>{}</td><td>{}</td><td class=\"sources\">{}</td></tr>",
+                escape(&image.name),
+                mib(image.size),
+                mib(image.full_bytes),
+                if sources.is_empty() { "none (full only)".to_string() } else { sources.join(", ") },
+            );
+        }
+    }
+    body.push_str("</table>");
+    Ok(Html(page("Releases", &body)).into_response())
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
 }
 
 /// `/ui/audit`: operator actions on devices' trust, newest first (who, what, when).

@@ -60,6 +60,7 @@ pub async fn build(db: Db, config: Config, local: SocketAddr) -> anyhow::Result<
         .route("/ui/devices", get(dashboard::devices))
         .route("/ui/devices/{id}", get(dashboard::device))
         .route("/ui/audit", get(dashboard::audit))
+        .route("/ui/releases", get(dashboard::releases))
         .route("/blobs/{name}", get(blobs::serve))
         .route("/metrics", get(metrics::serve))
         .route("/healthz", get(metrics::healthz))
