@@ -254,15 +254,7 @@ async fn a_revoked_device_is_refused_on_every_endpoint_and_shown_as_revoked() {
 
     let (_, listed) = admin.get("/admin/v1/devices").await;
     assert_eq!(listed[0]["approval"], "revoked");
-    let page = reqwest::Client::new()
-        .get(format!("{}/ui/devices", s.server.url))
-        .bearer_auth(common::ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = s.server.page("/ui/devices").await;
     assert!(page.contains("<td>revoked</td>"), "{page}");
     let (_, audit) = admin.get("/admin/v1/audit").await;
     assert_eq!(
@@ -273,15 +265,7 @@ async fn a_revoked_device_is_refused_on_every_endpoint_and_shown_as_revoked() {
         )
     );
     // The same entry on the dashboard's audit page.
-    let page = reqwest::Client::new()
-        .get(format!("{}/ui/audit", s.server.url))
-        .bearer_auth(common::ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = s.server.page("/ui/audit").await;
     let row = format!(
         "<td>admin-api</td><td>revoke</td><td><a href=\"/ui/devices/{id}\">{id}</a></td>",
         id = d.id

@@ -44,24 +44,13 @@ async fn a_release_records_its_manifest_and_can_be_served_from_an_external_url()
 
     // The dashboard's releases page: v2's rootfs deltas start from v1's rootfs, which the
     // server names once it has v1 too.
-    let releases_page = || async {
-        reqwest::Client::new()
-            .get(format!("{}/ui/releases", server.url))
-            .bearer_auth(common::ADMIN_TOKEN)
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
-    };
-    let page = releases_page().await;
+    let page = server.page("/ui/releases").await;
     assert!(page.contains(&format!("{COMPATIBLE}@2.0.0")), "{page}");
     assert!(page.contains("unknown image"), "{page}");
     assert!(page.contains(cdn), "{page}");
     let (status, _) = admin.upload(&releases.v1).await;
     assert_eq!(status, 200);
-    let page = releases_page().await;
+    let page = server.page("/ui/releases").await;
     assert!(
         page.contains("<td class=\"sources\">1.0.0 rootfs</td>"),
         "{page}"

@@ -457,17 +457,10 @@ pub async fn devices_are_found_by_every_filter(outcome: &Outcome) {
     }
 
     // The dashboard's form sends every field, blank ones too.
-    let page = reqwest::Client::new()
-        .get(format!(
-            "{}/ui/devices?q=&approval=&version=&tag=us&unseen_secs=&attested=",
-            outcome.server.url
-        ))
-        .bearer_auth(super::ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(page.status(), 200);
-    let page = page.text().await.unwrap();
+    let page = outcome
+        .server
+        .page("/ui/devices?q=&approval=&version=&tag=us&unseen_secs=&attested=")
+        .await;
     assert!(page.contains("<p class=\"count\">2 devices</p>"), "{page}");
     assert!(page.contains("name=\"tag\" value=\"us\""), "{page}");
     assert!(page.contains("/ui/devices/dev-0019") && !page.contains("/ui/devices/dev-0001\""));

@@ -176,6 +176,18 @@ impl TestServer {
             http: reqwest::Client::new(),
         }
     }
+
+    /// A dashboard page's HTML, as the operator (the admin token as bearer) sees it.
+    pub async fn page(&self, path: &str) -> String {
+        let answer = reqwest::Client::new()
+            .get(format!("{}{path}", self.url))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 200, "GET {path}");
+        answer.text().await.unwrap()
+    }
 }
 
 /// The admin API with the right token.
