@@ -115,30 +115,36 @@ pub struct ServeLock {
 impl ServeLock {
     /// Taken by `http::serve` for as long as it serves.
     pub fn serving(db: &Db) -> Result<ServeLock, BackupError> {
-        let Some(db_file) = &db.sqlite_file else {
-            return Ok(ServeLock { _file: None });
-        };
-        let lock = lock_path(db_file);
-        let file = open_lock(&lock)?;
-        match file.try_lock_shared() {
-            Ok(()) => Ok(ServeLock { _file: Some(file) }),
-            Err(fs::TryLockError::WouldBlock) => Err(BackupError::RestoreRunning {
-                db: db_file.clone(),
-                lock,
-            }),
-            Err(fs::TryLockError::Error(e)) => Err(io_at(&lock)(e)),
+        match &db.sqlite_file {
+            Some(db_file) => ServeLock::take(db_file, false),
+            None => Ok(ServeLock { _file: None }),
         }
     }
 
     fn restoring(db_file: &Path) -> Result<ServeLock, BackupError> {
+        ServeLock::take(db_file, true)
+    }
+
+    /// The lock beside `db_file`, exclusively (a restore) or shared (a server); the
+    /// error names who holds it the other way.
+    fn take(db_file: &Path, exclusive: bool) -> Result<ServeLock, BackupError> {
         let lock = lock_path(db_file);
         let file = open_lock(&lock)?;
-        match file.try_lock() {
+        let taken = if exclusive {
+            file.try_lock()
+        } else {
+            file.try_lock_shared()
+        };
+        match taken {
             Ok(()) => Ok(ServeLock { _file: Some(file) }),
-            Err(fs::TryLockError::WouldBlock) => Err(BackupError::ServerRunning {
-                db: db_file.to_path_buf(),
-                lock,
-            }),
+            Err(fs::TryLockError::WouldBlock) => {
+                let db = db_file.to_path_buf();
+                Err(if exclusive {
+                    BackupError::ServerRunning { db, lock }
+                } else {
+                    BackupError::RestoreRunning { db, lock }
+                })
+            }
             Err(fs::TryLockError::Error(e)) => Err(io_at(&lock)(e)),
         }
     }

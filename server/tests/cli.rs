@@ -3,23 +3,13 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::device::SimDevice;
-use common::Releases;
+use common::{cli, Releases};
 
 const BIN: &str = env!("CARGO_BIN_EXE_cairn-server");
-
-fn cli(dir: &Path, args: &[&str]) -> Output {
-    Command::new(BIN)
-        .current_dir(dir)
-        .args(["--db", "sqlite://cairn.db", "--blobs", "./blobs"])
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap()
-}
 
 /// Runs a subcommand that must succeed and prints JSON.
 fn json(dir: &Path, args: &[&str]) -> serde_json::Value {

@@ -2,23 +2,14 @@
 
 mod common;
 
+use common::cli;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn campaign_goes_through_waves_pauses_on_failures_resumes_and_aborts_on_sqlite() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("cairn.db").display());
     let outcome = common::fleet::run_campaign_through_waves(&url).await;
     outcome.server.stop().await;
-}
-
-/// `cairn-server` run as an operator would, on the database of `dir`.
-fn cli(dir: &std::path::Path, args: &[&str]) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_cairn-server"))
-        .current_dir(dir)
-        .args(["--db", "sqlite://cairn.db", "--blobs", "./blobs"])
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

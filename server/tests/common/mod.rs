@@ -107,6 +107,17 @@ pub fn make_bundle(
     sign_bundle(&spec, &[key], out);
 }
 
+/// `cairn-server` run as an operator would, on `dir`'s `cairn.db` and `blobs/`.
+pub fn cli(dir: &Path, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_cairn-server"))
+        .current_dir(dir)
+        .args(["--db", "sqlite://cairn.db", "--blobs", "./blobs"])
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap()
+}
+
 /// A server on 127.0.0.1 and a free port, stopped when dropped.
 pub struct TestServer {
     pub url: String,

@@ -44,6 +44,7 @@ fn main() -> Result<()> {
         .with_context(|| format!("loading {}", args.config.display()))?;
     // First: the initramfs armed the watchdog and nothing feeds it until now.
     cairn_updater::watchdog::start(&ctx.config.watchdog);
+    fleet::server_override::log_outcome(&ctx.server_override);
     // Before anything checks a certificate or a signature's expiry: a board without a
     // clock battery starts in 1970.
     ctx.clock().enforce_floor();

@@ -31,28 +31,35 @@ pub fn path(data_dir: &Path) -> PathBuf {
     data_dir.join(SERVER_OVERRIDE)
 }
 
-/// Reads, checks and applies the override to `ctx.config.server`.
+/// Reads, checks and applies the override to `ctx.config.server`. Silent: a Context is
+/// opened every few seconds, so cairnd says what became of the override once, at start
+/// ([`log_outcome`]), and `cairn status` shows it.
 pub fn apply(ctx: &mut Context) -> OverrideOutcome {
     let path = path(&ctx.config.data_dir);
     let bytes = match std::fs::read(&path) {
         Ok(bytes) => bytes,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return OverrideOutcome::Absent,
-        Err(e) => return refused(&path, format!("unreadable: {e}")),
+        Err(e) => return OverrideOutcome::Refused(format!("{}: unreadable: {e}", path.display())),
     };
     match checked(ctx, &bytes) {
         Ok(server) => {
             let url = server.url.clone();
             ctx.config.server = Some(server);
-            tracing::info!(%url, path = %path.display(), "server override applied");
             OverrideOutcome::Applied { url }
         }
-        Err(reason) => refused(&path, reason),
+        Err(reason) => OverrideOutcome::Refused(reason),
     }
 }
 
-fn refused(path: &Path, reason: String) -> OverrideOutcome {
-    tracing::error!(path = %path.display(), "server override refused, the image's server stays: {reason}");
-    OverrideOutcome::Refused(reason)
+/// cairnd's one line about the override at start.
+pub fn log_outcome(outcome: &OverrideOutcome) {
+    match outcome {
+        OverrideOutcome::Absent => {}
+        OverrideOutcome::Applied { url } => tracing::info!(%url, "server override applied"),
+        OverrideOutcome::Refused(reason) => {
+            tracing::error!("server override refused, the image's server stays: {reason}")
+        }
+    }
 }
 
 /// The image's `[server]` with the override's URL and CA, once every check passed.
