@@ -17,11 +17,11 @@ pub use identity::{DeviceIdentity, IdentityFormatError};
 pub use types::{
     ak_digest, codes, Assignment, AttestationEvidence, AttestationRequest, AttestationResult,
     CheckIn, CheckInResponse, DeploymentState, EnrollResponse, EnrollStatus, ErrorBody,
-    InstalledImage, ProvisioningRecord, Report, ReportAck, ReportedState, Slot, TpmActivation,
-    TpmChallenge, TpmEnrollRequest, TpmEnrollStatus,
+    InstalledImage, ProvisioningRecord, RebootLease, Report, ReportAck, ReportedState, Slot,
+    TpmActivation, TpmChallenge, TpmEnrollRequest, TpmEnrollStatus,
 };
 
-/// What a name on the server (a device ID, a tag, a release or campaign ID) may be.
+/// What a name on the server (a device ID, a release or campaign ID) may be.
 pub const NAME_RULE: &str = "1 to 128 characters of [A-Za-z0-9._-]";
 
 /// Whether `s` follows [`NAME_RULE`]. The server refuses any other name; tools that
@@ -31,6 +31,19 @@ pub fn is_valid_name(s: &str) -> bool {
         && s.len() <= 128
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+}
+
+/// What a device tag may be: a name, or `key=value` of two names (`cluster=line-3`), which
+/// a campaign's reboot budget can group devices by.
+pub const TAG_RULE: &str =
+    "a name (1 to 128 characters of [A-Za-z0-9._-]) or key=value of two names";
+
+/// Whether `s` follows [`TAG_RULE`].
+pub fn is_valid_tag(s: &str) -> bool {
+    match s.split_once('=') {
+        Some((key, value)) => is_valid_name(key) && is_valid_name(value),
+        None => is_valid_name(s),
+    }
 }
 
 /// Paths of the device API, relative to the server's base URL.
@@ -50,5 +63,10 @@ pub mod paths {
     /// Where the TPM quote for one deployment goes.
     pub fn attestation(deployment_id: &str) -> String {
         format!("/v1/device/deployments/{deployment_id}/attestation")
+    }
+
+    /// Where a device asks leave to reboot into one deployment's update.
+    pub fn reboot_lease(deployment_id: &str) -> String {
+        format!("/v1/device/deployments/{deployment_id}/reboot-lease")
     }
 }

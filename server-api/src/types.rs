@@ -30,6 +30,30 @@ pub struct CheckIn {
     pub security_floor: u64,
     #[serde(default)]
     pub images: Vec<InstalledImage>,
+    /// Why an installed update is not rebooted into yet, when it is waiting: for a reboot
+    /// lease, or for a drain hook to succeed ("waiting for drain: ..."). At most 512 bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<String>,
+}
+
+/// The answer to a reboot-lease request (`paths::reboot_lease`). A campaign with a reboot
+/// budget lets at most that many devices of a group be between "rebooting" and "committed
+/// or rolled back" at once; each of them holds a lease.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "lease", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum RebootLease {
+    /// Reboot now. The lease ends when the deployment commits, rolls back or fails, or
+    /// `expires_in_secs` after this answer (a device that died mid-reboot); asking again
+    /// while it is held renews it. `None`: the campaign has no reboot budget.
+    Granted { expires_in_secs: Option<u64> },
+    /// The group's budget is spent: ask again after `retry_after_secs`.
+    Wait {
+        /// The group, `key=value` of the campaign's grouping tag (or `campaign`).
+        group: String,
+        in_use: u32,
+        budget: u32,
+        retry_after_secs: u64,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -184,6 +208,15 @@ impl DeploymentState {
         matches!(self, Self::Failed | Self::AttestationFailed)
     }
 
+    /// Before the device's verdict on its trial: not yet committed, rolled back or
+    /// failed. A reboot lease is held only in these states.
+    pub fn before_verdict(self) -> bool {
+        matches!(
+            self,
+            Self::Assigned | Self::Downloading | Self::Installing | Self::Rebooting
+        )
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Assigned => "assigned",
@@ -196,6 +229,11 @@ impl DeploymentState {
             Self::AttestationFailed => "attestation-failed",
             Self::Cancelled => "cancelled",
         }
+    }
+
+    /// Every state, in lifecycle order.
+    pub fn all() -> &'static [DeploymentState] {
+        &ALL_STATES
     }
 
     pub fn parse(s: &str) -> Option<Self> {

@@ -154,6 +154,7 @@ async fn measure_server(args: &Args, db_url: &str, work: &std::path::Path) -> Re
         failure_threshold: 0.5,
         attestation_required: false,
         retry_declined: false,
+        reboot_budget: None,
     };
     campaigns::create(&db, "bench", &release.id, policy).await?;
     campaigns::start(&db, "bench").await?;
@@ -237,6 +238,7 @@ async fn drive(base: &str, tokens: Arc<Vec<String>>, args: &Args) -> Result<f64>
             sha256: "ab".repeat(32),
             size: 1 << 20,
         }],
+        waiting: None,
     };
     let body = Arc::new(serde_json::to_vec(&state)?);
     let etags: Arc<Vec<Mutex<Option<String>>>> =

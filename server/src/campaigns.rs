@@ -12,6 +12,7 @@ use crate::devices::{self, check_name, Device};
 use crate::error::{ApiError, ApiResult};
 use crate::gates::{self, Decision, Progress, WaveStats};
 use crate::policy::{eligible, wave_bounds, wave_of, CampaignPolicy, Candidate};
+use crate::reboot_leases::{self, HeldLease};
 use crate::releases::{self, Release};
 
 /// Lifecycle: `draft` → `running` ⇄ `paused`; `running` → `completed` when the last
@@ -60,6 +61,8 @@ pub struct WaveStatus {
 pub struct CampaignStatus {
     pub campaign: Campaign,
     pub waves: Vec<WaveStatus>,
+    /// Devices between their reboot and their verdict under the campaign's reboot budget.
+    pub reboot_leases: Vec<HeldLease>,
 }
 
 pub async fn create(
@@ -340,7 +343,12 @@ pub async fn status(db: &Db, id: &str) -> ApiResult<CampaignStatus> {
             _ => w.in_progress += n,
         }
     }
-    Ok(CampaignStatus { campaign, waves })
+    let reboot_leases = reboot_leases::held(db, id).await?;
+    Ok(CampaignStatus {
+        campaign,
+        waves,
+        reboot_leases,
+    })
 }
 
 /// Runs the gates of a running campaign once and applies the decision.

@@ -152,6 +152,11 @@ fn validate(report: &CheckIn) -> ApiResult<()> {
     if report.images.len() > 32 {
         return bad(format!("{} images, at most 32", report.images.len()));
     }
+    if let Some(w) = &report.waiting {
+        if w.len() > 512 || w.chars().any(char::is_control) {
+            return bad("waiting must be at most 512 bytes without control characters".into());
+        }
+    }
     for image in &report.images {
         check_name("image name", &image.name)?;
         if image.sha256.len() != 64 || !image.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {

@@ -123,7 +123,7 @@ fn campaign_section(status: &CampaignStatus) -> String {
     let c = &status.campaign;
     format!(
         "<section class=\"campaign\" id=\"campaign-{id}\"><h2><a href=\"/ui/campaigns/{id}\">{id}</a></h2>\
-         <p>Release <b>{release}</b> · state <b class=\"state\">{state}</b>{reason} · {open} of {total} waves open</p>{waves}</section>",
+         <p>Release <b>{release}</b> · state <b class=\"state\">{state}</b>{reason} · {open} of {total} waves open</p>{waves}{leases}</section>",
         id = escape(&c.id),
         release = escape(&c.release_id),
         state = escape(&c.state),
@@ -131,7 +131,40 @@ fn campaign_section(status: &CampaignStatus) -> String {
         open = c.opened_waves,
         total = status.waves.len(),
         waves = waves_table(status),
+        leases = leases_table(status),
     )
+}
+
+/// Who is rebooting under the campaign's reboot budget now; nothing without a budget.
+fn leases_table(status: &CampaignStatus) -> String {
+    let Some(budget) = &status.campaign.policy.reboot_budget else {
+        return String::new();
+    };
+    let mut out = format!(
+        "<p class=\"reboot-budget\">Reboot budget: {} at a time per {}, leases of {} s; {} held</p>",
+        budget.max_rebooting,
+        escape(budget.group_by.as_deref().unwrap_or("campaign")),
+        budget.lease_secs,
+        status.reboot_leases.len(),
+    );
+    if status.reboot_leases.is_empty() {
+        return out;
+    }
+    out.push_str(
+        "<table class=\"reboot-leases\"><tr><th>group</th><th>device</th><th>since</th><th>expires</th></tr>",
+    );
+    for l in &status.reboot_leases {
+        let _ = write!(
+            out,
+            "<tr><td>{}</td><td><a href=\"/ui/devices/{id}\">{id}</a></td><td>{}</td><td>{}</td></tr>",
+            escape(&l.group),
+            when(Some(l.granted_at)),
+            when(Some(l.expires_at)),
+            id = escape(&l.device_id),
+        );
+    }
+    out.push_str("</table>");
+    out
 }
 
 pub async fn campaigns(_: Viewer, State(s): State<Shared>) -> ApiResult<Response> {
@@ -213,7 +246,11 @@ pub async fn devices(
             escape(d.version.as_deref().unwrap_or("-")),
             escape(d.booted_slot.as_deref().unwrap_or("-")),
             escape(d.committed_slot.as_deref().unwrap_or("-")),
-            escape(states.get(&d.id).map(String::as_str).unwrap_or("idle")),
+            escape(&match (states.get(&d.id), &d.waiting) {
+                (Some(state), Some(waiting)) => format!("{state}, {waiting}"),
+                (Some(state), None) => state.clone(),
+                (None, _) => "idle".into(),
+            }),
             when(d.last_checkin),
             id = escape(&d.id),
         );
@@ -230,7 +267,7 @@ pub async fn device(
     let d = devices::get(&s.db, &id).await?;
     let mut body = format!(
         "<p>Version <b class=\"version\">{}</b> · type {} · tags {} · security floor {} · last check-in {}</p>\
-         <p class=\"tpm\">TPM: {}</p><h2>History</h2>\
+         <p class=\"tpm\">TPM: {}</p>{}<h2>History</h2>\
          <table class=\"history\"><tr><th>when</th><th>event</th><th>detail</th></tr>",
         escape(d.version.as_deref().unwrap_or("-")),
         escape(&d.compatible),
@@ -241,6 +278,10 @@ pub async fn device(
             Some(at) => format!("attestation key trusted since {}", when(Some(at))),
             None => "no trusted attestation key (cannot be attested)".into(),
         },
+        d.waiting
+            .as_deref()
+            .map(|w| format!("<p class=\"waiting\">Update installed, {}</p>", escape(w)))
+            .unwrap_or_default(),
     );
     for h in devices::history(&s.db, &id, 200).await? {
         let _ = write!(

@@ -326,6 +326,38 @@ pub async fn for_report(db: &Db, device_id: &str, deployment_id: &str) -> ApiRes
     })
 }
 
+/// What granting a reboot lease needs of the deployment and its device.
+pub struct LeaseTarget {
+    pub campaign_id: String,
+    pub policy: CampaignPolicy,
+    pub state: DeploymentState,
+    pub device_tags: Vec<String>,
+}
+
+/// The deployment a device asks to reboot into, refused unless it is the device's own.
+pub async fn for_reboot_lease(
+    db: &Db,
+    device_id: &str,
+    deployment_id: &str,
+) -> ApiResult<LeaseTarget> {
+    let row = owned(
+        db,
+        device_id,
+        deployment_id,
+        "SELECT d.device_id, d.campaign_id, d.state, c.policy, v.tags FROM deployments d \
+         JOIN campaigns c ON c.id = d.campaign_id JOIN devices v ON v.id = d.device_id \
+         WHERE d.id = $1",
+    )
+    .await?;
+    Ok(LeaseTarget {
+        campaign_id: row.try_get("campaign_id")?,
+        policy: serde_json::from_str(&row.try_get::<String, _>("policy")?)
+            .map_err(anyhow::Error::from)?,
+        state: parse_state(&row.try_get::<String, _>("state")?)?,
+        device_tags: crate::devices::split_tags(&row.try_get::<String, _>("tags")?),
+    })
+}
+
 /// What checking a quote needs of the deployment and its device.
 pub struct AttestationTarget {
     /// The stored state, as stored.

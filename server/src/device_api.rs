@@ -14,8 +14,8 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use cairn_server_api::{
     AttestationEvidence, AttestationResult, CheckIn, EnrollRequest, EnrollResponse, EnrollStatus,
-    Report, RotateKeyRequest, RotateKeyResponse, TokenRequest, TokenResponse, TpmActivation,
-    TpmChallenge, TpmEnrollRequest, TpmEnrollStatus,
+    RebootLease, Report, RotateKeyRequest, RotateKeyResponse, TokenRequest, TokenResponse,
+    TpmActivation, TpmChallenge, TpmEnrollRequest, TpmEnrollStatus,
 };
 use sha2::{Digest, Sha256};
 
@@ -24,7 +24,7 @@ use crate::auth::{self, check_enrollment, issue_token, AuthenticatedDevice};
 use crate::devices;
 use crate::error::ApiResult;
 use crate::json::parse_body;
-use crate::{attestation, checkin, reports};
+use crate::{attestation, checkin, reboot_leases, reports};
 
 /// The client's address bounds enrollments of unknown ids per source; a server started
 /// without connection info (or behind a proxy) counts all of them as one source.
@@ -111,6 +111,19 @@ pub async fn report(
         state.caches.invalidate_campaigns();
     }
     Ok(Json(ack).into_response())
+}
+
+/// A device asks leave to reboot into the deployment's update (`reboot_leases.rs`). The
+/// body is empty or `{}`.
+pub async fn reboot_lease(
+    State(state): State<Shared>,
+    AuthenticatedDevice(device): AuthenticatedDevice,
+    Path(deployment): Path<String>,
+) -> ApiResult<Json<RebootLease>> {
+    devices::require_active(&state.db, &device).await?;
+    Ok(Json(
+        reboot_leases::request(&state.db, &device, &deployment).await?,
+    ))
 }
 
 pub async fn tpm_enroll(

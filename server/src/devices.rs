@@ -40,6 +40,8 @@ pub struct Device {
     /// When the device's TPM attestation key passed the MakeCredential challenge
     /// (`attestation.rs`); `None`: no trusted key, so it cannot be attested.
     pub ak_trusted_at: Option<i64>,
+    /// Why its installed update is not rebooted into yet, as its last check-in said.
+    pub waiting: Option<String>,
 }
 
 /// One entry of a factory manifest: a device whose key (and TPM, when the record names
@@ -64,10 +66,21 @@ pub fn check_name(what: &str, s: &str) -> ApiResult<()> {
     }
 }
 
+pub fn check_tag(tag: &str) -> ApiResult<()> {
+    if cairn_server_api::is_valid_tag(tag) {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(
+            "bad-name",
+            format!("tag '{tag}' must be {}", cairn_server_api::TAG_RULE),
+        ))
+    }
+}
+
 pub fn join_tags(tags: &[String]) -> ApiResult<String> {
     let mut tags = tags.to_vec();
     for t in &tags {
-        check_name("tag", t)?;
+        check_tag(t)?;
     }
     tags.sort();
     tags.dedup();
@@ -655,7 +668,7 @@ struct CsvEntry {
 
 const COLUMNS: &str = "id, public_key, approval, compatible, tags, version, booted_slot, \
                        committed_slot, security_floor, images, last_checkin, enrolled_at, \
-                       ak_trusted_at";
+                       ak_trusted_at, waiting";
 
 pub async fn get(db: &Db, id: &str) -> ApiResult<Device> {
     let row = sqlx::query(&format!("SELECT {COLUMNS} FROM devices WHERE id = $1"))
@@ -758,7 +771,7 @@ pub async fn list_filtered(db: &Db, filter: &DeviceFilter) -> ApiResult<Vec<Devi
         bind("version = $?", version.to_string());
     }
     if let Some(tag) = DeviceFilter::given(&filter.tag) {
-        check_name("tag", tag)?;
+        check_tag(tag)?;
         // Tags are stored joined by commas (join_tags).
         bind(
             "(',' || tags || ',') LIKE $? ESCAPE '\\'",
@@ -825,6 +838,7 @@ pub fn from_row(row: &Row) -> ApiResult<Device> {
         last_checkin: row.try_get("last_checkin")?,
         enrolled_at: row.try_get("enrolled_at")?,
         ak_trusted_at: row.try_get("ak_trusted_at")?,
+        waiting: row.try_get("waiting")?,
     })
 }
 

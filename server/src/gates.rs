@@ -84,6 +84,7 @@ mod tests {
             failure_threshold: 0.2,
             attestation_required: false,
             retry_declined: false,
+            reboot_budget: None,
         }
     }
 

@@ -26,6 +26,10 @@ pub async fn build(db: Db, config: Config, local: SocketAddr) -> anyhow::Result<
         .route("/check-in", post(device_api::check_in))
         .route("/deployments/{id}/reports", post(device_api::report))
         .route(
+            "/deployments/{id}/reboot-lease",
+            post(device_api::reboot_lease),
+        )
+        .route(
             "/deployments/{id}/attestation",
             post(device_api::attestation),
         )

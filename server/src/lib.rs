@@ -12,6 +12,8 @@
 //! - [`checkin`], [`device_reader`], [`state_writer`], [`caches`]: the hot path of the
 //!   device API.
 //! - [`reports`]: progress reports, applied once and atomically.
+//! - [`reboot_leases`]: a campaign's reboot budget: at most N devices of a group between
+//!   their reboot and their verdict at once.
 //! - [`attestation`]: TPM enrollment (MakeCredential challenge) and quote checks that
 //!   hold a deployment's success until the device proves which image booted.
 //! - [`backup`]: `backup` and `restore` of a SQLite database, the serve lock that keeps
@@ -54,6 +56,7 @@ pub mod local;
 pub mod metrics;
 pub mod plan;
 pub mod policy;
+pub mod reboot_leases;
 pub mod releases;
 pub mod reports;
 pub mod state_writer;

@@ -8,7 +8,9 @@ use cairn_bundle::TrustRoot;
 use cairn_server::config::Config;
 use cairn_server::db::Db;
 use cairn_server::http;
-use cairn_server::policy::{CampaignPolicy, Selector, WaveSize};
+use cairn_server::policy::{
+    CampaignPolicy, RebootBudget, Selector, WaveSize, DEFAULT_REBOOT_LEASE_SECS,
+};
 use cairn_server::{attestation, audit, campaigns, devices, dry_run, releases};
 use clap::{Parser, Subcommand};
 use serde::Serialize;
@@ -183,6 +185,17 @@ struct CreateCampaign {
     /// otherwise).
     #[arg(long)]
     retry_declined: bool,
+    /// At most this many devices (of a group, see --reboot-group-by) reboot into the
+    /// release at once: each holds a reboot lease until it commits or rolls back.
+    #[arg(long)]
+    reboot_budget: Option<u32>,
+    /// The tag key that groups devices for --reboot-budget: `cluster` gives devices
+    /// tagged `cluster=line-3` one budget and `cluster=line-4` another.
+    #[arg(long, requires = "reboot_budget")]
+    reboot_group_by: Option<String>,
+    /// A reboot lease not ended by a commit or rollback is freed after this many seconds.
+    #[arg(long, requires = "reboot_budget", default_value_t = DEFAULT_REBOOT_LEASE_SECS)]
+    reboot_lease_secs: u64,
 }
 
 #[tokio::main]
@@ -342,6 +355,11 @@ async fn campaign(db: &Db, command: CampaignCommand) -> Result<()> {
                 failure_threshold: c.failure_threshold,
                 attestation_required: false,
                 retry_declined: c.retry_declined,
+                reboot_budget: c.reboot_budget.map(|max_rebooting| RebootBudget {
+                    max_rebooting,
+                    group_by: c.reboot_group_by,
+                    lease_secs: c.reboot_lease_secs,
+                }),
             };
             print(&campaigns::create(db, &c.id, &c.release, policy).await?)
         }

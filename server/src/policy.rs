@@ -99,6 +99,48 @@ pub struct CampaignPolicy {
     /// before: the operator's way to re-offer a release after fixing what made it fail.
     #[serde(default)]
     pub retry_declined: bool,
+    /// How many devices may reboot into the release at once (`reboot_leases.rs`); none:
+    /// no limit, devices reboot when their own policy says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reboot_budget: Option<RebootBudget>,
+}
+
+/// At most `max_rebooting` devices of a group hold a reboot lease at once: from asking
+/// to reboot until they commit or roll back, or `lease_secs` pass.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RebootBudget {
+    pub max_rebooting: u32,
+    /// The tag key that groups devices: with `cluster`, devices tagged `cluster=line-3`
+    /// share one budget and `cluster=line-4` another (devices without the tag form one
+    /// group of their own). None: the whole campaign is one group.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group_by: Option<String>,
+    /// A lease neither ended by a commit nor by a rollback is freed after this: the
+    /// device died mid-reboot, or its reports are lost.
+    pub lease_secs: u64,
+}
+
+/// A leased reboot that has not ended in 15 minutes is taken for a dead device.
+pub const DEFAULT_REBOOT_LEASE_SECS: u64 = 900;
+
+/// Budgets above this would only be "no limit" spelled differently, and each one is a
+/// slot the grant scans.
+pub const MAX_REBOOT_BUDGET: u32 = 1000;
+
+impl RebootBudget {
+    /// The group a device with `tags` falls in: `key=value` of its grouping tag, or
+    /// `campaign` when the budget is campaign-wide.
+    pub fn group_of(&self, tags: &[String]) -> String {
+        let Some(key) = &self.group_by else {
+            return "campaign".into();
+        };
+        let prefix = format!("{key}=");
+        tags.iter()
+            .find(|t| t.starts_with(&prefix))
+            .cloned()
+            .unwrap_or_else(|| format!("{key} unset"))
+    }
 }
 
 impl CampaignPolicy {
@@ -115,6 +157,28 @@ impl CampaignPolicy {
         ] {
             if !(0.0..=1.0).contains(&v) {
                 return Err(format!("{name} {v} is outside [0, 1]"));
+            }
+        }
+        if let Some(b) = &self.reboot_budget {
+            if !(1..=MAX_REBOOT_BUDGET).contains(&b.max_rebooting) {
+                return Err(format!(
+                    "reboot budget {} is outside 1..={MAX_REBOOT_BUDGET}",
+                    b.max_rebooting
+                ));
+            }
+            if b.lease_secs == 0 || b.lease_secs > 7 * 86_400 {
+                return Err(format!(
+                    "reboot lease of {} s is outside 1 s ..= 7 days",
+                    b.lease_secs
+                ));
+            }
+            if let Some(key) = &b.group_by {
+                if !cairn_server_api::is_valid_name(key) {
+                    return Err(format!(
+                        "reboot group key '{key}' is not a name: {}",
+                        cairn_server_api::NAME_RULE
+                    ));
+                }
             }
         }
         Ok(())

@@ -130,6 +130,9 @@ async fn try_apply(
             tx.rollback().await?;
             return Ok(None);
         }
+        if !transition.next.before_verdict() {
+            crate::reboot_leases::end(&mut tx, deployment_id).await?;
+        }
         if transition.next == DeploymentState::AttestationPending {
             let nonce = attestation::new_nonce();
             deployments::set_attestation_nonce(&mut tx, deployment_id, &nonce).await?;

@@ -80,11 +80,12 @@ async fn write_batch(db: &Db, batch: HashMap<String, (CheckIn, i64)>) -> anyhow:
     for chunk in rows.chunks(ROWS_PER_STATEMENT) {
         let mut sql = String::from(
             "UPDATE devices SET booted_slot = v.column2, committed_slot = v.column3, \
-             security_floor = v.column4, images = v.column5, last_checkin = v.column6 FROM (VALUES ",
+             security_floor = v.column4, images = v.column5, last_checkin = v.column6, \
+             waiting = v.column7 FROM (VALUES ",
         );
         for i in 0..chunk.len() {
-            let p = i * 6;
-            let row: Vec<String> = (1..=6).map(|n| format!("${}", p + n)).collect();
+            let p = i * 7;
+            let row: Vec<String> = (1..=7).map(|n| format!("${}", p + n)).collect();
             if i > 0 {
                 sql.push(',');
             }
@@ -102,7 +103,8 @@ async fn write_batch(db: &Db, batch: HashMap<String, (CheckIn, i64)>) -> anyhow:
                 .bind(slot(s.committed_slot))
                 .bind(s.security_floor as i64)
                 .bind(serde_json::to_string(&s.images)?)
-                .bind(*at);
+                .bind(*at)
+                .bind(s.waiting.as_deref());
         }
         query.execute(&mut *tx).await?;
     }

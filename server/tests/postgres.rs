@@ -20,6 +20,24 @@ async fn campaign_goes_through_waves_pauses_on_failures_resumes_and_aborts_on_po
     drop(pg);
 }
 
+/// The reboot budget with devices spread over two servers on one database: the lease
+/// slots, not either server's memory, keep the budget.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_nodes_of_one_cluster_with_a_budget_of_one_never_reboot_at_once_on_postgres() {
+    let pg = tokio::task::spawn_blocking(PgCluster::start).await.unwrap();
+    let url = pg.create_database("budget");
+    let releases = Releases::build();
+    let db = Db::connect(&url).await.unwrap();
+    let a = ServerProcess::start(&url, &releases.root_path).await;
+    let b = ServerProcess::start(&url, &releases.root_path).await;
+    let device_urls = [a.url.clone(), b.url.clone()];
+    common::reboot_budget::one_node_at_a_time(&a.admin(), &device_urls, &releases).await;
+    a.stop().await;
+    b.stop().await;
+    db.pool.close().await;
+    drop(pg);
+}
+
 /// Two server processes on one database, every device talking to both at once: one
 /// deployment per device, every report applied exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

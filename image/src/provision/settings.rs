@@ -192,10 +192,10 @@ impl DeviceSettings {
 
 /// Tags as the server takes them, so an import never fails on one.
 pub fn check_tags(tags: &[String]) -> std::result::Result<(), String> {
-    match tags.iter().find(|t| !cairn_server_api::is_valid_name(t)) {
+    match tags.iter().find(|t| !cairn_server_api::is_valid_tag(t)) {
         Some(tag) => Err(format!(
             "tag {tag:?} must be {}",
-            cairn_server_api::NAME_RULE
+            cairn_server_api::TAG_RULE
         )),
         None => Ok(()),
     }

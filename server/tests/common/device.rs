@@ -16,6 +16,8 @@ pub struct SimDevice {
     pub version: String,
     pub images: Vec<InstalledImage>,
     pub nonce_counter: u64,
+    /// What its check-ins say it waits for before a reboot.
+    pub waiting: Option<String>,
 }
 
 pub struct Answer {
@@ -37,6 +39,7 @@ impl SimDevice {
             version: "1.0.0".into(),
             images,
             nonce_counter: 0,
+            waiting: None,
         }
     }
 
@@ -116,6 +119,7 @@ impl SimDevice {
             committed_slot: Slot::A,
             security_floor: 1,
             images: self.images.clone(),
+            waiting: self.waiting.clone(),
         }
     }
 

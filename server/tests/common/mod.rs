@@ -5,6 +5,7 @@
 pub mod device;
 pub mod fleet;
 pub mod postgres;
+pub mod reboot_budget;
 pub mod tpm;
 
 use std::path::{Path, PathBuf};

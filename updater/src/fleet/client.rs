@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use cairn_server_api::{
     paths, AttestationEvidence, AttestationResult, CheckIn, CheckInResponse, EnrollRequest,
-    EnrollResponse, EnrollStatus, ErrorBody, Report, ReportAck, TokenRequest, TokenResponse,
-    TpmActivation, TpmChallenge, TpmEnrollRequest, TpmEnrollStatus,
+    EnrollResponse, EnrollStatus, ErrorBody, RebootLease, Report, ReportAck, TokenRequest,
+    TokenResponse, TpmActivation, TpmChallenge, TpmEnrollRequest, TpmEnrollStatus,
 };
 use reqwest::blocking::{Client, Response};
 use reqwest::StatusCode;
@@ -155,6 +155,13 @@ impl ServerClient {
     pub fn report(&mut self, deployment: &str, report: &Report) -> Result<ReportAck, FleetError> {
         let path = paths::reports(deployment);
         let response = self.authorized(&path, report, None)?;
+        self.json(&path, response)
+    }
+
+    /// Asks leave to reboot into the deployment's update (the campaign's reboot budget).
+    pub fn reboot_lease(&mut self, deployment: &str) -> Result<RebootLease, FleetError> {
+        let path = paths::reboot_lease(deployment);
+        let response = self.authorized(&path, &serde_json::json!({}), None)?;
         self.json(&path, response)
     }
 

@@ -404,6 +404,7 @@ fn check_in_body(state: &DeviceState, booted: SlotId, ctx: &Context) -> CheckIn 
                 size: image.size,
             })
             .collect(),
+        waiting: None,
     }
 }
 
