@@ -145,6 +145,14 @@ impl SystemConfig {
         if self.reboot.command.is_empty() {
             return Err("reboot.command is empty".into());
         }
+        for (name, hook) in [
+            ("before", &self.reboot.before),
+            ("after_commit", &self.reboot.after_commit),
+        ] {
+            if let Some(hook) = hook {
+                hook.validate(name)?;
+            }
+        }
         if self.reboot.policy == RebootPolicy::Window {
             crate::reboot::parse_window(self.reboot.window.as_deref().unwrap_or(""))?;
         }

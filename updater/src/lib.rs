@@ -4,7 +4,8 @@
 //! Map: `bootstate` (the bootloader's view and its stores) and `state` (cairnd's own
 //! record) hold pure transitions; `reconcile` derives what happened across a reboot;
 //! `install` streams a bundle into the inactive slot; `trial` commits or rejects;
-//! `health` runs the image's checks; `fleet` talks to cairn-server; `attestation`
+//! `health` runs the image's checks; `reboot_hooks` drains and uncordons the node
+//! around a reboot into an update; `fleet` talks to cairn-server; `attestation`
 //! measures the boot into the TPM, enrolls its key and answers quote requests; `context`
 //! ties config and stores together.
 
@@ -20,6 +21,7 @@ pub mod logpipe;
 pub mod metrics;
 pub mod provision;
 pub mod reboot;
+pub mod reboot_hooks;
 pub mod reconcile;
 pub mod slot;
 pub mod sntp;

@@ -64,6 +64,25 @@ pub fn render(s: &Status, history: &[crate::state::HistoryEntry], counters: &Cou
         "Reports not yet acknowledged by the server.",
         &[(String::new(), s.pending_reports as f64)],
     );
+    let hook_failures: Vec<_> = [
+        crate::reboot_hooks::Hook::Before,
+        crate::reboot_hooks::Hook::AfterCommit,
+    ]
+    .into_iter()
+    .map(|hook| {
+        let failures = s
+            .reboot_hooks
+            .as_ref()
+            .filter(|w| w.hook == hook)
+            .map_or(0, |w| w.attempts);
+        (format!("{{hook=\"{}\"}}", hook.key()), failures as f64)
+    })
+    .collect();
+    gauge(
+        "cairn_reboot_hook_failures",
+        "Failed tries of the drain (before) or uncordon (after_commit) hook the device waits for.",
+        &hook_failures,
+    );
     let mut events = std::collections::BTreeMap::<&str, f64>::new();
     for h in history {
         *events.entry(h.event.as_str()).or_default() += 1.0;

@@ -19,6 +19,40 @@ pub struct RebootConfig {
     /// shutdown, a command that does nothing) is forced: sync, then reboot(2), saying so
     /// in the log. Unset: cairnd only runs the command. Images set it (cairn-image).
     pub force_after_secs: Option<u64>,
+    /// The drain hook: run before every reboot into an installed update (never before a
+    /// rollback's reboot). A failure postpones the reboot ([`crate::reboot_hooks`]).
+    pub before: Option<HookConfig>,
+    /// The uncordon hook: owed from the drain on, run once the device is settled again
+    /// (the update committed, or rolled back to the committed slot) until it succeeds.
+    pub after_commit: Option<HookConfig>,
+}
+
+/// `[reboot] before` / `after_commit`: a command run with a timeout.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HookConfig {
+    /// argv words; the first is the program.
+    pub command: Vec<String>,
+    /// The hook's whole process group is killed when it runs longer than this.
+    #[serde(default = "default_hook_timeout_secs")]
+    pub timeout_secs: u64,
+}
+
+fn default_hook_timeout_secs() -> u64 {
+    600
+}
+
+impl HookConfig {
+    /// Checks made when system.toml is loaded; `name` is the key (`before`, ...).
+    pub fn validate(&self, name: &str) -> Result<(), String> {
+        if self.command.first().is_none_or(|p| p.is_empty()) {
+            return Err(format!("reboot.{name}.command is empty"));
+        }
+        if self.timeout_secs == 0 {
+            return Err(format!("reboot.{name}.timeout_secs must be above 0"));
+        }
+        Ok(())
+    }
 }
 
 impl Default for RebootConfig {
@@ -28,6 +62,8 @@ impl Default for RebootConfig {
             window: None,
             command: vec!["reboot".into()],
             force_after_secs: None,
+            before: None,
+            after_commit: None,
         }
     }
 }
@@ -205,6 +241,34 @@ mod tests {
         assert!(reboot_or_force(&config(&["true"], None), &mut never).is_ok());
         assert!(reboot_or_force(&config(&["false"], None), &mut never).is_err());
         assert!(!forced);
+    }
+
+    #[test]
+    fn hooks_are_checked_when_the_config_is_read() {
+        let read = |text: &str| toml::from_str::<RebootConfig>(text);
+        let config = read(
+            "before = { command = [\"/usr/lib/cairn/drain\", \"--x\"], timeout_secs = 60 }\n\
+             after_commit = { command = [\"/usr/lib/cairn/uncordon\"] }",
+        )
+        .unwrap();
+        let before = config.before.unwrap();
+        assert_eq!(before.command, ["/usr/lib/cairn/drain", "--x"]);
+        assert_eq!(config.after_commit.unwrap().timeout_secs, 600);
+        assert!(before.validate("before").is_ok());
+        assert!(read("before = { command = [\"x\"], timeout = 5 }").is_err());
+        let bad = |command: Vec<String>, timeout_secs| {
+            HookConfig {
+                command,
+                timeout_secs,
+            }
+            .validate("before")
+            .unwrap_err()
+        };
+        assert_eq!(bad(vec![], 5), "reboot.before.command is empty");
+        assert_eq!(
+            bad(vec!["x".into()], 0),
+            "reboot.before.timeout_secs must be above 0"
+        );
     }
 
     #[test]

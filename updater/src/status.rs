@@ -25,6 +25,9 @@ pub struct Status {
     /// The fleet server cairnd checks in with, after any server override.
     pub server: Option<String>,
     pub server_override: OverrideOutcome,
+    /// A drain or uncordon hook the device is waiting for (`[reboot] before` /
+    /// `after_commit`).
+    pub reboot_hooks: Option<crate::reboot_hooks::Waiting>,
 }
 
 #[derive(Debug, Serialize)]
@@ -64,6 +67,7 @@ pub fn status(ctx: &Context) -> Status {
         pending_reports: ctx.state.outbox.len(),
         server: ctx.config.server.as_ref().map(|s| s.url.clone()),
         server_override: ctx.server_override.clone(),
+        reboot_hooks: crate::reboot_hooks::current(ctx),
     }
 }
 
@@ -77,6 +81,9 @@ pub fn render(s: &Status) -> String {
         if s.recovery { ", RECOVERY" } else { "" }
     );
     let _ = writeln!(out, "state:     {}", describe(&s.phase));
+    if let Some(w) = &s.reboot_hooks {
+        let _ = writeln!(out, "           {}", w.reason);
+    }
     let order: Vec<String> = s.boot_order.iter().map(|x| x.to_string()).collect();
     let _ = writeln!(
         out,

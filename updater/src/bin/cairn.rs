@@ -8,6 +8,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context as _, Result};
 use cairn_updater::context::Context;
 use cairn_updater::install::{self, InstallRequest, Progress};
+use cairn_updater::reboot_hooks::{self, Backoff, Drain};
 use cairn_updater::trial::{self, Verdict};
 use cairn_updater::{config, health, logpipe, provision, reboot, status};
 use clap::{Parser, Subcommand};
@@ -141,7 +142,10 @@ fn main() -> Result<()> {
         }
         Command::CheckHealth => check_health(&ctx)?,
         Command::History { json } => history(&ctx, json)?,
-        Command::Reboot => reboot::reboot(&ctx.config.reboot).map_err(anyhow::Error::msg)?,
+        Command::Reboot => {
+            drain(&ctx)?;
+            reboot::reboot(&ctx.config.reboot).map_err(anyhow::Error::msg)?
+        }
         Command::LogTo { .. } => unreachable!("handled before loading the config"),
         Command::ProvisionRecord { out, tags } => {
             let record = provision::record(&ctx, &tags)?;
@@ -178,9 +182,20 @@ fn install_cmd(ctx: &mut Context, location: String, force: bool, no_reboot: bool
         installed.version, installed.slot
     );
     if !no_reboot && reboot::due(&ctx.config.reboot, time::OffsetDateTime::now_utc()) {
+        drain(ctx)?;
         reboot::reboot(&ctx.config.reboot).map_err(anyhow::Error::msg)?;
     }
     Ok(())
+}
+
+/// Before a reboot into an installed update: the node's drain hook, at once whatever
+/// cairnd's backoff; a failure is the command's error and no reboot.
+fn drain(ctx: &Context) -> Result<()> {
+    match reboot_hooks::drain(ctx, time::OffsetDateTime::now_utc(), Backoff::Ignore)? {
+        Drain::Done => Ok(()),
+        Drain::Waiting => bail!("waiting for the drain hook's next try"),
+        Drain::Failed(e) => bail!("not rebooting, the drain failed: {e}"),
+    }
 }
 
 fn print_progress(p: Progress) {

@@ -11,6 +11,7 @@ use cairn_tpm::FloorProtection;
 use cairn_updater::context::Context;
 use cairn_updater::fleet::{self, ServerClient};
 use cairn_updater::metrics::{self, Counters};
+use cairn_updater::reboot_hooks::{self, Backoff, Drain};
 use cairn_updater::state::Phase;
 use cairn_updater::trial::{self, Verdict};
 use cairn_updater::{attestation, config, reboot};
@@ -55,6 +56,13 @@ fn main() -> Result<()> {
         let next = trial::record_boot(&mut ctx)?;
         measure_boot(&ctx);
         cairn_updater::provision::on_start(&ctx);
+        // Before the verdict: a commit (or a rollback) owes the node its uncordon hook,
+        // and a crash right after the commit must not lose that.
+        if let Phase::TrialBoot { version, .. } = &ctx.state.phase {
+            if let Err(e) = reboot_hooks::owe_uncordon(&ctx, version) {
+                tracing::error!("the uncordon hook's debt not recorded: {e}");
+            }
+        }
         trial::decide(&mut ctx, next)?
     };
     match &verdict {
@@ -62,10 +70,16 @@ fn main() -> Result<()> {
             tracing::info!(state = %cairn_updater::status::describe(&ctx.state.phase), "started")
         }
         Verdict::Committed { slot, version } => tracing::info!(%slot, %version, "update committed"),
+        // A failed trial reboots at once, back to the committed slot: no drain hook (the
+        // node was drained before the reboot into the trial; the uncordon runs there).
         Verdict::RolledBack { slot, reason } => {
             tracing::error!(%slot, %reason, "update rejected; rebooting into the committed slot");
             reboot::reboot(&ctx.config.reboot).map_err(anyhow::Error::msg)?;
         }
+    }
+    if !matches!(verdict, Verdict::RolledBack { .. }) {
+        // At once at every start, whatever the backoff: the node rejoins as soon as it can.
+        uncordon_if_owed(&ctx, Backoff::Ignore);
     }
     match attestation::sync_floor(&ctx.config, ctx.state.security_floor) {
         Ok(Some((floor, FloorProtection::OwnerDeletable))) => tracing::warn!(
@@ -145,6 +159,10 @@ fn run(args: &Args, stop: &Arc<AtomicBool>, counters: &Counters) -> Result<()> {
         }
         if last_tick.elapsed() >= tick {
             last_tick = Instant::now();
+            match Context::open(&args.config) {
+                Ok(ctx) => uncordon_if_owed(&ctx, Backoff::Respect),
+                Err(e) => tracing::error!("{e}"),
+            }
             reboot_if_due(args, &mut client)?;
         }
         std::thread::sleep(Duration::from_millis(200));
@@ -208,6 +226,25 @@ fn reboot_if_due(args: &Args, client: &mut Option<ServerClient>) -> Result<()> {
             tracing::warn!("rebooting before the server heard about it: {e}");
         }
     }
+    // The node's drain hook ([reboot] before): a failure postpones the reboot, retried
+    // with backoff on a later call.
+    match reboot_hooks::drain(&ctx, time::OffsetDateTime::now_utc(), Backoff::Respect) {
+        Ok(Drain::Done) => {}
+        Ok(Drain::Waiting | Drain::Failed(_)) => return Ok(()),
+        Err(e) => {
+            tracing::error!("reboot postponed: {e}");
+            return Ok(());
+        }
+    }
+
     tracing::info!("rebooting into the installed update");
     reboot::reboot(&ctx.config.reboot).map_err(anyhow::Error::msg)
+}
+
+/// The uncordon hook ([reboot] after_commit) when it is owed and the device settled;
+/// a failure is recorded and retried from the loop with backoff.
+fn uncordon_if_owed(ctx: &Context, backoff: Backoff) {
+    if let Err(e) = reboot_hooks::uncordon(ctx, time::OffsetDateTime::now_utc(), backoff) {
+        tracing::error!("uncordon hook: {e}");
+    }
 }
