@@ -321,4 +321,68 @@ mod tests {
         assert!("0%".parse::<WaveSize>().is_err());
         assert!("ten".parse::<WaveSize>().is_err());
     }
+
+    #[test]
+    fn a_reboot_budget_groups_by_its_tag_key_and_refuses_nonsense() {
+        let budget = RebootBudget {
+            max_rebooting: 1,
+            group_by: Some("cluster".into()),
+            lease_secs: 900,
+        };
+        let tags = |t: &[&str]| t.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            budget.group_of(&tags(&["eu", "cluster=line-3"])),
+            "cluster=line-3"
+        );
+        assert_eq!(
+            budget.group_of(&tags(&["eu", "clusterx=9"])),
+            "cluster unset"
+        );
+        let campaign_wide = RebootBudget {
+            group_by: None,
+            ..budget.clone()
+        };
+        assert_eq!(
+            campaign_wide.group_of(&tags(&["cluster=line-3"])),
+            "campaign"
+        );
+
+        let policy = |b: RebootBudget| CampaignPolicy {
+            selector: Selector::default(),
+            waves: vec![WaveSize::Percent(100.0)],
+            min_success_ratio: 1.0,
+            bake_secs: 0,
+            failure_threshold: 0.0,
+            attestation_required: false,
+            retry_declined: false,
+            reboot_budget: Some(b),
+        };
+        assert_eq!(policy(budget.clone()).validate(), Ok(()));
+        for (bad, named) in [
+            (
+                RebootBudget {
+                    max_rebooting: 0,
+                    ..budget.clone()
+                },
+                "reboot budget 0",
+            ),
+            (
+                RebootBudget {
+                    lease_secs: 0,
+                    ..budget.clone()
+                },
+                "reboot lease of 0 s",
+            ),
+            (
+                RebootBudget {
+                    group_by: Some("a=b".into()),
+                    ..budget.clone()
+                },
+                "reboot group key 'a=b'",
+            ),
+        ] {
+            let err = policy(bad).validate().unwrap_err();
+            assert!(err.contains(named), "{err}");
+        }
+    }
 }

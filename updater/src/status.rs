@@ -28,6 +28,9 @@ pub struct Status {
     /// A drain or uncordon hook the device is waiting for (`[reboot] before` /
     /// `after_commit`).
     pub reboot_hooks: Option<crate::reboot_hooks::Waiting>,
+    /// The installed update waits for the server's leave to reboot (the campaign's reboot
+    /// budget): `waiting for a reboot lease: 1 of 1 in cluster=line-3 rebooting`.
+    pub reboot_lease: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -68,6 +71,7 @@ pub fn status(ctx: &Context) -> Status {
         server: ctx.config.server.as_ref().map(|s| s.url.clone()),
         server_override: ctx.server_override.clone(),
         reboot_hooks: crate::reboot_hooks::current(ctx),
+        reboot_lease: crate::fleet::reboot_lease::waiting_reason(ctx),
     }
 }
 
@@ -81,6 +85,9 @@ pub fn render(s: &Status) -> String {
         if s.recovery { ", RECOVERY" } else { "" }
     );
     let _ = writeln!(out, "state:     {}", describe(&s.phase));
+    if let Some(w) = &s.reboot_lease {
+        let _ = writeln!(out, "           {w}");
+    }
     if let Some(w) = &s.reboot_hooks {
         let _ = writeln!(out, "           {}", w.reason);
     }

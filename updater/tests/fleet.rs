@@ -100,6 +100,7 @@ impl Server {
         let url = format!("{}/admin/v1{path}", self.url);
         let request = match method {
             "GET" => self.http.get(url),
+            "PUT" => self.http.put(url).body(body.unwrap_or_default()),
             _ => self.http.post(url).body(body.unwrap_or_default()),
         };
         let r = request.bearer_auth(ADMIN).send().unwrap();
@@ -246,6 +247,102 @@ fn a_campaign_installs_the_delta_and_counts_only_the_commit() {
     assert_eq!(device["device"]["booted_slot"], "B", "{device:#}");
     assert_eq!(d.status()["outbox"].as_array().map_or(0, Vec::len), 0);
     eprintln!("server history: {:#?}", server.history("dev-0001"));
+}
+
+/// Two nodes of one cluster, a campaign with a reboot budget of one: the second node
+/// installs but waits (its `cairn status` and the server say why) until the first has
+/// committed, then reboots.
+#[test]
+fn with_a_reboot_budget_of_one_the_second_node_of_a_cluster_reboots_after_the_first_commits() {
+    let v1 = Release::new("1.0.0", 0);
+    let v2 = Release::new("2.0.0", 3);
+    let (first, server) = enrolled_device(&v1);
+    let second = Device::with_key(&v1, cairn_testkit::copy_key(&first.key));
+    second.use_server(&server.url, &server.ca, "dev-0002");
+    let enrolling = Daemon(second.spawn_cairnd());
+    wait_for(20, "the second device's enrollment", || {
+        server.admin("GET", "/devices/dev-0002", None).0 == 200
+    });
+    drop(enrolling);
+    server.ok("POST", "/devices/dev-0002/approve", None);
+    let mut nodes = [(first, "dev-0001"), (second, "dev-0002")];
+    for (d, id) in &nodes {
+        d.health_check("ok", "kind = \"command\"\ncommand = [\"true\"]\n");
+        let tags = json!(["cluster=line-3"]).to_string().into_bytes();
+        let (status, body) = server.admin("PUT", &format!("/devices/{id}/tags"), Some(tags));
+        assert_eq!(status, 200, "{body}");
+    }
+    let bundle = nodes[0].0.bundle(&v2, Some(&v1));
+    server.ok("POST", "/releases", Some(fs::read(&bundle).unwrap()));
+    let body = json!({
+        "id": "c-budget",
+        "release_id": "cairn-test@2.0.0",
+        "policy": {
+            "selector": { "compatible": "cairn-test" },
+            "waves": [{ "percent": 100.0 }],
+            "min_success_ratio": 1.0,
+            "bake_secs": 0,
+            "failure_threshold": 0.0,
+            "reboot_budget": { "max_rebooting": 1, "group_by": "cluster", "lease_secs": 120 },
+        },
+    });
+    server.ok("POST", "/campaigns", Some(body.to_string().into_bytes()));
+    server.ok("POST", "/campaigns/c-budget/start", None);
+
+    let daemons: Vec<Daemon> = nodes
+        .iter()
+        .map(|(d, _)| Daemon(d.spawn_cairnd()))
+        .collect();
+    wait_for(60, "one node's reboot", || {
+        nodes.iter().any(|(d, _)| d.path("rebooted").exists())
+    });
+    let (going, waiting) = if nodes[0].0.path("rebooted").exists() {
+        (0, 1)
+    } else {
+        (1, 0)
+    };
+    let waiting_id = nodes[waiting].1;
+    let reason = "waiting for a reboot lease: 1 of 1 in cluster=line-3 rebooting";
+    wait_for(
+        60,
+        "the other node to install and wait for the lease",
+        || nodes[waiting].0.status()["reboot_lease"] == reason,
+    );
+    let text = nodes[waiting].0.cairn_ok(&["status"]);
+    assert!(text.contains(reason), "{text}");
+    wait_for(10, "the server to hear why it waits", || {
+        server.ok("GET", &format!("/devices/{waiting_id}"), None)["device"]["waiting"] == reason
+    });
+    let campaign = server.ok("GET", "/campaigns/c-budget", None);
+    assert_eq!(
+        campaign["reboot_leases"][0]["device_id"], nodes[going].1,
+        "{campaign:#}"
+    );
+    assert!(server
+        .page("/ui/campaigns/c-budget")
+        .contains("Reboot budget: 1 at a time per cluster"));
+    // Still waiting a few ticks later: nothing but the first node's verdict frees the lease.
+    std::thread::sleep(Duration::from_secs(6));
+    assert!(!nodes[waiting].0.path("rebooted").exists());
+
+    // The first node reboots into its trial and commits; the lease ends with the commit.
+    drop(daemons);
+    let (d, _) = &mut nodes[going];
+    assert_eq!(d.reboot(), SlotId::B);
+    let _first = Daemon(d.spawn_cairnd());
+    let _second = Daemon(nodes[waiting].0.spawn_cairnd());
+    wait_for(
+        60,
+        "the second node's reboot after the first one's commit",
+        || nodes[waiting].0.path("rebooted").exists(),
+    );
+    assert_eq!(server.counts("c-budget").0, 1, "the first node's success");
+    let history = server.history(waiting_id);
+    assert!(
+        history.iter().any(|h| h.starts_with("reboot-lease:")),
+        "{history:#?}"
+    );
+    assert!(nodes[waiting].0.status()["reboot_lease"].is_null());
 }
 
 #[test]

@@ -313,7 +313,7 @@ mod tests {
                 vec![SigningKey::generate().unwrap()],
                 "devices would refuse this server override: ",
             ),
-            ("tags = [\"site=3\"]\n", vec![], "tag \"site=3\""),
+            ("tags = [\"site=\"]\n", vec![], "tag \"site=\""),
         ];
         for (text, keys, named) in cases {
             let err = format!("{:#}", load(text, keys).unwrap_err());

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result};
 use cairn_tpm::FloorProtection;
 use cairn_updater::context::Context;
+use cairn_updater::fleet::reboot_lease::LeaseKeeper;
 use cairn_updater::fleet::{self, ServerClient};
 use cairn_updater::metrics::{self, Counters};
 use cairn_updater::reboot_hooks::{self, Backoff, Drain};
@@ -150,6 +151,7 @@ fn measure_boot(ctx: &Context) {
 fn run(args: &Args, stop: &Arc<AtomicBool>, counters: &Counters) -> Result<()> {
     let tick = Duration::from_secs(5);
     let mut client = None;
+    let mut lease = LeaseKeeper::default();
     let mut next_check_in = Instant::now();
     let mut last_tick = Instant::now() - tick;
     keep_time(args.config.clone(), stop.clone());
@@ -163,7 +165,7 @@ fn run(args: &Args, stop: &Arc<AtomicBool>, counters: &Counters) -> Result<()> {
                 Ok(ctx) => uncordon_if_owed(&ctx, Backoff::Respect),
                 Err(e) => tracing::error!("{e}"),
             }
-            reboot_if_due(args, &mut client)?;
+            reboot_if_due(args, &mut client, &mut lease)?;
         }
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -214,7 +216,11 @@ fn check_in(
 
 /// Reboots into an installed update when the policy allows, after telling the server
 /// (`rebooting` must reach it before the reboot when it can).
-fn reboot_if_due(args: &Args, client: &mut Option<ServerClient>) -> Result<()> {
+fn reboot_if_due(
+    args: &Args,
+    client: &mut Option<ServerClient>,
+    lease: &mut LeaseKeeper,
+) -> Result<()> {
     let mut ctx = Context::open(&args.config)?;
     if !matches!(ctx.state.phase, Phase::InstalledPending { .. })
         || !reboot::due(&ctx.config.reboot, time::OffsetDateTime::now_utc())
@@ -225,6 +231,11 @@ fn reboot_if_due(args: &Args, client: &mut Option<ServerClient>) -> Result<()> {
         if let Err(e) = fleet::deliver_reports(&mut ctx, c) {
             tracing::warn!("rebooting before the server heard about it: {e}");
         }
+    }
+    // The server's leave (the campaign's reboot budget), before the drain: a node drains
+    // only once it may go.
+    if !lease.may_reboot(&ctx, client.as_mut()) {
+        return Ok(());
     }
     // The node's drain hook ([reboot] before): a failure postpones the reboot, retried
     // with backoff on a later call.

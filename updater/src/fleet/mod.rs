@@ -8,6 +8,7 @@
 
 pub mod client;
 pub mod identity;
+pub mod reboot_lease;
 pub mod server_override;
 
 use std::path::{Path, PathBuf};
@@ -404,8 +405,23 @@ fn check_in_body(state: &DeviceState, booted: SlotId, ctx: &Context) -> CheckIn 
                 size: image.size,
             })
             .collect(),
-        waiting: None,
+        waiting: reboot_lease::waiting_reason(ctx)
+            .or_else(|| crate::reboot_hooks::waiting_reason(ctx))
+            .map(|w| wire_waiting(&w)),
     }
+}
+
+/// What the device API takes as a waiting reason: at most 512 bytes (cut at a character
+/// boundary) without control characters. A hook's output ends up in it.
+fn wire_waiting(reason: &str) -> String {
+    let mut out = String::new();
+    for c in reason.chars().map(|c| if c.is_control() { ' ' } else { c }) {
+        if out.len() + c.len_utf8() > 512 {
+            break;
+        }
+        out.push(c);
+    }
+    out
 }
 
 fn wire_slot(slot: SlotId) -> Slot {
