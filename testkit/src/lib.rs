@@ -7,7 +7,8 @@
 //!   signed with the real writer;
 //! - [`device`]: a device laid out in a directory (slots as files, a boot partition
 //!   directory, the trust root, `system.toml`);
-//! - [`tls`]: a throwaway certificate authority for real TLS in tests.
+//! - [`tls`]: a throwaway certificate authority for real TLS in tests;
+//! - [`oci`]: container image archives (OCI layout) built offline from a static busybox.
 //!
 //! Test code: helpers panic with a message instead of returning errors.
 
@@ -15,6 +16,7 @@ pub mod bundles;
 pub mod device;
 pub mod images;
 pub mod keys;
+pub mod oci;
 pub mod tls;
 
 pub use bundles::{bundle_spec, delta_sources, image_inputs, sign_bundle};

@@ -38,6 +38,7 @@ const PACKAGES: &[&str] = &[
     "containerd",                  // the CRI server
     "runc",                        // its runtime (crun fails under hybrid cgroups here)
     "containernetworking-plugins", // NetworkReady needs a CNI config and plugins
+    "busybox-static",              // the static binary test container images are built from
 ];
 
 /// What `cargo xtask bench delta` compares Cairn's deltas with, and measures them by.
