@@ -32,7 +32,7 @@ pub use error::{Error, Result};
 pub use file::BundleFile;
 pub use header::Header;
 pub use keys::{KeyId, PublicKey, Signature, SigningKey};
-pub use manifest::{Image, Manifest, Payload, Source, Verity};
+pub use manifest::{Image, ImageKind, Manifest, Payload, Source, Verity};
 pub use root::{RootBody, SignedRoot, TrustRoot};
 pub use server_override::SignedServerOverride;
 pub use stream::{decode_payload, hash_reader_overlapped, sha256_reader};

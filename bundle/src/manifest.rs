@@ -36,6 +36,9 @@ pub struct Manifest {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Image {
     pub name: String,
+    /// What the image is; absent: a slot image.
+    #[serde(default, skip_serializing_if = "ImageKind::is_slot")]
+    pub kind: ImageKind,
     /// Size of the image in the slot, in bytes.
     pub size: u64,
     /// SHA-256 of those `size` bytes.
@@ -51,6 +54,26 @@ pub struct Image {
     /// Optional: each installs only on a device that holds the named source image.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub deltas: Vec<Payload>,
+}
+
+/// What an image is, and so what a device does with it besides storing it in its slot.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ImageKind {
+    /// Booted from or read by the slot's software (root filesystem, kernel, initramfs).
+    #[default]
+    Slot,
+    /// An OCI image layout archive of container images (the next version's system
+    /// containers): stored in the slot like any image, and imported into the device's
+    /// container runtime before the reboot into the release, so nothing has to be pulled
+    /// after it.
+    OciArchive,
+}
+
+impl ImageKind {
+    pub fn is_slot(&self) -> bool {
+        *self == ImageKind::Slot
+    }
 }
 
 /// Where a payload's bytes are and how to turn them into the image.

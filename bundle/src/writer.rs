@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 use crate::file::BundleFile;
 use crate::header::{align_up, Header};
 use crate::keys::{Signature, SigningKey};
-use crate::manifest::{Image, Manifest, Payload, Source, Verity};
+use crate::manifest::{Image, ImageKind, Manifest, Payload, Source, Verity};
 use crate::root::SignedRoot;
 use crate::signatures::{signed_message, MANIFEST_CONTEXT};
 
@@ -25,6 +25,7 @@ pub struct ImageInput {
     pub name: String,
     pub path: PathBuf,
     pub verity: Option<Verity>,
+    pub kind: ImageKind,
 }
 
 /// A previous version of an image that devices may hold; a delta is made from it.
@@ -237,6 +238,7 @@ fn write_image(
     }
     Ok(Image {
         name: input.name.clone(),
+        kind: input.kind,
         size,
         sha256,
         blake3: Some(blake3),

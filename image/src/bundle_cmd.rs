@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use cairn_bundle::writer::{self, BuildEvent, BundleSpec, DeltaSource, ImageInput};
-use cairn_bundle::{BundleFile, Manifest, Policy, SignedRoot, TrustRoot};
+use cairn_bundle::{BundleFile, ImageKind, Manifest, Policy, SignedRoot, TrustRoot};
 use clap::{Args, Subcommand};
 use time::{Duration, OffsetDateTime};
 
@@ -36,6 +36,11 @@ pub struct CreateArgs {
     /// Images as NAME=PATH (repeat): rootfs=..., kernel=..., initrd=...
     #[arg(long = "image", required = true, value_parser = parse_pair)]
     images: Vec<(String, PathBuf)>,
+    /// Container images as NAME=ARCHIVE (repeat): an OCI image layout archive (e.g.
+    /// the Kubernetes distribution's system images for this version) that devices import
+    /// into containerd before they reboot into the release. Deltas apply as to any image.
+    #[arg(long = "oci", value_parser = parse_pair)]
+    oci: Vec<(String, PathBuf)>,
     /// dm-verity parameters for an image as NAME=verity.json (from `cairn-image slot`).
     #[arg(long = "verity", value_parser = parse_pair)]
     verity: Vec<(String, PathBuf)>,
@@ -117,10 +122,11 @@ fn create(a: CreateArgs) -> Result<()> {
             path: path.clone(),
         })
         .collect();
+    let all_images: Vec<(String, PathBuf)> = a.images.iter().chain(&a.oci).cloned().collect();
     for (i, old) in a.from_bundles.iter().enumerate() {
         delta_sources.extend(extract_sources(
             old,
-            &a.images,
+            &all_images,
             &scratch.path().join(i.to_string()),
         )?);
     }
@@ -137,6 +143,18 @@ fn create(a: CreateArgs) -> Result<()> {
             name: name.clone(),
             path: path.clone(),
             verity,
+            kind: ImageKind::Slot,
+        });
+    }
+    for (name, path) in &a.oci {
+        let names = cairn_image::oci::image_names(path)
+            .with_context(|| format!("--oci {name}={}", path.display()))?;
+        eprintln!("[bundle] {name}: container images {}", names.join(", "));
+        images.push(ImageInput {
+            name: name.clone(),
+            path: path.clone(),
+            verity: None,
+            kind: ImageKind::OciArchive,
         });
     }
     let created = match a.created.or_else(|| {

@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use cairn_bundle::writer::{self, BundleSpec, DeltaSource, ImageInput};
-use cairn_bundle::{Manifest, SigningKey};
+use cairn_bundle::{ImageKind, Manifest, SigningKey};
 use time::{Duration, OffsetDateTime};
 
 use crate::keys::{copy_key, in_days};
@@ -35,6 +35,7 @@ pub fn image_inputs(images: &[(&str, &Path)]) -> Vec<ImageInput> {
             name: name.to_string(),
             path: path.to_path_buf(),
             verity: None,
+            kind: ImageKind::Slot,
         })
         .collect()
 }

@@ -41,6 +41,10 @@ pub struct SystemConfig {
     pub watchdog: crate::watchdog::WatchdogConfig,
     #[serde(default)]
     pub server: Option<ServerConfig>,
+    /// The container runtime a bundle's container images are imported into before the
+    /// reboot; none: bundles carrying container images are refused.
+    #[serde(default)]
+    pub containers: Option<crate::containers::ContainersConfig>,
     #[serde(default)]
     pub system: SystemPaths,
     /// The TPM cairnd measures the booted slot into and attests with; none: no

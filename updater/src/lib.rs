@@ -4,15 +4,18 @@
 //! Map: `bootstate` (the bootloader's view and its stores) and `state` (cairnd's own
 //! record) hold pure transitions; `reconcile` derives what happened across a reboot;
 //! `install` streams a bundle into the inactive slot; `trial` commits or rejects;
-//! `health` runs the image's checks; `reboot_hooks` drains and uncordons the node
-//! around a reboot into an update; `fleet` talks to cairn-server; `attestation`
+//! `health` runs the image's checks; `containers` imports the next version's container
+//! images before its reboot; `reboot_hooks` drains and uncordons the node around a reboot
+//! into an update (both run their programs through `command`); `fleet` talks to cairn-server; `attestation`
 //! measures the boot into the TPM, enrolls its key and answers quote requests; `context`
 //! ties config and stores together.
 
 pub mod attestation;
 pub mod bootstate;
 pub mod clock;
+pub mod command;
 pub mod config;
+pub mod containers;
 pub mod context;
 pub mod fleet;
 pub mod health;

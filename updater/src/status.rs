@@ -31,6 +31,9 @@ pub struct Status {
     /// The installed update waits for the server's leave to reboot (the campaign's reboot
     /// budget): `waiting for a reboot lease: 1 of 1 in cluster=line-3 rebooting`.
     pub reboot_lease: Option<String>,
+    /// The installed update's container images are not imported yet (the reboot waits):
+    /// `waiting for container preload: ...`.
+    pub container_preload: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -72,6 +75,7 @@ pub fn status(ctx: &Context) -> Status {
         server_override: ctx.server_override.clone(),
         reboot_hooks: crate::reboot_hooks::current(ctx),
         reboot_lease: crate::fleet::reboot_lease::waiting_reason(ctx),
+        container_preload: crate::containers::waiting_reason(ctx),
     }
 }
 
@@ -85,6 +89,9 @@ pub fn render(s: &Status) -> String {
         if s.recovery { ", RECOVERY" } else { "" }
     );
     let _ = writeln!(out, "state:     {}", describe(&s.phase));
+    if let Some(w) = &s.container_preload {
+        let _ = writeln!(out, "           {w}");
+    }
     if let Some(w) = &s.reboot_lease {
         let _ = writeln!(out, "           {w}");
     }

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use cairn_bundle::writer::{self, BundleSpec, DeltaSource, ImageInput};
-use cairn_bundle::{SigningKey, TrustRoot};
+use cairn_bundle::{ImageKind, SigningKey, TrustRoot};
 use cairn_image::os::disk::SlotB;
 use cairn_image::os::pipeline::Build;
 use cairn_image::tls::DevTls;
@@ -55,16 +55,19 @@ fn images(build: &Build) -> Result<Vec<ImageInput>> {
             name: "rootfs".into(),
             path: build.layout.slot_image(),
             verity: Some(build.verity()?),
+            kind: ImageKind::Slot,
         },
         ImageInput {
             name: "kernel".into(),
             path: build.layout.kernel(),
             verity: None,
+            kind: ImageKind::Slot,
         },
         ImageInput {
             name: "initrd".into(),
             path: build.layout.initrd(),
             verity: None,
+            kind: ImageKind::Slot,
         },
     ])
 }

@@ -6,6 +6,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use anyhow::{bail, Context as _, Result};
+use cairn_updater::containers::{self, Preload};
 use cairn_updater::context::Context;
 use cairn_updater::install::{self, InstallRequest, Progress};
 use cairn_updater::reboot_hooks::{self, Backoff, Drain};
@@ -188,9 +189,15 @@ fn install_cmd(ctx: &mut Context, location: String, force: bool, no_reboot: bool
     Ok(())
 }
 
-/// Before a reboot into an installed update: the node's drain hook, at once whatever
-/// cairnd's backoff; a failure is the command's error and no reboot.
+/// Before a reboot into an installed update: its container images into containerd, then
+/// the node's drain hook, at once whatever cairnd's backoff; a failure is the command's
+/// error and no reboot. (An operator rebooting by hand asks no server for a lease.)
 fn drain(ctx: &Context) -> Result<()> {
+    match containers::preload(ctx, time::OffsetDateTime::now_utc(), false)? {
+        Preload::Done => {}
+        Preload::Waiting => bail!("waiting for the container preload's next try"),
+        Preload::Failed(e) => bail!("not rebooting, the container preload failed: {e}"),
+    }
     match reboot_hooks::drain(ctx, time::OffsetDateTime::now_utc(), Backoff::Ignore)? {
         Drain::Done => Ok(()),
         Drain::Waiting => bail!("waiting for the drain hook's next try"),

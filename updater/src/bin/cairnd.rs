@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
 use cairn_tpm::FloorProtection;
+use cairn_updater::containers::Preload;
 use cairn_updater::context::Context;
 use cairn_updater::fleet::reboot_lease::LeaseKeeper;
 use cairn_updater::fleet::{self, ServerClient};
@@ -230,6 +231,16 @@ fn reboot_if_due(
     if let Some(c) = client.as_mut() {
         if let Err(e) = fleet::deliver_reports(&mut ctx, c) {
             tracing::warn!("rebooting before the server heard about it: {e}");
+        }
+    }
+    // The release's container images into containerd first: slow, and it disturbs no
+    // workload, so it holds no reboot lease.
+    match cairn_updater::containers::preload(&ctx, time::OffsetDateTime::now_utc(), true) {
+        Ok(Preload::Done) => {}
+        Ok(Preload::Waiting | Preload::Failed(_)) => return Ok(()),
+        Err(e) => {
+            tracing::error!("reboot postponed: {e}");
+            return Ok(());
         }
     }
     // The server's leave (the campaign's reboot budget), before the drain: a node drains

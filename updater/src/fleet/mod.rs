@@ -405,7 +405,8 @@ fn check_in_body(state: &DeviceState, booted: SlotId, ctx: &Context) -> CheckIn 
                 size: image.size,
             })
             .collect(),
-        waiting: reboot_lease::waiting_reason(ctx)
+        waiting: crate::containers::waiting_reason(ctx)
+            .or_else(|| reboot_lease::waiting_reason(ctx))
             .or_else(|| crate::reboot_hooks::waiting_reason(ctx))
             .map(|w| wire_waiting(&w)),
     }

@@ -12,7 +12,8 @@ use std::sync::Arc;
 
 use cairn_boot::SlotArgs;
 use cairn_bundle::{
-    choose_payload, decode_payload, Image, Manifest, Payload, Policy, Source, VerifiedBundle,
+    choose_payload, decode_payload, Image, ImageKind, Manifest, Payload, Policy, Source,
+    VerifiedBundle,
 };
 use time::OffsetDateTime;
 
@@ -53,6 +54,8 @@ pub enum InstallError {
     Slot(#[from] SlotError),
     #[error("reading the bundle: {0}")]
     ReadBundle(#[source] io::Error),
+    #[error("recording the container images to pre-load: {0}")]
+    Preload(#[from] crate::containers::PreloadError),
     #[error("reading the security floor: {0}")]
     SecurityFloor(#[source] AttestationError),
     #[error(transparent)]
@@ -235,6 +238,18 @@ fn write_and_arm(
         }
     };
 
+    // Before the slot may boot: what cairnd must import into containerd before the
+    // reboot (a plan left by an earlier install goes).
+    if let Err(e) = crate::containers::record_plan(&ctx.config.data_dir, &verified.manifest, target)
+    {
+        let reason = e.to_string();
+        ctx.apply(None, |state| {
+            state.install_failed(OffsetDateTime::now_utc(), Some(&version), &reason);
+            Ok(())
+        })?;
+        return Err(e.into());
+    }
+
     // INVARIANTS.md 3: only now may the slot boot, once.
     let mut boot = ctx.boot_store.load()?;
     boot.arm_trial(target);
@@ -290,6 +305,21 @@ fn plan(
     let held = ctx.state.slot(active).images;
     let mut steps = Vec::new();
     for image in &manifest.images {
+        if image.kind == ImageKind::OciArchive {
+            if ctx.config.containers.is_none() {
+                return Err(InstallError::Mismatch(format!(
+                    "bundle carries container images '{}' and this device has no container \
+                     runtime ([containers])",
+                    image.name
+                )));
+            }
+            if !matches!(targets.get(&image.name), Some(Target::File(_)) | None) {
+                return Err(InstallError::Mismatch(format!(
+                    "container images '{}' need a file target, not a partition",
+                    image.name
+                )));
+            }
+        }
         let Some(dest) = targets.get(&image.name) else {
             return Err(InstallError::Mismatch(format!(
                 "this device has no place for image '{}'",

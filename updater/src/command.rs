@@ -1,5 +1,7 @@
-//! Running one hook: in a process group of its own, stdout and stderr into one pipe of
-//! which the tail is kept, killed as a group at its timeout.
+//! Running an external command for cairnd (a reboot hook, containerd's image importer):
+//! in a process group of its own, stdout and stderr into one pipe of which the tail is
+//! kept, killed as a group at its timeout. Errors name the command by what it is for
+//! (`hook /usr/lib/cairn/drain exited with 1: node busy`).
 
 use std::io::Read;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
@@ -7,52 +9,68 @@ use std::process::{Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-/// Output kept of a hook (its last bytes) for the log and the error message.
+/// Output kept of a command (its last bytes) for the log and the error message.
 const TAIL_BYTES: usize = 4096;
-/// How long the output is waited for after the hook exited: a child it left running in
+/// How long the output is waited for after the command exited: a child it left running in
 /// the background may hold the pipe open, and must not hold up cairnd.
 const OUTPUT_GRACE: Duration = Duration::from_secs(1);
 const POLL: Duration = Duration::from_millis(50);
 
 #[derive(Debug, thiserror::Error)]
-pub enum HookError {
-    #[error("hook {program} could not start: {source}")]
+pub enum CommandError {
+    #[error("{what} {program} could not start: {source}")]
     Spawn {
+        what: &'static str,
         program: String,
         #[source]
         source: std::io::Error,
     },
-    #[error("hook {program} exited with {status}{}", last_line(output))]
+    #[error("{what} {program} exited with {status}{}", last_line(output))]
     Failed {
+        what: &'static str,
         program: String,
         status: String,
         output: String,
     },
     #[error(
-        "hook {program} timed out after {secs} s and was killed{}",
+        "{what} {program} timed out after {secs} s and was killed{}",
         last_line(output)
     )]
     TimedOut {
+        what: &'static str,
         program: String,
         secs: u64,
         output: String,
     },
-    #[error("hook {program}: {source}")]
+    #[error("{what} {program}: {source}")]
     Io {
+        what: &'static str,
         program: String,
         #[source]
         source: std::io::Error,
     },
 }
 
-impl HookError {
-    /// The tail of what the hook printed (stdout and stderr), for the log.
+impl CommandError {
+    /// The tail of what the command printed (stdout and stderr), for the log.
     pub fn output(&self) -> &str {
         match self {
-            HookError::Failed { output, .. } | HookError::TimedOut { output, .. } => output,
-            HookError::Spawn { .. } | HookError::Io { .. } => "",
+            CommandError::Failed { output, .. } | CommandError::TimedOut { output, .. } => output,
+            CommandError::Spawn { .. } | CommandError::Io { .. } => "",
         }
     }
+}
+
+/// One command to run.
+pub struct Run<'a> {
+    /// What the command is for, as errors name it: "hook", "container import".
+    pub what: &'static str,
+    pub argv: &'a [String],
+    pub timeout: Duration,
+    /// Added to cairnd's environment.
+    pub env: &'a [(&'a str, String)],
+    /// Its standard input; `None`: /dev/null.
+    pub stdin: Option<std::fs::File>,
 }
 
 /// `": <last non-empty line>"`, at most 200 characters, or nothing.
@@ -63,16 +81,25 @@ fn last_line(output: &str) -> String {
     }
 }
 
-/// Runs `argv` with `env` added, stdin from /dev/null. Past `timeout` the hook's whole
-/// process group (a shell hook's children too) is killed with SIGKILL.
-pub fn run(argv: &[String], timeout: Duration, env: &[(&str, String)]) -> Result<(), HookError> {
+/// Runs the command. Past its timeout its whole process group (a shell script's
+/// children too) is killed with SIGKILL.
+pub fn run(spec: Run<'_>) -> Result<(), CommandError> {
+    let Run {
+        what,
+        argv,
+        timeout,
+        env,
+        stdin,
+    } = spec;
     let Some((program, args)) = argv.split_first() else {
-        return Err(HookError::Spawn {
+        return Err(CommandError::Spawn {
+            what,
             program: String::new(),
             source: std::io::Error::other("empty command"),
         });
     };
-    let io = |source| HookError::Io {
+    let io = |source| CommandError::Io {
+        what,
         program: program.clone(),
         source,
     };
@@ -81,7 +108,7 @@ pub fn run(argv: &[String], timeout: Duration, env: &[(&str, String)]) -> Result
     command
         .args(args)
         .envs(env.iter().map(|(k, v)| (k, v)))
-        .stdin(Stdio::null())
+        .stdin(stdin.map_or_else(Stdio::null, Stdio::from))
         .stdout(writer.try_clone().map_err(io)?)
         .stderr(writer)
         .process_group(0);
@@ -89,7 +116,8 @@ pub fn run(argv: &[String], timeout: Duration, env: &[(&str, String)]) -> Result
     // The command holds our copies of the pipe's write end: without dropping it the
     // reader would never see the end of the output.
     drop(command);
-    let mut child = spawned.map_err(|source| HookError::Spawn {
+    let mut child = spawned.map_err(|source| CommandError::Spawn {
+        what,
         program: program.clone(),
         source,
     })?;
@@ -124,7 +152,8 @@ pub fn run(argv: &[String], timeout: Duration, env: &[(&str, String)]) -> Result
     let Some(status) = status else {
         kill_group(child.id());
         let _ = child.wait();
-        return Err(HookError::TimedOut {
+        return Err(CommandError::TimedOut {
+            what,
             program: program.clone(),
             secs: timeout.as_secs(),
             output: rx.recv_timeout(OUTPUT_GRACE).unwrap_or_default(),
@@ -133,14 +162,15 @@ pub fn run(argv: &[String], timeout: Duration, env: &[(&str, String)]) -> Result
     if status.success() {
         return Ok(());
     }
-    Err(HookError::Failed {
+    Err(CommandError::Failed {
+        what,
         program: program.clone(),
         status: describe(status),
         output: rx.recv_timeout(OUTPUT_GRACE).unwrap_or_default(),
     })
 }
 
-/// SIGKILL to the process group the hook leads (its pid is the group's id).
+/// SIGKILL to the process group the command leads (its pid is the group's id).
 fn kill_group(pid: u32) {
     let Ok(pgid) = libc::pid_t::try_from(pid) else {
         return;
@@ -167,13 +197,22 @@ mod tests {
         vec!["sh".into(), "-c".into(), script.into()]
     }
 
+    fn hook<'a>(argv: &'a [String], env: &'a [(&'a str, String)]) -> Run<'a> {
+        Run {
+            what: "hook",
+            argv,
+            timeout: Duration::from_secs(5),
+            env,
+            stdin: None,
+        }
+    }
+
     #[test]
     fn a_failure_names_the_hook_its_exit_code_and_its_last_line() {
-        let err = run(
+        let err = run(hook(
             &sh("echo starting; echo 'node busy' >&2; exit 3"),
-            Duration::from_secs(5),
             &[],
-        )
+        ))
         .unwrap_err();
         assert_eq!(err.to_string(), "hook sh exited with 3: node busy");
         assert!(err.output().contains("starting"), "{err:?}");
@@ -181,20 +220,32 @@ mod tests {
 
     #[test]
     fn the_hook_sees_its_environment_and_only_the_tail_of_its_output_is_kept() {
-        let err = run(
-            &sh("head -c 100000 /dev/zero | tr '\\0' x; echo; echo \"v=$CAIRN_VERSION\"; exit 1"),
-            Duration::from_secs(5),
-            &[("CAIRN_VERSION", "2.0".into())],
-        )
-        .unwrap_err();
+        let script =
+            sh("head -c 100000 /dev/zero | tr '\\0' x; echo; echo \"v=$CAIRN_VERSION\"; exit 1");
+        let env = [("CAIRN_VERSION", "2.0".to_string())];
+        let err = run(hook(&script, &env)).unwrap_err();
         assert!(err.to_string().ends_with(": v=2.0"), "{err}");
         assert!(err.output().len() <= TAIL_BYTES);
-        assert!(run(&sh("exit 0"), Duration::from_secs(5), &[]).is_ok());
+        assert!(run(hook(&sh("exit 0"), &[])).is_ok());
     }
 
     #[test]
     fn a_program_that_does_not_exist_is_a_start_failure() {
-        let err = run(&["/nonexistent/hook".into()], Duration::from_secs(5), &[]).unwrap_err();
-        assert!(matches!(err, HookError::Spawn { .. }), "{err}");
+        let err = run(hook(&["/nonexistent/hook".into()], &[])).unwrap_err();
+        assert!(matches!(err, CommandError::Spawn { .. }), "{err}");
+    }
+
+    #[test]
+    fn the_command_reads_the_file_it_is_given_as_stdin() {
+        let dir = tempfile::tempdir().unwrap();
+        let input = dir.path().join("in");
+        std::fs::write(&input, "from the file\n").unwrap();
+        let script = sh("read line; echo \"got: $line\"; exit 4");
+        let err = run(Run {
+            stdin: Some(std::fs::File::open(&input).unwrap()),
+            ..hook(&script, &[])
+        })
+        .unwrap_err();
+        assert_eq!(err.to_string(), "hook sh exited with 4: got: from the file");
     }
 }

@@ -17,8 +17,6 @@
 //! `<data_dir>/reboot-hooks.json` ([`HookStore`], written atomically), and
 //! [`waiting_reason`] is the one line ("waiting for drain: ...") for status and server.
 
-pub mod run;
-
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -227,7 +225,7 @@ pub fn drain(ctx: &Context, now: OffsetDateTime, backoff: Backoff) -> Result<Dra
             return Ok(Drain::Waiting);
         }
         let env = hook_env(Hook::Before, version, *slot, pending.attempts + 1, None);
-        if let Err(e) = run::run(&hook.command, timeout(hook), &env) {
+        if let Err(e) = run(hook, &env) {
             pending.failed(e.to_string(), now);
             tracing::warn!(
                 attempt = pending.attempts,
@@ -304,7 +302,7 @@ pub fn uncordon(ctx: &Context, now: OffsetDateTime, backoff: Backoff) -> Result<
         owed.attempts + 1,
         Some(outcome),
     );
-    match run::run(&hook.command, timeout(hook), &env) {
+    match run(hook, &env) {
         Ok(()) => tracing::info!(version = %owed.version, "uncordon hook done"),
         Err(e) => {
             owed.failed(e.to_string(), now);
@@ -333,8 +331,14 @@ fn settled(ctx: &Context) -> Option<SlotId> {
     (booted == committed).then_some(committed)
 }
 
-fn timeout(hook: &HookConfig) -> Duration {
-    Duration::from_secs(hook.timeout_secs.max(1))
+fn run(hook: &HookConfig, env: &[(&str, String)]) -> Result<(), crate::command::CommandError> {
+    crate::command::run(crate::command::Run {
+        what: "hook",
+        argv: &hook.command,
+        timeout: Duration::from_secs(hook.timeout_secs.max(1)),
+        env,
+        stdin: None,
+    })
 }
 
 /// What a hook is told: which hook, the update's version, the slot (the update's for
