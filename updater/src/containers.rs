@@ -4,6 +4,8 @@
 //! imported into containerd before the reboot into the release, so nothing has to be
 //! pulled after it, online or offline.
 //!
+//! - Each archive is a file per slot, `<dir>/<slot>/<name>.tar` ([`ContainersConfig::archive`]):
+//!   optional content of a release, unlike the slot images system.toml lists.
 //! - The install records which images to import ([`record_plan`], in
 //!   `<data_dir>/preload.json`, atomically, before the slot is armed).
 //! - Before the reboot ([`preload`], called by cairnd before it asks for a reboot lease
@@ -28,7 +30,6 @@ use time::OffsetDateTime;
 
 use crate::bootstate::SlotId;
 use crate::command::{self, CommandError};
-use crate::config::Target;
 use crate::context::Context;
 use crate::reboot_hooks::backoff;
 use crate::state::Phase;
@@ -47,6 +48,16 @@ pub struct ContainersConfig {
     pub ctr: Vec<String>,
     /// One archive's import is killed after this long.
     pub import_timeout_secs: u64,
+    /// Where the archives are kept, a subdirectory per slot (on the data partition).
+    pub dir: PathBuf,
+}
+
+impl ContainersConfig {
+    /// Where the archive image `name` of `slot` is kept.
+    pub fn archive(&self, slot: SlotId, name: &str) -> PathBuf {
+        let slot = slot.to_string().to_lowercase();
+        self.dir.join(slot).join(format!("{name}.tar"))
+    }
 }
 
 impl Default for ContainersConfig {
@@ -56,6 +67,7 @@ impl Default for ContainersConfig {
             namespace: "k8s.io".into(),
             ctr: vec!["ctr".into()],
             import_timeout_secs: 900,
+            dir: "/data/cairn/containers".into(),
         }
     }
 }
@@ -78,8 +90,6 @@ pub enum PreloadError {
         found: String,
         expected: String,
     },
-    #[error("container images {name} have no file target in slot {slot}")]
-    NoFile { name: String, slot: SlotId },
     #[error(transparent)]
     Import(#[from] CommandError),
 }
@@ -203,15 +213,9 @@ fn import_all(
     config: &ContainersConfig,
     plan: &PreloadPlan,
 ) -> Result<(), PreloadError> {
-    let targets = &ctx.config.slot(plan.slot).images;
     for image in &plan.images {
-        let Some(Target::File(path)) = targets.get(&image.name) else {
-            return Err(PreloadError::NoFile {
-                name: image.name.clone(),
-                slot: plan.slot,
-            });
-        };
-        import(config, &image.name, path, &image.sha256)?;
+        let path = config.archive(plan.slot, &image.name);
+        import(config, &image.name, &path, &image.sha256)?;
     }
     Ok(())
 }

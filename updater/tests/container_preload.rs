@@ -21,24 +21,17 @@ use containerd::{Containerd, Network};
 
 const IMAGE: &str = "containers";
 
-/// A device whose slots hold a `containers` image (a file per slot on its data
-/// partition) and whose container runtime is at `socket`.
+/// A device whose container runtime is at `socket`; it keeps container archives in
+/// `data/containers/<slot>/`.
 fn device_with_containers(v1: &Release, socket: &Path) -> Device {
     let d = Device::new(v1);
-    let data = d.path("data");
+    let dir = d.path("data/containers");
     d.edit_config(|text| {
-        let mut text = text;
-        for slot in ["A", "B"] {
-            let file = data.join(format!("containers-{}.tar", slot.to_lowercase()));
-            text = text.replace(
-                &format!("[slots.{slot}.images]\n"),
-                &format!(
-                    "[slots.{slot}.images]\n{IMAGE} = {{ file = \"{}\" }}\n",
-                    file.display()
-                ),
-            );
-        }
-        text + &format!("[containers]\nsocket = \"{}\"\n", socket.display())
+        text + &format!(
+            "[containers]\nsocket = \"{}\"\ndir = \"{}\"\n",
+            socket.display(),
+            dir.display()
+        )
     });
     d
 }
@@ -172,7 +165,7 @@ fn an_archive_changed_after_the_install_is_never_imported() {
     let d = device_with_containers(&v1, &containerd.socket);
     let (bundle, image) = bundle_with_images(&d, &v1, &v2);
     d.cairn_ok(&["install", bundle.to_str().unwrap()]);
-    let installed = d.path("data/containers-b.tar");
+    let installed = d.path(&format!("data/containers/b/{IMAGE}.tar"));
     // Someone with the SD card swaps in other images of the same name.
     let other = d.path("build/other.tar");
     busybox_image(

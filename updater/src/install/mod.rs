@@ -305,35 +305,38 @@ fn plan(
     let held = ctx.state.slot(active).images;
     let mut steps = Vec::new();
     for image in &manifest.images {
-        if image.kind == ImageKind::OciArchive {
-            if ctx.config.containers.is_none() {
-                return Err(InstallError::Mismatch(format!(
-                    "bundle carries container images '{}' and this device has no container \
-                     runtime ([containers])",
-                    image.name
-                )));
+        let (dest, active_target) = match image.kind {
+            // Container images go to the runtime's directory, a file per slot.
+            ImageKind::OciArchive => {
+                let Some(containers) = &ctx.config.containers else {
+                    return Err(InstallError::Mismatch(format!(
+                        "bundle carries container images '{}' and this device has no \
+                         container runtime ([containers])",
+                        image.name
+                    )));
+                };
+                (
+                    Target::File(containers.archive(target, &image.name)),
+                    Target::File(containers.archive(active, &image.name)),
+                )
             }
-            if !matches!(targets.get(&image.name), Some(Target::File(_)) | None) {
-                return Err(InstallError::Mismatch(format!(
-                    "container images '{}' need a file target, not a partition",
-                    image.name
-                )));
+            ImageKind::Slot => {
+                let Some(dest) = targets.get(&image.name) else {
+                    return Err(InstallError::Mismatch(format!(
+                        "this device has no place for image '{}'",
+                        image.name
+                    )));
+                };
+                (dest.clone(), actives[&image.name].clone())
             }
-        }
-        let Some(dest) = targets.get(&image.name) else {
-            return Err(InstallError::Mismatch(format!(
-                "this device has no place for image '{}'",
-                image.name
-            )));
         };
-        target::check_capacity(dest, &image.name, image.size)?;
-        let active_target = &actives[&image.name];
-        let has = |s: &Source| holds_source(held.get(&image.name), active_target, s);
+        target::check_capacity(&dest, &image.name, image.size)?;
+        let has = |s: &Source| holds_source(held.get(&image.name), &active_target, s);
         let payload = choose_payload(image, has)?.clone();
         let source = payload.source.is_some().then(|| active_target.clone());
         steps.push(Step {
             image: image.clone(),
-            target: dest.clone(),
+            target: dest,
             payload,
             source,
         });
