@@ -178,7 +178,7 @@ pub fn preload(
         return Ok(Preload::Waiting);
     }
     let config = ctx.config.containers.clone().unwrap_or_default();
-    match import_all(ctx, &config, &plan) {
+    match import_all(&config, &plan) {
         Ok(()) => {
             tracing::info!(%version, images = plan.images.len(), "container images pre-loaded");
             plan.imported = true;
@@ -208,11 +208,7 @@ pub fn preload(
     }
 }
 
-fn import_all(
-    ctx: &Context,
-    config: &ContainersConfig,
-    plan: &PreloadPlan,
-) -> Result<(), PreloadError> {
+fn import_all(config: &ContainersConfig, plan: &PreloadPlan) -> Result<(), PreloadError> {
     for image in &plan.images {
         let path = config.archive(plan.slot, &image.name);
         import(config, &image.name, &path, &image.sha256)?;
