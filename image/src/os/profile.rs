@@ -45,6 +45,17 @@ pub struct Profile {
     /// carry Debian's libtss2 (esys, tctildr, tcti-device).
     #[serde(default)]
     pub tpm: Option<Tpm>,
+    /// The container runtime cairnd imports a release's container images into before
+    /// the reboot; none: such bundles are refused.
+    #[serde(default)]
+    pub containers: Option<Containers>,
+}
+
+/// `[containers]`: containerd's socket in the image (its archives are kept on /data).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Containers {
+    pub socket: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -302,6 +302,12 @@ fn system_toml(profile: &Profile) -> String {
     if let Some(tpm) = &profile.tpm {
         text.push_str(&format!("\n[tpm]\ntcti = \"{}\"\n", tpm.tcti));
     }
+    if let Some(containers) = &profile.containers {
+        text.push_str(&format!(
+            "\n[containers]\nsocket = \"{}\"\ndir = \"/data/cairn/containers\"\n",
+            containers.socket
+        ));
+    }
     text
 }
 
@@ -336,6 +342,11 @@ mod tests {
         assert_eq!(config["compatible"].as_str(), Some("cairn-qemu-arm64"));
         assert_eq!(config["bootloader"]["backend"].as_str(), Some("uboot-env"));
         assert_eq!(config["bootloader"]["dir"].as_str(), Some("/boot"));
+        assert_eq!(
+            config["containers"]["socket"].as_str(),
+            Some("/run/containerd/containerd.sock"),
+            "the image's containerd (boot/rootfs/etc/containerd/config.toml)"
+        );
         for (slot, dir) in [("A", "a"), ("B", "b")] {
             let images = &config["slots"][slot]["images"];
             assert_eq!(

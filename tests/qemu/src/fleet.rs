@@ -48,7 +48,33 @@ pub fn image_v2() -> Result<&'static Build> {
     image_of("qemu-arm64-v2.toml")
 }
 
-/// The images a bundle of `build` carries: the verity-protected slot, kernel, initrd.
+/// The container image every release of the QEMU board carries (tagged with the
+/// release's version), built from the image's own arm64 busybox: the device imports it
+/// into its containerd before the reboot.
+pub const APP_IMAGE: &str = "cairn-app";
+
+/// `docker.io/local/cairn-app:<version>`, the name containerd knows it by.
+pub fn app_image_name(version: &str) -> String {
+    format!("docker.io/local/{APP_IMAGE}:{version}")
+}
+
+/// The release's container images as an OCI archive, next to its slot image.
+fn app_images(build: &Build) -> Result<PathBuf> {
+    let archive = build.layout.out.join("app-images.tar");
+    let image = cairn_testkit::oci::busybox_image(
+        &build.layout.tree().join("bin/busybox"),
+        "arm64",
+        APP_IMAGE,
+        &build.profile.version,
+        &["sleep", "3600"],
+        &archive,
+    );
+    anyhow::ensure!(image.name == app_image_name(&build.profile.version));
+    Ok(archive)
+}
+
+/// The images a bundle of `build` carries: the verity-protected slot, kernel, initrd, and
+/// the release's container images.
 fn images(build: &Build) -> Result<Vec<ImageInput>> {
     Ok(vec![
         ImageInput {
@@ -68,6 +94,12 @@ fn images(build: &Build) -> Result<Vec<ImageInput>> {
             path: build.layout.initrd(),
             verity: None,
             kind: ImageKind::Slot,
+        },
+        ImageInput {
+            name: "app-images".into(),
+            path: app_images(build)?,
+            verity: None,
+            kind: ImageKind::OciArchive,
         },
     ])
 }

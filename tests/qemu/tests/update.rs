@@ -58,6 +58,29 @@ fn a_campaign_delivers_v2_as_a_delta_and_the_device_commits_it() -> Result<()> {
             .any(|l| l.contains("image=rootfs") && l.contains("zstd-patch")),
         "the rootfs came from the delta: {payloads:?}"
     );
+    // v2's container image went into containerd before the reboot (v1's cairnd did it),
+    // and runs on v2 from the local store: nothing can pull docker.io/local/... .
+    let log = rig.vm.check(
+        "cat /var/log/cairnd.log.2 /var/log/cairnd.log.1 /var/log/cairnd.log 2>/dev/null \
+         | grep -e 'container images pre-loaded' -e 'rebooting into the installed update'",
+        COMMAND_TIMEOUT,
+    )?;
+    let preloaded = log.find("container images pre-loaded");
+    let rebooted = log.find("rebooting into the installed update");
+    ensure!(
+        matches!((preloaded, rebooted), (Some(p), Some(r)) if p < r),
+        "the import comes before the reboot: {log}"
+    );
+    let app = fleet::app_image_name("0.2.0");
+    let images = rig
+        .vm
+        .check("ctr -n k8s.io images ls -q", COMMAND_TIMEOUT)?;
+    ensure!(images.contains(&app), "containerd holds {images}");
+    let ran = rig.vm.check(
+        &format!("ctr -n k8s.io run --rm {app} preload-check /bin/busybox echo preloaded-app-ran"),
+        COMMAND_TIMEOUT,
+    )?;
+    ensure!(ran.contains("preloaded-app-ran"), "{ran}");
     println!("bundle {} bytes; {payloads:#?}", rig.bundle_bytes);
     record_time(
         "campaign v1 -> v2 (delta), trial boot, commit",
