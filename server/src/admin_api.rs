@@ -111,7 +111,7 @@ pub async fn approve_device(
     State(s): State<Shared>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Device>> {
-    Ok(Json(devices::approve(&s.db, &id).await?))
+    Ok(Json(devices::approve(&s.db, &id, audit::ADMIN_API).await?))
 }
 
 /// `POST /devices/{id}/{action}`: the operator's trust decisions on one device,

@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use crate::auth::{admin_token, shared_secret, AdminToken, Credentials, TokenKey};
+use crate::auth::{admin_token, shared_secret, AdminToken, Credentials, SessionKey, TokenKey};
 use crate::caches::Caches;
 use crate::checkin::CheckInContext;
 use crate::config::Config;
@@ -20,6 +20,8 @@ pub struct AppState {
     pub public_url: String,
     pub token_key: TokenKey,
     pub admin_token: AdminToken,
+    /// Signs dashboard users' sessions and their forms' CSRF tokens.
+    pub session_key: SessionKey,
     pub caches: Caches,
     pub writer: StateWriter,
     pub reader: DeviceReader,
@@ -36,6 +38,7 @@ impl AppState {
         tokio::fs::create_dir_all(&config.blobs).await?;
         let token_key = TokenKey::new(&shared_secret(&db, "device_token_key").await?);
         let admin = admin_token(&db, config.admin_token.as_deref()).await?;
+        let session_key = SessionKey::new(&shared_secret(&db, "dashboard_session_key").await?);
         let public_url = config.public_url.clone().unwrap_or_else(|| {
             let scheme = if config.tls.is_some() {
                 "https"
@@ -51,6 +54,7 @@ impl AppState {
             public_url,
             token_key,
             admin_token: AdminToken::new(&admin),
+            session_key,
             caches: Caches::default(),
             metrics: Metrics::default(),
             config,

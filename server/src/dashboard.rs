@@ -1,7 +1,7 @@
-//! The web dashboard: server-rendered HTML, read-only: campaigns, devices, the audit log.
-//! Who may see it is decided by [`crate::auth::admin`] (the admin token as a bearer
-//! header, or `?token=...` once, traded for a session cookie); this module answers with
-//! the redirect or the sign-in page.
+//! The web dashboard: server-rendered HTML pages: campaigns, devices, releases, the
+//! audit log. Who may see it: a signed-in user (`auth::session`, any role), or the admin
+//! token (a bearer header, or `?token=...` once, traded for a session cookie). Pages show
+//! the forms that act (`dashboard_actions`) only to roles that may use them.
 
 use std::collections::HashMap;
 use std::fmt::Write;
@@ -13,25 +13,75 @@ use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse, Response};
 
 use crate::app::Shared;
-use crate::auth::{dashboard_access, DashboardAccess};
+use crate::auth::{dashboard_access, session_cookie, DashboardAccess, Principal};
 use crate::campaigns::{self, CampaignStatus};
 use crate::devices::DeviceFilter;
 use crate::error::ApiResult;
+use crate::users::{self, Role};
 use crate::{deployments, devices};
 
 /// Someone allowed to see the dashboard. As an extractor it answers for the handler
 /// otherwise: the cookie redirect when the page was opened with `?token=`, or the
-/// "who are you" page.
-pub struct Viewer;
+/// sign-in page.
+pub struct Viewer(pub Session);
+
+/// Who a dashboard request acts as, and the session its forms belong to.
+pub struct Session {
+    pub principal: Principal,
+    /// The session cookie's value; `None` when the admin token came as a header.
+    pub cookie: Option<String>,
+}
+
+impl Session {
+    pub fn may(&self, role: Role) -> bool {
+        self.principal.role >= role
+    }
+
+    /// The hidden field forms under this session carry (empty without a cookie: a
+    /// header-authenticated script has no use for forms).
+    pub fn csrf_field(&self, state: &Shared) -> String {
+        let token = self
+            .cookie
+            .as_deref()
+            .map(|c| state.session_key.csrf(c))
+            .unwrap_or_default();
+        format!("<input type=\"hidden\" name=\"csrf\" value=\"{token}\">")
+    }
+}
 
 impl FromRequestParts<Shared> for Viewer {
     type Rejection = Response;
 
     async fn from_request_parts(parts: &mut Parts, state: &Shared) -> Result<Viewer, Response> {
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let cookie = session_cookie(&parts.headers).map(str::to_string);
+        if let Some(name) = cookie
+            .as_deref()
+            .and_then(|c| state.session_key.session_user(c, now))
+        {
+            match users::active(&state.db, name).await {
+                Ok(Some(user)) => {
+                    return Ok(Viewer(Session {
+                        principal: Principal {
+                            actor: format!("user:{}", user.name),
+                            role: user.role,
+                        },
+                        cookie,
+                    }))
+                }
+                Ok(None) => {}
+                Err(e) => return Err(e.into_response()),
+            }
+        }
         let https = state.config.tls.is_some();
         match dashboard_access(&state.admin_token, &parts.headers, &parts.uri, now, https) {
-            DashboardAccess::Allowed => Ok(Viewer),
+            DashboardAccess::Allowed => Ok(Viewer(Session {
+                principal: Principal {
+                    actor: crate::audit::ADMIN_TOKEN.into(),
+                    role: Role::Admin,
+                },
+                cookie,
+            })),
             DashboardAccess::SetCookie(cookie) => Err((
                 StatusCode::SEE_OTHER,
                 [
@@ -40,14 +90,11 @@ impl FromRequestParts<Shared> for Viewer {
                 ],
             )
                 .into_response()),
-            DashboardAccess::Denied => {
-                let body = page(
-                    "Sign in",
-                    "<p>Open this page with <code>?token=&lt;admin token&gt;</code> once; \
-                    <code>cairn-server admin-token</code> prints it.</p>",
-                );
-                Err((StatusCode::UNAUTHORIZED, Html(body)).into_response())
-            }
+            DashboardAccess::Denied => Err((
+                StatusCode::UNAUTHORIZED,
+                Html(crate::dashboard_actions::sign_in_page(None)),
+            )
+                .into_response()),
         }
     }
 }
@@ -60,9 +107,45 @@ pub fn escape(s: &str) -> String {
         .replace('\'', "&#39;")
 }
 
+/// [`page`] with who is signed in on top: their sign-out form and the links their role
+/// opens.
+fn page_for(session: &Session, s: &Shared, title: &str, body: &str) -> String {
+    let mut bar = format!(
+        "<p class=\"session\">Signed in as <b id=\"who\">{}</b> ({})",
+        escape(&session.principal.actor),
+        session.principal.role.as_str()
+    );
+    if session.may(Role::Operator) {
+        bar.push_str(" · <a href=\"/ui/campaigns/new\">New campaign</a>");
+    }
+    if session.may(Role::Admin) {
+        bar.push_str(" · <a href=\"/ui/users\">Users</a>");
+    }
+    if session.cookie.is_some() {
+        let _ = write!(
+            bar,
+            " <form method=\"post\" action=\"/ui/logout\" style=\"display:inline\">{}\
+             <button>Sign out</button></form>",
+            session.csrf_field(s)
+        );
+    }
+    bar.push_str("</p>");
+    page(title, &(bar + body))
+}
+
+/// A page that reloads itself every 15 s (campaigns move while the operator watches).
 fn page(title: &str, body: &str) -> String {
+    template(title, body, "<meta http-equiv=\"refresh\" content=\"15\">")
+}
+
+/// A page with a form being filled in: it must not reload under the operator's hands.
+pub fn form_page(title: &str, body: &str) -> String {
+    template(title, body, "")
+}
+
+fn template(title: &str, body: &str, head: &str) -> String {
     format!(
-        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta http-equiv=\"refresh\" content=\"15\"><title>{} · Cairn</title>\
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">{head}<title>{} · Cairn</title>\
          <style>body{{font-family:sans-serif;margin:2em;color:#222}}table{{border-collapse:collapse;margin:1em 0}}\
          td,th{{border:1px solid #ccc;padding:.3em .6em;text-align:left}}th{{background:#f3f3f3}}\
          .bar{{display:flex;width:20em;height:1em;background:#eee}}.ok{{background:#3a3}}.bad{{background:#c33}}.run{{background:#fb3}}\
@@ -167,7 +250,7 @@ fn leases_table(status: &CampaignStatus) -> String {
     out
 }
 
-pub async fn campaigns(_: Viewer, State(s): State<Shared>) -> ApiResult<Response> {
+pub async fn campaigns(Viewer(session): Viewer, State(s): State<Shared>) -> ApiResult<Response> {
     let mut body = String::new();
     for c in campaigns::list(&s.db).await? {
         body.push_str(&campaign_section(&campaigns::status(&s.db, &c.id).await?));
@@ -175,18 +258,71 @@ pub async fn campaigns(_: Viewer, State(s): State<Shared>) -> ApiResult<Response
     if body.is_empty() {
         body.push_str("<p>No campaigns yet.</p>");
     }
-    Ok(Html(page("Campaigns", &body)).into_response())
+    Ok(Html(page_for(&session, &s, "Campaigns", &body)).into_response())
 }
 
 pub async fn campaign(
-    _: Viewer,
+    Viewer(session): Viewer,
     State(s): State<Shared>,
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
     let status = campaigns::status(&s.db, &id).await?;
     let mut body = campaign_section(&status);
+    if session.may(Role::Operator) {
+        let actions: &[&str] = match status.campaign.state.as_str() {
+            campaigns::state::DRAFT => &["start", "abort"],
+            campaigns::state::RUNNING => &["pause", "abort"],
+            campaigns::state::PAUSED => &["resume", "abort"],
+            _ => &[],
+        };
+        body.push_str(&action_forms(
+            &session,
+            &s,
+            &format!("/ui/campaigns/{id}"),
+            actions,
+        ));
+    }
+    if status.campaign.state == campaigns::state::DRAFT {
+        body.push_str(&dry_run_table(&crate::dry_run::dry_run(&s.db, &id).await?));
+    }
     body.push_str(&deployments_table(&s, &id).await?);
-    Ok(Html(page(&format!("Campaign {id}"), &body)).into_response())
+    Ok(Html(page_for(&session, &s, &format!("Campaign {id}"), &body)).into_response())
+}
+
+/// One small form per action, each a POST to `<base>/<action>` with the CSRF token.
+fn action_forms(session: &Session, s: &Shared, base: &str, actions: &[&str]) -> String {
+    let mut out = String::from("<p class=\"actions\">");
+    for action in actions {
+        let _ = write!(
+            out,
+            "<form method=\"post\" action=\"{base}/{action}\" style=\"display:inline\">{}\
+             <button id=\"{action}\">{action}</button></form> ",
+            session.csrf_field(s)
+        );
+    }
+    out.push_str("</p>");
+    out
+}
+
+/// What starting a draft would do: devices and bytes per wave.
+fn dry_run_table(dry: &crate::dry_run::DryRun) -> String {
+    let mut out = format!(
+        "<h2>Dry run</h2><p class=\"dry-run\">{} devices, {} bytes to fetch in all</p>\
+         <table class=\"dry-run\"><tr><th>wave</th><th>devices</th><th>bytes</th></tr>",
+        dry.devices, dry.total_bytes
+    );
+    for w in &dry.waves {
+        let ids: Vec<String> = w.devices.iter().map(|d| escape(&d.device_id)).collect();
+        let _ = write!(
+            out,
+            "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",
+            w.index + 1,
+            ids.join(", "),
+            w.bytes
+        );
+    }
+    out.push_str("</table>");
+    out
 }
 
 /// The campaign's deployments, most recently changed first.
@@ -223,7 +359,7 @@ async fn deployment_states(
 }
 
 pub async fn devices(
-    _: Viewer,
+    Viewer(session): Viewer,
     State(s): State<Shared>,
     Query(filter): Query<DeviceFilter>,
 ) -> ApiResult<Response> {
@@ -256,16 +392,24 @@ pub async fn devices(
         );
     }
     body.push_str("</table>");
-    Ok(Html(page("Devices", &body)).into_response())
+    Ok(Html(page_for(&session, &s, "Devices", &body)).into_response())
 }
 
 pub async fn device(
-    _: Viewer,
+    Viewer(session): Viewer,
     State(s): State<Shared>,
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
     let d = devices::get(&s.db, &id).await?;
-    let mut body = format!(
+    let actions: &[&str] = match d.approval.as_str() {
+        _ if !session.may(Role::Operator) => &[],
+        "pending" => &["approve", "reject"],
+        "rejected" => &["approve"],
+        "approved" => &["revoke"],
+        _ => &[],
+    };
+    let actions = action_forms(&session, &s, &format!("/ui/devices/{id}"), actions);
+    let mut body = actions + &format!(
         "<p>Version <b class=\"version\">{}</b> · type {} · tags {} · security floor {} · last check-in {}</p>\
          <p class=\"tpm\">TPM: {}</p>{}<h2>History</h2>\
          <table class=\"history\"><tr><th>when</th><th>event</th><th>detail</th></tr>",
@@ -293,7 +437,7 @@ pub async fn device(
         );
     }
     body.push_str("</table>");
-    Ok(Html(page(&format!("Device {id}"), &body)).into_response())
+    Ok(Html(page_for(&session, &s, &format!("Device {id}"), &body)).into_response())
 }
 
 /// The devices page's filters, as a GET form (it changes nothing, so needs no CSRF
@@ -356,7 +500,7 @@ fn filter_form(filter: &DeviceFilter) -> String {
 
 /// `/ui/releases`: every release, its images, and the images each one's deltas start
 /// from, named by the release that carries them where the server knows it.
-pub async fn releases(_: Viewer, State(s): State<Shared>) -> ApiResult<Response> {
+pub async fn releases(Viewer(session): Viewer, State(s): State<Shared>) -> ApiResult<Response> {
     let listed = crate::releases::list(&s.db).await?;
     let mut known: HashMap<&str, String> = HashMap::new();
     for r in &listed {
@@ -405,7 +549,7 @@ pub async fn releases(_: Viewer, State(s): State<Shared>) -> ApiResult<Response>
         }
     }
     body.push_str("</table>");
-    Ok(Html(page("Releases", &body)).into_response())
+    Ok(Html(page_for(&session, &s, "Releases", &body)).into_response())
 }
 
 fn mib(bytes: u64) -> String {
@@ -413,7 +557,7 @@ fn mib(bytes: u64) -> String {
 }
 
 /// `/ui/audit`: operator actions on devices' trust, newest first (who, what, when).
-pub async fn audit(_: Viewer, State(s): State<Shared>) -> ApiResult<Response> {
+pub async fn audit(Viewer(session): Viewer, State(s): State<Shared>) -> ApiResult<Response> {
     let mut body = String::from(
         "<table class=\"audit\"><tr><th>when</th><th>who</th><th>action</th><th>device</th>\
          <th>detail</th></tr>",
@@ -431,7 +575,7 @@ pub async fn audit(_: Viewer, State(s): State<Shared>) -> ApiResult<Response> {
         );
     }
     body.push_str("</table>");
-    Ok(Html(page("Audit log", &body)).into_response())
+    Ok(Html(page_for(&session, &s, "Audit log", &body)).into_response())
 }
 
 #[cfg(test)]

@@ -270,23 +270,33 @@ pub async fn require_active(db: &Db, id: &str) -> ApiResult<()> {
     require_approved(id, &row.try_get::<String, _>("approval")?)
 }
 
-/// Approves a pending or rejected device (a no-op for an approved one). A revoked device
-/// stays revoked: `409 revoked`.
-pub async fn approve(db: &Db, id: &str) -> ApiResult<Device> {
+/// Approves a pending or rejected device (a no-op for an approved one), audited as
+/// `actor`'s. A revoked device stays revoked: `409 revoked`.
+pub async fn approve(db: &Db, id: &str, actor: &str) -> ApiResult<Device> {
+    let mut tx = db.pool.begin().await?;
     let done = sqlx::query("UPDATE devices SET approval = $1 WHERE id = $2 AND approval <> $3")
         .bind(APPROVED)
         .bind(id)
         .bind(REVOKED)
-        .execute(&db.pool)
+        .execute(&mut *tx)
         .await?;
     if done.rows_affected() == 0 {
+        tx.rollback().await?;
         get(db, id).await?;
         return Err(ApiError::conflict(
             "revoked",
             format!("device {id} was revoked; a revoked device cannot be approved again"),
         ));
     }
-    record(db, id, "approved", "operator approved the device key").await?;
+    audit::record(
+        &mut tx,
+        actor,
+        "approve",
+        id,
+        "operator approved the device key",
+    )
+    .await?;
+    tx.commit().await?;
     get(db, id).await
 }
 

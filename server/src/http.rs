@@ -9,7 +9,7 @@ use axum::Router;
 
 use crate::db::Db;
 use crate::error::ApiResult;
-use crate::{admin_api, blobs, dashboard, device_api, metrics};
+use crate::{admin_api, blobs, dashboard, dashboard_actions, device_api, metrics};
 use crate::{auth, campaigns, tls};
 
 // Where other crates and the tests have always taken them from.
@@ -60,7 +60,30 @@ pub async fn build(db: Db, config: Config, local: SocketAddr) -> anyhow::Result<
         .nest("/v1/device", device)
         .nest("/admin/v1", admin)
         .route("/", get(dashboard::campaigns))
+        .route(
+            "/ui/login",
+            get(dashboard_actions::sign_in_form).post(dashboard_actions::sign_in),
+        )
+        .route("/ui/logout", post(dashboard_actions::sign_out))
+        .route("/ui/campaigns", post(dashboard_actions::create_campaign))
+        .route("/ui/campaigns/new", get(dashboard_actions::new_campaign))
         .route("/ui/campaigns/{id}", get(dashboard::campaign))
+        .route(
+            "/ui/campaigns/{id}/{action}",
+            post(dashboard_actions::campaign_action),
+        )
+        .route(
+            "/ui/devices/{id}/{action}",
+            post(dashboard_actions::device_action),
+        )
+        .route(
+            "/ui/users",
+            get(dashboard_actions::users_page).post(dashboard_actions::add_user),
+        )
+        .route(
+            "/ui/users/{name}/{what}",
+            post(dashboard_actions::change_user),
+        )
         .route("/ui/devices", get(dashboard::devices))
         .route("/ui/devices/{id}", get(dashboard::device))
         .route("/ui/audit", get(dashboard::audit))

@@ -18,13 +18,16 @@
 //!   hold a deployment's success until the device proves which image booted.
 //! - [`backup`]: `backup` and `restore` of a SQLite database, the serve lock that keeps
 //!   a restore from replacing a served database, the start-up check of the blob directory.
-//! - [`audit`]: the log of operator actions on a device's trust (TPM reset, reject,
-//!   revoke).
+//! - [`audit`]: the log of operator actions: a device's trust (approve, TPM reset,
+//!   reject, revoke), campaigns run from the dashboard, users.
+//! - [`users`]: dashboard accounts with roles (viewer, operator, admin), Argon2id
+//!   passwords.
 //! - [`auth`]: request authentication: signed device requests (timestamp + nonce),
 //!   device tokens, the admin token (admin API and dashboard).
 //! - [`config`], [`app`]: how a server is run and the state its handlers share.
 //! - [`http`]: routes and the serve loop; [`tls`]: HTTPS, its certificate reloaded on
-//!   change; [`device_api`], [`admin_api`], [`dashboard`], [`blobs`]: the handlers;
+//!   change; [`device_api`], [`admin_api`], [`dashboard`] (pages) and [`dashboard_actions`]
+//!   (sign-in and the forms that act, role- and CSRF-checked), [`blobs`]: the handlers;
 //!   [`json`], [`error`]: request bodies and error answers;
 //!   [`local`] runs a server on a thread for non-async programs (tests, the demo).
 //! - [`metrics`]: `/metrics` (Prometheus), `/healthz`, `/readyz`, and the middleware that
@@ -42,6 +45,7 @@ pub mod campaigns;
 pub mod checkin;
 pub mod config;
 pub mod dashboard;
+pub mod dashboard_actions;
 pub mod db;
 pub mod deployments;
 pub mod device_api;
@@ -62,3 +66,4 @@ pub mod reports;
 pub mod state_writer;
 pub mod tls;
 pub mod transitions;
+pub mod users;

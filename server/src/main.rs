@@ -11,6 +11,7 @@ use cairn_server::http;
 use cairn_server::policy::{
     CampaignPolicy, RebootBudget, Selector, WaveSize, DEFAULT_REBOOT_LEASE_SECS,
 };
+use cairn_server::users::{self, Role};
 use cairn_server::{attestation, audit, campaigns, devices, dry_run, releases};
 use clap::{Parser, Subcommand};
 use serde::Serialize;
@@ -60,6 +61,9 @@ enum Command {
     Device(DeviceCommand),
     #[command(subcommand)]
     Campaign(CampaignCommand),
+    /// Dashboard users (the first admin is made here).
+    #[command(subcommand)]
+    User(UserCommand),
     /// Write a consistent copy of the (SQLite) database to FILE while the server runs.
     /// PostgreSQL: use pg_dump -Fc. Copy the blob directory after it (README).
     Backup { file: PathBuf },
@@ -149,6 +153,30 @@ enum DeviceCommand {
 }
 
 #[derive(Subcommand)]
+enum UserCommand {
+    /// Add a user; the password is read from the first line of stdin (at least 12
+    /// characters), so it never appears in the process list or shell history.
+    Add {
+        name: String,
+        #[arg(long, default_value = "viewer")]
+        role: Role,
+    },
+    /// Change a user's role.
+    SetRole {
+        name: String,
+        role: Role,
+    },
+    /// Disable an account: its sessions end at their next request.
+    Disable {
+        name: String,
+    },
+    Enable {
+        name: String,
+    },
+    List,
+}
+
+#[derive(Subcommand)]
 enum CampaignCommand {
     Create(CreateCampaign),
     List,
@@ -231,6 +259,7 @@ async fn main() -> Result<()> {
         Command::Release(c) => release(&db, cli.blobs, c).await,
         Command::Device(c) => device(&db, c).await,
         Command::Campaign(c) => campaign(&db, c).await,
+        Command::User(c) => user(&db, c).await,
         Command::Backup { file } => {
             cairn_server::backup::backup(&db, &cli.db, &file).await?;
             tracing::info!(
@@ -311,7 +340,9 @@ async fn device(db: &Db, command: DeviceCommand) -> Result<()> {
             print(&devices::get(db, &id).await?)?;
             print(&devices::history(db, &id, 50).await?)
         }
-        DeviceCommand::Approve { id } => print(&devices::approve(db, &id).await?),
+        DeviceCommand::Approve { id } => {
+            print(&devices::approve(db, &id, &audit::cli_actor()).await?)
+        }
         DeviceCommand::Import { manifests } => {
             let mut entries = Vec::new();
             for manifest in &manifests {
@@ -336,6 +367,30 @@ async fn device(db: &Db, command: DeviceCommand) -> Result<()> {
             print(&devices::get(db, &id).await?)
         }
         DeviceCommand::Audit => print(&audit::list(db, i64::MAX).await?),
+    }
+}
+
+async fn user(db: &Db, command: UserCommand) -> Result<()> {
+    let actor = audit::cli_actor();
+    match command {
+        UserCommand::Add { name, role } => {
+            let mut password = String::new();
+            std::io::stdin()
+                .read_line(&mut password)
+                .context("reading the password from stdin")?;
+            let password = password.trim_end_matches(['\r', '\n']);
+            print(&users::add(db, &name, password, role, &actor).await?)
+        }
+        UserCommand::SetRole { name, role } => {
+            print(&users::update(db, &name, Some(role), None, &actor).await?)
+        }
+        UserCommand::Disable { name } => {
+            print(&users::update(db, &name, None, Some(true), &actor).await?)
+        }
+        UserCommand::Enable { name } => {
+            print(&users::update(db, &name, None, Some(false), &actor).await?)
+        }
+        UserCommand::List => print(&users::list(db).await?),
     }
 }
 

@@ -70,6 +70,7 @@ mod tests {
 
     fn manifest() -> Manifest {
         let rootfs = Image {
+            kind: cairn_bundle::ImageKind::Slot,
             name: "rootfs".into(),
             size: 1000,
             sha256: "1".repeat(64),
@@ -82,6 +83,7 @@ mod tests {
             ],
         };
         let kernel = Image {
+            kind: cairn_bundle::ImageKind::Slot,
             name: "kernel".into(),
             size: 100,
             sha256: "2".repeat(64),

@@ -18,6 +18,7 @@ const PACKAGES: &[&str] = &[
     "cryptsetup-bin",   // veritysetup
     "postgresql",       // cairn-server's PostgreSQL tests start a throwaway cluster
     "chromium",         // cairn-server's dashboard test renders pages headless
+    "chromium-driver",  // ... and drives them as an operator would (WebDriver)
     // The OS image: cairn-image rootfs/slot/disk and the QEMU tests.
     "mmdebstrap",            // arm64 root tree without maintainer scripts
     "e2fsprogs",             // mkfs.ext4 -d for the data partition

@@ -5,6 +5,7 @@
 //!   [`AuthenticatedDevice`] extractor every other device API handler takes.
 //! - [`admin`]: the admin token: the [`Admin`] extractor of the admin API and the
 //!   dashboard's header, cookie or `?token=` check.
+//! - [`session`]: dashboard users' sessions and the CSRF tokens of their forms.
 //!
 //! The extractors take any state that offers the keys ([`Credentials`]), so this module
 //! does not depend on the application state.
@@ -20,10 +21,12 @@ use crate::error::ApiResult;
 
 pub mod admin;
 pub mod device;
+pub mod session;
 pub mod signed;
 
 pub use admin::{admin_token, dashboard_access, Admin, AdminToken, DashboardAccess};
 pub use device::{issue_token, AuthenticatedDevice, TokenKey, TOKEN_LIFETIME_SECS};
+pub use session::{session_cookie, Principal, SessionKey, SESSION_COOKIE};
 pub use signed::{
     check_enrollment, consume_nonce, purge_nonces, rotate_key, signed_by_device, SignedBy,
     CLOCK_SKEW_SECS,

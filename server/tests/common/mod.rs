@@ -7,6 +7,7 @@ pub mod fleet;
 pub mod postgres;
 pub mod reboot_budget;
 pub mod tpm;
+pub mod webdriver;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
