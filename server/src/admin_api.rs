@@ -5,7 +5,6 @@ use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, State};
 use axum::Json;
 use serde::{Deserialize, Serialize};
-use tokio::io::AsyncWriteExt;
 
 use crate::app::Shared;
 use crate::attestation;
@@ -36,43 +35,10 @@ pub async fn add_release(
     Query(q): Query<AddRelease>,
     body: Body,
 ) -> ApiResult<Json<Release>> {
-    let staged = s
-        .config
-        .blobs
-        .join(format!(".upload-{}", crate::db::random_id("")));
-    let written = stream_to(&staged, body).await;
-    let result = match written {
-        Ok(()) => {
-            releases::add(
-                &s.db,
-                &s.config.blobs,
-                s.config.root.as_ref(),
-                staged.clone(),
-                q.external_url,
-            )
-            .await
-        }
-        Err(e) => Err(e),
-    };
-    // Moved into place on success; removed on any failure (a no-op when it was moved).
-    let _ = tokio::fs::remove_file(&staged).await;
-    Ok(Json(result?))
-}
-
-async fn stream_to(path: &std::path::Path, mut body: Body) -> ApiResult<()> {
-    use http_body_util::BodyExt;
-    let mut file = tokio::fs::File::create(path)
-        .await
-        .map_err(anyhow::Error::from)?;
-    while let Some(frame) = body.frame().await {
-        let frame =
-            frame.map_err(|e| ApiError::bad_request("upload", format!("reading upload: {e}")))?;
-        if let Ok(data) = frame.into_data() {
-            file.write_all(&data).await.map_err(anyhow::Error::from)?;
-        }
-    }
-    file.flush().await.map_err(anyhow::Error::from)?;
-    Ok(())
+    let root = s.config.root.as_ref();
+    Ok(Json(
+        releases::add_upload(&s.db, &s.config.blobs, root, body, q.external_url).await?,
+    ))
 }
 
 #[derive(Deserialize)]

@@ -110,6 +110,15 @@ pub fn escape(s: &str) -> String {
 /// [`page`] with who is signed in on top: their sign-out form and the links their role
 /// opens.
 fn page_for(session: &Session, s: &Shared, title: &str, body: &str) -> String {
+    page(title, &(session_bar(session, s) + body))
+}
+
+/// [`page_for`] without the reload: the page holds a form that may be in use.
+fn form_page_for(session: &Session, s: &Shared, title: &str, body: &str) -> String {
+    form_page(title, &(session_bar(session, s) + body))
+}
+
+fn session_bar(session: &Session, s: &Shared) -> String {
     let mut bar = format!(
         "<p class=\"session\">Signed in as <b id=\"who\">{}</b> ({})",
         escape(&session.principal.actor),
@@ -130,7 +139,7 @@ fn page_for(session: &Session, s: &Shared, title: &str, body: &str) -> String {
         );
     }
     bar.push_str("</p>");
-    page(title, &(bar + body))
+    bar
 }
 
 /// A page that reloads itself every 15 s (campaigns move while the operator watches).
@@ -287,6 +296,28 @@ pub async fn campaign(
     }
     body.push_str(&deployments_table(&s, &id).await?);
     Ok(Html(page_for(&session, &s, &format!("Campaign {id}"), &body)).into_response())
+}
+
+/// Sends the chosen bundle as the request body (streamed by the server to disk, then
+/// verified) and shows how much of it went out; the server's one-line answer after.
+fn upload_script(csrf: &str) -> String {
+    format!(
+        "<script>document.getElementById('upload').addEventListener('submit', e => {{\
+         e.preventDefault();\
+         const file = document.getElementById('bundle').files[0];\
+         const bar = document.getElementById('upload-progress');\
+         const status = document.getElementById('upload-status');\
+         if (!file) {{ status.textContent = 'choose a bundle first'; return; }}\
+         const x = new XMLHttpRequest();\
+         x.open('POST', '/ui/releases?csrf={csrf}');\
+         x.upload.onprogress = p => {{ if (p.lengthComputable) {{\
+           bar.value = 100 * p.loaded / p.total;\
+           status.textContent = p.loaded + ' of ' + p.total + ' bytes sent'; }} }};\
+         x.upload.onload = () => {{ status.textContent = 'sent; verifying'; }};\
+         x.onload = () => {{ status.textContent = x.responseText;\
+           if (x.status === 200) {{ setTimeout(() => location.reload(), 500); }} }};\
+         x.send(file); }});</script>"
+    )
 }
 
 /// One small form per action, each a POST to `<base>/<action>` with the CSRF token.
@@ -549,7 +580,23 @@ pub async fn releases(Viewer(session): Viewer, State(s): State<Shared>) -> ApiRe
         }
     }
     body.push_str("</table>");
-    Ok(Html(page_for(&session, &s, "Releases", &body)).into_response())
+    if !session.may(Role::Operator) {
+        return Ok(Html(page_for(&session, &s, "Releases", &body)).into_response());
+    }
+    let csrf = session
+        .cookie
+        .as_deref()
+        .map(|c| s.session_key.csrf(c))
+        .unwrap_or_default();
+    let _ = write!(
+        body,
+        "<h2>Add a release</h2><form id=\"upload\"><input type=\"file\" id=\"bundle\" \
+         accept=\".cairn\"> <button id=\"upload-button\">Upload and verify</button> \
+         <progress id=\"upload-progress\" max=\"100\" value=\"0\"></progress> \
+         <span id=\"upload-status\"></span></form>{}",
+        upload_script(&csrf)
+    );
+    Ok(Html(form_page_for(&session, &s, "Releases", &body)).into_response())
 }
 
 fn mib(bytes: u64) -> String {

@@ -4,7 +4,8 @@
 //! token; each handler checks the role, then the token, then acts, and the action is
 //! audited under the user's name (`user:<name>`).
 
-use axum::extract::{Path, State};
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
 use axum::http::header::{LOCATION, SET_COOKIE};
 use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse, Response};
@@ -301,6 +302,48 @@ pub async fn create_campaign(
     }
     .await;
     after(created, &format!("/ui/campaigns/{}", form.id.trim()))
+}
+
+#[derive(Deserialize)]
+pub struct UploadQuery {
+    #[serde(default)]
+    csrf: String,
+}
+
+/// `POST /ui/releases?csrf=...`: operators; the body is the bundle (the releases page's
+/// script sends the file and shows the upload's progress). Streamed to disk, verified
+/// against the trust root before it is accepted. Answers one line for the page.
+pub async fn upload_release(
+    Viewer(session): Viewer,
+    State(s): State<Shared>,
+    Query(q): Query<UploadQuery>,
+    body: Body,
+) -> Response {
+    if let Some(no) = refusal(&session, &s, Role::Operator, &q.csrf) {
+        return no;
+    }
+    let root = s.config.root.as_ref();
+    match releases::add_upload(&s.db, &s.config.blobs, root, body, None).await {
+        Ok(release) => {
+            let subject = format!("release:{}", release.id);
+            let detail = format!(
+                "{} bytes, sha256 {}",
+                release.bundle_size, release.bundle_sha256
+            );
+            if let Err(e) = record(&s.db, &session, "release-add", &subject, &detail).await {
+                return e.into_response();
+            }
+            (StatusCode::OK, format!("added {}", release.id)).into_response()
+        }
+        Err(ApiError::Client {
+            status, message, ..
+        }) => (status, message).into_response(),
+        Err(e) => {
+            tracing::error!("release upload: {e}");
+            let message = "The server failed to store the release (its log says why).";
+            (StatusCode::INTERNAL_SERVER_ERROR, message).into_response()
+        }
+    }
 }
 
 /// `GET /ui/users`: admins.

@@ -87,7 +87,10 @@ pub async fn build(db: Db, config: Config, local: SocketAddr) -> anyhow::Result<
         .route("/ui/devices", get(dashboard::devices))
         .route("/ui/devices/{id}", get(dashboard::device))
         .route("/ui/audit", get(dashboard::audit))
-        .route("/ui/releases", get(dashboard::releases))
+        .route(
+            "/ui/releases",
+            get(dashboard::releases).post(dashboard_actions::upload_release),
+        )
         .route("/blobs/{name}", get(blobs::serve))
         .route("/metrics", get(metrics::serve))
         .route("/healthz", get(metrics::healthz))

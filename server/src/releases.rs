@@ -51,6 +51,42 @@ pub fn release_id(compatible: &str, version: &str) -> String {
     format!("{compatible}@{version}")
 }
 
+/// An uploaded bundle (`body`), streamed to a staging file in `blobs`, then [`add`]ed.
+/// The staging file is gone afterwards: moved into place, or removed on any failure.
+pub async fn add_upload(
+    db: &Db,
+    blobs: &Path,
+    root: Option<&TrustRoot>,
+    body: axum::body::Body,
+    external_url: Option<String>,
+) -> ApiResult<Release> {
+    let staged = blobs.join(format!(".upload-{}", crate::db::random_id("")));
+    let result = match stream_to(&staged, body).await {
+        Ok(()) => add(db, blobs, root, staged.clone(), external_url).await,
+        Err(e) => Err(e),
+    };
+    // A no-op when it was moved.
+    let _ = tokio::fs::remove_file(&staged).await;
+    result
+}
+
+async fn stream_to(path: &Path, mut body: axum::body::Body) -> ApiResult<()> {
+    use http_body_util::BodyExt;
+    use tokio::io::AsyncWriteExt;
+    let mut file = tokio::fs::File::create(path)
+        .await
+        .map_err(anyhow::Error::from)?;
+    while let Some(frame) = body.frame().await {
+        let frame =
+            frame.map_err(|e| ApiError::bad_request("upload", format!("reading upload: {e}")))?;
+        if let Ok(data) = frame.into_data() {
+            file.write_all(&data).await.map_err(anyhow::Error::from)?;
+        }
+    }
+    file.flush().await.map_err(anyhow::Error::from)?;
+    Ok(())
+}
+
 /// Verifies the bundle at `staged` (metadata, signatures against `root`, every payload),
 /// moves it into `blobs` unless it is served from `external_url`, and records it.
 pub async fn add(

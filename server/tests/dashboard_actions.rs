@@ -1,6 +1,6 @@
 //! Acting from the dashboard in a real headless Chromium (WebDriver): an operator signs
-//! in, approves a pending device, creates a campaign from the form, reads its dry run,
-//! starts it and watches it complete; a viewer sees no forms and is refused when posting
+//! in, approves a pending device, uploads a release (a damaged file is refused), creates a
+//! campaign from the form, reads its dry run, starts it and watches it complete; a viewer sees no forms and is refused when posting
 //! anyway; a form posted without its CSRF token is refused and changes nothing; every
 //! action is in the audit log under the user's name.
 
@@ -37,9 +37,7 @@ async fn an_operator_runs_a_campaign_from_the_browser_and_a_viewer_cannot_act() 
     let releases = Releases::build();
     let server = TestServer::start(&url, Some(&releases.root)).await;
     let admin = server.admin();
-    for bundle in [&releases.v1, &releases.v2] {
-        assert_eq!(admin.upload(bundle).await.0, 200);
-    }
+    assert_eq!(admin.upload(&releases.v1).await.0, 200);
     let db = &server.state.db;
     users::add(db, OLGA.0, OLGA.1, Role::Operator, "test")
         .await
@@ -83,6 +81,31 @@ async fn an_operator_runs_a_campaign_from_the_browser_and_a_viewer_cannot_act() 
     for d in fleet.iter_mut() {
         d.login().await;
     }
+
+    // v2 uploaded from the releases page; a damaged file first, refused and not kept.
+    let damaged = dir.path().join("damaged.cairn");
+    let mut bytes = std::fs::read(&releases.v2).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    std::fs::write(&damaged, bytes).unwrap();
+    browser.open(&format!("{base}/ui/releases")).await;
+    browser.choose_file("#bundle", &damaged).await;
+    browser.click("#upload-button").await;
+    browser.wait_for("bundle failed verification").await;
+    assert_eq!(
+        admin
+            .get("/admin/v1/releases")
+            .await
+            .1
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    browser.open(&format!("{base}/ui/releases")).await;
+    browser.choose_file("#bundle", &releases.v2).await;
+    browser.click("#upload-button").await;
+    browser.wait_for(&format!(">{COMPATIBLE}@2.0.0</td>")).await;
 
     // A campaign from the form: a draft whose page shows the dry run, then started.
     browser.open(&format!("{base}/ui/campaigns/new")).await;
@@ -146,7 +169,12 @@ async fn an_operator_runs_a_campaign_from_the_browser_and_a_viewer_cannot_act() 
     // Everything the operator did, under her name.
     browser.open(&format!("{base}/ui/audit")).await;
     let page = browser.wait_for("campaign-start").await;
-    for action in ["approve", "campaign-create", "campaign-start"] {
+    for action in [
+        "approve",
+        "release-add",
+        "campaign-create",
+        "campaign-start",
+    ] {
         assert!(
             page.contains(action),
             "{action} missing from the audit log: {page}"
@@ -159,7 +187,7 @@ async fn an_operator_runs_a_campaign_from_the_browser_and_a_viewer_cannot_act() 
         .iter()
         .filter(|e| e["actor"] == "user:olga")
         .count();
-    assert_eq!(olga, 3, "{log:#}");
+    assert_eq!(olga, 4, "{log:#}");
     drop(browser);
     server.stop().await;
 }

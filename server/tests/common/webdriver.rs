@@ -177,6 +177,17 @@ impl Browser {
         .await;
     }
 
+    /// Chooses `path` in the file input `css`.
+    pub async fn choose_file(&self, css: &str, path: &std::path::Path) {
+        let id = self.element(css).await;
+        self.call(
+            reqwest::Method::POST,
+            &format!("/element/{id}/value"),
+            Some(json!({ "text": path.display().to_string() })),
+        )
+        .await;
+    }
+
     pub async fn click(&self, css: &str) {
         let id = self.element(css).await;
         self.call(
