@@ -139,9 +139,18 @@ async fn record_new_version(
     .await?;
     if changed.rows_affected() == 1 {
         let detail = format!("runs {new} (was {})", old.unwrap_or("nothing"));
-        devices::record(db, device_id, "version", &detail).await?;
+        devices::record(db, device_id, VERSION_EVENT, &detail).await?;
     }
     Ok(())
+}
+
+/// The history event of a device's new version; its detail is `runs <new> (was <old>)`
+/// (the fleet overview reads the versions back with [`version_in_event`]).
+pub const VERSION_EVENT: &str = "version";
+
+/// The new version a [`VERSION_EVENT`]'s detail names.
+pub fn version_in_event(detail: &str) -> Option<&str> {
+    detail.strip_prefix("runs ")?.split(" (was ").next()
 }
 
 fn validate(report: &CheckIn) -> ApiResult<()> {

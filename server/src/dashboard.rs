@@ -158,7 +158,7 @@ fn template(title: &str, body: &str, head: &str) -> String {
          <style>body{{font-family:sans-serif;margin:2em;color:#222}}table{{border-collapse:collapse;margin:1em 0}}\
          td,th{{border:1px solid #ccc;padding:.3em .6em;text-align:left}}th{{background:#f3f3f3}}\
          .bar{{display:flex;width:20em;height:1em;background:#eee}}.ok{{background:#3a3}}.bad{{background:#c33}}.run{{background:#fb3}}\
-         nav a{{margin-right:1em}}</style></head><body><nav><a href=\"/\">Campaigns</a><a href=\"/ui/devices\">Devices</a><a href=\"/ui/releases\">Releases</a><a href=\"/ui/audit\">Audit log</a></nav>\
+         nav a{{margin-right:1em}}</style></head><body><nav><a href=\"/\">Campaigns</a><a href=\"/ui/fleet\">Fleet</a><a href=\"/ui/devices\">Devices</a><a href=\"/ui/releases\">Releases</a><a href=\"/ui/audit\">Audit log</a></nav>\
          <h1>{}</h1>{body}</body></html>",
         escape(title),
         escape(title)
@@ -604,6 +604,41 @@ fn mib(bytes: u64) -> String {
 }
 
 /// `/ui/audit`: operator actions on devices' trust, newest first (who, what, when).
+/// `GET /ui/fleet`: versions across the fleet over the last two weeks, each release's
+/// success rate, devices not seen for a day.
+pub async fn fleet(Viewer(session): Viewer, State(s): State<Shared>) -> ApiResult<Response> {
+    use crate::overview;
+    let now = crate::db::now_ms();
+    let days = overview::versions_by_day(&s.db, 14, now).await?;
+    let mut body = format!(
+        "<h2>Versions, day by day</h2>{}",
+        overview::versions_chart(&days)
+    );
+    body.push_str(
+        "<h2>Updates by release</h2><table class=\"outcomes\"><tr><th>release</th>\
+         <th>succeeded</th><th>failed</th><th>in progress</th><th>success rate</th></tr>",
+    );
+    for (release, o) in overview::outcomes_by_release(&s.db).await? {
+        let _ = write!(
+            body,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"rate\">{}</td></tr>",
+            escape(&release),
+            o.succeeded,
+            o.failed,
+            o.in_progress,
+            o.success_rate()
+                .map_or("-".to_string(), |r| format!("{:.0}%", r * 100.0)),
+        );
+    }
+    let unseen = overview::unseen_since(&s.db, now - overview::DAY_MS).await?;
+    let _ = write!(
+        body,
+        "</table><p class=\"unseen\"><a href=\"/ui/devices?approval=approved&unseen_secs=86400\">\
+         {unseen} approved devices</a> not seen for a day.</p>"
+    );
+    Ok(Html(page_for(&session, &s, "Fleet", &body)).into_response())
+}
+
 pub async fn audit(Viewer(session): Viewer, State(s): State<Shared>) -> ApiResult<Response> {
     let mut body = String::from(
         "<table class=\"audit\"><tr><th>when</th><th>who</th><th>action</th><th>device</th>\

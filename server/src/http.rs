@@ -87,6 +87,7 @@ pub async fn build(db: Db, config: Config, local: SocketAddr) -> anyhow::Result<
         .route("/ui/devices", get(dashboard::devices))
         .route("/ui/devices/{id}", get(dashboard::device))
         .route("/ui/audit", get(dashboard::audit))
+        .route("/ui/fleet", get(dashboard::fleet))
         .route(
             "/ui/releases",
             get(dashboard::releases).post(dashboard_actions::upload_release),

@@ -30,6 +30,8 @@
 //!   (sign-in and the forms that act, role- and CSRF-checked), [`blobs`]: the handlers;
 //!   [`json`], [`error`]: request bodies and error answers;
 //!   [`local`] runs a server on a thread for non-async programs (tests, the demo).
+//! - [`overview`]: the fleet at a glance (versions day by day, success per release,
+//!   devices not seen) for the dashboard.
 //! - [`metrics`]: `/metrics` (Prometheus), `/healthz`, `/readyz`, and the middleware that
 //!   times every request.
 
@@ -58,6 +60,7 @@ pub mod http;
 pub mod json;
 pub mod local;
 pub mod metrics;
+pub mod overview;
 pub mod plan;
 pub mod policy;
 pub mod reboot_leases;

@@ -189,5 +189,47 @@ async fn dashboard_shows_campaign_waves_devices_and_history() {
         campaign.contains("cancelled campaign aborted"),
         "{campaign}"
     );
+    fleet_overview_matches_the_registry(&outcome).await;
     outcome.server.stop().await;
+}
+
+/// `/ui/fleet` against what the admin API says: today's bar counts each version's
+/// approved devices, the release's success rate is its campaign's, and a device whose
+/// last check-in is two days old is counted as not seen.
+async fn fleet_overview_matches_the_registry(outcome: &common::fleet::Outcome) {
+    let server = &outcome.server;
+    let admin = server.admin();
+    let (_, listed) = admin.get("/admin/v1/devices?approval=approved").await;
+    let mut expected = std::collections::BTreeMap::<String, u64>::new();
+    for d in listed.as_array().unwrap() {
+        *expected
+            .entry(d["version"].as_str().unwrap().to_string())
+            .or_default() += 1;
+    }
+    sqlx::query("UPDATE devices SET last_checkin = 0 WHERE id = 'dev-0019'")
+        .execute(&server.state.db.pool)
+        .await
+        .unwrap();
+    let page = server.page("/ui/fleet").await;
+    let today = page.rsplit("<text").nth(1).expect("bars");
+    for (version, n) in &expected {
+        let bar = format!("data-version=\"{version}\" data-devices=\"{n}\"");
+        assert!(page.contains(&bar), "{bar} in today's bar: {today}");
+    }
+    assert_eq!(page.matches("<text").count(), 14, "two weeks of days");
+    let status = admin.campaign("rollout-2").await;
+    let (mut ok, mut failed) = (0, 0);
+    for w in status["waves"].as_array().unwrap() {
+        ok += w["succeeded"].as_u64().unwrap();
+        failed += w["failed"].as_u64().unwrap();
+    }
+    let rate = format!(
+        "<td class=\"rate\">{:.0}%</td>",
+        ok as f64 * 100.0 / (ok + failed) as f64
+    );
+    assert!(page.contains(&rate), "{rate}: {page}");
+    assert!(
+        page.contains(">1 approved devices</a> not seen for a day"),
+        "{page}"
+    );
 }
