@@ -439,7 +439,18 @@ pub async fn device(
         "approved" => &["revoke"],
         _ => &[],
     };
-    let actions = action_forms(&session, &s, &format!("/ui/devices/{id}"), actions);
+    let mut actions = action_forms(&session, &s, &format!("/ui/devices/{id}"), actions);
+    if session.may(Role::Operator) {
+        let _ = write!(
+            actions,
+            "<form method=\"post\" action=\"/ui/devices/{}/tags\">{}<label>Tags \
+             <input name=\"tags\" id=\"tags\" value=\"{}\"></label> \
+             <button id=\"set-tags\">Set tags</button></form>",
+            escape(&id),
+            session.csrf_field(&s),
+            escape(&d.tags.join(", "))
+        );
+    }
     let mut body = actions + &format!(
         "<p>Version <b class=\"version\">{}</b> · type {} · tags {} · security floor {} · last check-in {}</p>\
          <p class=\"tpm\">TPM: {}</p>{}<h2>History</h2>\

@@ -125,6 +125,46 @@ pub async fn device_action(
     after(done, &format!("/ui/devices/{id}"))
 }
 
+#[derive(Deserialize)]
+pub struct Tags {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    tags: String,
+}
+
+/// `POST /ui/devices/{id}/tags`: operators; comma-separated tags replace the device's.
+pub async fn set_tags(
+    Viewer(session): Viewer,
+    State(s): State<Shared>,
+    Path(id): Path<String>,
+    Form(form): Form<Tags>,
+) -> Response {
+    if let Some(no) = refusal(&session, &s, Role::Operator, &form.csrf) {
+        return no;
+    }
+    let tags: Vec<String> = form
+        .tags
+        .split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(str::to_string)
+        .collect();
+    let done = match devices::set_tags(&s.db, &id, &tags).await {
+        Ok(_) => {
+            let detail = format!("tags set to {}", tags.join(", "));
+            match s.db.pool.acquire().await {
+                Ok(mut conn) => {
+                    audit::record(&mut conn, &session.principal.actor, "tags", &id, &detail).await
+                }
+                Err(e) => Err(e.into()),
+            }
+        }
+        Err(e) => Err(e),
+    };
+    after(done, &format!("/ui/devices/{id}"))
+}
+
 /// `POST /ui/campaigns/{id}/{start|pause|resume|abort}`: operators. Audited right after
 /// the campaign's own compare-and-set succeeded.
 pub async fn campaign_action(

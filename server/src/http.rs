@@ -72,6 +72,7 @@ pub async fn build(db: Db, config: Config, local: SocketAddr) -> anyhow::Result<
             "/ui/campaigns/{id}/{action}",
             post(dashboard_actions::campaign_action),
         )
+        .route("/ui/devices/{id}/tags", post(dashboard_actions::set_tags))
         .route(
             "/ui/devices/{id}/{action}",
             post(dashboard_actions::device_action),

@@ -74,6 +74,11 @@ async fn an_operator_runs_a_campaign_from_the_browser_and_a_viewer_cannot_act() 
     browser.open(&format!("{base}/ui/devices/walk-in")).await;
     browser.click("#approve").await;
     browser.wait_for("by user:olga").await;
+    browser.type_into("#tags", "shop, cluster=line-3").await;
+    browser.click("#set-tags").await;
+    browser
+        .wait_for("tags set to shop, cluster=line-3 (by user:olga)")
+        .await;
     assert!(
         !browser.has("#approve").await,
         "approved: no approve button any more"
@@ -187,7 +192,7 @@ async fn an_operator_runs_a_campaign_from_the_browser_and_a_viewer_cannot_act() 
         .iter()
         .filter(|e| e["actor"] == "user:olga")
         .count();
-    assert_eq!(olga, 4, "{log:#}");
+    assert_eq!(olga, 5, "{log:#}");
     drop(browser);
     server.stop().await;
 }
