@@ -30,15 +30,7 @@ fn chromium() -> &'static str {
 fn dump_dom(url: &str) -> String {
     let profile = tempfile::tempdir().unwrap();
     let out = Command::new(chromium())
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-        ])
+        .args(common::webdriver::CHROMIUM_ARGS)
         .arg(format!("--user-data-dir={}", profile.path().display()))
         .arg("--dump-dom")
         .arg(url)
@@ -59,13 +51,8 @@ fn screenshot(url: &str, name: &str) {
     };
     let profile = tempfile::tempdir().unwrap();
     let status = Command::new(chromium())
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--no-first-run",
-            "--window-size=1200,900",
-        ])
+        .args(common::webdriver::CHROMIUM_ARGS)
+        .arg("--window-size=1200,900")
         .arg(format!("--user-data-dir={}", profile.path().display()))
         .arg(format!("--screenshot={dir}/{name}.png"))
         .arg(url)

@@ -32,6 +32,7 @@ use crate::bootstate::SlotId;
 use crate::command::{self, CommandError};
 use crate::context::Context;
 use crate::reboot_hooks::backoff;
+use crate::state::json_file::JsonFile;
 use crate::state::Phase;
 
 const PLAN_FILE: &str = "preload.json";
@@ -142,11 +143,15 @@ pub fn record_plan(data_dir: &Path, manifest: &Manifest, slot: SlotId) -> Result
             sha256: i.sha256.clone(),
         })
         .collect();
-    let store = PlanStore::new(data_dir);
+    let file = plan_file(data_dir);
+    let io = |source| PreloadError::Io {
+        path: file.path().display().to_string(),
+        source,
+    };
     if images.is_empty() {
-        return store.clear();
+        return file.clear().map_err(io);
     }
-    store.save(&PreloadPlan {
+    file.save(&PreloadPlan {
         version: manifest.version.to_string(),
         slot,
         images,
@@ -155,6 +160,7 @@ pub fn record_plan(data_dir: &Path, manifest: &Manifest, slot: SlotId) -> Result
         last_error: None,
         next_try: None,
     })
+    .map_err(io)
 }
 
 /// Before a reboot into the installed update: imports its container images into
@@ -167,8 +173,14 @@ pub fn preload(
     let Phase::InstalledPending { version, .. } = &ctx.state.phase else {
         return Ok(Preload::Done);
     };
-    let store = PlanStore::new(&ctx.config.data_dir);
-    let Some(mut plan) = store.load().filter(|p| p.version == *version) else {
+    let file = plan_file(&ctx.config.data_dir);
+    let save = |plan: &PreloadPlan| {
+        file.save(plan).map_err(|source| PreloadError::Io {
+            path: file.path().display().to_string(),
+            source,
+        })
+    };
+    let Some(mut plan) = file.load().filter(|p| p.version == *version) else {
         return Ok(Preload::Done);
     };
     if plan.imported {
@@ -184,7 +196,7 @@ pub fn preload(
             plan.imported = true;
             plan.last_error = None;
             plan.next_try = None;
-            store.save(&plan)?;
+            save(&plan)?;
             Ok(Preload::Done)
         }
         Err(e) => {
@@ -202,7 +214,7 @@ pub fn preload(
                 },
                 "reboot postponed, waiting for container preload: {e}"
             );
-            store.save(&plan)?;
+            save(&plan)?;
             Ok(Preload::Failed(e.to_string()))
         }
     }
@@ -272,7 +284,7 @@ pub fn waiting_reason(ctx: &Context) -> Option<String> {
     let Phase::InstalledPending { version, .. } = &ctx.state.phase else {
         return None;
     };
-    let plan = PlanStore::new(&ctx.config.data_dir)
+    let plan = plan_file(&ctx.config.data_dir)
         .load()
         .filter(|p| p.version == *version && !p.imported)?;
     let now = OffsetDateTime::now_utc();
@@ -290,52 +302,6 @@ pub fn waiting_reason(ctx: &Context) -> Option<String> {
 }
 
 /// `<data_dir>/preload.json`.
-struct PlanStore {
-    path: PathBuf,
-}
-
-impl PlanStore {
-    fn new(data_dir: &Path) -> PlanStore {
-        PlanStore {
-            path: data_dir.join(PLAN_FILE),
-        }
-    }
-
-    /// None when absent or unreadable (logged): it is only ever replaced atomically.
-    fn load(&self) -> Option<PreloadPlan> {
-        let bytes = match std::fs::read(&self.path) {
-            Ok(bytes) => bytes,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
-            Err(e) => {
-                tracing::error!(path = %self.path.display(), "unreadable: {e}");
-                return None;
-            }
-        };
-        serde_json::from_slice(&bytes)
-            .map_err(|e| tracing::error!(path = %self.path.display(), "unreadable: {e}"))
-            .ok()
-    }
-
-    fn save(&self, plan: &PreloadPlan) -> Result<(), PreloadError> {
-        let io = |source| PreloadError::Io {
-            path: self.path.display().to_string(),
-            source,
-        };
-        if let Some(dir) = self.path.parent() {
-            std::fs::create_dir_all(dir).map_err(io)?;
-        }
-        let bytes = serde_json::to_vec_pretty(plan).map_err(|e| io(e.into()))?;
-        crate::state::reserve::write(&self.path, &bytes).map_err(io)
-    }
-
-    fn clear(&self) -> Result<(), PreloadError> {
-        match std::fs::remove_file(&self.path) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(PreloadError::Io {
-                path: self.path.display().to_string(),
-                source: e,
-            }),
-        }
-    }
+fn plan_file(data_dir: &Path) -> JsonFile<PreloadPlan> {
+    JsonFile::new(data_dir.join(PLAN_FILE))
 }

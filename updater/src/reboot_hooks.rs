@@ -17,7 +17,7 @@
 //! `<data_dir>/reboot-hooks.json` ([`HookStore`], written atomically), and
 //! [`waiting_reason`] is the one line ("waiting for drain: ...") for status and server.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -26,6 +26,7 @@ use time::OffsetDateTime;
 use crate::bootstate::SlotId;
 use crate::context::Context;
 use crate::reboot::{HookConfig, RebootConfig};
+use crate::state::json_file::JsonFile;
 use crate::state::Phase;
 
 /// The wait after a hook's first failure; it doubles with each further one.
@@ -141,47 +142,27 @@ pub enum HooksError {
 }
 
 /// Where [`HookStatus`] is kept.
-pub struct HookStore {
-    path: PathBuf,
-}
+pub struct HookStore(JsonFile<HookStatus>);
 
 impl HookStore {
     pub fn new(data_dir: &Path) -> HookStore {
-        HookStore {
-            path: data_dir.join(STATUS_FILE),
-        }
+        HookStore(JsonFile::new(data_dir.join(STATUS_FILE)))
     }
 
     pub fn path(&self) -> &Path {
-        &self.path
+        self.0.path()
     }
 
-    /// Nothing waiting when the file is absent; an unreadable one is logged and read as
-    /// nothing waiting (it is only ever replaced atomically).
+    /// Nothing waiting when the file is absent (or unreadable: logged).
     pub fn load(&self) -> HookStatus {
-        match std::fs::read(&self.path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
-                tracing::error!(path = %self.path.display(), "unreadable, ignored: {e}");
-                HookStatus::default()
-            }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => HookStatus::default(),
-            Err(e) => {
-                tracing::error!(path = %self.path.display(), "unreadable, ignored: {e}");
-                HookStatus::default()
-            }
-        }
+        self.0.load().unwrap_or_default()
     }
 
     pub fn save(&self, status: &HookStatus) -> Result<(), HooksError> {
-        let io = |source| HooksError::Io {
-            path: self.path.display().to_string(),
+        self.0.save(status).map_err(|source| HooksError::Io {
+            path: self.path().display().to_string(),
             source,
-        };
-        if let Some(dir) = self.path.parent() {
-            std::fs::create_dir_all(dir).map_err(io)?;
-        }
-        let bytes = serde_json::to_vec_pretty(status).map_err(|e| io(e.into()))?;
-        crate::state::reserve::write(&self.path, &bytes).map_err(io)
+        })
     }
 }
 

@@ -189,14 +189,19 @@ impl Drop for Daemon {
 fn enrolled_device(v1: &Release) -> (Device, Server) {
     let d = Device::new(v1);
     let server = Server::start(&d.path("etc/cairn/root.json"));
-    d.use_server(&server.url, &server.ca, "dev-0001");
+    enroll(&d, &server, "dev-0001");
+    (d, server)
+}
+
+/// `d` enrolls as `id` (its cairnd runs until the server knows it) and is approved.
+fn enroll(d: &Device, server: &Server, id: &str) {
+    d.use_server(&server.url, &server.ca, id);
     let daemon = Daemon(d.spawn_cairnd());
     wait_for(20, "the device's enrollment", || {
-        server.admin("GET", "/devices/dev-0001", None).0 == 200
+        server.admin("GET", &format!("/devices/{id}"), None).0 == 200
     });
     drop(daemon);
-    server.ok("POST", "/devices/dev-0001/approve", None);
-    (d, server)
+    server.ok("POST", &format!("/devices/{id}/approve"), None);
 }
 
 #[test]
@@ -258,13 +263,7 @@ fn with_a_reboot_budget_of_one_the_second_node_of_a_cluster_reboots_after_the_fi
     let v2 = Release::new("2.0.0", 3);
     let (first, server) = enrolled_device(&v1);
     let second = Device::with_key(&v1, cairn_testkit::copy_key(&first.key));
-    second.use_server(&server.url, &server.ca, "dev-0002");
-    let enrolling = Daemon(second.spawn_cairnd());
-    wait_for(20, "the second device's enrollment", || {
-        server.admin("GET", "/devices/dev-0002", None).0 == 200
-    });
-    drop(enrolling);
-    server.ok("POST", "/devices/dev-0002/approve", None);
+    enroll(&second, &server, "dev-0002");
     let mut nodes = [(first, "dev-0001"), (second, "dev-0002")];
     for (d, id) in &nodes {
         d.health_check("ok", "kind = \"command\"\ncommand = [\"true\"]\n");

@@ -15,7 +15,7 @@
 //! only when it changes) for `cairn status` and the next check-in, both in other
 //! processes or modules than the one that asked.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use cairn_server_api::RebootLease;
@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use super::ServerClient;
 use crate::context::Context;
+use crate::state::json_file::JsonFile;
 use crate::state::Phase;
 
 const WAIT_FILE: &str = "reboot-lease.json";
@@ -144,36 +145,26 @@ pub fn waiting_reason(ctx: &Context) -> Option<String> {
 
 /// `<data_dir>/reboot-lease.json`. Losing it loses only a status line, so failures to
 /// write it are logged, not raised.
-struct WaitStore {
-    path: PathBuf,
-}
+struct WaitStore(JsonFile<LeaseWait>);
 
 impl WaitStore {
     fn new(data_dir: &Path) -> WaitStore {
-        WaitStore {
-            path: data_dir.join(WAIT_FILE),
-        }
+        WaitStore(JsonFile::new(data_dir.join(WAIT_FILE)))
     }
 
     fn load(&self) -> Option<LeaseWait> {
-        let bytes = std::fs::read(&self.path).ok()?;
-        serde_json::from_slice(&bytes).ok()
+        self.0.load()
     }
 
     fn save(&self, wait: &LeaseWait) {
-        let written = serde_json::to_vec(wait)
-            .map_err(std::io::Error::from)
-            .and_then(|bytes| crate::state::reserve::write(&self.path, &bytes));
-        if let Err(e) = written {
-            tracing::warn!(path = %self.path.display(), "not saved: {e}");
+        if let Err(e) = self.0.save(wait) {
+            tracing::warn!(path = %self.0.path().display(), "not saved: {e}");
         }
     }
 
     fn clear(&self) {
-        match std::fs::remove_file(&self.path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => tracing::warn!(path = %self.path.display(), "not removed: {e}"),
+        if let Err(e) = self.0.clear() {
+            tracing::warn!(path = %self.0.path().display(), "not removed: {e}");
         }
     }
 }

@@ -4,6 +4,7 @@
 //! Transitions here are pure: they change the in-memory state and return. `StateStore`
 //! persists it. Callers order the two so that invariant holds at every instant.
 
+pub mod json_file;
 pub mod reserve;
 pub mod store;
 
