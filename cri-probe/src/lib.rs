@@ -1,7 +1,10 @@
-//! One CRI `RuntimeService/Status` call over a container runtime's unix socket, with no
-//! dependencies beyond std (`thiserror` only derives): gRPC here is a single unary call
-//! over HTTP/2 cleartext, written out by hand (`h2.rs`, `hpack.rs`, `proto.rs`). Used by
-//! the `cairn-cri-probe` binary in the image and by `cairnd`'s `cri` health check.
+//! The one CRI client: Kubernetes' Container Runtime Interface over a container runtime's
+//! unix socket, through the generated `k8s-cri` types and tonic clients. Blocking: every
+//! call runs on a small current-thread tokio runtime the [`Client`] owns, so synchronous
+//! callers (`cairnd`'s health checks, the `cairn-cri-probe` binary, tests) need no async.
+//!
+//! Every answer is bounded: each call (connecting included) gives up after the client's
+//! timeout, and no reply message may exceed [`MAX_REPLY_BYTES`].
 //!
 //! ```no_run
 //! # use std::{path::Path, time::Duration};
@@ -15,138 +18,70 @@
 //! # Ok::<(), cairn_cri_probe::CriError>(())
 //! ```
 
-mod h2;
-mod hpack;
-mod huffman;
-mod proto;
+mod client;
 
 use std::io;
-use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-pub use proto::Condition;
+pub use client::Client;
+/// The CRI v1 messages (requests, replies, configs), as generated from Kubernetes' cri-api
+/// `api.proto` by the `k8s-cri` crate.
+pub use k8s_cri::v1;
 
 /// containerd's socket on the image.
 pub const DEFAULT_SOCKET: &str = "/run/containerd/containerd.sock";
 
-/// CRI v1 first; containerd 1.6 serves both, runtimes before it only v1alpha2.
-pub const STATUS_METHODS: [&str; 2] = [
-    "/runtime.v1.RuntimeService/Status",
-    "/runtime.v1alpha2.RuntimeService/Status",
-];
+/// The largest reply message a client accepts (tonic's default, said out loud): a node's
+/// image, sandbox and container lists stay far below it.
+pub const MAX_REPLY_BYTES: usize = 4 << 20;
 
-/// gRPC's UNIMPLEMENTED: the runtime does not serve that API version.
-const UNIMPLEMENTED: u32 = 12;
+/// One of the runtime's conditions (RuntimeReady, NetworkReady, ...), as `Status` reports it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Condition {
+    pub kind: String,
+    pub status: bool,
+    pub reason: String,
+    pub message: String,
+}
 
 /// Why a CRI call gave no answer. The socket is not part of the message: callers name it.
 #[derive(Debug, thiserror::Error)]
 pub enum CriError {
+    #[error("cannot start the client's runtime: {0}")]
+    Runtime(#[source] io::Error),
     #[error("cannot connect: {0}")]
     Connect(#[source] io::Error),
     #[error("{method}: no reply within {}s", timeout.as_secs_f32())]
     Timeout { method: String, timeout: Duration },
-    #[error("{method}: {source}")]
-    Io {
-        method: String,
-        #[source]
-        source: io::Error,
-    },
-    #[error("{method}: HTTP/2: {message}")]
-    Protocol { method: String, message: String },
+    /// The runtime answered with an error status, or the connection failed mid-call (tonic
+    /// reports transport failures as a status too, with the cause in `message`).
     #[error("{method}: gRPC status {code} ({}): {message}", grpc_code_name(*code))]
     Grpc {
         method: String,
         code: u32,
         message: String,
     },
-    #[error("{method}: malformed reply message: {message}")]
+    #[error("{method}: malformed reply: {message}")]
     Decode { method: String, message: String },
 }
 
-/// The runtime's conditions (RuntimeReady, NetworkReady, ...) as it reports them, asking
-/// CRI v1 and, if the runtime does not implement it, v1alpha2. `timeout` bounds the whole
-/// call: connecting, every write and every read.
+impl CriError {
+    /// gRPC's UNIMPLEMENTED: the runtime does not serve that method (or API version).
+    pub fn is_unimplemented(&self) -> bool {
+        matches!(self, CriError::Grpc { code: 12, .. })
+    }
+
+    /// gRPC's NOT_FOUND: no such sandbox, container or image.
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, CriError::Grpc { code: 5, .. })
+    }
+}
+
+/// The runtime's conditions as it reports them, asking CRI v1 and, if the runtime does not
+/// implement it, v1alpha2. `timeout` bounds the whole call: connecting and each request.
 pub fn status(socket: &Path, timeout: Duration) -> Result<Vec<Condition>, CriError> {
-    let deadline = Instant::now() + timeout;
-    let mut last = None;
-    for method in STATUS_METHODS {
-        // An empty StatusRequest (verbose = false) is an empty protobuf message.
-        match call_until(socket, method, &[], deadline, timeout) {
-            Ok(reply) => {
-                return proto::parse_status_response(&reply).map_err(|message| CriError::Decode {
-                    method: method.into(),
-                    message,
-                })
-            }
-            Err(e @ CriError::Grpc { code, .. }) if code == UNIMPLEMENTED => last = Some(e),
-            Err(e) => return Err(e),
-        }
-    }
-    Err(last.expect("at least one method was tried"))
-}
-
-/// One gRPC unary call on a fresh connection to `socket`: `request` is the encoded
-/// protobuf message, the result the encoded reply message.
-pub fn unary_call(
-    socket: &Path,
-    method: &str,
-    request: &[u8],
-    timeout: Duration,
-) -> Result<Vec<u8>, CriError> {
-    call_until(socket, method, request, Instant::now() + timeout, timeout)
-}
-
-fn call_until(
-    socket: &Path,
-    method: &str,
-    request: &[u8],
-    deadline: Instant,
-    timeout: Duration,
-) -> Result<Vec<u8>, CriError> {
-    let timed_out = || CriError::Timeout {
-        method: method.into(),
-        timeout,
-    };
-    let mut stream = match connect(socket, deadline) {
-        Ok(stream) => stream,
-        Err(None) => return Err(timed_out()),
-        Err(Some(e)) => return Err(CriError::Connect(e)),
-    };
-    h2::unary_call(&mut stream, method, request, deadline).map_err(|e| match e {
-        h2::CallError::Timeout => timed_out(),
-        h2::CallError::Io(source) => CriError::Io {
-            method: method.into(),
-            source,
-        },
-        h2::CallError::Protocol(message) => CriError::Protocol {
-            method: method.into(),
-            message,
-        },
-        h2::CallError::Grpc { code, message } => CriError::Grpc {
-            method: method.into(),
-            code,
-            message,
-        },
-    })
-}
-
-/// A unix-socket connect normally returns at once, but blocks while the listener's
-/// backlog is full (a wedged runtime): std has no connect timeout for unix sockets, so
-/// the connect runs on a helper thread (left to finish on its own if it never does).
-/// `Err(None)` is a timeout.
-fn connect(socket: &Path, deadline: Instant) -> Result<UnixStream, Option<io::Error>> {
-    let (tx, rx) = mpsc::channel();
-    let path = socket.to_path_buf();
-    std::thread::spawn(move || {
-        let _ = tx.send(UnixStream::connect(path));
-    });
-    let left = deadline.saturating_duration_since(Instant::now());
-    match rx.recv_timeout(left) {
-        Ok(result) => result.map_err(Some),
-        Err(_) => Err(None),
-    }
+    Client::connect(socket, timeout)?.status()
 }
 
 fn grpc_code_name(code: u32) -> &'static str {

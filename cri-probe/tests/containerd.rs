@@ -4,7 +4,6 @@
 mod containerd;
 
 use std::process::Command;
-use std::time::Duration;
 
 use cairn_cri_probe::CriError;
 use containerd::{Containerd, Network};
@@ -26,26 +25,24 @@ fn the_probe_reports_both_conditions_over_both_api_versions() {
     assert!(stdout.contains("NetworkReady=true"), "{stdout}");
 
     // containerd 1.6 also answers the v1alpha2 API the probe falls back to.
-    let timeout = Duration::from_secs(5);
-    let reply = cairn_cri_probe::unary_call(
-        &containerd.socket,
-        cairn_cri_probe::STATUS_METHODS[1],
-        &[],
-        timeout,
-    )
-    .unwrap();
-    assert!(reply.windows(12).any(|w| w == b"NetworkReady"), "{reply:?}");
+    let client = containerd.client();
+    let conditions = client.status_v1alpha2().unwrap();
+    assert!(
+        conditions
+            .iter()
+            .any(|c| c.kind == "NetworkReady" && c.status),
+        "{conditions:?}"
+    );
 
-    // A grpc-status other than 0 (here in a trailers-only reply) is an error.
-    let err = cairn_cri_probe::unary_call(
-        &containerd.socket,
-        "/runtime.v1.RuntimeService/NoSuchMethod",
-        &[],
-        timeout,
-    )
-    .unwrap_err();
-    assert!(matches!(err, CriError::Grpc { code: 12, .. }), "{err:?}");
-    assert!(err.to_string().contains("UNIMPLEMENTED"), "{err}");
+    // A gRPC status other than OK is an error that names the method and the code.
+    let err = client.container_status("no-such-container").unwrap_err();
+    assert!(err.is_not_found(), "{err:?}");
+    assert!(matches!(err, CriError::Grpc { code: 5, .. }), "{err:?}");
+    assert!(
+        err.to_string()
+            .starts_with("runtime.v1.RuntimeService/ContainerStatus: gRPC status 5 (NOT_FOUND): "),
+        "{err}"
+    );
 }
 
 #[test]
@@ -58,4 +55,52 @@ fn network_not_ready_is_printed_but_runtime_ready_decides_the_exit_code() {
         stdout.contains("NetworkReady=false NetworkPluginNotReady"),
         "{stdout}"
     );
+}
+
+#[test]
+fn images_pods_and_containers_through_the_client() {
+    use cairn_cri_probe::v1;
+    use std::collections::HashMap;
+    use std::time::Duration;
+
+    let containerd = Containerd::start(Network::Loopback);
+    let image = containerd.import_busybox("hello", "1", &["sleep", "3600"]);
+    assert_eq!(image, "docker.io/local/hello:1");
+    let images = containerd.list_images();
+    assert!(
+        images.iter().any(|i| i.repo_tags.contains(&image)),
+        "{images:?}"
+    );
+
+    let pod = containerd.run_pod("hello", &image, &[]);
+    pod.wait_running(Duration::from_secs(10));
+    let client = containerd.client();
+    let by_label = v1::PodSandboxFilter {
+        label_selector: HashMap::from([("app".to_string(), "hello".to_string())]),
+        ..Default::default()
+    };
+    let sandboxes = client.list_pod_sandboxes(Some(by_label.clone())).unwrap();
+    assert_eq!(sandboxes.len(), 1, "{sandboxes:?}");
+    assert_eq!(sandboxes[0].id, pod.sandbox_id);
+    assert_eq!(sandboxes[0].state, v1::PodSandboxState::SandboxReady as i32);
+    let containers = client
+        .list_containers(Some(v1::ContainerFilter {
+            pod_sandbox_id: pod.sandbox_id.clone(),
+            ..Default::default()
+        }))
+        .unwrap();
+    assert_eq!(containers.len(), 1, "{containers:?}");
+    assert_eq!(containers[0].id, pod.container_id);
+    assert_eq!(containers[0].metadata.as_ref().unwrap().name, "hello");
+    assert_eq!(
+        containers[0].state,
+        v1::ContainerState::ContainerRunning as i32
+    );
+
+    pod.remove();
+    assert!(client
+        .list_pod_sandboxes(Some(by_label))
+        .unwrap()
+        .is_empty());
+    assert!(client.list_containers(None).unwrap().is_empty());
 }

@@ -35,6 +35,7 @@ const PACKAGES: &[&str] = &[
     "libtss2-dev",           // libtss2 for cairn-tpm (tss-esapi links against it)
     "gcc-aarch64-linux-gnu", // cross linker for the image's Rust binaries
     "libc6-dev-arm64-cross", // ... and its C library
+    "protobuf-compiler",     // protoc: k8s-cri's build script generates the CRI client
     // cairnd's CRI health check is tested against a real containerd on the host.
     "containerd",                  // the CRI server
     "runc",                        // its runtime (crun fails under hybrid cgroups here)

@@ -3,12 +3,18 @@
 //!
 //! ```toml
 //! # /etc/cairn/health.d/containerd.toml
-//! kind = "cri"                                  # command | process | unit | http | tcp | cri
-//! socket = "/run/containerd/containerd.sock"
+//! kind = "cri"        # command | process | unit | http | tcp | cri | workloads
+//! socket = "/run/containerd/containerd.sock"    # the default
 //! timeout_secs = 10                             # per attempt (default 10)
 //! ```
+//!
+//! Each check is retried until it passes or the `[health]` deadline runs out, except a
+//! `workloads` check (`workloads.rs`), which watches declared pods and containers over
+//! time: it has its own `timeout_secs` (default 300) for them to come up, then a
+//! `settle_secs` during which none may stop, and fails the trial at once when one does.
 
 mod cri;
+pub mod workloads;
 
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
@@ -42,13 +48,39 @@ impl Default for HealthConfig {
     }
 }
 
-// No deny_unknown_fields here: serde cannot combine it with `flatten`.
+// No deny_unknown_fields here: serde cannot combine it with `flatten`. The `workloads`
+// kind's fields deny unknown ones (the flattened part holds all but `timeout_secs`).
 #[derive(Debug, Clone, Deserialize)]
 pub struct CheckSpec {
     #[serde(flatten)]
     pub kind: CheckKind,
-    #[serde(default = "default_timeout")]
-    pub timeout_secs: u64,
+    /// Per attempt (default 10 s); for `workloads`, for all of them to come up (300 s).
+    #[serde(default)]
+    pub timeout_secs: Option<u64>,
+}
+
+impl CheckSpec {
+    /// `timeout_secs`, or its kind's default.
+    pub fn timeout(&self) -> Duration {
+        let default = match self.kind {
+            CheckKind::Workloads(_) => workloads::DEFAULT_TIMEOUT_SECS,
+            _ => DEFAULT_TIMEOUT_SECS,
+        };
+        Duration::from_secs(self.timeout_secs.unwrap_or(default).max(1))
+    }
+
+    /// What parsing cannot check; the message goes after the check's name.
+    pub fn validate(&self) -> Result<(), String> {
+        match &self.kind {
+            CheckKind::Workloads(spec) => {
+                if self.timeout_secs == Some(0) {
+                    return Err("timeout_secs must be above 0".into());
+                }
+                spec.validate()
+            }
+            _ => Ok(()),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -65,12 +97,16 @@ pub enum CheckKind {
     /// A TCP connection is accepted.
     Tcp { address: String },
     /// The container runtime's CRI `Status` reports RuntimeReady and NetworkReady.
-    Cri { socket: PathBuf },
+    Cri {
+        #[serde(default = "workloads::default_socket")]
+        socket: PathBuf,
+    },
+    /// Declared pods (by label) and containers (by name) run, judged from the CRI, and
+    /// keep running for `settle_secs`.
+    Workloads(workloads::WorkloadsSpec),
 }
 
-fn default_timeout() -> u64 {
-    10
-}
+const DEFAULT_TIMEOUT_SECS: u64 = 10;
 
 #[derive(Debug, Clone)]
 pub struct Check {
@@ -88,6 +124,10 @@ pub enum HealthError {
         deadline_secs: u64,
         output: String,
     },
+    /// A check that decides by itself before the deadline (a `workloads` check whose
+    /// workloads did not come up within its timeout, or stopped while settling).
+    #[error("health check '{name}' failed: {output}")]
+    Unhealthy { name: String, output: String },
 }
 
 /// Loads every `*.toml` in `dir`, sorted by name. A missing directory means no checks.
@@ -114,34 +154,69 @@ pub fn load_checks(dir: &Path) -> Result<Vec<Check>, HealthError> {
             };
             let text = std::fs::read_to_string(&path).map_err(|e| bad(e.to_string()))?;
             let spec: CheckSpec = toml::from_str(&text).map_err(|e| bad(e.to_string()))?;
+            spec.validate().map_err(bad)?;
             Ok(Check { name, spec })
         })
         .collect()
 }
 
+/// A check [`run_until`] has not seen pass yet, with its last output.
+struct Pending<'a> {
+    check: &'a Check,
+    /// Only for `workloads`: its state across attempts.
+    watch: Option<workloads::Watch>,
+    last_output: String,
+}
+
 /// Runs `checks` until every one has passed, retrying failures every `interval`, or
 /// until `deadline` runs out: then the first check still failing is named, with its
-/// last output.
+/// last output. A `workloads` check is looked at every `interval` too, and may fail
+/// everything before the deadline (its workloads did not come up within its own
+/// timeout, or one stopped while settling).
 pub fn run_until(
     checks: &[Check],
     deadline: Duration,
     interval: Duration,
 ) -> Result<Vec<String>, HealthError> {
     let started = Instant::now();
-    let mut pending: Vec<&Check> = checks.iter().collect();
+    let mut pending: Vec<Pending> = checks
+        .iter()
+        .map(|check| Pending {
+            check,
+            watch: match &check.spec.kind {
+                CheckKind::Workloads(spec) => {
+                    Some(workloads::Watch::new(spec, check.spec.timeout()))
+                }
+                _ => None,
+            },
+            last_output: String::new(),
+        })
+        .collect();
     let mut passed = Vec::new();
-    let mut last_failure = String::new();
     loop {
         let mut still = Vec::new();
-        for check in pending {
-            match run_once(&check.spec) {
+        for mut p in pending {
+            let outcome = match &mut p.watch {
+                None => run_once(&p.check.spec),
+                Some(watch) => match watch.poll() {
+                    workloads::Progress::Passed => Ok(()),
+                    workloads::Progress::Waiting(why) => Err(why),
+                    workloads::Progress::Failed(why) => {
+                        return Err(HealthError::Unhealthy {
+                            name: p.check.name.clone(),
+                            output: why,
+                        })
+                    }
+                },
+            };
+            match outcome {
                 Ok(()) => {
-                    tracing::info!(check = %check.name, "health check passed");
-                    passed.push(check.name.clone());
+                    tracing::info!(check = %p.check.name, "health check passed");
+                    passed.push(p.check.name.clone());
                 }
                 Err(output) => {
-                    last_failure = output;
-                    still.push(check);
+                    p.last_output = output;
+                    still.push(p);
                 }
             }
         }
@@ -151,9 +226,9 @@ pub fn run_until(
         };
         if started.elapsed() + interval > deadline {
             return Err(HealthError::Failed {
-                name: first.name.clone(),
+                name: first.check.name.clone(),
                 deadline_secs: deadline.as_secs(),
-                output: last_failure,
+                output: first.last_output.clone(),
             });
         }
         std::thread::sleep(interval);
@@ -161,8 +236,10 @@ pub fn run_until(
 }
 
 /// One attempt; `Err` carries what the operator needs to see (output, status, reason).
+/// For `workloads`, whether all of them run right now (`cairn check-health`; a trial
+/// also waits for them to settle, see [`run_until`]).
 pub fn run_once(spec: &CheckSpec) -> Result<(), String> {
-    let timeout = Duration::from_secs(spec.timeout_secs.max(1));
+    let timeout = spec.timeout();
     match &spec.kind {
         CheckKind::Command { command } => run_command(command, timeout),
         CheckKind::Unit { unit } => run_command(
@@ -173,6 +250,7 @@ pub fn run_once(spec: &CheckSpec) -> Result<(), String> {
         CheckKind::Http { url } => http_ok(url, timeout),
         CheckKind::Tcp { address } => tcp_open(address, timeout),
         CheckKind::Cri { socket } => cri::runtime_ready(socket, timeout),
+        CheckKind::Workloads(spec) => workloads::running_now(spec),
     }
 }
 

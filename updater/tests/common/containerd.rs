@@ -1,14 +1,24 @@
 //! A real containerd (Debian's 1.6, with its CRI plugin and runc) for tests: config,
-//! root, state and socket in a temp dir, killed with its whole process group on drop.
-//! Shared by updater/tests/cri_health.rs and cri-probe/tests/containerd.rs; needs only
-//! std, tempfile, libc and cairn_cri_probe (to wait until the CRI answers).
+//! root, state and socket in a temp dir, killed with its whole process group on drop
+//! (after its pods are removed). Tests play kubelet through the CRI: [`Containerd::run_pod`]
+//! runs a host-network pod of one container, [`PodHandle::restart`] starts its next attempt.
+//! Images are OCI archives imported with `ctr` ([`Containerd::import`]); the pods' sandbox
+//! ("pause") image is a busybox one the first `run_pod` imports.
+//!
+//! Shared by updater/tests/{cri_health,workload_health,container_preload}.rs and
+//! cri-probe/tests/containerd.rs; needs std, tempfile, libc, cairn_cri_probe and
+//! cairn_testkit (for the busybox images).
 #![allow(dead_code)]
 
+use std::collections::HashMap;
 use std::fs;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
+
+use cairn_cri_probe::{v1, Client};
 
 /// Where Debian's containernetworking-plugins puts the CNI binaries.
 const CNI_BIN_DIR: &str = "/usr/lib/cni";
@@ -23,10 +33,18 @@ const LOOPBACK_CONFLIST: &str = r#"{
 }
 "#;
 
+/// The sandbox image the CRI is configured with (imported by the first `run_pod`): the
+/// CRI would otherwise pull registry.k8s.io/pause, and there is no registry here.
+const PAUSE_IMAGE: &str = "docker.io/local/pause:1";
+
+/// Each CRI call's bound in these helpers.
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
 pub struct Containerd {
     child: Child,
     pub dir: tempfile::TempDir,
     pub socket: PathBuf,
+    pause: OnceLock<()>,
 }
 
 pub enum Network {
@@ -80,6 +98,8 @@ disabled_plugins = [
 [plugins."io.containerd.grpc.v1.cri"]
   # No CAP_SYS_RESOURCE on the test machines.
   restrict_oom_score_adj = true
+  # Imported by the first run_pod; never pulled.
+  sandbox_image = "{PAUSE_IMAGE}"
   [plugins."io.containerd.grpc.v1.cri".containerd]
     default_runtime_name = "runc"
     [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
@@ -106,13 +126,116 @@ disabled_plugins = [
             .process_group(0)
             .spawn()
             .unwrap();
-        let mut containerd = Containerd { child, dir, socket };
+        let mut containerd = Containerd {
+            child,
+            dir,
+            socket,
+            pause: OnceLock::new(),
+        };
         containerd.wait_ready(Duration::from_secs(30));
         containerd
     }
 
     pub fn log(&self) -> String {
         fs::read_to_string(self.dir.path().join("containerd.log")).unwrap_or_default()
+    }
+
+    /// A CRI client on this containerd (10 s per call).
+    pub fn client(&self) -> Client {
+        Client::connect(&self.socket, CALL_TIMEOUT)
+            .unwrap_or_else(|e| panic!("CRI on {}: {e}\n{}", self.socket.display(), self.log()))
+    }
+
+    /// `ctr images import` of an OCI archive into the CRI's namespace (k8s.io).
+    pub fn import(&self, archive: &Path) {
+        let out = Command::new("ctr")
+            .arg("-a")
+            .arg(&self.socket)
+            .args(["-n", "k8s.io", "images", "import"])
+            .arg(archive)
+            .output()
+            .expect("ctr (containerd's client) runs");
+        assert!(
+            out.status.success(),
+            "ctr images import {}: {}{}",
+            archive.display(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Builds `docker.io/local/<name>:<tag>` (busybox, `cmd` as its command) with
+    /// cairn_testkit::oci and imports it; returns the image's full name.
+    pub fn import_busybox(&self, name: &str, tag: &str, cmd: &[&str]) -> String {
+        let archive = self.dir.path().join(format!("{name}-{tag}.oci.tar"));
+        let image = cairn_testkit::oci::busybox_image(
+            Path::new(cairn_testkit::oci::HOST_BUSYBOX),
+            "amd64",
+            name,
+            tag,
+            cmd,
+            &archive,
+        );
+        self.import(&archive);
+        image.name
+    }
+
+    /// The images the CRI lists, through cairn_cri_probe's client.
+    pub fn list_images(&self) -> Vec<v1::Image> {
+        self.client()
+            .list_images()
+            .unwrap_or_else(|e| panic!("ListImages: {e}\n{}", self.log()))
+    }
+
+    /// Plays kubelet: runs pod `name` (namespace "default", label `app=<name>`, host
+    /// network) with one container `name` from `image` (already imported, full name)
+    /// running `cmd` (the image's command when empty), attempt 0, and starts it.
+    pub fn run_pod(&self, name: &str, image: &str, cmd: &[&str]) -> PodHandle {
+        self.pause.get_or_init(|| {
+            self.import_busybox("pause", "1", &["sleep", "2147483647"]);
+        });
+        let log_dir = self.dir.path().join("pods").join(name);
+        fs::create_dir_all(&log_dir).unwrap();
+        let sandbox_config = v1::PodSandboxConfig {
+            metadata: Some(v1::PodSandboxMetadata {
+                name: name.into(),
+                uid: format!("uid-{name}"),
+                namespace: "default".into(),
+                attempt: 0,
+            }),
+            // Host network: empty, or the CRI tries to set the host's hostname.
+            hostname: String::new(),
+            log_directory: log_dir.display().to_string(),
+            labels: HashMap::from([("app".to_string(), name.to_string())]),
+            linux: Some(v1::LinuxPodSandboxConfig {
+                security_context: Some(v1::LinuxSandboxSecurityContext {
+                    namespace_options: Some(v1::NamespaceOption {
+                        network: v1::NamespaceMode::Node as i32,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let client = self.client();
+        let sandbox_id = client
+            .run_pod_sandbox(sandbox_config.clone(), "")
+            .unwrap_or_else(|e| panic!("RunPodSandbox {name}: {e}\n{}", self.log()));
+        let mut pod = PodHandle {
+            client,
+            name: name.into(),
+            image: image.into(),
+            cmd: cmd.iter().map(|s| s.to_string()).collect(),
+            sandbox_id,
+            sandbox_config,
+            container_id: String::new(),
+            attempt: 0,
+            log_dir,
+        };
+        pod.start_attempt(0);
+        pod
     }
 
     fn wait_ready(&mut self, limit: Duration) {
@@ -137,16 +260,144 @@ disabled_plugins = [
             std::thread::sleep(Duration::from_millis(100));
         }
     }
+
+    /// Stops and removes every pod sandbox, so that no container (nor its shim, nor its
+    /// rootfs mount) outlives the test.
+    fn remove_pods(&self) {
+        let Ok(client) = Client::connect(&self.socket, Duration::from_secs(5)) else {
+            return;
+        };
+        for sandbox in client.list_pod_sandboxes(None).unwrap_or_default() {
+            let _ = client.stop_pod_sandbox(&sandbox.id);
+            let _ = client.remove_pod_sandbox(&sandbox.id);
+        }
+    }
 }
 
 impl Drop for Containerd {
     fn drop(&mut self) {
+        self.remove_pods();
         let pgid = self.child.id() as libc::pid_t;
         // SAFETY: kill(2) with a negative pid signals the process group we created.
         unsafe {
             libc::kill(-pgid, libc::SIGKILL);
         }
         let _ = self.child.wait();
+    }
+}
+
+/// A pod [`Containerd::run_pod`] started: its sandbox and its one container's current
+/// attempt. Removed with the containerd that runs it.
+pub struct PodHandle {
+    client: Client,
+    pub name: String,
+    pub image: String,
+    pub cmd: Vec<String>,
+    pub sandbox_id: String,
+    sandbox_config: v1::PodSandboxConfig,
+    /// The current attempt's container.
+    pub container_id: String,
+    pub attempt: u32,
+    log_dir: PathBuf,
+}
+
+impl PodHandle {
+    /// What kubelet does when the container exited: creates attempt + 1 (a new container
+    /// id) and starts it. The old container stays listed, exited, as kubelet keeps it.
+    pub fn restart(&mut self) {
+        self.start_attempt(self.attempt + 1);
+    }
+
+    fn start_attempt(&mut self, attempt: u32) {
+        let config = v1::ContainerConfig {
+            metadata: Some(v1::ContainerMetadata {
+                name: self.name.clone(),
+                attempt,
+            }),
+            image: Some(v1::ImageSpec {
+                image: self.image.clone(),
+                ..Default::default()
+            }),
+            command: self.cmd.clone(),
+            log_path: format!("{}_{attempt}.log", self.name),
+            labels: HashMap::from([("app".to_string(), self.name.clone())]),
+            annotations: HashMap::from([(
+                "io.kubernetes.container.restartCount".to_string(),
+                attempt.to_string(),
+            )]),
+            ..Default::default()
+        };
+        let id = self
+            .client
+            .create_container(&self.sandbox_id, config, self.sandbox_config.clone())
+            .unwrap_or_else(|e| panic!("CreateContainer {} #{attempt}: {e}", self.name));
+        self.client
+            .start_container(&id)
+            .unwrap_or_else(|e| panic!("StartContainer {} #{attempt}: {e}", self.name));
+        self.container_id = id;
+        self.attempt = attempt;
+    }
+
+    /// The current attempt's status (state, exit code, ...).
+    pub fn status(&self) -> v1::ContainerStatus {
+        self.client
+            .container_status(&self.container_id)
+            .unwrap_or_else(|e| panic!("ContainerStatus {}: {e}", self.name))
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.status().state == v1::ContainerState::ContainerRunning as i32
+    }
+
+    /// Waits (up to `limit`) until the current attempt runs, or panics with its status.
+    pub fn wait_running(&self, limit: Duration) {
+        let started = Instant::now();
+        while !self.is_running() {
+            assert!(
+                started.elapsed() < limit,
+                "{} is not running after {limit:?}: {:?}\n{}",
+                self.name,
+                self.status(),
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits (up to `limit`) until the current attempt has exited; returns its exit code.
+    pub fn wait_exited(&self, limit: Duration) -> i32 {
+        let started = Instant::now();
+        loop {
+            let status = self.status();
+            if status.state == v1::ContainerState::ContainerExited as i32 {
+                return status.exit_code;
+            }
+            assert!(
+                started.elapsed() < limit,
+                "{} has not exited after {limit:?}: {status:?}",
+                self.name
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The current attempt's output (the CRI's log file, one line per write).
+    pub fn log(&self) -> String {
+        fs::read_to_string(
+            self.log_dir
+                .join(format!("{}_{}.log", self.name, self.attempt)),
+        )
+        .unwrap_or_default()
+    }
+
+    /// Stops and removes the pod (its containers with it).
+    pub fn remove(self) {
+        self.client
+            .stop_pod_sandbox(&self.sandbox_id)
+            .unwrap_or_else(|e| panic!("StopPodSandbox {}: {e}", self.name));
+        self.client
+            .remove_pod_sandbox(&self.sandbox_id)
+            .unwrap_or_else(|e| panic!("RemovePodSandbox {}: {e}", self.name));
     }
 }
 
