@@ -19,6 +19,7 @@
 //! ```
 
 mod client;
+pub mod pod;
 
 use std::io;
 use std::path::Path;

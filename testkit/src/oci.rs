@@ -40,6 +40,20 @@ pub fn busybox_image(
     cmd: &[&str],
     out: &Path,
 ) -> OciImage {
+    let full_name = format!("docker.io/local/{name}:{tag}");
+    busybox_image_named(busybox, architecture, &full_name, cmd, out)
+}
+
+/// [`busybox_image`] under any fully qualified name (`registry.k8s.io/pause:3.6`: a
+/// stand-in a runtime finds locally instead of pulling).
+pub fn busybox_image_named(
+    busybox: &Path,
+    architecture: &str,
+    full_name: &str,
+    cmd: &[&str],
+    out: &Path,
+) -> OciImage {
+    let tag = full_name.rsplit_once(':').map_or("latest", |(_, t)| t);
     let binary = std::fs::read(busybox)
         .unwrap_or_else(|e| panic!("{}: {e} (busybox-static installed?)", busybox.display()));
     let layer = layer_tar(&binary);
@@ -66,7 +80,6 @@ pub fn busybox_image(
         }],
     }))
     .unwrap();
-    let full_name = format!("docker.io/local/{name}:{tag}");
     let index = serde_json::to_vec(&json!({
         "schemaVersion": 2,
         "manifests": [{
@@ -97,7 +110,7 @@ pub fn busybox_image(
     std::fs::write(out, archive.into_inner().unwrap())
         .unwrap_or_else(|e| panic!("{}: {e}", out.display()));
     OciImage {
-        name: full_name,
+        name: full_name.to_string(),
         manifest_digest: digest(&manifest),
     }
 }

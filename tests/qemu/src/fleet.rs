@@ -58,6 +58,35 @@ pub fn app_image_name(version: &str) -> String {
     format!("docker.io/local/{APP_IMAGE}:{version}")
 }
 
+/// The pod sandbox image the image's containerd names (etc/containerd/config.toml). With
+/// no registry in reach, a bundle that runs pods carries a stand-in under that name (a
+/// k3s release's air-gap images would carry the real one).
+pub const PAUSE_IMAGE: &str = "registry.k8s.io/pause:3.6";
+
+/// The pause stand-in as an OCI archive, next to `build`'s slot image.
+fn pause_images(build: &Build) -> Result<PathBuf> {
+    let archive = build.layout.out.join("pause-images.tar");
+    cairn_testkit::oci::busybox_image_named(
+        &build.layout.tree().join("bin/busybox"),
+        "arm64",
+        PAUSE_IMAGE,
+        &["sleep", "2147483647"],
+        &archive,
+    );
+    Ok(archive)
+}
+
+/// Like [`bundle`], also carrying the pod sandbox image, for a release that runs pods.
+pub fn bundle_with_pods(new: &Build, old: &Build, out: &Path) -> Result<PathBuf> {
+    let pause = ImageInput {
+        name: "pause-images".into(),
+        path: pause_images(new)?,
+        verity: None,
+        kind: ImageKind::OciArchive,
+    };
+    create_bundle(new, old, out, None, vec![pause])
+}
+
 /// The release's container images as an OCI archive, next to its slot image.
 fn app_images(build: &Build) -> Result<PathBuf> {
     let archive = build.layout.out.join("app-images.tar");
@@ -125,6 +154,16 @@ pub fn bundle_replacing(
     out: &Path,
     replaced: Option<Replaced>,
 ) -> Result<PathBuf> {
+    create_bundle(new, old, out, replaced, Vec::new())
+}
+
+fn create_bundle(
+    new: &Build,
+    old: &Build,
+    out: &Path,
+    replaced: Option<Replaced>,
+    extra: Vec<ImageInput>,
+) -> Result<PathBuf> {
     let keys = new.layout.dev_keys();
     let key = SigningKey::from_json(&std::fs::read(keys.join("release.key.json"))?)
         .context("reading the development signing key")?;
@@ -145,6 +184,7 @@ pub fn bundle_replacing(
             .with_context(|| format!("{} has no image {}", new.profile.name, replaced.image))?;
         image.path = replaced.path.to_path_buf();
     }
+    new_images.extend(extra);
     let spec = BundleSpec {
         description: Some(format!("{} {version}", new.profile.name)),
         images: new_images,

@@ -89,6 +89,53 @@ fn a_campaign_delivers_v2_as_a_delta_and_the_device_commits_it() -> Result<()> {
     Ok(())
 }
 
+/// A release that declares a workload: its images are imported before the reboot, the
+/// pod runs from them after it (nothing can be pulled), and the trial commits once the
+/// pod has kept running for its settle time.
+#[test]
+fn a_release_with_a_declared_workload_commits_once_it_runs_from_preloaded_images() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let _lock = serial();
+    let mut rig = Rig::boot_v1(dir.path(), "update-workload", false, &mut say)?;
+    let build = fleet::image_of("qemu-arm64-v2-workload.toml")?;
+    let bundle = fleet::bundle_with_pods(build, image()?, &dir.path().join("workload.cairn"))?;
+    let release = rig.add_release(&bundle)?;
+    rig.fleet
+        .start_campaign("workload", &release, &image()?.profile.compatible)?;
+    rig.vm.wait_for("cairn: slot B chosen", BOOT_TIMEOUT)?;
+    rig.vm.wait_for_shell(BOOT_TIMEOUT)?;
+    // No Kubernetes in the image: the test starts the declared pod as a kubelet would.
+    let app = fleet::app_image_name("0.2.1");
+    let started = rig.vm.check(
+        &format!("cairn-cri-probe run-pod cairn-app {app} sleep 3600"),
+        Duration::from_secs(180),
+    )?;
+    say(&format!("pod cairn-app started: {}", started.trim()));
+    let end = rig.follow("workload", &mut say)?;
+    ensure!(end.succeeded == 1 && end.failed == 0, "{end:?}");
+    let status = rig.wait_for_status("the commit of 0.2.1", |s| {
+        s["phase"]["phase"] == "committed" && s["slots"]["B"]["version"] == "0.2.1"
+    })?;
+    ensure!(status["booted"] == "B", "cairn status: {status}");
+    let images = rig
+        .vm
+        .check("ctr -n k8s.io images ls -q", COMMAND_TIMEOUT)?;
+    ensure!(
+        images.contains(&app) && images.contains(fleet::PAUSE_IMAGE),
+        "containerd holds {images}"
+    );
+    let checks = rig.vm.check(
+        "grep -h \"health check\" /var/log/cairnd.log* || true",
+        COMMAND_TIMEOUT,
+    )?;
+    println!("{checks}");
+    record_time(
+        "declared workload: images preloaded, pod runs offline, settles, commit",
+        rig.started.elapsed(),
+    );
+    Ok(())
+}
+
 #[test]
 fn a_device_whose_clock_starts_in_1970_enrolls_and_installs_an_update_signed_today() -> Result<()> {
     let dir = tempfile::tempdir()?;

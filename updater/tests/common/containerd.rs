@@ -10,7 +10,6 @@
 //! cairn_testkit (for the busybox images).
 #![allow(dead_code)]
 
-use std::collections::HashMap;
 use std::fs;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -18,6 +17,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use cairn_cri_probe::pod::PodSpec;
 use cairn_cri_probe::{v1, Client};
 
 /// Where Debian's containernetworking-plugins puts the CNI binaries.
@@ -196,29 +196,14 @@ disabled_plugins = [
         });
         let log_dir = self.dir.path().join("pods").join(name);
         fs::create_dir_all(&log_dir).unwrap();
-        let sandbox_config = v1::PodSandboxConfig {
-            metadata: Some(v1::PodSandboxMetadata {
-                name: name.into(),
-                uid: format!("uid-{name}"),
-                namespace: "default".into(),
-                attempt: 0,
-            }),
-            // Host network: empty, or the CRI tries to set the host's hostname.
-            hostname: String::new(),
-            log_directory: log_dir.display().to_string(),
-            labels: HashMap::from([("app".to_string(), name.to_string())]),
-            linux: Some(v1::LinuxPodSandboxConfig {
-                security_context: Some(v1::LinuxSandboxSecurityContext {
-                    namespace_options: Some(v1::NamespaceOption {
-                        network: v1::NamespaceMode::Node as i32,
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
+        let cmd: Vec<String> = cmd.iter().map(|s| s.to_string()).collect();
+        let sandbox_config = PodSpec {
+            name,
+            image,
+            cmd: &cmd,
+            log_dir: &log_dir,
+        }
+        .sandbox_config();
         let client = self.client();
         let sandbox_id = client
             .run_pod_sandbox(sandbox_config.clone(), "")
@@ -227,7 +212,7 @@ disabled_plugins = [
             client,
             name: name.into(),
             image: image.into(),
-            cmd: cmd.iter().map(|s| s.to_string()).collect(),
+            cmd,
             sandbox_id,
             sandbox_config,
             container_id: String::new(),
@@ -309,24 +294,13 @@ impl PodHandle {
     }
 
     fn start_attempt(&mut self, attempt: u32) {
-        let config = v1::ContainerConfig {
-            metadata: Some(v1::ContainerMetadata {
-                name: self.name.clone(),
-                attempt,
-            }),
-            image: Some(v1::ImageSpec {
-                image: self.image.clone(),
-                ..Default::default()
-            }),
-            command: self.cmd.clone(),
-            log_path: format!("{}_{attempt}.log", self.name),
-            labels: HashMap::from([("app".to_string(), self.name.clone())]),
-            annotations: HashMap::from([(
-                "io.kubernetes.container.restartCount".to_string(),
-                attempt.to_string(),
-            )]),
-            ..Default::default()
-        };
+        let config = PodSpec {
+            name: &self.name,
+            image: &self.image,
+            cmd: &self.cmd,
+            log_dir: &self.log_dir,
+        }
+        .container_config(attempt);
         let id = self
             .client
             .create_container(&self.sandbox_id, config, self.sandbox_config.clone())
