@@ -313,7 +313,18 @@ async fn a_rejected_enrollment_cannot_enroll_again_until_an_operator_approves_it
         .await;
     assert_eq!(newcomer.enroll().await.status, 200);
     newcomer.login().await;
-    assert_eq!(s.cli(&["device", "audit"])[0]["action"], "reject");
+    let log = s.cli(&["device", "audit"]);
+    let actions: Vec<(&str, &str)> = log
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["action"].as_str().unwrap(), e["actor"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        &actions[..2],
+        [("approve", "admin-api"), ("reject", "cli:alice")],
+        "newest first: the change of mind, then the rejection"
+    );
 }
 
 #[tokio::test]
