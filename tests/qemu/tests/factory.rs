@@ -38,13 +38,7 @@ fn a_flashed_device_in_factory_mode_is_imported_and_enrolls_approved_with_its_ek
     let fleet = fleet_for(build, scratch.path())?;
     let mut vm = Vm::start("factory", &card, scratch.path())?;
     vm.wait_for("cairn-provisioning: {", BOOT_TIMEOUT * 2)?;
-    let console = vm.console();
-    let line = console
-        .lines()
-        .find_map(|l| l.split_once("cairn-provisioning: ").map(|(_, json)| json))
-        .context("no provisioning record on the console")?;
-    let record: ProvisioningRecord = serde_json::from_str(line.trim())
-        .with_context(|| format!("provisioning record {line:?}"))?;
+    let record = whole_record(&vm)?;
     ensure!(record.ek_public.is_some(), "no EK in {record:?}");
     ensure!(
         record.image_version.as_deref() == Some(build.profile.version.as_str()),
@@ -193,5 +187,28 @@ fn wait_for_device(
             "{device} never showed {what}: {record}"
         );
         std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+/// The provisioning record the device printed on its console. The serial console is slow:
+/// the line's start can be there before its end, so it is read again until it parses
+/// (for at most 20 s).
+fn whole_record(vm: &Vm) -> Result<ProvisioningRecord> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let console = vm.console();
+        let line = console
+            .lines()
+            .find_map(|l| l.split_once("cairn-provisioning: ").map(|(_, json)| json))
+            .context("no provisioning record on the console")?
+            .trim()
+            .to_string();
+        match serde_json::from_str(&line) {
+            Ok(record) => return Ok(record),
+            Err(e) if e.is_eof() && std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            }
+            Err(e) => return Err(e).with_context(|| format!("provisioning record {line:?}")),
+        }
     }
 }
