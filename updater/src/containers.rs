@@ -33,7 +33,7 @@ use crate::command::{self, CommandError};
 use crate::context::Context;
 use crate::reboot_hooks::backoff;
 use crate::state::json_file::JsonFile;
-use crate::state::Phase;
+use crate::state::{Phase, SlotRecord};
 
 const PLAN_FILE: &str = "preload.json";
 
@@ -131,13 +131,19 @@ pub enum Preload {
     Failed(String),
 }
 
-/// Called by the install before it arms `slot` for `version`: records the release's OCI
-/// archive images for [`preload`], or removes a plan left by an earlier install.
-pub fn record_plan(data_dir: &Path, manifest: &Manifest, slot: SlotId) -> Result<(), PreloadError> {
+/// Called by the install before it arms `slot`: records the release's OCI archive images
+/// that were written (`written`: the slot's record; an archive /data had no room for is
+/// not in it) for [`preload`], or removes a plan left by an earlier install.
+pub fn record_plan(
+    data_dir: &Path,
+    manifest: &Manifest,
+    written: &SlotRecord,
+    slot: SlotId,
+) -> Result<(), PreloadError> {
     let images: Vec<PlannedImage> = manifest
         .images
         .iter()
-        .filter(|i| i.kind == ImageKind::OciArchive)
+        .filter(|i| i.kind == ImageKind::OciArchive && written.images.contains_key(&i.name))
         .map(|i| PlannedImage {
             name: i.name.clone(),
             sha256: i.sha256.clone(),

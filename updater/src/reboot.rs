@@ -132,8 +132,14 @@ pub fn reboot(config: &RebootConfig) -> Result<(), String> {
     reboot_or_force(config, &mut force_reboot)
 }
 
+/// How long the log line announcing a forced reboot is given to reach the log file: the
+/// image's services log through a pipe to `cairn log-to`, another process, which must
+/// read and write the line before sync(2) for it to survive the reboot.
+const LOG_GRACE: Duration = Duration::from_secs(1);
+
 /// sync(2), then reboot(2): what is left when the orderly reboot did not happen.
 fn force_reboot() -> std::io::Error {
+    std::thread::sleep(LOG_GRACE);
     // SAFETY: plain syscalls without pointers. reboot(2) returns only on failure.
     unsafe {
         libc::sync();

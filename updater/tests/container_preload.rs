@@ -205,3 +205,46 @@ fn a_device_without_a_container_runtime_refuses_a_bundle_with_container_images()
     );
     assert_eq!(phase(&d.status()), "committed");
 }
+
+/// A mounted tmpfs of `kib` KiB at `dir`, unmounted when dropped.
+struct SmallDisk(PathBuf);
+
+impl SmallDisk {
+    fn mount(dir: PathBuf, kib: u64) -> SmallDisk {
+        std::fs::create_dir_all(&dir).unwrap();
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={kib}k"), "tmpfs"])
+            .arg(&dir)
+            .status()
+            .unwrap();
+        assert!(status.success(), "mounting a tmpfs at {}", dir.display());
+        SmallDisk(dir)
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn with_no_room_for_the_container_images_the_os_update_installs_without_them() {
+    let (v1, v2) = (Release::new("1.0.0", 0), Release::new("2.0.0", 3));
+    let d = device_with_containers(&v1, Path::new("/run/cairn-test-unused.sock"));
+    // The archive (about 2 MB) does not fit: a workload filled the data partition.
+    let _full = SmallDisk::mount(d.path("data/containers"), 512);
+    let (bundle, _) = bundle_with_images(&d, &v1, &v2);
+    d.cairn_ok(&["install", bundle.to_str().unwrap()]);
+    let status = d.status();
+    assert_eq!(phase(&status), "installed-pending", "{status}");
+    assert!(d.holds(cairn_updater::bootstate::SlotId::B, &v2));
+    assert!(
+        status["container_preload"].is_null(),
+        "nothing to import: {status}"
+    );
+    assert!(!d.path("data/cairn/preload.json").exists());
+    // The reboot needs no container runtime then.
+    d.cairn_ok(&["reboot"]);
+    assert!(d.path("rebooted").exists());
+}

@@ -240,7 +240,8 @@ fn write_and_arm(
 
     // Before the slot may boot: what cairnd must import into containerd before the
     // reboot (a plan left by an earlier install goes).
-    if let Err(e) = crate::containers::record_plan(&ctx.config.data_dir, &verified.manifest, target)
+    if let Err(e) =
+        crate::containers::record_plan(&ctx.config.data_dir, &verified.manifest, &record, target)
     {
         let reason = e.to_string();
         ctx.apply(None, |state| {
@@ -272,6 +273,20 @@ fn write_and_arm(
         slot: target,
         version,
     })
+}
+
+/// Whether the error comes from a full disk (ENOSPC) anywhere in its chain.
+fn is_disk_full(e: &InstallError) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cause {
+        if let Some(io) = c.downcast_ref::<io::Error>() {
+            if io.raw_os_error() == Some(libc::ENOSPC) {
+                return true;
+            }
+        }
+        cause = c.source();
+    }
+    false
 }
 
 /// One image's place in the plan: where it goes and which payload feeds it.
@@ -391,6 +406,18 @@ fn write_images(
                     }
                 },
             )?;
+        } else if step.image.kind == ImageKind::OciArchive
+            && result.as_ref().is_err_and(is_disk_full)
+        {
+            // Container images are a convenience (nothing to pull after the reboot); the OS
+            // update is not. With /data full (a workload filled it) the release installs
+            // without them, and after the reboot they are pulled, or a declared workload's
+            // check fails the trial.
+            tracing::warn!(
+                image = %step.image.name,
+                "the data partition is full: container images not staged, not pre-loaded"
+            );
+            continue;
         } else {
             result?;
         }
