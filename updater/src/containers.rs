@@ -31,7 +31,7 @@ use time::OffsetDateTime;
 use crate::bootstate::SlotId;
 use crate::command::{self, CommandError};
 use crate::context::Context;
-use crate::reboot_hooks::backoff;
+use crate::reboot_hooks::Pending;
 use crate::state::json_file::JsonFile;
 use crate::state::{Phase, SlotRecord};
 
@@ -98,20 +98,15 @@ pub enum PreloadError {
 /// `preload.json`: what the installed update needs imported, and how far it got.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PreloadPlan {
-    pub version: String,
+    /// The update's version and the tries so far, as the reboot hooks keep theirs.
+    #[serde(flatten)]
+    pub tries: Pending,
     pub slot: SlotId,
     /// The OCI archive images of the release, as installed into `slot`.
     pub images: Vec<PlannedImage>,
     /// All of them are in containerd.
     #[serde(default)]
     pub imported: bool,
-    #[serde(default)]
-    pub attempts: u32,
-    #[serde(default)]
-    pub last_error: Option<String>,
-    /// Unix seconds of the next try after a failure.
-    #[serde(default)]
-    pub next_try: Option<i64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -158,13 +153,10 @@ pub fn record_plan(
         return file.clear().map_err(io);
     }
     file.save(&PreloadPlan {
-        version: manifest.version.to_string(),
+        tries: Pending::owed(&manifest.version.to_string()),
         slot,
         images,
         imported: false,
-        attempts: 0,
-        last_error: None,
-        next_try: None,
     })
     .map_err(io)
 }
@@ -186,13 +178,13 @@ pub fn preload(
             source,
         })
     };
-    let Some(mut plan) = file.load().filter(|p| p.version == *version) else {
+    let Some(mut plan) = file.load().filter(|p| p.tries.version == *version) else {
         return Ok(Preload::Done);
     };
     if plan.imported {
         return Ok(Preload::Done);
     }
-    if respect_backoff && wait_left(&plan, now) > 0 {
+    if respect_backoff && plan.tries.wait_left(now) > 0 {
         return Ok(Preload::Waiting);
     }
     let config = ctx.config.containers.clone().unwrap_or_default();
@@ -200,20 +192,17 @@ pub fn preload(
         Ok(()) => {
             tracing::info!(%version, images = plan.images.len(), "container images pre-loaded");
             plan.imported = true;
-            plan.last_error = None;
-            plan.next_try = None;
+            plan.tries.last_error = None;
+            plan.tries.next_try = None;
             save(&plan)?;
             Ok(Preload::Done)
         }
         Err(e) => {
-            plan.attempts = plan.attempts.saturating_add(1);
-            plan.last_error = Some(e.to_string());
-            let wait = backoff(plan.attempts).as_secs() as i64;
-            plan.next_try = Some(now.unix_timestamp().saturating_add(wait));
+            plan.tries.failed(e.to_string(), now);
             tracing::warn!(
                 %version,
-                attempt = plan.attempts,
-                retry_in_secs = wait,
+                attempt = plan.tries.attempts,
+                retry_in_secs = plan.tries.wait_left(now),
                 output = match &e {
                     PreloadError::Import(c) => c.output(),
                     _ => "",
@@ -277,13 +266,6 @@ fn import(
     Ok(())
 }
 
-fn wait_left(plan: &PreloadPlan, now: OffsetDateTime) -> u64 {
-    plan.next_try.map_or(0, |t| {
-        t.saturating_sub(now.unix_timestamp())
-            .clamp(0, crate::reboot_hooks::BACKOFF_MAX.as_secs() as i64) as u64
-    })
-}
-
 /// Why the reboot waits for the container preload, if it does: the line for `cairn
 /// status` and check-ins.
 pub fn waiting_reason(ctx: &Context) -> Option<String> {
@@ -292,17 +274,17 @@ pub fn waiting_reason(ctx: &Context) -> Option<String> {
     };
     let plan = plan_file(&ctx.config.data_dir)
         .load()
-        .filter(|p| p.version == *version && !p.imported)?;
+        .filter(|p| p.tries.version == *version && !p.imported)?;
     let now = OffsetDateTime::now_utc();
-    Some(match &plan.last_error {
+    Some(match &plan.tries.last_error {
         None => format!(
             "waiting for container preload: {} archive(s) not imported yet",
             plan.images.len()
         ),
         Some(e) => format!(
             "waiting for container preload: {e} (attempt {}, next try in {}s)",
-            plan.attempts,
-            wait_left(&plan, now)
+            plan.tries.attempts,
+            plan.tries.wait_left(now)
         ),
     })
 }

@@ -78,9 +78,11 @@ pub struct HookStatus {
     pub after_commit: Option<Pending>,
 }
 
+/// Something owed for an update and tried with backoff until it succeeds: a hook, or the
+/// container preload (`containers.rs`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Pending {
-    /// The update the hook is for.
+    /// The update it is for.
     pub version: String,
     /// Failed tries so far.
     pub attempts: u32,
@@ -90,7 +92,7 @@ pub struct Pending {
 }
 
 impl Pending {
-    fn owed(version: &str) -> Pending {
+    pub fn owed(version: &str) -> Pending {
         Pending {
             version: version.to_string(),
             attempts: 0,
@@ -99,7 +101,8 @@ impl Pending {
         }
     }
 
-    fn failed(&mut self, error: String, now: OffsetDateTime) {
+    /// Records a failed try and when to try next.
+    pub fn failed(&mut self, error: String, now: OffsetDateTime) {
         self.attempts = self.attempts.saturating_add(1);
         self.last_error = Some(error);
         let wait = backoff(self.attempts).as_secs() as i64;

@@ -129,7 +129,17 @@ impl Server {
         attestation_required: bool,
         retry_declined: bool,
     ) {
-        let body = json!({
+        let policy = json!({
+            "attestation_required": attestation_required,
+            "retry_declined": retry_declined,
+        });
+        self.campaign_started(id, version, policy);
+    }
+
+    /// A one-wave campaign of `version` for every device, all must succeed, no bake,
+    /// with `policy`'s fields added to its policy; started.
+    fn campaign_started(&self, id: &str, version: &str, policy: Value) {
+        let mut body = json!({
             "id": id,
             "release_id": format!("cairn-test@{version}"),
             "policy": {
@@ -138,10 +148,11 @@ impl Server {
                 "min_success_ratio": 1.0,
                 "bake_secs": 0,
                 "failure_threshold": 0.0,
-                "attestation_required": attestation_required,
-                "retry_declined": retry_declined,
             },
         });
+        if let (Some(into), Value::Object(extra)) = (body["policy"].as_object_mut(), policy) {
+            into.extend(extra);
+        }
         self.ok("POST", "/campaigns", Some(body.to_string().into_bytes()));
         self.ok("POST", &format!("/campaigns/{id}/start"), None);
     }
@@ -273,20 +284,8 @@ fn with_a_reboot_budget_of_one_the_second_node_of_a_cluster_reboots_after_the_fi
     }
     let bundle = nodes[0].0.bundle(&v2, Some(&v1));
     server.ok("POST", "/releases", Some(fs::read(&bundle).unwrap()));
-    let body = json!({
-        "id": "c-budget",
-        "release_id": "cairn-test@2.0.0",
-        "policy": {
-            "selector": { "compatible": "cairn-test" },
-            "waves": [{ "percent": 100.0 }],
-            "min_success_ratio": 1.0,
-            "bake_secs": 0,
-            "failure_threshold": 0.0,
-            "reboot_budget": { "max_rebooting": 1, "group_by": "cluster", "lease_secs": 120 },
-        },
-    });
-    server.ok("POST", "/campaigns", Some(body.to_string().into_bytes()));
-    server.ok("POST", "/campaigns/c-budget/start", None);
+    let budget = json!({ "max_rebooting": 1, "group_by": "cluster", "lease_secs": 120 });
+    server.campaign_started("c-budget", "2.0.0", json!({ "reboot_budget": budget }));
 
     let daemons: Vec<Daemon> = nodes
         .iter()

@@ -209,8 +209,10 @@ fn an_owed_uncordon_survives_cairnd_being_killed_and_runs_at_its_next_start() {
     assert_eq!(d.reboot(), SlotId::B);
 
     let daemon = Daemon(d.spawn_cairnd());
+    // The uncordon is owed ("not run yet") before its first try fails: wait for the failure.
     wait_for(10, "the commit and the uncordon's failure", || {
-        d.cairn_ok(&["status"]).contains("waiting for uncordon")
+        let text = d.cairn_ok(&["status"]);
+        text.contains("waiting for uncordon") && text.contains("api server unreachable")
     });
     assert_eq!(phase(&d.status()), "committed");
     let text = d.cairn_ok(&["status"]);
