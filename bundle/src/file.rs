@@ -54,17 +54,23 @@ impl BundleFile {
     /// A reader over exactly one payload's bytes. Readers use positional reads on their
     /// own handle, so several may be read at once (from different threads).
     pub fn payload_reader(&self, payload: &Payload) -> Result<impl Read> {
+        self.payload_part(payload, 0..payload.size)
+    }
+
+    /// A reader over bytes `part` of `payload` (a chunked image's frames).
+    pub fn payload_part(&self, payload: &Payload, part: std::ops::Range<u64>) -> Result<impl Read> {
         let file = self
             .file
             .try_clone()
             .map_err(Error::io("cloning bundle handle"))?;
         let start = self.bundle.header.payload_area_offset + payload.offset;
+        let end = start + part.end.min(payload.size);
         Ok(io::BufReader::with_capacity(
             1 << 20,
             RangeReader {
                 file,
-                pos: start,
-                end: start + payload.size,
+                pos: (start + part.start).min(end),
+                end,
             },
         ))
     }
@@ -121,6 +127,15 @@ impl BundleFile {
                         });
                     }
                 }
+            }
+            if let Some(chunked) = &image.chunked {
+                progress(&format!("checking image {} (chunked)", image.name));
+                let index = crate::chunked::read_index(
+                    image,
+                    chunked,
+                    self.payload_reader(&chunked.index)?,
+                )?;
+                crate::chunked::check_all(image, &index, self.payload_reader(&chunked.data)?)?;
             }
         }
         Ok(())

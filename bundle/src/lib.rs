@@ -12,6 +12,7 @@
 //! matches.
 
 pub mod canonical;
+pub mod chunked;
 mod chunks;
 pub mod codec;
 pub mod digest;
@@ -32,7 +33,7 @@ pub use error::{Error, Result};
 pub use file::BundleFile;
 pub use header::Header;
 pub use keys::{KeyId, PublicKey, Signature, SigningKey};
-pub use manifest::{Image, ImageKind, Manifest, Payload, Source, Verity};
+pub use manifest::{Chunked, Image, ImageKind, Manifest, Payload, Source, Verity};
 pub use root::{RootBody, SignedRoot, TrustRoot};
 pub use server_override::SignedServerOverride;
 pub use stream::{decode_payload, hash_reader_overlapped, sha256_reader};
@@ -40,17 +41,43 @@ pub use verify::{Policy, UnverifiedBundle, VerifiedBundle};
 
 use codec::Method;
 
-/// Which payload of `image` to install: the first delta with a known method whose source
-/// the device holds (`has_source(sha256, size)`), else the full payload.
-pub fn choose_payload(image: &Image, has_source: impl Fn(&Source) -> bool) -> Result<&Payload> {
+/// How a device installs an image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Choice<'a> {
+    /// A delta against an image the device holds.
+    Delta(&'a Payload),
+    /// From the blocks it holds in any slot, fetching the chunks it lacks.
+    Chunked(&'a Chunked),
+    /// The whole image.
+    Full(&'a Payload),
+}
+
+impl Choice<'_> {
+    /// The most this choice downloads: a chunked install fetches at most its index and
+    /// all its frames.
+    pub fn max_bytes(&self) -> u64 {
+        match self {
+            Choice::Delta(p) | Choice::Full(p) => p.size,
+            Choice::Chunked(c) => c.index.size + c.data.size,
+        }
+    }
+}
+
+/// Which way to install `image`, in order of preference: the first delta with a known
+/// method whose source the device holds (`has_source`), else the chunked image when this
+/// build knows its methods, else the full payload.
+pub fn choose_payload(image: &Image, has_source: impl Fn(&Source) -> bool) -> Result<Choice<'_>> {
     let delta = image.deltas.iter().find(|d| {
         Method::parse(&d.method).is_known() && d.source.as_ref().is_some_and(&has_source)
     });
     if let Some(delta) = delta {
-        return Ok(delta);
+        return Ok(Choice::Delta(delta));
+    }
+    if let Some(chunked) = image.chunked.as_ref().filter(|c| c.is_known()) {
+        return Ok(Choice::Chunked(chunked));
     }
     match Method::parse(&image.full.method) {
-        Method::Zstd => Ok(&image.full),
+        Method::Zstd => Ok(Choice::Full(&image.full)),
         other => Err(Error::NoUsablePayload {
             image: image.name.clone(),
             detail: format!("full payload method '{}' is not supported", other.name()),

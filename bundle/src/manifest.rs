@@ -54,6 +54,26 @@ pub struct Image {
     /// Optional: each installs only on a device that holds the named source image.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub deltas: Vec<Payload>,
+    /// Optional: the image as chunks, for devices that build it from the blocks they
+    /// hold and fetch only the rest (see [`crate::chunked`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chunked: Option<Chunked>,
+}
+
+/// A chunked image's two payloads: the index (every block's hash, every frame's length),
+/// fetched whole, and the frames, fetched by ranges.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Chunked {
+    pub index: Payload,
+    pub data: Payload,
+}
+
+impl Chunked {
+    /// Whether this build can install from it.
+    pub fn is_known(&self) -> bool {
+        self.index.method == crate::chunked::INDEX_METHOD
+            && self.data.method == crate::chunked::METHOD
+    }
 }
 
 /// What an image is, and so what a device does with it besides storing it in its slot.
@@ -198,14 +218,29 @@ impl Manifest {
 }
 
 impl Image {
-    /// The full payload, then the deltas, each with a label for messages.
+    /// The full payload, then the deltas, then the chunked image's index and data, each
+    /// with a label for messages.
     pub fn payloads(&self) -> impl Iterator<Item = (String, &Payload)> {
-        std::iter::once(("full".to_string(), &self.full)).chain(
-            self.deltas
-                .iter()
-                .enumerate()
-                .map(|(i, d)| (format!("delta[{i}]"), d)),
-        )
+        let chunked = self.chunked.iter().flat_map(|c| {
+            [
+                ("chunked.index".to_string(), &c.index),
+                ("chunked.data".to_string(), &c.data),
+            ]
+        });
+        std::iter::once(("full".to_string(), &self.full))
+            .chain(
+                self.deltas
+                    .iter()
+                    .enumerate()
+                    .map(|(i, d)| (format!("delta[{i}]"), d)),
+            )
+            .chain(chunked)
+    }
+
+    /// The deltas only.
+    pub fn delta_payloads(&self) -> impl Iterator<Item = (String, &Payload)> {
+        self.payloads()
+            .filter(|(label, _)| label.starts_with("delta"))
     }
 
     fn validate(&self) -> Result<()> {
@@ -246,6 +281,18 @@ impl Image {
                 .as_ref()
                 .ok_or_else(|| ctx(format!("delta[{i}] names no source")))?;
             check_sha256(&source.sha256).map_err(|e| ctx(format!("delta[{i}] source: {e}")))?;
+        }
+        if let Some(c) = &self.chunked {
+            if c.index.source.is_some() || c.data.source.is_some() {
+                return Err(ctx("the chunked image names a source".into()));
+            }
+            if c.index.size > crate::chunked::MAX_INDEX_LEN {
+                return Err(ctx(format!(
+                    "chunk index of {} bytes is over the limit of {}",
+                    c.index.size,
+                    crate::chunked::MAX_INDEX_LEN
+                )));
+            }
         }
         if let Some(v) = &self.verity {
             check_hex(&v.root_hash).map_err(|e| ctx(format!("verity root hash {e}")))?;

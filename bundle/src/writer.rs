@@ -8,6 +8,7 @@ use cairn_atomic::AtomicFile;
 use time::OffsetDateTime;
 
 use crate::canonical;
+use crate::chunked;
 use crate::chunks::COPY_BUF;
 use crate::codec::{full, zstd_patch};
 use crate::digest::both_digests;
@@ -15,7 +16,7 @@ use crate::error::{Error, Result};
 use crate::file::BundleFile;
 use crate::header::{align_up, Header};
 use crate::keys::{Signature, SigningKey};
-use crate::manifest::{Image, ImageKind, Manifest, Payload, Source, Verity};
+use crate::manifest::{Chunked, Image, ImageKind, Manifest, Payload, Source, Verity};
 use crate::root::SignedRoot;
 use crate::signatures::{signed_message, MANIFEST_CONTEXT};
 
@@ -48,6 +49,9 @@ pub struct BundleSpec {
     pub delta_sources: Vec<DeltaSource>,
     /// zstd level for every payload.
     pub level: i32,
+    /// Also carry every image chunked (`crate::chunked`), cut this way: devices
+    /// without a delta for their version then fetch only the chunks they lack.
+    pub chunked: Option<chunked::Layout>,
     /// Trust roots to carry for devices that need to rotate.
     pub roots: Vec<SignedRoot>,
 }
@@ -236,6 +240,12 @@ fn write_image(
         });
         deltas.push(delta);
     }
+    let chunked = match spec.chunked {
+        Some(layout) => Some(write_chunked(
+            area, input, layout, spec.level, size, progress,
+        )?),
+        None => None,
+    };
     Ok(Image {
         name: input.name.clone(),
         kind: input.kind,
@@ -245,7 +255,37 @@ fn write_image(
         verity: input.verity.clone(),
         full,
         deltas,
+        chunked,
     })
+}
+
+/// Appends an image's chunk frames, then its index.
+fn write_chunked(
+    area: &mut File,
+    input: &ImageInput,
+    layout: chunked::Layout,
+    level: i32,
+    size: u64,
+    progress: &mut dyn FnMut(BuildEvent),
+) -> Result<Chunked> {
+    progress(BuildEvent::Stage(&format!("image {}: chunks", input.name)));
+    let image = map(&input.path)?;
+    let mut index = None;
+    let data = write_payload(area, chunked::METHOD, None, |out| {
+        index = Some(chunked::encode(&image, layout, level, out)?);
+        Ok(())
+    })?;
+    let index = index.expect("set by the encoder").encode();
+    let index = write_payload(area, chunked::INDEX_METHOD, None, |out| {
+        out.write_all(&index)
+    })?;
+    progress(BuildEvent::Payload {
+        image: &input.name,
+        label: "chunked",
+        input: size,
+        output: data.size + index.size,
+    });
+    Ok(Chunked { index, data })
 }
 
 /// Appends one payload at the next aligned offset of the payload area.

@@ -5,10 +5,10 @@ mod common;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
-use cairn_bundle::{choose_payload, codec, decode_payload, BundleFile, Policy, Source};
+use cairn_bundle::{choose_payload, codec, decode_payload, BundleFile, Choice, Policy, Source};
 use cairn_testkit::{delta_sources, image_bytes};
+use common::erofs::{mkfs_erofs, mkfs_erofs_with, write_tree};
 use common::*;
 
 fn policy() -> Policy {
@@ -28,7 +28,10 @@ fn install(bundle: &Path, fx: &Fixture, image: &str, source: Option<&[u8]>) -> (
         let (sha, size) = cairn_bundle::sha256_reader(&mut io::Cursor::new(s)).unwrap();
         Source { sha256: sha, size }
     });
-    let payload = choose_payload(image, |s| held.as_ref() == Some(s)).unwrap();
+    let payload = match choose_payload(image, |s| held.as_ref() == Some(s)).unwrap() {
+        Choice::Delta(p) | Choice::Full(p) => p,
+        Choice::Chunked(_) => panic!("chunked images are installed by cairnd's own tests"),
+    };
     let reader = file.payload_reader(payload).unwrap();
     let out = decode_payload(image, payload, reader, source, Vec::new()).unwrap();
     (out, payload.method.clone())
@@ -92,61 +95,6 @@ fn unknown_delta_methods_are_skipped_not_fatal() {
     let (out, method) = install(&future, &fx, "rootfs", Some(&v1));
     assert_eq!(method, "zstd");
     assert_eq!(out, fs::read(&v2).unwrap());
-}
-
-fn mkfs_erofs(tree: &Path, out: &Path) {
-    mkfs_erofs_with(tree, out, &[]);
-}
-
-/// `mkfs.erofs` with pinned UUID and times, plus `extra` options (`-zlz4hc`).
-fn mkfs_erofs_with(tree: &Path, out: &Path, extra: &[&str]) {
-    let status = Command::new("mkfs.erofs")
-        .args([
-            "-T0",
-            "-U",
-            "6a6e2a2c-93a4-4f5e-9d1f-2b1fd8e5c0aa",
-            "--all-root",
-            "-x",
-            "-1",
-        ])
-        .args(extra)
-        .arg(out)
-        .arg(tree)
-        .output()
-        .expect("mkfs.erofs not found: `cargo xtask test` installs erofs-utils");
-    assert!(
-        status.status.success(),
-        "mkfs.erofs failed: {}",
-        String::from_utf8_lossy(&status.stderr)
-    );
-}
-
-fn write_tree(root: &Path, version: u32) {
-    for pkg in 0..40 {
-        let dir = root.join(format!("usr/lib/pkg{pkg}"));
-        fs::create_dir_all(&dir).unwrap();
-        // A "security update" touches a few packages; the rest stay byte-identical.
-        let seed = if version == 2 && pkg % 13 == 0 {
-            100 + pkg as u8
-        } else {
-            pkg as u8
-        };
-        fs::write(dir.join("lib.so"), image_bytes(150_000 + pkg * 1000, seed)).unwrap();
-        fs::write(
-            dir.join("VERSION"),
-            format!("pkg{pkg} {}", if seed >= 100 { "1.0.1" } else { "1.0.0" }),
-        )
-        .unwrap();
-    }
-    fs::create_dir_all(root.join("etc")).unwrap();
-    fs::write(
-        root.join("etc/os-release"),
-        format!("VERSION_ID={version}\n"),
-    )
-    .unwrap();
-    if version == 2 {
-        fs::write(root.join("usr/lib/new-tool"), image_bytes(80_000, 77)).unwrap();
-    }
 }
 
 #[test]

@@ -14,6 +14,9 @@
 //!   and openssl, ca-certificates, liblzma, pcre2, pam and libzstd change), packed as
 //!   uncompressed and as lz4hc erofs. Cached under `target/cairn/bench-delta/`.
 //!
+//! Each pair also gets the chunked image's numbers (what it adds to a bundle, and what a
+//! device holding only the source fetches without a delta; see `bundle/FORMAT.md`).
+//!
 //! Every tool runs as a child process under `/usr/bin/time`: wall time and peak RSS
 //! (`ru_maxrss`) to make and to apply, each delta applied and compared with its target.
 //! Cairn's children run this example's `make`/`apply` modes, which call the bundle
@@ -349,24 +352,81 @@ fn run_pair(pair: &Pair, o: &Options, work: &Path) -> Result<String> {
     }
     let _ = fs::remove_file(&patch);
     let _ = fs::remove_file(&out);
-    Ok(table(pair, src_len, tgt_len, full, &rows))
+    let mut report = table(pair, src_len, tgt_len, full, &rows);
+    report += &chunked(pair, full, base_make_secs(&rows))?;
+    Ok(report)
+}
+
+fn base_make_secs(rows: &[Row]) -> Option<f64> {
+    rows.iter()
+        .find(|r| r.tool == "bsdiff")
+        .map(|r| r.make.secs)
+}
+
+/// The chunked image (`bundle create --chunked`) of the target: what it adds to the
+/// bundle, and what a device holding only the source fetches with no delta made for the
+/// pair (index plus the frames of chunks with a block the source lacks, counted with the
+/// plan cairnd uses).
+fn chunked(pair: &Pair, full: u64, bsdiff_secs: Option<f64>) -> Result<String> {
+    use cairn_bundle::chunked::plan::Finder;
+    use cairn_bundle::chunked::{block_hash, encode, Layout};
+    let target = map(&pair.target)?;
+    let started = Instant::now();
+    let layout = Layout::default();
+    let mut frames = 0u64;
+    let index = encode(&target, layout, 12, &mut CountingWriter(&mut frames))?;
+    let make_secs = started.elapsed().as_secs_f64();
+    let source = map(&pair.source)?;
+    let mut finder = Finder::new(&index);
+    let block = layout.block_size as usize;
+    for (i, b) in source.chunks_exact(block).enumerate() {
+        finder.offer_source(0, (i * block) as u64, &block_hash(b));
+    }
+    let plan = finder.plan();
+    let index_len = index.encode().len() as u64;
+    let fetched = index_len + plan.fetch_bytes(&index);
+    let mb = |b: u64| b as f64 / 1e6;
+    Ok(format!(
+        "  cairn chunked (level 12, {} KiB chunks): adds {:.2} MB to the bundle ({:.2}x full), \
+         made in {make_secs:.1} s ({}); a device holding only the source fetches {:.2} MB \
+         ({:.3}x full: index {:.2} MB + {} of {} chunks)\n",
+        block * layout.chunk_blocks as usize / 1024,
+        mb(frames + index_len),
+        (frames + index_len) as f64 / full.max(1) as f64,
+        bsdiff_secs.map_or("no bsdiff time".into(), |b| format!(
+            "{:.3}x bsdiff's time",
+            make_secs / b
+        )),
+        mb(fetched),
+        fetched as f64 / full.max(1) as f64,
+        mb(index_len),
+        plan.fetch_runs().iter().map(|r| r.len()).sum::<usize>(),
+        index.chunk_count(),
+    ))
+}
+
+/// Counts what is written to it.
+struct CountingWriter<'a>(&'a mut u64);
+
+impl Write for CountingWriter<'_> {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        *self.0 += b.len() as u64;
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// The bundle's full payload for the target (zstd level 12, as `bundle create`).
 fn full_payload_size(target: &Path) -> Result<u64> {
-    struct Count(u64);
-    impl Write for Count {
-        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-            self.0 += b.len() as u64;
-            Ok(b.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let mut count = Count(0);
-    full::encode(&mut BufReader::new(File::open(target)?), &mut count, 12)?;
-    Ok(count.0)
+    let mut count = 0;
+    full::encode(
+        &mut BufReader::new(File::open(target)?),
+        &mut CountingWriter(&mut count),
+        12,
+    )?;
+    Ok(count)
 }
 
 fn table(pair: &Pair, src_len: u64, tgt_len: u64, full: u64, rows: &[Row]) -> String {

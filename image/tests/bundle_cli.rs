@@ -116,11 +116,12 @@ fn operator_flow_create_sign_inspect_verify() {
     args.extend(["--image", &img1, "--image", &k]);
     ok(&args);
 
-    // v2 signed by one key only, with a delta from the v1 bundle.
+    // v2 signed by one key only, with a delta from the v1 bundle, and chunked.
     let img2 = format!("rootfs={}", s(&v2));
     let mut args = vec![
         "bundle",
         "create",
+        "--chunked",
         "--version",
         "2.0.0",
         "--key",
@@ -152,6 +153,8 @@ fn operator_flow_create_sign_inspect_verify() {
     let images = json["manifest"]["images"].as_array().unwrap();
     let rootfs = images.iter().find(|i| i["name"] == "rootfs").unwrap();
     assert_eq!(rootfs["deltas"][0]["method"], "zstd-patch");
+    assert_eq!(rootfs["chunked"]["data"]["method"], "zstd-chunks");
+    assert_eq!(rootfs["chunked"]["index"]["method"], "chunk-index");
     let kernel_img = images.iter().find(|i| i["name"] == "kernel").unwrap();
     assert!(
         kernel_img.get("deltas").is_none(),
@@ -160,7 +163,7 @@ fn operator_flow_create_sign_inspect_verify() {
     assert_eq!(json["signatures"].as_array().unwrap().len(), 2);
     let human = ok(&["bundle", "inspect", s(&b2)]);
     assert!(
-        human.contains("version:     2.0.0 (security version 1)"),
+        human.contains("version:     2.0.0 (security version 1)") && human.contains("zstd-chunks"),
         "{human}"
     );
 

@@ -1,18 +1,19 @@
 //! Which payload each image of a release a device would download: a delta when the
 //! device reports holding the delta's source image, else the full payload.
 
-use cairn_bundle::{choose_payload, Manifest};
+use cairn_bundle::{choose_payload, Choice, Manifest};
 use cairn_server_api::InstalledImage;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ImagePlan {
     pub image: String,
-    /// `full` or `delta`.
+    /// `full`, `delta`, or `chunked` (the device fetches only the chunks it lacks).
     pub kind: String,
     /// For a delta: sha256 of the image it applies to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from_sha256: Option<String>,
+    /// What it downloads; for `chunked`, at most this (its index and every chunk).
     pub bytes: u64,
 }
 
@@ -31,14 +32,18 @@ pub fn plan(manifest: &Manifest, installed: &[InstalledImage]) -> PayloadPlan {
                 .any(|i| i.sha256 == s.sha256 && i.size == s.size)
         };
         // A release with an unusable full payload cannot be uploaded; count it as full.
-        let payload = choose_payload(image, held).unwrap_or(&image.full);
-        let from = payload.source.as_ref().map(|s| s.sha256.clone());
-        out.total_bytes += payload.size;
+        let choice = choose_payload(image, held).unwrap_or(Choice::Full(&image.full));
+        let (kind, from) = match choice {
+            Choice::Delta(d) => ("delta", d.source.as_ref().map(|s| s.sha256.clone())),
+            Choice::Chunked(_) => ("chunked", None),
+            Choice::Full(_) => ("full", None),
+        };
+        out.total_bytes += choice.max_bytes();
         out.images.push(ImagePlan {
             image: image.name.clone(),
-            kind: if from.is_some() { "delta" } else { "full" }.into(),
+            kind: kind.into(),
             from_sha256: from,
-            bytes: payload.size,
+            bytes: choice.max_bytes(),
         });
     }
     out
@@ -81,6 +86,7 @@ mod tests {
                 payload(50, Some(("a", 1000))),
                 payload(60, Some(("b", 1000))),
             ],
+            chunked: None,
         };
         let kernel = Image {
             kind: cairn_bundle::ImageKind::Slot,
@@ -91,6 +97,17 @@ mod tests {
             verity: None,
             full: payload(80, None),
             deltas: vec![],
+            // At most 10 + 75 bytes: a bit more than the full payload.
+            chunked: Some(cairn_bundle::Chunked {
+                index: Payload {
+                    method: "chunk-index".into(),
+                    ..payload(10, None)
+                },
+                data: Payload {
+                    method: "zstd-chunks".into(),
+                    ..payload(75, None)
+                },
+            }),
         };
         Manifest {
             compatible: "c".into(),
@@ -116,13 +133,13 @@ mod tests {
         let p = plan(&manifest(), &[held("b", 1000)]);
         assert_eq!(p.images[0].kind, "delta");
         assert_eq!(p.images[0].from_sha256, Some("b".repeat(64)));
-        assert_eq!(p.images[1].kind, "full");
-        assert_eq!(p.total_bytes, 60 + 80);
+        assert_eq!(p.images[1].kind, "chunked");
+        assert_eq!(p.total_bytes, 60 + 85);
     }
 
     #[test]
     fn anything_else_gets_the_full_payload() {
-        assert_eq!(plan(&manifest(), &[]).total_bytes, 900 + 80);
+        assert_eq!(plan(&manifest(), &[]).total_bytes, 900 + 85);
         // The right hash with the wrong size is not the source.
         let p = plan(&manifest(), &[held("a", 999)]);
         assert_eq!(p.images[0].kind, "full");

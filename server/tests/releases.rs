@@ -131,9 +131,11 @@ async fn a_device_installs_a_delta_from_ranges_of_the_served_bundle() {
     let verified = bundle.verify(&releases.root, &policy).unwrap();
     let rootfs = verified.manifest.image("rootfs").unwrap();
     let held = &releases.v1_images[0];
-    let payload =
+    let choice =
         choose_payload(rootfs, |s| s.sha256 == held.sha256 && s.size == held.size).unwrap();
-    assert!(payload.source.is_some(), "the delta, not the full payload");
+    let cairn_bundle::Choice::Delta(payload) = choice else {
+        panic!("the delta, not {choice:?}");
+    };
     let bytes = range(header.payload_area_offset + payload.offset, payload.size).await;
     let source = std::fs::read(releases.dir.path().join("rootfs-1")).unwrap();
     let image =

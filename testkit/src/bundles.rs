@@ -10,7 +10,7 @@ use crate::keys::{copy_key, in_days};
 
 /// A spec for a release of `compatible` at `version` with the tests' defaults: security
 /// version 1, created an hour ago, expiring in 30 days, zstd level 3, no images, deltas,
-/// description or roots yet. Callers set the rest with struct update syntax:
+/// chunks, description or roots yet. Callers set the rest with struct update syntax:
 /// `BundleSpec { images: image_inputs(..), ..bundle_spec("cairn-test", "1.0.0") }`.
 pub fn bundle_spec(compatible: &str, version: &str) -> BundleSpec {
     BundleSpec {
@@ -23,6 +23,7 @@ pub fn bundle_spec(compatible: &str, version: &str) -> BundleSpec {
         images: Vec::new(),
         delta_sources: Vec::new(),
         level: 3,
+        chunked: None,
         roots: Vec::new(),
     }
 }

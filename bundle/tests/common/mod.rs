@@ -2,6 +2,10 @@
 //! bundles; and the one way tests forge a correctly signed but hostile bundle.
 //! Images, keys and specs come from cairn-testkit.
 
+#![allow(dead_code)] // each test binary uses a different part
+
+pub mod erofs;
+
 use std::fs;
 use std::path::{Path, PathBuf};
 

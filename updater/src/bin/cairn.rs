@@ -224,6 +224,12 @@ fn print_progress(p: Progress) {
                 total >> 20
             )
         }
+        Progress::Reused { name, outcome: o } => writeln!(
+            err,
+            "\r{name}: {} blocks already in place, {} copied from local slots, {} zero; \
+             fetched {} chunks ({} blocks, {} bytes)",
+            o.kept, o.copied, o.zeros, o.fetched_chunks, o.fetched_blocks, o.fetched_bytes
+        ),
         Progress::ImageDone { name } => writeln!(err, "\r{name}: written and verified{:30}", ""),
         Progress::Armed { slot } => writeln!(err, "slot {slot} armed for one trial boot"),
     };

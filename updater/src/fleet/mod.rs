@@ -341,6 +341,14 @@ fn log_progress(p: Progress, counters: &Counters, last_logged: &mut u64) {
             *last_logged = 0;
             tracing::info!(image = %name, %method, size, "image started")
         }
+        Progress::Reused { name, outcome } => tracing::info!(
+            image = %name,
+            kept = outcome.kept,
+            copied = outcome.copied,
+            fetched_chunks = outcome.fetched_chunks,
+            fetched_bytes = outcome.fetched_bytes,
+            "chunked image built from local blocks"
+        ),
         Progress::ImageDone { name } => tracing::info!(image = %name, "image written and verified"),
         Progress::Armed { slot } => tracing::info!(%slot, "armed for one trial boot"),
     }

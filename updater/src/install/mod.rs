@@ -1,6 +1,7 @@
 //! The install pipeline: verify, choose payloads, stream them into the inactive slot,
 //! and switch the bootloader to a one-shot trial, in the order INVARIANTS.md requires.
 
+mod chunked;
 mod http;
 mod source;
 mod target;
@@ -12,8 +13,8 @@ use std::sync::Arc;
 
 use cairn_boot::SlotArgs;
 use cairn_bundle::{
-    choose_payload, decode_payload, Image, ImageKind, Manifest, Payload, Policy, Source,
-    VerifiedBundle,
+    choose_payload, decode_payload, Choice, Chunked, Image, ImageKind, Manifest, Payload, Policy,
+    Source, VerifiedBundle,
 };
 use time::OffsetDateTime;
 
@@ -26,6 +27,7 @@ use crate::state::store::StateError;
 use crate::state::{ImageRecord, Refusal, SlotRecord};
 use crate::transport::{Transport, TransportError};
 
+pub use chunked::Outcome as ChunkedOutcome;
 pub use http::HttpBundle;
 pub use source::BundleSource;
 pub use target::{SlotWriter, TargetError};
@@ -102,6 +104,11 @@ pub enum Progress {
         name: String,
         done: u64,
         total: u64,
+    },
+    /// A chunked image was built: what it reused and what it fetched.
+    Reused {
+        name: String,
+        outcome: chunked::Outcome,
     },
     ImageDone {
         name: String,
@@ -183,7 +190,13 @@ fn prepare(ctx: &Context, request: &InstallRequest) -> Result<Prepared, InstallE
     let plan = plan(ctx, &verified.manifest, facts.slot, target)?;
     let payloads: Vec<(&str, &Payload)> = plan
         .iter()
-        .map(|step| (step.image.name.as_str(), &step.payload))
+        .flat_map(|step| {
+            let name = step.image.name.as_str();
+            match &step.how {
+                How::Stream { payload, .. } => vec![(name, payload)],
+                How::Chunked { chunked, .. } => vec![(name, &chunked.index), (name, &chunked.data)],
+            }
+        })
         .collect();
     source.precheck(&payloads)?;
     Ok((source, verified, plan))
@@ -289,13 +302,27 @@ fn is_disk_full(e: &InstallError) -> bool {
     false
 }
 
-/// One image's place in the plan: where it goes and which payload feeds it.
+/// One image's place in the plan: where it goes and what it is made from.
 struct Step {
     image: Image,
     target: Target,
-    payload: Payload,
-    /// The running slot's copy, when the payload is a delta.
-    source: Option<Target>,
+    how: How,
+}
+
+enum How {
+    /// Decoded from one payload as it streams in.
+    Stream {
+        payload: Payload,
+        /// The running slot's copy, when the payload is a delta.
+        source: Option<Target>,
+    },
+    /// Built from the blocks the device holds, fetching the chunks it lacks.
+    Chunked {
+        chunked: Chunked,
+        /// How much of the target to hash for blocks already in place.
+        target_scan: u64,
+        sources: Vec<chunked::LocalCopy>,
+    },
 }
 
 /// Checks the bundle against this device's slots and picks a payload per image, before
@@ -318,6 +345,7 @@ fn plan(
         )));
     }
     let held = ctx.state.slot(active).images;
+    let held_by_target = ctx.state.slot(target).images;
     let mut steps = Vec::new();
     for image in &manifest.images {
         let (dest, active_target) = match image.kind {
@@ -347,13 +375,32 @@ fn plan(
         };
         target::check_capacity(&dest, &image.name, image.size)?;
         let has = |s: &Source| holds_source(held.get(&image.name), &active_target, s);
-        let payload = choose_payload(image, has)?.clone();
-        let source = payload.source.is_some().then(|| active_target.clone());
+        let how = match choose_payload(image, has)? {
+            Choice::Delta(payload) => How::Stream {
+                payload: payload.clone(),
+                source: Some(active_target.clone()),
+            },
+            Choice::Full(payload) => How::Stream {
+                payload: payload.clone(),
+                source: None,
+            },
+            Choice::Chunked(c) => How::Chunked {
+                chunked: c.clone(),
+                // What an earlier image left in the target may hold blocks too.
+                target_scan: held_by_target
+                    .get(&image.name)
+                    .map_or(image.size, |r| r.size.max(image.size)),
+                sources: chunked::local_copies(
+                    &dest,
+                    &active_target,
+                    held.get(&image.name).map(|r| r.size),
+                )?,
+            },
+        };
         steps.push(Step {
             image: image.clone(),
             target: dest,
-            payload,
-            source,
+            how,
         });
     }
     Ok(steps)
@@ -383,7 +430,50 @@ fn write_images(
 ) -> Result<SlotRecord, InstallError> {
     let mut images = BTreeMap::new();
     for step in plan {
-        let result = write_image(source, verified, step, &step.payload, cancel, progress);
+        let result = match &step.how {
+            How::Stream {
+                payload,
+                source: from,
+            } => write_image(
+                source,
+                verified,
+                step,
+                payload,
+                from.as_ref(),
+                cancel,
+                progress,
+            ),
+            How::Chunked {
+                chunked,
+                target_scan,
+                sources,
+            } => {
+                progress(Progress::Image {
+                    name: step.image.name.clone(),
+                    method: cairn_bundle::chunked::METHOD.into(),
+                    size: step.image.size,
+                });
+                chunked::install(
+                    source,
+                    &verified.header,
+                    &step.image,
+                    chunked,
+                    &step.target,
+                    *target_scan,
+                    sources,
+                    cancel,
+                    progress,
+                )
+                .map(|outcome| {
+                    let name = step.image.name.clone();
+                    progress(Progress::Reused {
+                        name: name.clone(),
+                        outcome,
+                    });
+                    progress(Progress::ImageDone { name })
+                })
+            }
+        };
         let result = result.map_err(|e| {
             if cancel.load(Ordering::Relaxed) {
                 InstallError::Cancelled(target)
@@ -391,21 +481,35 @@ fn write_images(
                 e
             }
         });
-        if let (Err(InstallError::Bundle(cairn_bundle::Error::ImageHashMismatch { .. })), Some(_)) =
-            (&result, &step.source)
+        let is_delta = matches!(
+            &step.how,
+            How::Stream {
+                source: Some(_),
+                ..
+            }
+        );
+        if let (Err(InstallError::Bundle(cairn_bundle::Error::ImageHashMismatch { .. })), true) =
+            (&result, is_delta)
         {
             // The running slot did not hold what its record said: the delta cannot work,
             // the full payload can.
             tracing::warn!(image = %step.image.name, "delta produced a wrong image; falling back to the full payload");
-            write_image(source, verified, step, &step.image.full, cancel, progress).map_err(
-                |e| {
-                    if cancel.load(Ordering::Relaxed) {
-                        InstallError::Cancelled(target)
-                    } else {
-                        e
-                    }
-                },
-            )?;
+            write_image(
+                source,
+                verified,
+                step,
+                &step.image.full,
+                None,
+                cancel,
+                progress,
+            )
+            .map_err(|e| {
+                if cancel.load(Ordering::Relaxed) {
+                    InstallError::Cancelled(target)
+                } else {
+                    e
+                }
+            })?;
         } else if step.image.kind == ImageKind::OciArchive
             && result.as_ref().is_err_and(is_disk_full)
         {
@@ -451,6 +555,7 @@ fn write_image(
     verified: &VerifiedBundle,
     step: &Step,
     payload: &Payload,
+    delta_source: Option<&Target>,
     cancel: &Arc<AtomicBool>,
     progress: &mut (dyn FnMut(Progress) + Send),
 ) -> Result<(), InstallError> {
@@ -467,7 +572,7 @@ fn write_image(
         let _ = tx.send(done);
     });
     let writer = SlotWriter::open(&step.target, cancel.clone(), on_write)?;
-    let map = match (&step.source, &payload.source) {
+    let map = match (delta_source, &payload.source) {
         (Some(active), Some(src)) => Some(target::map_source(active, src.size)?),
         _ => None,
     };

@@ -1,6 +1,7 @@
 //! Where a bundle comes from: a local file (USB stick, offline) or an HTTP(S) URL.
 
 use std::io::{self, Read};
+use std::ops::Range;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
@@ -49,13 +50,23 @@ impl BundleSource {
         header: &Header,
         payload: &Payload,
     ) -> Result<Box<dyn Read + Send>, InstallError> {
+        self.payload_part(header, payload, 0..payload.size)
+    }
+
+    /// A reader over bytes `part` of `payload`: one Range request over HTTP.
+    pub fn payload_part(
+        &self,
+        header: &Header,
+        payload: &Payload,
+        part: Range<u64>,
+    ) -> Result<Box<dyn Read + Send>, InstallError> {
         Ok(match self {
-            BundleSource::Local(file) => Box::new(file.payload_reader(payload)?),
+            BundleSource::Local(file) => Box::new(file.payload_part(payload, part)?),
             BundleSource::Http { bundle, file_len } => Box::new(io::BufReader::with_capacity(
                 256 << 10,
                 bundle.range(
-                    header.payload_area_offset + payload.offset,
-                    payload.size,
+                    header.payload_area_offset + payload.offset + part.start,
+                    part.end.min(payload.size).saturating_sub(part.start),
                     Some(*file_len),
                 ),
             )),

@@ -112,6 +112,26 @@ impl SlotWriter {
         })
     }
 
+    /// Whether the target is written in place (a partition): what it held before the
+    /// install is still there where nothing has been written yet, and may be skipped.
+    pub fn in_place(&self) -> bool {
+        matches!(self.out, Output::Device { .. })
+    }
+
+    /// Moves past `len` bytes that already hold what they must; only in place.
+    pub fn skip(&mut self, len: u64) -> io::Result<()> {
+        if self.cancel.load(Ordering::Relaxed) {
+            return Err(io::Error::other("install cancelled"));
+        }
+        let Output::Device { file, .. } = &mut self.out else {
+            return Err(io::Error::other("a file target cannot skip bytes"));
+        };
+        self.written += len;
+        file.seek(SeekFrom::Start(self.written))?;
+        (self.on_write)(self.written);
+        Ok(())
+    }
+
     /// Makes every written byte durable; for file targets, also swaps the file in.
     pub fn finish(self) -> Result<(), TargetError> {
         match self.out {

@@ -1,0 +1,106 @@
+//! Making a chunked image: hash every block, compress every chunk as its own frame.
+
+use std::io::{self, Write};
+
+use super::{block_hash, BlockHash, ChunkIndex, MAX_CHUNK_LEN, MAX_INDEX_LEN};
+
+/// How an image is cut. Small chunks fetch less around a change; big ones compress
+/// better. `FORMAT.md` gives the numbers behind the defaults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Layout {
+    pub block_size: u32,
+    pub chunk_blocks: u32,
+}
+
+impl Default for Layout {
+    /// 4 KiB blocks (the erofs block, so a file unchanged between releases is the same
+    /// blocks at whatever offset it moved to), 32 KiB chunks. Measured on the erofs pair
+    /// of `bundle/tests/chunked.rs` (12% of blocks changed): a device holding the old
+    /// image fetched 16% / 21% / 29% / 49% / 73% of the frames with 16 / 32 / 64 / 128 /
+    /// 256 KiB chunks, while the frames grew only 3.7% / 3.0% / 2.3% / 1.4% / 0% over
+    /// 256 KiB ones. 32 KiB takes most of that gain with half as many frames as 16 KiB.
+    fn default() -> Layout {
+        Layout {
+            block_size: 4096,
+            chunk_blocks: 8,
+        }
+    }
+}
+
+/// A compressed chunk: its frame and its blocks' hashes.
+type Encoded = (Vec<u8>, Vec<BlockHash>);
+
+/// Chunks compressed per batch, spread over the threads; bounds the frames held at once.
+const BATCH: usize = 64;
+
+/// Writes `image`'s frames to `out` and returns the index that describes them.
+pub fn encode(
+    image: &[u8],
+    layout: Layout,
+    level: i32,
+    out: &mut impl Write,
+) -> io::Result<ChunkIndex> {
+    let block = layout.block_size as usize;
+    let chunk_len = block * layout.chunk_blocks as usize;
+    if !layout.block_size.is_power_of_two() || chunk_len == 0 || chunk_len as u64 > MAX_CHUNK_LEN {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("chunk layout {layout:?} is outside the format's limits"),
+        ));
+    }
+    let index_len = image.len().div_ceil(block) * super::HASH_LEN;
+    if index_len as u64 > MAX_INDEX_LEN {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "an image of {} bytes needs blocks larger than {block} for its index to \
+                 stay under {MAX_INDEX_LEN} bytes",
+                image.len()
+            ),
+        ));
+    }
+    let chunks: Vec<&[u8]> = image.chunks(chunk_len).collect();
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut hashes: Vec<BlockHash> = Vec::with_capacity(image.len().div_ceil(block));
+    let mut frame_lens = Vec::with_capacity(chunks.len());
+    for batch in chunks.chunks(BATCH) {
+        let per_thread = batch.len().div_ceil(threads);
+        let done: Vec<io::Result<Vec<Encoded>>> = std::thread::scope(|s| {
+            let workers: Vec<_> = batch
+                .chunks(per_thread)
+                .map(|part| {
+                    s.spawn(move || -> io::Result<Vec<Encoded>> {
+                        let mut zstd = zstd::bulk::Compressor::new(level)?;
+                        zstd.include_checksum(false)?;
+                        zstd.include_contentsize(true)?;
+                        part.iter()
+                            .map(|chunk| {
+                                let frame = zstd.compress(chunk)?;
+                                let hashes = chunk.chunks(block).map(block_hash).collect();
+                                Ok((frame, hashes))
+                            })
+                            .collect()
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .map(|w| w.join().expect("chunk encoder does not panic"))
+                .collect()
+        });
+        for part in done {
+            for (frame, block_hashes) in part? {
+                out.write_all(&frame)?;
+                frame_lens.push(frame.len() as u32);
+                hashes.extend(block_hashes);
+            }
+        }
+    }
+    Ok(ChunkIndex::new(
+        layout.block_size,
+        layout.chunk_blocks,
+        image.len() as u64,
+        hashes,
+        &frame_lens,
+    ))
+}

@@ -1,0 +1,213 @@
+//! Chunked images: made from real erofs pairs, checked whole, rebuilt from the blocks of
+//! an older image plus only the chunks the plan fetches; and every inconsistency between
+//! index, frames and image refused with an error naming it.
+
+mod common;
+
+use std::fs;
+use std::path::Path;
+
+use cairn_bundle::chunked::plan::{Action, Finder, Found};
+use cairn_bundle::chunked::{block_hash, check_all, read_index, ChunkIndex, FrameDecoder, Layout};
+use cairn_bundle::{BundleFile, Image};
+use common::erofs::{mkfs_erofs, write_tree};
+use common::*;
+
+/// A bundle of `target` with its chunked image, and the index read back from it.
+fn chunked_bundle(fx: &Fixture, target: &Path) -> (BundleFile, Image, ChunkIndex) {
+    let mut spec = fx.spec(&[("rootfs", target)]);
+    spec.chunked = Some(Layout::default());
+    let (path, manifest) = fx.build(&spec, &[&fx.key], "chunked.cairn");
+    let file = BundleFile::open(&path).unwrap();
+    file.check_payloads(|_| {})
+        .expect("the writer's chunks check");
+    let image = manifest.image("rootfs").unwrap().clone();
+    let chunked = image.chunked.as_ref().expect("chunked image written");
+    let index = read_index(
+        &image,
+        chunked,
+        file.payload_reader(&chunked.index).unwrap(),
+    )
+    .unwrap();
+    (file, image, index)
+}
+
+/// Rebuilds `image` the way a device holding `old` (and an empty output) would, and
+/// returns the bytes with how many frame bytes it fetched.
+fn rebuild_from(
+    file: &BundleFile,
+    image: &Image,
+    index: &ChunkIndex,
+    old: &[u8],
+) -> (Vec<u8>, u64) {
+    let mut finder = Finder::new(index);
+    let bs = index.block_size as usize;
+    for (i, block) in old.chunks_exact(bs).enumerate() {
+        finder.offer_source(0, (i * bs) as u64, &block_hash(block));
+    }
+    let plan = finder.plan();
+    let held: std::collections::HashSet<_> = old.chunks_exact(bs).map(block_hash).collect();
+    let missing: Vec<usize> = (0..index.block_count())
+        .filter(|&b| !held.contains(index.hash(b)))
+        .collect();
+    println!(
+        "{} of {} blocks missing, in {} chunks; first {:?}",
+        missing.len(),
+        index.block_count(),
+        plan.fetch_runs().iter().map(|r| r.len()).sum::<usize>(),
+        &missing[..missing.len().min(40)]
+    );
+    let data = &image.chunked.as_ref().unwrap().data;
+    let mut decoder = FrameDecoder::new().unwrap();
+    let (mut out, mut chunk) = (Vec::new(), Vec::new());
+    for c in 0..index.chunk_count() {
+        if plan.fetches(c) {
+            let frame = index.frame(c);
+            let mut bytes = Vec::new();
+            std::io::Read::read_to_end(&mut file.payload_part(data, frame).unwrap(), &mut bytes)
+                .unwrap();
+            index
+                .decode_frame("rootfs", c, &bytes, &mut decoder, &mut chunk)
+                .unwrap();
+            out.extend_from_slice(&chunk);
+            continue;
+        }
+        for block in index.blocks_of(c) {
+            match plan.actions[block] {
+                Action::Zeros => out.extend(std::iter::repeat_n(0, index.block_len(block))),
+                Action::Copy(Found::Source { offset, .. }) => {
+                    out.extend_from_slice(&old[offset as usize..][..index.block_len(block)])
+                }
+                other => panic!("block {block}: {other:?} with no output"),
+            }
+        }
+    }
+    (out, plan.fetch_bytes(index))
+}
+
+fn erofs_pair(fx: &Fixture, v2_tree: impl FnOnce(&Path)) -> (Vec<u8>, std::path::PathBuf) {
+    let t1 = fx.path("tree1");
+    write_tree(&t1, 1);
+    mkfs_erofs(&t1, &fx.path("v1.erofs"));
+    let t2 = fx.path("tree2");
+    write_tree(&t2, 2);
+    v2_tree(&t2);
+    mkfs_erofs(&t2, &fx.path("v2.erofs"));
+    (fs::read(fx.path("v1.erofs")).unwrap(), fx.path("v2.erofs"))
+}
+
+#[test]
+fn an_erofs_update_rebuilds_from_the_old_image_fetching_only_changed_chunks() {
+    let fx = Fixture::new();
+    let (v1, v2) = erofs_pair(&fx, |_| {});
+    let (file, image, index) = chunked_bundle(&fx, &v2);
+    let (rebuilt, fetched) = rebuild_from(&file, &image, &index, &v1);
+    assert!(rebuilt == fs::read(&v2).unwrap(), "rebuilt image differs");
+    let all = index.data_len();
+    println!(
+        "erofs {} bytes: chunks {all} bytes, fetched {fetched} ({:.1}%)",
+        image.size,
+        100.0 * fetched as f64 / all as f64
+    );
+    // 4 of 40 packages changed and one file is new.
+    assert!(fetched * 4 < all, "fetched {fetched} of {all}");
+}
+
+#[test]
+fn files_that_moved_to_a_renamed_directory_are_found_where_they_now_are() {
+    // The kernel-update shape: /lib/modules/6.1.0-55 becomes /lib/modules/6.1.0-56 with
+    // most modules unchanged, so their blocks sit at other offsets of the new image.
+    let fx = Fixture::new();
+    let (v1, v2) = erofs_pair(&fx, |tree| {
+        let modules = tree.join("lib/modules");
+        fs::create_dir_all(&modules).unwrap();
+        fs::rename(tree.join("usr/lib"), modules.join("6.1.0-56")).unwrap();
+    });
+    let (file, image, index) = chunked_bundle(&fx, &v2);
+    let (rebuilt, fetched) = rebuild_from(&file, &image, &index, &v1);
+    assert!(rebuilt == fs::read(&v2).unwrap(), "rebuilt image differs");
+    let all = index.data_len();
+    println!("renamed tree: fetched {fetched} of {all} bytes");
+    assert!(fetched * 4 < all, "fetched {fetched} of {all}");
+}
+
+#[test]
+fn every_inconsistency_between_index_frames_and_image_is_refused() {
+    let fx = Fixture::new();
+    let target = fx.image("rootfs.img", 1 << 20, 3);
+    let (file, image, index) = chunked_bundle(&fx, &target);
+    let chunked = image.chunked.clone().unwrap();
+    let mut index_bytes = Vec::new();
+    std::io::Read::read_to_end(
+        &mut file.payload_reader(&chunked.index).unwrap(),
+        &mut index_bytes,
+    )
+    .unwrap();
+    let mut data = Vec::new();
+    std::io::Read::read_to_end(&mut file.payload_reader(&chunked.data).unwrap(), &mut data)
+        .unwrap();
+    let parse = |bytes: &[u8], image: &Image, data_len: u64| {
+        ChunkIndex::parse(bytes, image, data_len)
+            .unwrap_err()
+            .to_string()
+    };
+
+    let mut bad = index_bytes.clone();
+    bad[0] ^= 1;
+    assert!(parse(&bad, &image, chunked.data.size).contains("magic"));
+    let short = &index_bytes[..index_bytes.len() - 4];
+    assert!(parse(short, &image, chunked.data.size).contains("need"));
+    let mut other = image.clone();
+    other.size += 4096;
+    assert!(parse(&index_bytes, &other, chunked.data.size).contains("the image has"));
+    assert!(parse(&index_bytes, &image, chunked.data.size + 1).contains("add up to"));
+    let mut zero_frame = index_bytes.clone();
+    let last = zero_frame.len() - 4;
+    zero_frame[last..].copy_from_slice(&0u32.to_le_bytes());
+    assert!(parse(&zero_frame, &image, chunked.data.size).contains("frame of chunk"));
+
+    // The index payload tampered with: its signed digest catches it.
+    let tampered = read_index(&image, &chunked, &bad[..])
+        .unwrap_err()
+        .to_string();
+    assert!(tampered.contains("hash mismatch"), "{tampered}");
+    // A truncated index payload.
+    let truncated = read_index(&image, &chunked, &index_bytes[..100])
+        .unwrap_err()
+        .to_string();
+    assert!(truncated.contains("early"), "{truncated}");
+
+    // Frames in the wrong order: each decodes, but not to its chunk's blocks.
+    assert!(index.chunk_count() >= 2);
+    let (f0, f1) = (index.frame(0), index.frame(1));
+    let mut swapped = data[f1.start as usize..f1.end as usize].to_vec();
+    swapped.extend_from_slice(&data[f0.start as usize..f0.end as usize]);
+    let mut decoder = FrameDecoder::new().unwrap();
+    let mut out = Vec::new();
+    let err = index
+        .decode_frame(
+            "rootfs",
+            0,
+            &swapped[..(f1.end - f1.start) as usize],
+            &mut decoder,
+            &mut out,
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("chunk 0") && (err.contains("signed index") || err.contains("decodes to")),
+        "{err}"
+    );
+    // A flipped byte inside a frame, and a truncated data payload.
+    let mut flipped = data.clone();
+    flipped[f1.start as usize + 40] ^= 0x10;
+    let err = check_all(&image, &index, &flipped[..])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("chunk 1"), "{err}");
+    let err = check_all(&image, &index, &data[..data.len() - 10])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("ends") && err.contains("early"), "{err}");
+    check_all(&image, &index, &data[..]).expect("the untouched payload checks");
+}

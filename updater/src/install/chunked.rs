@@ -1,0 +1,345 @@
+//! Installing a chunked image (`cairn_bundle::chunked`): hash what the device already
+//! holds, then build the image chunk by chunk from kept, copied and fetched blocks.
+//!
+//! Nothing read from a disk is trusted: every block is checked against the signed index
+//! as it goes into the image, and the whole image against its digest at the end. That is
+//! also why an install that a power cut or a dropped network stopped resumes with no
+//! journal: the blocks it had written are found in place by the same hashing, and only
+//! the chunks still missing are fetched again.
+
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use cairn_bundle::chunked::plan::{Action, Finder, Found, Plan};
+use cairn_bundle::chunked::{block_hash, read_index, ChunkIndex, FrameDecoder};
+use cairn_bundle::digest::Hasher;
+use cairn_bundle::{Chunked, Header, Image};
+
+use super::source::BundleSource;
+use super::target::{target_path, SlotWriter, TargetError};
+use super::{InstallError, Progress};
+use crate::config::Target;
+
+/// A place on the device that may hold blocks of the image.
+pub struct LocalCopy {
+    pub target: Target,
+    /// How many bytes of it to look at.
+    pub len: u64,
+}
+
+/// What a chunked install did, in blocks and bytes.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    pub kept: usize,
+    pub copied: usize,
+    pub zeros: usize,
+    pub fetched_blocks: usize,
+    pub fetched_chunks: usize,
+    pub fetched_bytes: u64,
+}
+
+fn io_err(what: String) -> impl FnOnce(io::Error) -> InstallError {
+    move |source| TargetError::Io { path: what, source }.into()
+}
+
+/// Writes `image` into `output` from its chunked payloads, reusing every block found in
+/// `output` itself (when written in place) and in `sources`.
+#[allow(clippy::too_many_arguments)]
+pub fn install(
+    bundle: &BundleSource,
+    header: &Header,
+    image: &Image,
+    chunked: &Chunked,
+    output: &Target,
+    output_scan: u64,
+    sources: &[LocalCopy],
+    cancel: &Arc<AtomicBool>,
+    progress: &mut (dyn FnMut(Progress) + Send),
+) -> Result<Outcome, InstallError> {
+    let index = read_index(image, chunked, bundle.payload(header, &chunked.index)?)?;
+    let mut writer = SlotWriter::open(output, cancel.clone(), Box::new(|_| {}))?;
+    let output_path = target_path(output)?;
+    let output_file = if writer.in_place() {
+        Some(File::open(&output_path).map_err(io_err(output_path.display().to_string()))?)
+    } else {
+        None
+    };
+
+    let mut finder = Finder::new(&index);
+    if let Some(file) = &output_file {
+        scan(
+            file,
+            output_scan,
+            index.block_size,
+            cancel,
+            |block, hash| finder.offer_output(block, hash),
+        )
+        .map_err(io_err(format!("reading {}", output_path.display())))?;
+    }
+    let mut source_files = Vec::new();
+    for (n, copy) in sources.iter().enumerate() {
+        let path = target_path(&copy.target)?;
+        let Ok(file) = File::open(&path) else {
+            source_files.push(None);
+            continue; // a file target that does not exist yet holds nothing
+        };
+        let block_size = index.block_size as u64;
+        scan(&file, copy.len, index.block_size, cancel, |block, hash| {
+            finder.offer_source(n, block as u64 * block_size, hash)
+        })
+        .map_err(io_err(format!("reading {}", path.display())))?;
+        source_files.push(Some(file));
+    }
+    let plan = finder.plan();
+    tracing::info!(
+        image = %image.name,
+        blocks = index.block_count(),
+        kept = plan.count(|a| *a == Action::Keep),
+        copied = plan.count(|a| matches!(a, Action::Copy(_))),
+        fetch_chunks = plan.fetch_runs().iter().map(|r| r.len()).sum::<usize>(),
+        fetch_bytes = plan.fetch_bytes(&index),
+        "chunked install planned"
+    );
+
+    let mut build = Build {
+        bundle,
+        header,
+        image,
+        chunked,
+        index: &index,
+        plan: &plan,
+        output: output_file.as_ref(),
+        sources: &source_files,
+        decoder: FrameDecoder::new()?,
+        frame: Vec::new(),
+        run: None,
+        outcome: Outcome::default(),
+    };
+    let (algorithm, expected) = image.checked_digest();
+    let mut hasher = Hasher::new(algorithm);
+    let mut chunk = Vec::new();
+    let mut reported = 0;
+    for c in 0..index.chunk_count() {
+        if cancel.load(Ordering::Relaxed) {
+            return Err(io_err("install".into())(io::Error::other(
+                "install cancelled",
+            )));
+        }
+        build.chunk(c, &mut chunk)?;
+        hasher.update(&chunk);
+        let range = index.chunk_range(c);
+        if writer.in_place() && !plan.writes(&index, c) {
+            writer.skip(range.end - range.start)
+        } else {
+            writer.write_all(&chunk)
+        }
+        .map_err(io_err(format!("writing {}", output_path.display())))?;
+        if range.end - reported >= 4 << 20 || range.end == image.size {
+            progress(Progress::Bytes {
+                name: image.name.clone(),
+                done: range.end,
+                total: image.size,
+            });
+            reported = range.end;
+        }
+    }
+    let actual = hasher.finalize_hex();
+    if actual != expected {
+        return Err(cairn_bundle::Error::ImageHashMismatch {
+            image: image.name.clone(),
+            expected: format!("{} {expected}", algorithm.name()),
+            actual,
+        }
+        .into());
+    }
+    writer
+        .flush()
+        .map_err(io_err(output_path.display().to_string()))?;
+    writer.finish()?;
+    Ok(build.outcome)
+}
+
+/// Hashes the whole blocks in the first `len` bytes of `file`, reading a MiB at a time.
+fn scan(
+    file: &File,
+    len: u64,
+    block_size: u32,
+    cancel: &AtomicBool,
+    mut found: impl FnMut(usize, &[u8; 32]),
+) -> io::Result<()> {
+    let block_size = block_size as usize;
+    let mut buf = vec![0u8; cairn_bundle::COPY_BUF.max(block_size)];
+    let mut at = 0u64;
+    while at < len {
+        if cancel.load(Ordering::Relaxed) {
+            return Err(io::Error::other("install cancelled"));
+        }
+        let want = buf.len().min((len - at) as usize);
+        let n = read_at_most(file, &mut buf[..want], at)?;
+        let whole = n - n % block_size;
+        for (i, block) in buf[..whole].chunks_exact(block_size).enumerate() {
+            found((at as usize / block_size) + i, &block_hash(block));
+        }
+        if whole < want {
+            break; // end of file, or a partial block
+        }
+        at += whole as u64;
+    }
+    Ok(())
+}
+
+/// Fills `buf` from `offset` until it is full or the file ends.
+fn read_at_most(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match file.read_at(&mut buf[n..], offset + n as u64) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+/// The state of building the image chunk by chunk.
+struct Build<'a> {
+    bundle: &'a BundleSource,
+    header: &'a Header,
+    image: &'a Image,
+    chunked: &'a Chunked,
+    index: &'a ChunkIndex,
+    plan: &'a Plan,
+    output: Option<&'a File>,
+    sources: &'a [Option<File>],
+    decoder: FrameDecoder,
+    frame: Vec<u8>,
+    /// The open Range request over the run of chunks being fetched, and the next chunk
+    /// it yields.
+    run: Option<(Box<dyn Read + Send>, usize)>,
+    outcome: Outcome,
+}
+
+impl Build<'_> {
+    /// Puts chunk `c` of the image into `out`, every block checked against the index.
+    fn chunk(&mut self, c: usize, out: &mut Vec<u8>) -> Result<(), InstallError> {
+        let index = self.index;
+        if self.plan.fetches(c) {
+            self.fetch(c, out)?;
+            self.count_fetched(c);
+            return Ok(());
+        }
+        let range = index.chunk_range(c);
+        out.clear();
+        out.resize((range.end - range.start) as usize, 0);
+        let start = index.blocks_of(c).start;
+        for block in index.blocks_of(c) {
+            let at = (block - start) * index.block_size as usize;
+            let bytes = &mut out[at..at + index.block_len(block)];
+            let action = self.plan.actions[block];
+            let read = match action {
+                Action::Zeros => Ok(()),
+                Action::Keep => self.read_output(block, bytes),
+                Action::Copy(Found::Output { block: from }) => self.read_output(from, bytes),
+                Action::Copy(Found::Source { source, offset }) => match &self.sources[source] {
+                    Some(file) => file.read_exact_at(bytes, offset),
+                    None => Err(io::ErrorKind::NotFound.into()),
+                },
+                Action::Fetch => unreachable!("a chunk with a fetched block is fetched whole"),
+            };
+            if read.is_err() || !index.holds(block, bytes) {
+                // What was found changed since it was hashed (or cannot be read now):
+                // take the chunk from the bundle instead.
+                tracing::warn!(image = %self.image.name, block, ?action, "a local block changed since it was found; fetching its chunk");
+                self.fetch(c, out)?;
+                self.count_fetched(c);
+                return Ok(());
+            }
+        }
+        for block in index.blocks_of(c) {
+            match self.plan.actions[block] {
+                Action::Keep => self.outcome.kept += 1,
+                Action::Zeros => self.outcome.zeros += 1,
+                _ => self.outcome.copied += 1,
+            }
+        }
+        Ok(())
+    }
+
+    fn count_fetched(&mut self, c: usize) {
+        let frame = self.index.frame(c);
+        self.outcome.fetched_chunks += 1;
+        self.outcome.fetched_blocks += self.index.blocks_of(c).len();
+        self.outcome.fetched_bytes += frame.end - frame.start;
+    }
+
+    fn read_output(&self, block: usize, bytes: &mut [u8]) -> io::Result<()> {
+        let file = self.output.ok_or(io::ErrorKind::NotFound)?;
+        file.read_exact_at(bytes, block as u64 * self.index.block_size as u64)
+    }
+
+    /// Fetches and decodes chunk `c`'s frame: from the open run when it is the run's next
+    /// chunk, else with a new Range request over the run that starts at `c`.
+    fn fetch(&mut self, c: usize, out: &mut Vec<u8>) -> Result<(), InstallError> {
+        let index = self.index;
+        if !matches!(&self.run, Some((_, next)) if *next == c) {
+            let end = self
+                .plan
+                .fetch_runs()
+                .into_iter()
+                .find(|r| r.contains(&c))
+                .map_or(c + 1, |r| r.end);
+            let part = index.frame(c).start..index.frame(end - 1).end;
+            let reader = self
+                .bundle
+                .payload_part(self.header, &self.chunked.data, part)?;
+            self.run = Some((reader, c));
+        }
+        let (reader, next) = self.run.as_mut().expect("opened above");
+        let frame = index.frame(c);
+        self.frame.resize((frame.end - frame.start) as usize, 0);
+        reader
+            .read_exact(&mut self.frame)
+            .map_err(|e| InstallError::Download {
+                url: format!("chunk {c} of {}", self.image.name),
+                source: e,
+            })?;
+        *next = c + 1;
+        index.decode_frame(&self.image.name, c, &self.frame, &mut self.decoder, out)?;
+        Ok(())
+    }
+}
+
+/// Where chunked installs look for blocks, besides the output: the running slot's copy
+/// of the image, and the output's old file when it is replaced rather than overwritten.
+pub fn local_copies(
+    output: &Target,
+    active: &Target,
+    active_len: Option<u64>,
+) -> Result<Vec<LocalCopy>, TargetError> {
+    let len_of = |t: &Target| -> Result<u64, TargetError> {
+        let path: PathBuf = target_path(t)?;
+        Ok(match File::open(&path) {
+            Ok(mut f) => io::Seek::seek(&mut f, io::SeekFrom::End(0)).unwrap_or(0),
+            Err(_) => 0,
+        })
+    };
+    let mut copies = vec![LocalCopy {
+        target: active.clone(),
+        len: match active_len {
+            Some(len) => len,
+            None => len_of(active)?,
+        },
+    }];
+    if let Target::File(_) = output {
+        copies.push(LocalCopy {
+            target: output.clone(),
+            len: len_of(output)?,
+        });
+    }
+    Ok(copies)
+}
