@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cairn_bundle::chunked::{block_hash, read_index, Layout};
-use cairn_bundle::BundleFile;
+use cairn_bundle::{BundleFile, Chunked, Image};
 use cairn_testkit::{copy_key, slot_image_bytes};
 use cairn_updater::bootstate::SlotId;
 use common::http::{serve, Faults};
@@ -52,6 +52,14 @@ fn chunked_bundle(d: &Device, r: &Release) -> std::path::PathBuf {
     d.bundle_with(r, None, &r.version, &[copy_key(&d.key)], |spec| {
         spec.chunked = Some(Layout::default());
     })
+}
+
+/// `bundle` opened, with its rootfs image and that image's chunked payloads.
+fn rootfs_chunks(bundle: &std::path::Path) -> (BundleFile, Image, Chunked) {
+    let file = BundleFile::open(bundle).unwrap();
+    let image = file.bundle.manifest.image("rootfs").unwrap().clone();
+    let chunked = image.chunked.clone().expect("a chunked rootfs");
+    (file, image, chunked)
 }
 
 /// The numbers a `cairn install` printed for image `name`'s chunked build.
@@ -113,9 +121,7 @@ fn a_device_two_releases_behind_fetches_only_the_chunks_no_slot_holds() {
 
     // Counted against the manifest: the frames of the chunks holding a block of v3 that
     // is in neither v1 nor v2 (nor all zeros).
-    let file = BundleFile::open(&bundle).unwrap();
-    let image = file.bundle.manifest.image("rootfs").unwrap().clone();
-    let chunked = image.chunked.clone().unwrap();
+    let (file, image, chunked) = rootfs_chunks(&bundle);
     let index = read_index(
         &image,
         &chunked,
@@ -213,17 +219,7 @@ fn an_install_killed_part_way_resumes_without_fetching_what_it_had_written() {
     assert!(out.status.success(), "{stderr}");
     assert!(d.holds(SlotId::B, &v2), "byte-identical after the resume");
     let (kept, _, fetched) = reused(&stderr, "rootfs");
-    let data = BundleFile::open(&bundle)
-        .unwrap()
-        .bundle
-        .manifest
-        .image("rootfs")
-        .unwrap()
-        .chunked
-        .clone()
-        .unwrap()
-        .data
-        .size;
+    let data = rootfs_chunks(&bundle).2.data.size;
     println!("{before} of {} blocks written when killed; resumed with {kept} in place, fetched {fetched} of {data} bytes", target.len());
     assert!(
         kept >= before,
@@ -239,16 +235,8 @@ fn a_corrupt_chunk_is_refused_and_nothing_is_armed() {
     let v2 = unrelated("2.0.0", 97);
     let d = Device::new(&v1);
     let good = chunked_bundle(&d, &v2);
-    let file = BundleFile::open(&good).unwrap();
-    let data = file
-        .bundle
-        .manifest
-        .image("rootfs")
-        .unwrap()
-        .chunked
-        .clone()
-        .unwrap()
-        .data;
+    let (file, _, chunked) = rootfs_chunks(&good);
+    let data = chunked.data;
     let mut bytes = fs::read(&good).unwrap();
     let at = (file.bundle.header.payload_area_offset + data.offset + data.size / 2) as usize;
     bytes[at] ^= 0x20;

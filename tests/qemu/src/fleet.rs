@@ -84,7 +84,7 @@ pub fn bundle_with_pods(new: &Build, old: &Build, out: &Path) -> Result<PathBuf>
         verity: None,
         kind: ImageKind::OciArchive,
     };
-    create_bundle(new, old, out, None, vec![pause])
+    create_bundle(new, Some(old), out, None, vec![pause], None)
 }
 
 /// The release's container images as an OCI archive, next to its slot image.
@@ -154,28 +154,40 @@ pub fn bundle_replacing(
     out: &Path,
     replaced: Option<Replaced>,
 ) -> Result<PathBuf> {
-    create_bundle(new, old, out, replaced, Vec::new())
+    create_bundle(new, Some(old), out, replaced, Vec::new(), None)
 }
 
+/// A bundle of `new` as release `version`, with no delta and its images chunked: what a
+/// device gets when no delta was made for the version it runs.
+pub fn bundle_chunked(new: &Build, version: &str, out: &Path) -> Result<PathBuf> {
+    create_bundle(new, None, out, None, Vec::new(), Some(version))
+}
+
+/// A bundle of `new`: with deltas from `old`, or else chunked; as release `version`, or
+/// the replaced image's, or the profile's.
 fn create_bundle(
     new: &Build,
-    old: &Build,
+    old: Option<&Build>,
     out: &Path,
     replaced: Option<Replaced>,
     extra: Vec<ImageInput>,
+    version: Option<&str>,
 ) -> Result<PathBuf> {
     let keys = new.layout.dev_keys();
     let key = SigningKey::from_json(&std::fs::read(keys.join("release.key.json"))?)
         .context("reading the development signing key")?;
-    let delta_sources = images(old)?
-        .into_iter()
-        .map(|i| DeltaSource {
-            image: i.name,
-            path: i.path,
-        })
-        .collect();
+    let delta_sources = match old {
+        Some(old) => images(old)?
+            .into_iter()
+            .map(|i| DeltaSource {
+                image: i.name,
+                path: i.path,
+            })
+            .collect(),
+        None => Vec::new(),
+    };
     let mut new_images = images(new)?;
-    let mut version = new.profile.version.clone();
+    let mut version = version.map_or_else(|| new.profile.version.clone(), str::to_string);
     if let Some(replaced) = replaced {
         version = replaced.version.to_string();
         let image = new_images
@@ -191,6 +203,7 @@ fn create_bundle(
         delta_sources,
         // Level 9: most of 19's delta size in a fraction of its time.
         level: 9,
+        chunked: old.is_none().then(cairn_bundle::chunked::Layout::default),
         ..cairn_testkit::bundle_spec(&new.profile.compatible, &version)
     };
     writer::create(&spec, &[key], out, &mut |_| {})?;
