@@ -41,6 +41,11 @@ const PACKAGES: &[&str] = &[
     "runc",                        // its runtime (crun fails under hybrid cgroups here)
     "containernetworking-plugins", // NetworkReady needs a CNI config and plugins
     "busybox-static",              // the static binary test container images are built from
+    // cairn-server's hawkBit DDI is tested against the real client.
+    "swupdate", // SWUpdate 2022.12 with suricatta's hawkBit module
+    "openssl",  // signs the test .swu files (CMS)
+    // The QEMU harness gives a second concurrent guest its own network namespace.
+    "iproute2", // ip link set lo up in that namespace
 ];
 
 /// What `cargo xtask bench delta` compares Cairn's deltas with, and measures them by.

@@ -19,9 +19,8 @@ use cairn_server::http::Config;
 use cairn_server::local::LocalServer;
 use serde_json::{json, Value};
 
-/// Where the server listens on the host; the profile's `[server] url` is the guest's
-/// view of it.
-pub const LISTEN: &str = "127.0.0.1:18480";
+/// The guest's view of the server: the profile's `[server] url`. The server listens on
+/// the host's loopback at [`crate::host_port`] of its port.
 pub const PUBLIC_URL: &str = "https://10.0.2.2:18480";
 const ADMIN_TOKEN: &str = "cairn-demo-admin";
 
@@ -139,6 +138,23 @@ pub fn bundle(new: &Build, old: &Build, out: &Path) -> Result<PathBuf> {
     bundle_replacing(new, old, out, None)
 }
 
+/// v2's bundle with deltas from v1, which most scenarios roll out: made once per process
+/// (next to v2's slot image) and copied to `out`, since making it is the costliest step
+/// of a scenario's set-up.
+pub fn bundle_v2_from_v1(out: &Path) -> Result<PathBuf> {
+    static MADE: Mutex<Option<PathBuf>> = Mutex::new(None);
+    let mut made = MADE.lock().unwrap_or_else(|p| p.into_inner());
+    if made.is_none() {
+        let v2 = image_v2()?;
+        let path = v2.layout.out.join("v2-from-v1.cairn");
+        bundle(v2, crate::image()?, &path)?;
+        *made = Some(path);
+    }
+    let made = made.as_ref().context("v2's bundle was just made")?;
+    std::fs::copy(made, out).with_context(|| format!("copying {}", made.display()))?;
+    Ok(out.to_path_buf())
+}
+
 /// A release of `new` that differs in one image: [`Replaced`]'s file stands in for
 /// `new`'s image of that name (a kernel that cannot boot, an initrd that hangs).
 pub struct Replaced<'a> {
@@ -173,6 +189,10 @@ fn create_bundle(
     extra: Vec<ImageInput>,
     version: Option<&str>,
 ) -> Result<PathBuf> {
+    // The container archives are written next to each build's slot image: scenarios
+    // running at once must not write them under each other's reader.
+    static WRITING: Mutex<()> = Mutex::new(());
+    let _writing = WRITING.lock().unwrap_or_else(|p| p.into_inner());
     let keys = new.layout.dev_keys();
     let key = SigningKey::from_json(&std::fs::read(keys.join("release.key.json"))?)
         .context("reading the development signing key")?;
@@ -222,10 +242,12 @@ pub struct Fleet {
 }
 
 impl Fleet {
-    /// Starts the server on [`LISTEN`], trusting `root` for releases and serving HTTPS
-    /// with `tls`, the certificate the image's pinned CA issued.
+    /// Starts the server where this thread's guest reaches [`PUBLIC_URL`], trusting
+    /// `root` for releases and serving HTTPS with `tls`, the certificate the image's
+    /// pinned CA issued.
     pub fn start(root: &Path, tls: &DevTls, dir: &Path) -> Result<Fleet> {
-        Fleet::start_at(root, tls, dir, LISTEN, PUBLIC_URL)
+        let listen = format!("127.0.0.1:{}", crate::host_port(crate::SERVER_PORT));
+        Fleet::start_at(root, tls, dir, &listen, PUBLIC_URL)
     }
 
     /// Like [`Fleet::start`], on `listen`, which the guest reaches as `public_url` (a

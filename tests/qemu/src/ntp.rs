@@ -8,22 +8,21 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-/// Where chronyd listens; the profile names `10.0.2.2:18123`.
-pub const PORT: u16 = 18123;
-
 /// chronyd, stopped on drop.
 pub struct NtpServer {
     child: Child,
 }
 
 impl NtpServer {
-    /// Starts chronyd with its files in `dir` and waits until it answers.
+    /// Starts chronyd with its files in `dir` where this thread's guest reaches
+    /// 10.0.2.2:[`crate::NTP_PORT`], the port the profile names, and waits until it answers.
     pub fn start(dir: &Path) -> Result<NtpServer> {
+        let port = crate::host_port(crate::NTP_PORT);
         let conf = dir.join("chrony.conf");
         std::fs::write(
             &conf,
             format!(
-                "port {PORT}\nbindaddress 127.0.0.1\nlocal stratum 8\nallow 127.0.0.1\n\
+                "port {port}\nbindaddress 127.0.0.1\nlocal stratum 8\nallow 127.0.0.1\n\
                  cmdport 0\npidfile {}\n",
                 dir.join("chronyd.pid").display()
             ),
@@ -38,10 +37,10 @@ impl NtpServer {
             .context("starting chronyd (Debian's chrony)")?;
         let server = NtpServer { child };
         let deadline = Instant::now() + Duration::from_secs(10);
-        while !answers()? {
+        while !answers(port)? {
             if Instant::now() > deadline {
                 bail!(
-                    "chronyd does not answer on 127.0.0.1:{PORT}: {}",
+                    "chronyd does not answer on 127.0.0.1:{port}: {}",
                     std::fs::read_to_string(dir.join("chronyd.log")).unwrap_or_default()
                 );
             }
@@ -52,9 +51,9 @@ impl NtpServer {
 }
 
 /// Whether a client request to the port gets a server's answer.
-fn answers() -> Result<bool> {
+fn answers(port: u16) -> Result<bool> {
     let socket = std::net::UdpSocket::bind("127.0.0.1:0")?;
-    socket.connect(("127.0.0.1", PORT))?;
+    socket.connect(("127.0.0.1", port))?;
     socket.set_read_timeout(Some(Duration::from_millis(500)))?;
     let mut request = [0u8; 48];
     request[0] = (4 << 3) | 3;

@@ -59,7 +59,7 @@ impl Rig {
         say("Building the v1 image (Debian bookworm arm64, kernel 6.1.0-55) and v2 (kernel 6.1.0-56)...");
         let v1 = image()?;
         let v2 = fleet::image_v2()?;
-        let bundle = fleet::bundle(v2, v1, &dir.join("v2.cairn"))?;
+        let bundle = fleet::bundle_v2_from_v1(&dir.join("v2.cairn"))?;
         let bundle_bytes = std::fs::metadata(&bundle)?.len();
         say(&format!(
             "Signed bundle for v2 with deltas from v1: {:.1} MiB (v2's slot image alone is {:.1} MiB).",

@@ -22,6 +22,9 @@ pub struct Vm {
     swtpm: Child,
     stdin: ChildStdin,
     console: Arc<Mutex<String>>,
+    /// The guest's own network when its VM slot is not the first; after `qemu` in drop
+    /// order, though QEMU is killed before either field drops.
+    _net: Option<crate::guest_net::GuestNet>,
     /// Waits search from here on: what an earlier wait matched is not matched again.
     cursor: usize,
     started: Instant,
@@ -117,7 +120,12 @@ impl Vm {
             thread::sleep(Duration::from_millis(20));
         }
 
-        let mut qemu = Command::new("qemu-system-aarch64")
+        let net = crate::guest_net()?;
+        let mut qemu = Command::new("qemu-system-aarch64");
+        if let Some(net) = &net {
+            net.enter(&mut qemu);
+        }
+        let mut qemu = qemu
             .args([
                 "-M",
                 "virt",
@@ -173,6 +181,7 @@ impl Vm {
             swtpm,
             stdin,
             console,
+            _net: net,
             cursor: 0,
             started: Instant::now(),
             log: log_dir.join(format!("{name}.console.log")),

@@ -13,12 +13,12 @@ use cairn_server_api::ProvisioningRecord;
 use qemu_tests::disk::TestDisk;
 use qemu_tests::fleet::Fleet;
 use qemu_tests::vm::Vm;
-use qemu_tests::{image, record_time, serial, BOOT_TIMEOUT};
+use qemu_tests::{host_port, image, record_time, vm_slot, BOOT_TIMEOUT, SITE_SERVER_PORT};
 
 #[test]
 fn a_flashed_device_in_factory_mode_is_imported_and_enrolls_approved_with_its_ek() -> Result<()> {
     let build = image()?;
-    let _lock = serial();
+    let _slot = vm_slot();
     let scratch = tempfile::tempdir()?;
     let started = Instant::now();
 
@@ -69,16 +69,16 @@ fn a_flashed_device_in_factory_mode_is_imported_and_enrolls_approved_with_its_ek
     Ok(())
 }
 
-/// Where the site's own server listens, and how the guest reaches it: not where the
-/// image points ([`qemu_tests::fleet::PUBLIC_URL`]), so only the override can lead there.
-const SITE_LISTEN: &str = "127.0.0.1:18481";
+/// How the guest reaches the site's own server: not where the image points
+/// ([`qemu_tests::fleet::PUBLIC_URL`]), so only the override can lead there. It listens
+/// on the host at [`qemu_tests::host_port`] of that port.
 const SITE_URL: &str = "https://10.0.2.2:18481";
 
 #[test]
 fn an_identity_provisioned_offline_with_site_settings_is_approved_at_its_site_server() -> Result<()>
 {
     let build = image()?;
-    let _lock = serial();
+    let _slot = vm_slot();
     let scratch = tempfile::tempdir()?;
     let started = Instant::now();
     let card = scratch.path().join("card.img");
@@ -122,7 +122,7 @@ fn an_identity_provisioned_offline_with_site_settings_is_approved_at_its_site_se
         &build.layout.dev_keys().join("root.json"),
         &tls,
         scratch.path(),
-        SITE_LISTEN,
+        &format!("127.0.0.1:{}", host_port(SITE_SERVER_PORT)),
         SITE_URL,
     )?;
     let summary = fleet.post("/devices/import", Some(serde_json::to_vec(&[&record])?))?;

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{ensure, Result};
 use cairn_image::os::pipeline::Build;
 use qemu_tests::update_loop::{CampaignEnd, Rig, COMMAND_TIMEOUT};
-use qemu_tests::{disk::TestDisk, fleet, image, record_time, serial, BOOT_TIMEOUT};
+use qemu_tests::{disk::TestDisk, fleet, image, record_time, vm_slot, BOOT_TIMEOUT};
 
 fn say(line: &str) {
     println!("{line}");
@@ -17,7 +17,7 @@ fn say(line: &str) {
 #[test]
 fn a_campaign_delivers_v2_as_a_delta_and_the_device_commits_it() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let _lock = serial();
+    let _slot = vm_slot();
     let mut rig = Rig::boot_v1(dir.path(), "update-success", false, &mut say)?;
     let end = rig.roll_out("rollout-0.2.0", &mut say)?;
     ensure!(end.succeeded == 1 && end.failed == 0, "{end:?}");
@@ -95,7 +95,7 @@ fn a_campaign_delivers_v2_as_a_delta_and_the_device_commits_it() -> Result<()> {
 #[test]
 fn a_release_with_a_declared_workload_commits_once_it_runs_from_preloaded_images() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let _lock = serial();
+    let _slot = vm_slot();
     let mut rig = Rig::boot_v1(dir.path(), "update-workload", false, &mut say)?;
     let build = fleet::image_of("qemu-arm64-v2-workload.toml")?;
     let bundle = fleet::bundle_with_pods(build, image()?, &dir.path().join("workload.cairn"))?;
@@ -139,7 +139,7 @@ fn a_release_with_a_declared_workload_commits_once_it_runs_from_preloaded_images
 #[test]
 fn a_device_whose_clock_starts_in_1970_enrolls_and_installs_an_update_signed_today() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let _lock = serial();
+    let _slot = vm_slot();
     // No clock battery, no NTP: the board's clock starts at the epoch on every boot.
     let mut rig = Rig::boot_v1_with_clock(
         dir.path(),
@@ -180,7 +180,7 @@ fn a_device_whose_clock_starts_in_1970_enrolls_and_installs_an_update_signed_tod
 #[test]
 fn a_data_partition_filled_to_the_brim_does_not_stop_an_update() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let _lock = serial();
+    let _slot = vm_slot();
     let mut rig = Rig::boot_v1(dir.path(), "update-data-full", false, &mut say)?;
     // A workload (as root, so past ext4's reserved blocks) fills /data completely.
     rig.vm.check(
@@ -206,7 +206,7 @@ fn a_data_partition_filled_to_the_brim_does_not_stop_an_update() -> Result<()> {
 #[test]
 fn a_tampered_download_is_refused_and_slot_b_stays_unbootable() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let _lock = serial();
+    let _slot = vm_slot();
     let rig = Rig::boot_v1(dir.path(), "update-tampered", false, &mut say)?;
     // The server verified the bundle when it was added; flip one payload byte in what
     // it now serves (a compromised mirror or a bad disk on the way).
@@ -253,7 +253,7 @@ fn a_tampered_download_is_refused_and_slot_b_stays_unbootable() -> Result<()> {
 #[test]
 fn the_same_bundle_installs_offline_from_a_usb_stick() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let _lock = serial();
+    let _slot = vm_slot();
     let mut rig = Rig::boot_v1(dir.path(), "update-offline", true, &mut say)?;
     let stick = rig.find_usb_stick()?;
     // What a technician on site does: copy the bundle from the stick, install it. The
@@ -283,7 +283,7 @@ fn the_same_bundle_installs_offline_from_a_usb_stick() -> Result<()> {
 #[test]
 fn a_release_failing_its_health_check_rolls_back_and_stops_the_campaign() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let _lock = serial();
+    let _slot = vm_slot();
     let v3 = fleet::image_of("qemu-arm64-v3.toml")?;
     let mut rig = Rig::boot_v1(dir.path(), "update-health-failure", false, &mut say)?;
     let bundle = fleet::bundle(v3, image()?, &dir.path().join("v3.cairn"))?;
@@ -332,7 +332,7 @@ fn a_release_failing_its_health_check_rolls_back_and_stops_the_campaign() -> Res
 #[test]
 fn a_trial_that_hangs_is_reset_by_the_watchdog_then_tried_again_and_decided() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let _lock = serial();
+    let _slot = vm_slot();
     let v3 = fleet::image_of("qemu-arm64-v3.toml")?;
     let mut rig = Rig::boot_v1(dir.path(), "update-watchdog", false, &mut say)?;
     let bundle = fleet::bundle(v3, image()?, &dir.path().join("v3.cairn"))?;
@@ -388,7 +388,7 @@ fn a_trial_that_hangs_is_reset_by_the_watchdog_then_tried_again_and_decided() ->
 #[test]
 fn a_release_whose_kernel_cannot_boot_falls_back_and_is_reported() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let _lock = serial();
+    let _slot = vm_slot();
     let mut rig = Rig::boot_v1(dir.path(), "update-boot-failure", false, &mut say)?;
     // v4: v2's root, but a kernel U-Boot cannot start.
     let junk = dir.path().join("junk-kernel");
@@ -426,7 +426,7 @@ fn a_release_whose_kernel_cannot_boot_falls_back_and_is_reported() -> Result<()>
 fn a_trial_whose_init_hangs_is_reset_by_the_watchdog_until_the_device_is_back_on_its_release(
 ) -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let _lock = serial();
+    let _slot = vm_slot();
     let mut rig = Rig::boot_v1(dir.path(), "update-init-hang", false, &mut say)?;
     // v5: v2, but its init hangs once it has armed the watchdog, before any health check.
     let initrd = initrd_that_hangs(fleet::image_v2()?, dir.path())?;
@@ -501,7 +501,7 @@ fn initrd_that_hangs(build: &Build, dir: &Path) -> Result<PathBuf> {
 fn a_power_cut_during_a_chunked_install_resumes_from_the_blocks_on_disk_and_commits() -> Result<()>
 {
     let dir = tempfile::tempdir()?;
-    let _lock = serial();
+    let _slot = vm_slot();
     let mut rig = Rig::boot_v1(dir.path(), "update-chunked", false, &mut say)?;
     // No delta for v1: the device builds v2 from its own blocks and fetches the rest.
     let v2 = fleet::image_v2()?;
@@ -585,10 +585,12 @@ const CUTS_DURING_INSTALL: [(&str, u64); 10] = [
     ("image started image=initrd", 250),
 ];
 
+// The longest scenario (ten boots): its name sorts it early, since libtest starts tests
+// in name order and a long one started last would run alone at the end.
 #[test]
-fn power_cuts_during_download_and_write_always_boot_and_the_update_completes() -> Result<()> {
+fn a_download_and_slot_write_cut_ten_times_by_power_always_boot_and_then_complete() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let _lock = serial();
+    let _slot = vm_slot();
     let mut rig = Rig::boot_v1(dir.path(), "update-power-cuts", false, &mut say)?;
     rig.vm.send("tail -n 0 -f /var/log/cairnd.log &")?;
     rig.fleet
@@ -627,7 +629,7 @@ fn power_cuts_during_download_and_write_always_boot_and_the_update_completes() -
 fn power_cuts_after_the_switch_and_during_the_trial_checks_are_retried_and_the_update_commits(
 ) -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let _lock = serial();
+    let _slot = vm_slot();
     let mut rig = Rig::boot_v1(dir.path(), "update-power-cuts-trial", false, &mut say)?;
     rig.vm.send("tail -n 0 -f /var/log/cairnd.log &")?;
     rig.fleet.start_campaign(
@@ -689,7 +691,7 @@ fn wait_for_server_event(rig: &Rig, events: &[&str], timeout: Duration) -> Resul
 fn a_server_replaced_by_a_restored_backup_mid_campaign_still_counts_the_attested_commit(
 ) -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let _lock = serial();
+    let _slot = vm_slot();
     let mut rig = Rig::boot_v1(dir.path(), "update-server-restored", false, &mut say)?;
     rig.fleet.start_campaign(
         "rollout-restored",
