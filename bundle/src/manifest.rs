@@ -88,6 +88,10 @@ pub enum ImageKind {
     /// container runtime before the reboot into the release, so nothing has to be pulled
     /// after it.
     OciArchive,
+    /// A file for a device that installs releases with its own client (a `.swu` for
+    /// SWUpdate, a RAUC bundle) and speaks hawkBit DDI to the server: served to it as is,
+    /// never installed by cairnd.
+    Artifact,
 }
 
 impl ImageKind {

@@ -34,13 +34,17 @@ pub struct CreateArgs {
     #[arg(long)]
     security_version: u64,
     /// Images as NAME=PATH (repeat): rootfs=..., kernel=..., initrd=...
-    #[arg(long = "image", required = true, value_parser = parse_pair)]
+    #[arg(long = "image", required_unless_present = "artifacts", value_parser = parse_pair)]
     images: Vec<(String, PathBuf)>,
     /// Container images as NAME=ARCHIVE (repeat): an OCI image layout archive (e.g.
     /// the Kubernetes distribution's system images for this version) that devices import
     /// into containerd before they reboot into the release. Deltas apply as to any image.
     #[arg(long = "oci", value_parser = parse_pair)]
     oci: Vec<(String, PathBuf)>,
+    /// NAME=FILE: a file a hawkBit DDI device downloads and installs with its own client
+    /// (an SWUpdate `.swu`, a RAUC bundle), named by its file name there. Repeatable.
+    #[arg(long = "artifact", value_parser = parse_pair)]
+    artifacts: Vec<(String, PathBuf)>,
     /// dm-verity parameters for an image as NAME=verity.json (from `cairn-image slot`).
     #[arg(long = "verity", value_parser = parse_pair)]
     verity: Vec<(String, PathBuf)>,
@@ -128,7 +132,13 @@ fn create(a: CreateArgs) -> Result<()> {
             path: path.clone(),
         })
         .collect();
-    let all_images: Vec<(String, PathBuf)> = a.images.iter().chain(&a.oci).cloned().collect();
+    let all_images: Vec<(String, PathBuf)> = a
+        .images
+        .iter()
+        .chain(&a.oci)
+        .chain(&a.artifacts)
+        .cloned()
+        .collect();
     for (i, old) in a.from_bundles.iter().enumerate() {
         delta_sources.extend(extract_sources(
             old,
@@ -161,6 +171,14 @@ fn create(a: CreateArgs) -> Result<()> {
             path: path.clone(),
             verity: None,
             kind: ImageKind::OciArchive,
+        });
+    }
+    for (name, path) in &a.artifacts {
+        images.push(ImageInput {
+            name: name.clone(),
+            path: path.clone(),
+            verity: None,
+            kind: ImageKind::Artifact,
         });
     }
     let created = match a.created.or_else(|| {

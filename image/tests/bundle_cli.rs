@@ -279,3 +279,66 @@ fn keygen_writes_the_secret_key_private_and_the_public_key_readable() {
     // Nothing else (no temporary copy of the secret) is left next to it.
     assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 2);
 }
+
+#[test]
+fn a_release_for_a_hawkbit_client_carries_its_swu_as_an_artifact() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let a = d.join("a");
+    ok(&["keygen", "--out", s(&a)]);
+    let (a_pub, a_key) = (format!("{}.pub.json", s(&a)), format!("{}.key.json", s(&a)));
+    let root = d.join("root.json");
+    ok(&[
+        "root",
+        "init",
+        "--key",
+        &a_pub,
+        "--threshold",
+        "1",
+        "--sign",
+        &a_key,
+        "--out",
+        s(&root),
+    ]);
+    let swu = d.join("update.swu");
+    fs::write(&swu, b"070702 stands in for a cpio archive").unwrap();
+    let out = d.join("release.cairn");
+    ok(&[
+        "bundle",
+        "create",
+        "--compatible",
+        "swupdate-board",
+        "--version",
+        "1.1.0",
+        "--security-version",
+        "1",
+        "--artifact",
+        &format!("update.swu={}", s(&swu)),
+        "--key",
+        &a_key,
+        "-o",
+        s(&out),
+    ]);
+    ok(&["bundle", "verify", s(&out), "--root", s(&root)]);
+    let json: serde_json::Value =
+        serde_json::from_str(&ok(&["bundle", "inspect", "--json", s(&out)])).unwrap();
+    let image = &json["manifest"]["images"][0];
+    assert_eq!(image["name"], "update.swu", "{json}");
+    assert_eq!(image["kind"], "artifact", "{json}");
+    // Neither an image nor an artifact: nothing to release.
+    let err = fails(&[
+        "bundle",
+        "create",
+        "--compatible",
+        "b",
+        "--version",
+        "1.0.0",
+        "--security-version",
+        "1",
+        "--key",
+        &a_key,
+        "-o",
+        s(&d.join("empty.cairn")),
+    ]);
+    assert!(err.contains("--image"), "{err}");
+}

@@ -134,6 +134,39 @@ pub async fn import_devices(
     ))
 }
 
+/// Body of `POST /admin/v1/ddi/targets`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewDdiTarget {
+    pub id: String,
+    pub compatible: String,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// What it runs now (semver); unknown when absent.
+    #[serde(default)]
+    pub version: Option<String>,
+}
+
+/// Registers a hawkBit DDI device; the answer holds its target token, shown only here.
+pub async fn register_ddi_target(
+    _: Admin,
+    State(s): State<Shared>,
+    body: Bytes,
+) -> ApiResult<Json<crate::ddi::targets::Registered>> {
+    let new: NewDdiTarget = crate::json::parse_body(&body)?;
+    Ok(Json(
+        crate::ddi::targets::register(
+            &s.db,
+            &new.id,
+            &new.compatible,
+            &new.tags,
+            new.version.as_deref(),
+            audit::ADMIN_API,
+        )
+        .await?,
+    ))
+}
+
 pub async fn list_campaigns(_: Admin, State(s): State<Shared>) -> ApiResult<Json<Vec<Campaign>>> {
     Ok(Json(campaigns::list(&s.db).await?))
 }

@@ -374,6 +374,19 @@ pub async fn check_blobs(db: &Db, blobs: &Path) -> Result<(), BackupError> {
             Err(_) => missing.push(format!("release {id}: {name}")),
         }
     }
+    // Artifacts decoded for hawkBit clients (ddi/artifacts.rs) live beside the bundles.
+    let artifacts = sqlx::query("SELECT sha256, size FROM ddi_artifacts ORDER BY sha256")
+        .fetch_all(&db.pool)
+        .await?;
+    for row in artifacts {
+        let sha256: String = row.try_get("sha256")?;
+        let size: i64 = row.try_get("size")?;
+        let name = crate::ddi::artifacts::blob_name(&sha256);
+        match fs::metadata(blobs.join(&name)) {
+            Ok(m) if m.len() == size as u64 => {}
+            _ => missing.push(format!("artifact {name}")),
+        }
+    }
     if missing.is_empty() {
         Ok(())
     } else {

@@ -124,7 +124,7 @@ async fn catch_up(
 /// Writes a changed version at once (the rest of the state waits for the batch) and
 /// records it in the history. The conditional update makes one entry per change even
 /// when retried check-ins race through several servers.
-async fn record_new_version(
+pub(crate) async fn record_new_version(
     db: &Db,
     device_id: &str,
     old: Option<&str>,

@@ -29,6 +29,8 @@ pub struct Config {
     pub tls: Option<TlsFiles>,
     /// Bounds on enrollments of unknown ids (`429 enrollment-limit` beyond them).
     pub enroll_limits: crate::devices::EnrollLimits,
+    /// The hawkBit tenant DDI clients name in their URLs (compared without case).
+    pub ddi_tenant: String,
 }
 
 impl Config {
@@ -43,6 +45,7 @@ impl Config {
             ek_ca: None,
             tls: None,
             enroll_limits: Default::default(),
+            ddi_tenant: "DEFAULT".into(),
         }
     }
 }

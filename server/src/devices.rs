@@ -11,7 +11,7 @@ use crate::audit;
 use crate::db::{now_ms, ordered_id, Db, Row};
 use crate::error::{ApiError, ApiResult};
 
-const APPROVED: &str = "approved";
+pub(crate) const APPROVED: &str = "approved";
 const PENDING: &str = "pending";
 /// An operator refused the pending enrollment: the id cannot enroll again (with any
 /// key) until an operator approves it.

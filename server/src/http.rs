@@ -48,6 +48,7 @@ pub async fn build(db: Db, config: Config, local: SocketAddr) -> anyhow::Result<
         .route("/devices/{id}/tags", put(admin_api::set_tags))
         .route("/devices/{id}/{action}", post(admin_api::device_action))
         .route("/audit", get(admin_api::audit_log))
+        .route("/ddi/targets", post(admin_api::register_ddi_target))
         .route(
             "/campaigns",
             get(admin_api::list_campaigns).post(admin_api::create_campaign),
@@ -57,6 +58,7 @@ pub async fn build(db: Db, config: Config, local: SocketAddr) -> anyhow::Result<
         .route("/campaigns/{id}/{action}", post(admin_api::campaign_action))
         .layer(DefaultBodyLimit::max(64 * 1024));
     let router = Router::new()
+        .merge(crate::ddi::routes())
         .nest("/v1/device", device)
         .nest("/admin/v1", admin)
         .route("/", get(dashboard::campaigns))

@@ -49,6 +49,7 @@ pub mod config;
 pub mod dashboard;
 pub mod dashboard_actions;
 pub mod db;
+pub mod ddi;
 pub mod deployments;
 pub mod device_api;
 pub mod device_reader;

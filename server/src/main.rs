@@ -88,6 +88,9 @@ struct ServeArgs {
     poll_interval_secs: u64,
     #[arg(long, default_value_t = 5)]
     evaluate_every_secs: u64,
+    /// The hawkBit tenant DDI clients use in their URLs (`-t` of SWUpdate's suricatta).
+    #[arg(long, default_value = "DEFAULT")]
+    ddi_tenant: String,
     /// CA certificate (PEM or DER) that must have issued devices' TPM EK certificates,
     /// e.g. the TPM vendor's (swtpm-localca's issuercert.pem in tests).
     #[arg(long)]
@@ -130,6 +133,18 @@ enum DeviceCommand {
     Import {
         #[arg(required = true)]
         manifests: Vec<PathBuf>,
+    },
+    /// Register a device that speaks hawkBit DDI (SWUpdate's suricatta,
+    /// rauc-hawkbit-updater): approved at once; prints its target token, shown only here.
+    AddDdi {
+        id: String,
+        #[arg(long)]
+        compatible: String,
+        #[arg(long = "tag")]
+        tags: Vec<String>,
+        /// The release it runs now; unknown (0.0.0) when not given.
+        #[arg(long)]
+        version: Option<String>,
     },
     /// Replace a device's tags.
     Tag {
@@ -289,6 +304,7 @@ async fn serve(db: Db, blobs: PathBuf, args: ServeArgs) -> Result<()> {
     config.admin_token = args.admin_token;
     config.public_url = args.public_url;
     config.poll_interval_secs = args.poll_interval_secs;
+    config.ddi_tenant = args.ddi_tenant;
     config.evaluate_every = Duration::from_secs(args.evaluate_every_secs.max(1));
     config.tls = args
         .tls_cert
@@ -355,6 +371,22 @@ async fn device(db: &Db, command: DeviceCommand) -> Result<()> {
             }
             print(&devices::import(db, &entries, &audit::cli_actor()).await?)
         }
+        DeviceCommand::AddDdi {
+            id,
+            compatible,
+            tags,
+            version,
+        } => print(
+            &cairn_server::ddi::targets::register(
+                db,
+                &id,
+                &compatible,
+                &tags,
+                version.as_deref(),
+                &audit::cli_actor(),
+            )
+            .await?,
+        ),
         DeviceCommand::Tag { id, tags } => print(&devices::set_tags(db, &id, &tags).await?),
         DeviceCommand::Reject { id } => {
             print(&devices::reject(db, &id, &audit::cli_actor()).await?)

@@ -102,11 +102,18 @@ pub async fn add(
             "the server has no trust root configured (start it with --root root.json)",
         )
     })?;
-    let checked =
-        tokio::task::spawn_blocking(move || check_bundle(&staged, &root).map(|m| (staged, m)))
-            .await
-            .map_err(|e| anyhow::anyhow!("bundle check task: {e}"))?;
-    let (staged, (manifest, sha256, size)) = checked?;
+    let artifact_dir = blobs.to_path_buf();
+    let checked = tokio::task::spawn_blocking(move || {
+        let checked = check_bundle(&staged, &root)?;
+        // Artifacts for hawkBit clients are served as they are: decoded once, here.
+        let artifacts = crate::ddi::artifacts::extract(&staged, &checked.0, &artifact_dir)
+            .context("decoding the bundle's artifacts")?;
+        ApiResult::Ok((staged, checked, artifacts))
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("bundle check task: {e}"))?;
+    let (staged, (manifest, sha256, size), artifacts) = checked?;
+    crate::ddi::artifacts::record(db, &artifacts).await?;
     let blob_name = match external_url {
         Some(_) => None,
         None => {

@@ -363,6 +363,13 @@ fn plan(
                     Target::File(containers.archive(active, &image.name)),
                 )
             }
+            ImageKind::Artifact => {
+                return Err(InstallError::Mismatch(format!(
+                    "bundle carries '{}', an artifact for a device with its own installer \
+                     (hawkBit DDI): cairnd installs none",
+                    image.name
+                )));
+            }
             ImageKind::Slot => {
                 let Some(dest) = targets.get(&image.name) else {
                     return Err(InstallError::Mismatch(format!(
