@@ -332,6 +332,7 @@ async fn an_aborted_campaign_is_cancelled_on_the_client_mid_download() {
     let client = Client::start(&s, "press-3", &token, " -n 64k", "cancel");
     wait_for_state(&s, "press-3", &["downloading"], &client).await;
     s.server.admin().ok("/admin/v1/campaigns/c/abort", "").await;
+    // SWUpdate stops the transfer and acknowledges 4 to 25 s later here.
     wait_for_state(&s, "press-3", &["cancelled"], &client).await;
     let (_, device) = s.server.admin().get("/admin/v1/devices/press-3").await;
     let history = device["history"].to_string();

@@ -233,16 +233,27 @@ async fn deployment_base(
     })))
 }
 
+/// The deployment a feedback is about and what it says, once the client is admitted.
+async fn feedback_on(
+    s: &Shared,
+    headers: &HeaderMap,
+    (tenant, id, action): (&str, &str, &str),
+    body: &[u8],
+) -> ApiResult<(String, feedback::Feedback)> {
+    admit(s, headers, tenant, id).await?;
+    let deployment = deployment_of(s, id, action).await?;
+    let fb =
+        feedback::parse(body).map_err(|e| ApiError::bad_request("bad-feedback", e.to_string()))?;
+    Ok((deployment, fb))
+}
+
 async fn deployment_feedback(
     State(s): State<Shared>,
     Path((tenant, id, action)): Path<(String, String, String)>,
     headers: HeaderMap,
     body: Bytes,
 ) -> ApiResult<Response> {
-    admit(&s, &headers, &tenant, &id).await?;
-    let deployment = deployment_of(&s, &id, &action).await?;
-    let fb =
-        feedback::parse(&body).map_err(|e| ApiError::bad_request("bad-feedback", e.to_string()))?;
+    let (deployment, fb) = feedback_on(&s, &headers, (&tenant, &id, &action), &body).await?;
     let detail = feedback::detail(&fb);
     let states: &[ReportedState] = match feedback::effect(&fb) {
         Effect::Nothing => &[],
@@ -307,10 +318,7 @@ async fn cancel_feedback(
     headers: HeaderMap,
     body: Bytes,
 ) -> ApiResult<Response> {
-    admit(&s, &headers, &tenant, &id).await?;
-    let deployment = deployment_of(&s, &id, &action).await?;
-    let fb =
-        feedback::parse(&body).map_err(|e| ApiError::bad_request("bad-feedback", e.to_string()))?;
+    let (deployment, fb) = feedback_on(&s, &headers, (&tenant, &id, &action), &body).await?;
     let now = now_ms();
     let mut tx = s.db.pool.begin().await?;
     let current = deployments::state_in(&mut tx, &deployment).await?;

@@ -95,12 +95,13 @@ pub fn install(
         source_files.push(Some(file));
     }
     let plan = finder.plan();
+    let fetch_runs = plan.fetch_runs();
     tracing::info!(
         image = %image.name,
         blocks = index.block_count(),
         kept = plan.count(|a| *a == Action::Keep),
         copied = plan.count(|a| matches!(a, Action::Copy(_))),
-        fetch_chunks = plan.fetch_runs().iter().map(|r| r.len()).sum::<usize>(),
+        fetch_chunks = fetch_runs.iter().map(|r| r.len()).sum::<usize>(),
         fetch_bytes = plan.fetch_bytes(&index),
         "chunked install planned"
     );
@@ -112,6 +113,7 @@ pub fn install(
         chunked,
         index: &index,
         plan: &plan,
+        fetch_runs: &fetch_runs,
         output: output_file.as_ref(),
         sources: &source_files,
         decoder: FrameDecoder::new()?,
@@ -214,6 +216,8 @@ struct Build<'a> {
     chunked: &'a Chunked,
     index: &'a ChunkIndex,
     plan: &'a Plan,
+    /// The plan's runs of chunks to fetch, in order: one Range request each.
+    fetch_runs: &'a [std::ops::Range<usize>],
     output: Option<&'a File>,
     sources: &'a [Option<File>],
     decoder: FrameDecoder,
@@ -287,11 +291,11 @@ impl Build<'_> {
     fn fetch(&mut self, c: usize, out: &mut Vec<u8>) -> Result<(), InstallError> {
         let index = self.index;
         if !matches!(&self.run, Some((_, next)) if *next == c) {
+            let at = self.fetch_runs.partition_point(|r| r.end <= c);
             let end = self
-                .plan
-                .fetch_runs()
-                .into_iter()
-                .find(|r| r.contains(&c))
+                .fetch_runs
+                .get(at)
+                .filter(|r| r.contains(&c))
                 .map_or(c + 1, |r| r.end);
             let part = index.frame(c).start..index.frame(end - 1).end;
             let reader = self
