@@ -275,3 +275,38 @@ fn a_power_cut_during_the_trial_checks_is_reported_as_an_interruption_after_boot
     );
     assert!(!detail.contains("did not boot"), "{detail}");
 }
+
+#[test]
+fn a_bundle_carrying_an_artifact_for_another_installer_is_refused_before_anything_is_written() {
+    let (v1, v2) = (Release::new("1.0.0", 0), Release::new("2.0.0", 3));
+    let d = Device::new(&v1);
+    let swu = d.path("build/update.swu");
+    fs::create_dir_all(swu.parent().unwrap()).unwrap();
+    fs::write(&swu, b"an SWUpdate archive for a hawkBit client").unwrap();
+    let bundle = d.bundle_with(
+        &v2,
+        Some(&v1),
+        "v2-with-artifact",
+        &[cairn_testkit::copy_key(&d.key)],
+        |spec| {
+            spec.images.push(cairn_bundle::writer::ImageInput {
+                name: "update.swu".into(),
+                path: swu.clone(),
+                verity: None,
+                kind: cairn_bundle::ImageKind::Artifact,
+            })
+        },
+    );
+    let before = fs::read(d.path("dev/rootfs-b")).unwrap();
+    let err = d.cairn_err(&["install", bundle.to_str().unwrap()]);
+    assert!(
+        err.contains("'update.swu', an artifact for a device with its own installer"),
+        "{err}"
+    );
+    assert_eq!(
+        fs::read(d.path("dev/rootfs-b")).unwrap(),
+        before,
+        "nothing written"
+    );
+    assert_eq!(phase(&d.status()), "committed");
+}
