@@ -130,7 +130,7 @@ fn trusted_ak(ak_public: Option<String>, trusted_at: Option<i64>) -> Option<Stri
         .map(|ak| cairn_server_api::ak_digest(&ak))
 }
 
-fn parse_state(stored: &str) -> ApiResult<DeploymentState> {
+pub(crate) fn parse_state(stored: &str) -> ApiResult<DeploymentState> {
     Ok(DeploymentState::parse(stored)
         .ok_or_else(|| anyhow::anyhow!("stored deployment state '{stored}'"))?)
 }

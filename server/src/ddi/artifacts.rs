@@ -29,7 +29,7 @@ pub fn blob_name(sha256: &str) -> String {
     format!("{sha256}.artifact")
 }
 
-pub fn is_artifacts(image: &Image) -> bool {
+pub fn is_artifact(image: &Image) -> bool {
     image.kind == ImageKind::Artifact
 }
 
@@ -39,7 +39,7 @@ pub fn is_artifacts(image: &Image) -> bool {
 pub fn extract(bundle: &Path, manifest: &Manifest, blobs: &Path) -> anyhow::Result<Vec<Artifact>> {
     let mut out = Vec::new();
     let file = BundleFile::open(bundle)?;
-    for image in manifest.images.iter().filter(|i| is_artifacts(i)) {
+    for image in manifest.images.iter().filter(|i| is_artifact(i)) {
         let staged = blobs.join(format!(".artifact-{}", random_id("")));
         let written = (|| -> anyhow::Result<Artifact> {
             let writer = Digesting::new(std::fs::File::create(&staged)?);
@@ -96,7 +96,7 @@ pub async fn record(db: &Db, artifacts: &[Artifact]) -> ApiResult<()> {
 /// The artifacts of a release's manifest, with their digests.
 pub async fn of_release(db: &Db, manifest: &Manifest) -> ApiResult<Vec<Artifact>> {
     let mut out = Vec::new();
-    for image in manifest.images.iter().filter(|i| is_artifacts(i)) {
+    for image in manifest.images.iter().filter(|i| is_artifact(i)) {
         let row = sqlx::query("SELECT sha1, md5, size FROM ddi_artifacts WHERE sha256 = $1")
             .bind(&image.sha256)
             .fetch_optional(&db.pool)

@@ -46,16 +46,25 @@ pub fn routes() -> Router<Shared> {
         .layer(DefaultBodyLimit::max(64 * 1024))
 }
 
-/// Checks the tenant and the target token; returns the controller's base URL.
-async fn admit(s: &Shared, headers: &HeaderMap, tenant: &str, id: &str) -> ApiResult<String> {
+/// Checks the tenant and the target token; returns the controller's base URL and the
+/// target.
+async fn admit(
+    s: &Shared,
+    headers: &HeaderMap,
+    tenant: &str,
+    id: &str,
+) -> ApiResult<(String, targets::Target)> {
     if !tenant.eq_ignore_ascii_case(&s.config.ddi_tenant) {
         return Err(ApiError::not_found(
             "unknown-tenant",
             format!("no tenant {tenant}"),
         ));
     }
-    targets::authenticate(&s.db, headers, id).await?;
-    Ok(format!("{}/{tenant}/controller/v1/{id}", s.public_url))
+    let target = targets::authenticate(&s.db, headers, id).await?;
+    Ok((
+        format!("{}/{tenant}/controller/v1/{id}", s.public_url),
+        target,
+    ))
 }
 
 /// Success for a POST or PUT: SWUpdate counts only 200 as one.
@@ -82,11 +91,9 @@ async fn newest(s: &Shared, device_id: &str) -> ApiResult<Option<Newest>> {
     .fetch_optional(&s.db.pool)
     .await?;
     let Some(row) = row else { return Ok(None) };
-    let stored: String = row.try_get("state")?;
     Ok(Some(Newest {
         id: row.try_get("id")?,
-        state: DeploymentState::parse(&stored)
-            .ok_or_else(|| anyhow::anyhow!("stored deployment state '{stored}'"))?,
+        state: deployments::parse_state(&row.try_get::<String, _>("state")?)?,
         campaign_state: row.try_get("campaign_state")?,
         acknowledged_cancel: row.try_get::<i64, _>("acks")? > 0,
     }))
@@ -106,7 +113,7 @@ async fn root(
     Path((tenant, id)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> ApiResult<Json<Value>> {
-    let base = admit(&s, &headers, &tenant, &id).await?;
+    let (base, target) = admit(&s, &headers, &tenant, &id).await?;
     let device = devices::get(&s.db, &id).await?;
     let report = CheckIn {
         // What it ran at registration, or the last release it confirmed.
@@ -134,7 +141,7 @@ async fn root(
             }
         }
     }
-    if !targets::has_attributes(&s.db, &id).await? {
+    if !target.has_attributes {
         links.insert(
             "configData".into(),
             json!({ "href": format!("{base}/configData") }),
@@ -178,10 +185,8 @@ async fn action_of(s: &Shared, device_id: &str, deployment: &str) -> ApiResult<A
     .bind(device_id)
     .fetch_one(&s.db.pool)
     .await?;
-    let stored: String = row.try_get("state")?;
     Ok(Action {
-        state: DeploymentState::parse(&stored)
-            .ok_or_else(|| anyhow::anyhow!("stored deployment state '{stored}'"))?,
+        state: deployments::parse_state(&row.try_get::<String, _>("state")?)?,
         release_id: row.try_get("release_id")?,
     })
 }
@@ -191,16 +196,16 @@ async fn deployment_base(
     Path((tenant, id, action)): Path<(String, String, String)>,
     headers: HeaderMap,
 ) -> ApiResult<Json<Value>> {
-    let base = admit(&s, &headers, &tenant, &id).await?;
+    let (base, _) = admit(&s, &headers, &tenant, &id).await?;
     let deployment = deployment_of(&s, &id, &action).await?;
-    let target = action_of(&s, &id, &deployment).await?;
-    if target.state.is_terminal() {
+    let current = action_of(&s, &id, &deployment).await?;
+    if current.state.is_terminal() {
         return Err(ApiError::not_found(
             "action-closed",
-            format!("action {action} is {}", target.state.as_str()),
+            format!("action {action} is {}", current.state.as_str()),
         ));
     }
-    let (release, manifest) = releases::get_with_manifest(&s.db, &target.release_id).await?;
+    let (release, manifest) = releases::get_with_manifest(&s.db, &current.release_id).await?;
     let files: Vec<Value> = artifacts::of_release(&s.db, &manifest)
         .await?
         .into_iter()
@@ -229,7 +234,7 @@ async fn deployment_base(
                 "artifacts": files,
             }],
         },
-        "actionHistory": { "status": target.state.as_str(), "messages": [] },
+        "actionHistory": { "status": current.state.as_str(), "messages": [] },
     })))
 }
 
@@ -255,7 +260,8 @@ async fn deployment_feedback(
 ) -> ApiResult<Response> {
     let (deployment, fb) = feedback_on(&s, &headers, (&tenant, &id, &action), &body).await?;
     let detail = feedback::detail(&fb);
-    let states: &[ReportedState] = match feedback::effect(&fb) {
+    let effect = feedback::effect(&fb);
+    let states: &[ReportedState] = match effect {
         Effect::Nothing => &[],
         Effect::Progress(ReportedState::Installing) => {
             &[ReportedState::Downloading, ReportedState::Installing]
@@ -287,7 +293,7 @@ async fn deployment_feedback(
             Err(e) => return Err(e),
         }
     }
-    if feedback::effect(&fb) == Effect::Succeeded {
+    if effect == Effect::Succeeded {
         // The version the next poll checks in with.
         let release =
             releases::get(&s.db, &action_of(&s, &id, &deployment).await?.release_id).await?;
@@ -391,7 +397,7 @@ async fn artifact(
     let entitled = manifest
         .images
         .iter()
-        .any(|i| artifacts::is_artifacts(i) && i.sha256 == module && i.name == file);
+        .any(|i| artifacts::is_artifact(i) && i.sha256 == module && i.name == file);
     if !entitled {
         return Err(missing());
     }

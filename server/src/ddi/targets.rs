@@ -85,9 +85,15 @@ fn token_digest(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
 
+/// What a request learns of the target it authenticated.
+pub struct Target {
+    /// Whether the client has sent its configData yet (the poll asks for it until then).
+    pub has_attributes: bool,
+}
+
 /// The device `controller_id` when `headers` carry its target token and it is approved.
 /// A wrong, unknown or missing token gets one answer, so ids cannot be probed.
-pub async fn authenticate(db: &Db, headers: &HeaderMap, controller_id: &str) -> ApiResult<()> {
+pub async fn authenticate(db: &Db, headers: &HeaderMap, controller_id: &str) -> ApiResult<Target> {
     let unauthorized = || {
         ApiError::unauthorized(
             "bad-target-token",
@@ -101,7 +107,7 @@ pub async fn authenticate(db: &Db, headers: &HeaderMap, controller_id: &str) -> 
         .map(str::trim)
         .filter(|t| !t.is_empty())
         .ok_or_else(unauthorized)?;
-    let row = sqlx::query("SELECT device_id FROM ddi_targets WHERE token_sha256 = $1")
+    let row = sqlx::query("SELECT device_id, attributes FROM ddi_targets WHERE token_sha256 = $1")
         .bind(token_digest(token))
         .fetch_optional(&db.pool)
         .await?
@@ -109,16 +115,10 @@ pub async fn authenticate(db: &Db, headers: &HeaderMap, controller_id: &str) -> 
     if row.try_get::<String, _>("device_id")? != controller_id {
         return Err(unauthorized());
     }
-    devices::require_active(db, controller_id).await
-}
-
-/// Whether the client has sent its configData yet (the poll asks for it until then).
-pub async fn has_attributes(db: &Db, device_id: &str) -> ApiResult<bool> {
-    let row = sqlx::query("SELECT attributes FROM ddi_targets WHERE device_id = $1")
-        .bind(device_id)
-        .fetch_one(&db.pool)
-        .await?;
-    Ok(row.try_get::<Option<String>, _>("attributes")?.is_some())
+    devices::require_active(db, controller_id).await?;
+    Ok(Target {
+        has_attributes: row.try_get::<Option<String>, _>("attributes")?.is_some(),
+    })
 }
 
 /// Keeps the client's configData (`{"key": "value", ...}`) and notes it in the history.
