@@ -6,7 +6,7 @@ use std::sync::mpsc;
 use std::thread;
 
 use crate::chunks::COPY_BUF;
-use crate::codec::{full, zstd_patch, Method};
+use crate::codec::{block_bsdiff, full, zstd_patch, Method};
 use crate::digest::{Algorithm, Hasher};
 use crate::error::{Error, Result};
 use crate::manifest::{Image, Payload};
@@ -325,11 +325,11 @@ pub fn decode_payload<R: Read, W: Write>(
     let method = Method::parse(&payload.method);
     let source = match (&method, source) {
         (Method::Zstd, _) => None,
-        (Method::ZstdPatch, Some(source)) => Some(source),
-        (Method::ZstdPatch, None) => {
+        (Method::ZstdPatch | Method::BlockBsdiff, Some(source)) => Some(source),
+        (Method::ZstdPatch | Method::BlockBsdiff, None) => {
             return Err(Error::NoUsablePayload {
                 image: image.name.clone(),
-                detail: "zstd-patch needs the source image".into(),
+                detail: format!("{} needs the source image", method.name()),
             })
         }
         (Method::Unknown(m), _) => {
@@ -348,6 +348,9 @@ pub fn decode_payload<R: Read, W: Write>(
         let mut sink = HashedSink::new(out, image.size, image_hash);
         let decoded = match source {
             None => full::decoder(&mut reader).and_then(|mut d| sink.fill_from(&mut d)),
+            Some(source) if method == Method::BlockBsdiff => {
+                block_bsdiff::decode(&mut reader, source, image.size, &mut sink)
+            }
             Some(source) => zstd_patch::decode(&mut reader, source, image.size, &mut sink),
         };
         let result = decoded.and_then(|()| sink.flush());

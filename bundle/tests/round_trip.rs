@@ -6,6 +6,7 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
+use cairn_bundle::writer::DeltaCodec;
 use cairn_bundle::{choose_payload, codec, decode_payload, BundleFile, Choice, Policy, Source};
 use cairn_testkit::{delta_sources, image_bytes};
 use common::erofs::{mkfs_erofs, mkfs_erofs_with, write_tree};
@@ -71,7 +72,7 @@ fn delta_reconstructs_the_target_and_is_chosen_only_with_its_source() {
     );
 
     let (out, method) = install(&bundle, &fx, "rootfs", Some(&v1));
-    assert_eq!(method, codec::zstd_patch::METHOD);
+    assert_eq!(method, codec::block_bsdiff::METHOD);
     assert!(out == v2, "delta output differs from the target");
     // A device holding something else gets the full payload.
     let (out, method) = install(&bundle, &fx, "rootfs", Some(&v2[..1000]));
@@ -106,25 +107,28 @@ fn delta_between_two_real_erofs_images_reconstructs_the_target() {
         mkfs_erofs(&tree, &fx.path(&format!("rootfs-v{v}.erofs")));
     }
     let (v1, v2) = (fx.path("rootfs-v1.erofs"), fx.path("rootfs-v2.erofs"));
-    let mut spec = fx.spec(&[("rootfs", &v2)]);
-    spec.delta_sources = delta_sources(&[("rootfs", &v1)]);
-    let (bundle, manifest) = fx.build(&spec, &[&fx.key], "v2.cairn");
-    let image = manifest.image("rootfs").unwrap();
-    let v1_bytes = fs::read(&v1).unwrap();
-    let (out, method) = install(&bundle, &fx, "rootfs", Some(&v1_bytes));
-    assert_eq!(method, codec::zstd_patch::METHOD);
-    assert!(
-        out == fs::read(&v2).unwrap(),
-        "reconstructed erofs differs from the target"
-    );
-    println!(
-        "erofs {} bytes: full payload {} bytes, delta {} bytes ({:.1}% of full)",
-        image.size,
-        image.full.size,
-        image.deltas[0].size,
-        100.0 * image.deltas[0].size as f64 / image.full.size as f64
-    );
-    assert!(image.deltas[0].size * 3 < image.full.size);
+    for codec in [DeltaCodec::BlockBsdiff, DeltaCodec::ZstdPatch] {
+        let mut spec = fx.spec(&[("rootfs", &v2)]);
+        spec.delta_sources = delta_sources(&[("rootfs", &v1)]);
+        spec.delta_codec = codec;
+        let (bundle, manifest) = fx.build(&spec, &[&fx.key], "v2.cairn");
+        let image = manifest.image("rootfs").unwrap();
+        let v1_bytes = fs::read(&v1).unwrap();
+        let (out, method) = install(&bundle, &fx, "rootfs", Some(&v1_bytes));
+        assert_eq!(method, codec.method());
+        assert!(
+            out == fs::read(&v2).unwrap(),
+            "{method}: reconstructed erofs differs from the target"
+        );
+        println!(
+            "{method}: erofs {} bytes: full payload {} bytes, delta {} bytes ({:.1}% of full)",
+            image.size,
+            image.full.size,
+            image.deltas[0].size,
+            100.0 * image.deltas[0].size as f64 / image.full.size as f64
+        );
+        assert!(image.deltas[0].size * 3 < image.full.size);
+    }
 }
 
 /// Real binaries for a realistic delta pair: regular files of at most 4 MiB under
@@ -244,5 +248,78 @@ fn higher_levels_never_make_a_bigger_delta_than_level_12() {
                 "{kind}: level {level} made {size} bytes, level 12 {level_12}: {sizes:?}"
             );
         }
+    }
+}
+
+/// `block-bsdiff` on the security-update pair, uncompressed and lz4hc, each with the
+/// dm-verity tree that the real `veritysetup` appends (as `cairn-image slot` does): the
+/// delta rebuilds the target byte for byte with the tree computed by the decoder, which
+/// also checks `hash_tree.rs` against veritysetup, and the tree costs the delta nothing.
+#[test]
+fn block_bsdiff_rebuilds_a_security_update_pair_and_computes_its_verity_tree() {
+    let fx = Fixture::new();
+    let files = host_binaries();
+    for v in [1, 2] {
+        let tree = fx.path(&format!("tree{v}"));
+        write_update_tree(&tree, &files[..files.len() / 2], v);
+        mkfs_erofs(&tree, &fx.path(&format!("dist-v{v}.erofs")));
+        mkfs_erofs_with(&tree, &fx.path(&format!("dist-v{v}.lz4hc")), &["-zlz4hc"]);
+    }
+    let salt = "5a17".repeat(8);
+    for kind in ["erofs", "lz4hc"] {
+        let mut images = Vec::new();
+        for v in [1, 2] {
+            let path = fx.path(&format!("dist-v{v}.{kind}"));
+            let data_size = fs::metadata(&path).unwrap().len();
+            let status = std::process::Command::new("veritysetup")
+                .args(["format", "--no-superblock", "--hash=sha256"])
+                .args(["--data-block-size=4096", "--hash-block-size=4096"])
+                .arg(format!("--data-blocks={}", data_size / 4096))
+                .arg(format!("--hash-offset={data_size}"))
+                .arg(format!("--salt={salt}"))
+                .arg(&path)
+                .arg(&path)
+                .stdout(std::process::Stdio::null())
+                .status()
+                .expect("veritysetup (cryptsetup-bin) is installed by xtask setup");
+            assert!(status.success());
+            images.push((fs::read(&path).unwrap(), data_size));
+        }
+        let ((v1, _), (v2, data_size)) = (&images[0], &images[1]);
+        let salt = hex::decode(&salt).unwrap();
+        let tree = codec::block_bsdiff::HashTree {
+            data_size: *data_size,
+            salt: &salt,
+        };
+        let mut sizes = Vec::new();
+        for described in [Some(tree), None] {
+            let mut delta = Vec::new();
+            codec::block_bsdiff::encode(v1, v2, 12, described, &mut delta).unwrap();
+            let mut out = Vec::new();
+            codec::block_bsdiff::decode(&mut &delta[..], v1, v2.len() as u64, &mut out).unwrap();
+            assert!(out == *v2, "{kind}: the delta does not rebuild the target");
+            sizes.push(delta.len());
+        }
+        let mut zstd_patch = Vec::new();
+        codec::zstd_patch::encode(
+            v1,
+            v2,
+            12,
+            codec::zstd_patch::DEFAULT_CHUNK,
+            &mut zstd_patch,
+        )
+        .unwrap();
+        println!(
+            "{kind}: {} bytes; block-bsdiff {} (tree computed) / {} (tree carried); zstd-patch {}",
+            v2.len(),
+            sizes[0],
+            sizes[1],
+            zstd_patch.len()
+        );
+        assert!(
+            sizes[0] < sizes[1],
+            "{kind}: the tree was carried: {sizes:?}"
+        );
+        assert!(sizes[0] * 5 < v2.len(), "{kind}: {sizes:?}");
     }
 }

@@ -1,4 +1,4 @@
-//! Delta sizes, times and memory of Cairn's `zstd-patch` against bsdiff, xdelta3 and
+//! Delta sizes, times and memory of Cairn's `block-bsdiff` and `zstd-patch` against bsdiff, xdelta3 and
 //! `zstd --patch-from`, for `cargo xtask bench delta`. A measurement, never a test: it
 //! prints numbers and ratios against bsdiff taken in the same run, and fails only when a
 //! tool breaks (a delta that does not rebuild its target is an error).
@@ -13,6 +13,9 @@
 //!   bookworm-updates and -security and the 6.1.0-56 kernel (so /lib/modules is renamed
 //!   and openssl, ca-certificates, liblzma, pcre2, pam and libzstd change), packed as
 //!   uncompressed and as lz4hc erofs. Cached under `target/cairn/bench-delta/`.
+//!
+//! A target with a `verity.json` beside it (the profile's) has its hash tree described
+//! to `block-bsdiff` as `bundle create` does from the manifest.
 //!
 //! Each pair also gets the chunked image's numbers (what it adds to a bundle, and what a
 //! device holding only the source fetches without a delta; see `bundle/FORMAT.md`).
@@ -31,11 +34,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use cairn_bundle::codec::{full, zstd_patch};
+use cairn_bundle::codec::{block_bsdiff, full, zstd_patch};
 use cairn_image::os::pipeline::Build;
 
 const USAGE: &str = "usage: delta_bench [--large] [--levels 12,19] [--skip TOOL,...] [--rebuild]
-       delta_bench make SOURCE TARGET LEVEL OUT | apply SOURCE DELTA SIZE OUT";
+       delta_bench make METHOD SOURCE TARGET LEVEL OUT | apply METHOD SOURCE DELTA SIZE OUT";
 
 /// Packages of the large pair besides the kernel (apt adds their dependencies).
 const DEBIAN_PACKAGES: &str = "busybox-static,containerd,runc,python3,openssl,ca-certificates,\
@@ -56,8 +59,8 @@ const UUID: &str = "c41a7e11-0000-4000-8000-000000000001";
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
-        Some("make") if args.len() == 5 => make(&args[1..]),
-        Some("apply") if args.len() == 5 => apply(&args[1..]),
+        Some("make") if args.len() == 6 => make(&args[1..]),
+        Some("apply") if args.len() == 6 => apply(&args[1..]),
         _ => bench(&args),
     }
 }
@@ -309,12 +312,22 @@ fn run_pair(pair: &Pair, o: &Options, work: &Path) -> Result<String> {
         },
     ];
     let me = std::env::current_exe()?.display().to_string();
-    for level in &o.levels {
-        tools.push(Tool {
-            name: format!("cairn zstd-patch level {level}"),
-            make: argv(&[&me, "make", &a(s), &a(t), &level.to_string(), &a(p)]),
-            apply: argv(&[&me, "apply", &a(s), &a(p), &tgt_len.to_string(), &a(r)]),
-        });
+    for method in [block_bsdiff::METHOD, zstd_patch::METHOD] {
+        for level in &o.levels {
+            tools.push(Tool {
+                name: format!("cairn {method} level {level}"),
+                make: argv(&[&me, "make", method, &a(s), &a(t), &level.to_string(), &a(p)]),
+                apply: argv(&[
+                    &me,
+                    "apply",
+                    method,
+                    &a(s),
+                    &a(p),
+                    &tgt_len.to_string(),
+                    &a(r),
+                ]),
+            });
+        }
     }
     for tool in tools {
         let name = tool.name;
@@ -573,19 +586,43 @@ fn map(path: &Path) -> Result<memmap2::Mmap> {
     Ok(unsafe { memmap2::Mmap::map(&file)? })
 }
 
-/// `make SOURCE TARGET LEVEL OUT`: what `bundle create` does for one delta.
+/// `make METHOD SOURCE TARGET LEVEL OUT`: what `bundle create` does for one delta.
 fn make(args: &[String]) -> Result<()> {
-    let (source, target) = (map(Path::new(&args[0]))?, map(Path::new(&args[1]))?);
-    let level: i32 = args[2].parse()?;
-    let mut out = BufWriter::with_capacity(1 << 20, File::create(&args[3])?);
-    zstd_patch::encode(&source, &target, level, zstd_patch::DEFAULT_CHUNK, &mut out)?;
+    let (source, target) = (map(Path::new(&args[1]))?, map(Path::new(&args[2]))?);
+    let level: i32 = args[3].parse()?;
+    let mut out = BufWriter::with_capacity(1 << 20, File::create(&args[4])?);
+    match args[0].as_str() {
+        block_bsdiff::METHOD => {
+            // As `bundle create` does with the manifest's `verity` entry.
+            let verity = Path::new(&args[2]).with_file_name("verity.json");
+            let verity: Option<cairn_bundle::manifest::Verity> = match fs::read(&verity) {
+                Ok(bytes) => Some(serde_json::from_slice(&bytes)?),
+                Err(_) => None,
+            };
+            let salt = verity.as_ref().map(|v| hex::decode(&v.salt)).transpose()?;
+            let tree =
+                verity
+                    .as_ref()
+                    .zip(salt.as_deref())
+                    .map(|(v, salt)| block_bsdiff::HashTree {
+                        data_size: v.data_size,
+                        salt,
+                    });
+            block_bsdiff::encode(&source, &target, level, tree, &mut out)?
+        }
+        zstd_patch::METHOD => {
+            zstd_patch::encode(&source, &target, level, zstd_patch::DEFAULT_CHUNK, &mut out)?
+        }
+        other => bail!("unknown method '{other}'"),
+    }
     out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
     Ok(())
 }
 
-/// `apply SOURCE DELTA SIZE OUT`: what a device does with one delta (without the
+/// `apply METHOD SOURCE DELTA SIZE OUT`: what a device does with one delta (without the
 /// hashing threads), printing the sampled peak of its anonymous memory.
 fn apply(args: &[String]) -> Result<()> {
+    let (method, args) = (args[0].as_str(), &args[1..]);
     let source = map(Path::new(&args[0]))?;
     let size: u64 = args[2].parse()?;
     let peak = AtomicU64::new(0);
@@ -602,7 +639,11 @@ fn apply(args: &[String]) -> Result<()> {
         let result = (|| -> Result<()> {
             let mut input = BufReader::with_capacity(1 << 20, File::open(&args[1])?);
             let mut out = BufWriter::with_capacity(1 << 20, File::create(&args[3])?);
-            zstd_patch::decode(&mut input, &source, size, &mut out)?;
+            match method {
+                block_bsdiff::METHOD => block_bsdiff::decode(&mut input, &source, size, &mut out)?,
+                zstd_patch::METHOD => zstd_patch::decode(&mut input, &source, size, &mut out)?,
+                other => bail!("unknown method '{other}'"),
+            }
             out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
             Ok(())
         })();

@@ -5,7 +5,7 @@ use std::io::{self, BufWriter};
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use cairn_bundle::writer::{self, BuildEvent, BundleSpec, DeltaSource, ImageInput};
+use cairn_bundle::writer::{self, BuildEvent, BundleSpec, DeltaCodec, DeltaSource, ImageInput};
 use cairn_bundle::{BundleFile, ImageKind, Manifest, Policy, SignedRoot, TrustRoot};
 use clap::{Args, Subcommand};
 use time::{Duration, OffsetDateTime};
@@ -70,6 +70,11 @@ pub struct CreateArgs {
     /// zstd level (1-19) for all payloads.
     #[arg(long, default_value_t = 12)]
     level: i32,
+    /// How deltas are made: `block-bsdiff` (copies of unchanged blocks, bsdiff of the
+    /// rest, the hash tree computed on the device), or `zstd-patch` for devices older than
+    /// block-bsdiff, which skip it and install the full payload instead.
+    #[arg(long, default_value = "block-bsdiff", value_parser = parse_delta_codec)]
+    delta_codec: DeltaCodec,
     /// Also carry each image in chunks with a hash per 4 KiB block, so a device with no
     /// delta for its version builds the image from the blocks it holds in any slot and
     /// fetches only the rest, and an interrupted download resumes where it stopped.
@@ -204,6 +209,7 @@ fn create(a: CreateArgs) -> Result<()> {
         images,
         delta_sources,
         level: a.level,
+        delta_codec: a.delta_codec,
         chunked: a.chunked.then(cairn_bundle::chunked::Layout::default),
         roots,
     };
@@ -387,4 +393,11 @@ fn human(bytes: u64) -> String {
         b if b >= 1 << 10 => format!("{:.1} KiB", b as f64 / 1024.0),
         b => format!("{b} B"),
     }
+}
+
+fn parse_delta_codec(name: &str) -> Result<DeltaCodec, String> {
+    [DeltaCodec::BlockBsdiff, DeltaCodec::ZstdPatch]
+        .into_iter()
+        .find(|c| c.method() == name)
+        .ok_or_else(|| format!("'{name}' is not a delta codec (block-bsdiff, zstd-patch)"))
 }

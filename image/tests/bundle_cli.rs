@@ -152,7 +152,7 @@ fn operator_flow_create_sign_inspect_verify() {
         serde_json::from_str(&ok(&["bundle", "inspect", "--json", s(&b2)])).unwrap();
     let images = json["manifest"]["images"].as_array().unwrap();
     let rootfs = images.iter().find(|i| i["name"] == "rootfs").unwrap();
-    assert_eq!(rootfs["deltas"][0]["method"], "zstd-patch");
+    assert_eq!(rootfs["deltas"][0]["method"], "block-bsdiff");
     assert_eq!(rootfs["chunked"]["data"]["method"], "zstd-chunks");
     assert_eq!(rootfs["chunked"]["index"]["method"], "chunk-index");
     let kernel_img = images.iter().find(|i| i["name"] == "kernel").unwrap();

@@ -23,6 +23,7 @@ pub fn bundle_spec(compatible: &str, version: &str) -> BundleSpec {
         images: Vec::new(),
         delta_sources: Vec::new(),
         level: 3,
+        delta_codec: cairn_bundle::writer::DeltaCodec::default(),
         chunked: None,
         roots: Vec::new(),
     }

@@ -232,7 +232,7 @@ fn a_campaign_installs_the_delta_and_counts_only_the_commit() {
     drop(daemon); // the "reboot"
     assert!(d.holds(SlotId::B, &v2), "{}", d.cairnd_log());
     let log = d.cairnd_log();
-    assert!(log.contains("zstd-patch"), "the delta was used:\n{log}");
+    assert!(log.contains("block-bsdiff"), "the delta was used:\n{log}");
     let history = server.history("dev-0001");
     let assigned = history.iter().find(|h| h.starts_with("assigned")).unwrap();
     assert!(

@@ -62,7 +62,7 @@ fn delta_install_uses_the_running_slot_as_source() {
     );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("rootfs: writing 6291456 bytes from the zstd-patch payload"),
+        stderr.contains("rootfs: writing 6291456 bytes from the block-bsdiff payload"),
         "{stderr}"
     );
     assert!(d.holds(SlotId::B, &v2));

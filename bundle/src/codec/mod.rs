@@ -4,6 +4,7 @@
 //! method they do not know, so a newer delta engine can ship next to these without
 //! breaking devices that predate it.
 
+pub mod block_bsdiff;
 pub mod full;
 mod source_dict;
 pub mod zstd_patch;
@@ -16,6 +17,9 @@ pub enum Method {
     /// Delta against a source image: zstd frames that use the source as reference
     /// prefix (`zstd --patch-from`), one frame per fixed-size chunk of the target.
     ZstdPatch,
+    /// Delta against a source image: copies of unchanged source blocks and bsdiff diffs
+    /// of the changed runs, in one zstd stream.
+    BlockBsdiff,
     /// A method from a newer Cairn; skipped when choosing a payload.
     Unknown(String),
 }
@@ -25,6 +29,7 @@ impl Method {
         match name {
             full::METHOD => Method::Zstd,
             zstd_patch::METHOD => Method::ZstdPatch,
+            block_bsdiff::METHOD => Method::BlockBsdiff,
             other => Method::Unknown(other.to_string()),
         }
     }
@@ -33,6 +38,7 @@ impl Method {
         match self {
             Method::Zstd => full::METHOD,
             Method::ZstdPatch => zstd_patch::METHOD,
+            Method::BlockBsdiff => block_bsdiff::METHOD,
             Method::Unknown(name) => name,
         }
     }

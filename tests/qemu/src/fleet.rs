@@ -223,6 +223,7 @@ fn create_bundle(
         delta_sources,
         // Level 9: most of 19's delta size in a fraction of its time.
         level: 9,
+        delta_codec: cairn_bundle::writer::DeltaCodec::default(),
         chunked: old.is_none().then(cairn_bundle::chunked::Layout::default),
         ..cairn_testkit::bundle_spec(&new.profile.compatible, &version)
     };

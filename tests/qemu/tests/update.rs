@@ -55,7 +55,7 @@ fn a_campaign_delivers_v2_as_a_delta_and_the_device_commits_it() -> Result<()> {
     ensure!(
         payloads
             .iter()
-            .any(|l| l.contains("image=rootfs") && l.contains("zstd-patch")),
+            .any(|l| l.contains("image=rootfs") && l.contains("block-bsdiff")),
         "the rootfs came from the delta: {payloads:?}"
     );
     // v2's container image went into containerd before the reboot (v1's cairnd did it),
