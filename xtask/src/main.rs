@@ -20,7 +20,7 @@ const USAGE: &str = "usage: cargo xtask <command>
             install, idle RSS of cairnd; options: -- --mib 512 --runs 3
           server: check-ins per second of cairn-server on loopback (SQLite and
             PostgreSQL); extra arguments go to it, e.g. -- --backend sqlite --seconds 20
-          delta: Cairn's zstd-patch vs bsdiff, xdelta3 and zstd --patch-from on the
+          delta: Cairn's block-bsdiff and zstd-patch vs bsdiff, xdelta3 and zstd --patch-from on the
             profile's v1 -> v2 slot images (bytes, time and peak memory to make and to
             apply); options: -- --large (adds a ~360 MB Debian pair, uncompressed and
             lz4hc erofs; bsdiff alone takes minutes and GBs on it), --levels 12,19,

@@ -5,8 +5,9 @@
 //! the source, and a changed file's old version usually sits between the same unchanged
 //! neighbours. The encoder ([`encode`]) turns unchanged blocks into copies, which cost a
 //! few bytes however long they are, and diffs each run of changed blocks against the
-//! source between the copies around it with bsdiff's algorithm, which also matches
-//! machine code whose addresses moved. Only those diffs' bytes are compressed.
+//! source between the copies around it, or where its content points (`anchors.rs`),
+//! with bsdiff's algorithm (`matcher.rs`), which also matches machine code whose
+//! addresses moved. Only those diffs' bytes are compressed.
 //!
 //! Layout (little-endian):
 //! ```text
@@ -37,9 +38,11 @@
 //! operation is checked to stay inside the source, the window and the target before a
 //! byte of it is written, and the operations must produce exactly `target_size` bytes.
 
+mod anchors;
 mod decode;
 mod encode;
 pub mod hash_tree;
+mod matcher;
 mod plan;
 mod varint;
 
