@@ -312,10 +312,18 @@ fn run_pair(pair: &Pair, o: &Options, work: &Path) -> Result<String> {
         },
     ];
     let me = std::env::current_exe()?.display().to_string();
-    for method in [block_bsdiff::METHOD, zstd_patch::METHOD] {
-        for level in &o.levels {
+    // block-bsdiff compresses at level 19 or above whatever it is given: one row.
+    let block_levels = &o.levels[..o.levels.len().min(1)];
+    for (method, levels) in [
+        (block_bsdiff::METHOD, block_levels),
+        (zstd_patch::METHOD, &o.levels[..]),
+    ] {
+        for level in levels {
             tools.push(Tool {
-                name: format!("cairn {method} level {level}"),
+                name: format!(
+                    "cairn {method} level {}",
+                    level.max(&block_bsdiff::MIN_LEVEL)
+                ),
                 make: argv(&[&me, "make", method, &a(s), &a(t), &level.to_string(), &a(p)]),
                 apply: argv(&[
                     &me,
