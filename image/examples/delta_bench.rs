@@ -320,10 +320,14 @@ fn run_pair(pair: &Pair, o: &Options, work: &Path) -> Result<String> {
     ] {
         for level in levels {
             tools.push(Tool {
-                name: format!(
-                    "cairn {method} level {}",
-                    level.max(&block_bsdiff::MIN_LEVEL)
-                ),
+                name: if method == block_bsdiff::METHOD {
+                    format!(
+                        "cairn {method} level {}",
+                        level.max(&block_bsdiff::MIN_LEVEL)
+                    )
+                } else {
+                    format!("cairn {method} level {level}")
+                },
                 make: argv(&[&me, "make", method, &a(s), &a(t), &level.to_string(), &a(p)]),
                 apply: argv(&[
                     &me,
