@@ -87,7 +87,7 @@ pub fn encode_with_threads(
                     let made = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                         operation(source, target, diffs[k])
                     }))
-                    .unwrap_or_else(|_| Err(io::Error::other("bsdiff panicked")));
+                    .unwrap_or_else(|_| Err(io::Error::other("the block-bsdiff matcher panicked")));
                     // A closed channel means the writer stopped on an error.
                     if tx.send((k, made)).is_err() {
                         return;

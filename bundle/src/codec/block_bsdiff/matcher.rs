@@ -45,6 +45,7 @@ pub fn diff(old: &[u8], new: &[u8]) -> (Vec<Control>, Vec<u8>, Vec<u8>) {
                 }
                 scsc += 1;
             }
+            // bsdiff's margin; 4 and 16 both made the Debian pair's delta 4-6% bigger.
             if (len == old_score && len != 0) || len > old_score + 8 {
                 break;
             }

@@ -17,10 +17,11 @@ const MARGIN: usize = 256 << 10;
 const SPLIT_MARGIN: usize = 1 << 20;
 /// Copy runs shorter than this many blocks (256 KiB) between two changed runs are diffed
 /// with them. On the Debian pair (`cargo xtask bench delta -- --large`, uncompressed):
-/// no merging 4.16 MB in 50 s, 16 blocks 3.91 MB, 64 blocks 3.85 MB, 256 blocks 3.86 MB.
+/// no merging 4.16 MB in 50 s, 16 blocks 3.91 MB, 32 and 64 blocks 3.85 MB, 256 blocks
+/// 3.86 MB. Merging only copies whose source lies near the run's was worse (4.04 MB).
 const MERGE_COPIES: usize = 64;
-/// The largest source window of one diff: the encoder's suffix array takes about 16
-/// bytes per window byte, per thread.
+/// The largest source window of one diff: the encoder's suffix array takes 4 bytes per
+/// window byte, per thread.
 pub const MAX_WINDOW: usize = 4 * MAX_DIFF_TARGET;
 
 /// One operation of the delta, before its bytes are made.
