@@ -25,10 +25,16 @@ pub fn decode(
     if header[0..8] != MAGIC {
         return Err(invalid("not a block-bsdiff payload (bad magic)"));
     }
-    if word(8) != BLOCK_SIZE || word(12) != 0 {
+    if word(8) != BLOCK_SIZE {
         return Err(invalid(format!(
             "block size {} is not {BLOCK_SIZE}",
             word(8)
+        )));
+    }
+    if word(12) != 0 {
+        return Err(invalid(format!(
+            "reserved header field is {:#x}, not 0 (a newer format?)",
+            word(12)
         )));
     }
     if long(16) != source.len() as u64 {

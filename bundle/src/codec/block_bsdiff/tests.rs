@@ -147,6 +147,12 @@ fn malformed_deltas_are_refused_with_what_is_wrong() {
     let mut bad_magic = payload(s, s, &copy_all);
     bad_magic[0] = b'X';
     refused(bad_magic, s, "bad magic");
+    let mut bad_block_size = payload(s, s, &copy_all);
+    bad_block_size[8..12].copy_from_slice(&512u32.to_le_bytes());
+    refused(bad_block_size, s, "block size 512 is not 4096");
+    let mut bad_reserved = payload(s, s, &copy_all);
+    bad_reserved[12] = 1;
+    refused(bad_reserved, s, "reserved header field is 0x1, not 0");
     refused(
         payload(s + 1, s, &copy_all),
         s,
