@@ -60,6 +60,7 @@ pub fn decode(
         tree: None,
         piece: Vec::new(),
         controls: Vec::new(),
+        adds: Vec::new(),
     };
     let mut first = true;
     loop {
@@ -115,6 +116,8 @@ struct Applier<'s> {
     piece: Vec<u8>,
     /// One diff's controls (add, insert, seek), reused.
     controls: Vec<(usize, usize, i64)>,
+    /// One diff's add bytes, reused.
+    adds: Vec<u8>,
 }
 
 impl Applier<'_> {
@@ -204,14 +207,18 @@ impl Applier<'_> {
                 "diff at target offset {at}: controls produce {total} bytes, not {target_len}"
             )));
         }
+        let total_add = self.controls.iter().map(|&(add, _, _)| add).sum();
+        read_add_runs(ops, at, total_add, &mut self.adds)?;
         self.piece.clear();
         self.piece.resize(target_len, 0);
         let piece = &mut self.piece[..];
         // The add bytes of every control, then the insert bytes of every control.
         let mut position = 0;
+        let mut adds = &self.adds[..];
         for &(add, insert, _) in &self.controls {
-            ops.read_exact(&mut piece[position..position + add])
-                .map_err(|e| ended(e, "inside a diff's add bytes"))?;
+            let (these, rest) = adds.split_at(add);
+            piece[position..position + add].copy_from_slice(these);
+            adds = rest;
             position += add + insert;
         }
         position = 0;
@@ -247,6 +254,36 @@ impl Applier<'_> {
         self.piece = piece;
         result
     }
+}
+
+/// Reads a diff's add bytes, `total` of them, into `adds`: runs of zeros, each followed
+/// by literal bytes, that must end exactly at `total`.
+fn read_add_runs(ops: &mut impl Read, at: u64, total: usize, adds: &mut Vec<u8>) -> io::Result<()> {
+    adds.clear();
+    adds.resize(total, 0);
+    let mut covered = 0;
+    while covered < total {
+        let left = (total - covered) as u64;
+        let zeros = varint::read(ops).map_err(|e| ended(e, "inside a diff's add bytes"))?;
+        let literal = varint::read(ops).map_err(|e| ended(e, "inside a diff's add bytes"))?;
+        let Some(run) = zeros.checked_add(literal).filter(|&run| run <= left) else {
+            return Err(invalid(format!(
+                "diff at target offset {at}: an add run of {zeros} zeros and {literal} bytes \
+                 does not fit the {left} add bytes left"
+            )));
+        };
+        if run == 0 {
+            // Never written, and it would let a delta spin without producing anything.
+            return Err(invalid(format!(
+                "diff at target offset {at}: an empty add run"
+            )));
+        }
+        let start = covered + zeros as usize;
+        covered += run as usize;
+        ops.read_exact(&mut adds[start..covered])
+            .map_err(|e| ended(e, "inside a diff's add bytes"))?;
+    }
+    Ok(())
 }
 
 /// `source[offset..offset + len]`, or an error naming the operation at target offset `at`.

@@ -237,7 +237,29 @@ fn diff(op: &mut Vec<u8>, window_start: usize, window: &[u8], new: &[u8]) -> io:
         varint::write(op, c.insert)?;
         varint::write_signed(op, c.seek)?;
     }
-    op.extend_from_slice(&adds);
+    write_add_runs(op, &adds)?;
     op.extend_from_slice(&inserts);
+    Ok(())
+}
+
+/// Writes add bytes as runs of zeros, each followed by the non-zero bytes after it.
+/// Add bytes are new minus old over matched bytes, so mostly zero: the Debian pair's
+/// diffs hold about 90 MB of them. Left as they were, they filled zstd's window with
+/// zeros; as runs, zstd sees the few bytes that changed from many diffs at once. On the
+/// Debian pair (`cargo xtask bench delta -- --large`, uncompressed) that made the delta
+/// 1.7% smaller (3.85 → 3.78 MB) and the encoder 30% faster. Letting a literal span up
+/// to 1 or 3 zeros made it bigger (3.79, 3.81 MB); so did all run lengths of a diff
+/// before all its literal bytes (3.79 MB).
+fn write_add_runs(op: &mut Vec<u8>, adds: &[u8]) -> io::Result<()> {
+    let mut at = 0;
+    while at < adds.len() {
+        let zeros = adds[at..].iter().take_while(|&&b| b == 0).count();
+        let start = at + zeros;
+        let literal = adds[start..].iter().take_while(|&&b| b != 0).count();
+        varint::write(op, zeros as u64)?;
+        varint::write(op, literal as u64)?;
+        op.extend_from_slice(&adds[start..start + literal]);
+        at = start + literal;
+    }
     Ok(())
 }

@@ -17,7 +17,8 @@
 //!   0x01 copy   source_offset  length                  target += source[offset..+length]
 //!   0x02 diff   source_offset  source_length  target_length  controls
 //!               controls × (add_length  insert_length  seek)
-//!               the add bytes of every control, then the insert bytes of every control
+//!               the add bytes of every control, as runs × (zeros  length  bytes)
+//!               the insert bytes of every control
 //!   0x00 end    (the zstd stream ends here too)
 //! ```
 //! Numbers inside the stream are LEB128 varints; `seek` is zigzag-signed. A diff rebuilds
@@ -25,7 +26,9 @@
 //! bspatch does: per control, `add_length` bytes of window (from a cursor starting at 0)
 //! plus the add bytes, then `insert_length` literal bytes; the cursor then moves by
 //! `add_length + seek`. Keeping add bytes (mostly zero) apart from insert bytes (new data)
-//! is what lets zstd compress each well.
+//! is what lets zstd compress each well. The add bytes of all controls, taken as one
+//! sequence, are written as runs: `zeros` zero bytes, then `length` bytes as given; the
+//! runs must cover that sequence exactly, and none may be empty.
 //!
 //! A delta that starts with `tree` covers only the first `data_size` bytes with its
 //! operations; the rest of the target is the dm-verity hash tree of those bytes with
@@ -33,7 +36,8 @@
 //! encoder emits it only after computing the tree itself and finding the target's bytes.
 //!
 //! The decoder's heap is bounded whatever the image size: the zstd window, one diff's
-//! target (at most [`MAX_DIFF_TARGET`]) and its controls (at most [`MAX_CONTROLS`]), and
+//! target and its add bytes (each at most [`MAX_DIFF_TARGET`]), its controls (at most
+//! [`MAX_CONTROLS`]), and
 //! for a hash tree its leaf level (1/128 of the data). Every
 //! operation is checked to stay inside the source, the window and the target before a
 //! byte of it is written, and the operations must produce exactly `target_size` bytes.

@@ -202,12 +202,7 @@ fn malformed_deltas_are_refused_with_what_is_wrong() {
         "controls produce 8 bytes, not 10",
     );
     // (seek 4 is 8 zigzag-encoded)
-    let leaves_window = [
-        ops(&[&[2, 0, 8, 10, 2, 5, 0, 8, 5, 0, 0]]),
-        vec![0; 10],
-        vec![0],
-    ]
-    .concat();
+    let leaves_window = ops(&[&[2, 0, 8, 10, 2, 5, 0, 8, 5, 0, 0, 10, 0], &[0]]);
     refused(
         payload(s, 10, &leaves_window),
         10,
@@ -219,10 +214,21 @@ fn malformed_deltas_are_refused_with_what_is_wrong() {
         big,
         "diff target length 4194305 exceeds 4194304",
     );
+    // Add bytes come as runs of zeros then literal bytes, which must fit the controls.
+    refused(
+        payload(s, 10, &ops(&[&[2, 0, 8, 10, 1, 10, 0, 0, 4, 7], &[0]])),
+        10,
+        "an add run of 4 zeros and 7 bytes does not fit the 10 add bytes left",
+    );
+    refused(
+        payload(s, 10, &ops(&[&[2, 0, 8, 10, 1, 10, 0, 0, 0, 0], &[0]])),
+        10,
+        "diff at target offset 0: an empty add run",
+    );
     let truncated = payload(
         s,
         10,
-        &[ops(&[&[2, 0, 8, 10, 1, 10, 0, 0]]), vec![0; 5]].concat(),
+        &[ops(&[&[2, 0, 8, 10, 1, 10, 0, 0, 0, 10]]), vec![1; 5]].concat(),
     );
     refused(
         truncated,
