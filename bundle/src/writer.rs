@@ -97,6 +97,13 @@ fn hash_tree_of<'a>(verity: &Verity, salt: &'a [u8]) -> Option<block_bsdiff::Has
 /// What bundle creation reports as it goes.
 pub enum BuildEvent<'a> {
     Stage(&'a str),
+    /// `done` of an image's `total` bytes are encoded into the payload `label`.
+    Encoding {
+        image: &'a str,
+        label: &'a str,
+        done: u64,
+        total: u64,
+    },
     Payload {
         image: &'a str,
         label: &'a str,
@@ -266,6 +273,15 @@ fn write_image(
             sha256: source_sha,
             size: source_size,
         });
+        let mut encoded = |done| {
+            progress(BuildEvent::Encoding {
+                image: &input.name,
+                label: "delta",
+                done,
+                total: size,
+            })
+        };
+        encoded(0);
         let delta = write_payload(
             area,
             spec.delta_codec.method(),
@@ -273,13 +289,24 @@ fn write_image(
             |out| match spec.delta_codec {
                 DeltaCodec::BlockBsdiff => {
                     let tree = input.verity.as_ref().and_then(|v| hash_tree_of(v, &salt));
-                    block_bsdiff::encode(&src_map, &dst_map, spec.level, tree, out)
+                    let level = spec.level;
+                    block_bsdiff::encode_with(
+                        &src_map,
+                        &dst_map,
+                        level,
+                        tree,
+                        None,
+                        &mut encoded,
+                        out,
+                    )
                 }
-                DeltaCodec::ZstdPatch => zstd_patch::encode(
+                DeltaCodec::ZstdPatch => zstd_patch::encode_with(
                     &src_map,
                     &dst_map,
                     spec.level,
                     zstd_patch::DEFAULT_CHUNK,
+                    None,
+                    &mut encoded,
                     out,
                 ),
             },

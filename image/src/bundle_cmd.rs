@@ -219,7 +219,8 @@ fn create(a: CreateArgs) -> Result<()> {
         .map(|p| load_secret(p))
         .collect::<Result<Vec<_>>>()?;
     let started = std::time::Instant::now();
-    let manifest = writer::create(&spec, &keys, &a.out, &mut report)?;
+    let mut reporter = Reporter::default();
+    let manifest = writer::create(&spec, &keys, &a.out, &mut |e| reporter.report(e))?;
     let size = std::fs::metadata(&a.out)?.len();
     eprintln!(
         "wrote {} ({}, {} image(s), {} signature(s)) in {:.1}s",
@@ -232,9 +233,45 @@ fn create(a: CreateArgs) -> Result<()> {
     Ok(())
 }
 
+/// Prints what bundle creation reports: each stage, each payload's size, and an
+/// encoding's progress every [`Reporter::STEP`] percent.
+#[derive(Default)]
+struct Reporter {
+    /// The last percentage printed for the payload being encoded.
+    shown: Option<u64>,
+}
+
+impl Reporter {
+    const STEP: u64 = 10;
+
+    fn report(&mut self, event: BuildEvent) {
+        if let BuildEvent::Encoding {
+            image,
+            label,
+            done,
+            total,
+        } = event
+        {
+            let percent = (done * 100 / total.max(1)).min(100) / Self::STEP * Self::STEP;
+            if self.shown.is_none_or(|shown| percent > shown) && percent < 100 {
+                eprintln!(
+                    "[bundle] image {image}: {label} {percent}% ({} of {})",
+                    human(done),
+                    human(total)
+                );
+                self.shown = Some(percent);
+            }
+            return;
+        }
+        self.shown = None;
+        report(event);
+    }
+}
+
 fn report(event: BuildEvent) {
     match event {
         BuildEvent::Stage(s) => eprintln!("[bundle] {s}"),
+        BuildEvent::Encoding { .. } => {}
         BuildEvent::Payload {
             image,
             label,

@@ -133,7 +133,13 @@ fn operator_flow_create_sign_inspect_verify() {
     ];
     args.extend(common);
     args.extend(["--image", &img2, "--image", &k]);
-    ok(&args);
+    let created = cairn_image(&args);
+    let said = String::from_utf8_lossy(&created.stderr);
+    assert!(created.status.success(), "{said}");
+    assert!(
+        said.contains("[bundle] image rootfs: delta 0% (0 B of "),
+        "the delta's progress is shown: {said}"
+    );
     let err = fails(&["bundle", "verify", s(&b2), "--root", s(&root)]);
     assert!(err.contains("1 valid of the 2 required"), "{err}");
     ok(&["sign", "--key", &b_key, s(&b2)]);

@@ -86,17 +86,19 @@ pub fn encode(
     chunk: u32,
     out: &mut impl Write,
 ) -> io::Result<()> {
-    encode_with_threads(source, target, level, chunk, None, out)
+    encode_with(source, target, level, chunk, None, &mut |_| {}, out)
 }
 
-/// [`encode`] on exactly `threads` encoder threads (`None`: one per core). The output
-/// does not depend on the thread count.
-pub fn encode_with_threads(
+/// [`encode`] on exactly `threads` encoder threads (`None`: one per core), telling
+/// `progress` how many target bytes are encoded after each chunk. The output does not
+/// depend on the thread count.
+pub fn encode_with(
     source: &[u8],
     target: &[u8],
     level: i32,
     chunk: u32,
     threads: Option<usize>,
+    progress: &mut dyn FnMut(u64),
     out: &mut impl Write,
 ) -> io::Result<()> {
     if !(MIN_CHUNK..=MAX_CHUNK).contains(&chunk) {
@@ -159,6 +161,7 @@ pub fn encode_with_threads(
                 .map_err(|_| invalid(format!("frame of {} bytes", frame.len())))?;
             out.write_all(&len.to_le_bytes())?;
             out.write_all(&frame)?;
+            progress(((i as u64 + 1) * u64::from(chunk)).min(target.len() as u64));
         }
         Ok(())
     })
@@ -247,7 +250,20 @@ mod tests {
         let mut deltas = Vec::new();
         for threads in [1, 2, 3] {
             let mut delta = Vec::new();
-            encode_with_threads(&source, &target, 9, MIN_CHUNK, Some(threads), &mut delta).unwrap();
+            let mut seen = Vec::new();
+            let mut progress = |done| seen.push(done);
+            encode_with(
+                &source,
+                &target,
+                9,
+                MIN_CHUNK,
+                Some(threads),
+                &mut progress,
+                &mut delta,
+            )
+            .unwrap();
+            assert!(seen.windows(2).all(|w| w[0] < w[1]), "progress only rises");
+            assert_eq!(seen.last(), Some(&(target.len() as u64)));
             deltas.push(delta);
         }
         assert!(deltas.iter().all(|d| *d == deltas[0]));

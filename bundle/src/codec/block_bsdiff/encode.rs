@@ -23,7 +23,7 @@ pub fn encode(
     tree: Option<HashTree>,
     out: &mut impl Write,
 ) -> io::Result<()> {
-    encode_with_threads(source, target, level, tree, None, out)
+    encode_with(source, target, level, tree, None, &mut |_| {}, out)
 }
 
 /// The tree op's bytes and the part of `target` the other operations cover.
@@ -48,15 +48,18 @@ fn tree_op<'t>(target: &'t [u8], tree: Option<HashTree>) -> io::Result<(Vec<u8>,
 }
 
 /// [`encode`] on exactly `threads` diff threads (`None`: one per core), while the calling
-/// thread compresses. The output does not depend on the thread count.
-pub fn encode_with_threads(
+/// thread compresses, telling `progress` how many target bytes are encoded as it goes
+/// (rising, ending at the target's size). The output does not depend on the thread count.
+pub fn encode_with(
     source: &[u8],
     target: &[u8],
     level: i32,
     tree: Option<HashTree>,
     threads: Option<usize>,
+    progress: &mut dyn FnMut(u64),
     out: &mut impl Write,
 ) -> io::Result<()> {
+    let target_size = target.len() as u64;
     out.write_all(&MAGIC)?;
     out.write_all(&BLOCK_SIZE.to_le_bytes())?;
     out.write_all(&0u32.to_le_bytes())?;
@@ -99,9 +102,12 @@ pub fn encode_with_threads(
         let written = (|| -> io::Result<()> {
             let mut made: BTreeMap<usize, io::Result<Vec<u8>>> = BTreeMap::new();
             let mut next_diff = 0;
+            let mut done = 0u64;
             for step in &steps {
-                if let Step::Copy { .. } = step {
+                if let Step::Copy { len, .. } = step {
                     zstd.write_all(&operation(source, target, step)?)?;
+                    done += *len as u64;
+                    progress(done);
                     continue;
                 }
                 let op = loop {
@@ -114,6 +120,10 @@ pub fn encode_with_threads(
                     made.insert(k, op);
                 };
                 zstd.write_all(&op)?;
+                if let Step::Diff { target, .. } = step {
+                    done += target.len() as u64;
+                    progress(done);
+                }
                 next_diff += 1;
                 queue.written(next_diff);
             }
@@ -124,6 +134,8 @@ pub fn encode_with_threads(
     })?;
     zstd.write_all(&[OP_END])?;
     zstd.finish()?;
+    // The hash tree, if any, is the device's to compute.
+    progress(target_size);
     Ok(())
 }
 

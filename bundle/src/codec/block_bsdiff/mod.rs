@@ -51,7 +51,7 @@ mod plan;
 mod varint;
 
 pub use decode::decode;
-pub use encode::{encode, encode_with_threads, MIN_LEVEL};
+pub use encode::{encode, encode_with, MIN_LEVEL};
 
 pub const METHOD: &str = "block-bsdiff";
 pub const MAGIC: [u8; 8] = *b"CBSDIFF1";

@@ -61,7 +61,19 @@ fn every_kind_of_change_round_trips_and_the_thread_count_changes_nothing() {
     let mut deltas = Vec::new();
     for threads in [1, 2, 3] {
         let mut delta = Vec::new();
-        encode_with_threads(&source, &target, 12, None, Some(threads), &mut delta).unwrap();
+        let mut seen = Vec::new();
+        encode_with(
+            &source,
+            &target,
+            12,
+            None,
+            Some(threads),
+            &mut |done| seen.push(done),
+            &mut delta,
+        )
+        .unwrap();
+        assert!(seen.windows(2).all(|w| w[0] <= w[1]), "progress only rises");
+        assert_eq!(seen.last(), Some(&(target.len() as u64)));
         deltas.push(delta);
     }
     assert!(deltas.iter().all(|d| *d == deltas[0]));
