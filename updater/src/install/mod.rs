@@ -4,6 +4,7 @@
 mod chunked;
 mod http;
 mod source;
+mod spool;
 mod target;
 
 use std::collections::BTreeMap;
@@ -436,6 +437,7 @@ fn write_images(
     progress: &mut (dyn FnMut(Progress) + Send),
 ) -> Result<SlotRecord, InstallError> {
     let mut images = BTreeMap::new();
+    let spool = spool::Spool::new(&ctx.config.data_dir);
     for step in plan {
         let result = match &step.how {
             How::Stream {
@@ -446,7 +448,7 @@ fn write_images(
                 verified,
                 step,
                 payload,
-                from.as_ref(),
+                from.as_ref().map(|active| (active, &spool)),
                 cancel,
                 progress,
             ),
@@ -540,6 +542,7 @@ fn write_images(
             },
         );
     }
+    spool.clear();
     if let Some(path) = &ctx.config.slot(target).slot_env {
         let manifest = &verified.manifest;
         let rootfs_verity = manifest.image("rootfs").and_then(|i| i.verity.as_ref());
@@ -557,12 +560,15 @@ fn write_images(
     })
 }
 
+/// Streams `payload` into `step`'s target. A delta comes with the running slot's copy of
+/// the image and the spool: over HTTP it is downloaded there first, so that an
+/// interrupted download resumes (`spool.rs`).
 fn write_image(
     source: &BundleSource,
     verified: &VerifiedBundle,
     step: &Step,
     payload: &Payload,
-    delta_source: Option<&Target>,
+    delta: Option<(&Target, &spool::Spool)>,
     cancel: &Arc<AtomicBool>,
     progress: &mut (dyn FnMut(Progress) + Send),
 ) -> Result<(), InstallError> {
@@ -572,7 +578,18 @@ fn write_image(
         method: payload.method.clone(),
         size: image.size,
     });
-    let reader = source.payload(&verified.header, payload)?;
+    let spooled = match (delta, source, &payload.source) {
+        (Some((_, spool)), BundleSource::Http { .. }, Some(_)) => {
+            spool.fetch(source, &verified.header, &image.name, payload, cancel)?
+        }
+        _ => None,
+    };
+    let delta_source = delta.map(|(active, _)| active);
+    let was_spooled = spooled.is_some();
+    let reader: Box<dyn io::Read + Send> = match spooled {
+        Some(file) => Box::new(io::BufReader::with_capacity(256 << 10, file)),
+        None => source.payload(&verified.header, payload)?,
+    };
     let (name, total) = (image.name.clone(), image.size);
     let (tx, rx) = std::sync::mpsc::channel::<u64>();
     let on_write = Box::new(move |done: u64| {
@@ -617,6 +634,9 @@ fn write_image(
         decoder.join().expect("decoder thread does not panic")
     });
     result?;
+    if let (true, Some((_, spool))) = (was_spooled, delta) {
+        spool.remove(payload);
+    }
     progress(Progress::ImageDone {
         name: image.name.clone(),
     });
