@@ -289,11 +289,10 @@ fn write_image(
             |out| match spec.delta_codec {
                 DeltaCodec::BlockBsdiff => {
                     let tree = input.verity.as_ref().and_then(|v| hash_tree_of(v, &salt));
-                    let level = spec.level;
                     block_bsdiff::encode_with(
                         &src_map,
                         &dst_map,
-                        level,
+                        spec.level,
                         tree,
                         None,
                         &mut encoded,

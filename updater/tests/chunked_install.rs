@@ -109,12 +109,8 @@ fn a_device_two_releases_behind_fetches_only_the_chunks_no_slot_holds() {
     // Now B runs v2 and A still holds v1.
 
     let bundle = chunked_bundle(&d, &v3);
-    let server = serve(bundle.parent().unwrap().to_path_buf(), Arc::default());
-    d.allow_plain_http_from(&server.base());
-    let out = d.cairn(&[
-        "install",
-        &server.url(bundle.file_name().unwrap().to_str().unwrap()),
-    ]);
+    let (server, url) = d.serve_bundle(&bundle, Arc::default());
+    let out = d.cairn(&["install", &url]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(d.holds(SlotId::A, &v3));
@@ -185,9 +181,7 @@ fn an_install_killed_part_way_resumes_without_fetching_what_it_had_written() {
         trickle: Duration::from_millis(40),
         ..Faults::default()
     });
-    let server = serve(bundle.parent().unwrap().to_path_buf(), faults);
-    d.allow_plain_http_from(&server.base());
-    let url = server.url(bundle.file_name().unwrap().to_str().unwrap());
+    let (server, url) = d.serve_bundle(&bundle, faults);
 
     let mut child = d.spawn_install(&url);
     let target: Vec<_> = v2.rootfs.chunks(4096).map(block_hash).collect();

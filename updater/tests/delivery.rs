@@ -167,9 +167,7 @@ fn http_install_resumes_after_the_server_drops_the_connection() {
         ..Faults::default()
     });
     faults.drops.store(3, Ordering::SeqCst);
-    let server = serve(bundle.parent().unwrap().to_path_buf(), faults.clone());
-    d.allow_plain_http_from(&server.base());
-    let url = server.url(bundle.file_name().unwrap().to_str().unwrap());
+    let (server, url) = d.serve_bundle(&bundle, faults.clone());
 
     let out = d.cairn(&["install", &url]);
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -200,12 +198,8 @@ fn http_delta_install_fetches_only_the_delta_payloads() {
     let d = Device::new(&v1);
     let full_only = fs::metadata(d.bundle(&v2, None)).unwrap().len();
     let bundle = d.bundle(&v2, Some(&v1));
-    let server = serve(bundle.parent().unwrap().to_path_buf(), Arc::default());
-    d.allow_plain_http_from(&server.base());
-    d.cairn_ok(&[
-        "install",
-        &server.url(bundle.file_name().unwrap().to_str().unwrap()),
-    ]);
+    let (server, url) = d.serve_bundle(&bundle, Arc::default());
+    d.cairn_ok(&["install", &url]);
     assert!(d.holds(SlotId::B, &v2));
     let fetched = server.body_bytes.load(Ordering::SeqCst);
     eprintln!(

@@ -14,7 +14,7 @@ use std::time::Duration;
 use cairn_bundle::BundleFile;
 use cairn_testkit::slot_image_bytes;
 use cairn_updater::bootstate::SlotId;
-use common::http::{serve, Faults, Server};
+use common::http::{Faults, Server};
 use common::*;
 
 /// v1, and a v2 whose rootfs shares nothing with it: its delta is megabytes long.
@@ -60,9 +60,7 @@ fn killed_part_way(d: &Device, v2: &Release, v1: &Release) -> (Server, String, u
         trickle: Duration::from_millis(40),
         ..Faults::default()
     });
-    let server = serve(bundle.parent().unwrap().to_path_buf(), faults);
-    d.allow_plain_http_from(&server.base());
-    let url = server.url(bundle.file_name().unwrap().to_str().unwrap());
+    let (server, url) = d.serve_bundle(&bundle, faults);
     let mut child = d.spawn_install(&url);
     wait_for(60, "a third of the delta spooled", || {
         spooled(d) * 3 >= deltas

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cairn_updater::bootstate::SlotId;
-use common::http::{serve, Faults, Server};
+use common::http::{Faults, Server};
 use common::*;
 
 /// A v2 bundle served slowly (about 64 KiB per 20 ms), so an install takes seconds.
@@ -20,9 +20,7 @@ fn slow_install(d: &Device, v2: &Release) -> (Server, String) {
         trickle: Duration::from_millis(20),
         ..Faults::default()
     });
-    let server = serve(bundle.parent().unwrap().to_path_buf(), faults);
-    d.allow_plain_http_from(&server.base());
-    let url = server.url(bundle.file_name().unwrap().to_str().unwrap());
+    let (server, url) = d.serve_bundle(&bundle, faults);
     (server, url)
 }
 

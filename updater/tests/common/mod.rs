@@ -8,6 +8,7 @@ pub mod http;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::sync::Arc;
 
 use cairn_boot::{images, ImageRecord};
 use cairn_bundle::writer::BundleSpec;
@@ -271,6 +272,16 @@ impl Device {
             ca.display()
         );
         fs::write(self.config(), text).unwrap();
+    }
+
+    /// Serves `bundle` (and the files beside it) from a loopback HTTP server that
+    /// misbehaves as `faults` say, and lets the device fetch from it; returns the server
+    /// and the bundle's URL.
+    pub fn serve_bundle(&self, bundle: &Path, faults: Arc<http::Faults>) -> (http::Server, String) {
+        let server = http::serve(bundle.parent().unwrap().to_path_buf(), faults);
+        self.allow_plain_http_from(&server.base());
+        let url = server.url(bundle.file_name().unwrap().to_str().unwrap());
+        (server, url)
     }
 
     /// Lets `cairn install` fetch plain `http://` URLs from the test file server at
