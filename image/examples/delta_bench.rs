@@ -17,8 +17,11 @@
 //! A target with a `verity.json` beside it (the profile's) has its hash tree described
 //! to `block-bsdiff` as `bundle create` does from the manifest.
 //!
-//! Each pair also gets the chunked image's numbers (what it adds to a bundle, and what a
-//! device holding only the source fetches without a delta; see `bundle/FORMAT.md`).
+//! Each pair's header gives the full payload's size and how long it takes to decode and
+//! sync, the baseline for the apply column (a delta install should never be slower than
+//! a full one). Each pair also gets the chunked image's numbers (what it adds to a
+//! bundle, and what a device holding only the source fetches without a delta; see
+//! `bundle/FORMAT.md`).
 //!
 //! Every tool runs as a child process under `/usr/bin/time`: wall time and peak RSS
 //! (`ru_maxrss`) to make and to apply, each delta applied and compared with its target.
@@ -267,9 +270,9 @@ fn run_pair(pair: &Pair, o: &Options, work: &Path) -> Result<String> {
         fs::metadata(&pair.target)?.len(),
     );
     eprintln!("\n==> pair: {}", pair.name);
-    let full = full_payload_size(&pair.target)?;
     let patch = work.join("delta");
     let out = work.join("rebuilt");
+    let (full, full_decode_secs) = full_payload(&pair.target, &out)?;
     let (s, t, p, r) = (&pair.source, &pair.target, &patch, &out);
     let mut rows = Vec::new();
     let a = |x: &Path| x.display().to_string();
@@ -377,7 +380,7 @@ fn run_pair(pair: &Pair, o: &Options, work: &Path) -> Result<String> {
     }
     let _ = fs::remove_file(&patch);
     let _ = fs::remove_file(&out);
-    let mut report = table(pair, src_len, tgt_len, full, &rows);
+    let mut report = table(pair, src_len, tgt_len, (full, full_decode_secs), &rows);
     report += &chunked(pair, full, base_make_secs(&rows))?;
     Ok(report)
 }
@@ -443,25 +446,41 @@ impl Write for CountingWriter<'_> {
     }
 }
 
-/// The bundle's full payload for the target (zstd level 12, as `bundle create`).
-fn full_payload_size(target: &Path) -> Result<u64> {
-    let mut count = 0;
-    full::encode(
-        &mut BufReader::new(File::open(target)?),
-        &mut CountingWriter(&mut count),
-        12,
-    )?;
-    Ok(count)
+/// The bundle's full payload for the target (zstd level 12, as `bundle create`): its
+/// size, and the seconds it takes to decode into `out` and sync it, as the apply
+/// column's deltas are (what a full install spends besides the download).
+fn full_payload(target: &Path, out: &Path) -> Result<(u64, f64)> {
+    let mut payload = Vec::new();
+    full::encode(&mut BufReader::new(File::open(target)?), &mut payload, 12)?;
+    let started = Instant::now();
+    let mut file = BufWriter::with_capacity(1 << 20, File::create(out)?);
+    full::decode(&payload[..], &mut file)?;
+    file.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+    let secs = started.elapsed().as_secs_f64();
+    ensure!(
+        fs::metadata(out)?.len() == fs::metadata(target)?.len(),
+        "the full payload decodes to a different size"
+    );
+    fs::remove_file(out)?;
+    Ok((payload.len() as u64, secs))
 }
 
-fn table(pair: &Pair, src_len: u64, tgt_len: u64, full: u64, rows: &[Row]) -> String {
+fn table(
+    pair: &Pair,
+    src_len: u64,
+    tgt_len: u64,
+    (full, full_decode_secs): (u64, f64),
+    rows: &[Row],
+) -> String {
     let mb = |b: u64| b as f64 / 1e6;
     let mut s = format!(
-        "\n{}\n  source {:.1} MB -> target {:.1} MB; full payload (zstd 12) {:.2} MB\n",
+        "\n{}\n  source {:.1} MB -> target {:.1} MB; full payload (zstd 12) {:.2} MB, \
+         decoded and synced in {:.1} s (compare apply s)\n",
         pair.name,
         mb(src_len),
         mb(tgt_len),
-        mb(full)
+        mb(full),
+        full_decode_secs
     );
     s += &format!(
         "  {:<34} {:>10} {:>8} {:>9} {:>10} {:>8} {:>10} {:>10} | {:>7} {:>7} {:>7} {:>7}\n",

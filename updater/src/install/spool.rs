@@ -97,7 +97,9 @@ impl Spool {
             Err(e) => return disk(e),
         };
         loop {
-            if resumed > 0 {
+            if resumed == payload.size {
+                tracing::info!(image, size = payload.size, "the delta is already spooled");
+            } else if resumed > 0 {
                 tracing::info!(
                     image,
                     resumed,
