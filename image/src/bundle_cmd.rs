@@ -245,44 +245,42 @@ impl Reporter {
     const STEP: u64 = 10;
 
     fn report(&mut self, event: BuildEvent) {
-        if let BuildEvent::Encoding {
-            image,
-            label,
-            done,
-            total,
-        } = event
-        {
-            let percent = (done * 100 / total.max(1)).min(100) / Self::STEP * Self::STEP;
-            if self.shown.is_none_or(|shown| percent > shown) && percent < 100 {
-                eprintln!(
-                    "[bundle] image {image}: {label} {percent}% ({} of {})",
-                    human(done),
-                    human(total)
-                );
-                self.shown = Some(percent);
+        match event {
+            BuildEvent::Encoding {
+                image,
+                label,
+                done,
+                total,
+            } => {
+                let percent = (done * 100 / total.max(1)).min(100) / Self::STEP * Self::STEP;
+                if self.shown.is_none_or(|shown| percent > shown) && percent < 100 {
+                    eprintln!(
+                        "[bundle] image {image}: {label} {percent}% ({} of {})",
+                        human(done),
+                        human(total)
+                    );
+                    self.shown = Some(percent);
+                }
             }
-            return;
+            BuildEvent::Stage(s) => {
+                self.shown = None;
+                eprintln!("[bundle] {s}");
+            }
+            BuildEvent::Payload {
+                image,
+                label,
+                input,
+                output,
+            } => {
+                self.shown = None;
+                eprintln!(
+                    "[bundle] image {image}: {label} payload {} from {} ({:.1}%)",
+                    human(output),
+                    human(input),
+                    100.0 * output as f64 / input.max(1) as f64
+                );
+            }
         }
-        self.shown = None;
-        report(event);
-    }
-}
-
-fn report(event: BuildEvent) {
-    match event {
-        BuildEvent::Stage(s) => eprintln!("[bundle] {s}"),
-        BuildEvent::Encoding { .. } => {}
-        BuildEvent::Payload {
-            image,
-            label,
-            input,
-            output,
-        } => eprintln!(
-            "[bundle] image {image}: {label} payload {} from {} ({:.1}%)",
-            human(output),
-            human(input),
-            100.0 * output as f64 / input.max(1) as f64
-        ),
     }
 }
 

@@ -35,6 +35,10 @@ impl HttpBundle {
         })
     }
 
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
     /// A reader over bytes `start..start+len` of the bundle that survives dropped
     /// connections. `total` is checked against the server's idea of the file size when
     /// known, so a truncated file on the server is noticed.

@@ -578,14 +578,15 @@ fn write_image(
         method: payload.method.clone(),
         size: image.size,
     });
-    let spooled = match (delta, source, &payload.source) {
-        (Some((_, spool)), BundleSource::Http { .. }, Some(_)) => {
+    let spooled = match (delta, &payload.source) {
+        (Some((_, spool)), Some(_)) => {
             spool.fetch(source, &verified.header, &image.name, payload, cancel)?
         }
         _ => None,
     };
     let delta_source = delta.map(|(active, _)| active);
-    let was_spooled = spooled.is_some();
+    // The spool whose file this image reads, to remove it once the image is written.
+    let spooled_in = delta.map(|(_, spool)| spool).filter(|_| spooled.is_some());
     let reader: Box<dyn io::Read + Send> = match spooled {
         Some(file) => Box::new(io::BufReader::with_capacity(256 << 10, file)),
         None => source.payload(&verified.header, payload)?,
@@ -634,7 +635,7 @@ fn write_image(
         decoder.join().expect("decoder thread does not panic")
     });
     result?;
-    if let (true, Some((_, spool))) = (was_spooled, delta) {
+    if let Some(spool) = spooled_in {
         spool.remove(payload);
     }
     progress(Progress::ImageDone {

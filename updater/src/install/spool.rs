@@ -58,7 +58,8 @@ impl Spool {
 
     /// Downloads `payload` of image `image` into the spool, continuing what an earlier
     /// try left there, and returns the file, checked against the payload's digest and
-    /// positioned at its start. `None`: the spool cannot be used here, stream instead.
+    /// positioned at its start. `None`: the spool is not used (a local bundle) or cannot
+    /// be used here; stream instead.
     pub fn fetch(
         &self,
         source: &BundleSource,
@@ -70,10 +71,10 @@ impl Spool {
         let Some(path) = self.path(payload) else {
             return Ok(None);
         };
-        let download = |e| InstallError::Download {
-            url: format!("delta of image {image}"),
-            source: e,
+        let BundleSource::Http { bundle, .. } = source else {
+            return Ok(None); // a local file needs no spool
         };
+        let download = InstallError::download(bundle.url());
         let disk = |e: io::Error| {
             tracing::warn!(image, error = %e, "cannot spool the delta on the data partition; streaming it");
             // A partial file on a full partition would only take space others need.

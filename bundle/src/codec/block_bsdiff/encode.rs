@@ -104,9 +104,9 @@ pub fn encode_with(
             let mut next_diff = 0;
             let mut done = 0u64;
             for step in &steps {
-                if let Step::Copy { len, .. } = step {
+                if let Step::Copy { .. } = step {
                     zstd.write_all(&operation(source, target, step)?)?;
-                    done += *len as u64;
+                    done += step.target_len() as u64;
                     progress(done);
                     continue;
                 }
@@ -120,10 +120,8 @@ pub fn encode_with(
                     made.insert(k, op);
                 };
                 zstd.write_all(&op)?;
-                if let Step::Diff { target, .. } = step {
-                    done += target.len() as u64;
-                    progress(done);
-                }
+                done += step.target_len() as u64;
+                progress(done);
                 next_diff += 1;
                 queue.written(next_diff);
             }

@@ -36,6 +36,16 @@ pub enum Step {
     },
 }
 
+impl Step {
+    /// How many target bytes the step produces.
+    pub fn target_len(&self) -> usize {
+        match self {
+            Step::Copy { len, .. } => *len,
+            Step::Diff { target, .. } => target.len(),
+        }
+    }
+}
+
 /// Plans `target` as copies of source blocks and diffs of what is left, in target order.
 pub fn plan(source: &[u8], target: &[u8]) -> Vec<Step> {
     let found = find_blocks(source, target);
