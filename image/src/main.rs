@@ -5,6 +5,7 @@ mod flash_cmd;
 mod keys_cmd;
 mod os_cmd;
 mod provision_cmd;
+mod uki_cmd;
 
 use clap::{Parser, Subcommand};
 
@@ -44,6 +45,9 @@ enum Command {
     /// Make device identities offline, in copies of an image's data partition or in a
     /// flashed card, with the manifest `cairn-server device import` takes.
     Provision(provision_cmd::ProvisionArgs),
+    /// Build unified kernel images (UEFI boot path) and precompute their PCR 11 value.
+    #[command(subcommand)]
+    Uki(uki_cmd::UkiCommand),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -58,5 +62,6 @@ fn main() -> anyhow::Result<()> {
         Command::Build(args) => os_cmd::build(args),
         Command::Flash(args) => flash_cmd::flash(args),
         Command::Provision(args) => provision_cmd::provision(args),
+        Command::Uki(cmd) => uki_cmd::run(cmd),
     }
 }

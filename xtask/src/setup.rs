@@ -46,6 +46,9 @@ const PACKAGES: &[&str] = &[
     "openssl",  // signs the test .swu files (CMS)
     // The QEMU harness gives a second concurrent guest its own network namespace.
     "iproute2", // ip link set lo up in that namespace
+    // The UEFI boot path (docs/UEFI.md).
+    "ovmf",       // x86_64 UEFI firmware with Secure Boot (OVMF_CODE_4M.secboot.fd)
+    "sbsigntool", // sbsign/sbverify: Secure Boot signatures on systemd-boot and UKIs
 ];
 
 /// What `cargo xtask bench delta` compares Cairn's deltas with, and measures them by.
@@ -62,8 +65,14 @@ const ARM64_PACKAGES: &[&str] = &[
 ];
 
 /// Packages that must come from bookworm-backports (QEMU 10 matches the preinstalled
-/// qemu-utils and blocks bookworm's 7.2).
-const BACKPORTS: &[&str] = &["qemu-system-arm", "qemu-system-common", "qemu-system-data"];
+/// qemu-utils and blocks bookworm's 7.2; bookworm has no virt-fw-vars).
+const BACKPORTS: &[&str] = &[
+    "qemu-system-arm",
+    "qemu-system-x86", // the UEFI path's x86_64 guests (q35 + OVMF)
+    "qemu-system-common",
+    "qemu-system-data",
+    "python3-virt-firmware", // virt-fw-vars: enrolls Secure Boot keys into OVMF's variables
+];
 
 /// The device's Rust target (the image's binaries are built for it).
 const CROSS_TARGET: &str = "aarch64-unknown-linux-gnu";

@@ -10,6 +10,7 @@
 //! ports onto them.
 
 pub mod disk;
+pub mod efi;
 pub mod fleet;
 pub mod guest_net;
 pub mod ntp;

@@ -1,4 +1,5 @@
-//! One QEMU guest: qemu-system-aarch64 + swtpm, the serial console captured by a thread,
+//! One QEMU guest: qemu-system-aarch64 through U-Boot, or qemu-system-x86_64 through
+//! OVMF with Secure Boot (the UEFI path), + swtpm, the serial console captured by a thread,
 //! waits with timeouts, shell commands over the console (Linux's console does not drop
 //! characters; U-Boot's does, so U-Boot is only ever driven through its env and script).
 
@@ -16,6 +17,38 @@ use cairn_image::os::uboot;
 /// `/var/log/cairnd.log` as stored on the data partition (/var is an overlay whose upper
 /// directory lives there; boot/initramfs/init).
 const CAIRND_LOG: &str = "overlay/var/upper/log/cairnd.log";
+
+/// Debian's OVMF build with Secure Boot support and no keys of its own (package `ovmf`).
+pub const OVMF_CODE_SECBOOT: &str = "/usr/share/OVMF/OVMF_CODE_4M.secboot.fd";
+/// Its empty variable store, the template keys are enrolled into.
+pub const OVMF_VARS_TEMPLATE: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+
+/// swtpm for one guest, its state and control socket under `scratch/tpm`.
+fn start_swtpm(scratch: &Path) -> Result<(Child, PathBuf)> {
+    let tpm_dir = scratch.join("tpm");
+    fs::create_dir_all(&tpm_dir)?;
+    let socket = tpm_dir.join("swtpm.sock");
+    let swtpm = Command::new("swtpm")
+        .arg("socket")
+        .arg("--tpm2")
+        .arg("--tpmstate")
+        .arg(format!("dir={}", tpm_dir.display()))
+        .arg("--ctrl")
+        .arg(format!("type=unixio,path={}", socket.display()))
+        .args(["--flags", "not-need-init"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting swtpm")?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !socket.exists() {
+        if Instant::now() > deadline {
+            bail!("swtpm did not create {}", socket.display());
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    Ok((swtpm, socket))
+}
 
 pub struct Vm {
     qemu: Child,
@@ -97,67 +130,95 @@ impl Vm {
     fn start_args(name: &str, disk: &Path, scratch: &Path, extra: Vec<String>) -> Result<Vm> {
         let uboot_path = scratch.join("u-boot.bin");
         uboot::write_patched(&uboot_path)?;
-        let tpm_dir = scratch.join("tpm");
-        fs::create_dir_all(&tpm_dir)?;
-        let socket = tpm_dir.join("swtpm.sock");
-        let swtpm = Command::new("swtpm")
-            .arg("socket")
-            .arg("--tpm2")
-            .arg("--tpmstate")
-            .arg(format!("dir={}", tpm_dir.display()))
-            .arg("--ctrl")
-            .arg(format!("type=unixio,path={}", socket.display()))
-            .args(["--flags", "not-need-init"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("starting swtpm")?;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !socket.exists() {
-            if Instant::now() > deadline {
-                bail!("swtpm did not create {}", socket.display());
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
-
+        let (swtpm, socket) = start_swtpm(scratch)?;
         let net = crate::guest_net()?;
         let mut qemu = Command::new("qemu-system-aarch64");
         if let Some(net) = &net {
             net.enter(&mut qemu);
         }
+        qemu.args([
+            "-M",
+            "virt",
+            "-cpu",
+            "cortex-a57",
+            "-m",
+            "1024",
+            "-nographic",
+        ])
+        .arg("-bios")
+        .arg(&uboot_path)
+        // virt gives the last virtio-mmio device the lowest address, and U-Boot boots
+        // "virtio 0": the system disk comes last.
+        .args(extra)
+        .arg("-drive")
+        .arg(format!("if=none,file={},format=raw,id=hd", disk.display()))
+        .args(["-device", "virtio-blk-device,drive=hd"])
+        .args([
+            "-netdev",
+            "user,id=n0",
+            "-device",
+            "virtio-net-device,netdev=n0",
+        ])
+        .arg("-chardev")
+        .arg(format!("socket,id=chrtpm,path={}", socket.display()))
+        .args(["-tpmdev", "emulator,id=tpm0,chardev=chrtpm"])
+        .args(["-device", "tpm-tis-device,tpmdev=tpm0"]);
+        Self::attach(name, qemu, swtpm, net, disk)
+    }
+
+    /// Boots `disk` on QEMU's x86_64 `q35` machine through OVMF with Secure Boot
+    /// (`OVMF_CODE_4M.secboot.fd`, which needs SMM and a secure pflash), its variables
+    /// from a copy of `vars` (the enrolled keys, docs/UEFI.md), and swtpm as a TIS TPM.
+    /// No network: the firmware would otherwise try PXE after a failed disk boot.
+    pub fn start_efi_x86_64(name: &str, disk: &Path, scratch: &Path, vars: &Path) -> Result<Vm> {
+        let vars_copy = scratch.join("OVMF_VARS.fd");
+        fs::copy(vars, &vars_copy).with_context(|| format!("copying {}", vars.display()))?;
+        let (swtpm, socket) = start_swtpm(scratch)?;
+        let mut qemu = Command::new("qemu-system-x86_64");
+        qemu.args([
+            "-machine",
+            "q35,smm=on",
+            "-m",
+            "1024",
+            "-nographic",
+            "-nodefaults",
+        ])
+        .args(["-serial", "stdio", "-net", "none"])
+        .args(["-global", "driver=cfi.pflash01,property=secure,value=on"])
+        .arg("-drive")
+        .arg(format!(
+            "if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE_SECBOOT}"
+        ))
+        .arg("-drive")
+        .arg(format!(
+            "if=pflash,format=raw,unit=1,file={}",
+            vars_copy.display()
+        ))
+        .arg("-drive")
+        .arg(format!("if=none,file={},format=raw,id=hd", disk.display()))
+        .args(["-device", "virtio-blk-pci,drive=hd"])
+        .arg("-chardev")
+        .arg(format!("socket,id=chrtpm,path={}", socket.display()))
+        .args(["-tpmdev", "emulator,id=tpm0,chardev=chrtpm"])
+        .args(["-device", "tpm-tis,tpmdev=tpm0"]);
+        Self::attach(name, qemu, swtpm, None, disk)
+    }
+
+    /// Starts `qemu` with the console captured.
+    fn attach(
+        name: &str,
+        mut qemu: Command,
+        swtpm: Child,
+        net: Option<crate::guest_net::GuestNet>,
+        disk: &Path,
+    ) -> Result<Vm> {
+        let program = qemu.get_program().to_string_lossy().into_owned();
         let mut qemu = qemu
-            .args([
-                "-M",
-                "virt",
-                "-cpu",
-                "cortex-a57",
-                "-m",
-                "1024",
-                "-nographic",
-            ])
-            .arg("-bios")
-            .arg(&uboot_path)
-            // virt gives the last virtio-mmio device the lowest address, and U-Boot boots
-            // "virtio 0": the system disk comes last.
-            .args(extra)
-            .arg("-drive")
-            .arg(format!("if=none,file={},format=raw,id=hd", disk.display()))
-            .args(["-device", "virtio-blk-device,drive=hd"])
-            .args([
-                "-netdev",
-                "user,id=n0",
-                "-device",
-                "virtio-net-device,netdev=n0",
-            ])
-            .arg("-chardev")
-            .arg(format!("socket,id=chrtpm,path={}", socket.display()))
-            .args(["-tpmdev", "emulator,id=tpm0,chardev=chrtpm"])
-            .args(["-device", "tpm-tis-device,tpmdev=tpm0"])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .context("starting qemu-system-aarch64")?;
+            .with_context(|| format!("starting {program}"))?;
         let stdin = qemu.stdin.take().context("qemu stdin")?;
         let console = Arc::new(Mutex::new(String::new()));
         for stream in [
@@ -188,6 +249,25 @@ impl Vm {
             disk: disk.to_path_buf(),
             commands: 0,
         })
+    }
+
+    /// Waits until QEMU exits by itself (the guest powered off with `-no-reboot`, or
+    /// the firmware gave up); fails after `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.qemu.try_wait()?.is_some() {
+                // Let the capture threads drain what QEMU printed last.
+                thread::sleep(Duration::from_millis(100));
+                self.save_log();
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                self.save_log();
+                bail!("QEMU still running after {:.0}s", timeout.as_secs_f64());
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
     }
 
     pub fn elapsed(&self) -> Duration {

@@ -1,0 +1,67 @@
+//! `cairn-image uki`: build a unified kernel image from its parts, and print the PCR 11
+//! value one leaves when systemd-stub boots it.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use cairn_image::os::uki::{self, UkiParts};
+use clap::{Args, Subcommand};
+
+#[derive(Subcommand)]
+pub enum UkiCommand {
+    /// Append kernel, initramfs, command line, os-release and kernel release to systemd's
+    /// EFI stub (linuxx64.efi.stub / linuxaa64.efi.stub). The result is not signed.
+    Build(BuildArgs),
+    /// Print the SHA-256 PCR 11 value systemd-stub leaves after measuring this UKI.
+    Pcr11 { uki: PathBuf },
+}
+
+#[derive(Args)]
+pub struct BuildArgs {
+    #[arg(long)]
+    stub: PathBuf,
+    #[arg(long)]
+    linux: PathBuf,
+    #[arg(long)]
+    initrd: PathBuf,
+    /// The kernel command line (text, one line).
+    #[arg(long)]
+    cmdline: String,
+    #[arg(long)]
+    os_release: PathBuf,
+    /// The kernel's `uname -r`.
+    #[arg(long)]
+    uname: String,
+    #[arg(long)]
+    out: PathBuf,
+}
+
+fn read(path: &PathBuf) -> Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("reading {}", path.display()))
+}
+
+pub fn run(cmd: UkiCommand) -> Result<()> {
+    match cmd {
+        UkiCommand::Build(args) => {
+            let os_release = String::from_utf8(read(&args.os_release)?)
+                .with_context(|| format!("{} is not UTF-8", args.os_release.display()))?;
+            let (linux, initrd) = (read(&args.linux)?, read(&args.initrd)?);
+            let parts = UkiParts {
+                linux: &linux,
+                initrd: &initrd,
+                cmdline: &args.cmdline,
+                os_release: &os_release,
+                uname: &args.uname,
+            };
+            let image = uki::build(&read(&args.stub)?, &parts)?;
+            cairn_atomic::write(&args.out, &image)
+                .with_context(|| format!("writing {}", args.out.display()))?;
+            println!("{}: {} bytes", args.out.display(), image.len());
+        }
+        UkiCommand::Pcr11 { uki: path } => {
+            let value = uki::pcr11_sha256(&read(&path)?)?;
+            println!("11:sha256={}", hex::encode(value));
+        }
+    }
+    Ok(())
+}

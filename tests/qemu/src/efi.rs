@@ -1,0 +1,315 @@
+//! The parts of the UEFI boot path's x86_64 tests (docs/UEFI.md): Debian's amd64 kernel,
+//! systemd 254's stub, systemd-boot and `systemd-measure` (bookworm-backports), a probe
+//! initramfs, the project's Secure Boot keys and OVMF variables that trust them, and ESP
+//! disks holding signed systemd-boot and unified kernel images.
+//!
+//! The probe initramfs is not Cairn's: it prints what the boot chain left behind (the
+//! command line, PCRs 4, 7, 11 and 12, whether Secure Boot is on) and powers off. It stands
+//! in for the x86_64 OS image, which does not exist yet, so these tests check the chain
+//! the firmware verifies and measures (firmware → systemd-boot → UKI), not an update.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use anyhow::{anyhow, bail, Context, Result};
+use cairn_image::os::cpio::{self, Entry};
+use cairn_image::os::debian;
+use cairn_image::os::profile::Debian;
+use cairn_image::os::secureboot::{self, KeyPair, SecureBootKeys};
+use cairn_image::os::uki::{self, UkiParts};
+
+use crate::vm::OVMF_VARS_TEMPLATE;
+
+/// bookworm with its backports: systemd 254's stub measures `.uname` and `.sbat` and its
+/// `systemd-measure` knows them; 252's does neither.
+const SOURCES: [&str; 4] = [
+    "deb http://deb.debian.org/debian bookworm main",
+    "deb http://deb.debian.org/debian bookworm-updates main",
+    "deb http://deb.debian.org/debian-security bookworm-security main",
+    "deb http://deb.debian.org/debian bookworm-backports main",
+];
+
+/// systemd and the libraries of its own version it needs, named with their suite because
+/// bookworm's 252 would win otherwise.
+const PACKAGES: [&str; 7] = [
+    "linux-image-cloud-amd64",
+    "busybox-static",
+    "systemd-boot-efi/bookworm-backports",
+    "systemd/bookworm-backports",
+    "libsystemd-shared/bookworm-backports",
+    "libsystemd0/bookworm-backports",
+    "systemd-dev/bookworm-backports",
+];
+
+/// What the probe's /init prints: one `CAIRN-PROBE key=value` line per fact.
+const PROBE_INIT: &str = r#"#!/bin/busybox sh
+/bin/busybox mkdir -p /proc /sys /dev
+/bin/busybox mount -t proc proc /proc
+/bin/busybox mount -t sysfs sys /sys
+echo "CAIRN-PROBE cmdline=$(/bin/busybox cat /proc/cmdline)"
+for pcr in 4 7 11 12; do
+  echo "CAIRN-PROBE pcr$pcr=$(/bin/busybox cat /sys/class/tpm/tpm0/pcr-sha256/$pcr)"
+done
+echo "CAIRN-PROBE done"
+/bin/busybox poweroff -f
+"#;
+
+pub struct EfiParts {
+    pub kernel: PathBuf,
+    pub kernel_release: String,
+    pub stub: PathBuf,
+    pub systemd_boot: PathBuf,
+    tree: PathBuf,
+    pub initrd: Vec<u8>,
+    pub keys: SecureBootKeys,
+    /// A key pair the firmware does not trust.
+    pub foreign: KeyPair,
+    /// OVMF's variable store with `keys` enrolled and Secure Boot on.
+    pub vars: PathBuf,
+    pub dir: PathBuf,
+}
+
+/// The parts, made once per process (the Debian tree is cached across runs).
+pub fn parts() -> Result<&'static EfiParts> {
+    static PARTS: OnceLock<std::result::Result<EfiParts, String>> = OnceLock::new();
+    PARTS
+        .get_or_init(|| make_parts().map_err(|e| format!("{e:#}")))
+        .as_ref()
+        .map_err(|e| anyhow!("preparing the UEFI test parts failed: {e}"))
+}
+
+fn make_parts() -> Result<EfiParts> {
+    let cairn = crate::workspace().join("target/cairn");
+    let dir = cairn.join("efi-x86_64");
+    fs::create_dir_all(&dir)?;
+    let debian = Debian {
+        suite: "bookworm".into(),
+        sources: SOURCES.iter().map(|s| s.to_string()).collect(),
+        architecture: "amd64".into(),
+    };
+    let packages: Vec<String> = PACKAGES.iter().map(|p| p.to_string()).collect();
+    let tree = debian::tree(&debian, &packages, "efi-x86_64", &cairn.join("cache"))?.dir;
+    let kernel = fs::read_dir(tree.join("boot"))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("vmlinuz-"))
+        })
+        .context("the amd64 kernel tree has no /boot/vmlinuz-*")?;
+    let kernel_release = kernel
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_prefix("vmlinuz-"))
+        .context("kernel file name")?
+        .to_owned();
+    let efi = tree.join("usr/lib/systemd/boot/efi");
+
+    let busybox = fs::read(tree.join("bin/busybox")).context("busybox-static in the tree")?;
+    let entries = [
+        Entry::Dir {
+            path: "bin".into(),
+            mode: 0o755,
+        },
+        Entry::File {
+            path: "bin/busybox".into(),
+            mode: 0o755,
+            data: busybox,
+        },
+        Entry::File {
+            path: "init".into(),
+            mode: 0o755,
+            data: PROBE_INIT.as_bytes().to_vec(),
+        },
+        Entry::Dir {
+            path: "dev".into(),
+            mode: 0o755,
+        },
+        Entry::CharDevice {
+            path: "dev/console".into(),
+            mode: 0o600,
+            major: 5,
+            minor: 1,
+        },
+    ];
+    let mut initrd = Vec::new();
+    cpio::write(&mut initrd, &entries, 0)?;
+
+    let keys = SecureBootKeys::ensure(&dir.join("keys"), "Cairn test")?;
+    let foreign = SecureBootKeys::ensure(&dir.join("foreign-keys"), "Not Cairn")?.db;
+    let vars = dir.join("OVMF_VARS.enrolled.fd");
+    secureboot::enroll(Path::new(OVMF_VARS_TEMPLATE), &keys, &vars)?;
+    Ok(EfiParts {
+        kernel,
+        kernel_release,
+        stub: efi.join("linuxx64.efi.stub"),
+        systemd_boot: efi.join("systemd-bootx64.efi"),
+        tree,
+        initrd,
+        keys,
+        foreign,
+        vars,
+        dir,
+    })
+}
+
+impl EfiParts {
+    /// An unsigned UKI of the probe with `cmdline`.
+    pub fn uki(&self, cmdline: &str) -> Result<Vec<u8>> {
+        let linux = fs::read(&self.kernel)?;
+        let parts = UkiParts {
+            linux: &linux,
+            initrd: &self.initrd,
+            cmdline,
+            os_release: "NAME=\"Cairn probe\"\nPRETTY_NAME=\"Cairn probe\"\n",
+            uname: &self.kernel_release,
+        };
+        Ok(uki::build(&fs::read(&self.stub)?, &parts)?)
+    }
+
+    /// `systemd-measure` from the tree, run with the tree's own libsystemd-shared.
+    pub fn systemd_measure(&self) -> Command {
+        let mut cmd = Command::new(self.tree.join("lib/systemd/systemd-measure"));
+        cmd.env(
+            "LD_LIBRARY_PATH",
+            self.tree.join("usr/lib/x86_64-linux-gnu/systemd"),
+        );
+        cmd
+    }
+
+    /// `unsigned` signed by `signer`, written to `scratch/name`.
+    pub fn signed(
+        &self,
+        signer: &KeyPair,
+        unsigned: &[u8],
+        scratch: &Path,
+        name: &str,
+    ) -> Result<PathBuf> {
+        let input = scratch.join(format!("{name}.unsigned"));
+        fs::write(&input, unsigned)?;
+        let out = scratch.join(name);
+        secureboot::sign(signer, &input, &out)?;
+        Ok(out)
+    }
+}
+
+/// A GPT disk with one EFI system partition: systemd-boot (signed with the project's db
+/// key) as the removable-media loader `\EFI\BOOT\BOOTX64.EFI`, `loader/loader.conf` with
+/// no menu, and `ukis` (file name under `\EFI\Linux`, file) as Boot Loader Spec type #2
+/// entries.
+pub fn esp_disk(parts: &EfiParts, ukis: &[(&str, &Path)], scratch: &Path) -> Result<PathBuf> {
+    let esp = scratch.join("esp.fat");
+    let _ = fs::remove_file(&esp);
+    let esp_mib = 96u64;
+    tool(
+        Command::new("mkfs.vfat")
+            .args(["-C", "-F", "32", "-n", "ESP", "-i", "CA1E0001"])
+            .arg(&esp)
+            .arg((esp_mib * 1024).to_string()),
+    )?;
+    let img = |path: &str| format!("::{path}");
+    tool(Command::new("mmd").arg("-i").arg(&esp).args([
+        img("EFI"),
+        img("EFI/BOOT"),
+        img("EFI/Linux"),
+        img("loader"),
+    ]))?;
+    let sd_boot = parts.signed(
+        &parts.keys.db,
+        &fs::read(&parts.systemd_boot)?,
+        scratch,
+        "systemd-bootx64.efi",
+    )?;
+    let loader_conf = scratch.join("loader.conf");
+    fs::write(&loader_conf, "timeout 0\nconsole-mode keep\n")?;
+    let mut copies = vec![
+        (sd_boot, "EFI/BOOT/BOOTX64.EFI".to_string()),
+        (loader_conf, "loader/loader.conf".to_string()),
+    ];
+    for (name, file) in ukis {
+        copies.push((file.to_path_buf(), format!("EFI/Linux/{name}")));
+    }
+    for (from, to) in copies {
+        tool(
+            Command::new("mcopy")
+                .arg("-i")
+                .arg(&esp)
+                .arg(&from)
+                .arg(img(&to)),
+        )?;
+    }
+    let disk = scratch.join("disk.img");
+    let _ = fs::remove_file(&disk);
+    fs::File::create(&disk)?.set_len((esp_mib + 2) << 20)?;
+    let table = format!(
+        "label: gpt\nlabel-id: 4F1C2D3E-0000-4000-8000-00000000CA1E\nstart=2048, size={}, type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B, name=esp\n",
+        esp_mib * 2048
+    );
+    let mut sfdisk = Command::new("sfdisk")
+        .arg("-q")
+        .arg(&disk)
+        .stdin(std::process::Stdio::piped())
+        .spawn()?;
+    use std::io::Write;
+    sfdisk
+        .stdin
+        .take()
+        .context("sfdisk stdin")?
+        .write_all(table.as_bytes())?;
+    if !sfdisk.wait()?.success() {
+        bail!("sfdisk failed on {}", disk.display());
+    }
+    tool(
+        Command::new("dd")
+            .arg(format!("if={}", esp.display()))
+            .arg(format!("of={}", disk.display()))
+            .args(["bs=1M", "seek=1", "conv=notrunc", "status=none"]),
+    )?;
+    Ok(disk)
+}
+
+/// The files under `\EFI\Linux` of `disk`'s ESP, as mtools lists them (long names).
+pub fn linux_entries(disk: &Path) -> Result<Vec<String>> {
+    let out = Command::new("mdir")
+        .arg("-b")
+        .arg("-i")
+        .arg(format!("{}@@1M", disk.display()))
+        .arg("::EFI/Linux")
+        .output()?;
+    if !out.status.success() {
+        bail!("mdir: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let mut names: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.trim().rsplit('/').next().map(str::to_owned))
+        .filter(|n| !n.is_empty())
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
+/// The `CAIRN-PROBE key=value` facts the probe printed.
+pub fn probe_fact(console: &str, key: &str) -> Option<String> {
+    let prefix = format!("CAIRN-PROBE {key}=");
+    console.lines().find_map(|l| {
+        l.trim_end_matches('\r')
+            .split_once(&prefix)
+            .map(|(_, v)| v.trim().to_owned())
+    })
+}
+
+fn tool(cmd: &mut Command) -> Result<()> {
+    let out = cmd
+        .output()
+        .with_context(|| format!("running {:?}", cmd.get_program()))?;
+    if !out.status.success() {
+        bail!(
+            "{:?} failed: {}",
+            cmd.get_program(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
