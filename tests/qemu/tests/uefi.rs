@@ -171,3 +171,48 @@ fn ukis_not_signed_by_the_enrolled_key_never_run() -> Result<()> {
     qemu_tests::record_time("uefi: foreign and unsigned UKIs refused", started.elapsed());
     Ok(())
 }
+
+/// A trial UKI the firmware refuses (signed by a foreign key) costs its one try: systemd-
+/// boot counted it down before asking the firmware to load it, handed the error back, and
+/// when OVMF has run out of boot options it starts the disk's removable-media loader
+/// (systemd-boot) again, which now takes the committed entry. docs/UEFI.md says which
+/// part of this is OVMF's own behaviour.
+#[test]
+fn trial_uki_refused_by_the_firmware_falls_back_to_the_committed_entry() -> Result<()> {
+    let parts = efi::parts()?;
+    let _slot = qemu_tests::vm_slot();
+    let started = Instant::now();
+    let scratch = tempfile::tempdir()?;
+    let a = parts.signed(
+        &parts.keys.db,
+        &parts.uki(&cmdline("a"))?,
+        scratch.path(),
+        "a.efi",
+    )?;
+    let b = parts.signed(
+        &parts.foreign,
+        &parts.uki(&cmdline("b"))?,
+        scratch.path(),
+        "b.efi",
+    )?;
+    let disk = efi::esp_disk(
+        parts,
+        &[("cairn-1-a.efi", &a), ("cairn-2-b+1-0.efi", &b)],
+        scratch.path(),
+    )?;
+    let mut vm = Vm::start_efi_x86_64("efi-trial-refused", &disk, scratch.path(), &parts.vars)?;
+    vm.wait_for(
+        r"Error loading \EFI\Linux\cairn-2-b+0-1.efi: Access denied",
+        EFI_BOOT_TIMEOUT,
+    )?;
+    vm.wait_for("CAIRN-PROBE done", EFI_BOOT_TIMEOUT)?;
+    let console = vm.stop();
+    let line = probe_fact(&console, "cmdline").context("the probe printed no command line")?;
+    assert!(line.contains("cairn.slot=a"), "the fallback ran {line:?}");
+    assert_eq!(
+        efi::linux_entries(&disk)?,
+        ["cairn-1-a.efi", "cairn-2-b+0-1.efi"]
+    );
+    qemu_tests::record_time("uefi: refused trial falls back", started.elapsed());
+    Ok(())
+}
