@@ -14,12 +14,15 @@
 //! - [`cmdline`]: what the kernel command line says about this boot.
 //! - [`images`]: `images.json`, what a factory slot holds.
 //! - [`layout`]: file names and directories on the boot partition.
+//! - [`efi_entries`]: the UEFI path's boot state, systemd-boot's counted entries in
+//!   `\EFI\Linux` (one unified kernel image per slot), their order and transitions.
 //! - [`device_settings`]: a device's hostname and network on its data partition, as the
 //!   init scripts read them.
 
 pub mod cmdline;
 pub mod copies;
 pub mod device_settings;
+pub mod efi_entries;
 pub mod env;
 pub mod images;
 pub mod layout;

@@ -36,6 +36,8 @@ pub enum UkiError {
     MissingSection(&'static str),
     #[error("the kernel command line must be one line of printable text without NULs")]
     BadCmdline,
+    #[error("the UKI's os-release sets {0}: systemd-boot would then order entries by version instead of by Cairn's generation (docs/UEFI.md)")]
+    SortKeyInOsRelease(&'static str),
 }
 
 /// What goes into one slot's UKI.
@@ -45,7 +47,9 @@ pub struct UkiParts<'a> {
     pub initrd: &'a [u8],
     /// The whole kernel command line: with Secure Boot on, the stub ignores any other.
     pub cmdline: &'a str,
-    /// os-release of the release, so boot menus and `bootctl` name the entry.
+    /// os-release of the release, so boot menus and `bootctl` name the entry. Without
+    /// `ID` and `IMAGE_ID`: either would give the entry a sort key, and systemd-boot
+    /// would order by version rather than by the file name Cairn counts on.
     pub os_release: &'a str,
     /// `uname -r` of the kernel.
     pub uname: &'a str,
@@ -139,7 +143,7 @@ mod tests {
             linux: b"MZkernel",
             initrd,
             cmdline,
-            os_release: "ID=cairn\n",
+            os_release: "NAME=Cairn\n",
             uname: "6.1.0-test",
         }
     }
@@ -164,7 +168,7 @@ mod tests {
         let uki = build(&stub(), &parts(b"initrd", "cairn.slot=a ro")).unwrap();
         let expected = expected_pcr11(&[
             (".linux", b"MZkernel"),
-            (".osrel", b"ID=cairn\n"),
+            (".osrel", b"NAME=Cairn\n"),
             (".cmdline", b"cairn.slot=a ro"),
             (".initrd", b"initrd"),
             (".uname", b"6.1.0-test"),
