@@ -47,8 +47,9 @@ const PACKAGES: &[&str] = &[
     // The QEMU harness gives a second concurrent guest its own network namespace.
     "iproute2", // ip link set lo up in that namespace
     // The UEFI boot path (docs/UEFI.md).
-    "ovmf",       // x86_64 UEFI firmware with Secure Boot (OVMF_CODE_4M.secboot.fd)
-    "sbsigntool", // sbsign/sbverify: Secure Boot signatures on systemd-boot and UKIs
+    "ovmf",             // x86_64 UEFI firmware with Secure Boot (OVMF_CODE_4M.secboot.fd)
+    "qemu-efi-aarch64", // arm64 UEFI firmware (AAVMF) for QEMU virt
+    "sbsigntool",       // sbsign/sbverify: Secure Boot signatures on systemd-boot and UKIs
 ];
 
 /// What `cargo xtask bench delta` compares Cairn's deltas with, and measures them by.

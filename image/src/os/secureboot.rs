@@ -118,7 +118,9 @@ pub fn verify(cert: &Path, image: &Path) -> Result<bool> {
 
 /// Writes `out`: a copy of the firmware's variable store `template` with `keys` enrolled
 /// as PK, KEK and db and Secure Boot enabled, so that the firmware runs only binaries
-/// signed by `keys.db`.
+/// signed by `keys.db`. Whatever PK, KEK and db the template held are deleted first: a
+/// template may come with keys (Debian's AAVMF_VARS.fd is unformatted, all zeros, so the
+/// arm64 tests start from its snakeoil store, whose private key Debian publishes).
 pub fn enroll(template: &Path, keys: &SecureBootKeys, out: &Path) -> Result<()> {
     let tmp = out.with_extension("tmp");
     run(Command::new("virt-fw-vars")
@@ -126,6 +128,7 @@ pub fn enroll(template: &Path, keys: &SecureBootKeys, out: &Path) -> Result<()> 
         .arg(template)
         .arg("--output")
         .arg(&tmp)
+        .args(["--delete", "PK", "--delete", "KEK", "--delete", "db"])
         .arg("--set-pk")
         .arg(OWNER_GUID)
         .arg(&keys.pk.cert)

@@ -1,11 +1,13 @@
-//! The parts of the UEFI boot path's x86_64 tests (docs/UEFI.md): Debian's amd64 kernel,
-//! systemd 254's stub, systemd-boot and `systemd-measure` (bookworm-backports), a probe
-//! initramfs, the project's Secure Boot keys and OVMF variables that trust them, and ESP
-//! disks holding signed systemd-boot and unified kernel images.
+//! The parts of the UEFI boot path's tests (docs/UEFI.md), for x86_64 (OVMF) and arm64
+//! (AAVMF): Debian's kernel, systemd 254's stub and systemd-boot (bookworm-backports), on
+//! x86_64 also `systemd-measure`, a probe initramfs, the project's Secure Boot keys and
+//! firmware variables that trust them, and ESP disks holding signed systemd-boot and
+//! unified kernel images.
 //!
 //! The probe initramfs is not Cairn's: it prints what the boot chain left behind (the
-//! command line, PCRs 4, 7, 11 and 12, whether Secure Boot is on) and powers off. It stands
-//! in for the x86_64 OS image, which does not exist yet, so these tests check the chain
+//! command line, PCRs 4, 7, 11 and 12; the kernel itself logs whether Secure Boot is on)
+//! and powers off. It stands in for the EFI profiles' OS images, which do not exist yet,
+//! so these tests check the chain
 //! the firmware verifies and measures (firmware → systemd-boot → UKI), not an update.
 
 use std::fs;
@@ -20,7 +22,7 @@ use cairn_image::os::profile::Debian;
 use cairn_image::os::secureboot::{self, KeyPair, SecureBootKeys};
 use cairn_image::os::uki::{self, UkiParts};
 
-use crate::vm::OVMF_VARS_TEMPLATE;
+use crate::vm::{AAVMF_VARS_TEMPLATE, OVMF_VARS_TEMPLATE};
 
 /// bookworm with its backports: systemd 254's stub measures `.uname` and `.sbat` and its
 /// `systemd-measure` knows them; 252's does neither.
@@ -31,23 +33,71 @@ const SOURCES: [&str; 4] = [
     "deb http://deb.debian.org/debian bookworm-backports main",
 ];
 
-/// systemd and the libraries of its own version it needs, named with their suite because
-/// bookworm's 252 would win otherwise.
-const PACKAGES: [&str; 7] = [
-    "linux-image-cloud-amd64",
-    "busybox-static",
-    "systemd-boot-efi/bookworm-backports",
-    "systemd/bookworm-backports",
-    "libsystemd-shared/bookworm-backports",
-    "libsystemd0/bookworm-backports",
-    "systemd-dev/bookworm-backports",
-];
+/// The machines the UEFI path is tested on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arch {
+    /// QEMU `q35` with OVMF.
+    X86_64,
+    /// QEMU `virt` with AAVMF.
+    Arm64,
+}
+
+impl Arch {
+    fn debian(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "amd64",
+            Arch::Arm64 => "arm64",
+        }
+    }
+
+    /// The EFI name of the architecture in file names (`BOOTX64.EFI`, `linuxaa64.efi.stub`).
+    fn efi(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "x64",
+            Arch::Arm64 => "aa64",
+        }
+    }
+
+    pub fn console(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "ttyS0",
+            Arch::Arm64 => "ttyAMA0",
+        }
+    }
+
+    /// Debian packages of the tree: the kernel, busybox, and systemd-boot with its stub,
+    /// named with their suite because bookworm's 252 would win otherwise. On x86_64 also
+    /// systemd itself (for `systemd-measure`) and the libraries of its own version.
+    fn packages(self) -> Vec<String> {
+        let mut packages = vec![
+            format!("linux-image-cloud-{}", self.debian()),
+            "busybox-static".to_string(),
+            "systemd-boot-efi/bookworm-backports".to_string(),
+        ];
+        if self == Arch::X86_64 {
+            for p in ["systemd", "libsystemd-shared", "libsystemd0", "systemd-dev"] {
+                packages.push(format!("{p}/bookworm-backports"));
+            }
+        }
+        packages
+    }
+
+    /// Modules the probe loads before it reads the TPM: Debian's arm64 cloud kernel has
+    /// the TIS driver `virt`'s TPM needs as a module (amd64's has it built in).
+    fn probe_modules(self) -> &'static [&'static str] {
+        match self {
+            Arch::X86_64 => &[],
+            Arch::Arm64 => &["tpm_tis_core", "tpm_tis"],
+        }
+    }
+}
 
 /// What the probe's /init prints: one `CAIRN-PROBE key=value` line per fact.
 const PROBE_INIT: &str = r#"#!/bin/busybox sh
 /bin/busybox mkdir -p /proc /sys /dev
 /bin/busybox mount -t proc proc /proc
 /bin/busybox mount -t sysfs sys /sys
+for module in /modules/*.ko; do [ -e "$module" ] && /bin/busybox insmod "$module"; done
 echo "CAIRN-PROBE cmdline=$(/bin/busybox cat /proc/cmdline)"
 for pcr in 4 7 11 12; do
   echo "CAIRN-PROBE pcr$pcr=$(/bin/busybox cat /sys/class/tpm/tpm0/pcr-sha256/$pcr)"
@@ -57,6 +107,7 @@ echo "CAIRN-PROBE done"
 "#;
 
 pub struct EfiParts {
+    pub arch: Arch,
     pub kernel: PathBuf,
     pub kernel_release: String,
     pub stub: PathBuf,
@@ -71,26 +122,31 @@ pub struct EfiParts {
     pub dir: PathBuf,
 }
 
-/// The parts, made once per process (the Debian tree is cached across runs).
-pub fn parts() -> Result<&'static EfiParts> {
-    static PARTS: OnceLock<std::result::Result<EfiParts, String>> = OnceLock::new();
-    PARTS
-        .get_or_init(|| make_parts().map_err(|e| format!("{e:#}")))
+/// The parts for `arch`, made once per process (the Debian trees are cached across runs).
+pub fn parts(arch: Arch) -> Result<&'static EfiParts> {
+    type Made = OnceLock<std::result::Result<EfiParts, String>>;
+    static X86_64: Made = OnceLock::new();
+    static ARM64: Made = OnceLock::new();
+    let cell = match arch {
+        Arch::X86_64 => &X86_64,
+        Arch::Arm64 => &ARM64,
+    };
+    cell.get_or_init(|| make_parts(arch).map_err(|e| format!("{e:#}")))
         .as_ref()
-        .map_err(|e| anyhow!("preparing the UEFI test parts failed: {e}"))
+        .map_err(|e| anyhow!("preparing the UEFI test parts for {arch:?} failed: {e}"))
 }
 
-fn make_parts() -> Result<EfiParts> {
+fn make_parts(arch: Arch) -> Result<EfiParts> {
     let cairn = crate::workspace().join("target/cairn");
-    let dir = cairn.join("efi-x86_64");
+    let dir = cairn.join(format!("efi-{}", arch.debian()));
     fs::create_dir_all(&dir)?;
     let debian = Debian {
         suite: "bookworm".into(),
         sources: SOURCES.iter().map(|s| s.to_string()).collect(),
-        architecture: "amd64".into(),
+        architecture: arch.debian().into(),
     };
-    let packages: Vec<String> = PACKAGES.iter().map(|p| p.to_string()).collect();
-    let tree = debian::tree(&debian, &packages, "efi-x86_64", &cairn.join("cache"))?.dir;
+    let label = format!("efi-{}", arch.debian());
+    let tree = debian::tree(&debian, &arch.packages(), &label, &cairn.join("cache"))?.dir;
     let kernel = fs::read_dir(tree.join("boot"))?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .find(|p| {
@@ -98,7 +154,7 @@ fn make_parts() -> Result<EfiParts> {
                 .and_then(|n| n.to_str())
                 .is_some_and(|n| n.starts_with("vmlinuz-"))
         })
-        .context("the amd64 kernel tree has no /boot/vmlinuz-*")?;
+        .context("the kernel tree has no /boot/vmlinuz-*")?;
     let kernel_release = kernel
         .file_name()
         .and_then(|n| n.to_str())
@@ -108,7 +164,7 @@ fn make_parts() -> Result<EfiParts> {
     let efi = tree.join("usr/lib/systemd/boot/efi");
 
     let busybox = fs::read(tree.join("bin/busybox")).context("busybox-static in the tree")?;
-    let entries = [
+    let mut entries = vec![
         Entry::Dir {
             path: "bin".into(),
             mode: 0o755,
@@ -133,19 +189,42 @@ fn make_parts() -> Result<EfiParts> {
             major: 5,
             minor: 1,
         },
+        Entry::Dir {
+            path: "modules".into(),
+            mode: 0o755,
+        },
     ];
+    let tpm_modules = tree
+        .join("lib/modules")
+        .join(&kernel_release)
+        .join("kernel/drivers/char/tpm");
+    for (i, module) in arch.probe_modules().iter().enumerate() {
+        let data = fs::read(tpm_modules.join(format!("{module}.ko")))
+            .with_context(|| format!("module {module} in the kernel tree"))?;
+        // Numbered: the probe loads them in this (dependency) order.
+        entries.push(Entry::File {
+            path: format!("modules/{i}-{module}.ko"),
+            mode: 0o644,
+            data,
+        });
+    }
     let mut initrd = Vec::new();
     cpio::write(&mut initrd, &entries, 0)?;
 
     let keys = SecureBootKeys::ensure(&dir.join("keys"), "Cairn test")?;
     let foreign = SecureBootKeys::ensure(&dir.join("foreign-keys"), "Not Cairn")?.db;
-    let vars = dir.join("OVMF_VARS.enrolled.fd");
-    secureboot::enroll(Path::new(OVMF_VARS_TEMPLATE), &keys, &vars)?;
+    let vars = dir.join("VARS.enrolled.fd");
+    let template = match arch {
+        Arch::X86_64 => OVMF_VARS_TEMPLATE,
+        Arch::Arm64 => AAVMF_VARS_TEMPLATE,
+    };
+    secureboot::enroll(Path::new(template), &keys, &vars)?;
     Ok(EfiParts {
+        arch,
         kernel,
         kernel_release,
-        stub: efi.join("linuxx64.efi.stub"),
-        systemd_boot: efi.join("systemd-bootx64.efi"),
+        stub: efi.join(format!("linux{}.efi.stub", arch.efi())),
+        systemd_boot: efi.join(format!("systemd-boot{}.efi", arch.efi())),
         tree,
         initrd,
         keys,
@@ -196,7 +275,7 @@ impl EfiParts {
 }
 
 /// A GPT disk with one EFI system partition: systemd-boot (signed with the project's db
-/// key) as the removable-media loader `\EFI\BOOT\BOOTX64.EFI`, `loader/loader.conf` with
+/// key) as the removable-media loader (`\EFI\BOOT\BOOTX64.EFI`, `BOOTAA64.EFI`), `loader/loader.conf` with
 /// no menu, and `ukis` (file name under `\EFI\Linux`, file) as Boot Loader Spec type #2
 /// entries.
 pub fn esp_disk(parts: &EfiParts, ukis: &[(&str, &Path)], scratch: &Path) -> Result<PathBuf> {
@@ -220,12 +299,13 @@ pub fn esp_disk(parts: &EfiParts, ukis: &[(&str, &Path)], scratch: &Path) -> Res
         &parts.keys.db,
         &fs::read(&parts.systemd_boot)?,
         scratch,
-        "systemd-bootx64.efi",
+        "systemd-boot.efi",
     )?;
     let loader_conf = scratch.join("loader.conf");
     fs::write(&loader_conf, "timeout 0\nconsole-mode keep\n")?;
+    let removable = format!("EFI/BOOT/BOOT{}.EFI", parts.arch.efi().to_uppercase());
     let mut copies = vec![
-        (sd_boot, "EFI/BOOT/BOOTX64.EFI".to_string()),
+        (sd_boot, removable),
         (loader_conf, "loader/loader.conf".to_string()),
     ];
     for (name, file) in ukis {

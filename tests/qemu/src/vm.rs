@@ -22,6 +22,13 @@ const CAIRND_LOG: &str = "overlay/var/upper/log/cairnd.log";
 pub const OVMF_CODE_SECBOOT: &str = "/usr/share/OVMF/OVMF_CODE_4M.secboot.fd";
 /// Its empty variable store, the template keys are enrolled into.
 pub const OVMF_VARS_TEMPLATE: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+/// Debian's arm64 UEFI firmware for `virt` (package `qemu-efi-aarch64`); Secure Boot needs
+/// no separate build on arm, only enrolled keys.
+pub const AAVMF_CODE: &str = "/usr/share/AAVMF/AAVMF_CODE.fd";
+/// Its variable store with Debian's snakeoil keys: the plain AAVMF_VARS.fd is all zeros
+/// until the firmware formats it, and virt-fw-vars needs a formatted store. The snakeoil
+/// PK, KEK and db are deleted before the project's keys are enrolled.
+pub const AAVMF_VARS_TEMPLATE: &str = "/usr/share/AAVMF/AAVMF_VARS.snakeoil.fd";
 
 /// swtpm for one guest, its state and control socket under `scratch/tpm`.
 fn start_swtpm(scratch: &Path) -> Result<(Child, PathBuf)> {
@@ -201,6 +208,42 @@ impl Vm {
         .arg(format!("socket,id=chrtpm,path={}", socket.display()))
         .args(["-tpmdev", "emulator,id=tpm0,chardev=chrtpm"])
         .args(["-device", "tpm-tis,tpmdev=tpm0"]);
+        Self::attach(name, qemu, swtpm, None, disk)
+    }
+
+    /// Boots `disk` on QEMU's arm64 `virt` through AAVMF, its variables from a copy of
+    /// `vars` (the enrolled keys), with swtpm as `virt`'s TIS TPM and no network.
+    pub fn start_efi_arm64(name: &str, disk: &Path, scratch: &Path, vars: &Path) -> Result<Vm> {
+        let vars_copy = scratch.join("AAVMF_VARS.fd");
+        fs::copy(vars, &vars_copy).with_context(|| format!("copying {}", vars.display()))?;
+        let (swtpm, socket) = start_swtpm(scratch)?;
+        let mut qemu = Command::new("qemu-system-aarch64");
+        qemu.args([
+            "-M",
+            "virt",
+            "-cpu",
+            "cortex-a57",
+            "-m",
+            "1024",
+            "-nographic",
+        ])
+        .args(["-nodefaults", "-serial", "stdio", "-net", "none"])
+        .arg("-drive")
+        .arg(format!(
+            "if=pflash,format=raw,unit=0,readonly=on,file={AAVMF_CODE}"
+        ))
+        .arg("-drive")
+        .arg(format!(
+            "if=pflash,format=raw,unit=1,file={}",
+            vars_copy.display()
+        ))
+        .arg("-drive")
+        .arg(format!("if=none,file={},format=raw,id=hd", disk.display()))
+        .args(["-device", "virtio-blk-pci,drive=hd"])
+        .arg("-chardev")
+        .arg(format!("socket,id=chrtpm,path={}", socket.display()))
+        .args(["-tpmdev", "emulator,id=tpm0,chardev=chrtpm"])
+        .args(["-device", "tpm-tis-device,tpmdev=tpm0"]);
         Self::attach(name, qemu, swtpm, None, disk)
     }
 

@@ -11,19 +11,23 @@ use anyhow::{Context, Result};
 use cairn_boot::efi_entries::EntrySet;
 use cairn_image::os::pe::PeImage;
 use cairn_image::os::uki;
-use qemu_tests::efi::{self, probe_fact};
+use qemu_tests::efi::{self, probe_fact, Arch};
 use qemu_tests::vm::Vm;
 
 /// OVMF → systemd-boot → kernel → probe takes ~11 s here under TCG.
 const EFI_BOOT_TIMEOUT: Duration = Duration::from_secs(60);
 
 fn cmdline(slot: &str) -> String {
-    format!("console=ttyS0 panic=-1 cairn.slot={slot}")
+    cmdline_for(Arch::X86_64, slot)
+}
+
+fn cmdline_for(arch: Arch, slot: &str) -> String {
+    format!("console={} panic=-1 cairn.slot={slot}", arch.console())
 }
 
 #[test]
 fn pcr11_precomputed_by_cairn_image_matches_systemd_measure() -> Result<()> {
-    let parts = efi::parts()?;
+    let parts = efi::parts(Arch::X86_64)?;
     let scratch = tempfile::tempdir()?;
     let image = parts.uki(&cmdline("a"))?;
     let ours = hex::encode(uki::pcr11_sha256(&image)?);
@@ -68,7 +72,7 @@ fn pcr11_precomputed_by_cairn_image_matches_systemd_measure() -> Result<()> {
 /// for its UKI.
 #[test]
 fn signed_trial_boots_once_then_the_committed_entry_with_precomputed_pcr11() -> Result<()> {
-    let parts = efi::parts()?;
+    let parts = efi::parts(Arch::X86_64)?;
     let _slot = qemu_tests::vm_slot();
     let started = Instant::now();
     let scratch = tempfile::tempdir()?;
@@ -142,7 +146,7 @@ fn signed_trial_boots_once_then_the_committed_entry_with_precomputed_pcr11() -> 
 /// kernel never starts.
 #[test]
 fn ukis_not_signed_by_the_enrolled_key_never_run() -> Result<()> {
-    let parts = efi::parts()?;
+    let parts = efi::parts(Arch::X86_64)?;
     let _slot = qemu_tests::vm_slot();
     let started = Instant::now();
     let scratch = tempfile::tempdir()?;
@@ -190,7 +194,7 @@ fn ukis_not_signed_by_the_enrolled_key_never_run() -> Result<()> {
 /// part of this is OVMF's own behaviour.
 #[test]
 fn trial_uki_refused_by_the_firmware_falls_back_to_the_committed_entry() -> Result<()> {
-    let parts = efi::parts()?;
+    let parts = efi::parts(Arch::X86_64)?;
     let _slot = qemu_tests::vm_slot();
     let started = Instant::now();
     let scratch = tempfile::tempdir()?;
@@ -225,5 +229,55 @@ fn trial_uki_refused_by_the_firmware_falls_back_to_the_committed_entry() -> Resu
         ["cairn-1-a.efi", "cairn-2-b+0-1.efi"]
     );
     qemu_tests::record_time("uefi: refused trial falls back", started.elapsed());
+    Ok(())
+}
+
+/// arm64: AAVMF with the project's keys enrolled, systemd-boot and a UKI of Debian's arm64
+/// cloud kernel. Secure Boot is on, PCR 11 is the precomputed value, and a trial entry is
+/// started once.
+#[test]
+fn arm64_signed_trial_boots_with_secure_boot_and_precomputed_pcr11() -> Result<()> {
+    let parts = efi::parts(Arch::Arm64)?;
+    let _slot = qemu_tests::vm_slot();
+    let started = Instant::now();
+    let scratch = tempfile::tempdir()?;
+    let (a, b) = (
+        parts.uki(&cmdline_for(Arch::Arm64, "a"))?,
+        parts.uki(&cmdline_for(Arch::Arm64, "b"))?,
+    );
+    let a_signed = parts.signed(&parts.keys.db, &a, scratch.path(), "a.efi")?;
+    let b_signed = parts.signed(&parts.keys.db, &b, scratch.path(), "b.efi")?;
+    let disk = efi::esp_disk(
+        parts,
+        &[
+            ("cairn-1-a.efi", &a_signed),
+            ("cairn-2-b+1-0.efi", &b_signed),
+        ],
+        scratch.path(),
+    )?;
+    let mut vm = Vm::start_efi_arm64("efi-arm64-trial", &disk, scratch.path(), &parts.vars)?;
+    vm.wait_for("CAIRN-PROBE done", EFI_BOOT_TIMEOUT)?;
+    let console = vm.stop();
+    let line = probe_fact(&console, "cmdline").context("the probe printed no command line")?;
+    assert!(line.contains("cairn.slot=b"), "ran {line:?}, not the trial");
+    assert!(
+        console.contains("UEFI Secure Boot is enabled"),
+        "Secure Boot is off"
+    );
+    let pcr11 = probe_fact(&console, "pcr11").context("no PCR 11")?;
+    assert_eq!(pcr11.to_lowercase(), hex::encode(uki::pcr11_sha256(&b)?));
+    let pcr12 = probe_fact(&console, "pcr12").context("no PCR 12")?;
+    assert_eq!(
+        pcr12.to_lowercase(),
+        hex::encode(uki::pcr12_after_systemd_boot(&cmdline_for(
+            Arch::Arm64,
+            "b"
+        )))
+    );
+    assert_eq!(
+        efi::linux_entries(&disk)?,
+        ["cairn-1-a.efi", "cairn-2-b+0-1.efi"]
+    );
+    qemu_tests::record_time("uefi: arm64 signed trial", started.elapsed());
     Ok(())
 }
