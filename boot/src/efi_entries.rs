@@ -17,15 +17,17 @@
 //! generation first), then more tries left first. [`EntrySet::next_boot`] is that rule; a
 //! QEMU test holds it to the real systemd-boot.
 //!
-//! The transitions say which renames and removals make a change; applying them is the
-//! caller's (cairnd's) job, one rename or removal at a time, each synced, so a power cut
-//! leaves either the old name or the new one: never a half-written entry under a name
-//! systemd-boot reads (new UKIs are written under a name it ignores and renamed last).
+//! Policy stays in [`BootState`]: cairnd makes the same transitions on both boot paths.
+//! [`state_of`] reads a [`BootState`] off the entries, and [`plan`] says which renames
+//! and removals make the entries say what a [`BootState`] says; [`crate::EfiEntryStore`]
+//! applies them one at a time, each synced. A new slot's UKI is written under a *staged*
+//! name systemd-boot ignores ([`staged_name`], not ending in `.efi`) and renamed to its
+//! trial entry last, so systemd-boot never sees a half-written UKI.
 
 use std::cmp::Ordering;
 use std::fmt;
 
-use crate::state::{SlotId, TRIAL_TRIES};
+use crate::state::{BootState, BootStateError, SlotId, FULL_TRIES, TRIAL_TRIES};
 
 /// The directory of the ESP that holds the entries.
 pub const ENTRY_DIR: &str = "EFI/Linux";
@@ -123,11 +125,24 @@ fn number<T: std::str::FromStr>(digits: &str) -> Option<T> {
     digits.parse().ok()
 }
 
+/// The name a slot's new UKI is written under, in [`ENTRY_DIR`], until it is complete.
+pub fn staged_name(slot: SlotId) -> String {
+    format!("{PREFIX}{}.staged", slot.lower())
+}
+
 /// One step of a transition, on names in [`ENTRY_DIR`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EntryOp {
     Remove(Entry),
-    Rename { from: Entry, to: Entry },
+    Rename {
+        from: Entry,
+        to: Entry,
+    },
+    /// The slot's staged UKI ([`staged_name`]) becomes entry `to`.
+    Promote {
+        slot: SlotId,
+        to: Entry,
+    },
 }
 
 /// The Cairn entries on an ESP.
@@ -169,12 +184,6 @@ impl EntrySet {
         self.entries.iter().filter(move |e| e.slot == slot)
     }
 
-    /// Before a slot is overwritten: its entries go, so that nothing can boot the slot
-    /// while it holds neither the old image nor the new one.
-    pub fn prepare_install(&self, target: SlotId) -> Vec<EntryOp> {
-        self.of_slot(target).map(|e| EntryOp::Remove(*e)).collect()
-    }
-
     /// The name a freshly installed slot's UKI is renamed to once it is completely written
     /// and synced: the next generation, on trial with exactly one try.
     pub fn trial_entry(&self, target: SlotId) -> Entry {
@@ -189,37 +198,32 @@ impl EntrySet {
         }
     }
 
-    /// After the trial passed: the slot's counted entry loses its counter (the rename
-    /// `systemd-bless-boot` makes), and it boots from now on.
-    pub fn commit(&self, slot: SlotId) -> Vec<EntryOp> {
-        self.of_slot(slot)
-            .filter(|e| e.counter.is_some())
-            .map(|e| EntryOp::Rename {
-                from: *e,
-                to: Entry {
-                    counter: None,
-                    ..*e
-                },
-            })
-            .collect()
-    }
-
-    /// After the trial failed: the slot's entries are marked bad (no tries left), so the
-    /// next boot takes the other slot and this one is never started again by itself.
-    pub fn reject(&self, failed: SlotId) -> Vec<EntryOp> {
-        self.of_slot(failed)
-            .filter(|e| !e.is_bad())
-            .map(|e| {
-                let done = e.counter.map_or(0, |c| c.done + c.left);
-                EntryOp::Rename {
-                    from: *e,
-                    to: Entry {
-                        counter: Some(Counter { left: 0, done }),
-                        ..*e
-                    },
+    /// Names a power cut left twice: FAT's rename writes the new name before it deletes
+    /// the old one, so one file may appear as two entries of the same generation and
+    /// slot. Of each such pair the name to remove: the counted one when the other is
+    /// good (a bless was under way), else the one with more tries left (systemd-boot's
+    /// count-down was).
+    pub fn stale_duplicates(&self) -> Vec<Entry> {
+        let mut stale = Vec::new();
+        for (i, a) in self.entries.iter().enumerate() {
+            for b in &self.entries[i + 1..] {
+                if a.generation != b.generation || a.slot != b.slot {
+                    continue;
                 }
-            })
-            .collect()
+                let left = |e: &Entry| e.counter.map_or(u32::MAX, |c| c.left);
+                // Keep the good one, or the one with fewer tries left.
+                let drop = match (a.counter, b.counter) {
+                    (None, _) => *b,
+                    (_, None) => *a,
+                    _ if left(a) > left(b) => *a,
+                    _ => *b,
+                };
+                if !stale.contains(&drop) {
+                    stale.push(drop);
+                }
+            }
+        }
+        stale
     }
 
     /// The set after `ops`.
@@ -233,17 +237,146 @@ impl EntrySet {
                         *e = *to;
                     }
                 }
+                EntryOp::Promote { to, .. } => entries.push(*to),
             }
         }
         EntrySet { entries }
     }
+}
 
-    /// The set with `entry` added (a new UKI renamed into place).
-    pub fn with(&self, entry: Entry) -> EntrySet {
-        let mut entries = self.entries.clone();
-        entries.push(entry);
-        EntrySet { entries }
+/// The boot state the entries amount to, in [`BootState`]'s terms:
+/// - a slot without an entry, or whose entry is bad, has no tries; a good entry has
+///   [`FULL_TRIES`]; a counted one the tries its name has left;
+/// - the order is systemd-boot's;
+/// - the committed slot is the one of the newest good entry (the one that boots when no
+///   trial is pending), or, with none good, slot A;
+/// - there is no recovery flag (systemd-boot boots whatever sorts first, bad or not, so a
+///   device with no good entry is not told apart) and no sequence number.
+pub fn state_of(set: &EntrySet) -> BootState {
+    let order_entries = set.in_boot_order();
+    let tries = |slot: SlotId| {
+        let live = order_entries
+            .iter()
+            .filter(|e| e.slot == slot && !e.is_bad());
+        live.map(|e| e.counter.map_or(FULL_TRIES, |c| c.left))
+            .max()
+            .unwrap_or(0)
+    };
+    let mut order: Vec<SlotId> = Vec::new();
+    for slot in order_entries
+        .iter()
+        .map(|e| e.slot)
+        .chain([SlotId::A, SlotId::B])
+    {
+        if !order.contains(&slot) {
+            order.push(slot);
+        }
     }
+    let committed = order_entries
+        .iter()
+        .find(|e| e.counter.is_none())
+        .map_or(SlotId::A, |e| e.slot);
+    BootState {
+        order,
+        tries_a: tries(SlotId::A),
+        tries_b: tries(SlotId::B),
+        committed,
+        recovery: false,
+        seq: 0,
+    }
+}
+
+/// The steps that make `set` (with a staged UKI for each slot in `staged`) say what
+/// `desired` says, for the transitions cairnd makes:
+/// - a slot with no tries loses its entries (before an install, and after a failed
+///   trial: the slot's image is not to be booted again);
+/// - the committed slot's entry, if counted, is blessed (loses its counter), also when
+///   it is at `+0-n`: the trial that just booted has used its one try;
+/// - a slot with tries that has no live entry gets its staged UKI as a trial entry of
+///   the next generation; one that has an entry (even a bad one) but is to boot next
+///   although it would not (`cairn rollback` arming the kept image, another trial boot
+///   after one without a verdict) has that entry renamed to one;
+/// - a stale duplicate a power cut left is removed first.
+///
+/// Anything else is refused rather than approximated: a desired slot with tries but
+/// neither an entry nor a staged UKI, a committed slot that is not bootable, or a
+/// result whose next boot differs from `desired`'s.
+pub fn plan(
+    set: &EntrySet,
+    staged: &[SlotId],
+    desired: &BootState,
+) -> Result<Vec<EntryOp>, BootStateError> {
+    let mut ops: Vec<EntryOp> = set
+        .stale_duplicates()
+        .into_iter()
+        .map(EntryOp::Remove)
+        .collect();
+    let mut current = set.apply(&ops);
+    let refuse = |why: String| Err(BootStateError::Invalid(format!("UEFI entries: {why}")));
+    for slot in [SlotId::A, SlotId::B] {
+        let entries: Vec<Entry> = current.of_slot(slot).copied().collect();
+        let step: Vec<EntryOp> = if desired.tries(slot) == 0 {
+            entries.iter().map(|e| EntryOp::Remove(*e)).collect()
+        } else if desired.committed == slot && !entries.is_empty() {
+            // The trial that booted has used its try (`+0-1`): blessing makes it good.
+            entries
+                .iter()
+                .filter(|e| e.counter.is_some())
+                .map(|e| EntryOp::Rename {
+                    from: *e,
+                    to: Entry {
+                        counter: None,
+                        ..*e
+                    },
+                })
+                .collect()
+        } else if let Some(kept) = entries.iter().find(|e| !e.is_bad()).or(entries.first()) {
+            let first_now = current.next_boot().map(|e| e.slot) == Some(slot);
+            if desired.next_boot() == Some(slot) && !first_now {
+                // An image kept in the slot, armed again: `cairn rollback`, or another
+                // trial boot after one that ended without a verdict (its entry is bad).
+                // A trial of the next generation, so it sorts first and counts as one.
+                let mut step: Vec<EntryOp> = entries
+                    .iter()
+                    .filter(|e| *e != kept)
+                    .map(|e| EntryOp::Remove(*e))
+                    .collect();
+                step.push(EntryOp::Rename {
+                    from: *kept,
+                    to: current.trial_entry(slot),
+                });
+                step
+            } else {
+                Vec::new()
+            }
+        } else if staged.contains(&slot) {
+            let mut step: Vec<EntryOp> =
+                current.of_slot(slot).map(|e| EntryOp::Remove(*e)).collect();
+            step.push(EntryOp::Promote {
+                slot,
+                to: current.trial_entry(slot),
+            });
+            step
+        } else {
+            return refuse(format!(
+                "slot {slot} is to boot but has neither an entry nor a staged image"
+            ));
+        };
+        current = current.apply(&step);
+        ops.extend(step);
+    }
+    if desired.tries(desired.committed) == 0 && desired.next_boot().is_some() {
+        return refuse(format!("committed slot {} has no tries", desired.committed));
+    }
+    let next = current.next_boot().map(|e| e.slot);
+    if next != desired.next_boot() {
+        return refuse(format!(
+            "systemd-boot would start {:?} next, the boot state says {:?}",
+            next,
+            desired.next_boot()
+        ));
+    }
+    Ok(ops)
 }
 
 fn boot_order(a: &Entry, b: &Entry) -> Ordering {
@@ -301,39 +434,117 @@ mod tests {
         assert_eq!(set(&[]).next_boot(), None);
     }
 
+    /// Applies a planned transition of `state` to `set` as the store would.
+    fn transition(set: &EntrySet, staged: &[SlotId], state: &BootState) -> EntrySet {
+        set.apply(&plan(set, staged, state).unwrap())
+    }
+
     #[test]
     fn an_install_trial_and_commit_go_through_the_states_systemd_boot_sees() {
         let committed = set(&["cairn-1-a.efi", "cairn-1-b+0-1.efi"]);
-        let prepared = committed.apply(&committed.prepare_install(SlotId::B));
+        let mut state = state_of(&committed);
+        assert_eq!(
+            (state.committed, state.tries_a, state.tries_b),
+            (SlotId::A, FULL_TRIES, 0)
+        );
+
+        state.prepare_install(SlotId::B);
+        let prepared = transition(&committed, &[], &state);
         assert_eq!(prepared, set(&["cairn-1-a.efi"]));
-        let trial = prepared.trial_entry(SlotId::B);
+
+        state.arm_trial(SlotId::B);
+        assert!(
+            plan(&prepared, &[], &state).is_err(),
+            "no staged image: refused"
+        );
+        let armed = transition(&prepared, &[SlotId::B], &state);
+        assert_eq!(armed, set(&["cairn-1-a.efi", "cairn-2-b+1-0.efi"]));
+        let trial = armed.next_boot().unwrap();
         assert_eq!(trial.file_name(), "cairn-2-b+1-0.efi");
-        let armed = prepared.with(trial);
-        let started = armed.next_boot().unwrap();
-        assert_eq!(started, trial);
-        // systemd-boot renames before starting; then cairnd blesses.
+
+        // systemd-boot renames before starting; then cairnd commits.
         let booted = armed.apply(&[EntryOp::Rename {
             from: trial,
             to: trial.after_one_try(),
         }]);
         assert_eq!(booted, set(&["cairn-1-a.efi", "cairn-2-b+0-1.efi"]));
-        let committed = booted.apply(&booted.commit(SlotId::B));
+        state.commit(SlotId::B);
+        let committed = transition(&booted, &[], &state);
         assert_eq!(committed, set(&["cairn-1-a.efi", "cairn-2-b.efi"]));
         assert_eq!(committed.next_boot().unwrap().slot, SlotId::B);
+        let read = state_of(&committed);
+        assert_eq!(
+            (read.committed, read.order[0], read.tries_a, read.tries_b),
+            (SlotId::B, SlotId::B, FULL_TRIES, FULL_TRIES)
+        );
     }
 
     #[test]
     fn an_unblessed_or_rejected_trial_falls_back_and_is_never_retried() {
         let booted = set(&["cairn-1-a.efi", "cairn-2-b+0-1.efi"]);
         assert_eq!(booted.next_boot().unwrap().slot, SlotId::A);
+        let mut state = state_of(&booted);
+        assert_eq!((state.tries_b, state.next_boot()), (0, Some(SlotId::A)));
+        // A trial that booted but failed its checks is rejected before its first try is used up.
         let armed = set(&["cairn-1-a.efi", "cairn-2-b+1-0.efi"]);
-        let rejected = armed.apply(&armed.reject(SlotId::B));
-        assert_eq!(rejected, set(&["cairn-1-a.efi", "cairn-2-b+0-1.efi"]));
-        assert_eq!(rejected.next_boot().unwrap().slot, SlotId::A);
-        // Rejecting a committed slot (its own health failed) marks it bad too.
-        let both = set(&["cairn-3-a.efi", "cairn-2-b.efi"]);
-        let after = both.apply(&both.reject(SlotId::A));
-        assert_eq!(after, set(&["cairn-3-a+0-0.efi", "cairn-2-b.efi"]));
-        assert_eq!(after.next_boot().unwrap().slot, SlotId::B);
+        state = state_of(&armed);
+        state.reject(SlotId::B);
+        assert_eq!(transition(&armed, &[], &state), set(&["cairn-1-a.efi"]));
+    }
+
+    #[test]
+    fn rollback_arms_the_kept_image_as_a_trial_of_the_next_generation() {
+        let committed = set(&["cairn-1-a.efi", "cairn-2-b.efi"]);
+        let mut state = state_of(&committed);
+        state.arm_trial(SlotId::A);
+        let armed = transition(&committed, &[], &state);
+        assert_eq!(armed, set(&["cairn-3-a+1-0.efi", "cairn-2-b.efi"]));
+        assert_eq!(armed.next_boot().unwrap().slot, SlotId::A);
+    }
+
+    #[test]
+    fn a_trial_without_a_verdict_can_be_armed_again() {
+        let booted = set(&["cairn-1-a.efi", "cairn-2-b+0-1.efi"]);
+        let mut state = state_of(&booted);
+        state.arm_trial(SlotId::B);
+        assert_eq!(
+            transition(&booted, &[], &state),
+            set(&["cairn-1-a.efi", "cairn-3-b+1-0.efi"])
+        );
+    }
+
+    #[test]
+    fn power_cut_duplicates_are_resolved_toward_the_rename_under_way() {
+        let bless = set(&["cairn-2-b+0-1.efi", "cairn-2-b.efi", "cairn-1-a.efi"]);
+        assert_eq!(
+            bless.stale_duplicates(),
+            [Entry::parse("cairn-2-b+0-1.efi").unwrap()]
+        );
+        let count_down = set(&["cairn-2-b+1-0.efi", "cairn-2-b+0-1.efi"]);
+        assert_eq!(
+            count_down.stale_duplicates(),
+            [Entry::parse("cairn-2-b+1-0.efi").unwrap()]
+        );
+        let state = state_of(&bless.apply(&[EntryOp::Remove(bless.stale_duplicates()[0])]));
+        let planned = plan(&bless, &[], &state).unwrap();
+        assert_eq!(
+            planned[0],
+            EntryOp::Remove(Entry::parse("cairn-2-b+0-1.efi").unwrap())
+        );
+    }
+
+    #[test]
+    fn a_state_the_entries_cannot_express_is_refused() {
+        let set = set(&["cairn-1-a.efi"]);
+        let mut state = state_of(&set);
+        state.tries_b = FULL_TRIES;
+        assert!(plan(&set, &[], &state).is_err(), "B has nothing to boot");
+        let mut state = state_of(&set);
+        state.order = vec![SlotId::B, SlotId::A];
+        state.tries_b = 0;
+        assert!(
+            plan(&set, &[], &state).is_ok(),
+            "B has no tries: A still boots first"
+        );
     }
 }

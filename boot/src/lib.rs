@@ -15,7 +15,9 @@
 //! - [`images`]: `images.json`, what a factory slot holds.
 //! - [`layout`]: file names and directories on the boot partition.
 //! - [`efi_entries`]: the UEFI path's boot state, systemd-boot's counted entries in
-//!   `\EFI\Linux` (one unified kernel image per slot), their order and transitions.
+//!   `\EFI\Linux` (one unified kernel image per slot), their order, the [`BootState`]
+//!   they amount to and the renames that make them say another; [`efi_store`]'s
+//!   [`EfiEntryStore`] applies those on a mounted ESP.
 //! - [`device_settings`]: a device's hostname and network on its data partition, as the
 //!   init scripts read them.
 
@@ -23,6 +25,7 @@ pub mod cmdline;
 pub mod copies;
 pub mod device_settings;
 pub mod efi_entries;
+pub mod efi_store;
 pub mod env;
 pub mod images;
 pub mod layout;
@@ -31,6 +34,7 @@ pub mod state;
 
 pub use cmdline::KernelCmdline;
 pub use copies::{BootStateStore, UbootEnvStore};
+pub use efi_store::EfiEntryStore;
 pub use images::{ImageRecord, SlotImages};
 pub use slot_env::SlotArgs;
 pub use state::{BootChoice, BootState, BootStateError, SlotId, FULL_TRIES, TRIAL_TRIES};

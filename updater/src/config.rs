@@ -58,6 +58,11 @@ pub struct SystemConfig {
 pub enum BootloaderConfig {
     /// Two U-Boot env copies in `dir` (the mounted boot partition).
     UbootEnv { dir: PathBuf },
+    /// systemd-boot's counted entries in `<esp>/EFI/Linux` (the mounted EFI system
+    /// partition; docs/UEFI.md). A slot's `uki` image goes to a file target at the
+    /// slot's staged name there (`EfiEntryStore::staged_path`), which arming the trial
+    /// renames into the slot's entry.
+    Efi { esp: PathBuf },
     /// JSON boot state in `dir`.
     File { dir: PathBuf },
 }

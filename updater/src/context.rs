@@ -8,7 +8,7 @@ use cairn_boot::{images, layout, SlotImages};
 use cairn_bundle::{SignedRoot, TrustRoot};
 
 use crate::bootstate::{
-    BootState, BootStateError, BootStateStore, FileStore, SlotId, UbootEnvStore,
+    BootState, BootStateError, BootStateStore, EfiEntryStore, FileStore, SlotId, UbootEnvStore,
 };
 use crate::config::{BootloaderConfig, SystemConfig};
 use crate::fleet::server_override::OverrideOutcome;
@@ -57,6 +57,7 @@ impl Context {
         let config = SystemConfig::load(config_path)?;
         let boot_store: Box<dyn BootStateStore> = match &config.bootloader {
             BootloaderConfig::UbootEnv { dir } => Box::new(UbootEnvStore::new(dir)),
+            BootloaderConfig::Efi { esp } => Box::new(EfiEntryStore::new(esp)),
             BootloaderConfig::File { dir } => Box::new(FileStore::new(dir)),
         };
         let state_store = StateStore::new(&config.data_dir);

@@ -1,0 +1,205 @@
+//! [`EfiEntryStore`]: the UEFI path's [`BootStateStore`]. The state is the set of Cairn
+//! entries in `<esp>/EFI/Linux` ([`crate::efi_entries`]); storing a [`BootState`] renames
+//! and removes entries, one at a time, each followed by a sync of the directory, so that
+//! after a power cut the ESP holds the entries as they were before or after each step.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use crate::copies::BootStateStore;
+use crate::efi_entries::{self, staged_name, EntryOp, EntrySet, ENTRY_DIR};
+use crate::state::{BootState, BootStateError, SlotId};
+
+/// The entries of one EFI system partition, mounted at `esp`.
+pub struct EfiEntryStore {
+    esp: PathBuf,
+}
+
+impl EfiEntryStore {
+    pub fn new(esp: impl Into<PathBuf>) -> EfiEntryStore {
+        EfiEntryStore { esp: esp.into() }
+    }
+
+    pub fn entry_dir(&self) -> PathBuf {
+        self.esp.join(ENTRY_DIR)
+    }
+
+    /// Where the installer writes `slot`'s new UKI (and syncs it) before it stores the
+    /// state that arms the slot's trial; storing renames it into an entry.
+    pub fn staged_path(&self, slot: SlotId) -> PathBuf {
+        self.entry_dir().join(staged_name(slot))
+    }
+
+    /// The entries, and the slots with a staged UKI.
+    fn read(&self) -> Result<(EntrySet, Vec<SlotId>), BootStateError> {
+        let dir = self.entry_dir();
+        let listing = fs::read_dir(&dir).map_err(|source| io_error(&dir, source))?;
+        let mut names = Vec::new();
+        for entry in listing {
+            let entry = entry.map_err(|source| io_error(&dir, source))?;
+            if let Some(name) = entry.file_name().to_str() {
+                names.push(name.to_owned());
+            }
+        }
+        let staged = [SlotId::A, SlotId::B]
+            .into_iter()
+            .filter(|slot| names.iter().any(|n| *n == staged_name(*slot)))
+            .collect();
+        Ok((EntrySet::from_file_names(&names), staged))
+    }
+
+    fn apply(&self, op: &EntryOp) -> Result<(), BootStateError> {
+        let dir = self.entry_dir();
+        match op {
+            EntryOp::Remove(entry) => {
+                let path = dir.join(entry.file_name());
+                fs::remove_file(&path).map_err(|source| io_error(&path, source))?;
+            }
+            EntryOp::Rename { from, to } => {
+                let path = dir.join(from.file_name());
+                fs::rename(&path, dir.join(to.file_name()))
+                    .map_err(|source| io_error(&path, source))?;
+            }
+            EntryOp::Promote { slot, to } => {
+                let path = self.staged_path(*slot);
+                fs::rename(&path, dir.join(to.file_name()))
+                    .map_err(|source| io_error(&path, source))?;
+            }
+        }
+        fs::File::open(&dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|source| io_error(&dir, source))
+    }
+}
+
+impl BootStateStore for EfiEntryStore {
+    fn load(&self) -> Result<BootState, BootStateError> {
+        let (set, _) = self.read()?;
+        Ok(efi_entries::state_of(&set))
+    }
+
+    /// Makes the entries say what `state` says ([`efi_entries::plan`]) and returns the
+    /// state they now amount to. Nothing is changed when the plan is refused.
+    fn store(&mut self, state: &BootState) -> Result<BootState, BootStateError> {
+        let (set, staged) = self.read()?;
+        let ops = efi_entries::plan(&set, &staged, state)?;
+        for op in &ops {
+            self.apply(op)?;
+        }
+        Ok(efi_entries::state_of(&set.apply(&ops)))
+    }
+}
+
+fn io_error(path: &Path, source: std::io::Error) -> BootStateError {
+    BootStateError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::efi_entries::Entry;
+
+    fn esp_with(names: &[&str]) -> (tempfile::TempDir, EfiEntryStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EfiEntryStore::new(dir.path());
+        fs::create_dir_all(store.entry_dir()).unwrap();
+        for name in names {
+            fs::write(store.entry_dir().join(name), format!("UKI {name}")).unwrap();
+        }
+        (dir, store)
+    }
+
+    fn listing(store: &EfiEntryStore) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(store.entry_dir())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// What systemd-boot does at power-on: renames the first entry one try down.
+    fn firmware_boots(store: &EfiEntryStore) -> SlotId {
+        let (set, _) = store.read().unwrap();
+        let next = set.next_boot().unwrap();
+        if next.counter.is_some() {
+            store
+                .apply(&EntryOp::Rename {
+                    from: next,
+                    to: next.after_one_try(),
+                })
+                .unwrap();
+        }
+        next.slot
+    }
+
+    #[test]
+    fn an_update_cycle_through_boot_state_transitions() {
+        let (_dir, mut store) = esp_with(&["cairn-1-a.efi", "other-os.efi"]);
+        let mut state = store.load().unwrap();
+        assert_eq!((state.committed, state.tries_b), (SlotId::A, 0));
+
+        state.prepare_install(SlotId::B);
+        store.store(&state).unwrap();
+        fs::write(store.staged_path(SlotId::B), "UKI v2").unwrap();
+        assert_eq!(
+            listing(&store),
+            ["cairn-1-a.efi", "cairn-b.staged", "other-os.efi"]
+        );
+        state.arm_trial(SlotId::B);
+        store.store(&state).unwrap();
+        assert_eq!(
+            listing(&store),
+            ["cairn-1-a.efi", "cairn-2-b+1-0.efi", "other-os.efi"]
+        );
+
+        assert_eq!(firmware_boots(&store), SlotId::B);
+        let mut state = store.load().unwrap();
+        state.commit(SlotId::B);
+        store.store(&state).unwrap();
+        assert_eq!(
+            listing(&store),
+            ["cairn-1-a.efi", "cairn-2-b.efi", "other-os.efi"]
+        );
+        assert_eq!(
+            fs::read_to_string(store.entry_dir().join("cairn-2-b.efi")).unwrap(),
+            "UKI v2"
+        );
+        assert_eq!(firmware_boots(&store), SlotId::B);
+        assert_eq!(store.load().unwrap().committed, SlotId::B);
+    }
+
+    #[test]
+    fn a_trial_that_never_reaches_cairnd_falls_back_and_is_removed_at_the_next_store() {
+        let (_dir, mut store) = esp_with(&["cairn-1-a.efi", "cairn-2-b+1-0.efi"]);
+        assert_eq!(firmware_boots(&store), SlotId::B);
+        // The kernel hung; the watchdog or a power cycle restarts the machine.
+        assert_eq!(firmware_boots(&store), SlotId::A);
+        let mut state = store.load().unwrap();
+        assert_eq!((state.committed, state.tries_b), (SlotId::A, 0));
+        state.refresh_committed();
+        store.store(&state).unwrap();
+        assert_eq!(listing(&store), ["cairn-1-a.efi"]);
+    }
+
+    #[test]
+    fn a_refused_plan_changes_nothing() {
+        let (_dir, mut store) = esp_with(&["cairn-1-a.efi"]);
+        let mut state = store.load().unwrap();
+        state.arm_trial(SlotId::B);
+        let err = store.store(&state).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("neither an entry nor a staged image"),
+            "{err}"
+        );
+        assert_eq!(listing(&store), ["cairn-1-a.efi"]);
+        assert_eq!(
+            Entry::parse("cairn-1-a.efi").map(|e| e.slot),
+            Some(SlotId::A)
+        );
+    }
+}
