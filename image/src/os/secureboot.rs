@@ -10,6 +10,7 @@
 //! signs, `virt-fw-vars` (python3-virt-firmware) enrolls.
 
 use std::fs;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -60,6 +61,34 @@ impl SecureBootKeys {
         }
         Ok(keys)
     }
+
+    /// The hierarchy in `dir`, which must be complete (nothing is made).
+    pub fn existing(dir: &Path) -> Result<Self> {
+        let keys = Self::in_dir(dir);
+        for pair in [&keys.pk, &keys.kek, &keys.db] {
+            for file in [&pair.cert, &pair.key] {
+                if !file.is_file() {
+                    bail!(
+                        "{} is missing: make the keys with `cairn-image uki keys`",
+                        file.display()
+                    );
+                }
+            }
+        }
+        Ok(keys)
+    }
+
+    fn in_dir(dir: &Path) -> Self {
+        let pair = |name: &str| KeyPair {
+            cert: dir.join(format!("{name}.crt")),
+            key: dir.join(format!("{name}.key")),
+        };
+        Self {
+            pk: pair("PK"),
+            kek: pair("KEK"),
+            db: pair("db"),
+        }
+    }
 }
 
 /// A self-signed certificate and key, each written to a temporary name and renamed, so an
@@ -67,6 +96,15 @@ impl SecureBootKeys {
 fn make_key_pair(pair: &KeyPair, subject_cn: &str) -> Result<()> {
     let tmp_key = pair.key.with_extension("key.tmp");
     let tmp_cert = pair.cert.with_extension("crt.tmp");
+    // The private key is mode 0600 from its first byte: openssl writes into this file
+    // (truncating it) rather than creating one with the process's umask.
+    let _ = fs::remove_file(&tmp_key);
+    fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp_key)
+        .with_context(|| format!("creating {}", tmp_key.display()))?;
     run(Command::new("openssl")
         .args([
             "req", "-new", "-x509", "-newkey", "rsa:2048", "-nodes", "-sha256",
