@@ -49,6 +49,11 @@ pub struct Image {
     /// dm-verity parameters when the image carries its own hash tree after `data_size`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verity: Option<Verity>,
+    /// When the image is a unified kernel image: the SHA-256 PCR 11 value systemd-stub
+    /// leaves after it measured the image (64 hex digits; docs/UEFI.md). Signed with the
+    /// rest, so a verifier learns from the release what a device that booted it quotes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pcr11: Option<String>,
     /// Always present: installs on any device.
     pub full: Payload,
     /// Optional: each installs only on a device that holds the named source image.
@@ -259,6 +264,12 @@ impl Image {
         check_sha256(&self.sha256).map_err(ctx)?;
         if let Some(b) = &self.blake3 {
             check_sha256(b).map_err(|e| ctx(format!("blake3: {e}")))?;
+        }
+        if let Some(pcr11) = &self.pcr11 {
+            check_sha256(pcr11).map_err(|e| ctx(format!("pcr11: {e}")))?;
+            if self.kind != ImageKind::Slot {
+                return Err(ctx(format!("pcr11 on an image of kind {:?}", self.kind)));
+            }
         }
         if self.full.source.is_some() {
             return Err(ctx("the full payload names a source".into()));

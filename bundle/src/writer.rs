@@ -27,6 +27,9 @@ pub struct ImageInput {
     pub path: PathBuf,
     pub verity: Option<Verity>,
     pub kind: ImageKind,
+    /// The PCR 11 value of a unified kernel image, computed by the caller (cairn-image,
+    /// which owns the UKI format); written to the manifest as `pcr11`.
+    pub pcr11: Option<[u8; 32]>,
 }
 
 /// A previous version of an image that devices may hold; a delta is made from it.
@@ -331,6 +334,7 @@ fn write_image(
         sha256,
         blake3: Some(blake3),
         verity: input.verity.clone(),
+        pcr11: input.pcr11.map(hex::encode),
         full,
         deltas,
         chunked,

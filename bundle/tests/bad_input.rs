@@ -509,3 +509,33 @@ fn flip_byte(path: &std::path::Path, offset: u64) {
     bytes[offset as usize] ^= 0x40;
     fs::write(path, bytes).unwrap();
 }
+
+/// `pcr11` is signed with the manifest: a well-formed value reads back as written; one
+/// that is not 64 hex digits, or sits on an image that is not a slot image, is refused
+/// by name before any payload is read.
+#[test]
+fn a_pcr11_value_must_be_a_digest_on_a_slot_image() {
+    let fx = Fixture::new();
+    let path = fx.standard_bundle();
+    let out = fx.path("pcr11.cairn");
+    resign_with_edit(&path, &fx.key, &out, |m| {
+        m["images"][0]["pcr11"] = json!("0c".repeat(32));
+    });
+    let parsed = BundleFile::open(&out).unwrap();
+    assert_eq!(
+        parsed.bundle.manifest.images[0].pcr11.as_deref(),
+        Some(&*"0c".repeat(32))
+    );
+    for (label, value, kind) in [
+        ("short", json!("0c".repeat(31)), json!("slot")),
+        ("not hex", json!("zz".repeat(32)), json!("slot")),
+        ("oci", json!("0c".repeat(32)), json!("oci-archive")),
+    ] {
+        resign_with_edit(&path, &fx.key, &out, |m| {
+            m["images"][0]["pcr11"] = value.clone();
+            m["images"][0]["kind"] = kind.clone();
+        });
+        let err = expect_err(&out, &fx.root, &device_policy()).to_string();
+        assert!(err.contains("pcr11"), "{label}: {err}");
+    }
+}

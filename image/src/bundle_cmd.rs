@@ -2,7 +2,7 @@
 
 use std::fs::File;
 use std::io::{self, BufWriter};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use cairn_bundle::writer::{self, BuildEvent, BundleSpec, DeltaCodec, DeltaSource, ImageInput};
@@ -160,11 +160,19 @@ fn create(a: CreateArgs) -> Result<()> {
             ),
             None => None,
         };
+        let pcr11 = uki_pcr11(path)?;
+        if let Some(value) = pcr11 {
+            eprintln!(
+                "[bundle] {name}: unified kernel image, PCR 11 {}",
+                hex::encode(value)
+            );
+        }
         images.push(ImageInput {
             name: name.clone(),
             path: path.clone(),
             verity,
             kind: ImageKind::Slot,
+            pcr11,
         });
     }
     for (name, path) in &a.oci {
@@ -176,6 +184,7 @@ fn create(a: CreateArgs) -> Result<()> {
             path: path.clone(),
             verity: None,
             kind: ImageKind::OciArchive,
+            pcr11: None,
         });
     }
     for (name, path) in &a.artifacts {
@@ -184,6 +193,7 @@ fn create(a: CreateArgs) -> Result<()> {
             path: path.clone(),
             verity: None,
             kind: ImageKind::Artifact,
+            pcr11: None,
         });
     }
     let created = match a.created.or_else(|| {
@@ -372,6 +382,9 @@ fn print_manifest(m: &Manifest) {
             human(image.size),
             image.sha256
         );
+        if let Some(pcr11) = &image.pcr11 {
+            println!("  unified kernel image, PCR 11 {pcr11}");
+        }
         if let Some(v) = &image.verity {
             println!("  verity root hash {}", v.root_hash);
         }
@@ -435,4 +448,62 @@ fn parse_delta_codec(name: &str) -> Result<DeltaCodec, String> {
         .into_iter()
         .find(|c| c.method() == name)
         .ok_or_else(|| format!("'{name}' is not a delta codec (block-bsdiff, zstd-patch)"))
+}
+
+/// The PCR 11 value of `path` when it is a unified kernel image (a PE image with a
+/// `.linux` section), recorded in the manifest for attestation; `None` for anything else.
+/// Only files that start like a PE image are read whole.
+fn uki_pcr11(path: &Path) -> Result<Option<[u8; 32]>> {
+    use std::io::Read;
+    let mut magic = [0u8; 2];
+    let mut file =
+        std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    if file.read_exact(&mut magic).is_err() || &magic != b"MZ" {
+        return Ok(None);
+    }
+    Ok(cairn_image::os::uki::pcr11_sha256(&read(path)?).ok())
+}
+
+#[cfg(test)]
+mod uki_tests {
+    use super::*;
+    use cairn_image::os::pe::minimal_image;
+    use cairn_image::os::uki::{self, UkiParts};
+
+    #[test]
+    fn ukis_get_their_pcr11_and_other_images_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let stub = minimal_image(
+            &[
+                (".text", &[0xc3; 16]),
+                (".sdmagic", b"#### LoaderInfo ####"),
+            ],
+            8,
+        );
+        let parts = UkiParts {
+            linux: b"MZkernel",
+            initrd: b"initrd",
+            cmdline: "cairn.slot=a",
+            os_release: "NAME=Cairn\n",
+            uname: "6.1",
+        };
+        let image = uki::build(&stub, &parts).unwrap();
+        let files = [
+            ("uki", &image[..]),
+            ("stub", &stub[..]),
+            ("rootfs", &b"erofs..."[..]),
+            ("tiny", &b"M"[..]),
+        ];
+        for (name, bytes) in files {
+            std::fs::write(dir.path().join(name), bytes).unwrap();
+        }
+        assert_eq!(
+            uki_pcr11(&dir.path().join("uki")).unwrap(),
+            Some(uki::pcr11_sha256(&image).unwrap())
+        );
+        for other in ["stub", "rootfs", "tiny"] {
+            assert_eq!(uki_pcr11(&dir.path().join(other)).unwrap(), None, "{other}");
+        }
+        assert!(uki_pcr11(&dir.path().join("missing")).is_err());
+    }
 }

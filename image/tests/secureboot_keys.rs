@@ -22,7 +22,9 @@ fn keys_are_private_kept_and_an_incomplete_hierarchy_is_refused() {
     assert!(SecureBootKeys::existing(dir.path()).is_ok());
 
     fs::remove_file(&keys.kek.key).unwrap();
-    let err = SecureBootKeys::existing(dir.path()).unwrap_err().to_string();
+    let err = SecureBootKeys::existing(dir.path())
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("KEK.key is missing"), "{err}");
     let leftovers: Vec<_> = fs::read_dir(dir.path())
         .unwrap()

@@ -81,6 +81,7 @@ mod tests {
             sha256: "1".repeat(64),
             blake3: None,
             verity: None,
+            pcr11: None,
             full: payload(900, None),
             deltas: vec![
                 payload(50, Some(("a", 1000))),
@@ -95,6 +96,7 @@ mod tests {
             sha256: "2".repeat(64),
             blake3: None,
             verity: None,
+            pcr11: None,
             full: payload(80, None),
             deltas: vec![],
             // At most 10 + 75 bytes: a bit more than the full payload.

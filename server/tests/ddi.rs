@@ -113,6 +113,7 @@ async fn release_and_campaign(s: &Setup, swu: &Path) {
             path: swu.to_path_buf(),
             verity: None,
             kind: ImageKind::Artifact,
+            pcr11: None,
         }],
         ..bundle_spec(BOARD, "1.1.0")
     };

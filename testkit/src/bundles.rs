@@ -38,6 +38,7 @@ pub fn image_inputs(images: &[(&str, &Path)]) -> Vec<ImageInput> {
             path: path.to_path_buf(),
             verity: None,
             kind: ImageKind::Slot,
+            pcr11: None,
         })
         .collect()
 }

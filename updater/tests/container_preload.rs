@@ -59,6 +59,7 @@ fn bundle_with_images(d: &Device, v1: &Release, v2: &Release) -> (PathBuf, OciIm
                 path: archive.clone(),
                 verity: None,
                 kind: ImageKind::OciArchive,
+                pcr11: None,
             })
         },
     );

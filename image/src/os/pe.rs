@@ -270,10 +270,10 @@ fn fits(value: u64, what: &'static str) -> Result<u32, PeError> {
     u32::try_from(value).map_err(|_| PeError::TooLarge(what))
 }
 
-/// A minimal PE32+ image for tests: `sections` (name, data) laid out as a linker would,
-/// with `header_room` free section-header slots after them.
-#[cfg(test)]
-pub(crate) fn test_image(sections: &[(&str, &[u8])], header_room: usize) -> Vec<u8> {
+/// A minimal PE32+ image, for tests of code that reads or extends PE images: `sections`
+/// (name, data) laid out as a linker would, with `header_room` free section-header slots
+/// after them. It has no entry point and runs nowhere.
+pub fn minimal_image(sections: &[(&str, &[u8])], header_room: usize) -> Vec<u8> {
     const PE: usize = 0x40;
     let table = PE + 4 + 20 + 240;
     let headers_end = table + (sections.len() + header_room) * SECTION_HEADER_LEN;
@@ -315,7 +315,7 @@ mod tests {
     use super::*;
 
     fn stub() -> Vec<u8> {
-        test_image(
+        minimal_image(
             &[
                 (".text", &[0xc3; 0x30]),
                 (".sdmagic", b"#### LoaderInfo: test ####"),
@@ -395,7 +395,7 @@ mod tests {
             PeError::TrailingData(16)
         );
 
-        let full = test_image(&[(".text", &[0xc3; 16])], 0);
+        let full = minimal_image(&[(".text", &[0xc3; 16])], 0);
         // One header slot fits in the padding up to the file alignment; ask for more.
         let many: Vec<(&str, &[u8])> = [".a", ".b", ".c", ".d", ".e", ".f", ".g", ".h"]
             .iter()

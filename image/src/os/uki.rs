@@ -125,10 +125,10 @@ fn extend(pcr: &mut [u8; 32], event: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::os::pe::test_image;
+    use crate::os::pe::minimal_image;
 
     fn stub() -> Vec<u8> {
-        test_image(
+        minimal_image(
             &[
                 (".text", &[0xc3; 0x30]),
                 (".sdmagic", b"#### LoaderInfo: test ####"),
@@ -192,7 +192,7 @@ mod tests {
 
     #[test]
     fn stubs_and_command_lines_that_are_not_fit_are_refused() {
-        let plain = test_image(&[(".text", &[0xc3; 16])], 8);
+        let plain = minimal_image(&[(".text", &[0xc3; 16])], 8);
         assert!(matches!(
             build(&plain, &parts(b"i", "x")),
             Err(UkiError::NotSystemdStub)

@@ -82,6 +82,7 @@ pub fn bundle_with_pods(new: &Build, old: &Build, out: &Path) -> Result<PathBuf>
         path: pause_images(new)?,
         verity: None,
         kind: ImageKind::OciArchive,
+        pcr11: None,
     };
     create_bundle(new, Some(old), out, None, vec![pause], None)
 }
@@ -110,24 +111,28 @@ fn images(build: &Build) -> Result<Vec<ImageInput>> {
             path: build.layout.slot_image(),
             verity: Some(build.verity()?),
             kind: ImageKind::Slot,
+            pcr11: None,
         },
         ImageInput {
             name: "kernel".into(),
             path: build.layout.kernel(),
             verity: None,
             kind: ImageKind::Slot,
+            pcr11: None,
         },
         ImageInput {
             name: "initrd".into(),
             path: build.layout.initrd(),
             verity: None,
             kind: ImageKind::Slot,
+            pcr11: None,
         },
         ImageInput {
             name: "app-images".into(),
             path: app_images(build)?,
             verity: None,
             kind: ImageKind::OciArchive,
+            pcr11: None,
         },
     ])
 }
