@@ -30,6 +30,18 @@ impl EfiEntryStore {
         self.entry_dir().join(staged_name(slot))
     }
 
+    /// The file `slot` boots from now: its entry (a live one before a bad one), if any.
+    /// What a delta for the slot's next UKI applies to, since the staged file is gone once
+    /// it became the entry.
+    pub fn entry_path(&self, slot: SlotId) -> Result<Option<PathBuf>, BootStateError> {
+        let (set, _) = self.read()?;
+        let mut entries: Vec<_> = set.of_slot(slot).copied().collect();
+        entries.sort_by_key(|e| e.is_bad());
+        Ok(entries
+            .first()
+            .map(|e| self.entry_dir().join(e.file_name())))
+    }
+
     /// The entries, and the slots with a staged UKI.
     fn read(&self) -> Result<(EntrySet, Vec<SlotId>), BootStateError> {
         let dir = self.entry_dir();
@@ -183,6 +195,21 @@ mod tests {
         state.refresh_committed();
         store.store(&state).unwrap();
         assert_eq!(listing(&store), ["cairn-1-a.efi"]);
+    }
+
+    #[test]
+    fn the_entry_path_is_the_slots_live_entry() {
+        let (_dir, store) = esp_with(&["cairn-1-a.efi", "cairn-2-b+0-1.efi"]);
+        assert_eq!(
+            store.entry_path(SlotId::A).unwrap(),
+            Some(store.entry_dir().join("cairn-1-a.efi"))
+        );
+        assert_eq!(
+            store.entry_path(SlotId::B).unwrap(),
+            Some(store.entry_dir().join("cairn-2-b+0-1.efi"))
+        );
+        let (_dir, store) = esp_with(&["cairn-1-a.efi"]);
+        assert_eq!(store.entry_path(SlotId::B).unwrap(), None);
     }
 
     #[test]

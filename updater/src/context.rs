@@ -10,7 +10,7 @@ use cairn_bundle::{SignedRoot, TrustRoot};
 use crate::bootstate::{
     BootState, BootStateError, BootStateStore, EfiEntryStore, FileStore, SlotId, UbootEnvStore,
 };
-use crate::config::{BootloaderConfig, SystemConfig};
+use crate::config::{BootloaderConfig, SystemConfig, Target};
 use crate::fleet::server_override::OverrideOutcome;
 use crate::slot::{boot_facts, BootFacts, SlotError};
 use crate::state::{DeviceState, StateStore};
@@ -98,6 +98,23 @@ impl Context {
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// Where the running copy of one of `slot`'s images is, for a delta to apply to: its
+    /// target, except for a UKI on the `efi` backend, whose staged file became the slot's
+    /// systemd-boot entry (docs/UEFI.md) and is found under that name.
+    pub fn running_copy(&self, slot: SlotId, target: &Target) -> Result<Target, BootStateError> {
+        if let (BootloaderConfig::Efi { esp }, Target::File(path)) =
+            (&self.config.bootloader, target)
+        {
+            let store = EfiEntryStore::new(esp);
+            if *path == store.staged_path(slot) {
+                if let Some(entry) = store.entry_path(slot)? {
+                    return Ok(Target::File(entry));
+                }
+            }
+        }
+        Ok(target.clone())
     }
 
     pub fn save_state(&self) -> Result<(), crate::state::store::StateError> {

@@ -12,8 +12,8 @@ use cairn_boot::efi_entries::EntrySet;
 use cairn_boot::EfiEntryStore;
 use cairn_bundle::SigningKey;
 use cairn_testkit::{
-    bundle_spec, copy_key, image_inputs, in_days, new_key, sign_bundle, slot_image_bytes,
-    DeviceDir, SlotImages,
+    bundle_spec, copy_key, delta_sources, image_inputs, in_days, new_key, sign_bundle,
+    slot_image_bytes, DeviceDir, SlotImages,
 };
 use cairn_updater::bootstate::SlotId;
 
@@ -93,15 +93,27 @@ impl Device {
     }
 
     fn bundle(&self, version: &str, seed: u8) -> PathBuf {
+        self.bundle_from(version, seed, None)
+    }
+
+    /// A bundle whose `uki` also comes as a delta from the UKI of `from`.
+    fn bundle_from(&self, version: &str, seed: u8, from: Option<&str>) -> PathBuf {
         let build = self.path(&format!("build/{version}"));
         fs::create_dir_all(&build).unwrap();
         let rootfs = build.join("rootfs");
         fs::write(&rootfs, slot_image_bytes(2 << 20, seed)).unwrap();
         let uki_file = build.join("uki");
         fs::write(&uki_file, uki(version)).unwrap();
+        let old_uki = build.join("old-uki");
+        let mut sources = Vec::new();
+        if let Some(from) = from {
+            fs::write(&old_uki, uki(from)).unwrap();
+            sources.push(("uki", old_uki.as_path()));
+        }
         let spec = cairn_bundle::writer::BundleSpec {
             expires: in_days(10),
             images: image_inputs(&[("rootfs", rootfs.as_path()), ("uki", uki_file.as_path())]),
+            delta_sources: delta_sources(&sources),
             ..bundle_spec("cairn-test", version)
         };
         let out = self.path(&format!("build/{version}.cairn"));
@@ -241,4 +253,28 @@ fn a_trial_that_never_reached_cairnd_gets_another_trial_boot() {
     d.cairnd_once();
     assert_eq!(d.phase(), "committed");
     assert_eq!(d.listing(), ["cairn-1-a.efi", "cairn-3-b.efi"]);
+}
+
+/// The running slot's UKI is its entry, not the staged file it was written as: a delta
+/// for the next UKI applies to the entry.
+#[test]
+fn a_uki_delta_applies_to_the_running_slots_entry() {
+    let mut d = Device::new();
+    d.cairn_ok(&["install", d.bundle("2.0.0", 7).to_str().unwrap()]);
+    d.reboot();
+    d.cairnd_once();
+    assert_eq!(d.listing(), ["cairn-1-a.efi", "cairn-2-b.efi"]);
+    let bundle = d.bundle_from("3.0.0", 9, Some("2.0.0"));
+    let out = d.cairn(&["install", bundle.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("uki: writing") && stderr.contains("block-bsdiff payload"),
+        "{stderr}"
+    );
+    assert_eq!(d.listing(), ["cairn-2-b.efi", "cairn-3-a+1-0.efi"]);
+    assert_eq!(
+        fs::read(d.entries().join("cairn-3-a+1-0.efi")).unwrap(),
+        uki("3.0.0")
+    );
 }

@@ -378,7 +378,10 @@ fn plan(
                         image.name
                     )));
                 };
-                (dest.clone(), actives[&image.name].clone())
+                let running = ctx
+                    .running_copy(active, &actives[&image.name])
+                    .map_err(|e| InstallError::Mismatch(format!("image '{}': {e}", image.name)))?;
+                (dest.clone(), running)
             }
         };
         target::check_capacity(&dest, &image.name, image.size)?;
