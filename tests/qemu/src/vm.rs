@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use cairn_image::os::uboot;
 
+use crate::efi::Arch;
+
 /// `/var/log/cairnd.log` as stored on the data partition (/var is an overlay whose upper
 /// directory lives there; boot/initramfs/init).
 const CAIRND_LOG: &str = "overlay/var/upper/log/cairnd.log";
@@ -173,77 +175,69 @@ impl Vm {
         Self::attach(name, qemu, swtpm, net, disk)
     }
 
-    /// Boots `disk` on QEMU's x86_64 `q35` machine through OVMF with Secure Boot
-    /// (`OVMF_CODE_4M.secboot.fd`, which needs SMM and a secure pflash), its variables
-    /// from a copy of `vars` (the enrolled keys, docs/UEFI.md), and swtpm as a TIS TPM.
-    /// No network: the firmware would otherwise try PXE after a failed disk boot.
-    pub fn start_efi_x86_64(name: &str, disk: &Path, scratch: &Path, vars: &Path) -> Result<Vm> {
-        let vars_copy = scratch.join("OVMF_VARS.fd");
+    /// Boots `disk` through UEFI firmware with a copy of `vars` as its variables (the
+    /// enrolled keys, docs/UEFI.md), swtpm as a TIS TPM, and no network (the firmware would
+    /// otherwise try PXE after a failed disk boot and wait there):
+    /// - x86_64: QEMU's `q35` with OVMF's Secure Boot build, which needs SMM and a secure
+    ///   pflash;
+    /// - arm64: `virt` with AAVMF, which needs no separate Secure Boot build.
+    pub fn start_efi(
+        name: &str,
+        disk: &Path,
+        scratch: &Path,
+        vars: &Path,
+        arch: Arch,
+    ) -> Result<Vm> {
+        let vars_copy = scratch.join("VARS.fd");
         fs::copy(vars, &vars_copy).with_context(|| format!("copying {}", vars.display()))?;
         let (swtpm, socket) = start_swtpm(scratch)?;
-        let mut qemu = Command::new("qemu-system-x86_64");
-        qemu.args([
-            "-machine",
-            "q35,smm=on",
-            "-m",
-            "1024",
-            "-nographic",
-            "-nodefaults",
-        ])
-        .args(["-serial", "stdio", "-net", "none"])
-        .args(["-global", "driver=cfi.pflash01,property=secure,value=on"])
-        .arg("-drive")
-        .arg(format!(
-            "if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE_SECBOOT}"
-        ))
-        .arg("-drive")
-        .arg(format!(
-            "if=pflash,format=raw,unit=1,file={}",
-            vars_copy.display()
-        ))
-        .arg("-drive")
-        .arg(format!("if=none,file={},format=raw,id=hd", disk.display()))
-        .args(["-device", "virtio-blk-pci,drive=hd"])
-        .arg("-chardev")
-        .arg(format!("socket,id=chrtpm,path={}", socket.display()))
-        .args(["-tpmdev", "emulator,id=tpm0,chardev=chrtpm"])
-        .args(["-device", "tpm-tis,tpmdev=tpm0"]);
-        Self::attach(name, qemu, swtpm, None, disk)
-    }
-
-    /// Boots `disk` on QEMU's arm64 `virt` through AAVMF, its variables from a copy of
-    /// `vars` (the enrolled keys), with swtpm as `virt`'s TIS TPM and no network.
-    pub fn start_efi_arm64(name: &str, disk: &Path, scratch: &Path, vars: &Path) -> Result<Vm> {
-        let vars_copy = scratch.join("AAVMF_VARS.fd");
-        fs::copy(vars, &vars_copy).with_context(|| format!("copying {}", vars.display()))?;
-        let (swtpm, socket) = start_swtpm(scratch)?;
-        let mut qemu = Command::new("qemu-system-aarch64");
-        qemu.args([
-            "-M",
-            "virt",
-            "-cpu",
-            "cortex-a57",
-            "-m",
-            "1024",
-            "-nographic",
-        ])
-        .args(["-nodefaults", "-serial", "stdio", "-net", "none"])
-        .arg("-drive")
-        .arg(format!(
-            "if=pflash,format=raw,unit=0,readonly=on,file={AAVMF_CODE}"
-        ))
-        .arg("-drive")
-        .arg(format!(
-            "if=pflash,format=raw,unit=1,file={}",
-            vars_copy.display()
-        ))
-        .arg("-drive")
-        .arg(format!("if=none,file={},format=raw,id=hd", disk.display()))
-        .args(["-device", "virtio-blk-pci,drive=hd"])
-        .arg("-chardev")
-        .arg(format!("socket,id=chrtpm,path={}", socket.display()))
-        .args(["-tpmdev", "emulator,id=tpm0,chardev=chrtpm"])
-        .args(["-device", "tpm-tis-device,tpmdev=tpm0"]);
+        let (program, machine, code, tpm_device): (&str, &[&str], &str, &str) = match arch {
+            Arch::X86_64 => (
+                "qemu-system-x86_64",
+                &[
+                    "-machine",
+                    "q35,smm=on",
+                    "-global",
+                    "driver=cfi.pflash01,property=secure,value=on",
+                ],
+                OVMF_CODE_SECBOOT,
+                "tpm-tis",
+            ),
+            Arch::Arm64 => (
+                "qemu-system-aarch64",
+                &["-M", "virt", "-cpu", "cortex-a57"],
+                AAVMF_CODE,
+                "tpm-tis-device",
+            ),
+        };
+        let mut qemu = Command::new(program);
+        qemu.args(machine)
+            .args([
+                "-m",
+                "1024",
+                "-nographic",
+                "-nodefaults",
+                "-serial",
+                "stdio",
+                "-net",
+                "none",
+            ])
+            .arg("-drive")
+            .arg(format!(
+                "if=pflash,format=raw,unit=0,readonly=on,file={code}"
+            ))
+            .arg("-drive")
+            .arg(format!(
+                "if=pflash,format=raw,unit=1,file={}",
+                vars_copy.display()
+            ))
+            .arg("-drive")
+            .arg(format!("if=none,file={},format=raw,id=hd", disk.display()))
+            .args(["-device", "virtio-blk-pci,drive=hd"])
+            .arg("-chardev")
+            .arg(format!("socket,id=chrtpm,path={}", socket.display()))
+            .args(["-tpmdev", "emulator,id=tpm0,chardev=chrtpm"])
+            .args(["-device", &format!("{tpm_device},tpmdev=tpm0")]);
         Self::attach(name, qemu, swtpm, None, disk)
     }
 
