@@ -97,11 +97,6 @@ impl Entry {
         self.counter.is_some_and(|c| c.left == 0)
     }
 
-    /// Still on trial (counted, tries left).
-    pub fn is_trial(&self) -> bool {
-        self.counter.is_some_and(|c| c.left > 0)
-    }
-
     /// What systemd-boot renames the entry to when it starts it.
     pub fn after_one_try(&self) -> Entry {
         let counter = self.counter.map(|c| Counter {
@@ -315,6 +310,15 @@ pub fn plan(
     let refuse = |why: String| Err(BootStateError::Invalid(format!("UEFI entries: {why}")));
     for slot in [SlotId::A, SlotId::B] {
         let entries: Vec<Entry> = current.of_slot(slot).copied().collect();
+        // The image to arm again when the slot must boot next: its live entry, or a bad
+        // one unless a newer image is staged for the slot.
+        let kept = entries.iter().find(|e| !e.is_bad()).or_else(|| {
+            if staged.contains(&slot) {
+                None
+            } else {
+                entries.first()
+            }
+        });
         let step: Vec<EntryOp> = if desired.tries(slot) == 0 {
             entries.iter().map(|e| EntryOp::Remove(*e)).collect()
         } else if desired.committed == slot && !entries.is_empty() {
@@ -330,7 +334,7 @@ pub fn plan(
                     },
                 })
                 .collect()
-        } else if let Some(kept) = entries.iter().find(|e| !e.is_bad()).or(entries.first()) {
+        } else if let Some(kept) = kept {
             let first_now = current.next_boot().map(|e| e.slot) == Some(slot);
             if desired.next_boot() == Some(slot) && !first_now {
                 // An image kept in the slot, armed again: `cairn rollback`, or another
@@ -500,6 +504,20 @@ mod tests {
         let armed = transition(&committed, &[], &state);
         assert_eq!(armed, set(&["cairn-3-a+1-0.efi", "cairn-2-b.efi"]));
         assert_eq!(armed.next_boot().unwrap().slot, SlotId::A);
+    }
+
+    #[test]
+    fn a_staged_image_wins_over_a_bad_entry_of_its_slot() {
+        let failed = set(&["cairn-1-a.efi", "cairn-2-b+0-1.efi"]);
+        let mut state = state_of(&failed);
+        state.arm_trial(SlotId::B);
+        let armed = transition(&failed, &[SlotId::B], &state);
+        assert_eq!(armed, set(&["cairn-1-a.efi", "cairn-3-b+1-0.efi"]));
+        let ops = plan(&failed, &[SlotId::B], &state).unwrap();
+        assert!(
+            ops.iter().any(|op| matches!(op, EntryOp::Promote { .. })),
+            "{ops:?}"
+        );
     }
 
     #[test]
