@@ -520,6 +520,67 @@ mod tests {
         );
     }
 
+    /// A power cut after any step of any transition leaves entries whose next boot is the
+    /// one before the transition or the one after it (invariants 2, 3 and 5 between any
+    /// two writes), and a cut inside a rename (both names on FAT) is resolved by the next
+    /// plan without booting anything else.
+    #[test]
+    fn every_prefix_of_every_transition_boots_the_old_or_the_new_choice() {
+        type Transition = fn(&mut BootState);
+        let transitions: [(&str, &[&str], &[SlotId], Transition); 5] = [
+            (
+                "prepare",
+                &["cairn-1-a.efi", "cairn-1-b+0-1.efi"],
+                &[],
+                |s| s.prepare_install(SlotId::B),
+            ),
+            ("arm", &["cairn-1-a.efi"], &[SlotId::B], |s| {
+                s.arm_trial(SlotId::B)
+            }),
+            (
+                "commit",
+                &["cairn-1-a.efi", "cairn-2-b+0-1.efi"],
+                &[],
+                |s| s.commit(SlotId::B),
+            ),
+            (
+                "reject",
+                &["cairn-1-a.efi", "cairn-2-b+1-0.efi"],
+                &[],
+                |s| s.reject(SlotId::B),
+            ),
+            ("rollback", &["cairn-1-a.efi", "cairn-2-b.efi"], &[], |s| {
+                s.arm_trial(SlotId::A)
+            }),
+        ];
+        for (name, names, staged, transition) in transitions {
+            let before = set(names);
+            let mut desired = state_of(&before);
+            transition(&mut desired);
+            let ops = plan(&before, staged, &desired).unwrap();
+            let choices = [before.next_boot().map(|e| e.slot), desired.next_boot()];
+            for cut in 0..=ops.len() {
+                let partial = before.apply(&ops[..cut]);
+                let next = partial.next_boot().map(|e| e.slot);
+                assert!(choices.contains(&next), "{name}, cut after {cut}: {next:?}");
+                // A cut inside the next rename leaves both names.
+                if let Some(EntryOp::Rename { from, to }) = ops.get(cut) {
+                    let torn = EntrySet {
+                        entries: [partial.entries.clone(), vec![*to]].concat(),
+                    };
+                    assert!(torn.entries().contains(from));
+                    let replan = plan(&torn, staged, &desired).unwrap();
+                    let next = torn.apply(&replan).next_boot().map(|e| e.slot);
+                    assert_eq!(
+                        next,
+                        desired.next_boot(),
+                        "{name}, torn rename {from} -> {to}"
+                    );
+                }
+            }
+        }
+    }
+
     #[test]
     fn a_trial_without_a_verdict_can_be_armed_again() {
         let booted = set(&["cairn-1-a.efi", "cairn-2-b+0-1.efi"]);
