@@ -120,6 +120,13 @@ fn number<T: std::str::FromStr>(digits: &str) -> Option<T> {
     digits.parse().ok()
 }
 
+/// The `n`th name a retired entry may take in [`ENTRY_DIR`] ([`EntryOp::Retire`]). Nothing
+/// reads, renames over or removes these names: they share clusters with a live entry, or
+/// with whatever reused the clusters after that entry was removed.
+pub fn retired_name(n: u32) -> String {
+    format!("{PREFIX}retired-{n}")
+}
+
 /// The name a slot's new UKI is written under, in [`ENTRY_DIR`], until it is complete.
 pub fn staged_name(slot: SlotId) -> String {
     format!("{PREFIX}{}.staged", slot.lower())
@@ -129,6 +136,10 @@ pub fn staged_name(slot: SlotId) -> String {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EntryOp {
     Remove(Entry),
+    /// A name a torn rename left beside its twin ([`EntrySet::stale_duplicates`]), moved
+    /// out of systemd-boot's sight ([`retired_name`]) rather than removed: both names are
+    /// one file on FAT, and unlinking either frees the clusters the other still uses.
+    Retire(Entry),
     Rename {
         from: Entry,
         to: Entry,
@@ -193,30 +204,25 @@ impl EntrySet {
         }
     }
 
-    /// Names a power cut left twice: FAT's rename writes the new name before it deletes
-    /// the old one, so one file may appear as two entries of the same generation and
-    /// slot. Of each such pair the name to remove: the counted one when the other is
-    /// good (a bless was under way), else the one with more tries left (systemd-boot's
-    /// count-down was).
+    /// Names a power cut left twice. FAT's rename writes the new name before it deletes
+    /// the old one, so a cut between the two leaves one file under two entry names, and
+    /// Cairn's transitions never leave a slot with two entries otherwise. Of a slot's
+    /// entries the one to keep is the name the rename was making: the highest generation
+    /// (a trial armed again), then the good one (a bless), then the one with fewer tries
+    /// left (systemd-boot's count-down). The others are returned.
     pub fn stale_duplicates(&self) -> Vec<Entry> {
         let mut stale = Vec::new();
-        for (i, a) in self.entries.iter().enumerate() {
-            for b in &self.entries[i + 1..] {
-                if a.generation != b.generation || a.slot != b.slot {
-                    continue;
-                }
-                let left = |e: &Entry| e.counter.map_or(u32::MAX, |c| c.left);
-                // Keep the good one, or the one with fewer tries left.
-                let drop = match (a.counter, b.counter) {
-                    (None, _) => *b,
-                    (_, None) => *a,
-                    _ if left(a) > left(b) => *a,
-                    _ => *b,
-                };
-                if !stale.contains(&drop) {
-                    stale.push(drop);
-                }
-            }
+        for slot in [SlotId::A, SlotId::B] {
+            let mut entries: Vec<Entry> = self.of_slot(slot).copied().collect();
+            let left = |e: &Entry| e.counter.map_or(u32::MAX, |c| c.left);
+            // Kept first: newest, then good (no counter), then fewest tries left.
+            entries.sort_by(|a, b| {
+                b.generation
+                    .cmp(&a.generation)
+                    .then(a.counter.is_some().cmp(&b.counter.is_some()))
+                    .then(left(a).cmp(&left(b)))
+            });
+            stale.extend(entries.into_iter().skip(1));
         }
         stale
     }
@@ -226,7 +232,7 @@ impl EntrySet {
         let mut entries = self.entries.clone();
         for op in ops {
             match op {
-                EntryOp::Remove(gone) => entries.retain(|e| e != gone),
+                EntryOp::Remove(gone) | EntryOp::Retire(gone) => entries.retain(|e| e != gone),
                 EntryOp::Rename { from, to } => {
                     for e in entries.iter_mut().filter(|e| *e == from) {
                         *e = *to;
@@ -291,7 +297,7 @@ pub fn state_of(set: &EntrySet) -> BootState {
 ///   the next generation; one that has an entry (even a bad one) but is to boot next
 ///   although it would not (`cairn rollback` arming the kept image, another trial boot
 ///   after one without a verdict) has that entry renamed to one;
-/// - a stale duplicate a power cut left is removed first.
+/// - a stale duplicate a power cut left is retired first ([`EntryOp::Retire`]).
 ///
 /// Anything else is refused rather than approximated: a desired slot with tries but
 /// neither an entry nor a staged UKI, a committed slot that is not bootable, or a
@@ -304,7 +310,7 @@ pub fn plan(
     let mut ops: Vec<EntryOp> = set
         .stale_duplicates()
         .into_iter()
-        .map(EntryOp::Remove)
+        .map(EntryOp::Retire)
         .collect();
     let mut current = set.apply(&ops);
     let refuse = |why: String| Err(BootStateError::Invalid(format!("UEFI entries: {why}")));
@@ -593,6 +599,15 @@ mod tests {
     }
 
     #[test]
+    fn a_torn_rearm_keeps_the_new_trial_name() {
+        let torn = set(&["cairn-1-a.efi", "cairn-3-a+1-0.efi", "cairn-2-b.efi"]);
+        assert_eq!(
+            torn.stale_duplicates(),
+            [Entry::parse("cairn-1-a.efi").unwrap()]
+        );
+    }
+
+    #[test]
     fn power_cut_duplicates_are_resolved_toward_the_rename_under_way() {
         let bless = set(&["cairn-2-b+0-1.efi", "cairn-2-b.efi", "cairn-1-a.efi"]);
         assert_eq!(
@@ -604,11 +619,11 @@ mod tests {
             count_down.stale_duplicates(),
             [Entry::parse("cairn-2-b+1-0.efi").unwrap()]
         );
-        let state = state_of(&bless.apply(&[EntryOp::Remove(bless.stale_duplicates()[0])]));
+        let state = state_of(&bless.apply(&[EntryOp::Retire(bless.stale_duplicates()[0])]));
         let planned = plan(&bless, &[], &state).unwrap();
         assert_eq!(
             planned[0],
-            EntryOp::Remove(Entry::parse("cairn-2-b+0-1.efi").unwrap())
+            EntryOp::Retire(Entry::parse("cairn-2-b+0-1.efi").unwrap())
         );
     }
 

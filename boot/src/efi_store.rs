@@ -7,7 +7,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use crate::copies::BootStateStore;
-use crate::efi_entries::{self, staged_name, EntryOp, EntrySet, ENTRY_DIR};
+use crate::efi_entries::{self, retired_name, staged_name, EntryOp, EntrySet, ENTRY_DIR};
 use crate::state::{BootState, BootStateError, SlotId};
 
 /// The entries of one EFI system partition, mounted at `esp`.
@@ -60,6 +60,38 @@ impl EfiEntryStore {
         Ok((EntrySet::from_file_names(&names), staged))
     }
 
+    /// A torn promotion (a power cut inside the rename of the staged UKI to its entry)
+    /// leaves the staged name beside the entry, one file under both. Cairn never stages a
+    /// slot that still has an entry, so a staged file equal to an entry of its slot is that
+    /// twin: it is retired like any torn name (unlinking it, or the next install's write
+    /// over it, would free the entry's clusters). Returns whether it was.
+    fn retire_staged_twin(&self, set: &EntrySet, slot: SlotId) -> Result<bool, BootStateError> {
+        let staged = self.staged_path(slot);
+        let staged_bytes = fs::read(&staged).map_err(|source| io_error(&staged, source))?;
+        for entry in set.of_slot(slot) {
+            let path = self.entry_dir().join(entry.file_name());
+            if fs::read(&path).map_err(|source| io_error(&path, source))? == staged_bytes {
+                self.retire(&staged)?;
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Renames `path` to the first free retired name, and syncs the directory.
+    fn retire(&self, path: &Path) -> Result<(), BootStateError> {
+        let dir = self.entry_dir();
+        // A fresh name: renaming over an earlier retired name would unlink it.
+        let free = (0..=u32::MAX)
+            .map(|n| dir.join(retired_name(n)))
+            .find(|p| !p.exists())
+            .ok_or_else(|| BootStateError::Invalid("no free name to retire an entry to".into()))?;
+        fs::rename(path, &free).map_err(|source| io_error(path, source))?;
+        fs::File::open(&dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|source| io_error(&dir, source))
+    }
+
     fn apply(&self, op: &EntryOp) -> Result<(), BootStateError> {
         let dir = self.entry_dir();
         match op {
@@ -67,6 +99,7 @@ impl EfiEntryStore {
                 let path = dir.join(entry.file_name());
                 fs::remove_file(&path).map_err(|source| io_error(&path, source))?;
             }
+            EntryOp::Retire(entry) => return self.retire(&dir.join(entry.file_name())),
             EntryOp::Rename { from, to } => {
                 let path = dir.join(from.file_name());
                 fs::rename(&path, dir.join(to.file_name()))
@@ -93,7 +126,13 @@ impl BootStateStore for EfiEntryStore {
     /// Makes the entries say what `state` says ([`efi_entries::plan`]) and returns the
     /// state they now amount to. Nothing is changed when the plan is refused.
     fn store(&mut self, state: &BootState) -> Result<BootState, BootStateError> {
-        let (set, staged) = self.read()?;
+        let (set, read_staged) = self.read()?;
+        let mut staged = Vec::new();
+        for slot in read_staged {
+            if !self.retire_staged_twin(&set, slot)? {
+                staged.push(slot);
+            }
+        }
         let ops = efi_entries::plan(&set, &staged, state)?;
         for op in &ops {
             self.apply(op)?;
@@ -210,6 +249,67 @@ mod tests {
         );
         let (_dir, store) = esp_with(&["cairn-1-a.efi"]);
         assert_eq!(store.entry_path(SlotId::B).unwrap(), None);
+    }
+
+    /// What a power cut inside systemd-bless-boot's rename leaves on FAT: two names for
+    /// the committed UKI. The stale one is moved aside, never unlinked, so the file's
+    /// clusters stay allocated; a second one gets a name of its own.
+    #[test]
+    fn a_torn_rename_is_retired_not_removed() {
+        let (_dir, mut store) = esp_with(&["cairn-1-a.efi", "cairn-2-b+0-1.efi"]);
+        fs::copy(
+            store.entry_dir().join("cairn-2-b+0-1.efi"),
+            store.entry_dir().join("cairn-2-b.efi"),
+        )
+        .unwrap();
+        let state = store.load().unwrap();
+        assert_eq!((state.committed, state.order[0]), (SlotId::B, SlotId::B));
+        store.store(&state).unwrap();
+        assert_eq!(
+            listing(&store),
+            ["cairn-1-a.efi", "cairn-2-b.efi", "cairn-retired-0"]
+        );
+        fs::write(store.entry_dir().join("cairn-1-a+0-1.efi"), "twin").unwrap();
+        store.store(&store.load().unwrap()).unwrap();
+        assert_eq!(
+            listing(&store),
+            [
+                "cairn-1-a.efi",
+                "cairn-2-b.efi",
+                "cairn-retired-0",
+                "cairn-retired-1"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_torn_promotion_retires_the_staged_twin_and_a_real_staged_image_is_promoted() {
+        let (_dir, mut store) = esp_with(&["cairn-1-a.efi", "cairn-2-b+1-0.efi"]);
+        // The cut left the staged name beside the entry it became.
+        fs::copy(
+            store.entry_dir().join("cairn-2-b+1-0.efi"),
+            store.staged_path(SlotId::B),
+        )
+        .unwrap();
+        let mut state = store.load().unwrap();
+        state.arm_trial(SlotId::B);
+        store.store(&state).unwrap();
+        assert_eq!(
+            listing(&store),
+            ["cairn-1-a.efi", "cairn-2-b+1-0.efi", "cairn-retired-0"]
+        );
+
+        // A staged image that differs from the slot's bad entry is a new one: promoted.
+        let (_dir, mut store) = esp_with(&["cairn-1-a.efi", "cairn-2-b+0-1.efi"]);
+        fs::write(store.staged_path(SlotId::B), "UKI v3").unwrap();
+        let mut state = store.load().unwrap();
+        state.arm_trial(SlotId::B);
+        store.store(&state).unwrap();
+        assert_eq!(listing(&store), ["cairn-1-a.efi", "cairn-3-b+1-0.efi"]);
+        assert_eq!(
+            fs::read_to_string(store.entry_dir().join("cairn-3-b+1-0.efi")).unwrap(),
+            "UKI v3"
+        );
     }
 
     #[test]
