@@ -87,6 +87,11 @@ impl EfiEntryStore {
             .find(|p| !p.exists())
             .ok_or_else(|| BootStateError::Invalid("no free name to retire an entry to".into()))?;
         fs::rename(path, &free).map_err(|source| io_error(path, source))?;
+        self.sync_dir()
+    }
+
+    fn sync_dir(&self) -> Result<(), BootStateError> {
+        let dir = self.entry_dir();
         fs::File::open(&dir)
             .and_then(|d| d.sync_all())
             .map_err(|source| io_error(&dir, source))
@@ -111,9 +116,7 @@ impl EfiEntryStore {
                     .map_err(|source| io_error(&path, source))?;
             }
         }
-        fs::File::open(&dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|source| io_error(&dir, source))
+        self.sync_dir()
     }
 }
 
@@ -124,7 +127,8 @@ impl BootStateStore for EfiEntryStore {
     }
 
     /// Makes the entries say what `state` says ([`efi_entries::plan`]) and returns the
-    /// state they now amount to. Nothing is changed when the plan is refused.
+    /// state they now amount to. When the plan is refused, nothing is changed but the
+    /// retiring of a staged twin a torn promotion left (a repair, whatever the plan).
     fn store(&mut self, state: &BootState) -> Result<BootState, BootStateError> {
         let (set, read_staged) = self.read()?;
         let mut staged = Vec::new();
