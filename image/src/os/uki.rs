@@ -34,7 +34,7 @@ pub enum UkiError {
     NotSystemdStub,
     #[error("unified kernel image has no {0} section")]
     MissingSection(&'static str),
-    #[error("the kernel command line must be one line of printable text without NULs")]
+    #[error("the kernel command line must be one line, without NUL, CR or LF")]
     BadCmdline,
     #[error("the UKI's os-release sets {0}: systemd-boot would then order entries by version instead of by Cairn's generation (docs/UEFI.md)")]
     SortKeyInOsRelease(&'static str),
@@ -101,8 +101,8 @@ pub fn pcr11_sha256(uki: &[u8]) -> Result<[u8; 32], UkiError> {
 /// The SHA-256 PCR 12 value after systemd-boot (254) started a UKI entry whose command
 /// line is `cmdline`, before anything else extends PCR 12: systemd-boot passes the entry's
 /// `.cmdline` to the stub as its load options and measures them first, as UTF-16LE with
-/// the terminating NUL. Cairn's own PCR 12 event log (cairnd's measurements) therefore
-/// starts from this value on the UEFI path, not from zeros.
+/// the terminating NUL. A replay of cairnd's own PCR 12 event log on the UEFI path must
+/// therefore start from this value, not from zeros (not built yet: docs/UEFI.md).
 pub fn pcr12_after_systemd_boot(cmdline: &str) -> [u8; 32] {
     let utf16: Vec<u8> = cmdline
         .encode_utf16()
