@@ -117,9 +117,9 @@ pub struct EfiParts {
     pub keys: SecureBootKeys,
     /// A key pair the firmware does not trust.
     pub foreign: KeyPair,
-    /// OVMF's variable store with `keys` enrolled and Secure Boot on.
+    /// The firmware's variable store (OVMF's or AAVMF's) with `keys` enrolled and
+    /// Secure Boot on.
     pub vars: PathBuf,
-    pub dir: PathBuf,
 }
 
 /// The parts for `arch`, made once per process (the Debian trees are cached across runs).
@@ -230,7 +230,6 @@ fn make_parts(arch: Arch) -> Result<EfiParts> {
         keys,
         foreign,
         vars,
-        dir,
     })
 }
 
