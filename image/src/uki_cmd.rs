@@ -9,6 +9,8 @@ use cairn_image::os::secureboot::{self, SecureBootKeys};
 use cairn_image::os::uki::{self, UkiParts};
 use clap::{Args, Subcommand};
 
+use crate::keys_cmd::read;
+
 #[derive(Subcommand)]
 pub enum UkiCommand {
     /// Append kernel, initramfs, command line, os-release and kernel release to systemd's
@@ -64,10 +66,6 @@ pub struct BuildArgs {
     uname: String,
     #[arg(long)]
     out: PathBuf,
-}
-
-fn read(path: &PathBuf) -> Result<Vec<u8>> {
-    std::fs::read(path).with_context(|| format!("reading {}", path.display()))
 }
 
 pub fn run(cmd: UkiCommand) -> Result<()> {

@@ -123,23 +123,20 @@ fn make_key_pair(pair: &KeyPair, subject_cn: &str) -> Result<()> {
 /// Signs the EFI binary `input` with `signer` into `output` (an Authenticode signature
 /// appended as the PE certificate table; `input` is left as it was).
 pub fn sign(signer: &KeyPair, input: &Path, output: &Path) -> Result<()> {
-    let out = Command::new("sbsign")
+    run(Command::new("sbsign")
         .arg("--key")
         .arg(&signer.key)
         .arg("--cert")
         .arg(&signer.cert)
         .arg("--output")
         .arg(output)
-        .arg(input)
-        .output()
-        .context("running sbsign (Debian package sbsigntool)")?;
-    if !out.status.success() {
-        bail!(
-            "sbsign {} failed: {}",
-            input.display(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
+        .arg(input))
+    .with_context(|| {
+        format!(
+            "signing {} (sbsign, Debian package sbsigntool)",
+            input.display()
+        )
+    })?;
     Ok(())
 }
 

@@ -15,10 +15,12 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, Context, Result};
 use cairn_image::os::cpio::{self, Entry};
 use cairn_image::os::debian;
+use cairn_image::os::disk;
 use cairn_image::os::profile::Debian;
+use cairn_image::os::run::{run, stdout};
 use cairn_image::os::secureboot::{self, KeyPair, SecureBootKeys};
 use cairn_image::os::uki::{self, UkiParts};
 
@@ -274,21 +276,19 @@ impl EfiParts {
 }
 
 /// A GPT disk with one EFI system partition: systemd-boot (signed with the project's db
-/// key) as the removable-media loader (`\EFI\BOOT\BOOTX64.EFI`, `BOOTAA64.EFI`), `loader/loader.conf` with
-/// no menu, and `ukis` (file name under `\EFI\Linux`, file) as Boot Loader Spec type #2
-/// entries.
+/// key) as the removable-media loader (`\EFI\BOOT\BOOTX64.EFI`, `BOOTAA64.EFI`),
+/// `loader/loader.conf` with no menu, and `ukis` (file name under `\EFI\Linux`, file) as
+/// Boot Loader Spec type #2 entries.
 pub fn esp_disk(parts: &EfiParts, ukis: &[(&str, &Path)], scratch: &Path) -> Result<PathBuf> {
     let esp = scratch.join("esp.fat");
     let _ = fs::remove_file(&esp);
     let esp_mib = 96u64;
-    tool(
-        Command::new("mkfs.vfat")
-            .args(["-C", "-F", "32", "-n", "ESP", "-i", "CA1E0001"])
-            .arg(&esp)
-            .arg((esp_mib * 1024).to_string()),
-    )?;
+    run(Command::new("mkfs.vfat")
+        .args(["-C", "-F", "32", "-n", "ESP", "-i", "CA1E0001"])
+        .arg(&esp)
+        .arg((esp_mib * 1024).to_string()))?;
     let img = |path: &str| format!("::{path}");
-    tool(Command::new("mmd").arg("-i").arg(&esp).args([
+    run(Command::new("mmd").arg("-i").arg(&esp).args([
         img("EFI"),
         img("EFI/BOOT"),
         img("EFI/Linux"),
@@ -311,13 +311,11 @@ pub fn esp_disk(parts: &EfiParts, ukis: &[(&str, &Path)], scratch: &Path) -> Res
         copies.push((file.to_path_buf(), format!("EFI/Linux/{name}")));
     }
     for (from, to) in copies {
-        tool(
-            Command::new("mcopy")
-                .arg("-i")
-                .arg(&esp)
-                .arg(&from)
-                .arg(img(&to)),
-        )?;
+        run(Command::new("mcopy")
+            .arg("-i")
+            .arg(&esp)
+            .arg(&from)
+            .arg(img(&to)))?;
     }
     let disk = scratch.join("disk.img");
     let _ = fs::remove_file(&disk);
@@ -326,41 +324,24 @@ pub fn esp_disk(parts: &EfiParts, ukis: &[(&str, &Path)], scratch: &Path) -> Res
         "label: gpt\nlabel-id: 4F1C2D3E-0000-4000-8000-00000000CA1E\nstart=2048, size={}, type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B, name=esp\n",
         esp_mib * 2048
     );
-    let mut sfdisk = Command::new("sfdisk")
-        .arg("-q")
-        .arg(&disk)
-        .stdin(std::process::Stdio::piped())
-        .spawn()?;
-    use std::io::Write;
-    sfdisk
-        .stdin
-        .take()
-        .context("sfdisk stdin")?
-        .write_all(table.as_bytes())?;
-    if !sfdisk.wait()?.success() {
-        bail!("sfdisk failed on {}", disk.display());
-    }
-    tool(
-        Command::new("dd")
-            .arg(format!("if={}", esp.display()))
-            .arg(format!("of={}", disk.display()))
-            .args(["bs=1M", "seek=1", "conv=notrunc", "status=none"]),
-    )?;
+    disk::sfdisk(&disk, &table)?;
+    run(Command::new("dd")
+        .arg(format!("if={}", esp.display()))
+        .arg(format!("of={}", disk.display()))
+        .args(["bs=1M", "seek=1", "conv=notrunc", "status=none"]))?;
     Ok(disk)
 }
 
 /// The files under `\EFI\Linux` of `disk`'s ESP, as mtools lists them (long names).
 pub fn linux_entries(disk: &Path) -> Result<Vec<String>> {
-    let out = Command::new("mdir")
-        .arg("-b")
-        .arg("-i")
-        .arg(format!("{}@@1M", disk.display()))
-        .arg("::EFI/Linux")
-        .output()?;
-    if !out.status.success() {
-        bail!("mdir: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    let mut names: Vec<String> = String::from_utf8_lossy(&out.stdout)
+    let listing = stdout(
+        Command::new("mdir")
+            .arg("-b")
+            .arg("-i")
+            .arg(format!("{}@@1M", disk.display()))
+            .arg("::EFI/Linux"),
+    )?;
+    let mut names: Vec<String> = listing
         .lines()
         .filter_map(|l| l.trim().rsplit('/').next().map(str::to_owned))
         .filter(|n| !n.is_empty())
@@ -377,18 +358,4 @@ pub fn probe_fact(console: &str, key: &str) -> Option<String> {
             .split_once(&prefix)
             .map(|(_, v)| v.trim().to_owned())
     })
-}
-
-fn tool(cmd: &mut Command) -> Result<()> {
-    let out = cmd
-        .output()
-        .with_context(|| format!("running {:?}", cmd.get_program()))?;
-    if !out.status.success() {
-        bail!(
-            "{:?} failed: {}",
-            cmd.get_program(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
 }
