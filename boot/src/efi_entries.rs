@@ -120,6 +120,41 @@ fn number<T: std::str::FromStr>(digits: &str) -> Option<T> {
     digits.parse().ok()
 }
 
+/// The EFI variable in which systemd-boot tells the OS which entry it started (its
+/// vendor GUID is the Boot Loader Interface's), as efivarfs names it.
+pub const LOADER_ENTRY_SELECTED: &str = "LoaderEntrySelected-4a67b082-0a4c-41cf-b6c7-440b29bb8c4f";
+
+/// The slot of the entry systemd-boot started, from the contents of the efivarfs file
+/// [`LOADER_ENTRY_SELECTED`]: 4 bytes of attributes, then the entry's id in UTF-16LE
+/// (with or without a terminating NUL). The id is the entry's file name; it is read with
+/// or without its counter and `.efi` suffix. `None` when it is not a Cairn entry.
+///
+/// This is how the OS learns its slot on the UEFI path, where one UKI, and so one signed
+/// command line, serves both slots. The initramfs reads the same variable
+/// (`boot/initramfs/init`).
+pub fn selected_entry_slot(efivar: &[u8]) -> Option<SlotId> {
+    let units: Vec<u16> = efivar
+        .get(4..)?
+        .chunks_exact(2)
+        .map(|c| u16::from_le_bytes([c[0], c[1]]))
+        .take_while(|u| *u != 0)
+        .collect();
+    let id = String::from_utf16(&units).ok()?.to_ascii_lowercase();
+    let rest = id.strip_prefix(PREFIX)?;
+    let (generation, rest) = rest.split_once('-')?;
+    number::<u64>(generation)?;
+    let mut chars = rest.chars();
+    let slot = match chars.next()? {
+        'a' => SlotId::A,
+        'b' => SlotId::B,
+        _ => return None,
+    };
+    match chars.next() {
+        None | Some('+') | Some('.') => Some(slot),
+        Some(_) => None,
+    }
+}
+
 /// The `n`th name a retired entry may take in [`ENTRY_DIR`] ([`EntryOp::Retire`]). Nothing
 /// reads, renames over or removes these names: they share clusters with a live entry, or
 /// with whatever reused the clusters after that entry was removed.
@@ -170,6 +205,25 @@ impl EntrySet {
 
     pub fn entries(&self) -> &[Entry] {
         &self.entries
+    }
+
+    /// What a freshly flashed disk holds: slot A committed (`cairn-1-a.efi`), and when
+    /// slot B holds a bootable copy, B good too but after A (`cairn-0-b.efi`), so it is
+    /// the fallback from the first boot on.
+    pub fn flashed(slot_b_bootable: bool) -> EntrySet {
+        let mut entries = vec![Entry {
+            generation: 1,
+            slot: SlotId::A,
+            counter: None,
+        }];
+        if slot_b_bootable {
+            entries.push(Entry {
+                generation: 0,
+                slot: SlotId::B,
+                counter: None,
+            });
+        }
+        EntrySet { entries }
     }
 
     /// systemd-boot's order: bad last, then higher generation first, then more tries
@@ -406,6 +460,56 @@ mod tests {
 
     fn set(names: &[&str]) -> EntrySet {
         EntrySet::from_file_names(names)
+    }
+
+    fn efivar(id: &str) -> Vec<u8> {
+        let mut bytes = vec![6, 0, 0, 0];
+        for unit in id.encode_utf16().chain([0]) {
+            bytes.extend(unit.to_le_bytes());
+        }
+        bytes
+    }
+
+    #[test]
+    fn the_selected_entry_names_the_booted_slot() {
+        for (id, slot) in [
+            ("cairn-1-a.efi", Some(SlotId::A)),
+            ("cairn-12-b+0-1.efi", Some(SlotId::B)),
+            ("CAIRN-3-B+1.EFI", Some(SlotId::B)),
+            ("cairn-3-a", Some(SlotId::A)),
+            ("cairn-3-ab.efi", None),
+            ("cairn-x-a.efi", None),
+            ("debian.efi", None),
+            ("", None),
+        ] {
+            assert_eq!(selected_entry_slot(&efivar(id)), slot, "{id}");
+        }
+        assert_eq!(
+            selected_entry_slot(&[6, 0]),
+            None,
+            "shorter than its attributes"
+        );
+        let mut no_nul = efivar("cairn-1-b.efi");
+        no_nul.truncate(no_nul.len() - 2);
+        assert_eq!(selected_entry_slot(&no_nul), Some(SlotId::B));
+    }
+
+    #[test]
+    fn a_flashed_disk_boots_a_committed_with_b_as_the_fallback_when_copied() {
+        for slot_b_bootable in [false, true] {
+            let set = EntrySet::flashed(slot_b_bootable);
+            let state = state_of(&set);
+            assert_eq!(state.committed, SlotId::A);
+            assert_eq!(state.next_boot(), Some(SlotId::A));
+            assert_eq!(state.tries(SlotId::B) > 0, slot_b_bootable);
+            assert_eq!(set.next_boot().unwrap().file_name(), "cairn-1-a.efi");
+        }
+        let names: Vec<String> = EntrySet::flashed(true)
+            .in_boot_order()
+            .iter()
+            .map(Entry::file_name)
+            .collect();
+        assert_eq!(names, ["cairn-1-a.efi", "cairn-0-b.efi"]);
     }
 
     #[test]

@@ -93,6 +93,9 @@ pub enum Target {
 pub struct SystemPaths {
     pub cmdline: PathBuf,
     pub boot_id: PathBuf,
+    /// efivarfs: on the UEFI path the booted slot is the one of the entry systemd-boot
+    /// started (`LoaderEntrySelected`), since the command line names none.
+    pub efivars: PathBuf,
     /// Cross-check `cairn.slot=` against the device actually mounted at `/`.
     pub check_root_device: bool,
     /// Where cairnd serves Prometheus metrics.
@@ -104,6 +107,7 @@ impl Default for SystemPaths {
         SystemPaths {
             cmdline: "/proc/cmdline".into(),
             boot_id: "/proc/sys/kernel/random/boot_id".into(),
+            efivars: "/sys/firmware/efi/efivars".into(),
             check_root_device: true,
             metrics_listen: "127.0.0.1:9469".into(),
         }

@@ -3,7 +3,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use cairn_boot::KernelCmdline;
+use cairn_boot::{efi_entries, KernelCmdline};
 
 use crate::bootstate::SlotId;
 use crate::config::{SystemConfig, Target};
@@ -16,7 +16,10 @@ pub enum SlotError {
         #[source]
         source: std::io::Error,
     },
-    #[error("kernel command line has no cairn.slot=A|B")]
+    #[error(
+        "kernel command line has no cairn.slot=A|B, and the EFI variable LoaderEntrySelected \
+         names no Cairn entry"
+    )]
     NoSlotArgument,
     #[error("no partition labelled '{0}'")]
     NoPartition(String),
@@ -46,7 +49,7 @@ pub fn boot_facts(config: &SystemConfig) -> Result<BootFacts, SlotError> {
         })
     };
     let cmdline = KernelCmdline::new(&read(&config.system.cmdline)?);
-    let slot = cmdline.slot().ok_or(SlotError::NoSlotArgument)?;
+    let slot = booted_slot(config, &cmdline)?;
     let facts = BootFacts {
         slot,
         recovery: cmdline.recovery(),
@@ -56,6 +59,26 @@ pub fn boot_facts(config: &SystemConfig) -> Result<BootFacts, SlotError> {
         check_root_device(config, slot)?;
     }
     Ok(facts)
+}
+
+/// The slot this boot started: `cairn.slot=` on U-Boot's command line, or on the UEFI
+/// path (one UKI, one signed command line for both slots) the slot of the entry
+/// systemd-boot started.
+pub fn booted_slot(config: &SystemConfig, cmdline: &KernelCmdline) -> Result<SlotId, SlotError> {
+    if let Some(slot) = cmdline.slot() {
+        return Ok(slot);
+    }
+    if cmdline.value(cairn_boot::cmdline::SLOT).is_some() {
+        return Err(SlotError::NoSlotArgument);
+    }
+    let var = config
+        .system
+        .efivars
+        .join(efi_entries::LOADER_ENTRY_SELECTED);
+    fs::read(&var)
+        .ok()
+        .and_then(|bytes| efi_entries::selected_entry_slot(&bytes))
+        .ok_or(SlotError::NoSlotArgument)
 }
 
 /// The block device behind `/` must be the booted slot's rootfs partition (directly or

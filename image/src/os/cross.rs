@@ -1,16 +1,17 @@
-//! Cross-compiling the workspace's own binaries for the device (aarch64-unknown-linux-gnu).
-//! A separate target directory keeps this nested cargo clear of the outer build's lock.
+//! Building the workspace's own binaries for the device's architecture (cross-compiled
+//! for arm64; for amd64 with the build machine's own toolchain, against the same Debian
+//! release's libraries). A separate target directory keeps this nested cargo clear of the
+//! outer build's lock.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 
+use super::arch::Arch;
 use super::profile::WorkspaceBinaries;
 use super::progress::Stage;
 use super::run::{run, stdout};
-
-pub const TARGET: &str = "aarch64-unknown-linux-gnu";
 
 /// A built binary and where it goes in the tree.
 pub struct Built {
@@ -21,8 +22,10 @@ pub struct Built {
 pub fn build(
     workspace: &Path,
     target_dir: &Path,
+    arch: Arch,
     wanted: &[WorkspaceBinaries],
 ) -> Result<Vec<Built>> {
+    let target = arch.rust_target();
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let packages = workspace_packages(&cargo, workspace)?;
     let mut built = Vec::new();
@@ -41,28 +44,30 @@ pub fn build(
                 entry.package
             );
         }
-        let stage = Stage::start(format!(
-            "binaries: cross-compiling {} for {TARGET}",
-            entry.package
-        ));
+        let stage = Stage::start(format!("binaries: building {} for {target}", entry.package));
         let mut cmd = Command::new(&cargo);
         cmd.current_dir(workspace)
             .args([
                 "build",
                 "--release",
                 "--target",
-                TARGET,
+                target,
                 "-p",
                 &entry.package,
             ])
             .arg("--target-dir")
             .arg(target_dir)
+            .env("PKG_CONFIG_ALLOW_CROSS", "1")
             .env(
+                "PKG_CONFIG_LIBDIR",
+                format!("/usr/lib/{}/pkgconfig", arch.triplet()),
+            );
+        if arch == Arch::Arm64 {
+            cmd.env(
                 "CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER",
                 "aarch64-linux-gnu-gcc",
-            )
-            .env("PKG_CONFIG_ALLOW_CROSS", "1")
-            .env("PKG_CONFIG_LIBDIR", "/usr/lib/aarch64-linux-gnu/pkgconfig");
+            );
+        }
         for bin in &entry.bins {
             cmd.args(["--bin", bin]);
         }
@@ -70,7 +75,7 @@ pub fn build(
         run(&mut cmd)?;
         for bin in &entry.bins {
             built.push(Built {
-                path: target_dir.join(TARGET).join("release").join(bin),
+                path: target_dir.join(target).join("release").join(bin),
                 dest: format!("{}/{bin}", entry.dest.trim_matches('/')),
             });
         }

@@ -8,10 +8,12 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
+use cairn_boot::efi_entries::{EntrySet, ENTRY_DIR};
 use cairn_boot::{copies, images, layout, BootState, ImageRecord, SlotArgs, SlotId, SlotImages};
 use cairn_bundle::Verity;
 
 use super::bmap;
+use super::esp::{self, BootFiles};
 use super::profile::Profile;
 use super::progress::{mib, Stage};
 use super::run::run;
@@ -39,6 +41,8 @@ pub struct Inputs<'a> {
     pub slot_image: &'a Path,
     pub verity: &'a Verity,
     pub slot_b: SlotB,
+    /// The UEFI path's boot files; without them the boot partition is U-Boot's.
+    pub efi: Option<&'a BootFiles>,
     pub out: &'a Path,
 }
 
@@ -76,7 +80,10 @@ pub fn build(inputs: &Inputs) -> Result<DiskSummary> {
 
     let stage = Stage::start("disk: boot partition (FAT32)");
     let boot = work.join("boot.vfat");
-    build_boot_partition(inputs, &work, &boot)?;
+    match inputs.efi {
+        Some(files) => build_esp(inputs, files, &boot)?,
+        None => build_boot_partition(inputs, &work, &boot)?,
+    }
     stage.done(format!("{} MiB", profile.disk.boot_mib));
 
     let stage = Stage::start("disk: data partition (ext4)");
@@ -170,6 +177,55 @@ pub fn layout(profile: &Profile) -> Vec<Partition> {
         .collect()
 }
 
+/// Makes `boot` an empty FAT32 file system of the profile's boot partition size.
+fn boot_filesystem(profile: &Profile, boot: &Path) -> Result<()> {
+    run(Command::new("mkfs.vfat")
+        .args(["-F", "32", "-n", "CAIRN-BOOT", "-i", "c41a7e11"])
+        .arg("-C")
+        .arg(boot)
+        .arg((profile.disk.boot_mib * 1024).to_string()))?;
+    Ok(())
+}
+
+/// Runs an mtools command (`args[0]`: mmd, mcopy) on the FAT image `boot`.
+fn mtools(boot: &Path, args: &[&std::ffi::OsStr]) -> Result<()> {
+    run(Command::new(args[0])
+        .arg("-i")
+        .arg(boot)
+        .args(&args[1..])
+        .env("MTOOLS_SKIP_CHECK", "1"))?;
+    Ok(())
+}
+
+/// The UEFI path's ESP (docs/UEFI.md): signed systemd-boot as the removable-media
+/// loader, `loader/loader.conf` (no menu), and the slot's signed UKI as the entries of
+/// a freshly flashed disk ([`EntrySet::flashed`]).
+fn build_esp(inputs: &Inputs, files: &BootFiles, boot: &Path) -> Result<()> {
+    boot_filesystem(inputs.profile, boot)?;
+    let mtools = |args: &[&std::ffi::OsStr]| mtools(boot, args);
+    let os = |s: &str| std::ffi::OsString::from(s);
+    let dirs = ["EFI", "EFI/BOOT", ENTRY_DIR, "loader"].map(|d| os(&format!("::{d}")));
+    mtools(&[&os("mmd"), &dirs[0], &dirs[1], &dirs[2], &dirs[3]])?;
+    let loader_conf = boot.with_file_name("loader.conf");
+    fs::write(&loader_conf, "timeout 0\nconsole-mode keep\n")?;
+    let arch = inputs.profile.arch()?;
+    let mut copies = vec![
+        (files.systemd_boot.clone(), esp::removable_loader(arch)),
+        (loader_conf, "loader/loader.conf".to_string()),
+    ];
+    let entries = EntrySet::flashed(inputs.slot_b == SlotB::Copy);
+    for entry in entries.entries() {
+        copies.push((
+            files.uki.clone(),
+            format!("{ENTRY_DIR}/{}", entry.file_name()),
+        ));
+    }
+    for (from, to) in copies {
+        mtools(&[&os("mcopy"), from.as_os_str(), &os(&format!("::{to}"))])?;
+    }
+    Ok(())
+}
+
 fn build_boot_partition(inputs: &Inputs, work: &Path, boot: &Path) -> Result<()> {
     let profile = inputs.profile;
     let epoch = profile.slot.epoch.to_string();
@@ -196,19 +252,8 @@ fn build_boot_partition(inputs: &Inputs, work: &Path, boot: &Path) -> Result<()>
     fs::write(&state0, copy0)?;
     fs::write(&state1, copy1)?;
 
-    run(Command::new("mkfs.vfat")
-        .args(["-F", "32", "-n", "CAIRN-BOOT", "-i", "c41a7e11"])
-        .arg("-C")
-        .arg(boot)
-        .arg((profile.disk.boot_mib * 1024).to_string()))?;
-    let mtools = |args: &[&std::ffi::OsStr]| -> Result<()> {
-        run(Command::new(args[0])
-            .arg("-i")
-            .arg(boot)
-            .args(&args[1..])
-            .env("MTOOLS_SKIP_CHECK", "1"))?;
-        Ok(())
-    };
+    boot_filesystem(profile, boot)?;
+    let mtools = |args: &[&std::ffi::OsStr]| mtools(boot, args);
     let os = |s: &str| std::ffi::OsString::from(s);
     mtools(&[&os("mmd"), &os("::a"), &os("::b")])?;
     for file in [&script, &state0, &state1] {

@@ -8,18 +8,21 @@ use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 
+use super::arch::Arch;
 use super::run::stdout;
 
 /// Where glibc looks without an ld.so.cache, and where the libraries are put.
-const LIB_DIRS: &[&str] = &[
-    "lib/aarch64-linux-gnu",
-    "usr/lib/aarch64-linux-gnu",
-    "lib",
-    "usr/lib",
-];
+fn lib_dirs(arch: Arch) -> [String; 4] {
+    [
+        format!("lib/{}", arch.triplet()),
+        format!("usr/lib/{}", arch.triplet()),
+        "lib".into(),
+        "usr/lib".into(),
+    ]
+}
 
 /// The libraries `binary` needs, transitively: (soname, path in `tree`).
-pub fn needed_libraries(tree: &Path, binary: &Path) -> Result<Vec<(String, PathBuf)>> {
+pub fn needed_libraries(tree: &Path, binary: &Path, arch: Arch) -> Result<Vec<(String, PathBuf)>> {
     let mut found = BTreeSet::new();
     let mut queue = vec![binary.to_path_buf()];
     let mut result = Vec::new();
@@ -28,7 +31,7 @@ pub fn needed_libraries(tree: &Path, binary: &Path) -> Result<Vec<(String, PathB
             if !found.insert(soname.clone()) {
                 continue;
             }
-            let path = find_library(tree, &soname)?;
+            let path = find_library(tree, &soname, arch)?;
             queue.push(path.clone());
             result.push((soname, path));
         }
@@ -50,8 +53,8 @@ fn dt_needed(file: &Path) -> Result<Vec<String>> {
         .collect())
 }
 
-fn find_library(tree: &Path, soname: &str) -> Result<PathBuf> {
-    for dir in LIB_DIRS {
+fn find_library(tree: &Path, soname: &str, arch: Arch) -> Result<PathBuf> {
+    for dir in lib_dirs(arch) {
         let candidate = tree.join(dir).join(soname);
         if let Some(real) = resolve_in_tree(tree, &candidate)? {
             return Ok(real);

@@ -6,6 +6,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 
+use super::arch::Arch;
 use super::cpio::{self, Entry};
 use super::elf;
 
@@ -22,6 +23,7 @@ pub struct Inputs<'a> {
     pub init: &'a Path,
     /// Paths inside `tree`.
     pub binaries: &'a [String],
+    pub arch: Arch,
     pub mtime: u32,
 }
 
@@ -29,22 +31,15 @@ pub struct Inputs<'a> {
 /// a few MB more on the FAT partition cost less than decompressing under TCG).
 pub fn build(inputs: &Inputs) -> Result<Vec<u8>> {
     let mut entries = Vec::new();
-    for dir in [
-        "bin",
-        "dev",
-        "etc",
-        "lib",
-        "lib/aarch64-linux-gnu",
-        "newroot",
-        "proc",
-        "run",
-        "sbin",
-        "sys",
-        "tmp",
-        "usr",
-        "usr/bin",
-        "usr/sbin",
-    ] {
+    let lib_dir = format!("lib/{}", inputs.arch.triplet());
+    let interpreter_dir = inputs.arch.interpreter_dir();
+    let mut dirs = vec!["bin", "dev", "etc", "lib", &lib_dir];
+    if interpreter_dir != "lib" {
+        dirs.push(interpreter_dir);
+    }
+    for dir in dirs.into_iter().chain([
+        "newroot", "proc", "run", "sbin", "sys", "tmp", "usr", "usr/bin", "usr/sbin",
+    ]) {
         entries.push(Entry::Dir {
             path: dir.into(),
             mode: 0o755,
@@ -93,19 +88,16 @@ pub fn build(inputs: &Inputs) -> Result<Vec<u8>> {
     for binary in inputs.binaries {
         let source = inputs.tree.join(binary);
         entries.push(file(&source, binary, 0o755)?);
-        for (soname, path) in elf::needed_libraries(inputs.tree, &source)? {
+        for (soname, path) in elf::needed_libraries(inputs.tree, &source, inputs.arch)? {
             libraries.insert(soname, path);
         }
     }
     for (soname, path) in &libraries {
-        entries.push(file(
-            path,
-            &format!("lib/aarch64-linux-gnu/{soname}"),
-            0o755,
-        )?);
+        entries.push(file(path, &format!("{lib_dir}/{soname}"), 0o755)?);
         if soname.starts_with("ld-linux") {
-            // The program interpreter is looked up at /lib/ld-linux-aarch64.so.1.
-            entries.push(file(path, &format!("lib/{soname}"), 0o755)?);
+            // The program interpreter is looked up at /lib/ld-linux-aarch64.so.1 or
+            // /lib64/ld-linux-x86-64.so.2.
+            entries.push(file(path, &format!("{interpreter_dir}/{soname}"), 0o755)?);
         }
     }
 

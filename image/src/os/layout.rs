@@ -42,6 +42,15 @@ impl Layout {
     pub fn verity_json(&self) -> PathBuf {
         self.out.join("verity.json")
     }
+    /// The UEFI path's signed unified kernel image (a bundle's `uki` image).
+    pub fn uki(&self) -> PathBuf {
+        self.out.join("uki.efi")
+    }
+    /// The UEFI firmware's variable store with the profile's Secure Boot keys enrolled
+    /// (QEMU's second pflash drive).
+    pub fn efi_vars(&self) -> PathBuf {
+        self.out.join("efi-vars.fd")
+    }
     pub fn disk(&self) -> PathBuf {
         self.out.join("disk.img")
     }

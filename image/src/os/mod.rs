@@ -3,12 +3,14 @@
 //! Debian tools (mmdebstrap, mkfs.erofs, veritysetup, mkfs.vfat, mtools, sfdisk, mkfs.ext4),
 //! never loop devices or mounts, so it runs unprivileged-style on any build machine.
 
+pub mod arch;
 pub mod bmap;
 pub mod cpio;
 pub mod cross;
 pub mod debian;
 pub mod disk;
 pub mod elf;
+pub mod esp;
 pub mod initramfs;
 pub mod kernel;
 pub mod layout;

@@ -12,7 +12,7 @@ use super::disk::{self, SlotB};
 use super::layout::Layout;
 use super::profile::{workspace_root, Profile, DEV_SERVER_CA};
 use super::progress::mib;
-use super::{rootfs, slot};
+use super::{esp, rootfs, slot};
 use crate::tls::DevTls;
 
 pub struct Build {
@@ -104,6 +104,10 @@ impl Build {
 
     pub fn disk(&self, slot_b: SlotB) -> Result<disk::DiskSummary> {
         let verity = self.verity()?;
+        let boot_files = match &self.profile.efi {
+            Some(efi) => Some(esp::build(&self.profile, efi, &self.layout, &verity)?),
+            None => None,
+        };
         let summary = disk::build(&disk::Inputs {
             profile: &self.profile,
             workspace: &self.layout.workspace,
@@ -112,6 +116,7 @@ impl Build {
             slot_image: &self.layout.slot_image(),
             verity: &verity,
             slot_b,
+            efi: boot_files.as_ref(),
             out: &self.layout.disk(),
         })?;
         eprintln!(
@@ -130,6 +135,13 @@ impl Build {
             "    slot B: {slot_b:?}; rootfs root hash {}",
             verity.root_hash
         );
+        if let Some(files) = &boot_files {
+            eprintln!(
+                "    UEFI: signed UKI {}, firmware variables (Secure Boot keys enrolled) {}",
+                files.uki.display(),
+                files.vars.display()
+            );
+        }
         eprintln!(
             "    disk {} ({}), bmap {}",
             self.layout.disk().display(),

@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 
+use super::arch::Arch;
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Profile {
@@ -49,6 +51,25 @@ pub struct Profile {
     /// the reboot; none: such bundles are refused.
     #[serde(default)]
     pub containers: Option<Containers>,
+    /// The UEFI boot path (docs/UEFI.md): firmware → systemd-boot → one signed unified
+    /// kernel image per slot. Without it, the image boots with U-Boot (`disk.boot_script`).
+    #[serde(default)]
+    pub efi: Option<Efi>,
+}
+
+/// `[efi]`: what the UEFI boot path's ESP holds besides the slots' UKIs.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Efi {
+    /// Debian packages with systemd-boot and its stub (`systemd-boot-efi`, 254 from
+    /// bookworm-backports: 252's stub measures neither `.uname` nor `.sbat`).
+    pub packages: Vec<String>,
+    /// The start of every UKI's kernel command line; the slot's verity arguments follow.
+    pub cmdline: String,
+    /// A directory with the Secure Boot keys (`os::secureboot`: PK, KEK, db); without
+    /// it, development keys are made once under `target/cairn/dev-keys/secureboot`.
+    #[serde(default)]
+    pub secure_boot_keys: Option<PathBuf>,
 }
 
 /// `[containers]`: containerd's socket in the image (its archives are kept on /data).
@@ -154,11 +175,15 @@ pub struct Rootfs {
     pub packages: Vec<String>,
     #[serde(default)]
     pub cni_plugins: Vec<String>,
+    /// Paths removed from the tree; `{triplet}` stands for the multiarch directory name
+    /// (`aarch64-linux-gnu`, `x86_64-linux-gnu`).
     #[serde(default)]
     pub trim: Vec<String>,
     pub overlay: PathBuf,
     #[serde(default)]
     pub console_shell: bool,
+    /// The serial console's device (`ttyAMA0`, `ttyS0`): the development shell runs on it.
+    pub serial_console: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -221,6 +246,11 @@ pub struct Disk {
 }
 
 impl Profile {
+    /// The device's architecture.
+    pub fn arch(&self) -> Result<Arch> {
+        Arch::from_debian(&self.debian.architecture)
+    }
+
     /// Reads a profile. `extends = "other.toml"` (relative to the profile) starts from
     /// that profile: tables merge key by key, any other value replaces the base's.
     pub fn load(path: &Path) -> Result<Profile> {
@@ -246,8 +276,15 @@ impl Profile {
         if hex::decode(&self.slot.verity_salt).is_err() {
             bail!("slot.verity_salt must be hex");
         }
+        Arch::from_debian(&self.debian.architecture)?;
         if self.disk.boot_mib < 128 {
             bail!("disk.boot_mib must be at least 128 (two kernels and initrds)");
+        }
+        if !simple(&self.rootfs.serial_console) {
+            bail!(
+                "rootfs.serial_console {:?} must be a device name",
+                self.rootfs.serial_console
+            );
         }
         for path in self.rootfs.trim.iter() {
             if path.starts_with('/') || path.split('/').any(|c| c == ".." || c.is_empty()) {

@@ -11,7 +11,9 @@ use std::path::Path;
 use std::process::Command;
 
 use anyhow::{Context, Result};
+use cairn_boot::{layout, EfiEntryStore, SlotId};
 
+use super::arch::Arch;
 use super::cross;
 use super::debian::{self, copy_tree};
 use super::initramfs;
@@ -48,9 +50,10 @@ pub fn build(
 
     let stage = Stage::start("rootfs: assembling the tree");
     let tree = layout.tree();
+    let arch = profile.arch()?;
     copy_tree(&base.dir, &tree)?;
-    trim(profile, &tree)?;
-    let applets = busybox_applets(&tree)?;
+    trim(profile, arch, &tree)?;
+    let applets = busybox_applets(&tree, arch)?;
     let linked = link_applets(&tree, &applets)?;
     for dir in [
         "boot", "data", "dev", "proc", "root", "run", "sys", "tmp", "mnt",
@@ -58,15 +61,7 @@ pub fn build(
         fs::create_dir_all(tree.join(dir))?;
     }
     copy_overlay(&layout.workspace.join(&profile.rootfs.overlay), &tree)?;
-    if !profile.rootfs.console_shell {
-        let inittab = tree.join("etc/inittab");
-        let text = fs::read_to_string(&inittab).unwrap_or_default();
-        let kept: Vec<&str> = text
-            .lines()
-            .filter(|l| !l.contains(":respawn:-/bin/sh"))
-            .collect();
-        fs::write(&inittab, kept.join("\n") + "\n")?;
-    }
+    console_shell(profile, &tree)?;
     write_cairn_config(profile, &tree, trust_root, server_ca)?;
     fs::write(
         tree.join("etc/modules"),
@@ -75,7 +70,7 @@ pub fn build(
     let module_count = kernel.install_modules(&profile.kernel.modules, &tree)?;
 
     let cross_dir = layout.workspace.join("target/cairn/cross");
-    for built in cross::build(&layout.workspace, &cross_dir, &profile.binaries)? {
+    for built in cross::build(&layout.workspace, &cross_dir, arch, &profile.binaries)? {
         let dest = tree.join(&built.dest);
         fs::create_dir_all(dest.parent().context("binary destination has a parent")?)?;
         fs::copy(&built.path, &dest)
@@ -107,6 +102,7 @@ pub fn build(
         data_exec: &profile.disk.data_exec,
         init: &layout.workspace.join(&profile.initramfs.init),
         binaries: &profile.initramfs.binaries,
+        arch,
         mtime: u32::try_from(profile.slot.epoch).context("slot.epoch beyond 2106")?,
     })?;
     fs::write(layout.initrd(), &initrd)?;
@@ -118,9 +114,30 @@ pub fn build(
     Ok(())
 }
 
-fn trim(profile: &Profile, tree: &Path) -> Result<()> {
+/// The overlay's inittab runs a shell on the serial console (the line with
+/// `:respawn:-/bin/sh`): on the profile's console device, or nowhere without
+/// `console_shell`.
+fn console_shell(profile: &Profile, tree: &Path) -> Result<()> {
+    let inittab = tree.join("etc/inittab");
+    let text = fs::read_to_string(&inittab).unwrap_or_default();
+    let lines: Vec<String> = text
+        .lines()
+        .filter_map(|line| match line.split_once(":respawn:-/bin/sh") {
+            None => Some(line.to_string()),
+            Some(_) if !profile.rootfs.console_shell => None,
+            Some((_, rest)) => Some(format!(
+                "{}::respawn:-/bin/sh{rest}",
+                profile.rootfs.serial_console
+            )),
+        })
+        .collect();
+    fs::write(&inittab, lines.join("\n") + "\n")?;
+    Ok(())
+}
+
+fn trim(profile: &Profile, arch: Arch, tree: &Path) -> Result<()> {
     for rel in &profile.rootfs.trim {
-        let path = tree.join(rel);
+        let path = tree.join(rel.replace("{triplet}", arch.triplet()));
         match fs::symlink_metadata(&path) {
             Ok(meta) if meta.is_dir() => fs::remove_dir_all(&path)?,
             Ok(_) => fs::remove_file(&path)?,
@@ -141,13 +158,19 @@ fn trim(profile: &Profile, tree: &Path) -> Result<()> {
 }
 
 /// `bin/sh`, `usr/bin/awk`, ...: the applets of the tree's busybox, from the binary itself
-/// (run once under qemu-aarch64-static; it is static, so it needs nothing else).
-pub fn busybox_applets(tree: &Path) -> Result<Vec<String>> {
-    let list = stdout(
-        Command::new("qemu-aarch64-static")
-            .arg(tree.join("bin/busybox"))
-            .arg("--list-full"),
-    )?;
+/// (run once, under qemu-user for a foreign architecture; it is static, so it needs
+/// nothing else).
+pub fn busybox_applets(tree: &Path, arch: Arch) -> Result<Vec<String>> {
+    let busybox = tree.join("bin/busybox");
+    let mut command = match arch.user_emulator() {
+        Some(emulator) => {
+            let mut command = Command::new(emulator);
+            command.arg(&busybox);
+            command
+        }
+        None => Command::new(&busybox),
+    };
+    let list = stdout(command.arg("--list-full"))?;
     Ok(list
         .lines()
         .map(str::trim)
@@ -237,22 +260,36 @@ fn system_toml(profile: &Profile) -> String {
          compatible = \"{compatible}\"\n\
          trust_root = \"/etc/cairn/root.json\"\n\
          data_dir = \"/data/cairn\"\n\
-         health_dir = \"/etc/cairn/health.d\"\n\n\
-         [bootloader]\n\
-         backend = \"uboot-env\"\n\
-         dir = \"/boot\"\n",
+         health_dir = \"/etc/cairn/health.d\"\n\n",
         name = profile.name,
         compatible = profile.compatible,
     );
-    for (slot, dir) in [("A", "a"), ("B", "b")] {
-        text.push_str(&format!(
-            "\n[slots.{slot}]\n\
-             slot_env = \"/boot/{dir}/slot.env\"\n\
-             [slots.{slot}.images]\n\
-             rootfs = {{ device = \"PARTLABEL=rootfs-{dir}\" }}\n\
-             kernel = {{ file = \"/boot/{dir}/vmlinuz\" }}\n\
-             initrd = {{ file = \"/boot/{dir}/initrd.img\" }}\n"
-        ));
+    // rcS mounts the boot partition (the ESP on the UEFI path) at /boot.
+    if profile.efi.is_some() {
+        text.push_str("[bootloader]\nbackend = \"efi\"\nesp = \"/boot\"\n");
+        let esp = EfiEntryStore::new("/boot");
+        for slot in [SlotId::A, SlotId::B] {
+            let dir = layout::slot_dir(slot);
+            text.push_str(&format!(
+                "\n[slots.{slot}]\n\
+                 [slots.{slot}.images]\n\
+                 rootfs = {{ device = \"PARTLABEL=rootfs-{dir}\" }}\n\
+                 uki = {{ file = \"{}\" }}\n",
+                esp.staged_path(slot).display()
+            ));
+        }
+    } else {
+        text.push_str("[bootloader]\nbackend = \"uboot-env\"\ndir = \"/boot\"\n");
+        for (slot, dir) in [("A", "a"), ("B", "b")] {
+            text.push_str(&format!(
+                "\n[slots.{slot}]\n\
+                 slot_env = \"/boot/{dir}/slot.env\"\n\
+                 [slots.{slot}.images]\n\
+                 rootfs = {{ device = \"PARTLABEL=rootfs-{dir}\" }}\n\
+                 kernel = {{ file = \"/boot/{dir}/vmlinuz\" }}\n\
+                 initrd = {{ file = \"/boot/{dir}/initrd.img\" }}\n"
+            ));
+        }
     }
     if let Some(health) = &profile.health {
         text.push_str(&format!(
@@ -362,5 +399,48 @@ mod tests {
                 Some(format!("/boot/{dir}/slot.env").as_str())
             );
         }
+    }
+
+    #[test]
+    fn system_toml_on_the_uefi_path_names_the_esp_and_each_slots_staged_uki() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("profiles/qemu-x86_64-efi.toml");
+        let profile = Profile::load(&path).unwrap();
+        let config: toml::Value = toml::from_str(&system_toml(&profile)).unwrap();
+        assert_eq!(config["compatible"].as_str(), Some("cairn-qemu-x86_64-efi"));
+        assert_eq!(config["bootloader"]["backend"].as_str(), Some("efi"));
+        assert_eq!(config["bootloader"]["esp"].as_str(), Some("/boot"));
+        for (slot, dir) in [("A", "a"), ("B", "b")] {
+            let images = config["slots"][slot]["images"].as_table().unwrap();
+            let names: Vec<&String> = images.keys().collect();
+            assert_eq!(
+                names,
+                ["rootfs", "uki"],
+                "no kernel or initrd files on this path"
+            );
+            assert_eq!(
+                images["uki"]["file"].as_str(),
+                Some(format!("/boot/EFI/Linux/cairn-{dir}.staged").as_str())
+            );
+            assert!(config["slots"][slot].get("slot_env").is_none());
+        }
+    }
+
+    #[test]
+    fn the_console_shell_runs_on_the_profiles_serial_console() {
+        let dir = tempfile::tempdir().unwrap();
+        let overlay = Path::new(env!("CARGO_MANIFEST_DIR")).join("../boot/rootfs/etc/inittab");
+        fs::create_dir_all(dir.path().join("etc")).unwrap();
+        fs::copy(overlay, dir.path().join("etc/inittab")).unwrap();
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("profiles/qemu-x86_64-efi.toml");
+        let mut profile = Profile::load(&path).unwrap();
+        console_shell(&profile, dir.path()).unwrap();
+        let inittab = fs::read_to_string(dir.path().join("etc/inittab")).unwrap();
+        assert!(inittab.contains("\nttyS0::respawn:-/bin/sh\n"), "{inittab}");
+        assert!(!inittab.contains("ttyAMA0"), "{inittab}");
+        profile.rootfs.console_shell = false;
+        console_shell(&profile, dir.path()).unwrap();
+        let inittab = fs::read_to_string(dir.path().join("etc/inittab")).unwrap();
+        assert!(!inittab.contains("/bin/sh"), "{inittab}");
+        assert!(inittab.contains("cairnd"), "{inittab}");
     }
 }

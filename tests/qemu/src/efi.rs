@@ -16,15 +16,16 @@ use std::process::Command;
 use std::sync::OnceLock;
 
 use anyhow::{anyhow, Context, Result};
+use cairn_image::os::arch::Arch as ImageArch;
 use cairn_image::os::cpio::{self, Entry};
 use cairn_image::os::debian;
-use cairn_image::os::disk;
+use cairn_image::os::disk::{self, SlotB};
+use cairn_image::os::esp;
+use cairn_image::os::pipeline::Build;
 use cairn_image::os::profile::Debian;
 use cairn_image::os::run::{run, stdout};
 use cairn_image::os::secureboot::{self, KeyPair, SecureBootKeys};
 use cairn_image::os::uki::{self, UkiParts};
-
-use crate::vm::{AAVMF_VARS_TEMPLATE, OVMF_VARS_TEMPLATE};
 
 /// bookworm with its backports: systemd 254's stub measures `.uname` and `.sbat` and its
 /// `systemd-measure` knows them; 252's does neither.
@@ -45,19 +46,21 @@ pub enum Arch {
 }
 
 impl Arch {
-    fn debian(self) -> &'static str {
+    /// The image builder's name for it.
+    pub fn image(self) -> ImageArch {
         match self {
-            Arch::X86_64 => "amd64",
-            Arch::Arm64 => "arm64",
+            Arch::X86_64 => ImageArch::Amd64,
+            Arch::Arm64 => ImageArch::Arm64,
         }
+    }
+
+    fn debian(self) -> &'static str {
+        self.image().debian()
     }
 
     /// The EFI name of the architecture in file names (`BOOTX64.EFI`, `linuxaa64.efi.stub`).
     fn efi(self) -> &'static str {
-        match self {
-            Arch::X86_64 => "x64",
-            Arch::Arm64 => "aa64",
-        }
+        self.image().efi()
     }
 
     pub fn console(self) -> &'static str {
@@ -216,10 +219,7 @@ fn make_parts(arch: Arch) -> Result<EfiParts> {
     let keys = SecureBootKeys::ensure(&dir.join("keys"), "Cairn test")?;
     let foreign = SecureBootKeys::ensure(&dir.join("foreign-keys"), "Not Cairn")?.db;
     let vars = dir.join("VARS.enrolled.fd");
-    let template = match arch {
-        Arch::X86_64 => OVMF_VARS_TEMPLATE,
-        Arch::Arm64 => AAVMF_VARS_TEMPLATE,
-    };
+    let template = esp::vars_template(arch.image());
     secureboot::enroll(Path::new(template), &keys, &vars)?;
     Ok(EfiParts {
         arch,
@@ -302,7 +302,7 @@ pub fn esp_disk(parts: &EfiParts, ukis: &[(&str, &Path)], scratch: &Path) -> Res
     )?;
     let loader_conf = scratch.join("loader.conf");
     fs::write(&loader_conf, "timeout 0\nconsole-mode keep\n")?;
-    let removable = format!("EFI/BOOT/BOOT{}.EFI", parts.arch.efi().to_uppercase());
+    let removable = esp::removable_loader(parts.arch.image());
     let mut copies = vec![
         (sd_boot, removable),
         (loader_conf, "loader/loader.conf".to_string()),
@@ -358,4 +358,25 @@ pub fn probe_fact(console: &str, key: &str) -> Option<String> {
             .split_once(&prefix)
             .map(|(_, v)| v.trim().to_owned())
     })
+}
+
+/// The Cairn OS image of the UEFI profile for `arch` (`image/profiles/qemu-x86_64-efi.toml`),
+/// slot B a bootable copy of A, built once per process (and reused across runs while its
+/// inputs are unchanged, like [`crate::image`]).
+pub fn os_image(arch: Arch) -> Result<&'static Build> {
+    type Made = OnceLock<std::result::Result<Build, String>>;
+    static X86_64: Made = OnceLock::new();
+    static ARM64: Made = OnceLock::new();
+    let (cell, profile) = match arch {
+        Arch::X86_64 => (&X86_64, "qemu-x86_64-efi.toml"),
+        Arch::Arm64 => (&ARM64, "qemu-arm64-efi.toml"),
+    };
+    cell.get_or_init(|| {
+        let path = crate::workspace().join("image/profiles").join(profile);
+        let build = Build::new(&path).map_err(|e| format!("{e:#}"))?;
+        build.ensure(SlotB::Copy).map_err(|e| format!("{e:#}"))?;
+        Ok(build)
+    })
+    .as_ref()
+    .map_err(|e| anyhow!("building the {profile} image failed: {e}"))
 }

@@ -68,6 +68,7 @@ pub fn disk_with_empty_slot_b(dir: &Path) -> Result<PathBuf> {
         slot_image: &build.layout.slot_image(),
         verity: &verity,
         slot_b: SlotB::Empty,
+        efi: None,
         out: &out,
     })?;
     Ok(out)

@@ -22,15 +22,15 @@ const CAIRND_LOG: &str = "overlay/var/upper/log/cairnd.log";
 
 /// Debian's OVMF build with Secure Boot support and no keys of its own (package `ovmf`).
 pub const OVMF_CODE_SECBOOT: &str = "/usr/share/OVMF/OVMF_CODE_4M.secboot.fd";
-/// Its empty variable store, the template keys are enrolled into.
-pub const OVMF_VARS_TEMPLATE: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
 /// Debian's arm64 UEFI firmware for `virt` (package `qemu-efi-aarch64`); Secure Boot needs
 /// no separate build on arm, only enrolled keys.
 pub const AAVMF_CODE: &str = "/usr/share/AAVMF/AAVMF_CODE.fd";
-/// Its variable store with Debian's snakeoil keys: the plain AAVMF_VARS.fd is all zeros
-/// until the firmware formats it, and virt-fw-vars needs a formatted store. The snakeoil
-/// PK, KEK and db are deleted before the project's keys are enrolled.
-pub const AAVMF_VARS_TEMPLATE: &str = "/usr/share/AAVMF/AAVMF_VARS.snakeoil.fd";
+// (The variable stores keys are enrolled into: `cairn_image::os::esp::vars_template`.)
+
+/// How long a command in the guest's shell may take.
+const GUEST_COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
+/// containerd's CRI comes up a few seconds after init under TCG; 3x margin.
+const CRI_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// swtpm for one guest, its state and control socket under `scratch/tpm`.
 fn start_swtpm(scratch: &Path) -> Result<(Child, PathBuf)> {
@@ -188,6 +188,30 @@ impl Vm {
         vars: &Path,
         arch: Arch,
     ) -> Result<Vm> {
+        Self::start_efi_with(name, disk, scratch, vars, arch, false)
+    }
+
+    /// [`Vm::start_efi`] for a Cairn OS image: with a network (QEMU's user network on
+    /// virtio-net-pci, in the test's own namespace like [`Vm::start`]), the disk first in
+    /// the firmware's boot order so it never tries the network instead.
+    pub fn start_efi_os(
+        name: &str,
+        disk: &Path,
+        scratch: &Path,
+        vars: &Path,
+        arch: Arch,
+    ) -> Result<Vm> {
+        Self::start_efi_with(name, disk, scratch, vars, arch, true)
+    }
+
+    fn start_efi_with(
+        name: &str,
+        disk: &Path,
+        scratch: &Path,
+        vars: &Path,
+        arch: Arch,
+        network: bool,
+    ) -> Result<Vm> {
         let vars_copy = scratch.join("VARS.fd");
         fs::copy(vars, &vars_copy).with_context(|| format!("copying {}", vars.display()))?;
         let (swtpm, socket) = start_swtpm(scratch)?;
@@ -210,19 +234,30 @@ impl Vm {
                 "tpm-tis-device",
             ),
         };
+        let net = if network { crate::guest_net()? } else { None };
         let mut qemu = Command::new(program);
-        qemu.args(machine)
-            .args([
-                "-m",
-                "1024",
-                "-nographic",
-                "-nodefaults",
-                "-serial",
-                "stdio",
-                "-net",
-                "none",
-            ])
-            .arg("-drive")
+        if let Some(net) = &net {
+            net.enter(&mut qemu);
+        }
+        qemu.args(machine).args([
+            "-m",
+            "1024",
+            "-nographic",
+            "-nodefaults",
+            "-serial",
+            "stdio",
+        ]);
+        if network {
+            qemu.args([
+                "-netdev",
+                "user,id=n0",
+                "-device",
+                "virtio-net-pci,netdev=n0,romfile=",
+            ]);
+        } else {
+            qemu.args(["-net", "none"]);
+        }
+        qemu.arg("-drive")
             .arg(format!(
                 "if=pflash,format=raw,unit=0,readonly=on,file={code}"
             ))
@@ -233,12 +268,19 @@ impl Vm {
             ))
             .arg("-drive")
             .arg(format!("if=none,file={},format=raw,id=hd", disk.display()))
-            .args(["-device", "virtio-blk-pci,drive=hd"])
+            .args([
+                "-device",
+                if network {
+                    "virtio-blk-pci,drive=hd,bootindex=0"
+                } else {
+                    "virtio-blk-pci,drive=hd"
+                },
+            ])
             .arg("-chardev")
             .arg(format!("socket,id=chrtpm,path={}", socket.display()))
             .args(["-tpmdev", "emulator,id=tpm0,chardev=chrtpm"])
             .args(["-device", &format!("{tpm_device},tpmdev=tpm0")]);
-        Self::attach(name, qemu, swtpm, None, disk)
+        Self::attach(name, qemu, swtpm, net, disk)
     }
 
     /// Starts `qemu` with the console captured.
@@ -390,6 +432,41 @@ impl Vm {
         self.stdin.write_all(format!("{line}\n").as_bytes())?;
         self.stdin.flush()?;
         Ok(())
+    }
+
+    /// Polls `cairn-cri-probe` until containerd's CRI reports RuntimeReady; returns
+    /// what it printed.
+    pub fn wait_for_cri(&mut self) -> Result<String> {
+        let deadline = Instant::now() + CRI_TIMEOUT;
+        loop {
+            let (output, status) = self.run("cairn-cri-probe", GUEST_COMMAND_TIMEOUT)?;
+            if status == 0 {
+                return Ok(output);
+            }
+            if Instant::now() >= deadline {
+                let log =
+                    self.check("tail -n 20 /var/log/containerd.log", GUEST_COMMAND_TIMEOUT)?;
+                bail!("CRI not RuntimeReady within {CRI_TIMEOUT:?}: {output}\n{log}");
+            }
+            thread::sleep(Duration::from_secs(1));
+        }
+    }
+
+    /// cairnd's log (`/var/log/cairnd.log`, written by init's service wrapper) once it has
+    /// a line containing `pattern`. cairnd decides trials (health checks: the CRI) before
+    /// it logs, so this allows the CRI's time too.
+    pub fn wait_for_cairnd(&mut self, pattern: &str) -> Result<String> {
+        let halves = CRI_TIMEOUT.as_secs() * 2;
+        let log = self.check(
+            &format!(
+                "for i in $(seq {halves}); do grep -q '{pattern}' /var/log/cairnd.log 2>/dev/null && break; sleep 0.5; done; cat /var/log/cairnd.log"
+            ),
+            CRI_TIMEOUT + GUEST_COMMAND_TIMEOUT,
+        )?;
+        if !log.contains(pattern) {
+            bail!("cairnd did not log {pattern:?} within {CRI_TIMEOUT:?}:\n{log}");
+        }
+        Ok(log)
     }
 
     /// How often `pattern` appeared on the console in total.

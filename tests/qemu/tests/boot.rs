@@ -13,8 +13,6 @@ use qemu_tests::vm::Vm;
 use qemu_tests::{image, record_time, scenario, BOOT_TIMEOUT};
 
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
-/// containerd's CRI comes up a few seconds after init under TCG; 3x margin.
-const CRI_TIMEOUT: Duration = Duration::from_secs(90);
 
 fn state(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
     pairs
@@ -72,36 +70,19 @@ fn boots_slot_a_from_a_read_only_verity_root_with_containerd_ready() -> Result<(
     ensure!(address.contains("10.0.2.15/24"), "eth0: {address}");
 
     // containerd's CRI answers RuntimeReady (and the CNI config makes the network ready).
-    let cri = wait_for_cri(&mut vm)?;
+    let cri = vm.wait_for_cri()?;
     ensure!(cri.contains("RuntimeReady=true"), "CRI status: {cri}");
     ensure!(cri.contains("NetworkReady=true"), "CRI status: {cri}");
     // init supervises it: killed, it comes back.
     vm.check("killall containerd", COMMAND_TIMEOUT)?;
     vm.wait_for("cairn: containerd exited; restarting", COMMAND_TIMEOUT)?;
-    wait_for_cri(&mut vm)?;
+    vm.wait_for_cri()?;
 
     let took = vm.elapsed();
     vm.stop();
     record_time("boot slot A to shell", to_shell);
     record_time("boot slot A, all checks", took);
     Ok(())
-}
-
-/// Polls `cairn-cri-probe` until the CRI reports RuntimeReady.
-fn wait_for_cri(vm: &mut Vm) -> Result<String> {
-    let deadline = Instant::now() + CRI_TIMEOUT;
-    loop {
-        let (output, status) = vm.run("cairn-cri-probe", COMMAND_TIMEOUT)?;
-        if status == 0 {
-            return Ok(output);
-        }
-        ensure!(
-            Instant::now() < deadline,
-            "CRI not RuntimeReady within {CRI_TIMEOUT:?}: {output}\n{}",
-            vm.check("tail -n 20 /var/log/containerd.log", COMMAND_TIMEOUT)?
-        );
-        std::thread::sleep(Duration::from_secs(1));
-    }
 }
 
 #[test]
@@ -112,7 +93,7 @@ fn cairn_status_reports_slot_a_committed() -> Result<()> {
     vm.wait_for_shell(BOOT_TIMEOUT)?;
     // cairnd is started by init right after rcS; its "started" line comes after it
     // reconciled the boot (and persisted what it changed).
-    wait_for_cairnd(&mut vm, "started")?;
+    vm.wait_for_cairnd("started")?;
     let text = vm.check("cairn status --json", COMMAND_TIMEOUT)?;
     let json_start = text.find('{').unwrap_or(0);
     let status: serde_json::Value = serde_json::from_str(&text[json_start..])?;
@@ -148,24 +129,6 @@ fn cairn_status_reports_slot_a_committed() -> Result<()> {
     Ok(())
 }
 
-/// cairnd's log (`/var/log/cairnd.log`, written by init's service wrapper) once it has a
-/// line containing `pattern`. cairnd decides trials (health checks: the CRI) before it
-/// logs, so this allows the CRI's time too.
-fn wait_for_cairnd(vm: &mut Vm, pattern: &str) -> Result<String> {
-    let halves = CRI_TIMEOUT.as_secs() * 2;
-    let log = vm.check(
-        &format!(
-            "for i in $(seq {halves}); do grep -q '{pattern}' /var/log/cairnd.log 2>/dev/null && break; sleep 0.5; done; cat /var/log/cairnd.log"
-        ),
-        CRI_TIMEOUT + COMMAND_TIMEOUT,
-    )?;
-    ensure!(
-        log.contains(pattern),
-        "cairnd did not log {pattern:?} within {CRI_TIMEOUT:?}:\n{log}"
-    );
-    Ok(log)
-}
-
 #[test]
 fn network_settings_on_data_override_the_image_dhcp_works_and_ntp_sets_a_clock_from_1970(
 ) -> Result<()> {
@@ -187,8 +150,8 @@ fn network_settings_on_data_override_the_image_dhcp_works_and_ntp_sets_a_clock_f
     vm.wait_for_shell(BOOT_TIMEOUT)?;
     // cairnd gives the committed slot its tries back (3); wait for it so the next boot's
     // count is known.
-    wait_for_cairnd(&mut vm, "started")?;
-    wait_for_cairnd(&mut vm, "clock synchronised by NTP")?;
+    vm.wait_for_cairnd("started")?;
+    vm.wait_for_cairnd("clock synchronised by NTP")?;
     let guest: i64 = vm.check("date -u +%s", COMMAND_TIMEOUT)?.trim().parse()?;
     let host = time::OffsetDateTime::now_utc().unix_timestamp();
     ensure!(
@@ -249,7 +212,7 @@ fn a_corrupt_rootfs_block_is_caught_by_verity_and_slot_b_takes_over() -> Result<
     ensure!(root.contains("/dev/dm-0 / erofs ro"), "root mount: {root}");
     // cairnd sees the committed slot A did not boot: it runs B's health checks (the CRI)
     // and commits B, which gets its full tries and becomes what recovery would boot.
-    wait_for_cairnd(&mut vm, "update committed")?;
+    vm.wait_for_cairnd("update committed")?;
     let took = vm.elapsed();
     vm.stop();
     let state = s.disk.boot_state()?;
@@ -277,7 +240,7 @@ fn a_corrupt_block_read_at_run_time_restarts_the_device() -> Result<()> {
     vm.wait_for_shell(BOOT_TIMEOUT)?;
     // cairnd refreshes the committed slot's tries (3) first, so the count after the
     // restart is known.
-    wait_for_cairnd(&mut vm, "started")?;
+    vm.wait_for_cairnd("started")?;
     vm.send(&format!(
         "dd if=/dev/dm-0 of=/dev/null bs=4096 skip={last_block} count=1"
     ))?;
@@ -368,7 +331,7 @@ fn with_no_tries_left_the_committed_slot_boots_in_recovery_instead_of_looping() 
     vm.wait_for_shell(BOOT_TIMEOUT)?;
     let cmdline = vm.check("cat /proc/cmdline", COMMAND_TIMEOUT)?;
     ensure!(cmdline.contains("cairn.recovery=1"), "cmdline: {cmdline}");
-    wait_for_cairnd(&mut vm, "started")?;
+    vm.wait_for_cairnd("started")?;
     let text = vm.check("cairn status --json", COMMAND_TIMEOUT)?;
     let status: serde_json::Value = serde_json::from_str(&text[text.find('{').unwrap_or(0)..])?;
     ensure!(status["recovery"] == true, "cairn status: {status}");
@@ -427,7 +390,7 @@ fn a_torn_newest_boot_state_copy_falls_back_to_the_older_one() -> Result<()> {
     vm.wait_for_shell(BOOT_TIMEOUT)?;
     // cairnd reads the same newest valid copy (U-Boot's, seq 2), writes the other one
     // (bootstate.0, seq 3) and gives committed slot A its tries back.
-    wait_for_cairnd(&mut vm, "started")?;
+    vm.wait_for_cairnd("started")?;
     let took = vm.elapsed();
     vm.stop();
     let state = s.disk.boot_state()?;

@@ -9,12 +9,12 @@ use std::fs;
 use std::path::Path;
 
 use cairn_attest::{Event, EventKind, EventLog, CAIRN_PCR};
-use cairn_boot::{cmdline, slot_env, KernelCmdline};
+use cairn_boot::{slot_env, KernelCmdline};
 use cairn_tpm::Tpm;
 
 use super::TpmConfig;
 use super::{io, json, AttestationError};
-use crate::config::{SystemConfig, Target};
+use crate::config::{BootloaderConfig, SystemConfig, Target};
 
 /// This boot's measurement log, as [`measure_boot`] wrote it.
 pub fn read_log(path: &Path) -> Result<EventLog, AttestationError> {
@@ -25,15 +25,21 @@ pub fn read_log(path: &Path) -> Result<EventLog, AttestationError> {
 /// What identifies the booted slot: its name, the verity root hash the initramfs set up
 /// dm-verity with, and the digests of its kernel and initrd files.
 pub fn boot_events(config: &SystemConfig) -> Result<Vec<(EventKind, String)>, AttestationError> {
+    if matches!(config.bootloader, BootloaderConfig::Efi { .. }) {
+        // There, systemd-stub measures the UKI's sections into PCR 11 and systemd-boot
+        // its command line into PCR 12 (docs/UEFI.md); the log and quote that cover
+        // them are not built yet, so this path does not attest.
+        return Err(AttestationError::Boot(
+            "attestation on the UEFI path (PCR 11 and systemd-boot's PCR 12) is not built yet"
+                .into(),
+        ));
+    }
     let cmdline_path = &config.system.cmdline;
     let cmdline = KernelCmdline::new(&fs::read_to_string(cmdline_path).map_err(io(cmdline_path))?);
     let missing =
         |key: &str| AttestationError::Boot(format!("no {key}= on the kernel command line"));
-    let slot = match (cmdline.slot(), cmdline.value(cmdline::SLOT)) {
-        (Some(slot), _) => slot,
-        (None, Some(other)) => return Err(AttestationError::Boot(format!("cairn.slot={other}"))),
-        (None, None) => return Err(missing(cmdline::SLOT)),
-    };
+    let slot = crate::slot::booted_slot(config, &cmdline)
+        .map_err(|e| AttestationError::Boot(e.to_string()))?;
     let root_hash = cmdline
         .verity_root_hash()
         .ok_or_else(|| missing(slot_env::arg::ROOT_HASH))?
