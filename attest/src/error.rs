@@ -52,6 +52,18 @@ pub enum AttestError {
     /// The log measures the same kind twice, which would make "the" value ambiguous.
     #[error("event log has more than one {0} event")]
     DuplicateEvent(EventKind),
+    /// The log has the UEFI path's events and a U-Boot path's `kind` event too.
+    #[error("event log mixes the UEFI path's events with a {0} event")]
+    MixedBootPaths(EventKind),
+    /// systemd-boot measured its command line before Linux started: anywhere else in the
+    /// log, the event cannot be what the PCR holds.
+    #[error("event log's loader-cmdline event is not its first")]
+    LoaderCmdlineNotFirst,
+    /// The release pins PCR 11 (its UKI's sections, measured by systemd-stub) and the
+    /// quote does not cover it, or the PCRs it covers do not hash to the log and the
+    /// release's PCR 11.
+    #[error("the quote does not prove the release's PCR 11: {detail}")]
+    Pcr11 { detail: String },
     /// The secret handed to `make_credential` does not fit the EK's name digest.
     #[error("credential secret must be 1..={max} bytes, got {len}")]
     SecretSize { len: usize, max: usize },

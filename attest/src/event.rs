@@ -5,6 +5,11 @@
 //! name below. Replaying starts from 32 zero bytes (the PCR's reset value) and computes
 //! `pcr = sha256(pcr || digest)` per event, exactly as TPM2_PCR_Extend does.
 //!
+//! One event is not Cairn's: on the UEFI path (docs/UEFI.md) systemd-boot has already
+//! measured the entry's command line into the PCR before Linux starts, as
+//! `sha256(UTF-16LE(command line) || 00 00)`. The log records it first, as
+//! [`EventKind::LoaderCmdline`] with that digest, so the replay still starts from zeros.
+//!
 //! JSON form: `{"events":[{"kind":"slot","value":"a","digest":"<64 hex>"}, ...]}`.
 
 use std::fmt;
@@ -29,14 +34,22 @@ pub enum EventKind {
     Kernel,
     /// SHA-256 of the initrd file, lowercase hex (64 characters).
     Initrd,
+    /// The UEFI path: the kernel command line systemd-boot measured before starting the
+    /// unified kernel image (printable ASCII). Always the first event.
+    LoaderCmdline,
+    /// The UEFI path: SHA-256 of the unified kernel image file the slot's entry holds,
+    /// lowercase hex (64 characters).
+    Uki,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 4] = [
+    pub const ALL: [EventKind; 6] = [
         EventKind::Slot,
         EventKind::RootfsVerityRoot,
         EventKind::Kernel,
         EventKind::Initrd,
+        EventKind::LoaderCmdline,
+        EventKind::Uki,
     ];
 
     /// The name hashed into the digest (same as the JSON name).
@@ -46,6 +59,8 @@ impl EventKind {
             EventKind::RootfsVerityRoot => "rootfs-verity-root",
             EventKind::Kernel => "kernel",
             EventKind::Initrd => "initrd",
+            EventKind::LoaderCmdline => "loader-cmdline",
+            EventKind::Uki => "uki",
         }
     }
 
@@ -71,7 +86,16 @@ impl EventKind {
             EventKind::Slot => Err(format!("expected \"a\" or \"b\", got {value:?}")),
             // verity may use any hash; sha256 (64) up to sha512 (128).
             EventKind::RootfsVerityRoot => hex_of(40, 128),
-            EventKind::Kernel | EventKind::Initrd => hex_of(64, 64),
+            EventKind::Kernel | EventKind::Initrd | EventKind::Uki => hex_of(64, 64),
+            EventKind::LoaderCmdline
+                if value.len() <= MAX_CMDLINE
+                    && value.bytes().all(|b| (b' '..=b'~').contains(&b)) =>
+            {
+                Ok(())
+            }
+            EventKind::LoaderCmdline => Err(format!(
+                "expected at most {MAX_CMDLINE} printable ASCII characters"
+            )),
         }
     }
 }
@@ -82,13 +106,29 @@ impl fmt::Display for EventKind {
     }
 }
 
+/// The longest command line a [`EventKind::LoaderCmdline`] event may carry.
+const MAX_CMDLINE: usize = 4096;
+
 /// The digest an event extends the PCR with.
 pub fn event_digest(kind: EventKind, value: &str) -> [u8; 32] {
+    if kind == EventKind::LoaderCmdline {
+        return loader_cmdline_digest(value);
+    }
     let mut h = Sha256::new();
     h.update(EVENT_DOMAIN);
     h.update(kind.name().as_bytes());
     h.update([0u8]);
     h.update(value.as_bytes());
+    h.finalize().into()
+}
+
+/// What systemd-boot extends PCR 12 with for a type #2 entry's command line (systemd
+/// 254): the command line in UTF-16LE with its terminating NUL.
+pub fn loader_cmdline_digest(cmdline: &str) -> [u8; 32] {
+    let mut h = Sha256::new();
+    for unit in cmdline.encode_utf16().chain([0]) {
+        h.update(unit.to_le_bytes());
+    }
     h.finalize().into()
 }
 
@@ -174,8 +214,23 @@ impl fmt::Display for Slot {
 pub struct Measured {
     pub slot: Slot,
     pub rootfs_verity_root: String,
-    pub kernel_sha256: String,
-    pub initrd_sha256: String,
+    pub boot: MeasuredBoot,
+}
+
+/// The files the slot booted from, by boot path.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "path")]
+pub enum MeasuredBoot {
+    /// U-Boot's: a kernel and an initrd file.
+    Uboot {
+        kernel_sha256: String,
+        initrd_sha256: String,
+    },
+    /// UEFI: one unified kernel image, started by systemd-boot with `loader_cmdline`.
+    Uefi {
+        uki_sha256: String,
+        loader_cmdline: String,
+    },
 }
 
 /// The ordered list of events extended into [`CAIRN_PCR`](crate::CAIRN_PCR) since reset.
@@ -210,9 +265,12 @@ impl EventLog {
         Ok(pcr)
     }
 
-    /// The measured values; each kind must occur exactly once (and every event be valid).
+    /// The measured values (every event must be valid). Slot and root hash occur exactly
+    /// once; then either a kernel and an initrd (U-Boot's path), or systemd-boot's command
+    /// line as the first event and a UKI (the UEFI path), each once.
     pub fn measured(&self) -> Result<Measured> {
         self.replay()?;
+        let count = |kind: EventKind| self.events.iter().filter(|e| e.kind == kind).count();
         let one = |kind: EventKind| -> Result<&str> {
             let mut found = self.events.iter().filter(|e| e.kind == kind);
             let first = found.next().ok_or(AttestError::MissingEvent(kind))?;
@@ -225,11 +283,31 @@ impl EventLog {
             "a" => Slot::A,
             _ => Slot::B, // check_value admits only "a" and "b"
         };
+        let rootfs_verity_root = one(EventKind::RootfsVerityRoot)?.to_string();
+        let boot = if count(EventKind::LoaderCmdline) + count(EventKind::Uki) > 0 {
+            if let Some(kind) = [EventKind::Kernel, EventKind::Initrd]
+                .into_iter()
+                .find(|k| count(*k) > 0)
+            {
+                return Err(AttestError::MixedBootPaths(kind));
+            }
+            if self.events.first().map(|e| e.kind) != Some(EventKind::LoaderCmdline) {
+                return Err(AttestError::LoaderCmdlineNotFirst);
+            }
+            MeasuredBoot::Uefi {
+                loader_cmdline: one(EventKind::LoaderCmdline)?.to_string(),
+                uki_sha256: one(EventKind::Uki)?.to_string(),
+            }
+        } else {
+            MeasuredBoot::Uboot {
+                kernel_sha256: one(EventKind::Kernel)?.to_string(),
+                initrd_sha256: one(EventKind::Initrd)?.to_string(),
+            }
+        };
         Ok(Measured {
             slot,
-            rootfs_verity_root: one(EventKind::RootfsVerityRoot)?.to_string(),
-            kernel_sha256: one(EventKind::Kernel)?.to_string(),
-            initrd_sha256: one(EventKind::Initrd)?.to_string(),
+            rootfs_verity_root,
+            boot,
         })
     }
 }
@@ -276,7 +354,13 @@ mod tests {
     fn measured_values() {
         let m = full_log().measured().expect("complete log");
         assert_eq!(m.slot, Slot::B);
-        assert_eq!(m.kernel_sha256, H);
+        assert_eq!(
+            m.boot,
+            MeasuredBoot::Uboot {
+                kernel_sha256: H.into(),
+                initrd_sha256: H.into(),
+            }
+        );
     }
 
     #[test]

@@ -43,9 +43,11 @@ mod wire;
 pub use credential::{challenge_ak, kdfa_sha256, make_credential, Challenge};
 pub use ekcert::verify_ek_certificate;
 pub use error::{AttestError, Result};
-pub use event::{event_digest, Event, EventKind, EventLog, Measured, Slot};
+pub use event::{
+    event_digest, loader_cmdline_digest, Event, EventKind, EventLog, Measured, MeasuredBoot, Slot,
+};
 pub use public::RsaPublicArea;
-pub use quote::{verify_quote, PcrSelection, QuoteAttest, RsassaSignature};
+pub use quote::{verify_quote, PcrSelection, QuoteAttest, RsassaSignature, UKI_PCR};
 
 /// The PCR Cairn extends (SHA-256 bank). PCR 12 is, by the TCG PC Client profile, free for
 /// OS use and not touched by firmware, and resets only with the TPM.

@@ -102,6 +102,19 @@ impl QuoteAttest {
     }
 
     /// Checks the selection is exactly SHA-256 {CAIRN_PCR}.
+    /// The SHA-256 PCRs the quote selects, in ascending order (the order the TPM hashes
+    /// their values into pcrDigest); one bank only.
+    fn sha256_pcrs(&self) -> Result<Vec<u32>> {
+        let wrong = |detail: String| Err(AttestError::WrongPcrSelection { detail });
+        let [only] = self.pcr_selections.as_slice() else {
+            return wrong(format!("{} banks selected", self.pcr_selections.len()));
+        };
+        if only.hash != TPM_ALG_SHA256 {
+            return wrong(format!("bank {:#06x}", only.hash));
+        }
+        Ok(only.pcrs())
+    }
+
     fn check_cairn_selection(&self) -> Result<()> {
         let wrong = |detail: String| Err(AttestError::WrongPcrSelection { detail });
         let [only] = self.pcr_selections.as_slice() else {
@@ -158,12 +171,19 @@ impl RsassaSignature {
 /// (`Malformed`); its extraData is `expected_nonce` (`NonceMismatch`); it selects exactly
 /// SHA-256 {CAIRN_PCR} (`WrongPcrSelection`); its pcrDigest is sha256 of the PCR value the
 /// log replays to (`PcrDigestMismatch`); the log holds each event kind once.
+///
+/// With `pcr11`, the UEFI path's value of PCR 11 the release's UKI produces (systemd-stub
+/// measures its sections there, docs/UEFI.md), the quote must instead select exactly
+/// SHA-256 {11, CAIRN_PCR}, and its pcrDigest be sha256(`pcr11` || replayed PCR 12)
+/// (`Pcr11`): a device whose kernel, initramfs or command line differs from the
+/// release's fails, whatever its log says.
 pub fn verify_quote(
     ak_public: &[u8],
     attest: &[u8],
     signature: &[u8],
     expected_nonce: &[u8],
     log: &EventLog,
+    pcr11: Option<&[u8; 32]>,
 ) -> Result<Measured> {
     let ak = RsaPublicArea::parse(ak_public)?;
     ak.check_attestation_key()?;
@@ -180,10 +200,34 @@ pub fn verify_quote(
     if quote.extra_data != expected_nonce {
         return Err(AttestError::NonceMismatch);
     }
-    quote.check_cairn_selection()?;
     let pcr = log.replay()?;
-    if quote.pcr_digest.as_slice() != Sha256::digest(pcr).as_slice() {
-        return Err(AttestError::PcrDigestMismatch);
+    match pcr11 {
+        None => {
+            quote.check_cairn_selection()?;
+            if quote.pcr_digest.as_slice() != Sha256::digest(pcr).as_slice() {
+                return Err(AttestError::PcrDigestMismatch);
+            }
+        }
+        Some(pcr11) => {
+            let pcrs = quote.sha256_pcrs()?;
+            if pcrs != [UKI_PCR, u32::from(CAIRN_PCR)] {
+                return Err(AttestError::Pcr11 {
+                    detail: format!("the quote selects PCRs {pcrs:?}, not [11, 12]"),
+                });
+            }
+            let mut h = Sha256::new();
+            h.update(pcr11);
+            h.update(pcr);
+            if quote.pcr_digest.as_slice() != h.finalize().as_slice() {
+                return Err(AttestError::Pcr11 {
+                    detail: "PCRs 11 and 12 are not the release's PCR 11 and the log's PCR 12"
+                        .into(),
+                });
+            }
+        }
     }
     log.measured()
 }
+
+/// The PCR systemd-stub measures a unified kernel image's sections into.
+pub const UKI_PCR: u32 = 11;

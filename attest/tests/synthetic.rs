@@ -3,8 +3,8 @@
 //! every truncation and many byte flips of each input must give an error, never a panic.
 
 use cairn_attest::{
-    challenge_ak, make_credential, verify_quote, AttestError, Event, EventKind, EventLog,
-    QuoteAttest, RsaPublicArea, RsassaSignature,
+    challenge_ak, loader_cmdline_digest, make_credential, verify_quote, AttestError, Event,
+    EventKind, EventLog, MeasuredBoot, QuoteAttest, RsaPublicArea, RsassaSignature,
 };
 use rsa::rand_core::OsRng;
 use rsa::traits::PublicKeyParts;
@@ -117,7 +117,7 @@ impl Fixture {
         a: &[u8],
         s: &[u8],
     ) -> Result<cairn_attest::Measured, AttestError> {
-        verify_quote(public, a, s, &self.nonce, &self.log)
+        verify_quote(public, a, s, &self.nonce, &self.log, None)
     }
 }
 
@@ -126,7 +126,13 @@ fn a_well_formed_quote_verifies() {
     let f = Fixture::new();
     let (a, s) = f.quote(&[(0x000B, PCR12)]);
     let m = f.verify(&f.public, &a, &s).expect("verifies");
-    assert_eq!(m.kernel_sha256, H);
+    assert_eq!(
+        m.boot,
+        MeasuredBoot::Uboot {
+            kernel_sha256: H.into(),
+            initrd_sha256: H.into(),
+        }
+    );
     let parsed = QuoteAttest::parse(&a).expect("parse");
     assert_eq!(parsed.pcr_selections[0].pcrs(), [12]);
     assert!(parsed.safe);
@@ -299,4 +305,93 @@ fn systematic_mutations_never_panic_and_never_verify() {
         assert!(f.verify(&junk, &junk, &junk).is_err());
         let _ = make_credential(&junk, &junk, &junk);
     }
+}
+
+/// The UEFI path (docs/UEFI.md): systemd-boot's command line first, then Cairn's events
+/// with the UKI's digest; the quote covers PCRs 11 and 12.
+fn uefi_log(cmdline: &str) -> EventLog {
+    let mut log = EventLog::new();
+    for (kind, value) in [
+        (EventKind::LoaderCmdline, cmdline),
+        (EventKind::Slot, "b"),
+        (EventKind::RootfsVerityRoot, H),
+        (EventKind::Uki, H),
+    ] {
+        log.push(Event::new(kind, value).expect("event"));
+    }
+    log
+}
+
+const PCRS_11_12: &[u8] = &[0x00, 0x18, 0x00];
+const CMDLINE: &str = "console=ttyS0 panic=5 cairn.verity.root_hash=00";
+
+fn pcr11_and_12(pcr11: &[u8; 32], log: &EventLog) -> Vec<u8> {
+    let mut h = Sha256::new();
+    h.update(pcr11);
+    h.update(log.replay().expect("replay"));
+    h.finalize().to_vec()
+}
+
+#[test]
+fn a_uefi_quote_must_cover_the_releases_pcr11() {
+    let f = Fixture::new();
+    let log = uefi_log(CMDLINE);
+    let release_pcr11 = [0x11u8; 32];
+    let quote = |pcr11: &[u8; 32], selection: &[u8]| {
+        let a = attest(&f.nonce, &[(0x000B, selection)], &pcr11_and_12(pcr11, &log));
+        let s = sign(&f.key, &a);
+        (a, s)
+    };
+    let verify = |(a, s): (Vec<u8>, Vec<u8>)| {
+        verify_quote(&f.public, &a, &s, &f.nonce, &log, Some(&release_pcr11))
+    };
+    let m = verify(quote(&release_pcr11, PCRS_11_12)).expect("verifies");
+    assert_eq!(
+        m.boot,
+        MeasuredBoot::Uefi {
+            uki_sha256: H.into(),
+            loader_cmdline: CMDLINE.into(),
+        }
+    );
+    // Another UKI (an altered initrd, another command line) left another PCR 11.
+    let err = verify(quote(&[0x22; 32], PCRS_11_12)).unwrap_err();
+    assert!(matches!(err, AttestError::Pcr11 { .. }), "{err}");
+    // A quote of PCR 12 alone proves nothing about the UKI.
+    let a = attest(
+        &f.nonce,
+        &[(0x000B, PCR12)],
+        &Sha256::digest(log.replay().unwrap()),
+    );
+    let s = sign(&f.key, &a);
+    let err = verify((a, s)).unwrap_err();
+    assert!(matches!(err, AttestError::Pcr11 { .. }), "{err}");
+}
+
+#[test]
+fn the_loader_cmdline_event_is_systemd_boots_measurement_and_comes_first() {
+    let event = Event::new(EventKind::LoaderCmdline, CMDLINE).unwrap();
+    assert_eq!(*event.digest(), loader_cmdline_digest(CMDLINE));
+    let mut utf16 = Vec::new();
+    for unit in CMDLINE.encode_utf16().chain([0]) {
+        utf16.extend(unit.to_le_bytes());
+    }
+    assert_eq!(event.digest().as_slice(), Sha256::digest(&utf16).as_slice());
+    assert!(Event::new(EventKind::LoaderCmdline, "a\nb").is_err());
+
+    let mut late = EventLog::new();
+    late.push(Event::new(EventKind::Slot, "a").unwrap());
+    late.push(event.clone());
+    late.push(Event::new(EventKind::RootfsVerityRoot, H).unwrap());
+    late.push(Event::new(EventKind::Uki, H).unwrap());
+    assert!(matches!(
+        late.measured(),
+        Err(AttestError::LoaderCmdlineNotFirst)
+    ));
+
+    let mut mixed = uefi_log(CMDLINE);
+    mixed.push(Event::new(EventKind::Kernel, H).unwrap());
+    assert!(matches!(
+        mixed.measured(),
+        Err(AttestError::MixedBootPaths(EventKind::Kernel))
+    ));
 }

@@ -1,6 +1,8 @@
 //! Where the boot contract's files live on the boot partition (FAT, mounted at `/boot` on
 //! the device): both boot-state copies at its root, and one directory per slot holding
-//! the slot's kernel, initrd, `slot.env` and, on a factory slot, `images.json`.
+//! the slot's kernel, initrd, `slot.env` and, on a factory slot, `images.json`. On the
+//! UEFI path the boot partition is the ESP: the state is its entries
+//! ([`crate::efi_entries`]), and a factory slot's directory holds only `images.json`.
 
 use crate::state::SlotId;
 

@@ -15,7 +15,9 @@
 //! `attestation-pending` with a fresh nonce (`reports.rs`). The device's check-in answer
 //! asks for a quote over that nonce; the quote must be signed by the trusted AK, carry
 //! the nonce, and its event log must replay to the quoted PCR and name the rootfs verity
-//! root hash, kernel and initrd of the release the campaign installed. Otherwise the
+//! root hash, kernel and initrd of the release the campaign installed. A release that
+//! boots through UEFI (a `uki` image) is checked by its UKI's digest instead, and its
+//! quote must also cover PCR 11 with the value the signed manifest pins (docs/UEFI.md). Otherwise the
 //! deployment ends `attestation-failed`, which the gates count as a failure.
 
 use cairn_bundle::Manifest;
@@ -233,42 +235,93 @@ pub async fn activate(
 /// What the release says the slot must hold, as the event log names it.
 struct Expected {
     rootfs_verity_root: Option<String>,
-    kernel_sha256: Option<String>,
-    initrd_sha256: Option<String>,
+    boot: ExpectedBoot,
+}
+
+/// The release's boot files, by boot path: a release with a `uki` image boots through
+/// UEFI, and pins the PCR 11 its UKI produces (`pcr11` in the signed manifest).
+enum ExpectedBoot {
+    Uboot {
+        kernel_sha256: Option<String>,
+        initrd_sha256: Option<String>,
+    },
+    Uefi {
+        uki_sha256: String,
+        pcr11: Option<[u8; 32]>,
+    },
 }
 
 fn expected(manifest: &Manifest) -> Expected {
     let image = |name: &str| manifest.images.iter().find(|i| i.name == name);
+    let boot = match image("uki") {
+        Some(uki) => ExpectedBoot::Uefi {
+            uki_sha256: uki.sha256.to_lowercase(),
+            pcr11: uki
+                .pcr11
+                .as_deref()
+                .and_then(|hex| hex::decode(hex).ok())
+                .and_then(|bytes| bytes.try_into().ok()),
+        },
+        None => ExpectedBoot::Uboot {
+            kernel_sha256: image("kernel").map(|i| i.sha256.to_lowercase()),
+            initrd_sha256: image("initrd").map(|i| i.sha256.to_lowercase()),
+        },
+    };
     Expected {
         rootfs_verity_root: image("rootfs")
             .and_then(|i| i.verity.as_ref())
             .map(|v| v.root_hash.to_lowercase()),
-        kernel_sha256: image("kernel").map(|i| i.sha256.to_lowercase()),
-        initrd_sha256: image("initrd").map(|i| i.sha256.to_lowercase()),
+        boot,
     }
 }
 
 /// Why the measured slot is not the release, or `None` when it is.
 fn mismatch(expected: &Expected, measured: &cairn_attest::Measured) -> Option<String> {
-    let checks = [
-        (
-            "rootfs verity root hash",
-            &expected.rootfs_verity_root,
-            &measured.rootfs_verity_root,
-        ),
-        ("kernel", &expected.kernel_sha256, &measured.kernel_sha256),
-        ("initrd", &expected.initrd_sha256, &measured.initrd_sha256),
-    ];
-    for (what, want, got) in checks {
-        match want {
-            Some(want) if want != got => {
-                return Some(format!("measured {what} {got} is not the release's {want}"))
-            }
-            _ => {}
+    use cairn_attest::MeasuredBoot;
+    let differs = |what: &str, want: &Option<String>, got: &String| match want {
+        Some(want) if want != got => {
+            Some(format!("measured {what} {got} is not the release's {want}"))
         }
+        _ => None,
+    };
+    let root = differs(
+        "rootfs verity root hash",
+        &expected.rootfs_verity_root,
+        &measured.rootfs_verity_root,
+    );
+    let boot = match (&expected.boot, &measured.boot) {
+        (
+            ExpectedBoot::Uboot {
+                kernel_sha256,
+                initrd_sha256,
+            },
+            MeasuredBoot::Uboot {
+                kernel_sha256: kernel,
+                initrd_sha256: initrd,
+            },
+        ) => differs("kernel", kernel_sha256, kernel)
+            .or_else(|| differs("initrd", initrd_sha256, initrd)),
+        (
+            ExpectedBoot::Uefi { uki_sha256, .. },
+            MeasuredBoot::Uefi {
+                uki_sha256: got, ..
+            },
+        ) => differs("UKI", &Some(uki_sha256.clone()), got),
+        (ExpectedBoot::Uboot { .. }, MeasuredBoot::Uefi { .. }) => {
+            Some("the device booted through UEFI; the release boots with U-Boot".into())
+        }
+        (ExpectedBoot::Uefi { .. }, MeasuredBoot::Uboot { .. }) => {
+            Some("the device booted with U-Boot; the release boots through UEFI".into())
+        }
+    };
+    if let Some(why) = root.or(boot) {
+        return Some(why);
     }
     if expected.rootfs_verity_root.is_none() {
         return Some("the release has no verity-protected rootfs to attest".into());
+    }
+    if let ExpectedBoot::Uefi { pcr11: None, .. } = expected.boot {
+        return Some("the release's UKI has no PCR 11 value to attest".into());
     }
     None
 }
@@ -372,9 +425,16 @@ fn check(
         return Err("the quote answers another nonce (stale or replayed)".into());
     }
     let ak = hex::decode(ak_public_hex).map_err(|e| format!("stored AK: {e}"))?;
-    let measured =
-        cairn_attest::verify_quote(&ak, quote, signature, nonce, log).map_err(|e| e.to_string())?;
-    match mismatch(&expected(manifest), &measured) {
+    let expected = expected(manifest);
+    let pcr11 = match &expected.boot {
+        ExpectedBoot::Uefi { pcr11, .. } => {
+            Some(pcr11.ok_or("the release's UKI has no PCR 11 value to attest")?)
+        }
+        ExpectedBoot::Uboot { .. } => None,
+    };
+    let measured = cairn_attest::verify_quote(&ak, quote, signature, nonce, log, pcr11.as_ref())
+        .map_err(|e| e.to_string())?;
+    match mismatch(&expected, &measured) {
         Some(why) => Err(why),
         None => Ok(()),
     }

@@ -168,10 +168,25 @@ impl Tpm {
     /// TPM2_Quote over SHA-256 {CAIRN_PCR} with `nonce` (at most 64 bytes) as qualifying
     /// data, signed RSASSA-SHA256 by the AK.
     pub fn quote(&mut self, ak: &AkBlob, nonce: &[u8]) -> Result<Quote, TpmError> {
+        self.quote_pcrs(ak, nonce, &[CAIRN_PCR_SLOT])
+    }
+
+    /// [`Tpm::quote`] on the UEFI path: over SHA-256 {11, CAIRN_PCR}, where systemd-stub
+    /// measured the unified kernel image's sections into PCR 11 (docs/UEFI.md).
+    pub fn quote_uefi(&mut self, ak: &AkBlob, nonce: &[u8]) -> Result<Quote, TpmError> {
+        self.quote_pcrs(ak, nonce, &[PcrSlot::Slot11, CAIRN_PCR_SLOT])
+    }
+
+    fn quote_pcrs(
+        &mut self,
+        ak: &AkBlob,
+        nonce: &[u8],
+        pcrs: &[PcrSlot],
+    ) -> Result<Quote, TpmError> {
         let data = Data::try_from(nonce.to_vec())
             .map_err(|_| TpmError::invalid("nonce", format!("{} bytes, max 64", nonce.len())))?;
         let selection = PcrSelectionListBuilder::new()
-            .with_selection(HashingAlgorithm::Sha256, &[CAIRN_PCR_SLOT])
+            .with_selection(HashingAlgorithm::Sha256, pcrs)
             .build()
             .op("PCR selection")?;
         self.with_ak(ak, |ctx, _ek, ak| {

@@ -3,7 +3,7 @@
 
 mod common;
 
-use cairn_attest::{verify_quote, AttestError, Event, EventKind, Slot};
+use cairn_attest::{verify_quote, AttestError, Event, EventKind, MeasuredBoot, Slot};
 use common::{measure_boot, nonce, write, TestTpm, INITRD, KERNEL, ROOT};
 
 #[test]
@@ -20,12 +20,17 @@ fn quote_verifies_and_tpm2_checkquote_agrees() {
     let quote = tpm.quote(&ak, &n).expect("quote");
     drop(tpm);
 
-    let measured = verify_quote(&ak.public, &quote.attest, &quote.signature, &n, &log)
+    let measured = verify_quote(&ak.public, &quote.attest, &quote.signature, &n, &log, None)
         .expect("quote verifies");
     assert_eq!(measured.slot, Slot::B);
     assert_eq!(measured.rootfs_verity_root, ROOT);
-    assert_eq!(measured.kernel_sha256, KERNEL);
-    assert_eq!(measured.initrd_sha256, INITRD);
+    assert_eq!(
+        measured.boot,
+        MeasuredBoot::Uboot {
+            kernel_sha256: KERNEL.into(),
+            initrd_sha256: INITRD.into(),
+        }
+    );
 
     // tpm2_checkquote (no TPM needed) reads our blobs as the standard structures.
     let dir = t.dir.path();
@@ -91,12 +96,20 @@ fn replayed_and_forged_quotes_are_rejected() {
         &fresh.signature,
         &new_nonce,
         &log,
+        None,
     )
     .expect("fresh quote verifies");
 
     // Replay: a valid old quote answers a new challenge.
     assert_eq!(
-        verify_quote(&ak.public, &old.attest, &old.signature, &new_nonce, &log),
+        verify_quote(
+            &ak.public,
+            &old.attest,
+            &old.signature,
+            &new_nonce,
+            &log,
+            None
+        ),
         Err(AttestError::NonceMismatch)
     );
 
@@ -105,7 +118,14 @@ fn replayed_and_forged_quotes_are_rejected() {
         let mut attest = fresh.attest.clone();
         attest[i] ^= 0x80;
         assert_eq!(
-            verify_quote(&ak.public, &attest, &fresh.signature, &new_nonce, &log),
+            verify_quote(
+                &ak.public,
+                &attest,
+                &fresh.signature,
+                &new_nonce,
+                &log,
+                None
+            ),
             Err(AttestError::BadSignature),
             "flipped byte {i}"
         );
@@ -121,7 +141,8 @@ fn replayed_and_forged_quotes_are_rejected() {
             &fresh.attest,
             &fresh.signature,
             &new_nonce,
-            &extra
+            &extra,
+            None
         ),
         Err(AttestError::PcrDigestMismatch)
     );
@@ -140,7 +161,8 @@ fn replayed_and_forged_quotes_are_rejected() {
             &fresh.attest,
             &fresh.signature,
             &new_nonce,
-            &altered
+            &altered,
+            None
         ),
         Err(AttestError::PcrDigestMismatch)
     );
@@ -158,6 +180,7 @@ fn replayed_and_forged_quotes_are_rejected() {
         &forged.signature,
         &new_nonce,
         &log,
+        None,
     )
     .expect("valid for its own AK");
     assert_eq!(
@@ -166,8 +189,61 @@ fn replayed_and_forged_quotes_are_rejected() {
             &forged.attest,
             &forged.signature,
             &new_nonce,
-            &log
+            &log,
+            None
         ),
         Err(AttestError::BadSignature)
     );
+}
+
+/// The UEFI path's quote covers PCR 11 too: it verifies against the PCR 11 the release
+/// pins, and not against another.
+#[test]
+fn a_uefi_quote_covers_pcr11() {
+    let t = TestTpm::start();
+    let mut tpm = t.open();
+    let ak = tpm.create_ak().expect("create AK");
+    let mut log = cairn_attest::EventLog::new();
+    for (kind, value) in [
+        (
+            EventKind::LoaderCmdline,
+            "console=ttyS0 cairn.verity.root_hash=00",
+        ),
+        (EventKind::Slot, "a"),
+        (EventKind::RootfsVerityRoot, ROOT),
+        (EventKind::Uki, KERNEL),
+    ] {
+        tpm.measure(&mut log, kind, value).expect("measure");
+    }
+    let pcr11 = tpm.read_pcr(11).expect("read PCR 11");
+    let n = nonce();
+    let quote = tpm.quote_uefi(&ak, &n).expect("quote");
+    drop(tpm);
+    let measured = verify_quote(
+        &ak.public,
+        &quote.attest,
+        &quote.signature,
+        &n,
+        &log,
+        Some(&pcr11),
+    )
+    .expect("quote verifies");
+    assert_eq!(
+        measured.boot,
+        MeasuredBoot::Uefi {
+            uki_sha256: KERNEL.into(),
+            loader_cmdline: "console=ttyS0 cairn.verity.root_hash=00".into(),
+        }
+    );
+    let other = [0x11; 32];
+    let err = verify_quote(
+        &ak.public,
+        &quote.attest,
+        &quote.signature,
+        &n,
+        &log,
+        Some(&other),
+    )
+    .unwrap_err();
+    assert!(matches!(err, AttestError::Pcr11 { .. }), "{err}");
 }

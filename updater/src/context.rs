@@ -208,17 +208,19 @@ pub fn commit_roots(path: &Path, roots: serde_json::Value) -> Result<(), Context
 }
 
 /// What the image builder recorded of a factory slot's images (`images.json` next to the
-/// slot's `slot.env`), limited to the images this device's slots have. Only steers which
+/// slot's `slot.env`, or in the slot's directory on the ESP), limited to the images this device's slots have. Only steers which
 /// delta the server plans and the device picks: a wrong record makes a delta's decoded
 /// image fail its manifest hash, never trusts wrong bytes. Empty when absent or unreadable.
 fn factory_images(config: &SystemConfig, slot: SlotId) -> SlotImages {
     let slot_config = config.slot(slot);
-    let Some(path) = slot_config
-        .slot_env
-        .as_ref()
-        .map(|p| p.with_file_name(layout::IMAGES_JSON))
-    else {
-        return SlotImages::new();
+    // Beside the slot's slot.env; on the UEFI path, which has none, in the slot's
+    // directory on the ESP (the boot partition there).
+    let path = match (&slot_config.slot_env, &config.bootloader) {
+        (Some(slot_env), _) => slot_env.with_file_name(layout::IMAGES_JSON),
+        (None, BootloaderConfig::Efi { esp }) => {
+            esp.join(layout::slot_dir(slot)).join(layout::IMAGES_JSON)
+        }
+        (None, _) => return SlotImages::new(),
     };
     let Ok(bytes) = fs::read(&path) else {
         return SlotImages::new();

@@ -198,8 +198,9 @@ fn mtools(boot: &Path, args: &[&std::ffi::OsStr]) -> Result<()> {
 }
 
 /// The UEFI path's ESP (docs/UEFI.md): signed systemd-boot as the removable-media
-/// loader, `loader/loader.conf` (no menu), and the slot's signed UKI as the entries of
-/// a freshly flashed disk ([`EntrySet::flashed`]).
+/// loader, `loader/loader.conf` (no menu), the slot's signed UKI as the entries of a
+/// freshly flashed disk ([`EntrySet::flashed`]), and each factory slot's `images.json`
+/// in its directory (`a/`, `b/`).
 fn build_esp(inputs: &Inputs, files: &BootFiles, boot: &Path) -> Result<()> {
     boot_filesystem(inputs.profile, boot)?;
     let mtools = |args: &[&std::ffi::OsStr]| mtools(boot, args);
@@ -219,6 +220,15 @@ fn build_esp(inputs: &Inputs, files: &BootFiles, boot: &Path) -> Result<()> {
             files.uki.clone(),
             format!("{ENTRY_DIR}/{}", entry.file_name()),
         ));
+    }
+    // The factory slots' images (`cairn_boot::images`), in each slot's directory.
+    let images = boot.with_file_name(layout::IMAGES_JSON);
+    let record = slot_images(&[("rootfs", inputs.slot_image), ("uki", &files.uki)])?;
+    fs::write(&images, images::to_json(&record))?;
+    for slot in factory_slots(inputs.slot_b) {
+        let dir = layout::slot_dir(slot);
+        mtools(&[&os("mmd"), &os(&format!("::{dir}"))])?;
+        copies.push((images.clone(), format!("{dir}/{}", layout::IMAGES_JSON)));
     }
     for (from, to) in copies {
         mtools(&[&os("mcopy"), from.as_os_str(), &os(&format!("::{to}"))])?;
@@ -244,7 +254,12 @@ fn build_boot_partition(inputs: &Inputs, work: &Path, boot: &Path) -> Result<()>
         SlotArgs::new(Some(inputs.verity), &profile.version).slot_env(),
     )?;
     let images = work.join(layout::IMAGES_JSON);
-    fs::write(&images, images::to_json(&factory_images(inputs)?))?;
+    let record = slot_images(&[
+        ("rootfs", inputs.slot_image),
+        ("kernel", inputs.kernel),
+        ("initrd", inputs.initrd),
+    ])?;
+    fs::write(&images, images::to_json(&record))?;
     let flashed = BootState::flashed(profile.disk.tries, inputs.slot_b == SlotB::Copy);
     let [copy0, copy1] = copies::fresh_copies(&flashed.vars())?;
     let state0 = work.join(layout::BOOT_STATE_COPIES[0]);
@@ -259,11 +274,7 @@ fn build_boot_partition(inputs: &Inputs, work: &Path, boot: &Path) -> Result<()>
     for file in [&script, &state0, &state1] {
         mtools(&[&os("mcopy"), file.as_os_str(), &os("::")])?;
     }
-    let mut slots = vec![SlotId::A];
-    if inputs.slot_b == SlotB::Copy {
-        slots.push(SlotId::B);
-    }
-    for slot in slots {
+    for slot in factory_slots(inputs.slot_b) {
         let dir = layout::slot_dir(slot);
         for (file, name) in [
             (inputs.kernel, layout::KERNEL),
@@ -281,17 +292,21 @@ fn build_boot_partition(inputs: &Inputs, work: &Path, boot: &Path) -> Result<()>
     Ok(())
 }
 
-/// What the factory slot holds (`cairn_boot::images`), so the device's first check-in
+/// The slots a freshly flashed disk fills.
+fn factory_slots(slot_b: SlotB) -> Vec<SlotId> {
+    match slot_b {
+        SlotB::Copy => vec![SlotId::A, SlotId::B],
+        SlotB::Empty => vec![SlotId::A],
+    }
+}
+
+/// What a factory slot holds (`cairn_boot::images`), so the device's first check-in
 /// already tells the server which deltas apply.
-fn factory_images(inputs: &Inputs) -> Result<SlotImages> {
+fn slot_images(files: &[(&str, &Path)]) -> Result<SlotImages> {
     let mut images = SlotImages::new();
-    for (name, path) in [
-        ("rootfs", inputs.slot_image),
-        ("kernel", inputs.kernel),
-        ("initrd", inputs.initrd),
-    ] {
+    for (name, path) in files {
         let mut file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
-        images.insert(name.into(), ImageRecord::of(&mut file)?);
+        images.insert(name.to_string(), ImageRecord::of(&mut file)?);
     }
     Ok(images)
 }

@@ -52,7 +52,9 @@ pub fn removable_loader(arch: Arch) -> String {
 /// and the enrolled variable store, under the profile's output directory.
 pub fn build(profile: &Profile, efi: &Efi, layout: &Layout, verity: &Verity) -> Result<BootFiles> {
     let arch = profile.arch()?;
-    let tree = debian::tree(&profile.debian, &efi.packages, "efi", &layout.cache)?;
+    let mut debian = profile.debian.clone();
+    debian.sources.extend(efi.sources.iter().cloned());
+    let tree = debian::tree(&debian, &efi.packages, "efi", &layout.cache)?;
     let efi_dir = tree.dir.join("usr/lib/systemd/boot/efi");
     let stub = efi_dir.join(format!("linux{}.efi.stub", arch.efi()));
     let loader = efi_dir.join(format!("systemd-boot{}.efi", arch.efi()));

@@ -64,6 +64,10 @@ pub struct Efi {
     /// Debian packages with systemd-boot and its stub (`systemd-boot-efi`, 254 from
     /// bookworm-backports: 252's stub measures neither `.uname` nor `.sbat`).
     pub packages: Vec<String>,
+    /// apt sources added to `debian.sources` for those packages only (the root file
+    /// system's packages never come from them).
+    #[serde(default)]
+    pub sources: Vec<String>,
     /// The start of every UKI's kernel command line; the slot's verity arguments follow.
     pub cmdline: String,
     /// A directory with the Secure Boot keys (`os::secureboot`: PK, KEK, db); without
@@ -392,5 +396,34 @@ mod extends_tests {
         assert_eq!(v2.compatible, base.compatible);
         assert_eq!(v2.rootfs.packages, base.rootfs.packages);
         assert_eq!(v2.disk.tries, base.disk.tries);
+    }
+
+    #[test]
+    fn the_uefi_profiles_share_qemu_arm64s_root_file_system() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("profiles");
+        let base = Profile::load(&dir.join("qemu-arm64.toml")).unwrap();
+        assert!(base.efi.is_none());
+        for (file, arch) in [
+            ("qemu-x86_64-efi.toml", Arch::Amd64),
+            ("qemu-x86_64-efi-v2.toml", Arch::Amd64),
+            ("qemu-arm64-efi.toml", Arch::Arm64),
+            ("qemu-arm64-efi-v2.toml", Arch::Arm64),
+        ] {
+            let profile = Profile::load(&dir.join(file)).unwrap();
+            assert_eq!(profile.arch().unwrap(), arch, "{file}");
+            let efi = profile.efi.as_ref().expect("an [efi] table");
+            assert!(efi.cmdline.contains("console="), "{file}");
+            assert_eq!(profile.rootfs.packages, base.rootfs.packages, "{file}");
+            assert_eq!(profile.rootfs.overlay, base.rootfs.overlay, "{file}");
+            assert_eq!(profile.binaries.len(), base.binaries.len(), "{file}");
+            assert_eq!(
+                profile.debian.sources, base.debian.sources,
+                "{file}: backports only for the [efi] packages"
+            );
+            assert!(profile
+                .kernel
+                .initramfs_modules
+                .contains(&"efivarfs".to_string()));
+        }
     }
 }

@@ -360,6 +360,14 @@ pub fn probe_fact(console: &str, key: &str) -> Option<String> {
     })
 }
 
+/// The profile of `arch`'s UEFI board one release later (0.2.0).
+pub fn v2_profile(arch: Arch) -> &'static str {
+    match arch {
+        Arch::X86_64 => "qemu-x86_64-efi-v2.toml",
+        Arch::Arm64 => "qemu-arm64-efi-v2.toml",
+    }
+}
+
 /// The Cairn OS image of the UEFI profile for `arch` (`image/profiles/qemu-x86_64-efi.toml`),
 /// slot B a bootable copy of A, built once per process (and reused across runs while its
 /// inputs are unchanged, like [`crate::image`]).

@@ -67,7 +67,7 @@ fn pause_images(build: &Build) -> Result<PathBuf> {
     let archive = build.layout.out.join("pause-images.tar");
     cairn_testkit::oci::busybox_image_named(
         &build.layout.tree().join("bin/busybox"),
-        "arm64",
+        build.profile.arch()?.debian(),
         PAUSE_IMAGE,
         &["sleep", "2147483647"],
         &archive,
@@ -92,7 +92,7 @@ fn app_images(build: &Build) -> Result<PathBuf> {
     let archive = build.layout.out.join("app-images.tar");
     let image = cairn_testkit::oci::busybox_image(
         &build.layout.tree().join("bin/busybox"),
-        "arm64",
+        build.profile.arch()?.debian(),
         APP_IMAGE,
         &build.profile.version,
         &["sleep", "3600"],
@@ -102,39 +102,37 @@ fn app_images(build: &Build) -> Result<PathBuf> {
     Ok(archive)
 }
 
-/// The images a bundle of `build` carries: the verity-protected slot, kernel, initrd, and
-/// the release's container images.
+/// The images a bundle of `build` carries: the verity-protected slot, the boot files (the
+/// kernel and initrd on U-Boot's path, the signed UKI with its PCR 11 on the UEFI path),
+/// and the release's container images.
 fn images(build: &Build) -> Result<Vec<ImageInput>> {
-    Ok(vec![
-        ImageInput {
-            name: "rootfs".into(),
-            path: build.layout.slot_image(),
-            verity: Some(build.verity()?),
-            kind: ImageKind::Slot,
-            pcr11: None,
-        },
-        ImageInput {
-            name: "kernel".into(),
-            path: build.layout.kernel(),
-            verity: None,
-            kind: ImageKind::Slot,
-            pcr11: None,
-        },
-        ImageInput {
-            name: "initrd".into(),
-            path: build.layout.initrd(),
-            verity: None,
-            kind: ImageKind::Slot,
-            pcr11: None,
-        },
-        ImageInput {
-            name: "app-images".into(),
-            path: app_images(build)?,
-            verity: None,
-            kind: ImageKind::OciArchive,
-            pcr11: None,
-        },
-    ])
+    let image = |name: &str, path: PathBuf| ImageInput {
+        name: name.into(),
+        path,
+        verity: None,
+        kind: ImageKind::Slot,
+        pcr11: None,
+    };
+    let mut images = vec![ImageInput {
+        verity: Some(build.verity()?),
+        ..image("rootfs", build.layout.slot_image())
+    }];
+    if build.profile.efi.is_some() {
+        let uki = build.layout.uki();
+        let pcr11 = cairn_image::os::uki::pcr11_sha256(&std::fs::read(&uki)?)?;
+        images.push(ImageInput {
+            pcr11: Some(pcr11),
+            ..image("uki", uki)
+        });
+    } else {
+        images.push(image("kernel", build.layout.kernel()));
+        images.push(image("initrd", build.layout.initrd()));
+    }
+    images.push(ImageInput {
+        kind: ImageKind::OciArchive,
+        ..image("app-images", app_images(build)?)
+    });
+    Ok(images)
 }
 
 /// A bundle of `new`, signed with the development key, with a delta for each image from

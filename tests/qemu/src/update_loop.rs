@@ -10,6 +10,10 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
+use cairn_image::os::pipeline::Build;
+
+use crate::disk::TestDisk;
+use crate::efi::{self, Arch};
 use crate::fleet::{self, Fleet};
 use crate::vm::Vm;
 use crate::{disk_with_empty_slot_b, image, BOOT_TIMEOUT};
@@ -17,10 +21,61 @@ use crate::{disk_with_empty_slot_b, image, BOOT_TIMEOUT};
 /// Enrollment, download, write, reboot and health checks under TCG take minutes; 4x.
 const UPDATE_TIMEOUT: Duration = Duration::from_secs(900);
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
+/// The UEFI boards' firmware and systemd-boot add ~10 s to a boot.
+const EFI_AWARE_BOOT_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The device a rig runs: the U-Boot arm64 board (`qemu-arm64.toml`) or a UEFI
+/// profile's (`qemu-x86_64-efi.toml`; docs/UEFI.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Board {
+    Uboot,
+    Efi(Arch),
+}
+
+impl Board {
+    /// The v1 image.
+    pub fn v1(self) -> Result<&'static Build> {
+        match self {
+            Board::Uboot => image(),
+            Board::Efi(arch) => efi::os_image(arch),
+        }
+    }
+
+    /// v2's bundle with deltas from v1, copied to `out`.
+    fn bundle_v2(self, out: &Path) -> Result<PathBuf> {
+        match self {
+            Board::Uboot => fleet::bundle_v2_from_v1(out),
+            Board::Efi(arch) => {
+                let v2 = fleet::image_of(efi::v2_profile(arch))?;
+                fleet::bundle(v2, self.v1()?, out)
+            }
+        }
+    }
+
+    /// What the console says when the boot chain starts `slot` ("A", "B").
+    pub fn slot_chosen(self, slot: &str) -> String {
+        match self {
+            Board::Uboot => format!("cairn: slot {slot} chosen"),
+            Board::Efi(_) => {
+                format!("cairn-initramfs: slot {slot} from systemd-boot's LoaderEntrySelected")
+            }
+        }
+    }
+
+    fn start(self, name: &str, disk: &Path, dir: &Path) -> Result<Vm> {
+        match self {
+            Board::Uboot => Vm::start(name, disk, dir),
+            Board::Efi(arch) => {
+                Vm::start_efi_os(name, disk, dir, &self.v1()?.layout.efi_vars(), arch)
+            }
+        }
+    }
+}
 
 /// A device booted from a fresh v1 disk, enrolled and approved on a running server that
 /// holds the v2 release.
 pub struct Rig {
+    pub board: Board,
     pub fleet: Fleet,
     pub vm: Vm,
     pub device_id: String,
@@ -57,14 +112,36 @@ impl Rig {
         say: &mut dyn FnMut(&str),
     ) -> Result<Rig> {
         say("Building the v1 image (Debian bookworm arm64, kernel 6.1.0-55) and v2 (kernel 6.1.0-56)...");
-        let v1 = image()?;
-        let v2 = fleet::image_v2()?;
-        let bundle = fleet::bundle_v2_from_v1(&dir.join("v2.cairn"))?;
+        Self::serve_and_boot(Board::Uboot, dir, name, usb, rtc_base, say)
+    }
+
+    /// [`Rig::boot_v1`] on `board`: the UEFI boards start from their image's disk as
+    /// built (slot B a bootable copy of A, which the update replaces).
+    pub fn boot_v1_on(
+        board: Board,
+        dir: &Path,
+        name: &str,
+        say: &mut dyn FnMut(&str),
+    ) -> Result<Rig> {
+        say(&format!("Building the v1 and v2 images of {board:?}..."));
+        Self::serve_and_boot(board, dir, name, false, None, say)
+    }
+
+    fn serve_and_boot(
+        board: Board,
+        dir: &Path,
+        name: &str,
+        usb: bool,
+        rtc_base: Option<&str>,
+        say: &mut dyn FnMut(&str),
+    ) -> Result<Rig> {
+        let v1 = board.v1()?;
+        let bundle = board.bundle_v2(&dir.join("v2.cairn"))?;
         let bundle_bytes = std::fs::metadata(&bundle)?.len();
         say(&format!(
-            "Signed bundle for v2 with deltas from v1: {:.1} MiB (v2's slot image alone is {:.1} MiB).",
+            "Signed bundle for v2 with deltas from v1: {:.1} MiB (v1's slot image alone is {:.1} MiB).",
             bundle_bytes as f64 / 1048576.0,
-            std::fs::metadata(v2.layout.slot_image())?.len() as f64 / 1048576.0
+            std::fs::metadata(v1.layout.slot_image())?.len() as f64 / 1048576.0
         ));
         let tls = v1
             .dev_tls()?
@@ -75,24 +152,41 @@ impl Rig {
             "cairn-server is up at {} with release {release}.",
             fleet.url()
         ));
-        let disk = disk_with_empty_slot_b(dir)?;
         let started = Instant::now();
-        let stick = dir.join("usb-stick.img");
-        if usb {
-            let mut bytes = std::fs::read(&bundle)?;
-            bytes.resize(bytes.len().div_ceil(1 << 20) << 20, 0);
-            std::fs::write(&stick, bytes)?;
-        }
-        let mut vm =
-            Vm::start_with_clock(name, &disk, dir, usb.then_some(stick.as_path()), rtc_base)?;
-        say("Booting a fresh device from the v1 disk under QEMU (slot A; slot B empty)...");
-        vm.wait_for("cairn: slot A chosen", BOOT_TIMEOUT)?;
+        let (disk, mut vm) = match board {
+            Board::Uboot => {
+                let disk = disk_with_empty_slot_b(dir)?;
+                let stick = dir.join("usb-stick.img");
+                if usb {
+                    let mut bytes = std::fs::read(&bundle)?;
+                    bytes.resize(bytes.len().div_ceil(1 << 20) << 20, 0);
+                    std::fs::write(&stick, bytes)?;
+                }
+                let vm = Vm::start_with_clock(
+                    name,
+                    &disk,
+                    dir,
+                    usb.then_some(stick.as_path()),
+                    rtc_base,
+                )?;
+                say("Booting a fresh device from the v1 disk under QEMU (slot A; slot B empty)...");
+                (disk, vm)
+            }
+            Board::Efi(_) => {
+                let disk = TestDisk::copy_of(&v1.layout.disk(), &v1.profile, dir)?.path;
+                let vm = board.start(name, &disk, dir)?;
+                say("Booting a fresh device from the v1 disk under QEMU: UEFI firmware with Secure Boot on, systemd-boot, slot A's signed UKI...");
+                (disk, vm)
+            }
+        };
+        vm.wait_for(&board.slot_chosen("A"), EFI_AWARE_BOOT_TIMEOUT)?;
         vm.wait_for_shell(BOOT_TIMEOUT)?;
         say("The device is up; cairnd makes a device key on first boot and enrolls it.");
         let device_id = wait_for_enrollment(&fleet)?;
         fleet.approve(&device_id)?;
         say(&format!("The operator approves {device_id}."));
         Ok(Rig {
+            board,
             fleet,
             vm,
             device_id,
@@ -122,7 +216,7 @@ impl Rig {
         release: &str,
         say: &mut dyn FnMut(&str),
     ) -> Result<CampaignEnd> {
-        let compatible = &image()?.profile.compatible;
+        let compatible = &self.board.v1()?.profile.compatible;
         say(&format!(
             "Campaign {campaign}: release {release} to every {compatible} device, pause at the first failure."
         ));
@@ -182,7 +276,7 @@ impl Rig {
             .ok_or_else(|| anyhow::anyhow!("disk without a directory"))?
             .to_path_buf();
         self.vm.power_off();
-        self.vm = Vm::start(name, &self.disk, &dir)?;
+        self.vm = self.board.start(name, &self.disk, &dir)?;
         Ok(())
     }
 

@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::{ensure, Result};
 use qemu_tests::disk::TestDisk;
 use qemu_tests::efi::{self, Arch};
+use qemu_tests::update_loop::{Board, Rig};
 use qemu_tests::vm::Vm;
 use qemu_tests::{record_time, vm_slot};
 
@@ -16,16 +17,25 @@ const EFI_OS_BOOT_TIMEOUT: Duration = Duration::from_secs(120);
 
 #[test]
 fn x86_64_image_boots_slot_a_with_secure_boot_on_and_containerd_ready() -> Result<()> {
-    let build = efi::os_image(Arch::X86_64)?;
+    boots_slot_a(Arch::X86_64)
+}
+
+#[test]
+fn arm64_image_boots_slot_a_with_secure_boot_on_and_containerd_ready() -> Result<()> {
+    boots_slot_a(Arch::Arm64)
+}
+
+fn boots_slot_a(arch: Arch) -> Result<()> {
+    let build = efi::os_image(arch)?;
     let _slot = vm_slot();
     let scratch = tempfile::tempdir()?;
     let disk = TestDisk::copy_of(&build.layout.disk(), &build.profile, scratch.path())?;
     let mut vm = Vm::start_efi_os(
-        "efi-x86_64-boot",
+        &format!("efi-{arch:?}-boot"),
         &disk.path,
         scratch.path(),
         &build.layout.efi_vars(),
-        Arch::X86_64,
+        arch,
     )?;
     // The initramfs takes the slot from the entry systemd-boot started.
     vm.wait_for(
@@ -59,8 +69,12 @@ fn x86_64_image_boots_slot_a_with_secure_boot_on_and_containerd_ready() -> Resul
     let table = vm.check("dmsetup table cairn-root", COMMAND_TIMEOUT)?;
     ensure!(table.contains(&verity.root_hash), "verity table: {table}");
     vm.check("test -c /dev/tpmrm0", COMMAND_TIMEOUT)?;
-    let arch = vm.check("uname -m", COMMAND_TIMEOUT)?;
-    ensure!(arch == "x86_64", "uname -m: {arch}");
+    let machine = vm.check("uname -m", COMMAND_TIMEOUT)?;
+    let expected = match arch {
+        Arch::X86_64 => "x86_64",
+        Arch::Arm64 => "aarch64",
+    };
+    ensure!(machine == expected, "uname -m: {machine}");
 
     let cri = vm.wait_for_cri()?;
     ensure!(cri.contains("RuntimeReady=true"), "CRI status: {cri}");
@@ -75,7 +89,7 @@ fn x86_64_image_boots_slot_a_with_secure_boot_on_and_containerd_ready() -> Resul
     ensure!(status["booted"] == "A", "cairn status: {status}");
     ensure!(status["committed"] == "A", "cairn status: {status}");
     ensure!(
-        status["compatible"] == "cairn-qemu-x86_64-efi",
+        status["compatible"] == build.profile.compatible,
         "cairn status: {status}"
     );
     ensure!(
@@ -89,7 +103,78 @@ fn x86_64_image_boots_slot_a_with_secure_boot_on_and_containerd_ready() -> Resul
         entries == ["cairn-0-b.efi", "cairn-1-a.efi"],
         "the ESP's entries after the boot: {entries:?}"
     );
-    record_time("UEFI x86_64: boot slot A to shell", to_shell);
-    record_time("UEFI x86_64: boot slot A, all checks", took);
+    record_time(&format!("UEFI {arch:?}: boot slot A to shell"), to_shell);
+    record_time(&format!("UEFI {arch:?}: boot slot A, all checks"), took);
     Ok(())
+}
+
+#[test]
+fn x86_64_a_campaign_delivers_v2_as_a_delta_of_rootfs_and_uki_and_the_device_commits_it(
+) -> Result<()> {
+    campaign_commits_v2(Arch::X86_64)
+}
+
+#[test]
+fn arm64_a_campaign_delivers_v2_as_a_delta_of_rootfs_and_uki_and_the_device_commits_it(
+) -> Result<()> {
+    campaign_commits_v2(Arch::Arm64)
+}
+
+/// v1 → v2 through a campaign that requires attestation: deltas of the slot and the UKI,
+/// systemd-boot's trial of B's new entry, commit, and a quote covering PCR 11.
+fn campaign_commits_v2(arch: Arch) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let _slot = vm_slot();
+    let board = Board::Efi(arch);
+    let mut rig = Rig::boot_v1_on(board, dir.path(), &format!("efi-{arch:?}-update"), &mut say)?;
+    let end = rig.roll_out("rollout-efi-0.2.0", &mut say)?;
+    ensure!(end.succeeded == 1 && end.failed == 0, "{end:?}");
+
+    // systemd-boot started B's trial entry; cairnd blessed it.
+    rig.vm
+        .wait_for(&board.slot_chosen("B"), EFI_OS_BOOT_TIMEOUT)?;
+    let status = rig.wait_for_v2_committed()?;
+    ensure!(
+        status["slots"]["A"]["bootable"] == true,
+        "A stays the fallback: {status}"
+    );
+    let record = rig.fleet.device(&rig.device_id)?;
+    let history = record["history"].to_string();
+    ensure!(
+        history.contains("rootfs delta") && history.contains("uki delta"),
+        "the server planned deltas for the slot and the UKI: {history}"
+    );
+    ensure!(
+        history.contains(": attested"),
+        "the server counted the device only after its quote covered PCR 11: {history}"
+    );
+    let payloads = rig.payload_lines()?;
+    ensure!(
+        payloads
+            .iter()
+            .any(|l| l.contains("image=uki") && l.contains("delta")),
+        "the UKI came from a delta against the running entry: {payloads:?}"
+    );
+    let took = rig.started.elapsed();
+    rig.vm.power_off();
+    let entries = efi::linux_entries(&rig.disk)?;
+    ensure!(
+        entries
+            .iter()
+            .any(|e| e.starts_with("cairn-2-b") && !e.contains('+')),
+        "B's entry is blessed, generation 2: {entries:?}"
+    );
+    ensure!(
+        entries.iter().any(|e| e == "cairn-1-a.efi"),
+        "A's entry is kept: {entries:?}"
+    );
+    record_time(
+        "UEFI x86_64: campaign v1 -> v2 (delta), trial boot, commit",
+        took,
+    );
+    Ok(())
+}
+
+fn say(line: &str) {
+    println!("{line}");
 }

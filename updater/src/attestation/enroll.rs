@@ -5,7 +5,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use cairn_attest::EventLog;
+use cairn_attest::{EventKind, EventLog};
 use cairn_server_api::{
     ak_digest, codes, AttestationEvidence, AttestationRequest, TpmActivation, TpmEnrollRequest,
 };
@@ -166,7 +166,14 @@ fn answer(
 ) -> Result<cairn_server_api::AttestationResult, AttestationError> {
     let nonce = hex::decode(&request.nonce)
         .map_err(|e| AttestationError::Boot(format!("server's nonce: {e}")))?;
-    let quote = tpm.quote(ak, &nonce)?;
+    // A log that starts with systemd-boot's measurement is the UEFI path's: the quote
+    // must also cover PCR 11, the UKI systemd-stub measured.
+    let uefi = log.events().first().map(|e| e.kind()) == Some(EventKind::LoaderCmdline);
+    let quote = if uefi {
+        tpm.quote_uefi(ak, &nonce)?
+    } else {
+        tpm.quote(ak, &nonce)?
+    };
     let evidence = AttestationEvidence {
         nonce: request.nonce.clone(),
         quote: hex::encode(&quote.attest),

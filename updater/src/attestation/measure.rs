@@ -9,7 +9,7 @@ use std::fs;
 use std::path::Path;
 
 use cairn_attest::{Event, EventKind, EventLog, CAIRN_PCR};
-use cairn_boot::{slot_env, KernelCmdline};
+use cairn_boot::{slot_env, EfiEntryStore, KernelCmdline};
 use cairn_tpm::Tpm;
 
 use super::TpmConfig;
@@ -23,19 +23,12 @@ pub fn read_log(path: &Path) -> Result<EventLog, AttestationError> {
 }
 
 /// What identifies the booted slot: its name, the verity root hash the initramfs set up
-/// dm-verity with, and the digests of its kernel and initrd files.
+/// dm-verity with, and the digests of its kernel and initrd files; on the UEFI path,
+/// systemd-boot's measurement of the command line first, and the UKI's digest instead.
 pub fn boot_events(config: &SystemConfig) -> Result<Vec<(EventKind, String)>, AttestationError> {
-    if matches!(config.bootloader, BootloaderConfig::Efi { .. }) {
-        // There, systemd-stub measures the UKI's sections into PCR 11 and systemd-boot
-        // its command line into PCR 12 (docs/UEFI.md); the log and quote that cover
-        // them are not built yet, so this path does not attest.
-        return Err(AttestationError::Boot(
-            "attestation on the UEFI path (PCR 11 and systemd-boot's PCR 12) is not built yet"
-                .into(),
-        ));
-    }
     let cmdline_path = &config.system.cmdline;
-    let cmdline = KernelCmdline::new(&fs::read_to_string(cmdline_path).map_err(io(cmdline_path))?);
+    let cmdline_text = fs::read_to_string(cmdline_path).map_err(io(cmdline_path))?;
+    let cmdline = KernelCmdline::new(&cmdline_text);
     let missing =
         |key: &str| AttestationError::Boot(format!("no {key}= on the kernel command line"));
     let slot = crate::slot::booted_slot(config, &cmdline)
@@ -44,15 +37,38 @@ pub fn boot_events(config: &SystemConfig) -> Result<Vec<(EventKind, String)>, At
         .verity_root_hash()
         .ok_or_else(|| missing(slot_env::arg::ROOT_HASH))?
         .to_ascii_lowercase();
+    let digest_of = |path: &Path| -> Result<String, AttestationError> {
+        let mut file = fs::File::open(path).map_err(io(path))?;
+        let (digest, _) = cairn_bundle::sha256_reader(&mut file).map_err(io(path))?;
+        Ok(digest)
+    };
+    if let BootloaderConfig::Efi { esp } = &config.bootloader {
+        // systemd-boot measured the UKI's command line into PCR 12 before Linux started
+        // (the kernel's copy is that text, with a newline); systemd-stub measured the
+        // UKI's sections into PCR 11, which the quote covers too.
+        let uki = EfiEntryStore::new(esp)
+            .entry_path(slot)
+            .map_err(|e| AttestationError::Boot(e.to_string()))?
+            .ok_or_else(|| {
+                AttestationError::Boot(format!("slot {slot} has no entry on the ESP"))
+            })?;
+        return Ok(vec![
+            (
+                EventKind::LoaderCmdline,
+                cmdline_text.trim_end_matches('\n').to_string(),
+            ),
+            (EventKind::Slot, slot.to_string().to_ascii_lowercase()),
+            (EventKind::RootfsVerityRoot, root_hash),
+            (EventKind::Uki, digest_of(&uki)?),
+        ]);
+    }
     let file_digest = |image: &str| -> Result<String, AttestationError> {
         let Some(Target::File(path)) = config.slot(slot).images.get(image) else {
             return Err(AttestationError::Boot(format!(
                 "slot {slot} has no {image} file to measure"
             )));
         };
-        let mut file = fs::File::open(path).map_err(io(path))?;
-        let (digest, _) = cairn_bundle::sha256_reader(&mut file).map_err(io(path))?;
-        Ok(digest)
+        digest_of(path)
     };
     Ok(vec![
         (EventKind::Slot, slot.to_string().to_ascii_lowercase()),
@@ -88,6 +104,14 @@ pub fn measure_boot(
     };
     let pcr = tpm.read_pcr(CAIRN_PCR)?;
     let measured = measured_prefix(&log, &pcr)?.ok_or(AttestationError::PcrUnexplained)?;
+    // Another component's measurement is never made by cairnd: if PCR 12 lacks it, what
+    // started this boot was not systemd-boot (or it measured something else).
+    if log.events()[measured..]
+        .iter()
+        .any(|e| e.kind() == EventKind::LoaderCmdline)
+    {
+        return Err(AttestationError::PcrUnexplained);
+    }
     for event in &log.events()[measured..] {
         tpm.measure(&mut EventLog::new(), event.kind(), event.value())?;
     }
