@@ -11,8 +11,9 @@ use anyhow::{bail, Context, Result};
 const USAGE: &str = "usage: cargo xtask <command>
 
   test    install what the tests need, then fmt --check, clippy -D warnings, cargo test
-  image   build the QEMU arm64 OS image: target/cairn/qemu-arm64/disk.img (+ .bmap)
-  demo    the end-to-end update demo under QEMU
+  image   build the QEMU arm64 OS image: target/cairn/qemu-arm64/disk.img (+ .bmap);
+          --profile image/profiles/qemu-x86_64-efi.toml (or qemu-arm64-efi.toml): UEFI
+  demo    the end-to-end update demo under QEMU; --profile as for image
   setup   only install what the tests need
   bench [install|server|delta|flash]
           measurements (release builds), install and server unless one is named:
@@ -33,7 +34,7 @@ fn main() -> Result<()> {
     match args.first().map(String::as_str) {
         Some("test") => test(),
         Some("setup") => setup::test_prerequisites(),
-        Some("demo") => demo(),
+        Some("demo") => demo(&args[1..]),
         Some("bench") => bench(&args[1..]),
         Some("image") => image(&args[1..]),
         _ => {
@@ -157,12 +158,11 @@ fn image(extra: &[String]) -> Result<()> {
 
 /// The update loop end to end on the real image: installs what it needs, then runs
 /// tests/qemu's `cairn-demo`, which tells what happens as it happens.
-fn demo() -> Result<()> {
+fn demo(extra: &[String]) -> Result<()> {
     setup::test_prerequisites()?;
-    step(
-        "demo",
-        cargo(&["run", "-p", "qemu-tests", "--bin", "cairn-demo"]),
-    )
+    let mut cmd = cargo(&["run", "-p", "qemu-tests", "--bin", "cairn-demo", "--"]);
+    cmd.args(extra);
+    step("demo", cmd)
 }
 
 fn cargo(args: &[&str]) -> Command {

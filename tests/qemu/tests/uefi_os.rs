@@ -2,11 +2,18 @@
 //! as `cargo xtask image` builds it, booted by OVMF with Secure Boot on and the image's
 //! keys enrolled, through the signed systemd-boot and the slot's signed UKI.
 
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::Duration;
 
-use anyhow::{ensure, Result};
+use anyhow::{ensure, Context, Result};
+use cairn_image::os::pe::PeImage;
+use cairn_image::os::run::run;
+use cairn_image::os::secureboot::{self, KeyPair, SecureBootKeys};
 use qemu_tests::disk::TestDisk;
 use qemu_tests::efi::{self, Arch};
+use qemu_tests::fleet::{self, Replaced};
 use qemu_tests::update_loop::{Board, Rig};
 use qemu_tests::vm::Vm;
 use qemu_tests::{record_time, vm_slot};
@@ -177,4 +184,234 @@ fn campaign_commits_v2(arch: Arch) -> Result<()> {
 
 fn say(line: &str) {
     println!("{line}");
+}
+
+#[test]
+fn x86_64_a_release_failing_its_health_check_falls_back_to_a_and_stops_the_campaign() -> Result<()>
+{
+    let dir = tempfile::tempdir()?;
+    let _slot = vm_slot();
+    let board = Board::Efi(Arch::X86_64);
+    let v3 = fleet::image_of("qemu-x86_64-efi-v3.toml")?;
+    let mut rig = Rig::boot_v1_on(board, dir.path(), "efi-x86_64-health", &mut say)?;
+    let bundle = fleet::bundle(v3, board.v1()?, &dir.path().join("v3.cairn"))?;
+    let release = rig.add_release(&bundle)?;
+    let end = rig.roll_out_release("rollout-efi-0.3.0", &release, &mut say)?;
+    ensure!(end.failed == 1 && end.state == "paused", "{end:?}");
+    let history = rig.fleet.device(&rig.device_id)?["history"].to_string();
+    ensure!(
+        history.contains("payments service is not answering"),
+        "the failing check's output reaches the server: {history}"
+    );
+    // B's entry was tried once, then removed: systemd-boot starts A again.
+    rig.vm
+        .wait_for(&board.slot_chosen("B"), EFI_OS_BOOT_TIMEOUT)?;
+    rig.vm
+        .wait_for(&board.slot_chosen("A"), EFI_OS_BOOT_TIMEOUT * 2)?;
+    let status = rig.wait_for_status("the rollback", |s| s["phase"]["phase"] == "rolled-back")?;
+    ensure!(
+        status["booted"] == "A" && status["committed"] == "A",
+        "{status}"
+    );
+    ensure!(
+        rig.vm.count(&board.slot_chosen("B")) == 1,
+        "slot B was tried exactly once"
+    );
+    let took = rig.started.elapsed();
+    rig.vm.power_off();
+    let entries = efi::linux_entries(&rig.disk)?;
+    ensure!(
+        entries
+            .iter()
+            .all(|e| !e.starts_with("cairn-") || e.contains("-a")),
+        "only A's entry is left: {entries:?}"
+    );
+    record_time(
+        "UEFI x86_64: health check fails, fallback to A, campaign paused",
+        took,
+    );
+    Ok(())
+}
+
+/// The v2 UKI with its signature removed, `edit`ed, and signed by `signer`, at `out`.
+fn resigned(
+    uki: &Path,
+    edit: impl Fn(&mut Vec<u8>) -> Result<()>,
+    signer: &KeyPair,
+    out: &Path,
+) -> Result<PathBuf> {
+    let unsigned = out.with_extension("unsigned");
+    fs::copy(uki, &unsigned)?;
+    run(Command::new("sbattach").arg("--remove").arg(&unsigned))?;
+    let mut bytes = fs::read(&unsigned)?;
+    edit(&mut bytes)?;
+    fs::write(&unsigned, &bytes)?;
+    secureboot::sign(signer, &unsigned, out)?;
+    Ok(out.to_path_buf())
+}
+
+#[test]
+fn x86_64_an_update_whose_uki_another_key_signed_is_refused_by_the_firmware_and_falls_back(
+) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let _slot = vm_slot();
+    let board = Board::Efi(Arch::X86_64);
+    let v2 = fleet::image_of(efi::v2_profile(Arch::X86_64))?;
+    let foreign = &efi::parts(Arch::X86_64)?.foreign;
+    let uki = resigned(
+        &v2.layout.uki(),
+        |_| Ok(()),
+        foreign,
+        &dir.path().join("foreign.efi"),
+    )?;
+    let mut rig = Rig::boot_v1_on(board, dir.path(), "efi-x86_64-foreign", &mut say)?;
+    let bundle = fleet::bundle_replacing(
+        v2,
+        board.v1()?,
+        &dir.path().join("foreign.cairn"),
+        Some(Replaced {
+            version: "0.2.1",
+            image: "uki",
+            path: &uki,
+        }),
+    )?;
+    let release = rig.add_release(&bundle)?;
+    let end = rig.roll_out_release("rollout-efi-foreign", &release, &mut say)?;
+    ensure!(end.failed == 1, "{end:?}");
+    // The firmware refused B's entry; systemd-boot started A once B's try was spent.
+    rig.vm.wait_for("Access denied", EFI_OS_BOOT_TIMEOUT)?;
+    rig.vm
+        .wait_for(&board.slot_chosen("A"), EFI_OS_BOOT_TIMEOUT * 2)?;
+    ensure!(
+        rig.vm.count(&board.slot_chosen("B")) == 0,
+        "nothing of the foreign UKI ran"
+    );
+    let status = rig.wait_for_status("the rollback", |s| s["phase"]["phase"] == "rolled-back")?;
+    ensure!(
+        status["booted"] == "A" && status["committed"] == "A",
+        "{status}"
+    );
+    record_time(
+        "UEFI x86_64: foreign-signed UKI refused by the firmware, fallback to A",
+        rig.started.elapsed(),
+    );
+    Ok(())
+}
+
+/// What a device boots must be what the release pins, not merely signed by the right key:
+/// v2's UKI with another command line (`panic=6`), signed with the image's own db key,
+/// shipped under a manifest that pins the PCR 11 of the UKI cairn-image built. The device
+/// boots it and commits; the quote shows another PCR 11 and the server refuses it.
+#[test]
+fn x86_64_a_uki_with_another_command_line_boots_but_fails_attestation() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let _slot = vm_slot();
+    let board = Board::Efi(Arch::X86_64);
+    let v1 = board.v1()?;
+    let v2 = fleet::image_of(efi::v2_profile(Arch::X86_64))?;
+    let keys = SecureBootKeys::existing(&v1.layout.dev_keys().join("secureboot"))?;
+    let uki = resigned(
+        &v2.layout.uki(),
+        |bytes| {
+            let image = PeImage::parse(bytes)?;
+            let section = image.section(".cmdline").context("no .cmdline")?;
+            let start = section.raw_offset as usize;
+            let cmdline = &mut bytes[start..start + section.virtual_size as usize];
+            let at = cmdline
+                .windows(7)
+                .position(|w| w == b"panic=5")
+                .context("no panic=5 in .cmdline")?;
+            cmdline[at + 6] = b'6';
+            Ok(())
+        },
+        &keys.db,
+        &dir.path().join("cmdline.efi"),
+    )?;
+    let mut rig = Rig::boot_v1_on(board, dir.path(), "efi-x86_64-cmdline", &mut say)?;
+    let bundle = fleet::bundle_replacing(
+        v2,
+        v1,
+        &dir.path().join("cmdline.cairn"),
+        Some(Replaced {
+            version: "0.2.2",
+            image: "uki",
+            path: &uki,
+        }),
+    )?;
+    let release = rig.add_release(&bundle)?;
+    let end = rig.roll_out_release("rollout-efi-cmdline", &release, &mut say)?;
+    ensure!(end.failed == 1 && end.succeeded == 0, "{end:?}");
+    let history = rig.fleet.device(&rig.device_id)?["history"].to_string();
+    ensure!(
+        history.contains("attestation failed") && history.contains("PCR 11"),
+        "the server refused the quote for its PCR 11: {history}"
+    );
+    rig.vm
+        .wait_for(&board.slot_chosen("B"), EFI_OS_BOOT_TIMEOUT)?;
+    rig.vm.wait_for_shell(EFI_OS_BOOT_TIMEOUT)?;
+    let cmdline = rig.vm.check("cat /proc/cmdline", COMMAND_TIMEOUT)?;
+    ensure!(
+        cmdline.contains("panic=6"),
+        "the altered UKI ran: {cmdline}"
+    );
+    record_time(
+        "UEFI x86_64: signed UKI with another command line fails attestation",
+        rig.started.elapsed(),
+    );
+    Ok(())
+}
+
+/// Where the install is cut: cairnd's log lines (echoed on the console) and how long
+/// after each. The deltas take ~3 s (rootfs) and ~1 s (uki) here.
+const CUTS: [(&str, u64); 5] = [
+    ("image started image=rootfs", 0),
+    ("image started image=rootfs", 1500),
+    ("image started image=uki", 200),
+    ("image started image=app-images", 0),
+    ("armed for one trial boot", 0),
+];
+
+#[test]
+fn x86_64_power_cuts_during_the_install_and_right_after_the_switch_end_bootable_and_commit(
+) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let _slot = vm_slot();
+    let board = Board::Efi(Arch::X86_64);
+    let mut rig = Rig::boot_v1_on(board, dir.path(), "efi-x86_64-cuts", &mut say)?;
+    rig.vm.send("tail -n 0 -f /var/log/cairnd.log &")?;
+    rig.fleet.start_campaign(
+        "rollout-efi-cuts",
+        &rig.release,
+        &board.v1()?.profile.compatible,
+    )?;
+    let mut cuts = 0;
+    for (line, delay_ms) in CUTS {
+        rig.vm.wait_for(line, EFI_OS_BOOT_TIMEOUT * 2)?;
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        cuts += 1;
+        say(&format!("power cut {cuts}: {delay_ms} ms after '{line}'"));
+        rig.power_cycle(&format!("efi-x86_64-cut-{cuts}"))?;
+        // A slot being written has no entry: systemd-boot starts the committed A, or B
+        // once the cut came after the install armed B's one trial.
+        rig.vm
+            .wait_for("cairn-initramfs: slot ", EFI_OS_BOOT_TIMEOUT)?;
+        if rig.vm.console().contains(&board.slot_chosen("B")) {
+            say("  ...after the trial was armed: slot B boots on trial");
+            break;
+        }
+        rig.shell_with_cairnd_log()?;
+    }
+    ensure!(cuts >= 5, "only {cuts} cuts");
+    let end = rig.follow("rollout-efi-cuts", &mut say)?;
+    ensure!(end.succeeded == 1 && end.failed == 0, "{end:?}");
+    if !rig.vm.console().contains(&board.slot_chosen("B")) {
+        rig.vm
+            .wait_for(&board.slot_chosen("B"), EFI_OS_BOOT_TIMEOUT)?;
+    }
+    rig.wait_for_v2_committed()?;
+    record_time(
+        &format!("UEFI x86_64: {cuts} power cuts during the install and after the switch, then committed"),
+        rig.started.elapsed(),
+    );
+    Ok(())
 }
