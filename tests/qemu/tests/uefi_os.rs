@@ -159,7 +159,7 @@ fn campaign_commits_v2(arch: Arch) -> Result<()> {
     ensure!(
         payloads
             .iter()
-            .any(|l| l.contains("image=uki") && l.contains("delta")),
+            .any(|l| l.contains("image=uki") && l.contains("method=block-bsdiff")),
         "the UKI came from a delta against the running entry: {payloads:?}"
     );
     let took = rig.started.elapsed();
