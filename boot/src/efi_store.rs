@@ -107,17 +107,30 @@ impl EfiEntryStore {
             EntryOp::Retire(entry) => return self.retire(&dir.join(entry.file_name())),
             EntryOp::Rename { from, to } => {
                 let path = dir.join(from.file_name());
-                fs::rename(&path, dir.join(to.file_name()))
-                    .map_err(|source| io_error(&path, source))?;
+                let new = dir.join(to.file_name());
+                fs::rename(&path, &new).map_err(|source| io_error(&path, source))?;
+                sync_renamed(&new)?;
             }
             EntryOp::Promote { slot, to } => {
                 let path = self.staged_path(*slot);
-                fs::rename(&path, dir.join(to.file_name()))
-                    .map_err(|source| io_error(&path, source))?;
+                let new = dir.join(to.file_name());
+                fs::rename(&path, &new).map_err(|source| io_error(&path, source))?;
+                sync_renamed(&new)?;
             }
         }
         self.sync_dir()
     }
+}
+
+/// Writes a renamed file's own metadata. Linux's vfat writes the new directory entry of a
+/// rename with size 0 and no first cluster, and fills them in only when the file's inode
+/// is written back: syncing the directory alone leaves, after a power cut, an entry of
+/// the right name and no contents (found by the UEFI power-cut test, docs/UEFI.md). So
+/// the file is synced first, then the directory.
+fn sync_renamed(path: &Path) -> Result<(), BootStateError> {
+    fs::File::open(path)
+        .and_then(|f| f.sync_all())
+        .map_err(|source| io_error(path, source))
 }
 
 impl BootStateStore for EfiEntryStore {

@@ -349,8 +349,7 @@ impl Rig {
 
     /// `cairn status --json` on the device's console.
     pub fn status(&mut self) -> Result<Value> {
-        let text = self.vm.check("cairn status --json", COMMAND_TIMEOUT)?;
-        Ok(serde_json::from_str(&text[text.find('{').unwrap_or(0)..])?)
+        self.vm.cairn_status()
     }
 
     /// The device log's lines naming the payload each image was written from.

@@ -434,6 +434,12 @@ impl Vm {
         Ok(())
     }
 
+    /// `cairn status --json` on the guest's shell.
+    pub fn cairn_status(&mut self) -> Result<serde_json::Value> {
+        let text = self.check("cairn status --json", GUEST_COMMAND_TIMEOUT)?;
+        Ok(serde_json::from_str(&text[text.find('{').unwrap_or(0)..])?)
+    }
+
     /// Polls `cairn-cri-probe` until containerd's CRI reports RuntimeReady; returns
     /// what it printed.
     pub fn wait_for_cri(&mut self) -> Result<String> {

@@ -94,9 +94,7 @@ fn cairn_status_reports_slot_a_committed() -> Result<()> {
     // cairnd is started by init right after rcS; its "started" line comes after it
     // reconciled the boot (and persisted what it changed).
     vm.wait_for_cairnd("started")?;
-    let text = vm.check("cairn status --json", COMMAND_TIMEOUT)?;
-    let json_start = text.find('{').unwrap_or(0);
-    let status: serde_json::Value = serde_json::from_str(&text[json_start..])?;
+    let status = vm.cairn_status()?;
     ensure!(status["booted"] == "A", "cairn status: {status}");
     ensure!(status["committed"] == "A", "cairn status: {status}");
     ensure!(status["recovery"] == false, "cairn status: {status}");
@@ -332,8 +330,7 @@ fn with_no_tries_left_the_committed_slot_boots_in_recovery_instead_of_looping() 
     let cmdline = vm.check("cat /proc/cmdline", COMMAND_TIMEOUT)?;
     ensure!(cmdline.contains("cairn.recovery=1"), "cmdline: {cmdline}");
     vm.wait_for_cairnd("started")?;
-    let text = vm.check("cairn status --json", COMMAND_TIMEOUT)?;
-    let status: serde_json::Value = serde_json::from_str(&text[text.find('{').unwrap_or(0)..])?;
+    let status = vm.cairn_status()?;
     ensure!(status["recovery"] == true, "cairn status: {status}");
     ensure!(
         status["last_error"]

@@ -90,9 +90,7 @@ fn boots_slot_a(arch: Arch) -> Result<()> {
     // cairnd, built for x86_64 from this workspace, reads the boot state off the ESP's
     // entries: slot A committed, B (the copy) its fallback.
     vm.wait_for_cairnd("started")?;
-    let text = vm.check("cairn status --json", COMMAND_TIMEOUT)?;
-    let json_start = text.find('{').unwrap_or(0);
-    let status: serde_json::Value = serde_json::from_str(&text[json_start..])?;
+    let status = vm.cairn_status()?;
     ensure!(status["booted"] == "A", "cairn status: {status}");
     ensure!(status["committed"] == "A", "cairn status: {status}");
     ensure!(
@@ -176,7 +174,7 @@ fn campaign_commits_v2(arch: Arch) -> Result<()> {
         "A's entry is kept: {entries:?}"
     );
     record_time(
-        "UEFI x86_64: campaign v1 -> v2 (delta), trial boot, commit",
+        &format!("UEFI {arch:?}: campaign v1 -> v2 (delta), trial boot, commit"),
         took,
     );
     Ok(())
@@ -227,7 +225,7 @@ fn x86_64_a_release_failing_its_health_check_falls_back_to_a_and_stops_the_campa
         "only A's entry is left: {entries:?}"
     );
     record_time(
-        "UEFI x86_64: health check fails, fallback to A, campaign paused",
+        "UEFI X86_64: health check fails, fallback to A, campaign paused",
         took,
     );
     Ok(())
@@ -292,7 +290,7 @@ fn x86_64_an_update_whose_uki_another_key_signed_is_refused_by_the_firmware_and_
         "{status}"
     );
     record_time(
-        "UEFI x86_64: foreign-signed UKI refused by the firmware, fallback to A",
+        "UEFI X86_64: foreign-signed UKI refused by the firmware, fallback to A",
         rig.started.elapsed(),
     );
     Ok(())
@@ -355,19 +353,37 @@ fn x86_64_a_uki_with_another_command_line_boots_but_fails_attestation() -> Resul
         "the altered UKI ran: {cmdline}"
     );
     record_time(
-        "UEFI x86_64: signed UKI with another command line fails attestation",
+        "UEFI X86_64: signed UKI with another command line fails attestation",
         rig.started.elapsed(),
     );
     Ok(())
 }
 
+/// What the ESP holds, as the device sees it; then the device is switched off and its
+/// disk kept next to the console logs.
+fn keep_for_inspection(rig: &mut Rig) -> Result<String> {
+    let esp = rig.vm.check(
+        "ls -la /boot/EFI/Linux /boot; dmesg | grep -i fat",
+        COMMAND_TIMEOUT,
+    )?;
+    rig.vm.power_off();
+    let kept = qemu_tests::log_dir().join("efi-x86_64-cuts-disk.img");
+    fs::copy(&rig.disk, &kept)?;
+    Ok(format!(
+        "the ESP holds:\n{esp}\n(disk kept at {})",
+        kept.display()
+    ))
+}
+
 /// Where the install is cut: cairnd's log lines (echoed on the console) and how long
-/// after each. The deltas take ~3 s (rootfs) and ~1 s (uki) here.
+/// after each. The rootfs delta takes ~3 s here; the UKI's and the container archive's
+/// writes and the arming follow within about a second, so the cuts inside the install
+/// all come before the UKI is written, and the last right after the arming.
 const CUTS: [(&str, u64); 5] = [
     ("image started image=rootfs", 0),
-    ("image started image=rootfs", 1500),
-    ("image started image=uki", 200),
-    ("image started image=app-images", 0),
+    ("image started image=rootfs", 1000),
+    ("image started image=rootfs", 2000),
+    ("image started image=uki", 0),
     ("armed for one trial boot", 0),
 ];
 
@@ -386,7 +402,9 @@ fn x86_64_power_cuts_during_the_install_and_right_after_the_switch_end_bootable_
     )?;
     let mut cuts = 0;
     for (line, delay_ms) in CUTS {
-        rig.vm.wait_for(line, EFI_OS_BOOT_TIMEOUT * 2)?;
+        if let Err(e) = rig.vm.wait_for(line, EFI_OS_BOOT_TIMEOUT * 2) {
+            anyhow::bail!("{e}\n{}", keep_for_inspection(&mut rig)?);
+        }
         std::thread::sleep(Duration::from_millis(delay_ms));
         cuts += 1;
         say(&format!("power cut {cuts}: {delay_ms} ms after '{line}'"));
@@ -400,17 +418,21 @@ fn x86_64_power_cuts_during_the_install_and_right_after_the_switch_end_bootable_
             break;
         }
         rig.shell_with_cairnd_log()?;
+        let esp = rig.vm.check("ls -la /boot/EFI/Linux", COMMAND_TIMEOUT)?;
+        say(&format!("  the ESP after the cut:\n{esp}"));
     }
     ensure!(cuts >= 5, "only {cuts} cuts");
     let end = rig.follow("rollout-efi-cuts", &mut say)?;
-    ensure!(end.succeeded == 1 && end.failed == 0, "{end:?}");
+    if end.succeeded != 1 || end.failed != 0 {
+        anyhow::bail!("{end:?}\n{}", keep_for_inspection(&mut rig)?);
+    }
     if !rig.vm.console().contains(&board.slot_chosen("B")) {
         rig.vm
             .wait_for(&board.slot_chosen("B"), EFI_OS_BOOT_TIMEOUT)?;
     }
     rig.wait_for_v2_committed()?;
     record_time(
-        &format!("UEFI x86_64: {cuts} power cuts during the install and after the switch, then committed"),
+        &format!("UEFI X86_64: {cuts} power cuts during the install and after the switch, then committed"),
         rig.started.elapsed(),
     );
     Ok(())
