@@ -1,7 +1,9 @@
 //! Measurement happens first thing when cairnd starts, before health checks or anything
 //! else from the slot runs with write access: the slot name and the verity root hash
 //! come from the kernel command line the initramfs verified the root with, the kernel
-//! and initrd digests from the files U-Boot loaded. The log is written *before* the
+//! and initrd digests from the files U-Boot loaded (on the UEFI path: systemd-boot's
+//! measurement of the command line comes first, and the UKI's digest from the slot's
+//! entry stands for kernel and initrd; docs/UEFI.md). The log is written *before* the
 //! PCR is extended, so a crash in between is repaired on the next start: the events the
 //! PCR already holds are found as a prefix of the log and only the rest are extended.
 
