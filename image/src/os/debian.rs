@@ -27,8 +27,17 @@ pub struct Tree {
 /// The tree with `packages` (and their dependencies) unpacked, from the cache or fetched.
 pub fn tree(debian: &Debian, packages: &[String], label: &str, cache: &Path) -> Result<Tree> {
     let key = cache_key(debian, packages);
-    let entry = cache.join("trees").join(format!("{label}-{}", &key[..16]));
+    let name = format!("{label}-{}", &key[..16]);
+    let entry = cache.join("trees").join(&name);
     let dir = entry.join("tree");
+    // Two builds wanting the same tree (the tests build several profiles at once, a demo
+    // may run beside them) take turns: the second finds it cached.
+    fs::create_dir_all(cache.join("trees"))?;
+    let lock_path = cache.join("trees").join(format!("{name}.lock"));
+    let lock = fs::File::create(&lock_path)
+        .with_context(|| format!("creating {}", lock_path.display()))?;
+    lock.lock()
+        .with_context(|| format!("locking {}", lock_path.display()))?;
     // packages.txt is written last: its presence marks a complete entry.
     let list = entry.join("packages.txt");
     if let Ok(packages) = fs::read_to_string(&list) {

@@ -382,7 +382,7 @@ pub fn os_image(arch: Arch) -> Result<&'static Build> {
     cell.get_or_init(|| {
         let path = crate::workspace().join("image/profiles").join(profile);
         let build = Build::new(&path).map_err(|e| format!("{e:#}"))?;
-        build.ensure(SlotB::Copy).map_err(|e| format!("{e:#}"))?;
+        crate::ensure_image(&build, SlotB::Copy).map_err(|e| format!("{e:#}"))?;
         Ok(build)
     })
     .as_ref()

@@ -34,9 +34,7 @@ pub fn image_of(profile: &str) -> Result<&'static Build> {
     }
     let path = crate::workspace().join("image/profiles").join(profile);
     let build = Build::new(&path)?;
-    build
-        .ensure(SlotB::Empty)
-        .with_context(|| format!("building {profile}"))?;
+    crate::ensure_image(&build, SlotB::Empty).with_context(|| format!("building {profile}"))?;
     let build: &'static Build = Box::leak(Box::new(build));
     images.insert(profile.to_string(), build);
     Ok(build)

@@ -41,13 +41,22 @@ pub fn profile_path() -> PathBuf {
     workspace().join("image/profiles/qemu-arm64.toml")
 }
 
+/// Builds `build` unless its inputs are unchanged, one build at a time in this process:
+/// builds of different profiles share Debian trees and the development keys, which two
+/// first builds at once would race on (tests in parallel build v1 and v2 together).
+pub fn ensure_image(build: &Build, slot_b: SlotB) -> Result<PathBuf> {
+    static BUILDS: Mutex<()> = Mutex::new(());
+    let _one_at_a_time = BUILDS.lock().unwrap_or_else(|p| p.into_inner());
+    build.ensure(slot_b)
+}
+
 /// The image (slot B a bootable copy of A), built once per process.
 pub fn image() -> Result<&'static Build> {
     static IMAGE: OnceLock<std::result::Result<Build, String>> = OnceLock::new();
     IMAGE
         .get_or_init(|| {
             let build = Build::new(&profile_path()).map_err(|e| format!("{e:#}"))?;
-            build.ensure(SlotB::Copy).map_err(|e| format!("{e:#}"))?;
+            ensure_image(&build, SlotB::Copy).map_err(|e| format!("{e:#}"))?;
             Ok(build)
         })
         .as_ref()
