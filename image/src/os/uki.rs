@@ -101,17 +101,11 @@ pub fn pcr11_sha256(uki: &[u8]) -> Result<[u8; 32], UkiError> {
 /// The SHA-256 PCR 12 value after systemd-boot (254) started a UKI entry whose command
 /// line is `cmdline`, before anything else extends PCR 12: systemd-boot passes the entry's
 /// `.cmdline` to the stub as its load options and measures them first, as UTF-16LE with
-/// the terminating NUL. A replay of cairnd's own PCR 12 event log on the UEFI path must
-/// therefore start from this value, not from zeros (not built yet: docs/UEFI.md).
+/// the terminating NUL. The device's event log records that measurement as its first
+/// event (`cairn_attest::EventKind::LoaderCmdline`, whose digest is this one), so the
+/// log's replay from zeros comes to this value before cairnd's own events.
 pub fn pcr12_after_systemd_boot(cmdline: &str) -> [u8; 32] {
-    let utf16: Vec<u8> = cmdline
-        .encode_utf16()
-        .chain(std::iter::once(0))
-        .flat_map(u16::to_le_bytes)
-        .collect();
-    let mut pcr = [0u8; 32];
-    extend(&mut pcr, &utf16);
-    pcr
+    cairn_attest::event::extend(&[0; 32], &cairn_attest::loader_cmdline_digest(cmdline))
 }
 
 fn extend(pcr: &mut [u8; 32], event: &[u8]) {
