@@ -12,7 +12,7 @@ const USAGE: &str = "usage: cargo xtask <command>
 
   test    install what the tests need, then fmt --check, clippy -D warnings, cargo test
   image   build the QEMU arm64 OS image: target/cairn/qemu-arm64/disk.img (+ .bmap);
-          --profile image/profiles/qemu-x86_64-efi.toml (or qemu-arm64-efi.toml): UEFI
+          --profile qemu-x86_64-efi (or qemu-arm64-efi, or a profile's path): UEFI
   demo    the end-to-end update demo under QEMU; --profile as for image
   setup   only install what the tests need
   bench [install|server|delta|flash]
@@ -34,9 +34,9 @@ fn main() -> Result<()> {
     match args.first().map(String::as_str) {
         Some("test") => test(),
         Some("setup") => setup::test_prerequisites(),
-        Some("demo") => demo(&args[1..]),
+        Some("demo") => demo(&profile_by_name(&args[1..])),
         Some("bench") => bench(&args[1..]),
-        Some("image") => image(&args[1..]),
+        Some("image") => image(&profile_by_name(&args[1..])),
         _ => {
             eprintln!("{USAGE}");
             std::process::exit(2);
@@ -144,7 +144,24 @@ fn bench_server(extra: &[&str]) -> Result<()> {
     step("check-in bench", cmd)
 }
 
-/// `cargo xtask image [--slot-b empty|copy] [--profile PATH]`: the device image, from a
+/// `--profile NAME` (no `/`, no `.toml`) stands for `image/profiles/NAME.toml`; every
+/// other argument is passed on as it is.
+fn profile_by_name(args: &[String]) -> Vec<String> {
+    let mut out = Vec::with_capacity(args.len());
+    let mut after_flag = false;
+    for arg in args {
+        let named = after_flag && !arg.contains('/') && !arg.ends_with(".toml");
+        out.push(if named {
+            format!("image/profiles/{arg}.toml")
+        } else {
+            arg.clone()
+        });
+        after_flag = arg == "--profile";
+    }
+    out
+}
+
+/// `cargo xtask image [--slot-b empty|copy] [--profile NAME|PATH]`: the device image, from a
 /// fresh clone (installs the tools first).
 fn image(extra: &[String]) -> Result<()> {
     setup::test_prerequisites()?;
@@ -183,4 +200,42 @@ fn step(name: &str, mut cmd: Command) -> Result<()> {
         bail!("{name} failed");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::profile_by_name;
+
+    fn strings(args: &[&str]) -> Vec<String> {
+        args.iter().map(|a| a.to_string()).collect()
+    }
+
+    #[test]
+    fn a_profile_name_stands_for_its_file_and_paths_pass_as_they_are() {
+        assert_eq!(
+            profile_by_name(&strings(&[
+                "--slot-b",
+                "copy",
+                "--profile",
+                "qemu-x86_64-efi"
+            ])),
+            strings(&[
+                "--slot-b",
+                "copy",
+                "--profile",
+                "image/profiles/qemu-x86_64-efi.toml"
+            ])
+        );
+        for path in ["image/profiles/qemu-arm64.toml", "mine.toml", "/abs/p"] {
+            assert_eq!(
+                profile_by_name(&strings(&["--profile", path])),
+                strings(&["--profile", path])
+            );
+        }
+        assert_eq!(
+            profile_by_name(&strings(&["qemu-arm64"])),
+            strings(&["qemu-arm64"]),
+            "only the word after --profile"
+        );
+    }
 }

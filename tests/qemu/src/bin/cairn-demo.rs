@@ -1,4 +1,4 @@
-//! `cargo xtask demo [--profile PATH]`: the update loop end to end, told as it happens.
+//! `cargo xtask demo [--profile NAME|PATH]`: the update loop end to end, told as it happens.
 //! Builds v1 and v2, starts cairn-server (SQLite), boots a device under QEMU, rolls v2 out
 //! through a campaign and ends with the device committed on v2 and the dashboard's URL.
 //! The device is the U-Boot arm64 board (`qemu-arm64.toml`), or with `--profile` one of
