@@ -12,6 +12,8 @@
 
 use thiserror::Error;
 
+pub mod authenticode;
+
 /// What is wrong with a PE image, named by the field at fault.
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum PeError {

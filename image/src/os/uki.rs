@@ -108,6 +108,29 @@ pub fn pcr12_after_systemd_boot(cmdline: &str) -> [u8; 32] {
     cairn_attest::event::extend(&[0; 32], &cairn_attest::loader_cmdline_digest(cmdline))
 }
 
+/// What UEFI firmware (EDK2's OVMF and AAVMF) measures into PCR 4 when it starts a boot
+/// option, in order: the `EV_EFI_ACTION` string below, the `EV_SEPARATOR` that ends the
+/// pre-boot measurements (four zero bytes), then the Authenticode digest
+/// ([`pe::authenticode::sha256`]) of each EFI application loaded through the firmware.
+pub const PCR4_BOOT_OPTION_ACTION: &str = "Calling EFI Application from Boot Option";
+
+/// The SHA-256 PCR 4 value after the firmware started `applications` (Authenticode
+/// digests, in load order: systemd-boot, then the UKI it chose) from a boot option.
+/// systemd-stub starts the kernel inside the UKI without the firmware's loader checks, so
+/// the kernel is not measured on its own. Firmware that also starts an option ROM, a shim
+/// or a boot menu application adds events of its own; the QEMU chain tests check this
+/// value on OVMF and AAVMF (docs/UEFI.md).
+pub fn pcr4_after_firmware(applications: &[[u8; 32]]) -> [u8; 32] {
+    use cairn_attest::event::extend as extend_digest;
+    let mut pcr = [0u8; 32];
+    pcr = extend_digest(&pcr, &Sha256::digest(PCR4_BOOT_OPTION_ACTION).into());
+    pcr = extend_digest(&pcr, &Sha256::digest([0u8; 4]).into());
+    for digest in applications {
+        pcr = extend_digest(&pcr, digest);
+    }
+    pcr
+}
+
 fn extend(pcr: &mut [u8; 32], event: &[u8]) {
     let digest = Sha256::digest(event);
     let mut h = Sha256::new();

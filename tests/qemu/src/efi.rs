@@ -6,9 +6,10 @@
 //!
 //! The probe initramfs is not Cairn's: it prints what the boot chain left behind (the
 //! command line, PCRs 4, 7, 11 and 12; the kernel itself logs whether Secure Boot is on)
-//! and powers off. It stands in for the EFI profiles' OS images, which do not exist yet,
-//! so these tests check the chain
-//! the firmware verifies and measures (firmware → systemd-boot → UKI), not an update.
+//! and powers off: the chain tests (`tests/uefi.rs`) check what the firmware verifies and
+//! measures (firmware → systemd-boot → UKI) in seconds, without an OS image. The EFI
+//! profiles' OS images, built here too ([`os_image`]), run the update scenarios
+//! (`tests/uefi_os.rs`).
 
 use std::fs;
 use std::path::{Path, PathBuf};

@@ -1,8 +1,9 @@
 //! The UEFI boot path's chain (docs/UEFI.md) on x86_64 (OVMF) and arm64 (AAVMF): firmware
 //! with Secure Boot on and the project's keys enrolled, systemd-boot, and unified kernel
 //! images built by cairn-image. What the firmware verifies (only binaries signed by the
-//! enrolled db key run), what is measured (PCR 11 by systemd-stub, precomputed by
-//! cairn-image and checked against the real `systemd-measure`; PCR 12 by systemd-boot),
+//! enrolled db key run), what is measured (PCR 4 by the firmware, PCR 11 by systemd-stub,
+//! both precomputed by cairn-image, PCR 11 also checked against the real
+//! `systemd-measure`; PCR 12 by systemd-boot),
 //! and how systemd-boot counts a trial entry down to a fallback (held to cairn-boot's
 //! model of it).
 
@@ -12,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use cairn_boot::efi_entries::{EntryOp, EntrySet};
-use cairn_image::os::pe::PeImage;
+use cairn_image::os::pe::{self, PeImage};
 use cairn_image::os::secureboot::KeyPair;
 use cairn_image::os::uki;
 use qemu_tests::efi::{self, probe_fact, Arch, EfiParts};
@@ -52,10 +53,12 @@ fn trial_disk(parts: &EfiParts, b_signer: &KeyPair, scratch: &Path) -> Result<Tr
     Ok(TrialDisk { disk, a, b })
 }
 
-/// What the probe must report after booting `image` as `slot`: that slot's command line,
-/// Secure Boot on, PCR 11 as cairn-image computed it, and PCR 12 holding only
-/// systemd-boot's measurement of the command line.
-fn check_probe(console: &str, arch: Arch, slot: &str, image: &[u8]) -> Result<()> {
+/// What the probe must report after booting `image` as `slot` from a [`trial_disk`] in
+/// `scratch`: that slot's command line, Secure Boot on, PCR 4 holding the firmware's
+/// measurements of the signed systemd-boot and the slot's signed UKI, PCR 11 as
+/// cairn-image computed it, and PCR 12 holding only systemd-boot's measurement of the
+/// command line.
+fn check_probe(console: &str, arch: Arch, slot: &str, image: &[u8], scratch: &Path) -> Result<()> {
     let line = probe_fact(console, "cmdline").context("the probe printed no command line")?;
     assert!(
         line.contains(&format!("cairn.slot={slot}")),
@@ -64,6 +67,16 @@ fn check_probe(console: &str, arch: Arch, slot: &str, image: &[u8]) -> Result<()
     assert!(
         console.contains("secureboot: Secure boot enabled"),
         "Secure Boot is off"
+    );
+    let pcr4 = probe_fact(console, "pcr4").context("no PCR 4")?;
+    let loaded = [
+        pe::authenticode::sha256(&fs::read(scratch.join("systemd-boot.efi"))?)?,
+        pe::authenticode::sha256(&fs::read(scratch.join(format!("{slot}.efi")))?)?,
+    ];
+    assert_eq!(
+        pcr4.to_lowercase(),
+        hex::encode(uki::pcr4_after_firmware(&loaded)),
+        "PCR 4"
     );
     let pcr11 = probe_fact(console, "pcr11").context("no PCR 11")?;
     assert_eq!(
@@ -149,6 +162,7 @@ fn signed_trial_boots_once_then_the_committed_entry_with_precomputed_pcr11() -> 
             parts.arch,
             slot,
             if slot == "a" { &a } else { &b },
+            scratch.path(),
         )?;
         let renamed = before.apply(&[EntryOp::Rename {
             from: expected,
@@ -267,7 +281,7 @@ fn arm64_signed_trial_boots_with_secure_boot_and_precomputed_pcr11() -> Result<(
     )?;
     vm.wait_for("CAIRN-PROBE done", EFI_BOOT_TIMEOUT)?;
     let console = vm.stop();
-    check_probe(&console, parts.arch, "b", &b)?;
+    check_probe(&console, parts.arch, "b", &b, scratch.path())?;
     assert_eq!(
         efi::linux_entries(&disk)?,
         ["cairn-1-a.efi", "cairn-2-b+0-1.efi"]
