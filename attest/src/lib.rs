@@ -47,7 +47,9 @@ pub use event::{
     event_digest, loader_cmdline_digest, Event, EventKind, EventLog, Measured, MeasuredBoot, Slot,
 };
 pub use public::RsaPublicArea;
-pub use quote::{verify_quote, PcrSelection, QuoteAttest, RsassaSignature, UKI_PCR};
+pub use quote::{
+    verify_quote, PcrSelection, QuoteAttest, RsassaSignature, UefiPcrs, FIRMWARE_PCR, UKI_PCR,
+};
 
 /// The PCR Cairn extends (SHA-256 bank). PCR 12 is, by the TCG PC Client profile, free for
 /// OS use and not touched by firmware, and resets only with the TPM.

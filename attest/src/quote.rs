@@ -172,18 +172,18 @@ impl RsassaSignature {
 /// SHA-256 {CAIRN_PCR} (`WrongPcrSelection`); its pcrDigest is sha256 of the PCR value the
 /// log replays to (`PcrDigestMismatch`); the log holds each event kind once.
 ///
-/// With `pcr11`, the UEFI path's value of PCR 11 the release's UKI produces (systemd-stub
-/// measures its sections there, docs/UEFI.md), the quote must instead select exactly
-/// SHA-256 {11, CAIRN_PCR}, and its pcrDigest be sha256(`pcr11` || replayed PCR 12)
-/// (`Pcr11`): a device whose kernel, initramfs or command line differs from the
-/// release's fails, whatever its log says.
+/// With `uefi`, the values the release pins for a UEFI boot (docs/UEFI.md), the quote
+/// must instead select exactly SHA-256 {4, 11, CAIRN_PCR}, and its pcrDigest be
+/// sha256(`pcr4` || `pcr11` || replayed PCR 12) (`UefiPcrs`): a device whose firmware
+/// started another boot loader or UKI, or whose kernel, initramfs or command line differs
+/// from the release's, fails, whatever its log says.
 pub fn verify_quote(
     ak_public: &[u8],
     attest: &[u8],
     signature: &[u8],
     expected_nonce: &[u8],
     log: &EventLog,
-    pcr11: Option<&[u8; 32]>,
+    uefi: Option<&UefiPcrs>,
 ) -> Result<Measured> {
     let ak = RsaPublicArea::parse(ak_public)?;
     ak.check_attestation_key()?;
@@ -201,26 +201,29 @@ pub fn verify_quote(
         return Err(AttestError::NonceMismatch);
     }
     let pcr = log.replay()?;
-    match pcr11 {
+    match uefi {
         None => {
             quote.check_cairn_selection()?;
             if quote.pcr_digest.as_slice() != Sha256::digest(pcr).as_slice() {
                 return Err(AttestError::PcrDigestMismatch);
             }
         }
-        Some(pcr11) => {
+        Some(release) => {
             let pcrs = quote.sha256_pcrs()?;
-            if pcrs != [UKI_PCR, u32::from(CAIRN_PCR)] {
-                return Err(AttestError::Pcr11 {
-                    detail: format!("the quote selects PCRs {pcrs:?}, not [11, 12]"),
+            let wanted = [FIRMWARE_PCR, UKI_PCR, u32::from(CAIRN_PCR)];
+            if pcrs != wanted {
+                return Err(AttestError::UefiPcrs {
+                    detail: format!("the quote selects PCRs {pcrs:?}, not {wanted:?}"),
                 });
             }
             let mut h = Sha256::new();
-            h.update(pcr11);
+            h.update(release.pcr4);
+            h.update(release.pcr11);
             h.update(pcr);
             if quote.pcr_digest.as_slice() != h.finalize().as_slice() {
-                return Err(AttestError::Pcr11 {
-                    detail: "PCRs 11 and 12 are not the release's PCR 11 and the log's PCR 12"
+                return Err(AttestError::UefiPcrs {
+                    detail: "PCRs 4, 11 and 12 are not the release's PCR 4 and PCR 11 and the \
+                             log's PCR 12"
                         .into(),
                 });
             }
@@ -229,5 +232,21 @@ pub fn verify_quote(
     log.measured()
 }
 
+/// The PCR UEFI firmware measures the EFI applications it starts into (Authenticode
+/// digests: systemd-boot, then the UKI).
+pub const FIRMWARE_PCR: u32 = 4;
+
 /// The PCR systemd-stub measures a unified kernel image's sections into.
 pub const UKI_PCR: u32 = 11;
+
+/// What a UEFI boot leaves before anything of Cairn runs, as a release pins it
+/// (docs/UEFI.md): both are functions of signed files the release names, so the server
+/// knows them without asking the device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UefiPcrs {
+    /// [`FIRMWARE_PCR`] after the firmware started the image's systemd-boot and then the
+    /// release's UKI.
+    pub pcr4: [u8; 32],
+    /// [`UKI_PCR`] after systemd-stub measured the UKI's sections.
+    pub pcr11: [u8; 32],
+}

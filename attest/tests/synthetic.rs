@@ -4,7 +4,7 @@
 
 use cairn_attest::{
     challenge_ak, loader_cmdline_digest, make_credential, verify_quote, AttestError, Event,
-    EventKind, EventLog, MeasuredBoot, QuoteAttest, RsaPublicArea, RsassaSignature,
+    EventKind, EventLog, MeasuredBoot, QuoteAttest, RsaPublicArea, RsassaSignature, UefiPcrs,
 };
 use rsa::rand_core::OsRng;
 use rsa::traits::PublicKeyParts;
@@ -308,7 +308,7 @@ fn systematic_mutations_never_panic_and_never_verify() {
 }
 
 /// The UEFI path (docs/UEFI.md): systemd-boot's command line first, then Cairn's events
-/// with the UKI's digest; the quote covers PCRs 11 and 12.
+/// with the UKI's digest; the quote covers PCRs 4, 11 and 12.
 fn uefi_log(cmdline: &str) -> EventLog {
     let mut log = EventLog::new();
     for (kind, value) in [
@@ -322,30 +322,41 @@ fn uefi_log(cmdline: &str) -> EventLog {
     log
 }
 
+const PCRS_4_11_12: &[u8] = &[0x10, 0x18, 0x00];
 const PCRS_11_12: &[u8] = &[0x00, 0x18, 0x00];
 const CMDLINE: &str = "console=ttyS0 panic=5 cairn.verity.root_hash=00";
 
-fn pcr11_and_12(pcr11: &[u8; 32], log: &EventLog) -> Vec<u8> {
+/// The pcrDigest of a quote over `firmware` PCRs (in index order) and PCR 12 from `log`.
+fn digest_with_log(firmware: &[&[u8; 32]], log: &EventLog) -> Vec<u8> {
     let mut h = Sha256::new();
-    h.update(pcr11);
+    for pcr in firmware {
+        h.update(pcr);
+    }
     h.update(log.replay().expect("replay"));
     h.finalize().to_vec()
 }
 
 #[test]
-fn a_uefi_quote_must_cover_the_releases_pcr11() {
+fn a_uefi_quote_must_cover_the_releases_pcr4_and_pcr11() {
     let f = Fixture::new();
     let log = uefi_log(CMDLINE);
-    let release_pcr11 = [0x11u8; 32];
-    let quote = |pcr11: &[u8; 32], selection: &[u8]| {
-        let a = attest(&f.nonce, &[(0x000B, selection)], &pcr11_and_12(pcr11, &log));
+    let release = UefiPcrs {
+        pcr4: [0x44; 32],
+        pcr11: [0x11; 32],
+    };
+    let quote = |firmware: &[&[u8; 32]], selection: &[u8]| {
+        let a = attest(
+            &f.nonce,
+            &[(0x000B, selection)],
+            &digest_with_log(firmware, &log),
+        );
         let s = sign(&f.key, &a);
         (a, s)
     };
     let verify = |(a, s): (Vec<u8>, Vec<u8>)| {
-        verify_quote(&f.public, &a, &s, &f.nonce, &log, Some(&release_pcr11))
+        verify_quote(&f.public, &a, &s, &f.nonce, &log, Some(&release))
     };
-    let m = verify(quote(&release_pcr11, PCRS_11_12)).expect("verifies");
+    let m = verify(quote(&[&release.pcr4, &release.pcr11], PCRS_4_11_12)).expect("verifies");
     assert_eq!(
         m.boot,
         MeasuredBoot::Uefi {
@@ -354,8 +365,14 @@ fn a_uefi_quote_must_cover_the_releases_pcr11() {
         }
     );
     // Another UKI (an altered initrd, another command line) left another PCR 11.
-    let err = verify(quote(&[0x22; 32], PCRS_11_12)).unwrap_err();
-    assert!(matches!(err, AttestError::Pcr11 { .. }), "{err}");
+    let err = verify(quote(&[&release.pcr4, &[0x22; 32]], PCRS_4_11_12)).unwrap_err();
+    assert!(matches!(err, AttestError::UefiPcrs { .. }), "{err}");
+    // The firmware started another boot loader or UKI: another PCR 4.
+    let err = verify(quote(&[&[0x45; 32], &release.pcr11], PCRS_4_11_12)).unwrap_err();
+    assert!(matches!(err, AttestError::UefiPcrs { .. }), "{err}");
+    // A quote without PCR 4, even one whose digest holds the right PCR 11, is not enough.
+    let err = verify(quote(&[&release.pcr11], PCRS_11_12)).unwrap_err();
+    assert!(matches!(err, AttestError::UefiPcrs { .. }), "{err}");
     // A quote of PCR 12 alone proves nothing about the UKI.
     let a = attest(
         &f.nonce,
@@ -364,7 +381,7 @@ fn a_uefi_quote_must_cover_the_releases_pcr11() {
     );
     let s = sign(&f.key, &a);
     let err = verify((a, s)).unwrap_err();
-    assert!(matches!(err, AttestError::Pcr11 { .. }), "{err}");
+    assert!(matches!(err, AttestError::UefiPcrs { .. }), "{err}");
 }
 
 #[test]

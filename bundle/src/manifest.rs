@@ -54,6 +54,10 @@ pub struct Image {
     /// rest, so a verifier learns from the release what a device that booted it quotes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pcr11: Option<String>,
+    /// With `pcr11`: the SHA-256 PCR 4 value UEFI firmware leaves when it starts the
+    /// image's systemd-boot and then this image (64 hex digits; docs/UEFI.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pcr4: Option<String>,
     /// Always present: installs on any device.
     pub full: Payload,
     /// Optional: each installs only on a device that holds the named source image.
@@ -269,6 +273,12 @@ impl Image {
             check_sha256(pcr11).map_err(|e| ctx(format!("pcr11: {e}")))?;
             if self.kind != ImageKind::Slot {
                 return Err(ctx(format!("pcr11 on an image of kind {:?}", self.kind)));
+            }
+        }
+        if let Some(pcr4) = &self.pcr4 {
+            check_sha256(pcr4).map_err(|e| ctx(format!("pcr4: {e}")))?;
+            if self.pcr11.is_none() {
+                return Err(ctx("pcr4 on an image without pcr11 (not a UKI)".into()));
             }
         }
         if self.full.source.is_some() {

@@ -30,6 +30,9 @@ pub struct ImageInput {
     /// The PCR 11 value of a unified kernel image, computed by the caller (cairn-image,
     /// which owns the UKI format); written to the manifest as `pcr11`.
     pub pcr11: Option<[u8; 32]>,
+    /// With `pcr11`: the PCR 4 value the firmware leaves when it starts the image's
+    /// systemd-boot and then this UKI (cairn-image computes it too); written as `pcr4`.
+    pub pcr4: Option<[u8; 32]>,
 }
 
 /// A previous version of an image that devices may hold; a delta is made from it.
@@ -335,6 +338,7 @@ fn write_image(
         blake3: Some(blake3),
         verity: input.verity.clone(),
         pcr11: input.pcr11.map(hex::encode),
+        pcr4: input.pcr4.map(hex::encode),
         full,
         deltas,
         chunked,

@@ -57,6 +57,12 @@ pub struct CreateArgs {
     /// Secret key(s) to sign with; none gives an unsigned bundle for `cairn-image sign`.
     #[arg(long = "key")]
     keys: Vec<PathBuf>,
+    /// The signed systemd-boot the device image ships (`systemd-boot.efi` beside a UEFI
+    /// profile's disk): with it, each unified kernel image also gets the PCR 4 value the
+    /// firmware leaves when it starts that loader and then the UKI, which attestation on
+    /// the UEFI path requires (docs/UEFI.md).
+    #[arg(long)]
+    efi_loader: Option<PathBuf>,
     /// Trust roots to carry for devices that must follow a rotation.
     #[arg(long = "carry-root")]
     roots: Vec<PathBuf>,
@@ -151,6 +157,14 @@ fn create(a: CreateArgs) -> Result<()> {
             &scratch.path().join(i.to_string()),
         )?);
     }
+    let loader = a
+        .efi_loader
+        .as_deref()
+        .map(|path| {
+            cairn_image::os::pe::authenticode::sha256(&read(path)?)
+                .with_context(|| format!("--efi-loader {}", path.display()))
+        })
+        .transpose()?;
     let mut images = Vec::new();
     for (name, path) in &a.images {
         let verity = match a.verity.iter().find(|(n, _)| n == name) {
@@ -160,12 +174,19 @@ fn create(a: CreateArgs) -> Result<()> {
             ),
             None => None,
         };
-        let pcr11 = uki_pcr11(path)?;
+        let UkiPcrs { pcr11, pcr4 } = uki_pcrs(path, loader)?;
         if let Some(value) = pcr11 {
             eprintln!(
                 "[bundle] {name}: unified kernel image, PCR 11 {}",
                 hex::encode(value)
             );
+            match pcr4 {
+                Some(value) => eprintln!("[bundle] {name}: PCR 4 {}", hex::encode(value)),
+                None => eprintln!(
+                    "[bundle] {name}: no --efi-loader, so no PCR 4: devices that boot this \
+                     release cannot be attested"
+                ),
+            }
         }
         images.push(ImageInput {
             name: name.clone(),
@@ -173,6 +194,7 @@ fn create(a: CreateArgs) -> Result<()> {
             verity,
             kind: ImageKind::Slot,
             pcr11,
+            pcr4,
         });
     }
     for (name, path) in &a.oci {
@@ -185,6 +207,7 @@ fn create(a: CreateArgs) -> Result<()> {
             verity: None,
             kind: ImageKind::OciArchive,
             pcr11: None,
+            pcr4: None,
         });
     }
     for (name, path) in &a.artifacts {
@@ -194,6 +217,7 @@ fn create(a: CreateArgs) -> Result<()> {
             verity: None,
             kind: ImageKind::Artifact,
             pcr11: None,
+            pcr4: None,
         });
     }
     let created = match a.created.or_else(|| {
@@ -385,6 +409,9 @@ fn print_manifest(m: &Manifest) {
         if let Some(pcr11) = &image.pcr11 {
             println!("  unified kernel image, PCR 11 {pcr11}");
         }
+        if let Some(pcr4) = &image.pcr4 {
+            println!("  PCR 4 after the firmware started systemd-boot and it: {pcr4}");
+        }
         if let Some(v) = &image.verity {
             println!("  verity root hash {}", v.root_hash);
         }
@@ -450,18 +477,46 @@ fn parse_delta_codec(name: &str) -> Result<DeltaCodec, String> {
         .ok_or_else(|| format!("'{name}' is not a delta codec (block-bsdiff, zstd-patch)"))
 }
 
-/// The PCR 11 value of `path` when it is a unified kernel image (a PE image with a
-/// `.linux` section), recorded in the manifest for attestation; `None` for anything else.
-/// Only files that start like a PE image are read whole.
-fn uki_pcr11(path: &Path) -> Result<Option<[u8; 32]>> {
+/// What the manifest pins for an image that is a unified kernel image (a PE image with a
+/// `.linux` section), for attestation; both `None` for anything else.
+#[derive(Debug, PartialEq, Eq)]
+struct UkiPcrs {
+    pcr11: Option<[u8; 32]>,
+    /// Only with the Authenticode digest of the signed systemd-boot that starts it.
+    pcr4: Option<[u8; 32]>,
+}
+
+/// [`UkiPcrs`] of the image at `path`, with `loader` the Authenticode digest of the
+/// device image's systemd-boot. Only files that start like a PE image are read whole.
+fn uki_pcrs(path: &Path, loader: Option<[u8; 32]>) -> Result<UkiPcrs> {
+    use cairn_image::os::{pe::authenticode, uki};
     use std::io::Read;
+    let none = UkiPcrs {
+        pcr11: None,
+        pcr4: None,
+    };
     let mut magic = [0u8; 2];
     let mut file =
         std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
     if file.read_exact(&mut magic).is_err() || &magic != b"MZ" {
-        return Ok(None);
+        return Ok(none);
     }
-    Ok(cairn_image::os::uki::pcr11_sha256(&read(path)?).ok())
+    let bytes = read(path)?;
+    let Ok(pcr11) = uki::pcr11_sha256(&bytes) else {
+        return Ok(none);
+    };
+    let pcr4 = match loader {
+        Some(loader) => {
+            let digest = authenticode::sha256(&bytes)
+                .with_context(|| format!("Authenticode digest of {}", path.display()))?;
+            Some(uki::pcr4_after_firmware(&[loader, digest]))
+        }
+        None => None,
+    };
+    Ok(UkiPcrs {
+        pcr11: Some(pcr11),
+        pcr4,
+    })
 }
 
 #[cfg(test)]
@@ -471,7 +526,7 @@ mod uki_tests {
     use cairn_image::os::uki::{self, UkiParts};
 
     #[test]
-    fn ukis_get_their_pcr11_and_other_images_none() {
+    fn ukis_get_their_pcr11_and_pcr4_and_other_images_none() {
         let dir = tempfile::tempdir().unwrap();
         let stub = minimal_image(
             &[
@@ -497,13 +552,30 @@ mod uki_tests {
         for (name, bytes) in files {
             std::fs::write(dir.path().join(name), bytes).unwrap();
         }
+        let pcr11 = Some(uki::pcr11_sha256(&image).unwrap());
         assert_eq!(
-            uki_pcr11(&dir.path().join("uki")).unwrap(),
-            Some(uki::pcr11_sha256(&image).unwrap())
+            uki_pcrs(&dir.path().join("uki"), None).unwrap(),
+            UkiPcrs { pcr11, pcr4: None }
+        );
+        let loader = [7u8; 32];
+        let digest = cairn_image::os::pe::authenticode::sha256(&image).unwrap();
+        assert_eq!(
+            uki_pcrs(&dir.path().join("uki"), Some(loader)).unwrap(),
+            UkiPcrs {
+                pcr11,
+                pcr4: Some(uki::pcr4_after_firmware(&[loader, digest]))
+            }
         );
         for other in ["stub", "rootfs", "tiny"] {
-            assert_eq!(uki_pcr11(&dir.path().join(other)).unwrap(), None, "{other}");
+            assert_eq!(
+                uki_pcrs(&dir.path().join(other), Some(loader)).unwrap(),
+                UkiPcrs {
+                    pcr11: None,
+                    pcr4: None
+                },
+                "{other}"
+            );
         }
-        assert!(uki_pcr11(&dir.path().join("missing")).is_err());
+        assert!(uki_pcrs(&dir.path().join("missing"), None).is_err());
     }
 }

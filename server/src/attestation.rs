@@ -239,7 +239,8 @@ struct Expected {
 }
 
 /// The release's boot files, by boot path: a release with a `uki` image boots through
-/// UEFI, and pins the PCR 11 its UKI produces (`pcr11` in the signed manifest).
+/// UEFI, and pins the PCR 4 and PCR 11 a boot of its UKI leaves (`pcr4` and `pcr11` in the
+/// signed manifest).
 enum ExpectedBoot {
     Uboot {
         kernel_sha256: Option<String>,
@@ -247,8 +248,15 @@ enum ExpectedBoot {
     },
     Uefi {
         uki_sha256: String,
+        pcr4: Option<[u8; 32]>,
         pcr11: Option<[u8; 32]>,
     },
+}
+
+/// A manifest's 64-hex-digit PCR value (checked when the bundle was read).
+fn pcr_value(hex: Option<&str>) -> Option<[u8; 32]> {
+    hex.and_then(|hex| hex::decode(hex).ok())
+        .and_then(|bytes| bytes.try_into().ok())
 }
 
 fn expected(manifest: &Manifest) -> Expected {
@@ -256,11 +264,8 @@ fn expected(manifest: &Manifest) -> Expected {
     let boot = match image("uki") {
         Some(uki) => ExpectedBoot::Uefi {
             uki_sha256: uki.sha256.to_lowercase(),
-            pcr11: uki
-                .pcr11
-                .as_deref()
-                .and_then(|hex| hex::decode(hex).ok())
-                .and_then(|bytes| bytes.try_into().ok()),
+            pcr4: pcr_value(uki.pcr4.as_deref()),
+            pcr11: pcr_value(uki.pcr11.as_deref()),
         },
         None => ExpectedBoot::Uboot {
             kernel_sha256: image("kernel").map(|i| i.sha256.to_lowercase()),
@@ -423,13 +428,14 @@ fn check(
     }
     let ak = hex::decode(ak_public_hex).map_err(|e| format!("stored AK: {e}"))?;
     let expected = expected(manifest);
-    let pcr11 = match &expected.boot {
-        ExpectedBoot::Uefi { pcr11, .. } => {
-            Some(pcr11.ok_or("the release's UKI has no PCR 11 value to attest")?)
-        }
+    let uefi = match &expected.boot {
+        ExpectedBoot::Uefi { pcr4, pcr11, .. } => Some(cairn_attest::UefiPcrs {
+            pcr4: pcr4.ok_or("the release's UKI has no PCR 4 value to attest")?,
+            pcr11: pcr11.ok_or("the release's UKI has no PCR 11 value to attest")?,
+        }),
         ExpectedBoot::Uboot { .. } => None,
     };
-    let measured = cairn_attest::verify_quote(&ak, quote, signature, nonce, log, pcr11.as_ref())
+    let measured = cairn_attest::verify_quote(&ak, quote, signature, nonce, log, uefi.as_ref())
         .map_err(|e| e.to_string())?;
     match mismatch(&expected, &measured) {
         Some(why) => Err(why),

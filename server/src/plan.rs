@@ -82,6 +82,7 @@ mod tests {
             blake3: None,
             verity: None,
             pcr11: None,
+            pcr4: None,
             full: payload(900, None),
             deltas: vec![
                 payload(50, Some(("a", 1000))),
@@ -97,6 +98,7 @@ mod tests {
             blake3: None,
             verity: None,
             pcr11: None,
+            pcr4: None,
             full: payload(80, None),
             deltas: vec![],
             // At most 10 + 75 bytes: a bit more than the full payload.

@@ -114,6 +114,7 @@ async fn release_and_campaign(s: &Setup, swu: &Path) {
             verity: None,
             kind: ImageKind::Artifact,
             pcr11: None,
+            pcr4: None,
         }],
         ..bundle_spec(BOARD, "1.1.0")
     };

@@ -39,6 +39,7 @@ pub fn image_inputs(images: &[(&str, &Path)]) -> Vec<ImageInput> {
             verity: None,
             kind: ImageKind::Slot,
             pcr11: None,
+            pcr4: None,
         })
         .collect()
 }

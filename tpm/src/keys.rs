@@ -171,10 +171,15 @@ impl Tpm {
         self.quote_pcrs(ak, nonce, &[CAIRN_PCR_SLOT])
     }
 
-    /// [`Tpm::quote`] on the UEFI path: over SHA-256 {11, CAIRN_PCR}, where systemd-stub
-    /// measured the unified kernel image's sections into PCR 11 (docs/UEFI.md).
+    /// [`Tpm::quote`] on the UEFI path: over SHA-256 {4, 11, CAIRN_PCR}, where the firmware
+    /// measured systemd-boot and the UKI it started into PCR 4, and systemd-stub the UKI's
+    /// sections into PCR 11 (docs/UEFI.md).
     pub fn quote_uefi(&mut self, ak: &AkBlob, nonce: &[u8]) -> Result<Quote, TpmError> {
-        self.quote_pcrs(ak, nonce, &[PcrSlot::Slot11, CAIRN_PCR_SLOT])
+        self.quote_pcrs(
+            ak,
+            nonce,
+            &[PcrSlot::Slot4, PcrSlot::Slot11, CAIRN_PCR_SLOT],
+        )
     }
 
     fn quote_pcrs(

@@ -3,7 +3,7 @@
 
 mod common;
 
-use cairn_attest::{verify_quote, AttestError, Event, EventKind, MeasuredBoot, Slot};
+use cairn_attest::{verify_quote, AttestError, Event, EventKind, MeasuredBoot, Slot, UefiPcrs};
 use common::{measure_boot, nonce, write, TestTpm, INITRD, KERNEL, ROOT};
 
 #[test]
@@ -196,10 +196,10 @@ fn replayed_and_forged_quotes_are_rejected() {
     );
 }
 
-/// The UEFI path's quote covers PCR 11 too: it verifies against the PCR 11 the release
-/// pins, and not against another.
+/// The UEFI path's quote covers PCRs 4 and 11 too: it verifies against the values the
+/// release pins, and not against others.
 #[test]
-fn a_uefi_quote_covers_pcr11() {
+fn a_uefi_quote_covers_pcr4_and_pcr11() {
     let t = TestTpm::start();
     let mut tpm = t.open();
     let ak = tpm.create_ak().expect("create AK");
@@ -215,7 +215,10 @@ fn a_uefi_quote_covers_pcr11() {
     ] {
         tpm.measure(&mut log, kind, value).expect("measure");
     }
-    let pcr11 = tpm.read_pcr(11).expect("read PCR 11");
+    let release = UefiPcrs {
+        pcr4: tpm.read_pcr(4).expect("read PCR 4"),
+        pcr11: tpm.read_pcr(11).expect("read PCR 11"),
+    };
     let n = nonce();
     let quote = tpm.quote_uefi(&ak, &n).expect("quote");
     drop(tpm);
@@ -225,7 +228,7 @@ fn a_uefi_quote_covers_pcr11() {
         &quote.signature,
         &n,
         &log,
-        Some(&pcr11),
+        Some(&release),
     )
     .expect("quote verifies");
     assert_eq!(
@@ -235,15 +238,25 @@ fn a_uefi_quote_covers_pcr11() {
             loader_cmdline: "console=ttyS0 cairn.verity.root_hash=00".into(),
         }
     );
-    let other = [0x11; 32];
-    let err = verify_quote(
-        &ak.public,
-        &quote.attest,
-        &quote.signature,
-        &n,
-        &log,
-        Some(&other),
-    )
-    .unwrap_err();
-    assert!(matches!(err, AttestError::Pcr11 { .. }), "{err}");
+    for other in [
+        UefiPcrs {
+            pcr4: [0x44; 32],
+            ..release
+        },
+        UefiPcrs {
+            pcr11: [0x11; 32],
+            ..release
+        },
+    ] {
+        let err = verify_quote(
+            &ak.public,
+            &quote.attest,
+            &quote.signature,
+            &n,
+            &log,
+            Some(&other),
+        )
+        .unwrap_err();
+        assert!(matches!(err, AttestError::UefiPcrs { .. }), "{err}");
+    }
 }

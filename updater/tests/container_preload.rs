@@ -60,6 +60,7 @@ fn bundle_with_images(d: &Device, v1: &Release, v2: &Release) -> (PathBuf, OciIm
                 verity: None,
                 kind: ImageKind::OciArchive,
                 pcr11: None,
+                pcr4: None,
             })
         },
     );

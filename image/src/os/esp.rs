@@ -89,7 +89,7 @@ pub fn build(profile: &Profile, efi: &Efi, layout: &Layout, verity: &Verity) -> 
     stage.done(format!("{}, PCR 11 {pcr11}", mib(image.len() as u64)));
 
     let stage = Stage::start("efi: systemd-boot and firmware variables");
-    let systemd_boot = layout.out.join("systemd-boot.efi");
+    let systemd_boot = layout.systemd_boot();
     secureboot::sign(&keys.db, &loader, &systemd_boot)?;
     let vars = layout.efi_vars();
     secureboot::enroll(Path::new(vars_template(arch)), &keys, &vars)?;

@@ -46,6 +46,11 @@ impl Layout {
     pub fn uki(&self) -> PathBuf {
         self.out.join("uki.efi")
     }
+    /// The UEFI path's signed systemd-boot, as the ESP holds it (`bundle create
+    /// --efi-loader`, for the PCR 4 a release pins).
+    pub fn systemd_boot(&self) -> PathBuf {
+        self.out.join("systemd-boot.efi")
+    }
     /// The UEFI firmware's variable store with the profile's Secure Boot keys enrolled
     /// (QEMU's second pflash drive).
     pub fn efi_vars(&self) -> PathBuf {

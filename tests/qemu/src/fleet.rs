@@ -81,6 +81,7 @@ pub fn bundle_with_pods(new: &Build, old: &Build, out: &Path) -> Result<PathBuf>
         verity: None,
         kind: ImageKind::OciArchive,
         pcr11: None,
+        pcr4: None,
     };
     create_bundle(new, Some(old), out, None, vec![pause], None)
 }
@@ -101,7 +102,7 @@ fn app_images(build: &Build) -> Result<PathBuf> {
 }
 
 /// The images a bundle of `build` carries: the verity-protected slot, the boot files (the
-/// kernel and initrd on U-Boot's path, the signed UKI with its PCR 11 on the UEFI path),
+/// kernel and initrd on U-Boot's path, the signed UKI with its PCR 4 and PCR 11 on the UEFI path),
 /// and the release's container images.
 fn images(build: &Build) -> Result<Vec<ImageInput>> {
     let image = |name: &str, path: PathBuf| ImageInput {
@@ -110,17 +111,24 @@ fn images(build: &Build) -> Result<Vec<ImageInput>> {
         verity: None,
         kind: ImageKind::Slot,
         pcr11: None,
+        pcr4: None,
     };
     let mut images = vec![ImageInput {
         verity: Some(build.verity()?),
         ..image("rootfs", build.layout.slot_image())
     }];
     if build.profile.efi.is_some() {
-        let uki = build.layout.uki();
-        let pcr11 = cairn_image::os::uki::pcr11_sha256(&std::fs::read(&uki)?)?;
+        use cairn_image::os::{pe::authenticode, uki};
+        let path = build.layout.uki();
+        let bytes = std::fs::read(&path)?;
+        let loader = authenticode::sha256(&std::fs::read(build.layout.systemd_boot())?)?;
         images.push(ImageInput {
-            pcr11: Some(pcr11),
-            ..image("uki", uki)
+            pcr11: Some(uki::pcr11_sha256(&bytes)?),
+            pcr4: Some(uki::pcr4_after_firmware(&[
+                loader,
+                authenticode::sha256(&bytes)?,
+            ])),
+            ..image("uki", path)
         });
     } else {
         images.push(image("kernel", build.layout.kernel()));
