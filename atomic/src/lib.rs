@@ -112,8 +112,16 @@ pub fn sync_parent(path: &Path) -> io::Result<()> {
     File::open(parent)?.sync_all()
 }
 
-/// Removes `.NAME.tmp.*` siblings of `target`: what [`AtomicFile`]s of earlier processes
-/// left behind when they died before commit.
+/// Clears `.NAME.tmp.*` siblings of `target`: what [`AtomicFile`]s of earlier processes
+/// left behind when they died before commit, or inside it.
+///
+/// On FAT (the boot partition) a rename is not atomic: vfat writes the target's directory
+/// entry and removes the temporary's separately, so a power cut inside [`AtomicFile::commit`]
+/// can leave one file under both names. Unlinking that temporary would free clusters the
+/// target still uses, and the next file written there would overwrite the target. So on
+/// FAT a stale temporary whose bytes equal the target's is retired (renamed to
+/// `.NAME.retired.N`, which nothing removes) instead of removed: the same rule as the
+/// boot entries' store (`cairn_boot::efi_store`).
 fn remove_stale_temps(target: &Path, name: &std::ffi::OsStr) -> io::Result<()> {
     let dir = match target.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
@@ -125,12 +133,84 @@ fn remove_stale_temps(target: &Path, name: &std::ffi::OsStr) -> io::Result<()> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(e),
     };
-    for entry in entries.flatten() {
-        if entry.file_name().to_string_lossy().starts_with(&prefix) {
-            fs::remove_file(entry.path())?;
-        }
+    let stale: Vec<PathBuf> = entries
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+        .map(|e| e.path())
+        .collect();
+    if stale.is_empty() {
+        return Ok(());
+    }
+    let on_fat = is_fat(dir)?;
+    for path in stale {
+        clear_stale_temp(&path, target, on_fat)?;
     }
     Ok(())
+}
+
+/// Removes the stale temporary `stale` of `target`, or on FAT retires it when it may be
+/// the target under a second name ([`remove_stale_temps`]).
+fn clear_stale_temp(stale: &Path, target: &Path, on_fat: bool) -> io::Result<()> {
+    if on_fat && same_bytes(stale, target)? {
+        return retire(stale, target);
+    }
+    fs::remove_file(stale)
+}
+
+/// Renames `stale` to the first free `.NAME.retired.N` beside `target`, durably.
+fn retire(stale: &Path, target: &Path) -> io::Result<()> {
+    let name = target.file_name().unwrap_or_default().to_string_lossy();
+    for n in 0u32.. {
+        let retired = target.with_file_name(format!(".{name}.retired.{n}"));
+        match fs::symlink_metadata(&retired) {
+            Ok(_) => continue,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                fs::rename(stale, &retired)?;
+                return sync_parent(&retired);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Err(io::Error::other(
+        "no free name to retire a temporary file to",
+    ))
+}
+
+/// Whether the files at `a` and `b` both exist and hold the same bytes.
+fn same_bytes(a: &Path, b: &Path) -> io::Result<bool> {
+    use std::io::Read;
+    let (Ok(ma), Ok(mb)) = (fs::metadata(a), fs::metadata(b)) else {
+        return Ok(false);
+    };
+    if ma.len() != mb.len() {
+        return Ok(false);
+    }
+    let (mut fa, mut fb) = (File::open(a)?, File::open(b)?);
+    let (mut ba, mut bb) = (vec![0u8; 1 << 16], vec![0u8; 1 << 16]);
+    loop {
+        let n = fa.read(&mut ba)?;
+        if n == 0 {
+            return Ok(true);
+        }
+        fb.read_exact(&mut bb[..n])?;
+        if ba[..n] != bb[..n] {
+            return Ok(false);
+        }
+    }
+}
+
+/// Whether `dir` is on a FAT file system (vfat, msdos), whose renames are not atomic.
+fn is_fat(dir: &Path) -> io::Result<bool> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path holds a NUL byte"))?;
+    // SAFETY: statfs only writes into `stat`, which is zeroed and ours; `path` is a valid
+    // NUL-terminated string that outlives the call.
+    let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statfs(path.as_ptr(), &mut stat) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(stat.f_type == libc::MSDOS_SUPER_MAGIC)
 }
 
 #[cfg(test)]
@@ -191,5 +271,52 @@ mod tests {
             .collect();
         left.sort();
         assert_eq!(left, [".initrd.tmp.4242", "vmlinuz"]);
+    }
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// On FAT a stale temporary equal to its target may be the target under a second name
+    /// (a torn rename): it is retired, never unlinked. One that differs is removed, and
+    /// off FAT every stale temporary is. (This host cannot mount vfat; `on_fat` stands in
+    /// for the file system check, which says no here.)
+    #[test]
+    fn on_fat_a_stale_temporary_equal_to_its_target_is_retired_not_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(!is_fat(dir.path()).unwrap());
+        let target = dir.path().join("vmlinuz");
+        fs::write(&target, b"kernel").unwrap();
+        let twin = dir.path().join(".vmlinuz.tmp.142");
+        let partial = dir.path().join(".vmlinuz.tmp.143");
+        fs::write(&twin, b"kernel").unwrap();
+        fs::write(&partial, b"kern").unwrap();
+        clear_stale_temp(&twin, &target, true).unwrap();
+        clear_stale_temp(&partial, &target, true).unwrap();
+        assert_eq!(names(dir.path()), [".vmlinuz.retired.0", "vmlinuz"]);
+
+        fs::write(&twin, b"kernel").unwrap();
+        clear_stale_temp(&twin, &target, true).unwrap();
+        assert_eq!(
+            names(dir.path()),
+            [".vmlinuz.retired.0", ".vmlinuz.retired.1", "vmlinuz"],
+            "an earlier retired name is never renamed over"
+        );
+
+        fs::write(&twin, b"kernel").unwrap();
+        clear_stale_temp(&twin, &target, false).unwrap();
+        assert_eq!(
+            names(dir.path()),
+            [".vmlinuz.retired.0", ".vmlinuz.retired.1", "vmlinuz"]
+        );
+        // A retired file is not a temporary: writing the target leaves it alone.
+        write(&target, b"new kernel").unwrap();
+        assert_eq!(fs::read(&target).unwrap(), b"new kernel");
+        assert_eq!(names(dir.path()).len(), 3);
     }
 }

@@ -105,19 +105,23 @@ pub fn measure_boot(
         Err(e) => return Err(io(path)(e)),
     };
     let pcr = tpm.read_pcr(CAIRN_PCR)?;
-    let measured = measured_prefix(&log, &pcr)?.ok_or(AttestationError::PcrUnexplained)?;
-    // Another component's measurement is never made by cairnd: if PCR 12 lacks it, what
-    // started this boot was not systemd-boot (or it measured something else).
-    if log.events()[measured..]
-        .iter()
-        .any(|e| e.kind() == EventKind::LoaderCmdline)
-    {
-        return Err(AttestationError::PcrUnexplained);
-    }
-    for event in &log.events()[measured..] {
+    for event in still_to_extend(&log, &pcr)? {
         tpm.measure(&mut EventLog::new(), event.kind(), event.value())?;
     }
     Ok(log)
+}
+
+/// The events of `log` that a PCR holding `pcr` still lacks: those after the prefix it
+/// already holds. Another component's measurement is never made by cairnd: if the PCR
+/// lacks systemd-boot's, what started this boot was not systemd-boot (or it measured
+/// something else), and the PCR is left as it is.
+fn still_to_extend<'a>(log: &'a EventLog, pcr: &[u8; 32]) -> Result<&'a [Event], AttestationError> {
+    let measured = measured_prefix(log, pcr)?.ok_or(AttestationError::PcrUnexplained)?;
+    let rest = &log.events()[measured..];
+    if rest.iter().any(|e| e.kind() == EventKind::LoaderCmdline) {
+        return Err(AttestationError::PcrUnexplained);
+    }
+    Ok(rest)
 }
 
 /// How many of the log's first events the PCR value already holds.
@@ -154,5 +158,29 @@ mod tests {
         assert_eq!(measured_prefix(&l, &one).unwrap(), Some(1));
         assert_eq!(measured_prefix(&l, &l.replay().unwrap()).unwrap(), Some(2));
         assert_eq!(measured_prefix(&l, &[7; 32]).unwrap(), None);
+    }
+
+    /// On the UEFI path the log starts with systemd-boot's measurement: cairnd extends
+    /// only what follows it, and never that event itself.
+    #[test]
+    fn the_loaders_measurement_is_never_made_by_cairnd() {
+        let mut uefi = EventLog::new();
+        uefi.push(Event::new(EventKind::LoaderCmdline, "console=ttyS0 cairn.slot=a").unwrap());
+        uefi.push(Event::new(EventKind::Slot, "a").unwrap());
+        uefi.push(Event::new(EventKind::Uki, &"cd".repeat(32)).unwrap());
+        let after_loader = cairn_attest::event::extend(&[0; 32], uefi.events()[0].digest());
+        let rest = still_to_extend(&uefi, &after_loader).unwrap();
+        assert_eq!(
+            rest.iter().map(|e| e.kind()).collect::<Vec<_>>(),
+            [EventKind::Slot, EventKind::Uki]
+        );
+        // PCR 12 still zero: nothing measured the command line, so cairnd must not.
+        assert!(matches!(
+            still_to_extend(&uefi, &[0; 32]),
+            Err(AttestationError::PcrUnexplained)
+        ));
+        assert!(still_to_extend(&uefi, &uefi.replay().unwrap())
+            .unwrap()
+            .is_empty());
     }
 }
