@@ -25,7 +25,9 @@ impl Swtpm {
         let mut last = None;
         for _ in 0..10 {
             let port = free_port_pair()?;
-            let mut child = Command::new("swtpm")
+            let mut command = Command::new("swtpm");
+            close_inherited_fds(&mut command);
+            let mut child = command
                 .arg("socket")
                 .arg("--tpm2")
                 .arg("--tpmstate")
@@ -86,7 +88,9 @@ impl Drop for Swtpm {
 /// lands in NV 0x01c00002.
 pub fn setup_with_ek_cert(state_dir: &Path) -> io::Result<()> {
     std::fs::create_dir_all(state_dir)?;
-    let out = Command::new("swtpm_setup")
+    let mut command = Command::new("swtpm_setup");
+    close_inherited_fds(&mut command);
+    let out = command
         .arg("--tpm2")
         .arg("--tpmstate")
         .arg(state_dir)
@@ -108,6 +112,41 @@ pub fn setup_with_ek_cert(state_dir: &Path) -> io::Result<()> {
         )));
     }
     Ok(())
+}
+
+/// Makes the child of `cmd` close, when it execs, every descriptor above stderr it
+/// inherited.
+///
+/// The TSS opens its TCTI sockets without close-on-exec, so a child spawned while another
+/// thread holds a TPM connection (tests run in parallel) keeps that connection open for
+/// its whole life, and swtpm serves one connection at a time. In CI a test's swtpm held
+/// the control connection of another test's swtpm that way, and both tests waited forever.
+pub fn close_inherited_fds(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the hook runs in the child between fork and exec, touches no memory of the
+    // parent and makes only async-signal-safe system calls (close_range, fcntl).
+    unsafe {
+        cmd.pre_exec(|| {
+            const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
+            let first: libc::c_uint = 3;
+            let marked = libc::syscall(
+                libc::SYS_close_range,
+                first,
+                libc::c_uint::MAX,
+                CLOSE_RANGE_CLOEXEC,
+            );
+            if marked != 0 {
+                // Kernels before 5.11: one descriptor at a time.
+                for fd in 3..4096 {
+                    let flags = libc::fcntl(fd, libc::F_GETFD);
+                    if flags >= 0 {
+                        libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC);
+                    }
+                }
+            }
+            Ok(())
+        });
+    }
 }
 
 /// The swtpm-localca issuer certificate path from /etc/swtpm-localca.conf
@@ -157,5 +196,45 @@ fn wait_listening(child: &mut Child, port: u16) -> io::Result<()> {
             return Err(io::Error::other("swtpm did not listen within 10 s"));
         }
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The descriptors `ls` finds open in itself, by number.
+    fn open_in_child(cmd: &mut Command) -> Vec<String> {
+        let out = cmd.arg("/proc/self/fd").output().expect("run ls");
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .map(str::to_string)
+            .collect()
+    }
+
+    #[test]
+    fn a_child_does_not_keep_descriptors_it_inherited() {
+        use std::os::fd::AsRawFd;
+        let socket = TcpListener::bind("127.0.0.1:0").expect("bind");
+        // As the TSS opens its sockets: without close-on-exec, here at a number no child
+        // opens by itself.
+        const INHERITED: i32 = 200;
+        // SAFETY: plain descriptor calls on a socket this test owns.
+        assert_eq!(
+            unsafe { libc::dup2(socket.as_raw_fd(), INHERITED) },
+            INHERITED
+        );
+        let plain = open_in_child(&mut Command::new("ls"));
+        assert!(plain.contains(&INHERITED.to_string()), "{plain:?}");
+        let mut cmd = Command::new("ls");
+        close_inherited_fds(&mut cmd);
+        let closed = open_in_child(&mut cmd);
+        // SAFETY: closes the duplicate made above.
+        unsafe { libc::close(INHERITED) };
+        assert!(!closed.contains(&INHERITED.to_string()), "{closed:?}");
+        assert!(
+            closed.contains(&"1".to_string()),
+            "stdout stays: {closed:?}"
+        );
     }
 }

@@ -49,6 +49,7 @@ impl TestTpm {
 
 pub fn run_tool(tool: &str, args: &[&str], tcti: Option<&str>) -> Output {
     let mut cmd = Command::new(tool);
+    cairn_tpm::swtpm::close_inherited_fds(&mut cmd);
     cmd.args(args);
     if let Some(tcti) = tcti {
         cmd.env("TPM2TOOLS_TCTI", tcti);
