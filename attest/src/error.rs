@@ -59,10 +59,11 @@ pub enum AttestError {
     /// log, the event cannot be what the PCR holds.
     #[error("event log's loader-cmdline event is not its first")]
     LoaderCmdlineNotFirst,
-    /// The release pins PCR 4 (the boot loader and UKI the firmware started) and PCR 11
-    /// (the UKI's sections, measured by systemd-stub), and the quote does not cover them,
-    /// or the PCRs it covers do not hash to the release's values and the log's PCR 12.
-    #[error("the quote does not prove the release's PCR 4 and PCR 11: {detail}")]
+    /// The release pins PCR 4 (the boot loader and UKI the firmware started), PCR 7 (its
+    /// Secure Boot policy) and PCR 11 (the UKI's sections, measured by systemd-stub), and
+    /// the quote does not cover them, or the PCRs it covers do not hash to the release's
+    /// values and the log's PCR 12.
+    #[error("the quote does not prove the release's PCR 4, PCR 7 and PCR 11: {detail}")]
     UefiPcrs { detail: String },
     /// The secret handed to `make_credential` does not fit the EK's name digest.
     #[error("credential secret must be 1..={max} bytes, got {len}")]

@@ -48,7 +48,8 @@ pub use event::{
 };
 pub use public::RsaPublicArea;
 pub use quote::{
-    verify_quote, PcrSelection, QuoteAttest, RsassaSignature, UefiPcrs, FIRMWARE_PCR, UKI_PCR,
+    verify_quote, PcrSelection, QuoteAttest, RsassaSignature, UefiPcrs, FIRMWARE_PCR,
+    SECURE_BOOT_PCR, UKI_PCR,
 };
 
 /// The PCR Cairn extends (SHA-256 bank). PCR 12 is, by the TCG PC Client profile, free for

@@ -173,10 +173,11 @@ impl RsassaSignature {
 /// log replays to (`PcrDigestMismatch`); the log holds each event kind once.
 ///
 /// With `uefi`, the values the release pins for a UEFI boot (docs/UEFI.md), the quote
-/// must instead select exactly SHA-256 {4, 11, CAIRN_PCR}, and its pcrDigest be
-/// sha256(`pcr4` || `pcr11` || replayed PCR 12) (`UefiPcrs`): a device whose firmware
-/// started another boot loader or UKI, or whose kernel, initramfs or command line differs
-/// from the release's, fails, whatever its log says.
+/// must instead select exactly SHA-256 {4, 7, 11, CAIRN_PCR}, and its pcrDigest be
+/// sha256(`pcr4` || `pcr7` || `pcr11` || replayed PCR 12) (`UefiPcrs`): a device whose
+/// firmware started another boot loader or UKI, or holds other Secure Boot keys, or whose
+/// kernel, initramfs or command line differs from the release's, fails, whatever its log
+/// says.
 pub fn verify_quote(
     ak_public: &[u8],
     attest: &[u8],
@@ -210,7 +211,7 @@ pub fn verify_quote(
         }
         Some(release) => {
             let pcrs = quote.sha256_pcrs()?;
-            let wanted = [FIRMWARE_PCR, UKI_PCR, u32::from(CAIRN_PCR)];
+            let wanted = [FIRMWARE_PCR, SECURE_BOOT_PCR, UKI_PCR, u32::from(CAIRN_PCR)];
             if pcrs != wanted {
                 return Err(AttestError::UefiPcrs {
                     detail: format!("the quote selects PCRs {pcrs:?}, not {wanted:?}"),
@@ -218,12 +219,13 @@ pub fn verify_quote(
             }
             let mut h = Sha256::new();
             h.update(release.pcr4);
+            h.update(release.pcr7);
             h.update(release.pcr11);
             h.update(pcr);
             if quote.pcr_digest.as_slice() != h.finalize().as_slice() {
                 return Err(AttestError::UefiPcrs {
-                    detail: "PCRs 4, 11 and 12 are not the release's PCR 4 and PCR 11 and the \
-                             log's PCR 12"
+                    detail: "PCRs 4, 7, 11 and 12 are not the release's PCR 4, PCR 7 and \
+                             PCR 11 and the log's PCR 12"
                         .into(),
                 });
             }
@@ -236,17 +238,24 @@ pub fn verify_quote(
 /// digests: systemd-boot, then the UKI).
 pub const FIRMWARE_PCR: u32 = 4;
 
+/// The PCR UEFI firmware measures its Secure Boot policy into: the variables that hold the
+/// keys, then the db entries that authorized what it started.
+pub const SECURE_BOOT_PCR: u32 = 7;
+
 /// The PCR systemd-stub measures a unified kernel image's sections into.
 pub const UKI_PCR: u32 = 11;
 
 /// What a UEFI boot leaves before anything of Cairn runs, as a release pins it
-/// (docs/UEFI.md): both are functions of signed files the release names, so the server
-/// knows them without asking the device.
+/// (docs/UEFI.md): functions of signed files and firmware variables the release's builder
+/// knows, so the server knows them without asking the device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct UefiPcrs {
     /// [`FIRMWARE_PCR`] after the firmware started the image's systemd-boot and then the
     /// release's UKI.
     pub pcr4: [u8; 32],
+    /// [`SECURE_BOOT_PCR`] after the firmware measured its Secure Boot variables and the
+    /// db entries that authorized systemd-boot and the UKI.
+    pub pcr7: [u8; 32],
     /// [`UKI_PCR`] after systemd-stub measured the UKI's sections.
     pub pcr11: [u8; 32],
 }

@@ -308,7 +308,7 @@ fn systematic_mutations_never_panic_and_never_verify() {
 }
 
 /// The UEFI path (docs/UEFI.md): systemd-boot's command line first, then Cairn's events
-/// with the UKI's digest; the quote covers PCRs 4, 11 and 12.
+/// with the UKI's digest; the quote covers PCRs 4, 7, 11 and 12.
 fn uefi_log(cmdline: &str) -> EventLog {
     let mut log = EventLog::new();
     for (kind, value) in [
@@ -322,6 +322,7 @@ fn uefi_log(cmdline: &str) -> EventLog {
     log
 }
 
+const PCRS_4_7_11_12: &[u8] = &[0x90, 0x18, 0x00];
 const PCRS_4_11_12: &[u8] = &[0x10, 0x18, 0x00];
 const PCRS_11_12: &[u8] = &[0x00, 0x18, 0x00];
 const CMDLINE: &str = "console=ttyS0 panic=5 cairn.verity.root_hash=00";
@@ -337,11 +338,12 @@ fn digest_with_log(firmware: &[&[u8; 32]], log: &EventLog) -> Vec<u8> {
 }
 
 #[test]
-fn a_uefi_quote_must_cover_the_releases_pcr4_and_pcr11() {
+fn a_uefi_quote_must_cover_the_releases_pcr4_pcr7_and_pcr11() {
     let f = Fixture::new();
     let log = uefi_log(CMDLINE);
     let release = UefiPcrs {
         pcr4: [0x44; 32],
+        pcr7: [0x77; 32],
         pcr11: [0x11; 32],
     };
     let quote = |firmware: &[&[u8; 32]], selection: &[u8]| {
@@ -356,7 +358,8 @@ fn a_uefi_quote_must_cover_the_releases_pcr4_and_pcr11() {
     let verify = |(a, s): (Vec<u8>, Vec<u8>)| {
         verify_quote(&f.public, &a, &s, &f.nonce, &log, Some(&release))
     };
-    let m = verify(quote(&[&release.pcr4, &release.pcr11], PCRS_4_11_12)).expect("verifies");
+    let all = |pcr4, pcr7, pcr11| quote(&[pcr4, pcr7, pcr11], PCRS_4_7_11_12);
+    let m = verify(all(&release.pcr4, &release.pcr7, &release.pcr11)).expect("verifies");
     assert_eq!(
         m.boot,
         MeasuredBoot::Uefi {
@@ -365,12 +368,18 @@ fn a_uefi_quote_must_cover_the_releases_pcr4_and_pcr11() {
         }
     );
     // Another UKI (an altered initrd, another command line) left another PCR 11.
-    let err = verify(quote(&[&release.pcr4, &[0x22; 32]], PCRS_4_11_12)).unwrap_err();
+    let err = verify(all(&release.pcr4, &release.pcr7, &[0x22; 32])).unwrap_err();
     assert!(matches!(err, AttestError::UefiPcrs { .. }), "{err}");
     // The firmware started another boot loader or UKI: another PCR 4.
-    let err = verify(quote(&[&[0x45; 32], &release.pcr11], PCRS_4_11_12)).unwrap_err();
+    let err = verify(all(&[0x45; 32], &release.pcr7, &release.pcr11)).unwrap_err();
     assert!(matches!(err, AttestError::UefiPcrs { .. }), "{err}");
-    // A quote without PCR 4, even one whose digest holds the right PCR 11, is not enough.
+    // The firmware holds other keys, or another db certificate authorized the boot.
+    let err = verify(all(&release.pcr4, &[0x78; 32], &release.pcr11)).unwrap_err();
+    assert!(matches!(err, AttestError::UefiPcrs { .. }), "{err}");
+    // A quote without PCR 7 or PCR 4, even one whose digest holds the right values of
+    // the others, is not enough.
+    let err = verify(quote(&[&release.pcr4, &release.pcr11], PCRS_4_11_12)).unwrap_err();
+    assert!(matches!(err, AttestError::UefiPcrs { .. }), "{err}");
     let err = verify(quote(&[&release.pcr11], PCRS_11_12)).unwrap_err();
     assert!(matches!(err, AttestError::UefiPcrs { .. }), "{err}");
     // A quote of PCR 12 alone proves nothing about the UKI.

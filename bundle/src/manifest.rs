@@ -58,6 +58,11 @@ pub struct Image {
     /// image's systemd-boot and then this image (64 hex digits; docs/UEFI.md).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pcr4: Option<String>,
+    /// With `pcr11`: the SHA-256 PCR 7 value UEFI firmware leaves when its Secure Boot
+    /// variables are those the device image enrolls and it authorized systemd-boot and
+    /// this image with their db certificates (64 hex digits; docs/UEFI.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pcr7: Option<String>,
     /// Always present: installs on any device.
     pub full: Payload,
     /// Optional: each installs only on a device that holds the named source image.
@@ -275,10 +280,14 @@ impl Image {
                 return Err(ctx(format!("pcr11 on an image of kind {:?}", self.kind)));
             }
         }
-        if let Some(pcr4) = &self.pcr4 {
-            check_sha256(pcr4).map_err(|e| ctx(format!("pcr4: {e}")))?;
-            if self.pcr11.is_none() {
-                return Err(ctx("pcr4 on an image without pcr11 (not a UKI)".into()));
+        for (field, value) in [("pcr4", &self.pcr4), ("pcr7", &self.pcr7)] {
+            if let Some(value) = value {
+                check_sha256(value).map_err(|e| ctx(format!("{field}: {e}")))?;
+                if self.pcr11.is_none() {
+                    return Err(ctx(format!(
+                        "{field} on an image without pcr11 (not a UKI)"
+                    )));
+                }
             }
         }
         if self.full.source.is_some() {

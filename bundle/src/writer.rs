@@ -33,6 +33,9 @@ pub struct ImageInput {
     /// With `pcr11`: the PCR 4 value the firmware leaves when it starts the image's
     /// systemd-boot and then this UKI (cairn-image computes it too); written as `pcr4`.
     pub pcr4: Option<[u8; 32]>,
+    /// With `pcr11`: the PCR 7 value (the firmware's Secure Boot policy) a device of the
+    /// image's firmware variables quotes after booting this UKI; written as `pcr7`.
+    pub pcr7: Option<[u8; 32]>,
 }
 
 /// A previous version of an image that devices may hold; a delta is made from it.
@@ -339,6 +342,7 @@ fn write_image(
         verity: input.verity.clone(),
         pcr11: input.pcr11.map(hex::encode),
         pcr4: input.pcr4.map(hex::encode),
+        pcr7: input.pcr7.map(hex::encode),
         full,
         deltas,
         chunked,

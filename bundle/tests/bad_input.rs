@@ -540,31 +540,38 @@ fn a_pcr11_value_must_be_a_digest_on_a_slot_image() {
     }
 }
 
-/// `pcr4` goes with `pcr11`: beside it a digest reads back as written; alone, or not 64
-/// hex digits, it is refused by name.
+/// `pcr4` and `pcr7` go with `pcr11`: beside it a digest reads back as written; alone, or
+/// not 64 hex digits, either is refused by name.
 #[test]
-fn a_pcr4_value_must_be_a_digest_beside_pcr11() {
+fn pcr4_and_pcr7_values_must_be_digests_beside_pcr11() {
     let fx = Fixture::new();
     let path = fx.standard_bundle();
     let out = fx.path("pcr4.cairn");
     resign_with_edit(&path, &fx.key, &out, |m| {
         m["images"][0]["pcr11"] = json!("0c".repeat(32));
         m["images"][0]["pcr4"] = json!("04".repeat(32));
+        m["images"][0]["pcr7"] = json!("07".repeat(32));
     });
     let parsed = BundleFile::open(&out).unwrap();
     assert_eq!(
         parsed.bundle.manifest.images[0].pcr4.as_deref(),
         Some(&*"04".repeat(32))
     );
-    for (label, pcr4, pcr11) in [
-        ("alone", json!("04".repeat(32)), serde_json::Value::Null),
-        ("short", json!("04".repeat(31)), json!("0c".repeat(32))),
-    ] {
-        resign_with_edit(&path, &fx.key, &out, |m| {
-            m["images"][0]["pcr4"] = pcr4.clone();
-            m["images"][0]["pcr11"] = pcr11.clone();
-        });
-        let err = expect_err(&out, &fx.root, &device_policy()).to_string();
-        assert!(err.contains("pcr4"), "{label}: {err}");
+    assert_eq!(
+        parsed.bundle.manifest.images[0].pcr7.as_deref(),
+        Some(&*"07".repeat(32))
+    );
+    for field in ["pcr4", "pcr7"] {
+        for (label, value, pcr11) in [
+            ("alone", json!("04".repeat(32)), serde_json::Value::Null),
+            ("short", json!("04".repeat(31)), json!("0c".repeat(32))),
+        ] {
+            resign_with_edit(&path, &fx.key, &out, |m| {
+                m["images"][0][field] = value.clone();
+                m["images"][0]["pcr11"] = pcr11.clone();
+            });
+            let err = expect_err(&out, &fx.root, &device_policy()).to_string();
+            assert!(err.contains(field), "{field} {label}: {err}");
+        }
     }
 }

@@ -11,6 +11,7 @@ use clap::{Args, Subcommand};
 use time::{Duration, OffsetDateTime};
 
 use crate::keys_cmd::{load_secret, read};
+use cairn_image::os::pinned_pcrs::{self, BootChain, PinnedPcrs};
 
 #[derive(Subcommand)]
 pub enum BundleCommand {
@@ -63,6 +64,11 @@ pub struct CreateArgs {
     /// the UEFI path requires (docs/UEFI.md).
     #[arg(long)]
     efi_loader: Option<PathBuf>,
+    /// The firmware variable store the device image enrolls (`efi-vars.fd` beside a UEFI
+    /// profile's disk): with `--efi-loader`, each unified kernel image also gets the PCR 7
+    /// value (the firmware's Secure Boot policy) attestation requires (docs/UEFI.md).
+    #[arg(long)]
+    efi_vars: Option<PathBuf>,
     /// Trust roots to carry for devices that must follow a rotation.
     #[arg(long = "carry-root")]
     roots: Vec<PathBuf>,
@@ -157,14 +163,11 @@ fn create(a: CreateArgs) -> Result<()> {
             &scratch.path().join(i.to_string()),
         )?);
     }
-    let loader = a
-        .efi_loader
-        .as_deref()
-        .map(|path| {
-            cairn_image::os::pe::authenticode::sha256(&read(path)?)
-                .with_context(|| format!("--efi-loader {}", path.display()))
-        })
-        .transpose()?;
+    let chain = match (&a.efi_loader, &a.efi_vars) {
+        (Some(loader), vars) => Some(BootChain::read(loader, vars.as_deref())?),
+        (None, Some(_)) => bail!("--efi-vars needs --efi-loader"),
+        (None, None) => None,
+    };
     let mut images = Vec::new();
     for (name, path) in &a.images {
         let verity = match a.verity.iter().find(|(n, _)| n == name) {
@@ -174,18 +177,20 @@ fn create(a: CreateArgs) -> Result<()> {
             ),
             None => None,
         };
-        let UkiPcrs { pcr11, pcr4 } = uki_pcrs(path, loader)?;
-        if let Some(value) = pcr11 {
+        let pinned = pinned_pcrs(path, chain.as_ref())?;
+        if let Some(p) = &pinned {
+            let shown = |value: Option<[u8; 32]>| value.map_or("unknown".into(), hex::encode);
             eprintln!(
-                "[bundle] {name}: unified kernel image, PCR 11 {}",
-                hex::encode(value)
+                "[bundle] {name}: unified kernel image, PCR 4 {}, PCR 7 {}, PCR 11 {}",
+                shown(p.pcr4),
+                shown(p.pcr7),
+                hex::encode(p.pcr11)
             );
-            match pcr4 {
-                Some(value) => eprintln!("[bundle] {name}: PCR 4 {}", hex::encode(value)),
-                None => eprintln!(
-                    "[bundle] {name}: no --efi-loader, so no PCR 4: devices that boot this \
-                     release cannot be attested"
-                ),
+            if p.pcr4.is_none() || p.pcr7.is_none() {
+                eprintln!(
+                    "[bundle] {name}: without --efi-loader and --efi-vars devices that boot \
+                     this release cannot be attested"
+                );
             }
         }
         images.push(ImageInput {
@@ -193,8 +198,9 @@ fn create(a: CreateArgs) -> Result<()> {
             path: path.clone(),
             verity,
             kind: ImageKind::Slot,
-            pcr11,
-            pcr4,
+            pcr11: pinned.as_ref().map(|p| p.pcr11),
+            pcr4: pinned.as_ref().and_then(|p| p.pcr4),
+            pcr7: pinned.as_ref().and_then(|p| p.pcr7),
         });
     }
     for (name, path) in &a.oci {
@@ -208,6 +214,7 @@ fn create(a: CreateArgs) -> Result<()> {
             kind: ImageKind::OciArchive,
             pcr11: None,
             pcr4: None,
+            pcr7: None,
         });
     }
     for (name, path) in &a.artifacts {
@@ -218,6 +225,7 @@ fn create(a: CreateArgs) -> Result<()> {
             kind: ImageKind::Artifact,
             pcr11: None,
             pcr4: None,
+            pcr7: None,
         });
     }
     let created = match a.created.or_else(|| {
@@ -412,6 +420,9 @@ fn print_manifest(m: &Manifest) {
         if let Some(pcr4) = &image.pcr4 {
             println!("  PCR 4 after the firmware started systemd-boot and it: {pcr4}");
         }
+        if let Some(pcr7) = &image.pcr7 {
+            println!("  PCR 7 of the image's firmware variables: {pcr7}");
+        }
         if let Some(v) = &image.verity {
             println!("  verity root hash {}", v.root_hash);
         }
@@ -477,52 +488,24 @@ fn parse_delta_codec(name: &str) -> Result<DeltaCodec, String> {
         .ok_or_else(|| format!("'{name}' is not a delta codec (block-bsdiff, zstd-patch)"))
 }
 
-/// What the manifest pins for an image that is a unified kernel image (a PE image with a
-/// `.linux` section), for attestation; both `None` for anything else.
-#[derive(Debug, PartialEq, Eq)]
-struct UkiPcrs {
-    pcr11: Option<[u8; 32]>,
-    /// Only with the Authenticode digest of the signed systemd-boot that starts it.
-    pcr4: Option<[u8; 32]>,
-}
-
-/// [`UkiPcrs`] of the image at `path`, with `loader` the Authenticode digest of the
-/// device image's systemd-boot. Only files that start like a PE image are read whole.
-fn uki_pcrs(path: &Path, loader: Option<[u8; 32]>) -> Result<UkiPcrs> {
-    use cairn_image::os::{pe::authenticode, uki};
+/// What the manifest pins for `path` when it is a unified kernel image (a PE image with a
+/// `.linux` section); `None` for anything else. Only files that start like a PE image
+/// are read whole.
+fn pinned_pcrs(path: &Path, chain: Option<&BootChain>) -> Result<Option<PinnedPcrs>> {
     use std::io::Read;
-    let none = UkiPcrs {
-        pcr11: None,
-        pcr4: None,
-    };
     let mut magic = [0u8; 2];
     let mut file =
         std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
     if file.read_exact(&mut magic).is_err() || &magic != b"MZ" {
-        return Ok(none);
+        return Ok(None);
     }
-    let bytes = read(path)?;
-    let Ok(pcr11) = uki::pcr11_sha256(&bytes) else {
-        return Ok(none);
-    };
-    let pcr4 = match loader {
-        Some(loader) => {
-            let digest = authenticode::sha256(&bytes)
-                .with_context(|| format!("Authenticode digest of {}", path.display()))?;
-            Some(uki::pcr4_after_firmware(&[loader, digest]))
-        }
-        None => None,
-    };
-    Ok(UkiPcrs {
-        pcr11: Some(pcr11),
-        pcr4,
-    })
+    pinned_pcrs::for_image(&read(path)?, chain).with_context(|| path.display().to_string())
 }
 
 #[cfg(test)]
 mod uki_tests {
     use super::*;
-    use cairn_image::os::pe::minimal_image;
+    use cairn_image::os::pe::{authenticode, minimal_image};
     use cairn_image::os::uki::{self, UkiParts};
 
     #[test]
@@ -552,30 +535,39 @@ mod uki_tests {
         for (name, bytes) in files {
             std::fs::write(dir.path().join(name), bytes).unwrap();
         }
-        let pcr11 = Some(uki::pcr11_sha256(&image).unwrap());
+        let pcr11 = uki::pcr11_sha256(&image).unwrap();
         assert_eq!(
-            uki_pcrs(&dir.path().join("uki"), None).unwrap(),
-            UkiPcrs { pcr11, pcr4: None }
-        );
-        let loader = [7u8; 32];
-        let digest = cairn_image::os::pe::authenticode::sha256(&image).unwrap();
-        assert_eq!(
-            uki_pcrs(&dir.path().join("uki"), Some(loader)).unwrap(),
-            UkiPcrs {
+            pinned_pcrs(&dir.path().join("uki"), None).unwrap(),
+            Some(PinnedPcrs {
                 pcr11,
-                pcr4: Some(uki::pcr4_after_firmware(&[loader, digest]))
-            }
+                pcr4: None,
+                pcr7: None
+            })
+        );
+        let loader = minimal_image(&[(".text", b"systemd-boot")], 1);
+        let chain = BootChain {
+            loader: loader.clone(),
+            vars: None,
+        };
+        let digests = [
+            authenticode::sha256(&loader).unwrap(),
+            authenticode::sha256(&image).unwrap(),
+        ];
+        assert_eq!(
+            pinned_pcrs(&dir.path().join("uki"), Some(&chain)).unwrap(),
+            Some(PinnedPcrs {
+                pcr11,
+                pcr4: Some(uki::pcr4_after_firmware(&digests)),
+                pcr7: None
+            })
         );
         for other in ["stub", "rootfs", "tiny"] {
             assert_eq!(
-                uki_pcrs(&dir.path().join(other), Some(loader)).unwrap(),
-                UkiPcrs {
-                    pcr11: None,
-                    pcr4: None
-                },
+                pinned_pcrs(&dir.path().join(other), Some(&chain)).unwrap(),
+                None,
                 "{other}"
             );
         }
-        assert!(uki_pcrs(&dir.path().join("missing"), None).is_err());
+        assert!(pinned_pcrs(&dir.path().join("missing"), None).is_err());
     }
 }

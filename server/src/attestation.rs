@@ -239,8 +239,8 @@ struct Expected {
 }
 
 /// The release's boot files, by boot path: a release with a `uki` image boots through
-/// UEFI, and pins the PCR 4 and PCR 11 a boot of its UKI leaves (`pcr4` and `pcr11` in the
-/// signed manifest).
+/// UEFI, and pins the PCR 4, PCR 7 and PCR 11 a boot of its UKI leaves (`pcr4`, `pcr7` and
+/// `pcr11` in the signed manifest).
 enum ExpectedBoot {
     Uboot {
         kernel_sha256: Option<String>,
@@ -249,6 +249,7 @@ enum ExpectedBoot {
     Uefi {
         uki_sha256: String,
         pcr4: Option<[u8; 32]>,
+        pcr7: Option<[u8; 32]>,
         pcr11: Option<[u8; 32]>,
     },
 }
@@ -265,6 +266,7 @@ fn expected(manifest: &Manifest) -> Expected {
         Some(uki) => ExpectedBoot::Uefi {
             uki_sha256: uki.sha256.to_lowercase(),
             pcr4: pcr_value(uki.pcr4.as_deref()),
+            pcr7: pcr_value(uki.pcr7.as_deref()),
             pcr11: pcr_value(uki.pcr11.as_deref()),
         },
         None => ExpectedBoot::Uboot {
@@ -429,8 +431,11 @@ fn check(
     let ak = hex::decode(ak_public_hex).map_err(|e| format!("stored AK: {e}"))?;
     let expected = expected(manifest);
     let uefi = match &expected.boot {
-        ExpectedBoot::Uefi { pcr4, pcr11, .. } => Some(cairn_attest::UefiPcrs {
+        ExpectedBoot::Uefi {
+            pcr4, pcr7, pcr11, ..
+        } => Some(cairn_attest::UefiPcrs {
             pcr4: pcr4.ok_or("the release's UKI has no PCR 4 value to attest")?,
+            pcr7: pcr7.ok_or("the release's UKI has no PCR 7 value to attest")?,
             pcr11: pcr11.ok_or("the release's UKI has no PCR 11 value to attest")?,
         }),
         ExpectedBoot::Uboot { .. } => None,

@@ -83,6 +83,7 @@ mod tests {
             verity: None,
             pcr11: None,
             pcr4: None,
+            pcr7: None,
             full: payload(900, None),
             deltas: vec![
                 payload(50, Some(("a", 1000))),
@@ -99,6 +100,7 @@ mod tests {
             verity: None,
             pcr11: None,
             pcr4: None,
+            pcr7: None,
             full: payload(80, None),
             deltas: vec![],
             // At most 10 + 75 bytes: a bit more than the full payload.

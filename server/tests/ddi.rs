@@ -115,6 +115,7 @@ async fn release_and_campaign(s: &Setup, swu: &Path) {
             kind: ImageKind::Artifact,
             pcr11: None,
             pcr4: None,
+            pcr7: None,
         }],
         ..bundle_spec(BOARD, "1.1.0")
     };

@@ -40,6 +40,7 @@ pub fn image_inputs(images: &[(&str, &Path)]) -> Vec<ImageInput> {
             kind: ImageKind::Slot,
             pcr11: None,
             pcr4: None,
+            pcr7: None,
         })
         .collect()
 }

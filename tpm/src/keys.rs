@@ -171,14 +171,19 @@ impl Tpm {
         self.quote_pcrs(ak, nonce, &[CAIRN_PCR_SLOT])
     }
 
-    /// [`Tpm::quote`] on the UEFI path: over SHA-256 {4, 11, CAIRN_PCR}, where the firmware
-    /// measured systemd-boot and the UKI it started into PCR 4, and systemd-stub the UKI's
-    /// sections into PCR 11 (docs/UEFI.md).
+    /// [`Tpm::quote`] on the UEFI path: over SHA-256 {4, 7, 11, CAIRN_PCR}, where the
+    /// firmware measured systemd-boot and the UKI it started into PCR 4 and its Secure Boot
+    /// policy into PCR 7, and systemd-stub the UKI's sections into PCR 11 (docs/UEFI.md).
     pub fn quote_uefi(&mut self, ak: &AkBlob, nonce: &[u8]) -> Result<Quote, TpmError> {
         self.quote_pcrs(
             ak,
             nonce,
-            &[PcrSlot::Slot4, PcrSlot::Slot11, CAIRN_PCR_SLOT],
+            &[
+                PcrSlot::Slot4,
+                PcrSlot::Slot7,
+                PcrSlot::Slot11,
+                CAIRN_PCR_SLOT,
+            ],
         )
     }
 

@@ -196,10 +196,10 @@ fn replayed_and_forged_quotes_are_rejected() {
     );
 }
 
-/// The UEFI path's quote covers PCRs 4 and 11 too: it verifies against the values the
+/// The UEFI path's quote covers PCRs 4, 7 and 11 too: it verifies against the values the
 /// release pins, and not against others.
 #[test]
-fn a_uefi_quote_covers_pcr4_and_pcr11() {
+fn a_uefi_quote_covers_pcr4_pcr7_and_pcr11() {
     let t = TestTpm::start();
     let mut tpm = t.open();
     let ak = tpm.create_ak().expect("create AK");
@@ -217,6 +217,7 @@ fn a_uefi_quote_covers_pcr4_and_pcr11() {
     }
     let release = UefiPcrs {
         pcr4: tpm.read_pcr(4).expect("read PCR 4"),
+        pcr7: tpm.read_pcr(7).expect("read PCR 7"),
         pcr11: tpm.read_pcr(11).expect("read PCR 11"),
     };
     let n = nonce();
@@ -241,6 +242,10 @@ fn a_uefi_quote_covers_pcr4_and_pcr11() {
     for other in [
         UefiPcrs {
             pcr4: [0x44; 32],
+            ..release
+        },
+        UefiPcrs {
+            pcr7: [0x77; 32],
             ..release
         },
         UefiPcrs {

@@ -61,6 +61,7 @@ fn bundle_with_images(d: &Device, v1: &Release, v2: &Release) -> (PathBuf, OciIm
                 kind: ImageKind::OciArchive,
                 pcr11: None,
                 pcr4: None,
+                pcr7: None,
             })
         },
     );

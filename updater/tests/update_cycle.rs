@@ -296,6 +296,7 @@ fn a_bundle_carrying_an_artifact_for_another_installer_is_refused_before_anythin
                 kind: cairn_bundle::ImageKind::Artifact,
                 pcr11: None,
                 pcr4: None,
+                pcr7: None,
             })
         },
     );

@@ -82,6 +82,7 @@ pub fn bundle_with_pods(new: &Build, old: &Build, out: &Path) -> Result<PathBuf>
         kind: ImageKind::OciArchive,
         pcr11: None,
         pcr4: None,
+        pcr7: None,
     };
     create_bundle(new, Some(old), out, None, vec![pause], None)
 }
@@ -102,7 +103,7 @@ fn app_images(build: &Build) -> Result<PathBuf> {
 }
 
 /// The images a bundle of `build` carries: the verity-protected slot, the boot files (the
-/// kernel and initrd on U-Boot's path, the signed UKI with its PCR 4 and PCR 11 on the UEFI path),
+/// kernel and initrd on U-Boot's path, the signed UKI with its PCR 4, 7 and 11 on the UEFI path),
 /// and the release's container images.
 fn images(build: &Build) -> Result<Vec<ImageInput>> {
     let image = |name: &str, path: PathBuf| ImageInput {
@@ -112,22 +113,22 @@ fn images(build: &Build) -> Result<Vec<ImageInput>> {
         kind: ImageKind::Slot,
         pcr11: None,
         pcr4: None,
+        pcr7: None,
     };
     let mut images = vec![ImageInput {
         verity: Some(build.verity()?),
         ..image("rootfs", build.layout.slot_image())
     }];
     if build.profile.efi.is_some() {
-        use cairn_image::os::{pe::authenticode, uki};
+        use cairn_image::os::pinned_pcrs::{self, BootChain};
         let path = build.layout.uki();
-        let bytes = std::fs::read(&path)?;
-        let loader = authenticode::sha256(&std::fs::read(build.layout.systemd_boot())?)?;
+        let chain = BootChain::read(&build.layout.systemd_boot(), Some(&build.layout.efi_vars()))?;
+        let pinned = pinned_pcrs::for_image(&std::fs::read(&path)?, Some(&chain))?
+            .context("the profile's uki.efi is not a unified kernel image")?;
         images.push(ImageInput {
-            pcr11: Some(uki::pcr11_sha256(&bytes)?),
-            pcr4: Some(uki::pcr4_after_firmware(&[
-                loader,
-                authenticode::sha256(&bytes)?,
-            ])),
+            pcr11: Some(pinned.pcr11),
+            pcr4: pinned.pcr4,
+            pcr7: pinned.pcr7,
             ..image("uki", path)
         });
     } else {

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use cairn_boot::efi_entries::{EntryOp, EntrySet};
+use cairn_image::os::pcr7::{self, SecureBootVariables};
 use cairn_image::os::pe::{self, PeImage};
 use cairn_image::os::secureboot::KeyPair;
 use cairn_image::os::uki;
@@ -55,10 +56,18 @@ fn trial_disk(parts: &EfiParts, b_signer: &KeyPair, scratch: &Path) -> Result<Tr
 
 /// What the probe must report after booting `image` as `slot` from a [`trial_disk`] in
 /// `scratch`: that slot's command line, Secure Boot on, PCR 4 holding the firmware's
-/// measurements of the signed systemd-boot and the slot's signed UKI, PCR 11 as
+/// measurements of the signed systemd-boot and the slot's signed UKI, PCR 7 the Secure
+/// Boot policy of the enrolled variables with the db key as the authority, PCR 11 as
 /// cairn-image computed it, and PCR 12 holding only systemd-boot's measurement of the
 /// command line.
-fn check_probe(console: &str, arch: Arch, slot: &str, image: &[u8], scratch: &Path) -> Result<()> {
+fn check_probe(
+    console: &str,
+    parts: &EfiParts,
+    slot: &str,
+    image: &[u8],
+    scratch: &Path,
+) -> Result<()> {
+    let arch = parts.arch;
     let line = probe_fact(console, "cmdline").context("the probe printed no command line")?;
     assert!(
         line.contains(&format!("cairn.slot={slot}")),
@@ -69,14 +78,29 @@ fn check_probe(console: &str, arch: Arch, slot: &str, image: &[u8], scratch: &Pa
         "Secure Boot is off"
     );
     let pcr4 = probe_fact(console, "pcr4").context("no PCR 4")?;
+    let signed = [
+        fs::read(scratch.join("systemd-boot.efi"))?,
+        fs::read(scratch.join(format!("{slot}.efi")))?,
+    ];
     let loaded = [
-        pe::authenticode::sha256(&fs::read(scratch.join("systemd-boot.efi"))?)?,
-        pe::authenticode::sha256(&fs::read(scratch.join(format!("{slot}.efi")))?)?,
+        pe::authenticode::sha256(&signed[0])?,
+        pe::authenticode::sha256(&signed[1])?,
     ];
     assert_eq!(
         pcr4.to_lowercase(),
         hex::encode(uki::pcr4_after_firmware(&loaded)),
         "PCR 4"
+    );
+    let pcr7 = probe_fact(console, "pcr7").context("no PCR 7")?;
+    let vars = SecureBootVariables::read(&parts.vars)?;
+    let authorities = [
+        vars.authority_for(&signed[0])?,
+        vars.authority_for(&signed[1])?,
+    ];
+    assert_eq!(
+        pcr7.to_lowercase(),
+        hex::encode(pcr7::pcr7_after_verification(&vars, &authorities)),
+        "PCR 7"
     );
     let pcr11 = probe_fact(console, "pcr11").context("no PCR 11")?;
     assert_eq!(
@@ -159,7 +183,7 @@ fn signed_trial_boots_once_then_the_committed_entry_with_precomputed_pcr11() -> 
         // ...is what the real one did.
         check_probe(
             &console,
-            parts.arch,
+            parts,
             slot,
             if slot == "a" { &a } else { &b },
             scratch.path(),
@@ -281,7 +305,7 @@ fn arm64_signed_trial_boots_with_secure_boot_and_precomputed_pcr11() -> Result<(
     )?;
     vm.wait_for("CAIRN-PROBE done", EFI_BOOT_TIMEOUT)?;
     let console = vm.stop();
-    check_probe(&console, parts.arch, "b", &b, scratch.path())?;
+    check_probe(&console, parts, "b", &b, scratch.path())?;
     assert_eq!(
         efi::linux_entries(&disk)?,
         ["cairn-1-a.efi", "cairn-2-b+0-1.efi"]

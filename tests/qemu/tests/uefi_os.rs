@@ -126,7 +126,7 @@ fn arm64_a_campaign_delivers_v2_as_a_delta_of_rootfs_and_uki_and_the_device_comm
 }
 
 /// v1 → v2 through a campaign that requires attestation: deltas of the slot and the UKI,
-/// systemd-boot's trial of B's new entry, commit, and a quote covering PCRs 4 and 11.
+/// systemd-boot's trial of B's new entry, commit, and a quote covering PCRs 4, 7 and 11.
 fn campaign_commits_v2(arch: Arch) -> Result<()> {
     let dir = tempfile::tempdir()?;
     let _slot = vm_slot();
@@ -151,7 +151,7 @@ fn campaign_commits_v2(arch: Arch) -> Result<()> {
     );
     ensure!(
         history.contains(": attested"),
-        "the server counted the device only after its quote covered PCRs 4 and 11: {history}"
+        "the server counted the device only after its quote covered PCRs 4, 7 and 11: {history}"
     );
     let payloads = rig.payload_lines()?;
     ensure!(
@@ -298,7 +298,7 @@ fn x86_64_an_update_whose_uki_another_key_signed_is_refused_by_the_firmware_and_
 
 /// What a device boots must be what the release pins, not merely signed by the right key:
 /// v2's UKI with another command line (`panic=6`), signed with the image's own db key,
-/// shipped under a manifest that pins the PCR 4 and PCR 11 of the UKI cairn-image built.
+/// shipped under a manifest that pins the PCRs 4, 7 and 11 of the UKI cairn-image built.
 /// The device boots it and commits; the quote shows other values and the server refuses
 /// it.
 #[test]

@@ -65,6 +65,27 @@ pub fn sha256(image: &[u8]) -> Result<[u8; 32], PeError> {
     Ok(hash.finalize().into())
 }
 
+/// The certificate table of a signed image (its WIN_CERTIFICATE entries: the Authenticode
+/// signature with the signer's certificate), or `None` when the image is not signed.
+pub fn certificate_table(image: &[u8]) -> Result<Option<&[u8]>, PeError> {
+    let pe = PeImage::parse(image)?;
+    let rva_count = read_u32(image, pe.optional + RVA_COUNT, "NumberOfRvaAndSizes")? as usize;
+    if rva_count <= CERTIFICATE_DIRECTORY {
+        return Ok(None);
+    }
+    let entry = pe.optional + RVA_COUNT + 4 + 8 * CERTIFICATE_DIRECTORY;
+    // For this directory the "address" is a file offset, not an RVA.
+    let offset = read_u32(image, entry, "certificate table offset")? as usize;
+    let size = read_u32(image, entry + 4, "certificate table size")? as usize;
+    if size == 0 {
+        return Ok(None);
+    }
+    image
+        .get(offset..offset.saturating_add(size))
+        .map(Some)
+        .ok_or(PeError::Truncated("the certificate table"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::minimal_image;
@@ -88,6 +109,8 @@ mod tests {
         signed[entry..entry + 4].copy_from_slice(&table.to_le_bytes());
         signed[entry + 4..entry + 8].copy_from_slice(&24u32.to_le_bytes());
         assert_eq!(sha256(&signed).unwrap(), digest, "the signature is skipped");
+        assert_eq!(certificate_table(&signed).unwrap(), Some(&[0x5a; 24][..]));
+        assert_eq!(certificate_table(&image).unwrap(), None);
     }
 
     #[test]
