@@ -278,6 +278,14 @@ fn trial_uki_refused_by_the_firmware_falls_back_to_the_committed_entry() -> Resu
     // measurement of the refused entry's command line, from its first run).
     let pcr11 = probe_fact(&console, "pcr11").context("no PCR 11")?;
     assert_eq!(pcr11.to_lowercase(), hex::encode(uki::pcr11_sha256(&a)?));
+    // PCR 4 holds more than a straight boot of A would: the firmware measured what it
+    // tried before A, so such a boot never matches the value a release pins.
+    let pcr4 = probe_fact(&console, "pcr4").context("no PCR 4")?;
+    let straight = uki::pcr4_after_firmware(&[
+        pe::authenticode::sha256(&fs::read(scratch.path().join("systemd-boot.efi"))?)?,
+        pe::authenticode::sha256(&fs::read(scratch.path().join("a.efi"))?)?,
+    ]);
+    assert_ne!(pcr4.to_lowercase(), hex::encode(straight), "PCR 4");
     assert_eq!(
         efi::linux_entries(&disk)?,
         ["cairn-1-a.efi", "cairn-2-b+0-1.efi"]
