@@ -13,8 +13,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use cairn_boot::efi_entries::{EntryOp, EntrySet};
-use cairn_image::os::pcr7::{self, SecureBootVariables};
+use cairn_image::os::pcr7::SecureBootVariables;
 use cairn_image::os::pe::{self, PeImage};
+use cairn_image::os::pinned_pcrs::{self, BootChain};
 use cairn_image::os::secureboot::KeyPair;
 use cairn_image::os::uki;
 use qemu_tests::efi::{self, probe_fact, Arch, EfiParts};
@@ -77,29 +78,26 @@ fn check_probe(
         console.contains("secureboot: Secure boot enabled"),
         "Secure Boot is off"
     );
+    // What a release would pin for this boot chain, as bundle create computes it.
+    let chain = BootChain {
+        loader: fs::read(scratch.join("systemd-boot.efi"))?,
+        vars: Some(SecureBootVariables::read(&parts.vars)?),
+    };
+    let pinned = pinned_pcrs::for_image(
+        &fs::read(scratch.join(format!("{slot}.efi")))?,
+        Some(&chain),
+    )?
+    .context("not a unified kernel image")?;
     let pcr4 = probe_fact(console, "pcr4").context("no PCR 4")?;
-    let signed = [
-        fs::read(scratch.join("systemd-boot.efi"))?,
-        fs::read(scratch.join(format!("{slot}.efi")))?,
-    ];
-    let loaded = [
-        pe::authenticode::sha256(&signed[0])?,
-        pe::authenticode::sha256(&signed[1])?,
-    ];
     assert_eq!(
         pcr4.to_lowercase(),
-        hex::encode(uki::pcr4_after_firmware(&loaded)),
+        hex::encode(pinned.pcr4.context("no PCR 4 pinned")?),
         "PCR 4"
     );
     let pcr7 = probe_fact(console, "pcr7").context("no PCR 7")?;
-    let vars = SecureBootVariables::read(&parts.vars)?;
-    let authorities = [
-        vars.authority_for(&signed[0])?,
-        vars.authority_for(&signed[1])?,
-    ];
     assert_eq!(
         pcr7.to_lowercase(),
-        hex::encode(pcr7::pcr7_after_verification(&vars, &authorities)),
+        hex::encode(pinned.pcr7.context("no PCR 7 pinned")?),
         "PCR 7"
     );
     let pcr11 = probe_fact(console, "pcr11").context("no PCR 11")?;
