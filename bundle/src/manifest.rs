@@ -86,7 +86,8 @@ impl Chunked {
     /// Whether this build can install from it.
     pub fn is_known(&self) -> bool {
         self.index.method == crate::chunked::INDEX_METHOD
-            && self.data.method == crate::chunked::METHOD
+            && [crate::chunked::METHOD, crate::chunked::METHOD_WINDOWED]
+                .contains(&self.data.method.as_str())
     }
 }
 

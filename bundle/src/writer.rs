@@ -361,7 +361,11 @@ fn write_chunked(
     progress(BuildEvent::Stage(&format!("image {}: chunks", input.name)));
     let image = map(&input.path)?;
     let mut index = None;
-    let data = write_payload(area, chunked::METHOD, None, |out| {
+    let method = match layout.window {
+        0 => chunked::METHOD,
+        _ => chunked::METHOD_WINDOWED,
+    };
+    let data = write_payload(area, method, None, |out| {
         index = Some(chunked::encode(&image, layout, level, out)?);
         Ok(())
     })?;

@@ -8,15 +8,25 @@ use std::fs;
 use std::path::Path;
 
 use cairn_bundle::chunked::plan::{Action, Finder, Found};
-use cairn_bundle::chunked::{block_hash, check_all, read_index, ChunkIndex, FrameDecoder, Layout};
+use cairn_bundle::chunked::{
+    block_hash, check_all, read_index, ChunkIndex, FrameDecoder, Layout, METHOD, METHOD_WINDOWED,
+};
 use cairn_bundle::{BundleFile, Image};
 use common::erofs::{mkfs_erofs, write_tree};
 use common::*;
 
 /// A bundle of `target` with its chunked image, and the index read back from it.
 fn chunked_bundle(fx: &Fixture, target: &Path) -> (BundleFile, Image, ChunkIndex) {
+    chunked_bundle_with(fx, target, Layout::default())
+}
+
+fn chunked_bundle_with(
+    fx: &Fixture,
+    target: &Path,
+    layout: Layout,
+) -> (BundleFile, Image, ChunkIndex) {
     let mut spec = fx.spec(&[("rootfs", target)]);
-    spec.chunked = Some(Layout::default());
+    spec.chunked = Some(layout);
     let (path, manifest) = fx.build(&spec, &[&fx.key], "chunked.cairn");
     let file = BundleFile::open(&path).unwrap();
     file.check_payloads(|_| {})
@@ -67,7 +77,7 @@ fn rebuild_from(
             std::io::Read::read_to_end(&mut file.payload_part(data, frame).unwrap(), &mut bytes)
                 .unwrap();
             index
-                .decode_frame("rootfs", c, &bytes, &mut decoder, &mut chunk)
+                .decode_frame("rootfs", c, &bytes, &out, &mut decoder, &mut chunk)
                 .unwrap();
             out.extend_from_slice(&chunk);
             continue;
@@ -132,6 +142,99 @@ fn files_that_moved_to_a_renamed_directory_are_found_where_they_now_are() {
 }
 
 #[test]
+fn both_layouts_rebuild_with_and_without_a_window() {
+    // Bundles made before windowed frames (window 0, method `zstd-chunks`) still install,
+    // and a windowed one with a window shorter than the image too.
+    let fx = Fixture::new();
+    let (v1, v2) = erofs_pair(&fx, |_| {});
+    for window in [0, 64 << 10, 1 << 20] {
+        let layout = Layout {
+            window,
+            ..Layout::default()
+        };
+        let (file, image, index) = chunked_bundle_with(&fx, &v2, layout);
+        assert_eq!(index.window, window);
+        let method = &image.chunked.as_ref().unwrap().data.method;
+        assert_eq!(
+            method,
+            if window == 0 { METHOD } else { METHOD_WINDOWED },
+            "window {window}"
+        );
+        let (rebuilt, fetched) = rebuild_from(&file, &image, &index, &v1);
+        assert!(
+            rebuilt == fs::read(&v2).unwrap(),
+            "window {window}: rebuilt image differs"
+        );
+        println!(
+            "window {window}: frames {} bytes, fetched {fetched}",
+            index.data_len()
+        );
+    }
+}
+
+#[test]
+fn a_windowed_frame_needs_the_bytes_before_its_chunk() {
+    let fx = Fixture::new();
+    let target = fx.image("rootfs.img", 1 << 20, 3);
+    let layout = Layout {
+        window: 256 << 10,
+        ..Layout::default()
+    };
+    let (file, image, index) = chunked_bundle_with(&fx, &target, layout);
+    let chunked = image.chunked.clone().unwrap();
+    let c = index.chunk_count() / 2;
+    let frame = index.frame(c);
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(
+        &mut file.payload_part(&chunked.data, frame).unwrap(),
+        &mut bytes,
+    )
+    .unwrap();
+    let image_bytes = fs::read(&target).unwrap();
+    let start = index.chunk_range(c).start as usize;
+    let mut decoder = FrameDecoder::new().unwrap();
+    let mut out = Vec::new();
+    index
+        .decode_frame(
+            "rootfs",
+            c,
+            &bytes,
+            &image_bytes[..start],
+            &mut decoder,
+            &mut out,
+        )
+        .expect("decodes with the image's own preceding bytes");
+    assert_eq!(out, image_bytes[start..index.chunk_range(c).end as usize]);
+
+    // Fewer bytes than the window: refused before decoding.
+    let short = &image_bytes[start - 1000..start];
+    let err = index
+        .decode_frame("rootfs", c, &bytes, short, &mut decoder, &mut out)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("bytes before the chunk"), "{err}");
+    // Other bytes before it (a device that built the image wrong): never taken.
+    let wrong = vec![0x5a; start];
+    let err = index
+        .decode_frame("rootfs", c, &bytes, &wrong, &mut decoder, &mut out)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains(&format!("chunk {c}")), "{err}");
+
+    // An index whose window disagrees with the data payload's method.
+    let mut unwindowed = chunked.clone();
+    unwindowed.data.method = METHOD.into();
+    let err = read_index(
+        &image,
+        &unwindowed,
+        file.payload_reader(&chunked.index).unwrap(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("window") && err.contains(METHOD), "{err}");
+}
+
+#[test]
 fn every_inconsistency_between_index_frames_and_image_is_refused() {
     let fx = Fixture::new();
     let target = fx.image("rootfs.img", 1 << 20, 3);
@@ -189,6 +292,7 @@ fn every_inconsistency_between_index_frames_and_image_is_refused() {
             "rootfs",
             0,
             &swapped[..(f1.end - f1.start) as usize],
+            &[],
             &mut decoder,
             &mut out,
         )

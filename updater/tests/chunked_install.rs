@@ -49,8 +49,12 @@ fn patched(base: &[u8], at: usize, with: &[u8]) -> Vec<u8> {
 
 /// A bundle of `r` that carries chunked images and no delta.
 fn chunked_bundle(d: &Device, r: &Release) -> std::path::PathBuf {
+    chunked_bundle_with(d, r, Layout::default())
+}
+
+fn chunked_bundle_with(d: &Device, r: &Release, layout: Layout) -> std::path::PathBuf {
     d.bundle_with(r, None, &r.version, &[copy_key(&d.key)], |spec| {
-        spec.chunked = Some(Layout::default());
+        spec.chunked = Some(layout);
     })
 }
 
@@ -78,6 +82,21 @@ fn reused(stderr: &str, name: &str) -> (usize, usize, u64) {
 
 #[test]
 fn a_device_two_releases_behind_fetches_only_the_chunks_no_slot_holds() {
+    two_releases_behind(Layout::default());
+}
+
+#[test]
+fn the_same_with_windowed_one_block_frames() {
+    // Each frame references the MiB of the image before its chunk, which cairnd has
+    // just built from local blocks or fetched frames.
+    two_releases_behind(Layout {
+        chunk_blocks: 1,
+        window: 1 << 20,
+        ..Layout::default()
+    });
+}
+
+fn two_releases_behind(layout: Layout) {
     let base = slot_image_bytes(6 * MIB, 1);
     let (kernel1, initrd1) = (
         slot_image_bytes(512 << 10, 51),
@@ -108,7 +127,7 @@ fn a_device_two_releases_behind_fetches_only_the_chunks_no_slot_holds() {
     assert_eq!(phase(&d.status()), "committed");
     // Now B runs v2 and A still holds v1.
 
-    let bundle = chunked_bundle(&d, &v3);
+    let bundle = chunked_bundle_with(&d, &v3, layout);
     let (server, url) = d.serve_bundle(&bundle, Arc::default());
     let out = d.cairn(&["install", &url]);
     let stderr = String::from_utf8_lossy(&out.stderr);

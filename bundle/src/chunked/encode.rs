@@ -2,7 +2,9 @@
 
 use std::io::{self, Write};
 
-use super::{block_hash, BlockHash, ChunkIndex, MAX_CHUNK_LEN, MAX_INDEX_LEN};
+use zstd::zstd_safe::{CCtx, CParameter};
+
+use super::{block_hash, BlockHash, ChunkIndex, MAX_CHUNK_LEN, MAX_INDEX_LEN, MAX_WINDOW};
 
 /// How an image is cut. Small chunks fetch less around a change; big ones compress
 /// better. `FORMAT.md` gives the numbers behind the defaults.
@@ -10,6 +12,11 @@ use super::{block_hash, BlockHash, ChunkIndex, MAX_CHUNK_LEN, MAX_INDEX_LEN};
 pub struct Layout {
     pub block_size: u32,
     pub chunk_blocks: u32,
+    /// Bytes of the image just before a chunk that its frame may reference (0: none).
+    /// A device builds the image in order, so those bytes are at hand whether they came
+    /// from a local slot or from the bundle; the frame then compresses like part of one
+    /// stream while it can still be fetched alone.
+    pub window: u32,
 }
 
 impl Default for Layout {
@@ -23,6 +30,7 @@ impl Default for Layout {
         Layout {
             block_size: 4096,
             chunk_blocks: 8,
+            window: 0,
         }
     }
 }
@@ -59,7 +67,21 @@ pub fn encode(
             ),
         ));
     }
-    let chunks: Vec<&[u8]> = image.chunks(chunk_len).collect();
+    if layout.window > MAX_WINDOW {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "a window of {} bytes is over the format's {MAX_WINDOW}",
+                layout.window
+            ),
+        ));
+    }
+    let window = layout.window as usize;
+    let chunks: Vec<(usize, &[u8])> = image
+        .chunks(chunk_len)
+        .enumerate()
+        .map(|(c, chunk)| (c * chunk_len, chunk))
+        .collect();
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut hashes: Vec<BlockHash> = Vec::with_capacity(image.len().div_ceil(block));
     let mut frame_lens = Vec::with_capacity(chunks.len());
@@ -70,12 +92,11 @@ pub fn encode(
                 .chunks(per_thread)
                 .map(|part| {
                     s.spawn(move || -> io::Result<Vec<Encoded>> {
-                        let mut zstd = zstd::bulk::Compressor::new(level)?;
-                        zstd.include_checksum(false)?;
-                        zstd.include_contentsize(true)?;
+                        let mut zstd = FrameEncoder::new(level, layout.window, chunk_len)?;
                         part.iter()
-                            .map(|chunk| {
-                                let frame = zstd.compress(chunk)?;
+                            .map(|&(start, chunk)| {
+                                let prefix = &image[start.saturating_sub(window)..start];
+                                let frame = zstd.compress(prefix, chunk)?;
                                 let hashes = chunk.chunks(block).map(block_hash).collect();
                                 Ok((frame, hashes))
                             })
@@ -99,8 +120,52 @@ pub fn encode(
     Ok(ChunkIndex::new(
         layout.block_size,
         layout.chunk_blocks,
+        layout.window,
         image.len() as u64,
         hashes,
         &frame_lens,
     ))
+}
+
+/// One thread's zstd context: each frame on its own, with the bytes before its chunk
+/// as a prefix it may reference.
+struct FrameEncoder<'a> {
+    cctx: CCtx<'a>,
+    out: Vec<u8>,
+}
+
+fn zstd_err(code: usize) -> io::Error {
+    io::Error::other(format!("zstd: {}", zstd::zstd_safe::get_error_name(code)))
+}
+
+impl<'a> FrameEncoder<'a> {
+    fn new(level: i32, window: u32, chunk_len: usize) -> io::Result<FrameEncoder<'a>> {
+        let mut cctx = CCtx::create();
+        // The window must reach back over the whole prefix from the chunk's last byte.
+        let window_log = (window as u64 + chunk_len as u64)
+            .next_power_of_two()
+            .trailing_zeros()
+            .max(10);
+        for parameter in [
+            CParameter::CompressionLevel(level),
+            CParameter::ChecksumFlag(false),
+            CParameter::ContentSizeFlag(true),
+            CParameter::WindowLog(window_log),
+        ] {
+            cctx.set_parameter(parameter).map_err(zstd_err)?;
+        }
+        let out = Vec::with_capacity(zstd::zstd_safe::compress_bound(chunk_len));
+        Ok(FrameEncoder { cctx, out })
+    }
+
+    fn compress(&mut self, prefix: &'a [u8], chunk: &[u8]) -> io::Result<Vec<u8>> {
+        self.out.clear();
+        if !prefix.is_empty() {
+            self.cctx.ref_prefix(prefix).map_err(zstd_err)?;
+        }
+        self.cctx
+            .compress2(&mut self.out, chunk)
+            .map_err(zstd_err)?;
+        Ok(self.out.clone())
+    }
 }

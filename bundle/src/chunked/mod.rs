@@ -29,7 +29,15 @@ pub const METHOD: &str = "zstd-chunks";
 /// The method of its index payload.
 pub const INDEX_METHOD: &str = "chunk-index";
 pub const INDEX_MAGIC: [u8; 8] = *b"CAIRNCIX";
+/// Version 1 has no window (the field is reserved, 0); version 2 gives one.
 const INDEX_VERSION: u32 = 1;
+const INDEX_VERSION_WINDOWED: u32 = 2;
+/// The data method of a chunked image whose frames reference the bytes before their
+/// chunk (an index of version 2). A separate name, so that a device that predates it
+/// takes the full payload instead.
+pub const METHOD_WINDOWED: &str = "zstd-chunks-windowed";
+/// Largest window: bounds what a device keeps of the image it is building.
+pub const MAX_WINDOW: u32 = 8 << 20;
 const INDEX_HEADER_LEN: usize = 32;
 /// Bytes per block hash (BLAKE3).
 pub const HASH_LEN: usize = 32;
@@ -53,6 +61,8 @@ pub fn block_hash(bytes: &[u8]) -> BlockHash {
 pub struct ChunkIndex {
     pub block_size: u32,
     pub chunk_blocks: u32,
+    /// Bytes before a chunk that its frame references (0: none).
+    pub window: u32,
     pub image_size: u64,
     hashes: Vec<BlockHash>,
     /// Start of each chunk's frame in the data payload, then the payload's end.
@@ -71,6 +81,7 @@ impl ChunkIndex {
     pub(crate) fn new(
         block_size: u32,
         chunk_blocks: u32,
+        window: u32,
         image_size: u64,
         hashes: Vec<BlockHash>,
         frame_lens: &[u32],
@@ -85,6 +96,7 @@ impl ChunkIndex {
         ChunkIndex {
             block_size,
             chunk_blocks,
+            window,
             image_size,
             hashes,
             frame_starts,
@@ -102,9 +114,18 @@ impl ChunkIndex {
         }
         let u32_at = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4"));
         let version = u32_at(8);
-        if version != INDEX_VERSION {
+        let window = match version {
+            INDEX_VERSION => 0,
+            INDEX_VERSION_WINDOWED => u32_at(20),
+            _ => {
+                return Err(bad(format!(
+                "version {version}, this build reads {INDEX_VERSION} and {INDEX_VERSION_WINDOWED}"
+            )))
+            }
+        };
+        if version == INDEX_VERSION_WINDOWED && !(1..=MAX_WINDOW).contains(&window) {
             return Err(bad(format!(
-                "version {version}, this build reads {INDEX_VERSION}"
+                "a window of {window} bytes (allowed: 1 to {MAX_WINDOW})"
             )));
         }
         let (block_size, chunk_blocks) = (u32_at(12), u32_at(16));
@@ -151,7 +172,14 @@ impl ChunkIndex {
             }
             frame_lens.push(len);
         }
-        let index = ChunkIndex::new(block_size, chunk_blocks, image_size, hashes, &frame_lens);
+        let index = ChunkIndex::new(
+            block_size,
+            chunk_blocks,
+            window,
+            image_size,
+            hashes,
+            &frame_lens,
+        );
         if index.data_len() != data_size {
             return Err(bad(format!(
                 "frames add up to {} bytes, the data payload has {data_size}",
@@ -166,10 +194,14 @@ impl ChunkIndex {
             INDEX_HEADER_LEN + self.hashes.len() * HASH_LEN + self.chunk_count() * 4,
         );
         out.extend_from_slice(&INDEX_MAGIC);
-        out.extend_from_slice(&INDEX_VERSION.to_le_bytes());
+        let version = match self.window {
+            0 => INDEX_VERSION,
+            _ => INDEX_VERSION_WINDOWED,
+        };
+        out.extend_from_slice(&version.to_le_bytes());
         out.extend_from_slice(&self.block_size.to_le_bytes());
         out.extend_from_slice(&self.chunk_blocks.to_le_bytes());
-        out.extend_from_slice(&0u32.to_le_bytes());
+        out.extend_from_slice(&self.window.to_le_bytes());
         out.extend_from_slice(&self.image_size.to_le_bytes());
         for h in &self.hashes {
             out.extend_from_slice(h);
@@ -230,22 +262,49 @@ impl ChunkIndex {
 
     /// Decodes chunk `chunk`'s frame into `out` (cleared first) and checks every block
     /// in it against the index; `out` then holds exactly the chunk's bytes of the image.
+    /// `before` is the image's bytes before the chunk, at least the window's worth (or
+    /// all of them); only its last `window` bytes are used.
     pub fn decode_frame(
         &self,
         image: &str,
         chunk: usize,
         frame: &[u8],
+        before: &[u8],
         decoder: &mut FrameDecoder,
         out: &mut Vec<u8>,
     ) -> Result<()> {
         let range = self.chunk_range(chunk);
         let len = (range.end - range.start) as usize;
+        let want = (self.window as u64).min(range.start) as usize;
+        if before.len() < want {
+            return Err(Error::io(format!("decoding chunk {chunk} of {image}"))(
+                std::io::Error::other(format!(
+                    "{} bytes before the chunk at hand, its frame needs {want}",
+                    before.len()
+                )),
+            ));
+        }
         out.clear();
         out.reserve(len);
-        let n = decoder
-            .0
-            .decompress_to_buffer(frame, out)
-            .map_err(|e| corrupt(image, format!("chunk {chunk}: zstd: {e}")))?;
+        let zstd = |code: usize| {
+            corrupt(
+                image,
+                format!(
+                    "chunk {chunk}: zstd: {}",
+                    zstd::zstd_safe::get_error_name(code)
+                ),
+            )
+        };
+        let n = if want > 0 {
+            // A context that borrows the prefix: the prefix changes with every chunk,
+            // and a kept context would hold the borrow.
+            let mut dctx = zstd::zstd_safe::DCtx::create();
+            dctx.ref_prefix(&before[before.len() - want..])
+                .map_err(zstd)?;
+            dctx.decompress(out, frame).map_err(zstd)?
+        } else {
+            decoder.0.decompress(out, frame).map_err(zstd)?
+        };
         if n != len {
             return Err(corrupt(
                 image,
@@ -274,13 +333,11 @@ impl ChunkIndex {
 }
 
 /// A zstd context for [`ChunkIndex::decode_frame`], kept between frames.
-pub struct FrameDecoder(zstd::bulk::Decompressor<'static>);
+pub struct FrameDecoder(zstd::zstd_safe::DCtx<'static>);
 
 impl FrameDecoder {
     pub fn new() -> Result<FrameDecoder> {
-        let inner =
-            zstd::bulk::Decompressor::new().map_err(Error::io("creating a zstd decoder"))?;
-        Ok(FrameDecoder(inner))
+        Ok(FrameDecoder(zstd::zstd_safe::DCtx::create()))
     }
 }
 
@@ -313,7 +370,51 @@ pub fn read_index(image: &Image, chunked: &Chunked, mut reader: impl Read) -> Re
             actual,
         });
     }
-    ChunkIndex::parse(&bytes, image, chunked.data.size)
+    let index = ChunkIndex::parse(&bytes, image, chunked.data.size)?;
+    if (chunked.data.method == METHOD_WINDOWED) != (index.window > 0) {
+        return Err(corrupt(
+            &image.name,
+            format!(
+                "chunk index with a window of {} bytes for data of method {}",
+                index.window, chunked.data.method
+            ),
+        ));
+    }
+    Ok(index)
+}
+
+/// The last bytes of the image being built in order: what a windowed chunk's frame
+/// references. Holds at most twice the window, so a device's memory stays bounded.
+pub struct RecentBytes {
+    window: usize,
+    bytes: Vec<u8>,
+}
+
+impl RecentBytes {
+    pub fn new(window: u32) -> RecentBytes {
+        RecentBytes {
+            window: window as usize,
+            bytes: Vec::new(),
+        }
+    }
+
+    /// The image's next bytes, in order.
+    pub fn push(&mut self, next: &[u8]) {
+        if self.window == 0 {
+            return;
+        }
+        if self.bytes.len() + next.len() > 2 * self.window {
+            let keep = self.window.saturating_sub(next.len()).min(self.bytes.len());
+            self.bytes.drain(..self.bytes.len() - keep);
+        }
+        let from = next.len().saturating_sub(self.window);
+        self.bytes.extend_from_slice(&next[from..]);
+    }
+
+    /// At least the last `window` bytes pushed (all of them, if fewer).
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
 }
 
 /// The builder's and the server's full check: decodes every frame of `data` (the whole
@@ -321,6 +422,7 @@ pub fn read_index(image: &Image, chunked: &Chunked, mut reader: impl Read) -> Re
 /// against both of the image's digests.
 pub fn check_all(image: &Image, index: &ChunkIndex, mut data: impl Read) -> Result<()> {
     let mut decoder = FrameDecoder::new()?;
+    let mut recent = RecentBytes::new(index.window);
     let (mut frame, mut chunk) = (Vec::new(), Vec::new());
     let mut sha256 = Hasher::new(Algorithm::Sha256);
     let mut blake3 = Hasher::new(Algorithm::Blake3);
@@ -334,7 +436,15 @@ pub fn check_all(image: &Image, index: &ChunkIndex, mut data: impl Read) -> Resu
             },
             _ => Error::io(format!("reading chunk {c} of {}", image.name))(e),
         })?;
-        index.decode_frame(&image.name, c, &frame, &mut decoder, &mut chunk)?;
+        index.decode_frame(
+            &image.name,
+            c,
+            &frame,
+            recent.bytes(),
+            &mut decoder,
+            &mut chunk,
+        )?;
+        recent.push(&chunk);
         sha256.update(&chunk);
         blake3.update(&chunk);
     }

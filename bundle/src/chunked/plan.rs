@@ -201,7 +201,14 @@ mod tests {
     fn index(blocks: &[u8]) -> ChunkIndex {
         let hashes = blocks.iter().map(|&b| block_hash(&[b; 16])).collect();
         let chunks = blocks.len().div_ceil(2);
-        ChunkIndex::new(16, 2, blocks.len() as u64 * 16, hashes, &vec![10; chunks])
+        ChunkIndex::new(
+            16,
+            2,
+            0,
+            blocks.len() as u64 * 16,
+            hashes,
+            &vec![10; chunks],
+        )
     }
 
     fn h(b: u8) -> BlockHash {

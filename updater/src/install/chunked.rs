@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use cairn_bundle::chunked::plan::{Action, Finder, Found, Plan};
-use cairn_bundle::chunked::{block_hash, read_index, ChunkIndex, FrameDecoder};
+use cairn_bundle::chunked::{block_hash, read_index, ChunkIndex, FrameDecoder, RecentBytes};
 use cairn_bundle::digest::Hasher;
 use cairn_bundle::{Chunked, Header, Image};
 
@@ -117,6 +117,7 @@ pub fn install(
         output: output_file.as_ref(),
         sources: &source_files,
         decoder: FrameDecoder::new()?,
+        recent: RecentBytes::new(index.window),
         frame: Vec::new(),
         run: None,
         outcome: Outcome::default(),
@@ -132,6 +133,7 @@ pub fn install(
             )));
         }
         build.chunk(c, &mut chunk)?;
+        build.recent.push(&chunk);
         hasher.update(&chunk);
         let range = index.chunk_range(c);
         if writer.in_place() && !plan.writes(&index, c) {
@@ -221,6 +223,9 @@ struct Build<'a> {
     output: Option<&'a File>,
     sources: &'a [Option<File>],
     decoder: FrameDecoder,
+    /// The image's last bytes before the chunk being built: what a windowed frame
+    /// references.
+    recent: RecentBytes,
     frame: Vec<u8>,
     /// The open Range request over the run of chunks being fetched, and the next chunk
     /// it yields.
@@ -313,7 +318,14 @@ impl Build<'_> {
                 source: e,
             })?;
         *next = c + 1;
-        index.decode_frame(&self.image.name, c, &self.frame, &mut self.decoder, out)?;
+        index.decode_frame(
+            &self.image.name,
+            c,
+            &self.frame,
+            self.recent.bytes(),
+            &mut self.decoder,
+            out,
+        )?;
         Ok(())
     }
 }
