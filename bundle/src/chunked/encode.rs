@@ -131,7 +131,7 @@ pub fn encode(
 /// as a prefix it may reference.
 struct FrameEncoder<'a> {
     cctx: CCtx<'a>,
-    out: Vec<u8>,
+    bound: usize,
 }
 
 fn zstd_err(code: usize) -> io::Error {
@@ -154,18 +154,16 @@ impl<'a> FrameEncoder<'a> {
         ] {
             cctx.set_parameter(parameter).map_err(zstd_err)?;
         }
-        let out = Vec::with_capacity(zstd::zstd_safe::compress_bound(chunk_len));
-        Ok(FrameEncoder { cctx, out })
+        let bound = zstd::zstd_safe::compress_bound(chunk_len);
+        Ok(FrameEncoder { cctx, bound })
     }
 
     fn compress(&mut self, prefix: &'a [u8], chunk: &[u8]) -> io::Result<Vec<u8>> {
-        self.out.clear();
+        let mut frame = Vec::with_capacity(self.bound);
         if !prefix.is_empty() {
             self.cctx.ref_prefix(prefix).map_err(zstd_err)?;
         }
-        self.cctx
-            .compress2(&mut self.out, chunk)
-            .map_err(zstd_err)?;
-        Ok(self.out.clone())
+        self.cctx.compress2(&mut frame, chunk).map_err(zstd_err)?;
+        Ok(frame)
     }
 }
