@@ -56,7 +56,7 @@ pub struct BundleSpec {
     pub description: Option<String>,
     pub images: Vec<ImageInput>,
     pub delta_sources: Vec<DeltaSource>,
-    /// zstd level for every payload.
+    /// zstd level of the full and delta payloads (chunk frames take their layout's).
     pub level: i32,
     /// How deltas are made.
     pub delta_codec: DeltaCodec,
@@ -328,9 +328,7 @@ fn write_image(
         deltas.push(delta);
     }
     let chunked = match spec.chunked {
-        Some(layout) => Some(write_chunked(
-            area, input, layout, spec.level, size, progress,
-        )?),
+        Some(layout) => Some(write_chunked(area, input, layout, size, progress)?),
         None => None,
     };
     Ok(Image {
@@ -354,7 +352,6 @@ fn write_chunked(
     area: &mut File,
     input: &ImageInput,
     layout: chunked::Layout,
-    level: i32,
     size: u64,
     progress: &mut dyn FnMut(BuildEvent),
 ) -> Result<Chunked> {
@@ -366,7 +363,7 @@ fn write_chunked(
         _ => chunked::METHOD_WINDOWED,
     };
     let data = write_payload(area, method, None, |out| {
-        index = Some(chunked::encode(&image, layout, level, out)?);
+        index = Some(chunked::encode(&image, layout, out)?);
         Ok(())
     })?;
     let index = index.expect("set by the encoder").encode();

@@ -298,10 +298,9 @@ fn every_inconsistency_between_index_frames_and_image_is_refused() {
         )
         .unwrap_err()
         .to_string();
-    assert!(
-        err.contains("chunk 0") && (err.contains("signed index") || err.contains("decodes to")),
-        "{err}"
-    );
+    // Refused by the block hashes, the frame's length, or (a windowed frame decoded
+    // without the bytes it references) by zstd itself.
+    assert!(err.contains("payload is corrupt: chunk 0"), "{err}");
     // A flipped byte inside a frame, and a truncated data payload.
     let mut flipped = data.clone();
     flipped[f1.start as usize + 40] ^= 0x10;

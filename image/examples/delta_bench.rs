@@ -13,6 +13,8 @@
 //!   bookworm-updates and -security and the 6.1.0-56 kernel (so /lib/modules is renamed
 //!   and openssl, ca-certificates, liblzma, pcre2, pam and libzstd change), packed as
 //!   uncompressed and as lz4hc erofs. Cached under `target/cairn/bench-delta/`.
+//! - `debian v0 -> v2` (with `--large`), chunked image only: v0 is v1 with the 6.1.0-54
+//!   kernel, so a device holding v0 is two kernel updates behind v2 and has no delta.
 //!
 //! A target with a `verity.json` beside it (the profile's) has its hash tree described
 //! to `block-bsdiff` as `bundle create` does from the manifest.
@@ -120,14 +122,20 @@ fn workspace() -> PathBuf {
 fn bench(args: &[String]) -> Result<()> {
     let o = options(args)?;
     let mut pairs = vec![profile_pair(o.rebuild)?];
+    let mut two_apart = Vec::new();
     if o.large {
-        pairs.extend(debian_pairs()?);
+        let debian = debian_pairs()?;
+        pairs.extend(debian.one_apart);
+        two_apart = debian.two_apart;
     }
     let work = workspace().join("target/cairn/bench-delta/work");
     fs::create_dir_all(&work)?;
     let mut tables = Vec::new();
     for pair in &pairs {
         tables.push(run_pair(pair, &o, &work)?);
+    }
+    for pair in &two_apart {
+        tables.push(adaptive_only(pair, &work)?);
     }
     println!("\n==== delta bench: all pairs (ratios against bsdiff in the same run) ====");
     for table in tables {
@@ -164,16 +172,25 @@ fn profile_pair(rebuild: bool) -> Result<Pair> {
     })
 }
 
-/// The large pair, as uncompressed and as lz4hc erofs.
-fn debian_pairs() -> Result<Vec<Pair>> {
+/// The large pairs, each as uncompressed and as lz4hc erofs.
+struct DebianPairs {
+    /// v1 -> v2: every tool side by side.
+    one_apart: Vec<Pair>,
+    /// v0 -> v2: what a device two kernel updates behind fetches with no delta made.
+    two_apart: Vec<Pair>,
+}
+
+fn debian_pairs() -> Result<DebianPairs> {
     let dir = workspace().join("target/cairn/bench-delta");
-    let mut pairs = Vec::new();
-    for v in ["v1", "v2"] {
+    let mut pairs = DebianPairs {
+        one_apart: Vec::new(),
+        two_apart: Vec::new(),
+    };
+    for v in ["v0", "v1", "v2"] {
         debian_tree(&dir, v)?;
     }
     for (label, lz4hc) in [("uncompressed", false), ("lz4hc", true)] {
-        let mut images = Vec::new();
-        for v in ["v1", "v2"] {
+        let image = |v: &str| -> Result<PathBuf> {
             let image = dir.join(format!("debian-{v}-{label}.erofs"));
             if !image.exists() {
                 let partial = image.with_extension("partial");
@@ -185,20 +202,30 @@ fn debian_pairs() -> Result<Vec<Pair>> {
                 run(mkfs.arg(&partial).arg(dir.join(v)))?;
                 fs::rename(&partial, &image)?;
             }
-            images.push(image);
-        }
-        pairs.push(Pair {
+            Ok(image)
+        };
+        pairs.one_apart.push(Pair {
             name: format!("debian bookworm arm64, one security update ({label} erofs)"),
-            target: images.pop().expect("two"),
-            source: images.pop().expect("two"),
+            source: image("v1")?,
+            target: image("v2")?,
+        });
+        pairs.two_apart.push(Pair {
+            name: format!(
+                "debian bookworm arm64, two kernel updates apart, adaptive only ({label} erofs)"
+            ),
+            source: image("v0")?,
+            target: image("v2")?,
         });
     }
     Ok(pairs)
 }
 
-/// `dir/v1` or `dir/v2`, unpacked by mmdebstrap once (a `.complete` marker says it
-/// finished). v1 prefers bookworm's own versions (`APT::Default-Release`); the 6.1.0-55
-/// kernel is only in bookworm-security.
+/// `dir/v0`, `dir/v1` or `dir/v2`, unpacked by mmdebstrap once (a `.complete` marker
+/// says it finished). v0 and v1 prefer bookworm's own versions (`APT::Default-Release`)
+/// with the 6.1.0-54 (upstream 6.1.190) and 6.1.0-55 (6.1.192) kernels, both only in
+/// bookworm-security; v2 takes every update with 6.1.0-56. The mirror keeps one version
+/// of each other package per suite, so v0 and v1 differ only in the kernel: v0 -> v2 is
+/// two kernel updates apart, one for the rest.
 fn debian_tree(dir: &Path, version: &str) -> Result<()> {
     let tree = dir.join(version);
     let marker = dir.join(format!("{version}.complete"));
@@ -212,9 +239,10 @@ fn debian_tree(dir: &Path, version: &str) -> Result<()> {
     eprintln!("==> unpacking the Debian {version} tree (mmdebstrap, a few minutes)");
     let mut cmd = Command::new("mmdebstrap");
     cmd.args(["--variant=extract", "--architectures=arm64", "--quiet"]);
-    if version == "v1" {
+    if version != "v2" {
+        let abi = if version == "v0" { 54 } else { 55 };
         cmd.arg(format!(
-            "--include={DEBIAN_PACKAGES},linux-image-6.1.0-55-cloud-arm64"
+            "--include={DEBIAN_PACKAGES},linux-image-6.1.0-{abi}-cloud-arm64"
         ))
         .arg("--aptopt=APT::Default-Release \"bookworm\"")
         .arg("bookworm")
@@ -388,6 +416,21 @@ fn run_pair(pair: &Pair, o: &Options, work: &Path) -> Result<String> {
     Ok(report)
 }
 
+/// A pair only the chunked image is measured on: no delta is made for it.
+fn adaptive_only(pair: &Pair, work: &Path) -> Result<String> {
+    eprintln!("\n==> pair: {}", pair.name);
+    let (full, _) = full_payload(&pair.target, &work.join("rebuilt"))?;
+    let mut report = format!(
+        "\n{}\n  full payload (zstd 12) {:.2} MB\n",
+        pair.name,
+        full as f64 / 1e6
+    );
+    for layout in chunk_layouts() {
+        report += &chunked(pair, layout, full, None)?;
+    }
+    Ok(report)
+}
+
 fn base_make_secs(rows: &[Row]) -> Option<f64> {
     rows.iter()
         .find(|r| r.tool == "bsdiff")
@@ -404,7 +447,7 @@ fn chunked(pair: &Pair, layout: Layout, full: u64, bsdiff_secs: Option<f64>) -> 
     let target = map(&pair.target)?;
     let started = Instant::now();
     let mut frames = 0u64;
-    let index = encode(&target, layout, 12, &mut CountingWriter(&mut frames))?;
+    let index = encode(&target, layout, &mut CountingWriter(&mut frames))?;
     let make_secs = started.elapsed().as_secs_f64();
     let source = map(&pair.source)?;
     let mut finder = Finder::new(&index);
@@ -417,9 +460,10 @@ fn chunked(pair: &Pair, layout: Layout, full: u64, bsdiff_secs: Option<f64>) -> 
     let fetched = index_len + plan.fetch_bytes(&index);
     let mb = |b: u64| b as f64 / 1e6;
     Ok(format!(
-        "  cairn chunked (level 12, {} KiB chunks, {} KiB window{}): adds {:.2} MB to the bundle ({:.2}x full), \
+        "  cairn chunked (level {}, {} KiB chunks, {} KiB window{}): adds {:.2} MB to the bundle ({:.2}x full), \
          made in {make_secs:.1} s ({}); a device holding only the source fetches {:.2} MB \
          ({:.3}x full: index {:.2} MB + {} of {} chunks)\n",
+        layout.level,
         block * layout.chunk_blocks as usize / 1024,
         layout.window / 1024,
         if layout == Layout::default() { ", the default" } else { "" },
@@ -437,19 +481,9 @@ fn chunked(pair: &Pair, layout: Layout, full: u64, bsdiff_secs: Option<f64>) -> 
     ))
 }
 
-/// The default chunk layout and the windowed one it is weighed against: 4 KiB frames,
-/// each referencing the MiB before it. Estimated with the zstd CLI on every 10th block
-/// the uncompressed Debian pair's v1 lacks: ~22 MB of frames for them, against ~29 MB
-/// of plain 4 KiB frames; not yet measured here end to end.
+/// The default chunk layout and the one bundles carried before windowed frames.
 fn chunk_layouts() -> [Layout; 2] {
-    [
-        Layout::default(),
-        Layout {
-            chunk_blocks: 1,
-            window: 1 << 20,
-            ..Layout::default()
-        },
-    ]
+    [Layout::default(), Layout::unwindowed()]
 }
 
 /// Counts what is written to it.

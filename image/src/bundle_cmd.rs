@@ -93,6 +93,14 @@ pub struct CreateArgs {
     /// Costs about a second full payload in the bundle.
     #[arg(long)]
     chunked: bool,
+    /// Bytes of the image before each chunk that its frame may reference (`--chunked`).
+    /// 0 makes chunks that devices older than windowed frames read (`zstd-chunks`: 32
+    /// KiB chunks at `--level`); they take the full payload of a windowed bundle.
+    #[arg(long, default_value_t = cairn_bundle::chunked::Layout::default().window)]
+    chunk_window: u32,
+    /// zstd level of windowed chunk frames (`--chunked`); their cost grows with it.
+    #[arg(long, default_value_t = cairn_bundle::chunked::Layout::default().level)]
+    chunk_level: i32,
     #[arg(long, short)]
     out: PathBuf,
 }
@@ -124,6 +132,23 @@ pub fn run(cmd: BundleCommand) -> Result<()> {
         BundleCommand::Create(a) => create(*a),
         BundleCommand::Inspect(a) => inspect(a),
         BundleCommand::Verify(a) => verify(a),
+    }
+}
+
+/// The chunk layout `--chunk-window` and `--chunk-level` ask for: without a window, the
+/// layout devices that predate windowed frames read, at the bundle's level.
+fn chunk_layout(window: u32, chunk_level: i32, level: i32) -> cairn_bundle::chunked::Layout {
+    use cairn_bundle::chunked::Layout;
+    match window {
+        0 => Layout {
+            level,
+            ..Layout::unwindowed()
+        },
+        _ => Layout {
+            window,
+            level: chunk_level,
+            ..Layout::default()
+        },
     }
 }
 
@@ -252,7 +277,7 @@ fn create(a: CreateArgs) -> Result<()> {
         delta_sources,
         level: a.level,
         delta_codec: a.delta_codec,
-        chunked: a.chunked.then(cairn_bundle::chunked::Layout::default),
+        chunked: a.chunked.then(|| chunk_layout(a.chunk_window, a.chunk_level, a.level)),
         roots,
     };
     let keys = a

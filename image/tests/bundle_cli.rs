@@ -159,8 +159,32 @@ fn operator_flow_create_sign_inspect_verify() {
     let images = json["manifest"]["images"].as_array().unwrap();
     let rootfs = images.iter().find(|i| i["name"] == "rootfs").unwrap();
     assert_eq!(rootfs["deltas"][0]["method"], "block-bsdiff");
-    assert_eq!(rootfs["chunked"]["data"]["method"], "zstd-chunks");
+    assert_eq!(rootfs["chunked"]["data"]["method"], "zstd-chunks-windowed");
     assert_eq!(rootfs["chunked"]["index"]["method"], "chunk-index");
+    // Without a window: the chunks devices that predate windowed frames read.
+    let b3 = d.join("v2-unwindowed.cairn");
+    let mut args = vec![
+        "bundle",
+        "create",
+        "--chunked",
+        "--chunk-window",
+        "0",
+        "--version",
+        "2.0.0",
+        "--key",
+        &a_key,
+        "-o",
+        s(&b3),
+    ];
+    args.extend(common);
+    args.extend(["--image", &img2]);
+    ok(&args);
+    let json3: serde_json::Value =
+        serde_json::from_str(&ok(&["bundle", "inspect", "--json", s(&b3)])).unwrap();
+    assert_eq!(
+        json3["manifest"]["images"][0]["chunked"]["data"]["method"],
+        "zstd-chunks"
+    );
     let kernel_img = images.iter().find(|i| i["name"] == "kernel").unwrap();
     assert!(
         kernel_img.get("deltas").is_none(),

@@ -86,14 +86,9 @@ fn a_device_two_releases_behind_fetches_only_the_chunks_no_slot_holds() {
 }
 
 #[test]
-fn the_same_with_windowed_one_block_frames() {
-    // Each frame references the MiB of the image before its chunk, which cairnd has
-    // just built from local blocks or fetched frames.
-    two_releases_behind(Layout {
-        chunk_blocks: 1,
-        window: 1 << 20,
-        ..Layout::default()
-    });
+fn the_same_with_the_unwindowed_layout_older_devices_read() {
+    // 32 KiB chunks, each frame decoding alone: what `--chunk-window 0` makes.
+    two_releases_behind(Layout::unwindowed());
 }
 
 fn two_releases_behind(layout: Layout) {

@@ -6,8 +6,9 @@ use zstd::zstd_safe::{CCtx, CParameter};
 
 use super::{block_hash, BlockHash, ChunkIndex, MAX_CHUNK_LEN, MAX_INDEX_LEN, MAX_WINDOW};
 
-/// How an image is cut. Small chunks fetch less around a change; big ones compress
-/// better. `FORMAT.md` gives the numbers behind the defaults.
+/// How an image is cut and compressed. Small chunks fetch less around a change; big ones
+/// compress better, and a window gives small ones back most of what they lose.
+/// `FORMAT.md` gives the numbers behind the defaults.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Layout {
     pub block_size: u32,
@@ -17,20 +18,43 @@ pub struct Layout {
     /// from a local slot or from the bundle; the frame then compresses like part of one
     /// stream while it can still be fetched alone.
     pub window: u32,
+    /// zstd level of every frame. A windowed frame loads its window into the encoder
+    /// first, so the cost of a level grows with the window.
+    pub level: i32,
 }
 
 impl Default for Layout {
-    /// 4 KiB blocks (the erofs block, so a file unchanged between releases is the same
-    /// blocks at whatever offset it moved to), 32 KiB chunks. Measured on the erofs pair
-    /// of `bundle/tests/chunked.rs` (12% of blocks changed): a device holding the old
-    /// image fetched 16% / 21% / 29% / 49% / 73% of the frames with 16 / 32 / 64 / 128 /
-    /// 256 KiB chunks, while the frames grew only 3.7% / 3.0% / 2.3% / 1.4% / 0% over
-    /// 256 KiB ones. 32 KiB takes most of that gain with half as many frames as 16 KiB.
+    /// One 4 KiB block per chunk (the erofs block, so a file unchanged between releases
+    /// is the same blocks at whatever offset it moved to), each frame referencing the
+    /// 256 KiB before it, at zstd level 3. Measured on the Debian pair of `cargo xtask
+    /// bench delta` (uncompressed erofs, 17,543 of v2's 87,798 blocks missing from v1),
+    /// the frames of the missing blocks and the time to make them:
+    /// - 32 KiB chunks, no window, level 12 (the former default): 30,678 blocks fetched;
+    /// - 4 KiB, no window: 29.4 MB at level 12 (3.5 s);
+    /// - 4 KiB, 256 KiB window: 26.6 MB at level 3 (3.7 s), 25.0 MB at level 9 (17 s),
+    ///   24.9 MB at level 12 (26 s), 22.6 MB at level 19 (313 s);
+    /// - 4 KiB, 1 MiB window, level 3: 26.2 MB (9.2 s).
+    ///
+    /// So level 3 with a 256 KiB window: smaller than level 12 without one, at its cost.
     fn default() -> Layout {
+        Layout {
+            block_size: 4096,
+            chunk_blocks: 1,
+            window: 256 << 10,
+            level: 3,
+        }
+    }
+}
+
+impl Layout {
+    /// The layout of bundles made before windowed frames (`zstd-chunks`): 32 KiB chunks,
+    /// no window, level 12. Devices that predate `zstd-chunks-windowed` read only this.
+    pub fn unwindowed() -> Layout {
         Layout {
             block_size: 4096,
             chunk_blocks: 8,
             window: 0,
+            level: 12,
         }
     }
 }
@@ -45,7 +69,6 @@ const BATCH: usize = 64;
 pub fn encode(
     image: &[u8],
     layout: Layout,
-    level: i32,
     out: &mut impl Write,
 ) -> io::Result<ChunkIndex> {
     let block = layout.block_size as usize;
@@ -92,7 +115,7 @@ pub fn encode(
                 .chunks(per_thread)
                 .map(|part| {
                     s.spawn(move || -> io::Result<Vec<Encoded>> {
-                        let mut zstd = FrameEncoder::new(level, layout.window, chunk_len)?;
+                        let mut zstd = FrameEncoder::new(layout.level, layout.window, chunk_len)?;
                         part.iter()
                             .map(|&(start, chunk)| {
                                 let prefix = &image[start.saturating_sub(window)..start];
