@@ -277,7 +277,9 @@ fn create(a: CreateArgs) -> Result<()> {
         delta_sources,
         level: a.level,
         delta_codec: a.delta_codec,
-        chunked: a.chunked.then(|| chunk_layout(a.chunk_window, a.chunk_level, a.level)),
+        chunked: a
+            .chunked
+            .then(|| chunk_layout(a.chunk_window, a.chunk_level, a.level)),
         roots,
     };
     let keys = a

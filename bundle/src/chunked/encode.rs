@@ -66,11 +66,7 @@ type Encoded = (Vec<u8>, Vec<BlockHash>);
 const BATCH: usize = 64;
 
 /// Writes `image`'s frames to `out` and returns the index that describes them.
-pub fn encode(
-    image: &[u8],
-    layout: Layout,
-    out: &mut impl Write,
-) -> io::Result<ChunkIndex> {
+pub fn encode(image: &[u8], layout: Layout, out: &mut impl Write) -> io::Result<ChunkIndex> {
     let block = layout.block_size as usize;
     let chunk_len = block * layout.chunk_blocks as usize;
     if !layout.block_size.is_power_of_two() || chunk_len == 0 || chunk_len as u64 > MAX_CHUNK_LEN {
