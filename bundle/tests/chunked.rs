@@ -173,6 +173,24 @@ fn both_layouts_rebuild_with_and_without_a_window() {
 }
 
 #[test]
+fn a_window_that_starts_like_a_zstd_dictionary_is_still_raw_content() {
+    // Chunk 32's window (the 64 KiB before it) begins with zstd's dictionary magic, as a
+    // dictionary file in the image could; decoded as a formatted dictionary, it fails.
+    let fx = Fixture::new();
+    let target = fx.image("rootfs.img", 1 << 20, 5);
+    let mut bytes = fs::read(&target).unwrap();
+    bytes[64 << 10..][..4].copy_from_slice(&[0x37, 0xA4, 0x30, 0xEC]);
+    fs::write(&target, &bytes).unwrap();
+    let layout = Layout {
+        window: 64 << 10,
+        ..Layout::default()
+    };
+    // Builds and decodes every frame (the writer's check_all), chunk 32 among them.
+    let (_, _, index) = chunked_bundle_with(&fx, &target, layout);
+    assert_eq!(index.chunk_range(32).start, 128 << 10);
+}
+
+#[test]
 fn a_windowed_frame_needs_the_bytes_before_its_chunk() {
     let fx = Fixture::new();
     let target = fx.image("rootfs.img", 1 << 20, 3);
