@@ -492,21 +492,17 @@ fn decode_all(
     data: &[u8],
     target: &[u8],
 ) -> Result<f64> {
-    use cairn_bundle::chunked::{FrameDecoder, RecentBytes};
     let started = Instant::now();
-    let mut decoder = FrameDecoder::new()?;
-    let mut recent = RecentBytes::new(index.window);
-    let mut chunk = Vec::new();
-    for c in 0..index.chunk_count() {
-        let r = index.frame(c);
-        let frame = &data[r.start as usize..r.end as usize];
-        index.decode_frame("bench", c, frame, recent.bytes(), &mut decoder, &mut chunk)?;
-        recent.push(&chunk);
-    }
+    let mut at = 0;
+    let mut same = true;
+    cairn_bundle::chunked::decode_in_order("bench", index, data, |chunk| {
+        same &= target.get(at..at + chunk.len()) == Some(chunk);
+        at += chunk.len();
+    })?;
     let secs = started.elapsed().as_secs_f64();
     ensure!(
-        chunk[..] == target[target.len() - chunk.len()..],
-        "the last chunk decodes to other bytes"
+        same && at == target.len(),
+        "the frames decode to other bytes"
     );
     Ok(secs)
 }

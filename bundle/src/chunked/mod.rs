@@ -431,34 +431,13 @@ impl RecentBytes {
 /// The builder's and the server's full check: decodes every frame of `data` (the whole
 /// data payload, in order), checks every block against `index`, and the image they make
 /// against both of the image's digests.
-pub fn check_all(image: &Image, index: &ChunkIndex, mut data: impl Read) -> Result<()> {
-    let mut decoder = FrameDecoder::new()?;
-    let mut recent = RecentBytes::new(index.window);
-    let (mut frame, mut chunk) = (Vec::new(), Vec::new());
+pub fn check_all(image: &Image, index: &ChunkIndex, data: impl Read) -> Result<()> {
     let mut sha256 = Hasher::new(Algorithm::Sha256);
     let mut blake3 = Hasher::new(Algorithm::Blake3);
-    for c in 0..index.chunk_count() {
-        let r = index.frame(c);
-        frame.resize((r.end - r.start) as usize, 0);
-        data.read_exact(&mut frame).map_err(|e| match e.kind() {
-            std::io::ErrorKind::UnexpectedEof => Error::PayloadTruncated {
-                image: image.name.clone(),
-                missing: index.data_len() - r.start,
-            },
-            _ => Error::io(format!("reading chunk {c} of {}", image.name))(e),
-        })?;
-        index.decode_frame(
-            &image.name,
-            c,
-            &frame,
-            recent.bytes(),
-            &mut decoder,
-            &mut chunk,
-        )?;
-        recent.push(&chunk);
-        sha256.update(&chunk);
-        blake3.update(&chunk);
-    }
+    decode_in_order(&image.name, index, data, |chunk| {
+        sha256.update(chunk);
+        blake3.update(chunk);
+    })?;
     let checks = [
         (sha256, Some(image.sha256.as_str())),
         (blake3, image.blake3.as_deref()),
@@ -473,6 +452,35 @@ pub fn check_all(image: &Image, index: &ChunkIndex, mut data: impl Read) -> Resu
                 actual,
             });
         }
+    }
+    Ok(())
+}
+
+/// Decodes every frame of `data` (the whole data payload of image `name`, in order),
+/// checks each chunk's blocks against `index`, and hands the chunks to `each` in order:
+/// what a device that holds nothing of the image does.
+pub fn decode_in_order(
+    name: &str,
+    index: &ChunkIndex,
+    mut data: impl Read,
+    mut each: impl FnMut(&[u8]),
+) -> Result<()> {
+    let mut decoder = FrameDecoder::new()?;
+    let mut recent = RecentBytes::new(index.window);
+    let (mut frame, mut chunk) = (Vec::new(), Vec::new());
+    for c in 0..index.chunk_count() {
+        let r = index.frame(c);
+        frame.resize((r.end - r.start) as usize, 0);
+        data.read_exact(&mut frame).map_err(|e| match e.kind() {
+            std::io::ErrorKind::UnexpectedEof => Error::PayloadTruncated {
+                image: name.to_string(),
+                missing: index.data_len() - r.start,
+            },
+            _ => Error::io(format!("reading chunk {c} of {name}"))(e),
+        })?;
+        index.decode_frame(name, c, &frame, recent.bytes(), &mut decoder, &mut chunk)?;
+        recent.push(&chunk);
+        each(&chunk);
     }
     Ok(())
 }
