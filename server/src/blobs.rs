@@ -2,9 +2,12 @@
 //! header first, then only the payloads they need). Only names the server itself gives
 //! blobs (`<sha256>.cairn`) are served, so uploads still being verified never are.
 
+use std::sync::atomic::Ordering;
+
 use axum::body::Body;
 use axum::extract::{Path, Request, State};
 use axum::response::Response;
+use http_body_util::BodyExt as _;
 use tower_http::services::ServeFile;
 
 use crate::app::Shared;
@@ -31,7 +34,20 @@ pub async fn serve(
         .try_call(request)
         .await
         .map_err(|e| anyhow::anyhow!("serving {name}: {e}"))?;
-    Ok(response.map(Body::new))
+    // Counted as each piece of the body is handed to the connection: what a device was
+    // sent, not what the file or the Range asked for (a cut connection stops the count).
+    let state = s.clone();
+    Ok(response.map(|body| {
+        Body::new(body.map_frame(move |frame| {
+            if let Some(data) = frame.data_ref() {
+                state
+                    .metrics
+                    .bundle_bytes_served
+                    .fetch_add(data.len() as u64, Ordering::Relaxed);
+            }
+            frame
+        }))
+    }))
 }
 
 #[cfg(test)]

@@ -2,14 +2,16 @@
 //! (behind the admin token, as Prometheus' `authorization` scrape setting sends it),
 //! `/healthz` (the process serves) and `/readyz` (and its database answers).
 //!
-//! Request counts and latencies are kept in memory by [`track`], a middleware around
-//! every route, labelled by the route's template (`/v1/device/check-in`,
-//! `/admin/v1/devices/{id}`), never by the raw path, so a scanner cannot grow the label
-//! set. Fleet figures (devices by approval and version, deployments by campaign and
+//! Request counts and latencies, and the bytes of bundles served, are kept in memory
+//! (they restart at zero with the server, as Prometheus counters may). Requests are
+//! counted by [`track`], a middleware around every route, labelled by the route's
+//! template (`/v1/device/check-in`, `/admin/v1/devices/{id}`), never by the raw path, so
+//! a scanner cannot grow the label set. Fleet figures (devices by approval and version, deployments by campaign and
 //! state) are counted from the database at each scrape.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -54,6 +56,8 @@ type RequestKey = (String, String, &'static str);
 #[derive(Debug, Default)]
 pub struct Metrics {
     requests: Mutex<BTreeMap<RequestKey, Histogram>>,
+    /// Bytes of bundle files sent to devices (`blobs::serve`), Range answers included.
+    pub bundle_bytes_served: AtomicU64,
 }
 
 impl Metrics {
@@ -104,6 +108,13 @@ impl Metrics {
             "# HELP cairn_checkins_total Device check-ins answered, any outcome.\n\
              # TYPE cairn_checkins_total counter\n\
              cairn_checkins_total {check_ins}"
+        );
+        let _ = writeln!(
+            out,
+            "# HELP cairn_bundle_bytes_served_total Bytes of bundles sent to devices.\n\
+             # TYPE cairn_bundle_bytes_served_total counter\n\
+             cairn_bundle_bytes_served_total {}",
+            self.bundle_bytes_served.load(Ordering::Relaxed)
         );
     }
 }

@@ -144,5 +144,26 @@ async fn a_device_installs_a_delta_from_ranges_of_the_served_bundle() {
         image,
         std::fs::read(releases.dir.path().join("rootfs-2")).unwrap()
     );
+
+    // The server counted exactly the bytes of its three Range answers.
+    let metrics = server
+        .admin()
+        .http
+        .get(format!("{}/metrics", server.url))
+        .bearer_auth(common::ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let served = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("cairn_bundle_bytes_served_total "))
+        .unwrap_or_else(|| panic!("no bundle byte count in {metrics}"));
+    assert_eq!(
+        served,
+        (HEADER_LEN as u64 + header.metadata_end() + payload.size).to_string()
+    );
     server.stop().await;
 }

@@ -348,6 +348,22 @@ impl Fleet {
         self.call("POST", path, body)
     }
 
+    /// The server's count of bundle bytes it sent to devices (`/metrics`).
+    pub fn bundle_bytes_served(&self) -> Result<u64> {
+        let metrics = self
+            .http
+            .get(format!("{}/metrics", self.url()))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()?
+            .error_for_status()?
+            .text()?;
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("cairn_bundle_bytes_served_total "))
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(|| anyhow!("no cairn_bundle_bytes_served_total in /metrics"))
+    }
+
     /// Adds a release; returns its id (`compatible@version`).
     pub fn upload(&self, bundle: &Path) -> Result<String> {
         let added = self.post("/releases", Some(std::fs::read(bundle)?))?;

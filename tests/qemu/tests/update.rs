@@ -507,6 +507,7 @@ fn a_power_cut_during_a_chunked_install_resumes_from_the_blocks_on_disk_and_comm
     let v2 = fleet::image_v2()?;
     let bundle = fleet::bundle_chunked(v2, "0.2.1", &dir.path().join("v2-chunked.cairn"))?;
     let release = rig.add_release(&bundle)?;
+    let served_at_start = rig.fleet.bundle_bytes_served()?;
     rig.vm.send("tail -n 0 -f /var/log/cairnd.log &")?;
     rig.fleet
         .start_campaign("rollout-chunked", &release, &image()?.profile.compatible)?;
@@ -515,9 +516,12 @@ fn a_power_cut_during_a_chunked_install_resumes_from_the_blocks_on_disk_and_comm
     for _ in 0..3 {
         rig.vm.wait_for("writing image=rootfs", BOOT_TIMEOUT)?;
     }
+    let planned_before_cut = planned_fetch_bytes(&rig.vm.console());
     say("Power cut with about a third of v2's rootfs written to slot B.");
     rig.power_cycle("update-chunked-cut")?;
+    // U-Boot's line comes before Linux, so cairnd has not asked for anything yet.
     rig.vm.wait_for("cairn: slot A chosen", BOOT_TIMEOUT)?;
+    let served_at_cut = rig.fleet.bundle_bytes_served()?;
     rig.shell_with_cairnd_log()?;
     let end = rig.follow("rollout-chunked", &mut say)?;
     ensure!(end.succeeded == 1 && end.failed == 0, "{end:?}");
@@ -528,6 +532,7 @@ fn a_power_cut_during_a_chunked_install_resumes_from_the_blocks_on_disk_and_comm
             && s["committed"] == "B"
             && s["slots"]["B"]["version"] == "0.2.1"
     })?;
+    let served_after_cut = rig.fleet.bundle_bytes_served()? - served_at_cut;
 
     // What the resumed install found in place on slot B: more than the zero blocks an
     // empty slot already holds, so blocks written before the cut were kept, not fetched.
@@ -536,38 +541,94 @@ fn a_power_cut_during_a_chunked_install_resumes_from_the_blocks_on_disk_and_comm
         .chunks(4096)
         .filter(|b| b.iter().all(|&x| x == 0))
         .count();
-    let built = rig.vm.check(
-        "grep -h 'chunked image built from local blocks image=rootfs' /var/log/cairnd.log*",
+    let log = rig.vm.check(
+        "grep -h -e 'chunked install planned' -e 'chunked image built from local blocks' \
+         /var/log/cairnd.log*",
         COMMAND_TIMEOUT,
     )?;
-    let field = |name: &str| -> Option<u64> {
-        let at = built.find(&format!("{name}="))? + name.len() + 1;
-        built[at..]
-            .split(|c: char| !c.is_ascii_digit())
-            .next()?
-            .parse()
-            .ok()
-    };
-    let (kept, fetched) = (field("kept"), field("fetched_bytes"));
-    say(&format!(
-        "Resumed: {kept:?} blocks already in place (the slot image has {zero_blocks} zero blocks), \
-         fetched {fetched:?} bytes; all chunks of rootfs: {} bytes.",
-        cairn_bundle::BundleFile::open(&bundle)?
-            .bundle
-            .manifest
-            .image("rootfs")
-            .and_then(|i| i.chunked.as_ref())
-            .map_or(0, |c| c.data.size)
-    ));
+    let built = log
+        .lines()
+        .filter(|l| l.contains("chunked image built from local blocks image=rootfs"))
+        .max()
+        .unwrap_or_default();
+    let (kept, fetched) = (log_field(built, "kept"), log_field(built, "fetched_bytes"));
     ensure!(
         kept.is_some_and(|k| k as usize > zero_blocks),
         "blocks written before the power cut were reused: {built}"
+    );
+
+    // What the server sent after the cut: the metadata, each image's chunk index, and
+    // the chunks the resumed plans named; no chunk written and verified before the cut.
+    let file = cairn_bundle::BundleFile::open(&bundle)?;
+    let planned_after_cut = planned_fetch_bytes(&log);
+    let mut expected = 0;
+    for image in &file.bundle.manifest.images {
+        let chunked = image
+            .chunked
+            .as_ref()
+            .ok_or_else(|| anyhow::anyhow!("image {} is not chunked", image.name))?;
+        let fetch = planned_after_cut
+            .get(&image.name)
+            .ok_or_else(|| anyhow::anyhow!("no plan for image {} after the cut", image.name))?;
+        expected += chunked.index.size + fetch;
+    }
+    // The first request asks for 64 KiB and keeps what the metadata needs.
+    let metadata = file.bundle.header.metadata_end();
+    let (least, most) = (expected + metadata, expected + metadata.max(64 << 10));
+    let rootfs_before = planned_before_cut.get("rootfs").copied().unwrap_or(0);
+    let rootfs_after = planned_after_cut.get("rootfs").copied().unwrap_or(0);
+    say(&format!(
+        "Resumed: {kept:?} blocks already in place (the slot image has {zero_blocks} zero blocks); \
+         rootfs chunks to fetch: {rootfs_before} bytes before the cut, {rootfs_after} after; \
+         cairnd fetched {fetched:?} rootfs bytes; the server sent {} bytes before the cut and \
+         {served_after_cut} after (metadata, indexes and planned chunks: {least}..={most}).",
+        served_at_cut - served_at_start
+    ));
+    ensure!(
+        rootfs_after < rootfs_before,
+        "the resumed plan fetches less than the first: {rootfs_after} of {rootfs_before}"
+    );
+    ensure!(
+        (least..=most).contains(&served_after_cut),
+        "after the cut the server sent {served_after_cut} bytes; the resumed plans need \
+         {least}..={most}"
     );
     record_time(
         "chunked install, power cut a third into the rootfs, resumed, committed",
         rig.started.elapsed(),
     );
     Ok(())
+}
+
+/// `NAME=<digits>` in one of cairnd's log lines.
+fn log_field(line: &str, name: &str) -> Option<u64> {
+    let at = line.find(&format!(" {name}="))? + name.len() + 2;
+    line[at..]
+        .split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Per image, the chunk bytes of the last "chunked install planned" line in `log`
+/// (timestamps sort the lines, whichever log file or console they come from).
+fn planned_fetch_bytes(log: &str) -> std::collections::BTreeMap<String, u64> {
+    let mut lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("chunked install planned image="))
+        .collect();
+    lines.sort();
+    let mut planned = std::collections::BTreeMap::new();
+    for line in lines {
+        let name = line
+            .split(" image=")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next());
+        if let (Some(name), Some(bytes)) = (name, log_field(line, "fetch_bytes")) {
+            planned.insert(name.to_string(), bytes);
+        }
+    }
+    planned
 }
 
 /// Where each power cut of the download-and-write scenario falls: a line of cairnd's log
