@@ -441,6 +441,19 @@ fn write_images(
 ) -> Result<SlotRecord, InstallError> {
     let mut images = BTreeMap::new();
     let spool = spool::Spool::new(&ctx.config.data_dir);
+    let deltas: Vec<&Payload> = plan
+        .iter()
+        .filter_map(|step| match &step.how {
+            How::Stream {
+                payload,
+                source: Some(_),
+            } if payload.source.is_some() => Some(payload),
+            _ => None,
+        })
+        .collect();
+    if let Err(e) = spool.keep_only(&deltas) {
+        tracing::warn!(error = %e, "cannot clean the spool of other bundles' deltas");
+    }
     for step in plan {
         let result = match &step.how {
             How::Stream {

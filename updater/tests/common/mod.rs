@@ -247,8 +247,8 @@ impl Device {
     pub fn holds(&self, slot: SlotId, r: &Release) -> bool {
         let s = slot.lower();
         self.slot_bytes(s, r.rootfs.len()) == r.rootfs
-            && fs::read(self.path(&format!("boot/{s}/vmlinuz"))).unwrap() == r.kernel
-            && fs::read(self.path(&format!("boot/{s}/initrd.img"))).unwrap() == r.initrd
+            && fs::read(self.path(&format!("boot/{s}/vmlinuz"))).is_ok_and(|k| k == r.kernel)
+            && fs::read(self.path(&format!("boot/{s}/initrd.img"))).is_ok_and(|i| i == r.initrd)
     }
 }
 
