@@ -250,6 +250,8 @@ pub struct Fleet {
     config: Config,
     /// Where it listens (`127.0.0.1:PORT`, the port resolved), to start a replacement on.
     listen: String,
+    /// Between the guest and the server, once [`Fleet::behind_a_slow_link`].
+    slow_link: Option<crate::slow_link::SlowLink>,
 }
 
 impl Fleet {
@@ -293,6 +295,7 @@ impl Fleet {
             http,
             db_url,
             config,
+            slow_link: None,
         })
     }
 
@@ -322,6 +325,26 @@ impl Fleet {
             self.config.clone(),
             &self.listen,
         )?);
+        Ok(())
+    }
+
+    /// From now on the guest reaches the server over a link that carries
+    /// `bytes_per_sec` a second towards the guest: the server starts again, over the same
+    /// database and blobs, on a port of its own, and a [`SlowLink`] takes the address the
+    /// guest connects to. The operator's calls go to the server directly.
+    ///
+    /// [`SlowLink`]: crate::slow_link::SlowLink
+    pub fn behind_a_slow_link(&mut self, bytes_per_sec: u64) -> Result<()> {
+        self.server = None;
+        let server = LocalServer::start(&self.db_url, self.config.clone(), "127.0.0.1:0")?;
+        let direct = server.addr;
+        self.slow_link = Some(crate::slow_link::SlowLink::start(
+            &self.listen,
+            direct,
+            bytes_per_sec,
+        )?);
+        self.server = Some(server);
+        self.listen = direct.to_string();
         Ok(())
     }
 

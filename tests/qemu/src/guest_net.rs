@@ -67,7 +67,7 @@ impl GuestNet {
         for (listener, port) in tcp {
             let to = SocketAddr::from(([127, 0, 0, 1], host_port(port)));
             let stop = Arc::clone(&stop);
-            thread::spawn(move || relay_tcp(listener, to, &stop));
+            thread::spawn(move || relay_tcp(listener, to, &stop, None));
         }
         for (socket, port) in udp {
             let to = SocketAddr::from(([127, 0, 0, 1], host_port(port)));
@@ -122,7 +122,14 @@ fn in_new_namespace<T>(inside: impl FnOnce() -> Result<T>) -> Result<(File, T)> 
 
 const POLL: Duration = Duration::from_millis(20);
 
-fn relay_tcp(listener: TcpListener, to: SocketAddr, stop: &AtomicBool) {
+/// Relays each connection to `listener` to `to` until `stop`; with `downstream`, the
+/// bytes from `to` flow at that many bytes a second at most, per connection.
+pub(crate) fn relay_tcp(
+    listener: TcpListener,
+    to: SocketAddr,
+    stop: &AtomicBool,
+    downstream: Option<u64>,
+) {
     if listener.set_nonblocking(true).is_err() {
         return;
     }
@@ -135,7 +142,7 @@ fn relay_tcp(listener: TcpListener, to: SocketAddr, stop: &AtomicBool) {
                     if let (Ok(()), Ok(host)) =
                         (guest.set_nonblocking(false), TcpStream::connect(to))
                     {
-                        pipe(guest, host);
+                        pipe(guest, host, downstream);
                     }
                 });
             }
@@ -145,24 +152,35 @@ fn relay_tcp(listener: TcpListener, to: SocketAddr, stop: &AtomicBool) {
     }
 }
 
-/// Copies both ways until each side has said all it will; ends when both have.
-fn pipe(a: TcpStream, b: TcpStream) {
+/// Copies both ways until each side has said all it will; ends when both have. What `b`
+/// says flows at `b_rate` bytes a second at most.
+fn pipe(a: TcpStream, b: TcpStream, b_rate: Option<u64>) {
     let (Ok(a2), Ok(b2)) = (a.try_clone(), b.try_clone()) else {
         return;
     };
-    let back = thread::spawn(move || copy_then_close(b2, a2));
-    copy_then_close(a, b);
+    let back = thread::spawn(move || copy_then_close(b2, a2, b_rate));
+    copy_then_close(a, b, None);
     let _ = back.join();
 }
 
-fn copy_then_close(mut from: TcpStream, mut to: TcpStream) {
-    let mut buf = vec![0u8; 64 * 1024];
+fn copy_then_close(mut from: TcpStream, mut to: TcpStream, rate: Option<u64>) {
+    // Throttled, in pieces of a tenth of a second's worth. Time a connection spent idle
+    // earns no burst afterwards: each piece is due a piece's time after the later of the
+    // last one's due time and now.
+    let piece = rate.map_or(64 * 1024, |r| (r / 10).clamp(1, 64 * 1024) as usize);
+    let mut buf = vec![0u8; piece];
+    let mut due = std::time::Instant::now();
     loop {
         match from.read(&mut buf) {
             Ok(0) | Err(_) => break,
             Ok(n) => {
                 if to.write_all(&buf[..n]).is_err() {
                     break;
+                }
+                if let Some(rate) = rate {
+                    let now = std::time::Instant::now();
+                    due = due.max(now) + Duration::from_secs_f64(n as f64 / rate as f64);
+                    thread::sleep(due - now);
                 }
             }
         }

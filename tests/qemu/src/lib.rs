@@ -14,6 +14,7 @@ pub mod efi;
 pub mod fleet;
 pub mod guest_net;
 pub mod ntp;
+pub mod slow_link;
 pub mod update_loop;
 pub mod vm;
 

@@ -600,6 +600,95 @@ fn a_power_cut_during_a_chunked_install_resumes_from_the_blocks_on_disk_and_comm
     Ok(())
 }
 
+/// A static delta is downloaded to the spool on /data before it is applied
+/// (`updater/src/install/spool.rs`). Over a slow link, power is cut in the middle of the
+/// kernel's delta; after the reboot the download goes on from the bytes the spool kept,
+/// and the server's own count shows that nothing else was fetched again.
+#[test]
+fn a_power_cut_in_the_middle_of_a_delta_download_resumes_it_from_the_spooled_bytes() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let _slot = vm_slot();
+    let mut rig = Rig::boot_v1(dir.path(), "update-delta-cut", false, &mut say)?;
+    // The kernel's delta, about 1.1 MiB, takes some 9 s at this rate.
+    rig.fleet.behind_a_slow_link(128 << 10)?;
+    rig.vm.send("tail -n 0 -f /var/log/cairnd.log &")?;
+    rig.fleet.start_campaign(
+        "rollout-delta-cut",
+        &rig.release,
+        &image()?.profile.compatible,
+    )?;
+    rig.vm
+        .wait_for("image started image=kernel", BOOT_TIMEOUT)?;
+    std::thread::sleep(Duration::from_secs(4));
+    say("Power cut 4 s into the download of the kernel's delta, at 128 KiB/s.");
+    rig.power_cycle("update-delta-cut-power")?;
+    // U-Boot's line comes before Linux, so cairnd has not asked for anything yet.
+    rig.vm.wait_for("cairn: slot A chosen", BOOT_TIMEOUT)?;
+    let served_before_cut = rig.fleet.bundle_bytes_served()?;
+    rig.shell_with_cairnd_log()?;
+    let end = rig.follow("rollout-delta-cut", &mut say)?;
+    ensure!(end.succeeded == 1 && end.failed == 0, "{end:?}");
+    if !rig.vm.console().contains("cairn: slot B chosen") {
+        rig.vm.wait_for("cairn: slot B chosen", BOOT_TIMEOUT)?;
+    }
+    rig.wait_for_v2_committed()?;
+    let served_after_cut = rig.fleet.bundle_bytes_served()? - served_before_cut;
+
+    let log = rig.vm.check(
+        "grep -h -e \"resuming the delta's download\" -e 'image started' /var/log/cairnd.log*",
+        COMMAND_TIMEOUT,
+    )?;
+    let resumed = log
+        .lines()
+        .filter(|l| l.contains("resuming the delta's download image=kernel"))
+        .max()
+        .and_then(|l| log_field(l, "resumed"))
+        .ok_or_else(|| anyhow::anyhow!("the kernel's delta did not resume: {log}"))?;
+    // After the cut: the metadata (a 64 KiB request) and each image's payload, as the
+    // last try chose it (each try writes every image; the rootfs's spool went once it
+    // was written), but the kernel's spooled bytes.
+    let file = cairn_bundle::BundleFile::open(&rig.bundle)?;
+    let mut payloads = 0;
+    for image in &file.bundle.manifest.images {
+        let started = log
+            .lines()
+            .filter(|l| l.contains(&format!("image started image={} ", image.name)))
+            .max()
+            .unwrap_or_default();
+        let method = started
+            .split(" method=")
+            .nth(1)
+            .and_then(|m| m.split_whitespace().next())
+            .unwrap_or_default();
+        let payload = image
+            .deltas
+            .iter()
+            .chain([&image.full])
+            .find(|p| p.method == method)
+            .ok_or_else(|| anyhow::anyhow!("no payload of {method:?}: {started}"))?;
+        payloads += payload.size;
+    }
+    let metadata = file.bundle.header.metadata_end();
+    let rest = payloads - resumed;
+    let (least, most) = (rest + metadata, rest + metadata.max(64 << 10));
+    say(&format!(
+        "The kernel's delta resumed at byte {resumed}. The server sent {served_before_cut} \
+         bytes before the cut (some still in socket buffers when it came) and \
+         {served_after_cut} after: the metadata and the {payloads} payload bytes of the last \
+         try but the spooled ones are {least}..={most}."
+    ));
+    ensure!(resumed > 0, "nothing of the kernel's delta was kept");
+    ensure!(
+        (least..=most).contains(&served_after_cut),
+        "after the cut the server sent {served_after_cut} bytes; {least}..={most} expected"
+    );
+    record_time(
+        "delta download cut by power mid-kernel, resumed from the spool, committed",
+        rig.started.elapsed(),
+    );
+    Ok(())
+}
+
 /// `NAME=<digits>` in one of cairnd's log lines.
 fn log_field(line: &str, name: &str) -> Option<u64> {
     let at = line.find(&format!(" {name}="))? + name.len() + 2;

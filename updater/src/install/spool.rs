@@ -80,7 +80,7 @@ impl Spool {
         };
         let download = InstallError::download(bundle.url());
         let disk = |e: io::Error| {
-            tracing::warn!(image, error = %e, "cannot spool the delta on the data partition; streaming it");
+            tracing::warn!(image = %image, error = %e, "cannot spool the delta on the data partition; streaming it");
             // A partial file on a full partition would only take space others need.
             let _ = fs::remove_file(&path);
             Ok(None)
@@ -103,10 +103,10 @@ impl Spool {
         };
         loop {
             if resumed == payload.size {
-                tracing::info!(image, size = payload.size, "the delta is already spooled");
+                tracing::info!(image = %image, size = payload.size, "the delta is already spooled");
             } else if resumed > 0 {
                 tracing::info!(
-                    image,
+                    image = %image,
                     resumed,
                     size = payload.size,
                     "resuming the delta's download"
@@ -144,7 +144,7 @@ impl Spool {
                 .into());
             }
             tracing::warn!(
-                image,
+                image = %image,
                 resumed,
                 "the spooled delta does not match its digest; downloading it again"
             );
