@@ -6,8 +6,8 @@
 //! (they restart at zero with the server, as Prometheus counters may). Requests are
 //! counted by [`track`], a middleware around every route, labelled by the route's
 //! template (`/v1/device/check-in`, `/admin/v1/devices/{id}`), never by the raw path, so
-//! a scanner cannot grow the label set. Fleet figures (devices by approval and version, deployments by campaign and
-//! state) are counted from the database at each scrape.
+//! a scanner cannot grow the label set. Fleet figures (devices by approval and version,
+//! deployments by campaign and state) are counted from the database at each scrape.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;

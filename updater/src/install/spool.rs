@@ -31,8 +31,8 @@ use super::InstallError;
 const SYNC_EVERY: u64 = 4 << 20;
 const SYNC_INTERVAL: Duration = Duration::from_secs(1);
 
-/// The spool directory, `<data_dir>/spool`: at most one delta at a time (the install
-/// lock's holder's), named by its signed digest.
+/// The spool directory, `<data_dir>/spool`: the deltas of one install (the install lock's
+/// holder's), each named by its signed digest.
 pub struct Spool {
     dir: PathBuf,
 }
