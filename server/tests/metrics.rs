@@ -42,14 +42,7 @@ async fn metrics_count_check_ins_devices_campaign_progress_and_latencies() {
         .unwrap();
     assert_eq!(ready.status(), 200);
 
-    let answer = server
-        .admin()
-        .http
-        .get(format!("{}/metrics", server.url))
-        .bearer_auth(common::ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap();
+    let answer = server.admin().metrics().await;
     assert_eq!(answer.status(), 200);
     assert!(answer.headers()["content-type"]
         .to_str()

@@ -146,17 +146,7 @@ async fn a_device_installs_a_delta_from_ranges_of_the_served_bundle() {
     );
 
     // The server counted exactly the bytes of its three Range answers.
-    let metrics = server
-        .admin()
-        .http
-        .get(format!("{}/metrics", server.url))
-        .bearer_auth(common::ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = server.admin().metrics().await.text().await.unwrap();
     let served = metrics
         .lines()
         .find_map(|l| l.strip_prefix("cairn_bundle_bytes_served_total "))

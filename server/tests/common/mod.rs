@@ -210,6 +210,16 @@ pub struct Admin {
 }
 
 impl Admin {
+    /// `GET /metrics` with the admin token, as Prometheus scrapes it.
+    pub async fn metrics(&self) -> reqwest::Response {
+        self.http
+            .get(format!("{}/metrics", self.url))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap()
+    }
+
     pub async fn get(&self, path: &str) -> (u16, serde_json::Value) {
         let r = self
             .http
