@@ -106,6 +106,17 @@ fn killed_when(
     (server, url, deltas, bundle)
 }
 
+/// Runs `cairn install URL` again, which must succeed; returns its stderr and the body
+/// bytes the server sent it (counted from zero).
+fn install_again(d: &Device, server: &Server, url: &str) -> (String, u64) {
+    server.body_bytes.store(0, Ordering::SeqCst);
+    server.requests.store(0, Ordering::SeqCst);
+    let out = d.cairn(&["install", url]);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{stderr}");
+    (stderr, server.body_bytes.load(Ordering::SeqCst))
+}
+
 #[test]
 fn a_delta_download_killed_part_way_resumes_where_it_stopped() {
     let (v1, v2) = releases();
@@ -117,13 +128,8 @@ fn a_delta_download_killed_part_way_resumes_where_it_stopped() {
         "the kill came before the end of the download"
     );
 
-    server.body_bytes.store(0, Ordering::SeqCst);
-    server.requests.store(0, Ordering::SeqCst);
-    let out = d.cairn(&["install", &url]);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
+    let (_, served) = install_again(&d, &server, &url);
     assert!(d.holds(SlotId::B, &v2), "byte-identical after the resume");
-    let served = server.body_bytes.load(Ordering::SeqCst);
     println!("killed with {kept} of {deltas} delta bytes spooled; the resumed install fetched {served} bytes in {} requests", server.requests.load(Ordering::SeqCst));
     // The rest of the deltas, plus the bundle's metadata (one 64 KiB request).
     assert!(
@@ -169,12 +175,8 @@ fn a_download_killed_in_a_later_images_delta_resumes_that_delta() {
         "killed before the kernel's delta was whole"
     );
 
-    server.body_bytes.store(0, Ordering::SeqCst);
-    let out = d.cairn(&["install", &url]);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
+    let (_, served) = install_again(&d, &server, &url);
     assert!(d.holds(SlotId::B, &v2), "byte-identical after the resume");
-    let served = server.body_bytes.load(Ordering::SeqCst);
     println!(
         "killed with {kept} of the kernel delta's {kernel_delta} bytes spooled; the resumed \
          install fetched {served} of {deltas} delta bytes"
@@ -203,16 +205,12 @@ fn a_damaged_spool_is_fetched_again_and_the_bundle_still_installs() {
     bytes[4096..8192].fill(0);
     fs::write(&spool, bytes).unwrap();
 
-    server.body_bytes.store(0, Ordering::SeqCst);
-    let out = d.cairn(&["install", &url]);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
+    let (stderr, served) = install_again(&d, &server, &url);
     assert!(d.holds(SlotId::B, &v2));
     assert!(
         stderr.contains("does not match its digest; downloading it again"),
         "{stderr}"
     );
-    let served = server.body_bytes.load(Ordering::SeqCst);
     assert!(
         served >= deltas,
         "all of the deltas fetched again ({served})"

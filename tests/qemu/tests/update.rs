@@ -518,13 +518,7 @@ fn a_power_cut_during_a_chunked_install_resumes_from_the_blocks_on_disk_and_comm
     }
     let planned_before_cut = planned_fetch_bytes(&rig.vm.console());
     say("Power cut with about a third of v2's rootfs written to slot B.");
-    rig.power_cycle("update-chunked-cut")?;
-    // U-Boot's line comes before Linux, so cairnd has not asked for anything yet.
-    rig.vm.wait_for("cairn: slot A chosen", BOOT_TIMEOUT)?;
-    let served_at_cut = rig.fleet.bundle_bytes_served()?;
-    rig.shell_with_cairnd_log()?;
-    let end = rig.follow("rollout-chunked", &mut say)?;
-    ensure!(end.succeeded == 1 && end.failed == 0, "{end:?}");
+    let served_at_cut = cut_power_then_follow(&mut rig, "update-chunked-cut", "rollout-chunked")?;
     rig.vm.wait_for("cairn: slot B chosen", BOOT_TIMEOUT)?;
     rig.vm.wait_for_shell(BOOT_TIMEOUT)?;
     rig.wait_for_status("the commit of 0.2.1 in slot B", |s| {
@@ -572,9 +566,7 @@ fn a_power_cut_during_a_chunked_install_resumes_from_the_blocks_on_disk_and_comm
             .ok_or_else(|| anyhow::anyhow!("no plan for image {} after the cut", image.name))?;
         expected += chunked.index.size + fetch;
     }
-    // The first request asks for 64 KiB and keeps what the metadata needs.
-    let metadata = file.bundle.header.metadata_end();
-    let (least, most) = (expected + metadata, expected + metadata.max(64 << 10));
+    let (least, most) = with_metadata(&file, expected);
     let rootfs_before = planned_before_cut.get("rootfs").copied().unwrap_or(0);
     let rootfs_after = planned_after_cut.get("rootfs").copied().unwrap_or(0);
     say(&format!(
@@ -621,18 +613,13 @@ fn a_power_cut_in_the_middle_of_a_delta_download_resumes_it_from_the_spooled_byt
         .wait_for("image started image=kernel", BOOT_TIMEOUT)?;
     std::thread::sleep(Duration::from_secs(4));
     say("Power cut 4 s into the download of the kernel's delta, at 128 KiB/s.");
-    rig.power_cycle("update-delta-cut-power")?;
-    // U-Boot's line comes before Linux, so cairnd has not asked for anything yet.
-    rig.vm.wait_for("cairn: slot A chosen", BOOT_TIMEOUT)?;
-    let served_before_cut = rig.fleet.bundle_bytes_served()?;
-    rig.shell_with_cairnd_log()?;
-    let end = rig.follow("rollout-delta-cut", &mut say)?;
-    ensure!(end.succeeded == 1 && end.failed == 0, "{end:?}");
+    let served_at_cut =
+        cut_power_then_follow(&mut rig, "update-delta-cut-power", "rollout-delta-cut")?;
     if !rig.vm.console().contains("cairn: slot B chosen") {
         rig.vm.wait_for("cairn: slot B chosen", BOOT_TIMEOUT)?;
     }
     rig.wait_for_v2_committed()?;
-    let served_after_cut = rig.fleet.bundle_bytes_served()? - served_before_cut;
+    let served_after_cut = rig.fleet.bundle_bytes_served()? - served_at_cut;
 
     let log = rig.vm.check(
         "grep -h -e \"resuming the delta's download\" -e 'image started' /var/log/cairnd.log*",
@@ -668,11 +655,9 @@ fn a_power_cut_in_the_middle_of_a_delta_download_resumes_it_from_the_spooled_byt
             .ok_or_else(|| anyhow::anyhow!("no payload of {method:?}: {started}"))?;
         payloads += payload.size;
     }
-    let metadata = file.bundle.header.metadata_end();
-    let rest = payloads - resumed;
-    let (least, most) = (rest + metadata, rest + metadata.max(64 << 10));
+    let (least, most) = with_metadata(&file, payloads - resumed);
     say(&format!(
-        "The kernel's delta resumed at byte {resumed}. The server sent {served_before_cut} \
+        "The kernel's delta resumed at byte {resumed}. The server sent {served_at_cut} \
          bytes before the cut (some still in socket buffers when it came) and \
          {served_after_cut} after: the metadata and the {payloads} payload bytes of the last \
          try but the spooled ones are {least}..={most}."
@@ -687,6 +672,30 @@ fn a_power_cut_in_the_middle_of_a_delta_download_resumes_it_from_the_spooled_byt
         rig.started.elapsed(),
     );
     Ok(())
+}
+
+/// Cuts the power and, once U-Boot chose slot A again (before Linux, so before cairnd
+/// asks for anything), reads the server's count of bundle bytes sent; then follows
+/// `campaign` until it counts the device's success. Returns the count at the cut.
+fn cut_power_then_follow(rig: &mut Rig, boot: &str, campaign: &str) -> Result<u64> {
+    rig.power_cycle(boot)?;
+    rig.vm.wait_for("cairn: slot A chosen", BOOT_TIMEOUT)?;
+    let served_at_cut = rig.fleet.bundle_bytes_served()?;
+    rig.shell_with_cairnd_log()?;
+    let end = rig.follow(campaign, &mut say)?;
+    ensure!(end.succeeded == 1 && end.failed == 0, "{end:?}");
+    Ok(served_at_cut)
+}
+
+/// The least and most bytes a server sends for one install that fetches `payload_bytes`
+/// of `file`: cairnd's first request asks for 64 KiB and keeps what the metadata needs,
+/// and the server may have sent all of it.
+fn with_metadata(file: &cairn_bundle::BundleFile, payload_bytes: u64) -> (u64, u64) {
+    let metadata = file.bundle.header.metadata_end();
+    (
+        payload_bytes + metadata,
+        payload_bytes + metadata.max(64 << 10),
+    )
 }
 
 /// `NAME=<digits>` in one of cairnd's log lines.
