@@ -86,8 +86,12 @@ impl Chunked {
     /// Whether this build can install from it.
     pub fn is_known(&self) -> bool {
         self.index.method == crate::chunked::INDEX_METHOD
-            && [crate::chunked::METHOD, crate::chunked::METHOD_WINDOWED]
-                .contains(&self.data.method.as_str())
+            && [
+                crate::chunked::METHOD,
+                crate::chunked::METHOD_WINDOWED,
+                crate::chunked::METHOD_GROUPED,
+            ]
+            .contains(&self.data.method.as_str())
     }
 }
 

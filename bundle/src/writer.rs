@@ -63,6 +63,10 @@ pub struct BundleSpec {
     /// Also carry every image chunked (`crate::chunked`), cut this way: devices
     /// without a delta for their version then fetch only the chunks they lack.
     pub chunked: Option<chunked::Layout>,
+    /// Earlier versions of images that devices may hold, to group a windowed layout's
+    /// chunks by (at most [`chunked::MAX_HISTORY`] per image). An image with none here is
+    /// grouped by the sources of its deltas, if it has any.
+    pub chunk_history: Vec<DeltaSource>,
     /// Trust roots to carry for devices that need to rotate.
     pub roots: Vec<SignedRoot>,
 }
@@ -258,6 +262,7 @@ fn write_image(
         output: full.size,
     });
     let mut deltas = Vec::new();
+    let mut deltas_made_from: Vec<&Path> = Vec::new();
     for source in spec.delta_sources.iter().filter(|s| s.image == input.name) {
         let (source_sha, _, source_size) = hash_file(&source.path)?;
         if source_sha == sha256
@@ -326,9 +331,20 @@ fn write_image(
             output: delta.size,
         });
         deltas.push(delta);
+        deltas_made_from.push(&source.path);
     }
     let chunked = match spec.chunked {
-        Some(layout) => Some(write_chunked(area, input, layout, size, progress)?),
+        Some(layout) => {
+            let named: Vec<&Path> = (spec.chunk_history.iter())
+                .filter(|s| s.image == input.name)
+                .map(|s| s.path.as_path())
+                .collect();
+            let history = match named.is_empty() {
+                true => &deltas_made_from[..deltas_made_from.len().min(chunked::MAX_HISTORY)],
+                false => &named[..],
+            };
+            Some(write_chunked(area, input, layout, history, size, progress)?)
+        }
         None => None,
     };
     Ok(Image {
@@ -347,23 +363,55 @@ fn write_image(
     })
 }
 
-/// Appends an image's chunk frames, then its index.
+/// Appends an image's chunk frames, then its index. With a windowed layout and earlier
+/// versions of the image (the sources of its deltas), the chunks are grouped by which of
+/// those hold each block ([`chunked::encode_grouped`]); else cut by `layout`.
 fn write_chunked(
     area: &mut File,
     input: &ImageInput,
     layout: chunked::Layout,
+    history: &[&Path],
     size: u64,
     progress: &mut dyn FnMut(BuildEvent),
 ) -> Result<Chunked> {
-    progress(BuildEvent::Stage(&format!("image {}: chunks", input.name)));
+    let grouped = layout.window > 0 && !history.is_empty();
+    progress(BuildEvent::Stage(&format!(
+        "image {}: chunks{}",
+        input.name,
+        if grouped {
+            ", grouped by the delta sources"
+        } else {
+            ""
+        }
+    )));
     let image = map(&input.path)?;
+    let history = match grouped {
+        true => history.iter().map(|p| map(p)).collect::<Result<Vec<_>>>()?,
+        false => Vec::new(),
+    };
     let mut index = None;
-    let method = match layout.window {
-        0 => chunked::METHOD,
-        _ => chunked::METHOD_WINDOWED,
+    let method = match (grouped, layout.window) {
+        (true, _) => chunked::METHOD_GROUPED,
+        (false, 0) => chunked::METHOD,
+        (false, _) => chunked::METHOD_WINDOWED,
     };
     let data = write_payload(area, method, None, |out| {
-        index = Some(chunked::encode(&image, layout, out)?);
+        index = Some(match grouped {
+            true => {
+                let history: Vec<&[u8]> = history.iter().map(|m| &m[..]).collect();
+                let mut encoded = |done| {
+                    progress(BuildEvent::Encoding {
+                        image: &input.name,
+                        label: "chunks",
+                        done,
+                        total: size,
+                    })
+                };
+                encoded(0);
+                chunked::encode_grouped(&image, &history, chunked::GROUP_LEVEL, &mut encoded, out)?
+            }
+            false => chunked::encode(&image, layout, out)?,
+        });
         Ok(())
     })?;
     let index = index.expect("set by the encoder").encode();

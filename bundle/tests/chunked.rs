@@ -9,7 +9,8 @@ use std::path::Path;
 
 use cairn_bundle::chunked::plan::{Action, Finder, Found};
 use cairn_bundle::chunked::{
-    block_hash, check_all, read_index, ChunkIndex, FrameDecoder, Layout, METHOD, METHOD_WINDOWED,
+    block_hash, check_all, read_index, ChunkIndex, FrameDecoder, Layout, METHOD, METHOD_GROUPED,
+    METHOD_WINDOWED,
 };
 use cairn_bundle::{BundleFile, Image};
 use common::erofs::{mkfs_erofs, write_tree};
@@ -25,8 +26,25 @@ fn chunked_bundle_with(
     target: &Path,
     layout: Layout,
 ) -> (BundleFile, Image, ChunkIndex) {
+    grouped_bundle(fx, target, layout, &[])
+}
+
+/// A bundle of `target` chunked with `layout`, grouped by `history` if any.
+fn grouped_bundle(
+    fx: &Fixture,
+    target: &Path,
+    layout: Layout,
+    history: &[&Path],
+) -> (BundleFile, Image, ChunkIndex) {
     let mut spec = fx.spec(&[("rootfs", target)]);
     spec.chunked = Some(layout);
+    spec.chunk_history = history
+        .iter()
+        .map(|p| cairn_bundle::writer::DeltaSource {
+            image: "rootfs".into(),
+            path: p.to_path_buf(),
+        })
+        .collect();
     let (path, manifest) = fx.build(&spec, &[&fx.key], "chunked.cairn");
     let file = BundleFile::open(&path).unwrap();
     file.check_payloads(|_| {})
@@ -69,20 +87,36 @@ fn rebuild_from(
     );
     let data = &image.chunked.as_ref().unwrap().data;
     let mut decoder = FrameDecoder::new().unwrap();
-    let (mut out, mut chunk) = (Vec::new(), Vec::new());
-    for c in 0..index.chunk_count() {
+    let mut out = Vec::new();
+    // Fetched chunks decoded, until their last block is written (a device's order).
+    let mut open = std::collections::HashMap::new();
+    let mut block = 0;
+    while block < index.block_count() {
+        let (run, c) = (index.run_at(block), index.chunk_of(block));
+        block = run.end;
         if plan.fetches(c) {
-            let frame = index.frame(c);
-            let mut bytes = Vec::new();
-            std::io::Read::read_to_end(&mut file.payload_part(data, frame).unwrap(), &mut bytes)
+            let chunk = open.entry(c).or_insert_with(|| {
+                let mut bytes = Vec::new();
+                std::io::Read::read_to_end(
+                    &mut file.payload_part(data, index.frame(c)).unwrap(),
+                    &mut bytes,
+                )
                 .unwrap();
-            index
-                .decode_frame("rootfs", c, &bytes, &out, &mut decoder, &mut chunk)
-                .unwrap();
-            out.extend_from_slice(&chunk);
+                let mut chunk = Vec::new();
+                index
+                    .decode_frame("rootfs", c, &bytes, &out, &mut decoder, &mut chunk)
+                    .unwrap();
+                chunk
+            });
+            let at = index.offset_in_chunk(run.start);
+            let len: usize = run.clone().map(|b| index.block_len(b)).sum();
+            out.extend_from_slice(&chunk[at..at + len]);
+            if run.end - 1 == index.last_block_of(c) {
+                open.remove(&c);
+            }
             continue;
         }
-        for block in index.blocks_of(c) {
+        for block in run {
             match plan.actions[block] {
                 Action::Zeros => out.extend(std::iter::repeat_n(0, index.block_len(block))),
                 Action::Copy(Found::Source { offset, .. }) => {
@@ -93,6 +127,12 @@ fn rebuild_from(
         }
     }
     (out, plan.fetch_bytes(index))
+}
+
+/// Bytes of the image a fixed chunk covers.
+fn chunk_range(index: &ChunkIndex, c: usize) -> std::ops::Range<u64> {
+    let blocks = index.runs_of(c).next().unwrap();
+    index.block_range(blocks.start).start..index.block_range(blocks.end - 1).end
 }
 
 fn erofs_pair(fx: &Fixture, v2_tree: impl FnOnce(&Path)) -> (Vec<u8>, std::path::PathBuf) {
@@ -173,6 +213,121 @@ fn both_layouts_rebuild_with_and_without_a_window() {
 }
 
 #[test]
+fn grouped_chunks_rebuild_fetching_only_the_blocks_no_earlier_release_holds() {
+    // v0 -> v1 -> v2, grouped by v0 and v1: a device holding either fetches only the
+    // frames of the blocks it lacks, and no block it holds comes with them.
+    let fx = Fixture::new();
+    let (v1, v2) = erofs_pair(&fx, |tree| {
+        fs::write(tree.join("usr/new-in-v2"), vec![7u8; 20_000]).unwrap();
+    });
+    let t0 = fx.path("tree0");
+    write_tree(&t0, 0);
+    mkfs_erofs(&t0, &fx.path("v0.erofs"));
+    let v0 = fs::read(fx.path("v0.erofs")).unwrap();
+    let history = [fx.path("v0.erofs"), fx.path("v1.erofs")];
+    let history: Vec<&Path> = history.iter().map(|p| p.as_path()).collect();
+    let (file, image, index) = grouped_bundle(&fx, &v2, Layout::default(), &history);
+    assert_eq!(image.chunked.as_ref().unwrap().data.method, METHOD_GROUPED);
+    assert!(index.is_grouped());
+    let target = fs::read(&v2).unwrap();
+    for (name, old) in [("v0", &v0), ("v1", &v1)] {
+        let (rebuilt, fetched) = rebuild_from(&file, &image, &index, old);
+        assert!(rebuilt == target, "rebuilt from {name} differs");
+        let held: std::collections::HashSet<_> = old.chunks(4096).map(block_hash).collect();
+        let zeros = block_hash(&[0; 4096]);
+        let missing = (0..index.block_count())
+            .filter(|&b| !held.contains(index.hash(b)) && *index.hash(b) != zeros)
+            .count();
+        let mut finder = Finder::new(&index);
+        for (i, b) in old.chunks_exact(4096).enumerate() {
+            finder.offer_source(0, i as u64 * 4096, &block_hash(b));
+        }
+        let plan = finder.plan();
+        let fetched_blocks = plan.count(|a| *a == Action::Fetch);
+        println!(
+            "from {name}: {missing} of {} blocks missing, {fetched_blocks} fetched in {fetched} \
+             bytes of {} chunks' {}",
+            index.block_count(),
+            index.chunk_count(),
+            index.data_len()
+        );
+        assert!(missing > 0);
+        assert_eq!(fetched_blocks, missing, "only the blocks {name} lacks");
+    }
+    // The index survives its own encoding, as a device parses it.
+    let chunked = image.chunked.as_ref().unwrap();
+    let again = ChunkIndex::parse(&index.encode(), &image, chunked.data.size).unwrap();
+    assert_eq!(again, index);
+}
+
+#[test]
+fn a_grouped_index_that_does_not_cover_every_block_once_in_order_is_refused() {
+    let fx = Fixture::new();
+    let v1 = fx.image("v1.img", 1 << 20, 3);
+    let mut bytes = fs::read(&v1).unwrap();
+    // Four regions changed: the 256 blocks are then runs of two classes, interleaved.
+    for at in [40, 90, 150, 200] {
+        bytes[at * 4096..][..8192].fill(0x5a);
+    }
+    let v2 = fx.path("v2.img");
+    fs::write(&v2, &bytes).unwrap();
+    let (_, image, index) = grouped_bundle(&fx, &v2, Layout::default(), &[v1.as_path()]);
+    let size = image.chunked.as_ref().unwrap().data.size;
+    let good = index.encode();
+    assert!(index.chunk_count() >= 2, "{} chunks", index.chunk_count());
+    let parse = |bytes: &[u8]| {
+        ChunkIndex::parse(bytes, &image, size)
+            .map(|_| ())
+            .unwrap_err()
+            .to_string()
+    };
+    // Where the runs are: after the header, the hashes, and the chunks' frame lengths
+    // and run counts.
+    let runs_at = 32 + index.block_count() * 32 + index.chunk_count() * 8;
+    let u32_at = |b: &[u8], at: usize| u32::from_le_bytes(b[at..at + 4].try_into().unwrap());
+    let put = |b: &mut Vec<u8>, at: usize, v: u32| b[at..at + 4].copy_from_slice(&v.to_le_bytes());
+
+    // The first run made one block longer: that block is then in two chunks, or past
+    // its chunk's next run, or over the most a chunk holds.
+    let mut twice = good.clone();
+    let len = u32_at(&twice, runs_at + 4);
+    put(&mut twice, runs_at + 4, len + 1);
+    let err = parse(&twice);
+    assert!(
+        ["two chunks", "out of order", "over"]
+            .iter()
+            .any(|m| err.contains(m)),
+        "{err}"
+    );
+    // One block shorter: a block in no chunk.
+    let mut none = good.clone();
+    put(&mut none, runs_at + 4, len - 1);
+    assert!(parse(&none).contains("in no chunk"), "{}", parse(&none));
+    // A run past the image's end.
+    let mut past = good.clone();
+    put(&mut past, runs_at, index.block_count() as u32);
+    assert!(parse(&past).contains("a run of"), "{}", parse(&past));
+    // Run counts that promise more runs than there are bytes for.
+    let mut counts = good.clone();
+    let count_at = 32 + index.block_count() * 32 + index.chunk_count() * 4;
+    put(&mut counts, count_at, u32_at(&good, count_at) + 1);
+    assert!(
+        parse(&counts).contains("bytes of runs"),
+        "{}",
+        parse(&counts)
+    );
+    // A chunk with no run.
+    let mut empty = good.clone();
+    put(&mut empty, count_at, 0);
+    assert!(parse(&empty).contains("bytes of runs") || parse(&empty).contains("no runs"));
+    // Version 3's bytes under version 2's number.
+    let mut version = good.clone();
+    put(&mut version, 8, 2);
+    assert!(parse(&version).contains("need"), "{}", parse(&version));
+    ChunkIndex::parse(&good, &image, size).expect("the untouched index parses");
+}
+
+#[test]
 fn a_window_that_starts_like_a_zstd_dictionary_is_still_raw_content() {
     // Chunk 32's window (the 64 KiB before it) begins with zstd's dictionary magic, as a
     // dictionary file in the image could; decoded as a formatted dictionary, it fails.
@@ -187,7 +342,7 @@ fn a_window_that_starts_like_a_zstd_dictionary_is_still_raw_content() {
     };
     // Builds and decodes every frame (the writer's check_all), chunk 32 among them.
     let (_, _, index) = chunked_bundle_with(&fx, &target, layout);
-    assert_eq!(index.chunk_range(32).start, 128 << 10);
+    assert_eq!(chunk_range(&index, 32).start, 128 << 10);
 }
 
 #[test]
@@ -209,7 +364,7 @@ fn a_windowed_frame_needs_the_bytes_before_its_chunk() {
     )
     .unwrap();
     let image_bytes = fs::read(&target).unwrap();
-    let start = index.chunk_range(c).start as usize;
+    let start = chunk_range(&index, c).start as usize;
     let mut decoder = FrameDecoder::new().unwrap();
     let mut out = Vec::new();
     index
@@ -222,7 +377,7 @@ fn a_windowed_frame_needs_the_bytes_before_its_chunk() {
             &mut out,
         )
         .expect("decodes with the image's own preceding bytes");
-    assert_eq!(out, image_bytes[start..index.chunk_range(c).end as usize]);
+    assert_eq!(out, image_bytes[start..chunk_range(&index, c).end as usize]);
 
     // Fewer bytes than the window: refused before decoding.
     let short = &image_bytes[start - 1000..start];

@@ -149,6 +149,8 @@ struct Pair {
     name: String,
     source: PathBuf,
     target: PathBuf,
+    /// Earlier releases of the target a grouped chunked image is grouped by, named.
+    history: Vec<(String, PathBuf)>,
 }
 
 fn profile_pair(rebuild: bool) -> Result<Pair> {
@@ -165,10 +167,13 @@ fn profile_pair(rebuild: bool) -> Result<Pair> {
         }
         slots.push(slot);
     }
+    let target = slots.pop().expect("two");
+    let source = slots.pop().expect("two");
     Ok(Pair {
         name: "profile qemu-arm64 v1 -> v2 (lz4hc erofs + verity)".into(),
-        target: slots.pop().expect("two"),
-        source: slots.pop().expect("two"),
+        history: vec![("v1".into(), source.clone())],
+        target,
+        source,
     })
 }
 
@@ -204,10 +209,17 @@ fn debian_pairs() -> Result<DebianPairs> {
             }
             Ok(image)
         };
+        // v2's bundle grouped by the two releases before it, as a release engineer
+        // with devices on both would make it.
+        let history = vec![
+            ("v0".to_string(), image("v0")?),
+            ("v1".to_string(), image("v1")?),
+        ];
         pairs.one_apart.push(Pair {
             name: format!("debian bookworm arm64, one security update ({label} erofs)"),
             source: image("v1")?,
             target: image("v2")?,
+            history: history.clone(),
         });
         pairs.two_apart.push(Pair {
             name: format!(
@@ -215,6 +227,7 @@ fn debian_pairs() -> Result<DebianPairs> {
             ),
             source: image("v0")?,
             target: image("v2")?,
+            history,
         });
     }
     Ok(pairs)
@@ -410,8 +423,8 @@ fn run_pair(pair: &Pair, o: &Options, work: &Path) -> Result<String> {
     let _ = fs::remove_file(&patch);
     let _ = fs::remove_file(&out);
     let mut report = table(pair, src_len, tgt_len, (full, full_decode_secs), &rows);
-    for layout in chunk_layouts() {
-        report += &chunked(pair, layout, full, base_make_secs(&rows))?;
+    for cut in chunk_cuts(pair) {
+        report += &chunked(pair, &cut, full, base_make_secs(&rows))?;
     }
     Ok(report)
 }
@@ -425,8 +438,8 @@ fn adaptive_only(pair: &Pair, work: &Path) -> Result<String> {
         pair.name,
         full as f64 / 1e6
     );
-    for layout in chunk_layouts() {
-        report += &chunked(pair, layout, full, None)?;
+    for cut in chunk_cuts(pair) {
+        report += &chunked(pair, &cut, full, None)?;
     }
     Ok(report)
 }
@@ -437,40 +450,78 @@ fn base_make_secs(rows: &[Row]) -> Option<f64> {
         .map(|r| r.make.secs)
 }
 
+/// How a chunked image of a pair's target is cut.
+enum Cut<'a> {
+    Fixed(Layout),
+    /// Grouped by these earlier releases (`bundle create --chunk-history`).
+    Grouped(&'a [(String, PathBuf)]),
+}
+
 /// The chunked image (`bundle create --chunked`) of the target: what it adds to the
 /// bundle, and what a device holding only the source fetches with no delta made for the
 /// pair (index plus the frames of chunks with a block the source lacks, counted with the
 /// plan cairnd uses).
-fn chunked(pair: &Pair, layout: Layout, full: u64, bsdiff_secs: Option<f64>) -> Result<String> {
+fn chunked(pair: &Pair, cut: &Cut, full: u64, bsdiff_secs: Option<f64>) -> Result<String> {
     use cairn_bundle::chunked::plan::Finder;
-    use cairn_bundle::chunked::{block_hash, encode};
+    use cairn_bundle::chunked::{block_hash, encode, encode_grouped, GROUP_LEVEL};
     let target = map(&pair.target)?;
     let started = Instant::now();
     let mut data = Vec::new();
-    let index = encode(&target, layout, &mut data)?;
+    let (index, what) = match cut {
+        Cut::Fixed(layout) => (
+            encode(&target, *layout, &mut data)?,
+            format!(
+                "level {}, {} KiB chunks, {} KiB window{}",
+                layout.level,
+                layout.block_size as usize * layout.chunk_blocks as usize / 1024,
+                layout.window / 1024,
+                if *layout == Layout::default() {
+                    ", the default without history"
+                } else {
+                    ""
+                }
+            ),
+        ),
+        Cut::Grouped(history) => {
+            let maps = history
+                .iter()
+                .map(|(_, p)| map(p))
+                .collect::<Result<Vec<_>>>()?;
+            let slices: Vec<&[u8]> = maps.iter().map(|m| &m[..]).collect();
+            let names: Vec<&str> = history.iter().map(|(n, _)| n.as_str()).collect();
+            (
+                encode_grouped(&target, &slices, GROUP_LEVEL, &mut |_| {}, &mut data)?,
+                format!(
+                    "level {GROUP_LEVEL}, grouped by {}{}",
+                    names.join(" and "),
+                    match history.iter().any(|(_, p)| *p == pair.source) {
+                        true => ", the default with history",
+                        false => ": a device older than the history",
+                    }
+                ),
+            )
+        }
+    };
     let make_secs = started.elapsed().as_secs_f64();
     let frames = data.len() as u64;
     let decode_secs = decode_all(&index, &data, &target)?;
     drop(data);
     let source = map(&pair.source)?;
     let mut finder = Finder::new(&index);
-    let block = layout.block_size as usize;
+    let block = index.block_size as usize;
     for (i, b) in source.chunks_exact(block).enumerate() {
         finder.offer_source(0, (i * block) as u64, &block_hash(b));
     }
     let plan = finder.plan();
     let index_len = index.encode().len() as u64;
     let fetched = index_len + plan.fetch_bytes(&index);
+    let fetched_blocks = plan.count(|a| *a == cairn_bundle::chunked::plan::Action::Fetch);
     let mb = |b: u64| b as f64 / 1e6;
     Ok(format!(
-        "  cairn chunked (level {}, {} KiB chunks, {} KiB window{}): adds {:.2} MB to the bundle ({:.2}x full), \
+        "  cairn chunked ({what}): adds {:.2} MB to the bundle ({:.2}x full), \
          made in {make_secs:.1} s ({}), all frames decoded and checked in {decode_secs:.1} s; \
          a device holding only the source fetches {:.2} MB \
-         ({:.3}x full: index {:.2} MB + {} of {} chunks)\n",
-        layout.level,
-        block * layout.chunk_blocks as usize / 1024,
-        layout.window / 1024,
-        if layout == Layout::default() { ", the default" } else { "" },
+         ({:.3}x full: index {:.2} MB + {} of {} chunks, {fetched_blocks} blocks)\n",
         mb(frames + index_len),
         (frames + index_len) as f64 / full.max(1) as f64,
         bsdiff_secs.map_or("no bsdiff time".into(), |b| format!(
@@ -507,9 +558,23 @@ fn decode_all(
     Ok(secs)
 }
 
-/// The default chunk layout and the one bundles carried before windowed frames.
-fn chunk_layouts() -> [Layout; 2] {
-    [Layout::default(), Layout::unwindowed()]
+/// The default chunk layout, the one bundles carried before windowed frames, and the
+/// pair's history grouped: as all of it, and as only what comes after the source (a
+/// device older than every release the bundle was grouped by).
+fn chunk_cuts(pair: &Pair) -> Vec<Cut<'_>> {
+    let mut cuts = vec![
+        Cut::Fixed(Layout::default()),
+        Cut::Fixed(Layout::unwindowed()),
+    ];
+    if !pair.history.is_empty() {
+        cuts.push(Cut::Grouped(&pair.history));
+    }
+    if let Some(after) = pair.history.iter().position(|(_, p)| *p == pair.source) {
+        if after + 1 < pair.history.len() {
+            cuts.push(Cut::Grouped(&pair.history[after + 1..]));
+        }
+    }
+    cuts
 }
 
 /// The bundle's full payload for the target (zstd level 12, as `bundle create`): its

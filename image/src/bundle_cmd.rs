@@ -98,6 +98,12 @@ pub struct CreateArgs {
     /// KiB chunks at `--level`); they take the full payload of a windowed bundle.
     #[arg(long, default_value_t = cairn_bundle::chunked::Layout::default().window)]
     chunk_window: u32,
+    /// Earlier image files devices may hold, as NAME=PATH (at most two per image): with
+    /// a window, `--chunked` then groups each image's blocks by which of them hold each
+    /// block, so a device holding one of them fetches its missing blocks in a few large
+    /// frames. Without it, the sources of an image's deltas serve. Repeatable.
+    #[arg(long = "chunk-history", value_parser = parse_pair)]
+    chunk_history: Vec<(String, PathBuf)>,
     /// zstd level of windowed chunk frames (`--chunked`); their cost grows with it.
     #[arg(long, default_value_t = cairn_bundle::chunked::Layout::default().level)]
     chunk_level: i32,
@@ -275,6 +281,12 @@ fn create(a: CreateArgs) -> Result<()> {
         description: a.description,
         images,
         delta_sources,
+        chunk_history: (a.chunk_history.iter())
+            .map(|(image, path)| DeltaSource {
+                image: image.clone(),
+                path: path.clone(),
+            })
+            .collect(),
         level: a.level,
         delta_codec: a.delta_codec,
         chunked: a

@@ -140,6 +140,10 @@ fn operator_flow_create_sign_inspect_verify() {
         said.contains("[bundle] image rootfs: delta 0% (0 B of "),
         "the delta's progress is shown: {said}"
     );
+    assert!(
+        said.contains("[bundle] image rootfs: chunks 0% (0 B of "),
+        "the grouped chunks' progress is shown: {said}"
+    );
     let err = fails(&["bundle", "verify", s(&b2), "--root", s(&root)]);
     assert!(err.contains("1 valid of the 2 required"), "{err}");
     ok(&["sign", "--key", &b_key, s(&b2)]);
@@ -159,8 +163,12 @@ fn operator_flow_create_sign_inspect_verify() {
     let images = json["manifest"]["images"].as_array().unwrap();
     let rootfs = images.iter().find(|i| i["name"] == "rootfs").unwrap();
     assert_eq!(rootfs["deltas"][0]["method"], "block-bsdiff");
-    assert_eq!(rootfs["chunked"]["data"]["method"], "zstd-chunks-windowed");
+    // Grouped by the delta's source; the kernel, unchanged, has no delta and so no
+    // release to group by: windowed.
+    assert_eq!(rootfs["chunked"]["data"]["method"], "zstd-block-groups");
     assert_eq!(rootfs["chunked"]["index"]["method"], "chunk-index");
+    let kernel = images.iter().find(|i| i["name"] == "kernel").unwrap();
+    assert_eq!(kernel["chunked"]["data"]["method"], "zstd-chunks-windowed");
     // Without a window: the chunks devices that predate windowed frames read.
     let b3 = d.join("v2-unwindowed.cairn");
     let mut args = vec![

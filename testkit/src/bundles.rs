@@ -25,6 +25,7 @@ pub fn bundle_spec(compatible: &str, version: &str) -> BundleSpec {
         level: 3,
         delta_codec: cairn_bundle::writer::DeltaCodec::default(),
         chunked: None,
+        chunk_history: Vec::new(),
         roots: Vec::new(),
     }
 }

@@ -66,8 +66,9 @@ fn rootfs_chunks(bundle: &std::path::Path) -> (BundleFile, Image, Chunked) {
     (file, image, chunked)
 }
 
-/// The numbers a `cairn install` printed for image `name`'s chunked build.
-fn reused(stderr: &str, name: &str) -> (usize, usize, u64) {
+/// The numbers a `cairn install` printed for image `name`'s chunked build: blocks kept
+/// and copied, bytes and blocks fetched.
+fn reused(stderr: &str, name: &str) -> (usize, usize, u64, usize) {
     let line = stderr
         .split(['\n', '\r'])
         .find(|l| l.starts_with(&format!("{name}: ")) && l.contains("already in place"))
@@ -77,21 +78,33 @@ fn reused(stderr: &str, name: &str) -> (usize, usize, u64) {
         .filter_map(|w| w.parse().ok())
         .collect();
     // kept, copied, zero, chunks, blocks, bytes
-    (numbers[0] as usize, numbers[1] as usize, numbers[5])
+    (
+        numbers[0] as usize,
+        numbers[1] as usize,
+        numbers[5],
+        numbers[4] as usize,
+    )
 }
 
 #[test]
 fn a_device_two_releases_behind_fetches_only_the_chunks_no_slot_holds() {
-    two_releases_behind(Layout::default());
+    two_releases_behind(Layout::default(), false);
 }
 
 #[test]
 fn the_same_with_the_unwindowed_layout_older_devices_read() {
     // 32 KiB chunks, each frame decoding alone: what `--chunk-window 0` makes.
-    two_releases_behind(Layout::unwindowed());
+    two_releases_behind(Layout::unwindowed(), false);
 }
 
-fn two_releases_behind(layout: Layout) {
+#[test]
+fn the_same_with_chunks_grouped_by_the_releases_devices_hold() {
+    // The bundle grouped by v1 and v2: the blocks new in v3 come in one frame, and not
+    // one block either slot holds comes with them.
+    two_releases_behind(Layout::default(), true);
+}
+
+fn two_releases_behind(layout: Layout, grouped: bool) {
     let base = slot_image_bytes(6 * MIB, 1);
     let (kernel1, initrd1) = (
         slot_image_bytes(512 << 10, 51),
@@ -122,7 +135,27 @@ fn two_releases_behind(layout: Layout) {
     assert_eq!(phase(&d.status()), "committed");
     // Now B runs v2 and A still holds v1.
 
-    let bundle = chunked_bundle_with(&d, &v3, layout);
+    let mut history = Vec::new();
+    if grouped {
+        for (n, r) in [&v1, &v2].iter().enumerate() {
+            for (name, bytes) in [
+                ("rootfs", &r.rootfs),
+                ("kernel", &r.kernel),
+                ("initrd", &r.initrd),
+            ] {
+                let path = d.path(&format!("history-{n}-{name}"));
+                fs::write(&path, bytes).unwrap();
+                history.push(cairn_bundle::writer::DeltaSource {
+                    image: name.into(),
+                    path,
+                });
+            }
+        }
+    }
+    let bundle = d.bundle_with(&v3, None, &v3.version, &[copy_key(&d.key)], |spec| {
+        spec.chunked = Some(layout);
+        spec.chunk_history = history;
+    });
     let (server, url) = d.serve_bundle(&bundle, Arc::default());
     let out = d.cairn(&["install", &url]);
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -151,7 +184,7 @@ fn two_releases_behind(layout: Layout) {
         .iter()
         .map(|&c| index.frame(c).end - index.frame(c).start)
         .sum();
-    let (kept, copied, fetched) = reused(&stderr, "rootfs");
+    let (kept, copied, fetched, fetched_blocks) = reused(&stderr, "rootfs");
     println!(
         "rootfs: {kept} kept, {copied} copied, fetched {fetched} bytes in {} chunks of {}; \
          all frames {}, full payload {}",
@@ -164,7 +197,14 @@ fn two_releases_behind(layout: Layout) {
         fetched, expected,
         "fetched exactly the chunks no slot holds"
     );
-    assert!(!chunks.is_empty() && chunks.len() * 10 < index.chunk_count());
+    assert_eq!(index.is_grouped(), grouped);
+    if grouped {
+        // The 100 KiB new in v3, and nothing else.
+        assert_eq!(fetched_blocks, (100 << 10) / 4096);
+        assert_eq!(chunked.data.method, cairn_bundle::chunked::METHOD_GROUPED);
+    } else {
+        assert!(!chunks.is_empty() && chunks.len() * 10 < index.chunk_count());
+    }
     assert!(copied >= (200 << 10) / 4096, "v2's fix comes from slot B");
     // The kernel comes from slot A's old file, the initrd from slot B: nothing fetched.
     assert_eq!(reused(&stderr, "kernel").2, 0);
@@ -226,7 +266,7 @@ fn an_install_killed_part_way_resumes_without_fetching_what_it_had_written() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(d.holds(SlotId::B, &v2), "byte-identical after the resume");
-    let (kept, _, fetched) = reused(&stderr, "rootfs");
+    let (kept, _, fetched, _) = reused(&stderr, "rootfs");
     let data = rootfs_chunks(&bundle).2.data.size;
     println!("{before} of {} blocks written when killed; resumed with {kept} in place, fetched {fetched} of {data} bytes", target.len());
     assert!(

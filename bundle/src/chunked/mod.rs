@@ -10,11 +10,14 @@
 //!
 //! - `mod.rs`: the index (parse, encode, queries) and the check of one decoded frame;
 //! - `encode.rs`: the builder's side;
+//! - `groups.rs`: reading and checking version 3's runs (chunks gathered from anywhere);
 //! - `plan.rs`: which block comes from where, given what a device found (no I/O).
 
 mod encode;
+mod groups;
 pub mod plan;
 
+use std::collections::HashMap;
 use std::io::Read;
 use std::ops::Range;
 
@@ -22,20 +25,28 @@ use crate::digest::{Algorithm, Hasher};
 use crate::error::{Error, Result};
 use crate::manifest::{Chunked, Image};
 
-pub use encode::{encode, Layout};
+pub use encode::{encode, encode_grouped, Layout, GROUP_BLOCKS, GROUP_LEVEL, MAX_HISTORY};
 
 /// The method of a chunked image's data payload.
 pub const METHOD: &str = "zstd-chunks";
 /// The method of its index payload.
 pub const INDEX_METHOD: &str = "chunk-index";
 pub const INDEX_MAGIC: [u8; 8] = *b"CAIRNCIX";
-/// Version 1 has no window (the field is reserved, 0); version 2 gives one.
+/// Version 1 has no window (the field is reserved, 0); version 2 gives one; version 3
+/// gathers blocks into chunks by the earlier releases that hold them.
 const INDEX_VERSION: u32 = 1;
 const INDEX_VERSION_WINDOWED: u32 = 2;
+const INDEX_VERSION_GROUPED: u32 = 3;
 /// The data method of a chunked image whose frames reference the bytes before their
 /// chunk (an index of version 2). A separate name, so that a device that predates it
 /// takes the full payload instead.
 pub const METHOD_WINDOWED: &str = "zstd-chunks-windowed";
+/// The data method of a chunked image whose chunks are groups of blocks from anywhere in
+/// the image (an index of version 3), named apart for the same reason.
+pub const METHOD_GROUPED: &str = "zstd-block-groups";
+/// Most chunks whose blocks interleave at any point of the image: a device keeps the
+/// decoded bytes of each fetched one until it has written its last block.
+pub const MAX_OPEN_CHUNKS: usize = 8;
 /// What a zstd dictionary starts with (little-endian 0xEC30A437); bytes that do not are
 /// raw content to zstd.
 const ZSTD_DICT_MAGIC: [u8; 4] = [0x37, 0xA4, 0x30, 0xEC];
@@ -58,18 +69,34 @@ pub fn block_hash(bytes: &[u8]) -> BlockHash {
     *blake3::hash(bytes).as_bytes()
 }
 
-/// The index of a chunked image: block size, chunk size, every block's hash and where
-/// each chunk's frame lies in the data payload.
+/// The index of a chunked image: block size, which blocks each chunk holds, every block's
+/// hash and where each chunk's frame lies in the data payload.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChunkIndex {
     pub block_size: u32,
+    /// Most blocks in a chunk (every chunk's count but the last's, when fixed).
     pub chunk_blocks: u32,
+    chunking: Chunking,
     /// Bytes before a chunk that its frame references (0: none).
     pub window: u32,
     pub image_size: u64,
     hashes: Vec<BlockHash>,
     /// Start of each chunk's frame in the data payload, then the payload's end.
     frame_starts: Vec<u64>,
+}
+
+/// Which blocks make each chunk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Chunking {
+    /// Chunk k is the `chunk_blocks` blocks from block k * `chunk_blocks` (versions 1, 2).
+    Fixed,
+    /// Chunk k is the runs `runs[run_starts[k]..run_starts[k + 1]]`, in image order; its
+    /// frame decodes to their blocks back to back (version 3).
+    Grouped {
+        runs: Vec<Range<u32>>,
+        run_starts: Vec<u32>,
+        chunk_of: Vec<u32>,
+    },
 }
 
 fn corrupt(image: &str, detail: impl Into<String>) -> Error {
@@ -80,7 +107,44 @@ fn corrupt(image: &str, detail: impl Into<String>) -> Error {
 }
 
 impl ChunkIndex {
-    /// Builds an index from its parts (the encoder's side).
+    /// Builds an index of grouped chunks (the encoder's side): chunk k holds the blocks
+    /// of `chunks[k]`, runs in image order, and every block is in exactly one chunk.
+    pub(crate) fn from_groups(
+        block_size: u32,
+        image_size: u64,
+        hashes: Vec<BlockHash>,
+        chunks: &[Vec<Range<u32>>],
+        frame_lens: &[u32],
+    ) -> ChunkIndex {
+        let mut runs = Vec::new();
+        let mut run_starts = vec![0u32];
+        let mut chunk_of = vec![0u32; hashes.len()];
+        let mut most = 0;
+        for (k, chunk) in chunks.iter().enumerate() {
+            for run in chunk {
+                chunk_of[run.start as usize..run.end as usize].fill(k as u32);
+            }
+            most = most.max(chunk.iter().map(|r| r.len() as u32).sum::<u32>());
+            runs.extend(chunk.iter().cloned());
+            run_starts.push(runs.len() as u32);
+        }
+        Self::new(
+            block_size,
+            most,
+            0,
+            image_size,
+            hashes,
+            frame_lens,
+            Chunking::Grouped {
+                runs,
+                run_starts,
+                chunk_of,
+            },
+        )
+    }
+
+    /// Builds an index from its parts (the encoder's side); `chunking` says which
+    /// blocks each frame holds.
     pub(crate) fn new(
         block_size: u32,
         chunk_blocks: u32,
@@ -88,6 +152,7 @@ impl ChunkIndex {
         image_size: u64,
         hashes: Vec<BlockHash>,
         frame_lens: &[u32],
+        chunking: Chunking,
     ) -> ChunkIndex {
         let mut frame_starts = Vec::with_capacity(frame_lens.len() + 1);
         let mut at = 0u64;
@@ -99,6 +164,7 @@ impl ChunkIndex {
         ChunkIndex {
             block_size,
             chunk_blocks,
+            chunking,
             window,
             image_size,
             hashes,
@@ -117,14 +183,14 @@ impl ChunkIndex {
         }
         let u32_at = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4"));
         let version = u32_at(8);
+        if !(INDEX_VERSION..=INDEX_VERSION_GROUPED).contains(&version) {
+            return Err(bad(format!(
+                "version {version}, this build reads {INDEX_VERSION} to {INDEX_VERSION_GROUPED}"
+            )));
+        }
         let window = match version {
-            INDEX_VERSION => 0,
             INDEX_VERSION_WINDOWED => u32_at(20),
-            _ => {
-                return Err(bad(format!(
-                "version {version}, this build reads {INDEX_VERSION} and {INDEX_VERSION_WINDOWED}"
-            )))
-            }
+            _ => 0,
         };
         if version == INDEX_VERSION_WINDOWED && !(1..=MAX_WINDOW).contains(&window) {
             return Err(bad(format!(
@@ -151,22 +217,34 @@ impl ChunkIndex {
             )));
         }
         let blocks = image_size.div_ceil(block_size as u64);
-        let chunks = blocks.div_ceil(chunk_blocks as u64);
-        let expected = INDEX_HEADER_LEN as u64 + blocks * HASH_LEN as u64 + chunks * 4;
-        if bytes.len() as u64 != expected {
+        let hashes_end = INDEX_HEADER_LEN as u64 + blocks * HASH_LEN as u64;
+        let chunks = match version {
+            INDEX_VERSION_GROUPED => u32_at(20) as u64,
+            _ => blocks.div_ceil(chunk_blocks as u64),
+        };
+        let min_len = hashes_end + chunks * 4;
+        if (bytes.len() as u64) < min_len
+            || (version != INDEX_VERSION_GROUPED && bytes.len() as u64 != min_len)
+        {
             return Err(bad(format!(
-                "{} bytes, {blocks} blocks in {chunks} chunks need {expected}",
-                bytes.len()
+                "{} bytes, {blocks} blocks in {chunks} chunks need {}{min_len}",
+                bytes.len(),
+                if version == INDEX_VERSION_GROUPED {
+                    "at least "
+                } else {
+                    ""
+                },
             )));
         }
-        let hashes_end = INDEX_HEADER_LEN + blocks as usize * HASH_LEN;
+        let hashes_end = hashes_end as usize;
         let hashes = bytes[INDEX_HEADER_LEN..hashes_end]
             .chunks_exact(HASH_LEN)
             .map(|h| h.try_into().expect("HASH_LEN"))
             .collect();
         let bound = zstd::zstd_safe::compress_bound(chunk_len as usize) as u32;
         let mut frame_lens = Vec::with_capacity(chunks as usize);
-        for (c, len) in bytes[hashes_end..].chunks_exact(4).enumerate() {
+        let lens_end = hashes_end + chunks as usize * 4;
+        for (c, len) in bytes[hashes_end..lens_end].chunks_exact(4).enumerate() {
             let len = u32::from_le_bytes(len.try_into().expect("4"));
             if len == 0 || len > bound {
                 return Err(bad(format!(
@@ -175,14 +253,26 @@ impl ChunkIndex {
             }
             frame_lens.push(len);
         }
-        let index = ChunkIndex::new(
-            block_size,
-            chunk_blocks,
-            window,
-            image_size,
-            hashes,
-            &frame_lens,
-        );
+        let index = if version == INDEX_VERSION_GROUPED {
+            let groups = groups::parse(
+                &bytes[lens_end..],
+                chunks as usize,
+                blocks as usize,
+                chunk_blocks,
+            )
+            .map_err(bad)?;
+            ChunkIndex::from_groups(block_size, image_size, hashes, &groups, &frame_lens)
+        } else {
+            ChunkIndex::new(
+                block_size,
+                chunk_blocks,
+                window,
+                image_size,
+                hashes,
+                &frame_lens,
+                Chunking::Fixed,
+            )
+        };
         if index.data_len() != data_size {
             return Err(bad(format!(
                 "frames add up to {} bytes, the data payload has {data_size}",
@@ -194,17 +284,18 @@ impl ChunkIndex {
 
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(
-            INDEX_HEADER_LEN + self.hashes.len() * HASH_LEN + self.chunk_count() * 4,
+            INDEX_HEADER_LEN + self.hashes.len() * HASH_LEN + self.chunk_count() * 8,
         );
         out.extend_from_slice(&INDEX_MAGIC);
-        let version = match self.window {
-            0 => INDEX_VERSION,
-            _ => INDEX_VERSION_WINDOWED,
+        let (version, field) = match (&self.chunking, self.window) {
+            (Chunking::Grouped { .. }, _) => (INDEX_VERSION_GROUPED, self.chunk_count() as u32),
+            (Chunking::Fixed, 0) => (INDEX_VERSION, 0),
+            (Chunking::Fixed, window) => (INDEX_VERSION_WINDOWED, window),
         };
         out.extend_from_slice(&version.to_le_bytes());
         out.extend_from_slice(&self.block_size.to_le_bytes());
         out.extend_from_slice(&self.chunk_blocks.to_le_bytes());
-        out.extend_from_slice(&self.window.to_le_bytes());
+        out.extend_from_slice(&field.to_le_bytes());
         out.extend_from_slice(&self.image_size.to_le_bytes());
         for h in &self.hashes {
             out.extend_from_slice(h);
@@ -212,7 +303,24 @@ impl ChunkIndex {
         for c in 0..self.chunk_count() {
             out.extend_from_slice(&(self.frame(c).end - self.frame(c).start).to_le_bytes()[..4]);
         }
+        if let Chunking::Grouped {
+            runs, run_starts, ..
+        } = &self.chunking
+        {
+            for pair in run_starts.windows(2) {
+                out.extend_from_slice(&(pair[1] - pair[0]).to_le_bytes());
+            }
+            for run in runs {
+                out.extend_from_slice(&run.start.to_le_bytes());
+                out.extend_from_slice(&run.len().to_le_bytes()[..4]);
+            }
+        }
         out
+    }
+
+    /// Whether chunks gather blocks from anywhere in the image (version 3).
+    pub fn is_grouped(&self) -> bool {
+        matches!(self.chunking, Chunking::Grouped { .. })
     }
 
     pub fn block_count(&self) -> usize {
@@ -234,18 +342,73 @@ impl ChunkIndex {
     }
 
     pub fn chunk_of(&self, block: usize) -> usize {
-        block / self.chunk_blocks as usize
+        match &self.chunking {
+            Chunking::Fixed => block / self.chunk_blocks as usize,
+            Chunking::Grouped { chunk_of, .. } => chunk_of[block] as usize,
+        }
     }
 
-    pub fn blocks_of(&self, chunk: usize) -> Range<usize> {
-        let start = chunk * self.chunk_blocks as usize;
-        start..(start + self.chunk_blocks as usize).min(self.block_count())
+    /// The runs of blocks chunk `chunk` holds, in image order (one, when fixed).
+    pub fn runs_of(&self, chunk: usize) -> impl Iterator<Item = Range<usize>> + '_ {
+        let (fixed, grouped) = match &self.chunking {
+            Chunking::Fixed => {
+                let start = chunk * self.chunk_blocks as usize;
+                let end = (start + self.chunk_blocks as usize).min(self.block_count());
+                (Some(start..end), &[][..])
+            }
+            Chunking::Grouped {
+                runs, run_starts, ..
+            } => (
+                None,
+                &runs[run_starts[chunk] as usize..run_starts[chunk + 1] as usize],
+            ),
+        };
+        fixed
+            .into_iter()
+            .chain(grouped.iter().map(|r| r.start as usize..r.end as usize))
     }
 
-    /// Bytes of the image that chunk `chunk` covers.
-    pub fn chunk_range(&self, chunk: usize) -> Range<u64> {
-        let blocks = self.blocks_of(chunk);
-        self.block_range(blocks.start).start..self.block_range(blocks.end - 1).end
+    /// The blocks chunk `chunk` holds, in image order: the order its frame decodes them.
+    pub fn blocks_of(&self, chunk: usize) -> impl Iterator<Item = usize> + '_ {
+        self.runs_of(chunk).flatten()
+    }
+
+    /// The run of its chunk that block `block` is in (for a fixed chunk: all of it).
+    pub fn run_at(&self, block: usize) -> Range<usize> {
+        let c = self.chunk_of(block);
+        match &self.chunking {
+            Chunking::Fixed => self.runs_of(c).next().unwrap_or(block..block + 1),
+            Chunking::Grouped {
+                runs, run_starts, ..
+            } => {
+                let mine = &runs[run_starts[c] as usize..run_starts[c + 1] as usize];
+                let at = mine.partition_point(|r| r.end as usize <= block);
+                mine[at].start as usize..mine[at].end as usize
+            }
+        }
+    }
+
+    /// Where block `block` starts in its chunk's decoded bytes.
+    pub fn offset_in_chunk(&self, block: usize) -> usize {
+        let c = self.chunk_of(block);
+        let mut before = 0;
+        for run in self.runs_of(c) {
+            if run.contains(&block) {
+                return before + (block - run.start) * self.block_size as usize;
+            }
+            before += run.len() * self.block_size as usize;
+        }
+        unreachable!("block {block} is in its chunk {c}")
+    }
+
+    /// The last block of chunk `chunk`: after writing it, a device is done with the chunk.
+    pub fn last_block_of(&self, chunk: usize) -> usize {
+        self.runs_of(chunk).last().map_or(0, |r| r.end - 1)
+    }
+
+    /// Bytes of the image chunk `chunk` holds (its frame's decoded length).
+    pub fn chunk_len(&self, chunk: usize) -> usize {
+        self.blocks_of(chunk).map(|b| self.block_len(b)).sum()
     }
 
     /// Where chunk `chunk`'s frame lies in the data payload.
@@ -264,9 +427,9 @@ impl ChunkIndex {
     }
 
     /// Decodes chunk `chunk`'s frame into `out` (cleared first) and checks every block
-    /// in it against the index; `out` then holds exactly the chunk's bytes of the image.
-    /// `before` is the image's bytes before the chunk, at least the window's worth (or
-    /// all of them); only its last `window` bytes are used.
+    /// in it against the index; `out` then holds exactly the chunk's blocks, back to back
+    /// in image order. `before` is the image's bytes before the chunk, at least the
+    /// window's worth (or all of them); only its last `window` bytes are used.
     pub fn decode_frame(
         &self,
         image: &str,
@@ -276,9 +439,11 @@ impl ChunkIndex {
         decoder: &mut FrameDecoder,
         out: &mut Vec<u8>,
     ) -> Result<()> {
-        let range = self.chunk_range(chunk);
-        let len = (range.end - range.start) as usize;
-        let want = (self.window as u64).min(range.start) as usize;
+        let len = self.chunk_len(chunk);
+        let start = self
+            .block_range(self.blocks_of(chunk).next().unwrap_or(0))
+            .start;
+        let want = (self.window as u64).min(start) as usize;
         if before.len() < want {
             return Err(Error::io(format!("decoding chunk {chunk} of {image}"))(
                 std::io::Error::other(format!(
@@ -382,12 +547,17 @@ pub fn read_index(image: &Image, chunked: &Chunked, mut reader: impl Read) -> Re
         });
     }
     let index = ChunkIndex::parse(&bytes, image, chunked.data.size)?;
-    if (chunked.data.method == METHOD_WINDOWED) != (index.window > 0) {
+    let method = match (index.is_grouped(), index.window) {
+        (true, _) => METHOD_GROUPED,
+        (false, 0) => METHOD,
+        (false, _) => METHOD_WINDOWED,
+    };
+    if chunked.data.method != method {
         return Err(corrupt(
             &image.name,
             format!(
-                "chunk index with a window of {} bytes for data of method {}",
-                index.window, chunked.data.method
+                "chunk index of data method {method} for data of method {}",
+                chunked.data.method
             ),
         ));
     }
@@ -457,8 +627,8 @@ pub fn check_all(image: &Image, index: &ChunkIndex, data: impl Read) -> Result<(
 }
 
 /// Decodes every frame of `data` (the whole data payload of image `name`, in order),
-/// checks each chunk's blocks against `index`, and hands the chunks to `each` in order:
-/// what a device that holds nothing of the image does.
+/// checks each chunk's blocks against `index`, and hands the image's bytes to `each` in
+/// order, a run of blocks at a time: what a device that holds nothing of the image does.
 pub fn decode_in_order(
     name: &str,
     index: &ChunkIndex,
@@ -467,20 +637,42 @@ pub fn decode_in_order(
 ) -> Result<()> {
     let mut decoder = FrameDecoder::new()?;
     let mut recent = RecentBytes::new(index.window);
-    let (mut frame, mut chunk) = (Vec::new(), Vec::new());
-    for c in 0..index.chunk_count() {
-        let r = index.frame(c);
-        frame.resize((r.end - r.start) as usize, 0);
-        data.read_exact(&mut frame).map_err(|e| match e.kind() {
-            std::io::ErrorKind::UnexpectedEof => Error::PayloadTruncated {
-                image: name.to_string(),
-                missing: index.data_len() - r.start,
-            },
-            _ => Error::io(format!("reading chunk {c} of {name}"))(e),
-        })?;
-        index.decode_frame(name, c, &frame, recent.bytes(), &mut decoder, &mut chunk)?;
-        recent.push(&chunk);
-        each(&chunk);
+    let mut frame = Vec::new();
+    // Decoded chunks whose last block is still ahead, with how much of each is handed on.
+    let mut open: HashMap<usize, (Vec<u8>, usize)> = HashMap::new();
+    let mut next_frame = 0;
+    let mut block = 0;
+    while block < index.block_count() {
+        let c = index.chunk_of(block);
+        if let std::collections::hash_map::Entry::Vacant(slot) = open.entry(c) {
+            // Chunks come in the order of their first block (checked by the parser), so
+            // the first chunk not yet open is the next frame in the data.
+            debug_assert_eq!(c, next_frame);
+            let r = index.frame(c);
+            frame.resize((r.end - r.start) as usize, 0);
+            data.read_exact(&mut frame).map_err(|e| match e.kind() {
+                std::io::ErrorKind::UnexpectedEof => Error::PayloadTruncated {
+                    image: name.to_string(),
+                    missing: index.data_len() - r.start,
+                },
+                _ => Error::io(format!("reading chunk {c} of {name}"))(e),
+            })?;
+            let mut chunk = Vec::new();
+            index.decode_frame(name, c, &frame, recent.bytes(), &mut decoder, &mut chunk)?;
+            slot.insert((chunk, 0));
+            next_frame += 1;
+        }
+        let run = index.run_at(block);
+        let (chunk, done) = open.get_mut(&c).expect("opened above");
+        let len: usize = run.clone().map(|b| index.block_len(b)).sum();
+        let bytes = &chunk[*done..*done + len];
+        recent.push(bytes);
+        each(bytes);
+        *done += len;
+        if run.end - 1 == index.last_block_of(c) {
+            open.remove(&c);
+        }
+        block = run.end;
     }
     Ok(())
 }

@@ -2,12 +2,11 @@
 //! disks. Pure bookkeeping: the device does the reading and hashing, the bench counts with
 //! the same rules, and both get the same answer.
 //!
-//! The install writes the image chunk by chunk, in order, into its output. When the
+//! The install writes the image block by block, in order, into its output. When the
 //! output is the inactive slot itself (a partition written in place) its old blocks are
 //! sources too, with one rule: a block may be copied from output block `j` into block `i`
 //! only while `j` still holds what was found there, that is when `j` is never rewritten
-//! (it already holds its own target block) or its chunk comes at or after `i`'s (a chunk
-//! is read whole before it is written).
+//! (it already holds its own target block) or comes after `i` (not written yet).
 
 use std::collections::HashMap;
 use std::ops::Range;
@@ -123,9 +122,7 @@ impl<'a> Finder<'a> {
             } else {
                 match w.found {
                     Some(found @ Found::Source { .. }) => Action::Copy(found),
-                    Some(found @ Found::Output { block: at })
-                        if w.output_kept || index.chunk_of(at) >= index.chunk_of(block) =>
-                    {
+                    Some(found @ Found::Output { block: at }) if w.output_kept || at > block => {
                         Action::Copy(found)
                     }
                     _ => Action::Fetch,
@@ -161,13 +158,6 @@ impl Plan {
         self.fetch[chunk]
     }
 
-    /// Does chunk `chunk` need writing (anything in it not kept)?
-    pub fn writes(&self, index: &ChunkIndex, chunk: usize) -> bool {
-        index
-            .blocks_of(chunk)
-            .any(|b| self.actions[b] != Action::Keep)
-    }
-
     /// Runs of consecutive chunks to fetch, each one HTTP Range request.
     pub fn fetch_runs(&self) -> Vec<Range<usize>> {
         let mut runs: Vec<Range<usize>> = Vec::new();
@@ -199,15 +189,20 @@ mod tests {
 
     /// An index over `blocks` (one byte value per 16-byte block), chunks of 2 blocks.
     fn index(blocks: &[u8]) -> ChunkIndex {
+        index_of(blocks, 2)
+    }
+
+    fn index_of(blocks: &[u8], chunk_blocks: u32) -> ChunkIndex {
         let hashes = blocks.iter().map(|&b| block_hash(&[b; 16])).collect();
-        let chunks = blocks.len().div_ceil(2);
+        let chunks = blocks.len().div_ceil(chunk_blocks as usize);
         ChunkIndex::new(
             16,
-            2,
+            chunk_blocks,
             0,
             blocks.len() as u64 * 16,
             hashes,
             &vec![10; chunks],
+            crate::chunked::Chunking::Fixed,
         )
     }
 
@@ -231,24 +226,26 @@ mod tests {
         assert_eq!(plan.actions, [Keep, Fetch, Zeros, src(4096), Fetch, Fetch]);
         assert_eq!(plan.fetch_runs(), [0..1, 2..3]);
         assert_eq!(plan.fetch_bytes(&index), 20);
-        assert!(plan.writes(&index, 0) && plan.fetches(0) && !plan.fetches(1));
+        assert!(plan.fetches(0) && !plan.fetches(1));
     }
 
     #[test]
     fn an_output_block_is_copied_only_while_it_still_holds_what_was_found() {
-        // Target [A D | D B]; the output holds [D x | A B]. Chunk 0 is made before
-        // anything is written, so A comes from output block 2 and D from block 0; by
-        // chunk 1, block 0 has been rewritten, so D must be fetched there. B is in place.
-        let index = index(&[10, 13, 13, 11]);
+        // Target [A D D B], one block per chunk; the output holds [D A x B]. A comes
+        // from output block 1, not written yet when block 0 is; D is only at output
+        // block 0, rewritten by then, so it is fetched for blocks 1 and 2. B is in place.
+        let index = index_of(&[10, 13, 13, 11], 1);
         let mut f = Finder::new(&index);
-        for (block, b) in [13u8, 99, 10, 11].iter().enumerate() {
+        for (block, b) in [13u8, 10, 99, 11].iter().enumerate() {
             f.offer_output(block, &h(*b));
         }
         let plan = f.plan();
         use Action::*;
-        let out = |block| Copy(Found::Output { block });
-        assert_eq!(plan.actions, [out(2), out(0), Fetch, Keep]);
-        assert_eq!(plan.fetch_runs(), vec![(1..2)]);
+        assert_eq!(
+            plan.actions,
+            [Copy(Found::Output { block: 1 }), Fetch, Fetch, Keep]
+        );
+        assert_eq!(plan.fetch_runs(), vec![(1..3)]);
     }
 
     #[test]

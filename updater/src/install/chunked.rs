@@ -1,5 +1,5 @@
 //! Installing a chunked image (`cairn_bundle::chunked`): hash what the device already
-//! holds, then build the image chunk by chunk from kept, copied and fetched blocks.
+//! holds, then build the image in order from kept, copied and fetched blocks.
 //!
 //! Nothing read from a disk is trusted: every block is checked against the signed index
 //! as it goes into the image, and the whole image against its digest at the end. That is
@@ -7,8 +7,10 @@
 //! journal: the blocks it had written are found in place by the same hashing, and only
 //! the chunks still missing are fetched again.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, Read, Write};
+use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -120,36 +122,46 @@ pub fn install(
         recent: RecentBytes::new(index.window),
         frame: Vec::new(),
         run: None,
+        open: HashMap::new(),
         outcome: Outcome::default(),
     };
     let (algorithm, expected) = image.checked_digest();
     let mut hasher = Hasher::new(algorithm);
-    let mut chunk = Vec::new();
+    let mut bytes = Vec::new();
     let mut reported = 0;
-    for c in 0..index.chunk_count() {
+    let mut block = 0;
+    while block < index.block_count() {
         if cancel.load(Ordering::Relaxed) {
             return Err(io_err("install".into())(io::Error::other(
                 "install cancelled",
             )));
         }
-        build.chunk(c, &mut chunk)?;
-        build.recent.push(&chunk);
-        hasher.update(&chunk);
-        let range = index.chunk_range(c);
-        if writer.in_place() && !plan.writes(&index, c) {
-            writer.skip(range.end - range.start)
-        } else {
-            writer.write_all(&chunk)
+        let run = index.run_at(block);
+        build.run(run.clone(), &mut bytes)?;
+        build.recent.push(&bytes);
+        hasher.update(&bytes);
+        // Kept blocks of a partition are skipped, not written again.
+        for part in same_keep_runs(&plan, run.clone()) {
+            let block_size = index.block_size as usize;
+            let from = (part.start - run.start) * block_size;
+            let to = ((part.end - run.start) * block_size).min(bytes.len());
+            if writer.in_place() && plan.actions[part.start] == Action::Keep {
+                writer.skip((to - from) as u64)
+            } else {
+                writer.write_all(&bytes[from..to])
+            }
+            .map_err(io_err(format!("writing {}", output_path.display())))?;
         }
-        .map_err(io_err(format!("writing {}", output_path.display())))?;
-        if range.end - reported >= 4 << 20 || range.end == image.size {
+        let done = index.block_range(run.end - 1).end;
+        if done - reported >= 4 << 20 || done == image.size {
             progress(Progress::Bytes {
                 name: image.name.clone(),
-                done: range.end,
+                done,
                 total: image.size,
             });
-            reported = range.end;
+            reported = done;
         }
+        block = run.end;
     }
     let actual = hasher.finalize_hex();
     if actual != expected {
@@ -165,6 +177,19 @@ pub fn install(
         .map_err(io_err(output_path.display().to_string()))?;
     writer.finish()?;
     Ok(build.outcome)
+}
+
+/// `blocks` cut where the plan's actions turn from keeping to anything else, or back.
+fn same_keep_runs(plan: &Plan, blocks: Range<usize>) -> Vec<Range<usize>> {
+    let mut runs: Vec<Range<usize>> = Vec::new();
+    let kept = |b: usize| plan.actions[b] == Action::Keep;
+    for b in blocks {
+        match runs.last_mut() {
+            Some(run) if kept(run.start) == kept(b) => run.end = b + 1,
+            _ => runs.push(b..b + 1),
+        }
+    }
+    runs
 }
 
 /// Hashes the whole blocks in the first `len` bytes of `file`, reading a MiB at a time.
@@ -210,7 +235,7 @@ fn read_at_most(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
     Ok(n)
 }
 
-/// The state of building the image chunk by chunk.
+/// The state of building the image run by run, in order.
 struct Build<'a> {
     bundle: &'a BundleSource,
     header: &'a Header,
@@ -219,71 +244,94 @@ struct Build<'a> {
     index: &'a ChunkIndex,
     plan: &'a Plan,
     /// The plan's runs of chunks to fetch, in order: one Range request each.
-    fetch_runs: &'a [std::ops::Range<usize>],
+    fetch_runs: &'a [Range<usize>],
     output: Option<&'a File>,
     sources: &'a [Option<File>],
     decoder: FrameDecoder,
-    /// The image's last bytes before the chunk being built: what a windowed frame
+    /// The image's last bytes before the run being built: what a windowed frame
     /// references.
     recent: RecentBytes,
     frame: Vec<u8>,
     /// The open Range request over the run of chunks being fetched, and the next chunk
     /// it yields.
     run: Option<(Box<dyn Read + Send>, usize)>,
+    /// Decoded chunks whose last block is still ahead (at most the index's interleave
+    /// bound for grouped chunks, one for fixed ones).
+    open: HashMap<usize, Vec<u8>>,
     outcome: Outcome,
 }
 
 impl Build<'_> {
-    /// Puts chunk `c` of the image into `out`, every block checked against the index.
-    fn chunk(&mut self, c: usize, out: &mut Vec<u8>) -> Result<(), InstallError> {
+    /// Puts the blocks of `run` (one run of one chunk: a whole fixed chunk, or part of
+    /// a grouped one) into `out`, every block checked against the index.
+    fn run(&mut self, run: Range<usize>, out: &mut Vec<u8>) -> Result<(), InstallError> {
         let index = self.index;
-        if self.plan.fetches(c) {
-            self.fetch(c, out)?;
-            self.count_fetched(c);
+        let c = index.chunk_of(run.start);
+        out.clear();
+        let from_local = !self.open.contains_key(&c) && !self.plan.fetches(c);
+        if from_local && self.read_local(run.clone(), out).is_err() {
+            // What was found changed since it was hashed (or cannot be read now): take
+            // the chunk from the bundle instead. A fixed chunk is one run, so the bytes
+            // before it are still the ones its frame may reference.
+            tracing::warn!(image = %self.image.name, chunk = c, "a local block changed since it was found; fetching its chunk");
+            out.clear();
+        } else if from_local {
+            for block in run.clone() {
+                match self.plan.actions[block] {
+                    Action::Keep => self.outcome.kept += 1,
+                    Action::Zeros => self.outcome.zeros += 1,
+                    _ => self.outcome.copied += 1,
+                }
+            }
+            self.close_if_done(c, run.end - 1);
             return Ok(());
         }
-        let range = index.chunk_range(c);
-        out.clear();
-        out.resize((range.end - range.start) as usize, 0);
-        let start = index.blocks_of(c).start;
-        for block in index.blocks_of(c) {
-            let at = (block - start) * index.block_size as usize;
-            let bytes = &mut out[at..at + index.block_len(block)];
-            let action = self.plan.actions[block];
-            let read = match action {
-                Action::Zeros => Ok(()),
-                Action::Keep => self.read_output(block, bytes),
-                Action::Copy(Found::Output { block: from }) => self.read_output(from, bytes),
+        if !self.open.contains_key(&c) {
+            let mut chunk = Vec::new();
+            self.fetch(c, &mut chunk)?;
+            let frame = index.frame(c);
+            self.outcome.fetched_chunks += 1;
+            self.outcome.fetched_bytes += frame.end - frame.start;
+            self.open.insert(c, chunk);
+        }
+        let chunk = &self.open[&c];
+        let at = index.offset_in_chunk(run.start);
+        let len =
+            (index.block_range(run.end - 1).end - index.block_range(run.start).start) as usize;
+        out.extend_from_slice(&chunk[at..at + len]);
+        self.outcome.fetched_blocks += run.len();
+        self.close_if_done(c, run.end - 1);
+        Ok(())
+    }
+
+    /// Reads the blocks of `run` from where the plan found them, each checked.
+    fn read_local(&self, run: Range<usize>, out: &mut Vec<u8>) -> io::Result<()> {
+        let index = self.index;
+        for block in run {
+            let at = out.len();
+            out.resize(at + index.block_len(block), 0);
+            let bytes = &mut out[at..];
+            match self.plan.actions[block] {
+                Action::Zeros => {}
+                Action::Keep => self.read_output(block, bytes)?,
+                Action::Copy(Found::Output { block: from }) => self.read_output(from, bytes)?,
                 Action::Copy(Found::Source { source, offset }) => match &self.sources[source] {
-                    Some(file) => file.read_exact_at(bytes, offset),
-                    None => Err(io::ErrorKind::NotFound.into()),
+                    Some(file) => file.read_exact_at(bytes, offset)?,
+                    None => return Err(io::ErrorKind::NotFound.into()),
                 },
                 Action::Fetch => unreachable!("a chunk with a fetched block is fetched whole"),
-            };
-            if read.is_err() || !index.holds(block, bytes) {
-                // What was found changed since it was hashed (or cannot be read now):
-                // take the chunk from the bundle instead.
-                tracing::warn!(image = %self.image.name, block, ?action, "a local block changed since it was found; fetching its chunk");
-                self.fetch(c, out)?;
-                self.count_fetched(c);
-                return Ok(());
             }
-        }
-        for block in index.blocks_of(c) {
-            match self.plan.actions[block] {
-                Action::Keep => self.outcome.kept += 1,
-                Action::Zeros => self.outcome.zeros += 1,
-                _ => self.outcome.copied += 1,
+            if !index.holds(block, bytes) {
+                return Err(io::Error::other("block does not match the index"));
             }
         }
         Ok(())
     }
 
-    fn count_fetched(&mut self, c: usize) {
-        let frame = self.index.frame(c);
-        self.outcome.fetched_chunks += 1;
-        self.outcome.fetched_blocks += self.index.blocks_of(c).len();
-        self.outcome.fetched_bytes += frame.end - frame.start;
+    fn close_if_done(&mut self, chunk: usize, last_written: usize) {
+        if last_written == self.index.last_block_of(chunk) {
+            self.open.remove(&chunk);
+        }
     }
 
     fn read_output(&self, block: usize, bytes: &mut [u8]) -> io::Result<()> {

@@ -475,7 +475,7 @@ fn write_images(
             } => {
                 progress(Progress::Image {
                     name: step.image.name.clone(),
-                    method: cairn_bundle::chunked::METHOD.into(),
+                    method: chunked.data.method.clone(),
                     size: step.image.size,
                 });
                 chunked::install(
