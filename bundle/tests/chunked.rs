@@ -9,8 +9,8 @@ use std::path::Path;
 
 use cairn_bundle::chunked::plan::{Action, Finder, Found};
 use cairn_bundle::chunked::{
-    block_hash, check_all, read_index, ChunkIndex, FrameDecoder, Layout, METHOD, METHOD_GROUPED,
-    METHOD_WINDOWED,
+    block_hash, check_all, read_index, ChunkIndex, FrameDecoder, Layout, OpenChunks, METHOD,
+    METHOD_GROUPED, METHOD_WINDOWED,
 };
 use cairn_bundle::{BundleFile, Image};
 use common::erofs::{mkfs_erofs, write_tree};
@@ -89,13 +89,13 @@ fn rebuild_from(
     let mut decoder = FrameDecoder::new().unwrap();
     let mut out = Vec::new();
     // Fetched chunks decoded, until their last block is written (a device's order).
-    let mut open = std::collections::HashMap::new();
+    let mut open = OpenChunks::new();
     let mut block = 0;
     while block < index.block_count() {
         let (run, c) = (index.run_at(block), index.chunk_of(block));
         block = run.end;
         if plan.fetches(c) {
-            let chunk = open.entry(c).or_insert_with(|| {
+            if !open.is_open(c) {
                 let mut bytes = Vec::new();
                 std::io::Read::read_to_end(
                     &mut file.payload_part(data, index.frame(c)).unwrap(),
@@ -106,14 +106,9 @@ fn rebuild_from(
                 index
                     .decode_frame("rootfs", c, &bytes, &out, &mut decoder, &mut chunk)
                     .unwrap();
-                chunk
-            });
-            let at = index.offset_in_chunk(run.start);
-            let len: usize = run.clone().map(|b| index.block_len(b)).sum();
-            out.extend_from_slice(&chunk[at..at + len]);
-            if run.end - 1 == index.last_block_of(c) {
-                open.remove(&c);
+                open.open(index, c, chunk, run.start);
             }
+            open.take(index, c, run, |bytes| out.extend_from_slice(bytes));
             continue;
         }
         for block in run {

@@ -11,13 +11,14 @@
 //! - `mod.rs`: the index (parse, encode, queries) and the check of one decoded frame;
 //! - `encode.rs`: the builder's side;
 //! - `groups.rs`: reading and checking version 3's runs (chunks gathered from anywhere);
+//! - `open.rs`: the decoded chunks a build in image order holds until their last block;
 //! - `plan.rs`: which block comes from where, given what a device found (no I/O).
 
 mod encode;
 mod groups;
+mod open;
 pub mod plan;
 
-use std::collections::HashMap;
 use std::io::Read;
 use std::ops::Range;
 
@@ -26,6 +27,7 @@ use crate::error::{Error, Result};
 use crate::manifest::{Chunked, Image};
 
 pub use encode::{encode, encode_grouped, Layout, GROUP_BLOCKS, GROUP_LEVEL, MAX_HISTORY};
+pub use open::OpenChunks;
 
 /// The method of a chunked image's data payload.
 pub const METHOD: &str = "zstd-chunks";
@@ -388,7 +390,8 @@ impl ChunkIndex {
         }
     }
 
-    /// Where block `block` starts in its chunk's decoded bytes.
+    /// Where block `block` starts in its chunk's decoded bytes (a scan of the chunk's
+    /// runs: [`OpenChunks`] needs it once per chunk, not per run).
     pub fn offset_in_chunk(&self, block: usize) -> usize {
         let c = self.chunk_of(block);
         let mut before = 0;
@@ -399,11 +402,6 @@ impl ChunkIndex {
             before += run.len() * self.block_size as usize;
         }
         unreachable!("block {block} is in its chunk {c}")
-    }
-
-    /// The last block of chunk `chunk`: after writing it, a device is done with the chunk.
-    pub fn last_block_of(&self, chunk: usize) -> usize {
-        self.runs_of(chunk).last().map_or(0, |r| r.end - 1)
     }
 
     /// Bytes of the image chunk `chunk` holds (its frame's decoded length).
@@ -638,13 +636,12 @@ pub fn decode_in_order(
     let mut decoder = FrameDecoder::new()?;
     let mut recent = RecentBytes::new(index.window);
     let mut frame = Vec::new();
-    // Decoded chunks whose last block is still ahead, with how much of each is handed on.
-    let mut open: HashMap<usize, (Vec<u8>, usize)> = HashMap::new();
+    let mut open = OpenChunks::new();
     let mut next_frame = 0;
     let mut block = 0;
     while block < index.block_count() {
         let c = index.chunk_of(block);
-        if let std::collections::hash_map::Entry::Vacant(slot) = open.entry(c) {
+        if !open.is_open(c) {
             // Chunks come in the order of their first block (checked by the parser), so
             // the first chunk not yet open is the next frame in the data.
             debug_assert_eq!(c, next_frame);
@@ -659,19 +656,14 @@ pub fn decode_in_order(
             })?;
             let mut chunk = Vec::new();
             index.decode_frame(name, c, &frame, recent.bytes(), &mut decoder, &mut chunk)?;
-            slot.insert((chunk, 0));
+            open.open(index, c, chunk, block);
             next_frame += 1;
         }
         let run = index.run_at(block);
-        let (chunk, done) = open.get_mut(&c).expect("opened above");
-        let len: usize = run.clone().map(|b| index.block_len(b)).sum();
-        let bytes = &chunk[*done..*done + len];
-        recent.push(bytes);
-        each(bytes);
-        *done += len;
-        if run.end - 1 == index.last_block_of(c) {
-            open.remove(&c);
-        }
+        open.take(index, c, run.clone(), |bytes| {
+            recent.push(bytes);
+            each(bytes);
+        });
         block = run.end;
     }
     Ok(())

@@ -178,6 +178,24 @@ impl Plan {
             .sum()
     }
 
+    /// `blocks` cut where the actions turn from keeping to anything else, or back, each
+    /// part with whether its blocks are kept: what an install in place skips.
+    pub fn kept_runs(
+        &self,
+        blocks: Range<usize>,
+    ) -> impl Iterator<Item = (Range<usize>, bool)> + '_ {
+        let kept = |b: usize| self.actions[b] == Action::Keep;
+        let mut at = blocks.start;
+        std::iter::from_fn(move || {
+            let start = at;
+            let keep = kept((start < blocks.end).then_some(start)?);
+            at = (start + 1..blocks.end)
+                .find(|&b| kept(b) != keep)
+                .unwrap_or(blocks.end);
+            Some((start..at, keep))
+        })
+    }
+
     pub fn count(&self, what: impl Fn(&Action) -> bool) -> usize {
         self.actions.iter().filter(|a| what(a)).count()
     }
@@ -224,6 +242,13 @@ mod tests {
         // Chunk 0 is fetched for block 1, chunk 2 for block 5; block 4 then comes from the
         // fetched frame too.
         assert_eq!(plan.actions, [Keep, Fetch, Zeros, src(4096), Fetch, Fetch]);
+        assert_eq!(
+            plan.kept_runs(0..6).collect::<Vec<_>>(),
+            [(0..1, true), (1..6, false)]
+        );
+        assert_eq!(plan.kept_runs(1..3).collect::<Vec<_>>(), [(1..3, false)]);
+        assert_eq!(plan.kept_runs(0..1).collect::<Vec<_>>(), [(0..1, true)]);
+        assert_eq!(plan.kept_runs(2..2).count(), 0);
         assert_eq!(plan.fetch_runs(), [0..1, 2..3]);
         assert_eq!(plan.fetch_bytes(&index), 20);
         assert!(plan.fetches(0) && !plan.fetches(1));
@@ -246,6 +271,10 @@ mod tests {
             [Copy(Found::Output { block: 1 }), Fetch, Fetch, Keep]
         );
         assert_eq!(plan.fetch_runs(), vec![(1..3)]);
+        assert_eq!(
+            plan.kept_runs(0..4).collect::<Vec<_>>(),
+            [(0..3, false), (3..4, true)]
+        );
     }
 
     #[test]

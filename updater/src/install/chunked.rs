@@ -7,7 +7,6 @@
 //! journal: the blocks it had written are found in place by the same hashing, and only
 //! the chunks still missing are fetched again.
 
-use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::ops::Range;
@@ -17,7 +16,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use cairn_bundle::chunked::plan::{Action, Finder, Found, Plan};
-use cairn_bundle::chunked::{block_hash, read_index, ChunkIndex, FrameDecoder, RecentBytes};
+use cairn_bundle::chunked::{
+    block_hash, read_index, ChunkIndex, FrameDecoder, OpenChunks, RecentBytes,
+};
 use cairn_bundle::digest::Hasher;
 use cairn_bundle::{Chunked, Header, Image};
 
@@ -122,7 +123,7 @@ pub fn install(
         recent: RecentBytes::new(index.window),
         frame: Vec::new(),
         run: None,
-        open: HashMap::new(),
+        open: OpenChunks::new(),
         outcome: Outcome::default(),
     };
     let (algorithm, expected) = image.checked_digest();
@@ -141,11 +142,11 @@ pub fn install(
         build.recent.push(&bytes);
         hasher.update(&bytes);
         // Kept blocks of a partition are skipped, not written again.
-        for part in same_keep_runs(&plan, run.clone()) {
+        for (part, kept) in plan.kept_runs(run.clone()) {
             let block_size = index.block_size as usize;
             let from = (part.start - run.start) * block_size;
             let to = ((part.end - run.start) * block_size).min(bytes.len());
-            if writer.in_place() && plan.actions[part.start] == Action::Keep {
+            if writer.in_place() && kept {
                 writer.skip((to - from) as u64)
             } else {
                 writer.write_all(&bytes[from..to])
@@ -177,19 +178,6 @@ pub fn install(
         .map_err(io_err(output_path.display().to_string()))?;
     writer.finish()?;
     Ok(build.outcome)
-}
-
-/// `blocks` cut where the plan's actions turn from keeping to anything else, or back.
-fn same_keep_runs(plan: &Plan, blocks: Range<usize>) -> Vec<Range<usize>> {
-    let mut runs: Vec<Range<usize>> = Vec::new();
-    let kept = |b: usize| plan.actions[b] == Action::Keep;
-    for b in blocks {
-        match runs.last_mut() {
-            Some(run) if kept(run.start) == kept(b) => run.end = b + 1,
-            _ => runs.push(b..b + 1),
-        }
-    }
-    runs
 }
 
 /// Hashes the whole blocks in the first `len` bytes of `file`, reading a MiB at a time.
@@ -255,9 +243,8 @@ struct Build<'a> {
     /// The open Range request over the run of chunks being fetched, and the next chunk
     /// it yields.
     run: Option<(Box<dyn Read + Send>, usize)>,
-    /// Decoded chunks whose last block is still ahead (at most the index's interleave
-    /// bound for grouped chunks, one for fixed ones).
-    open: HashMap<usize, Vec<u8>>,
+    /// Fetched chunks whose last block is still ahead.
+    open: OpenChunks,
     outcome: Outcome,
 }
 
@@ -268,7 +255,7 @@ impl Build<'_> {
         let index = self.index;
         let c = index.chunk_of(run.start);
         out.clear();
-        let from_local = !self.open.contains_key(&c) && !self.plan.fetches(c);
+        let from_local = !self.open.is_open(c) && !self.plan.fetches(c);
         if from_local && self.read_local(run.clone(), out).is_err() {
             // What was found changed since it was hashed (or cannot be read now): take
             // the chunk from the bundle instead. A fixed chunk is one run, so the bytes
@@ -283,24 +270,19 @@ impl Build<'_> {
                     _ => self.outcome.copied += 1,
                 }
             }
-            self.close_if_done(c, run.end - 1);
             return Ok(());
         }
-        if !self.open.contains_key(&c) {
+        if !self.open.is_open(c) {
             let mut chunk = Vec::new();
             self.fetch(c, &mut chunk)?;
             let frame = index.frame(c);
             self.outcome.fetched_chunks += 1;
             self.outcome.fetched_bytes += frame.end - frame.start;
-            self.open.insert(c, chunk);
+            self.open.open(index, c, chunk, run.start);
         }
-        let chunk = &self.open[&c];
-        let at = index.offset_in_chunk(run.start);
-        let len =
-            (index.block_range(run.end - 1).end - index.block_range(run.start).start) as usize;
-        out.extend_from_slice(&chunk[at..at + len]);
+        self.open
+            .take(index, c, run.clone(), |bytes| out.extend_from_slice(bytes));
         self.outcome.fetched_blocks += run.len();
-        self.close_if_done(c, run.end - 1);
         Ok(())
     }
 
@@ -326,12 +308,6 @@ impl Build<'_> {
             }
         }
         Ok(())
-    }
-
-    fn close_if_done(&mut self, chunk: usize, last_written: usize) {
-        if last_written == self.index.last_block_of(chunk) {
-            self.open.remove(&chunk);
-        }
     }
 
     fn read_output(&self, block: usize, bytes: &mut [u8]) -> io::Result<()> {
