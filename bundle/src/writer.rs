@@ -408,7 +408,14 @@ fn write_chunked(
                     })
                 };
                 encoded(0);
-                chunked::encode_grouped(&image, &history, chunked::GROUP_LEVEL, &mut encoded, out)?
+                chunked::encode_grouped(
+                    &image,
+                    &history,
+                    chunked::GROUP_LEVEL,
+                    None,
+                    &mut encoded,
+                    out,
+                )?
             }
             false => chunked::encode(&image, layout, out)?,
         });

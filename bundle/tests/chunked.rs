@@ -9,7 +9,7 @@ use std::path::Path;
 
 use cairn_bundle::chunked::plan::{Action, Finder, Found};
 use cairn_bundle::chunked::{
-    block_hash, check_all, read_index, ChunkIndex, FrameDecoder, Layout, OpenChunks, METHOD,
+    block_key, check_all, read_index, ChunkIndex, Filter, FrameDecoder, Layout, OpenChunks, METHOD,
     METHOD_GROUPED, METHOD_WINDOWED,
 };
 use cairn_bundle::{BundleFile, Image};
@@ -71,12 +71,12 @@ fn rebuild_from(
     let mut finder = Finder::new(index);
     let bs = index.block_size as usize;
     for (i, block) in old.chunks_exact(bs).enumerate() {
-        finder.offer_source(0, (i * bs) as u64, &block_hash(block));
+        finder.offer_source(0, (i * bs) as u64, block_key(block));
     }
     let plan = finder.plan();
-    let held: std::collections::HashSet<_> = old.chunks_exact(bs).map(block_hash).collect();
+    let held: std::collections::HashSet<_> = old.chunks_exact(bs).map(block_key).collect();
     let missing: Vec<usize> = (0..index.block_count())
-        .filter(|&b| !held.contains(index.hash(b)))
+        .filter(|&b| !held.contains(&index.key(b)))
         .collect();
     println!(
         "{} of {} blocks missing, in {} chunks; first {:?}",
@@ -228,14 +228,14 @@ fn grouped_chunks_rebuild_fetching_only_the_blocks_no_earlier_release_holds() {
     for (name, old) in [("v0", &v0), ("v1", &v1)] {
         let (rebuilt, fetched) = rebuild_from(&file, &image, &index, old);
         assert!(rebuilt == target, "rebuilt from {name} differs");
-        let held: std::collections::HashSet<_> = old.chunks(4096).map(block_hash).collect();
-        let zeros = block_hash(&[0; 4096]);
+        let held: std::collections::HashSet<_> = old.chunks(4096).map(block_key).collect();
+        let zeros = block_key(&[0; 4096]);
         let missing = (0..index.block_count())
-            .filter(|&b| !held.contains(index.hash(b)) && *index.hash(b) != zeros)
+            .filter(|&b| !held.contains(&index.key(b)) && index.key(b) != zeros)
             .count();
         let mut finder = Finder::new(&index);
         for (i, b) in old.chunks_exact(4096).enumerate() {
-            finder.offer_source(0, i as u64 * 4096, &block_hash(b));
+            finder.offer_source(0, i as u64 * 4096, block_key(b));
         }
         let plan = finder.plan();
         let fetched_blocks = plan.count(|a| *a == Action::Fetch);
@@ -255,6 +255,85 @@ fn grouped_chunks_rebuild_fetching_only_the_blocks_no_earlier_release_holds() {
     assert_eq!(again, index);
 }
 
+/// `len` bytes that look like arm64 code: every fifth word a `BL` to one of 64
+/// functions, the others drawn from a few instructions; `seed` picks which.
+fn arm64_code(len: usize, seed: u32) -> Vec<u8> {
+    let mut state = 0x2545_F491 ^ seed;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 17;
+        state ^= state << 5;
+        state
+    };
+    let others = [
+        0xD503_201F_u32,
+        0xA9BF_7BFD,
+        0x9100_03FD,
+        0xF940_0000,
+        0xAA00_03E0,
+    ];
+    (0..len / 4)
+        .flat_map(|i| {
+            let r = next();
+            let word = if i % 5 == 0 {
+                let function = (r % 64) * 0x8000;
+                0x9400_0000 | (function.wrapping_sub(i as u32) & 0x03FF_FFFF)
+            } else {
+                others[r as usize % others.len()]
+            };
+            word.to_le_bytes()
+        })
+        .collect()
+}
+
+#[test]
+fn arm64_code_goes_through_the_branch_filter_and_comes_back_whole() {
+    let fx = Fixture::new();
+    let v1 = arm64_code(2 << 20, 1);
+    let mut v2 = v1.clone();
+    v2[1 << 20..].copy_from_slice(&arm64_code(1 << 20, 2));
+    let (p1, p2) = (fx.path("v1.img"), fx.path("v2.img"));
+    fs::write(&p1, &v1).unwrap();
+    fs::write(&p2, &v2).unwrap();
+    let (file, image, index) = grouped_bundle(&fx, &p2, Layout::default(), &[p1.as_path()]);
+    assert_eq!(
+        index.filter(),
+        Filter::Arm64,
+        "the builder found the filter helps"
+    );
+    let (rebuilt, fetched) = rebuild_from(&file, &image, &index, &v1);
+    assert!(rebuilt == v2, "rebuilt from v1 differs");
+    assert!(fetched > 0);
+
+    // The same frames read as unfiltered decode to other bytes: refused.
+    let size = image.chunked.as_ref().unwrap().data.size;
+    let mut unfiltered = index.encode();
+    unfiltered[32..36].copy_from_slice(&0u32.to_le_bytes());
+    let wrong = ChunkIndex::parse(&unfiltered, &image, size).unwrap();
+    let data = &image.chunked.as_ref().unwrap().data;
+    let err = check_all(&image, &wrong, file.payload_part(data, 0..size).unwrap())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("does not match the signed index"), "{err}");
+    // And a filter this build does not know is refused by the parser.
+    let mut unknown = index.encode();
+    unknown[32..36].copy_from_slice(&7u32.to_le_bytes());
+    let err = ChunkIndex::parse(&unknown, &image, size).unwrap_err();
+    assert!(err.to_string().contains("filter 7"), "{err}");
+}
+
+#[test]
+fn random_bytes_are_not_filtered() {
+    let fx = Fixture::new();
+    let v1 = fx.image("v1.img", 1 << 20, 3);
+    let mut bytes = fs::read(&v1).unwrap();
+    bytes[1 << 19..].fill(0x11);
+    let v2 = fx.path("v2.img");
+    fs::write(&v2, &bytes).unwrap();
+    let (_, _, index) = grouped_bundle(&fx, &v2, Layout::default(), &[v1.as_path()]);
+    assert_eq!(index.filter(), Filter::None);
+}
+
 #[test]
 fn a_grouped_index_that_does_not_cover_every_block_once_in_order_is_refused() {
     let fx = Fixture::new();
@@ -266,7 +345,7 @@ fn a_grouped_index_that_does_not_cover_every_block_once_in_order_is_refused() {
     }
     let v2 = fx.path("v2.img");
     fs::write(&v2, &bytes).unwrap();
-    let (_, image, index) = grouped_bundle(&fx, &v2, Layout::default(), &[v1.as_path()]);
+    let (file, image, index) = grouped_bundle(&fx, &v2, Layout::default(), &[v1.as_path()]);
     let size = image.chunked.as_ref().unwrap().data.size;
     let good = index.encode();
     assert!(index.chunk_count() >= 2, "{} chunks", index.chunk_count());
@@ -276,9 +355,10 @@ fn a_grouped_index_that_does_not_cover_every_block_once_in_order_is_refused() {
             .unwrap_err()
             .to_string()
     };
-    // Where the runs are: after the header, the hashes, and the chunks' frame lengths
-    // and run counts.
-    let runs_at = 32 + index.block_count() * 32 + index.chunk_count() * 8;
+    // Where the runs are: after the header, the block keys, and the chunks' hashes,
+    // frame lengths and run counts.
+    let hashes_at = 40 + index.block_count() * 8;
+    let runs_at = hashes_at + index.chunk_count() * (32 + 8);
     let u32_at = |b: &[u8], at: usize| u32::from_le_bytes(b[at..at + 4].try_into().unwrap());
     let put = |b: &mut Vec<u8>, at: usize, v: u32| b[at..at + 4].copy_from_slice(&v.to_le_bytes());
 
@@ -304,7 +384,7 @@ fn a_grouped_index_that_does_not_cover_every_block_once_in_order_is_refused() {
     assert!(parse(&past).contains("a run of"), "{}", parse(&past));
     // Run counts that promise more runs than there are bytes for.
     let mut counts = good.clone();
-    let count_at = 32 + index.block_count() * 32 + index.chunk_count() * 4;
+    let count_at = hashes_at + index.chunk_count() * (32 + 4);
     put(&mut counts, count_at, u32_at(&good, count_at) + 1);
     assert!(
         parse(&counts).contains("bytes of runs"),
@@ -320,6 +400,19 @@ fn a_grouped_index_that_does_not_cover_every_block_once_in_order_is_refused() {
     put(&mut version, 8, 2);
     assert!(parse(&version).contains("need"), "{}", parse(&version));
     ChunkIndex::parse(&good, &image, size).expect("the untouched index parses");
+    // A chunk's hash that is not its bytes' parses (only decoding can tell), and its
+    // frame is then refused.
+    let mut hash = good.clone();
+    hash[hashes_at + 32] ^= 1;
+    let wrong = ChunkIndex::parse(&hash, &image, size).unwrap();
+    let data = &image.chunked.as_ref().unwrap().data;
+    let err = check_all(&image, &wrong, file.payload_part(data, 0..size).unwrap())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("chunk 1 does not match the signed index"),
+        "{err}"
+    );
 }
 
 #[test]

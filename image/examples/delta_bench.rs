@@ -39,7 +39,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use cairn_bundle::chunked::Layout;
+use cairn_bundle::chunked::{Filter, Layout};
 use cairn_bundle::codec::{block_bsdiff, full, zstd_patch};
 use cairn_image::os::pipeline::Build;
 
@@ -453,8 +453,9 @@ fn base_make_secs(rows: &[Row]) -> Option<f64> {
 /// How a chunked image of a pair's target is cut.
 enum Cut<'a> {
     Fixed(Layout),
-    /// Grouped by these earlier releases (`bundle create --chunk-history`).
-    Grouped(&'a [(String, PathBuf)]),
+    /// Grouped by these earlier releases (`bundle create --chunk-history`), with this
+    /// filter (`None`: the one `bundle create` chooses).
+    Grouped(&'a [(String, PathBuf)], Option<Filter>),
 }
 
 /// The chunked image (`bundle create --chunked`) of the target: what it adds to the
@@ -463,7 +464,7 @@ enum Cut<'a> {
 /// plan cairnd uses).
 fn chunked(pair: &Pair, cut: &Cut, full: u64, bsdiff_secs: Option<f64>) -> Result<String> {
     use cairn_bundle::chunked::plan::Finder;
-    use cairn_bundle::chunked::{block_hash, encode, encode_grouped, GROUP_LEVEL};
+    use cairn_bundle::chunked::{block_key, encode, encode_grouped, GROUP_LEVEL};
     let target = map(&pair.target)?;
     let started = Instant::now();
     let mut data = Vec::new();
@@ -482,7 +483,7 @@ fn chunked(pair: &Pair, cut: &Cut, full: u64, bsdiff_secs: Option<f64>) -> Resul
                 }
             ),
         ),
-        Cut::Grouped(history) => {
+        Cut::Grouped(history, filter) => {
             let maps = history
                 .iter()
                 .map(|(_, p)| map(p))
@@ -490,10 +491,21 @@ fn chunked(pair: &Pair, cut: &Cut, full: u64, bsdiff_secs: Option<f64>) -> Resul
             let slices: Vec<&[u8]> = maps.iter().map(|m| &m[..]).collect();
             let names: Vec<&str> = history.iter().map(|(n, _)| n.as_str()).collect();
             (
-                encode_grouped(&target, &slices, GROUP_LEVEL, &mut |_| {}, &mut data)?,
+                encode_grouped(
+                    &target,
+                    &slices,
+                    GROUP_LEVEL,
+                    *filter,
+                    &mut |_| {},
+                    &mut data,
+                )?,
                 format!(
-                    "level {GROUP_LEVEL}, grouped by {}{}",
+                    "level {GROUP_LEVEL}, grouped by {}, {}{}",
                     names.join(" and "),
+                    match filter {
+                        None => "the filter it chooses",
+                        Some(_) => "no filter",
+                    },
                     match history.iter().any(|(_, p)| *p == pair.source) {
                         true => ", the default with history",
                         false => ": a device older than the history",
@@ -503,6 +515,10 @@ fn chunked(pair: &Pair, cut: &Cut, full: u64, bsdiff_secs: Option<f64>) -> Resul
         }
     };
     let make_secs = started.elapsed().as_secs_f64();
+    let what = match index.filter() {
+        Filter::Arm64 => format!("{what}; arm64 branch filter"),
+        Filter::None => what,
+    };
     let frames = data.len() as u64;
     let decode_secs = decode_all(&index, &data, &target)?;
     drop(data);
@@ -510,7 +526,7 @@ fn chunked(pair: &Pair, cut: &Cut, full: u64, bsdiff_secs: Option<f64>) -> Resul
     let mut finder = Finder::new(&index);
     let block = index.block_size as usize;
     for (i, b) in source.chunks_exact(block).enumerate() {
-        finder.offer_source(0, (i * block) as u64, &block_hash(b));
+        finder.offer_source(0, (i * block) as u64, block_key(b));
     }
     let plan = finder.plan();
     let index_len = index.encode().len() as u64;
@@ -567,11 +583,12 @@ fn chunk_cuts(pair: &Pair) -> Vec<Cut<'_>> {
         Cut::Fixed(Layout::unwindowed()),
     ];
     if !pair.history.is_empty() {
-        cuts.push(Cut::Grouped(&pair.history));
+        cuts.push(Cut::Grouped(&pair.history, None));
+        cuts.push(Cut::Grouped(&pair.history, Some(Filter::None)));
     }
     if let Some(after) = pair.history.iter().position(|(_, p)| *p == pair.source) {
         if after + 1 < pair.history.len() {
-            cuts.push(Cut::Grouped(&pair.history[after + 1..]));
+            cuts.push(Cut::Grouped(&pair.history[after + 1..], None));
         }
     }
     cuts

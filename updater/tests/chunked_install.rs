@@ -11,7 +11,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cairn_bundle::chunked::{block_hash, read_index, Layout};
+use cairn_bundle::chunked::{block_hash, block_key, read_index, Layout};
 use cairn_bundle::{BundleFile, Chunked, Image};
 use cairn_testkit::{copy_key, slot_image_bytes};
 use cairn_updater::bootstate::SlotId;
@@ -173,11 +173,11 @@ fn two_releases_behind(layout: Layout, grouped: bool) {
     .unwrap();
     let held: HashSet<_> = [&v1.rootfs, &v2.rootfs]
         .iter()
-        .flat_map(|r| r.chunks(4096).map(block_hash))
-        .chain([block_hash(&[0; 4096])])
+        .flat_map(|r| r.chunks(4096).map(block_key))
+        .chain([block_key(&[0; 4096])])
         .collect();
     let chunks: HashSet<usize> = (0..index.block_count())
-        .filter(|&b| !held.contains(index.hash(b)))
+        .filter(|&b| !held.contains(&index.key(b)))
         .map(|b| index.chunk_of(b))
         .collect();
     let expected: u64 = chunks

@@ -1,11 +1,13 @@
 //! Chunked images (`zstd-chunks`): the image cut into fixed-size chunks, each compressed
-//! as its own zstd frame, with a signed index of every block's hash.
+//! as its own zstd frame, with a signed index of every block's hash (in version 3, every
+//! block's 64-bit key and every chunk's hash).
 //!
 //! This is what lets a device install a release with no delta made for it: it hashes the
 //! blocks it already holds (in either slot, or written by an install a power cut stopped),
 //! and fetches with HTTP Range requests only the frames of chunks that hold a block it has
 //! nowhere. Every block is checked against the index before it is written, so nothing
-//! found on the disk is trusted without being hashed again. RAUC's adaptive
+//! found on the disk is trusted without being hashed again (see `Checks` for what a
+//! key-only check leaves to the image's digest). RAUC's adaptive
 //! `block-hash-index` and casync work the same way; see `FORMAT.md` for the bytes.
 //!
 //! - `mod.rs`: the index (parse, encode, queries) and the check of one decoded frame;
@@ -14,6 +16,7 @@
 //! - `open.rs`: the decoded chunks a build in image order holds until their last block;
 //! - `plan.rs`: which block comes from where, given what a device found (no I/O).
 
+mod arm64;
 mod encode;
 mod groups;
 mod open;
@@ -55,8 +58,12 @@ const ZSTD_DICT_MAGIC: [u8; 4] = [0x37, 0xA4, 0x30, 0xEC];
 /// Largest window: bounds what a device keeps of the image it is building.
 pub const MAX_WINDOW: u32 = 8 << 20;
 const INDEX_HEADER_LEN: usize = 32;
-/// Bytes per block hash (BLAKE3).
+/// Version 3 adds the filter and a reserved field to the header.
+const INDEX_HEADER_LEN_GROUPED: usize = INDEX_HEADER_LEN + 8;
+/// Bytes per block hash (BLAKE3) in versions 1 and 2, per chunk hash in version 3.
 pub const HASH_LEN: usize = 32;
+/// Bytes per block key in version 3.
+pub const KEY_LEN: usize = 8;
 /// Largest chunk: bounds the device's buffers (one chunk and one frame at a time).
 pub const MAX_CHUNK_LEN: u64 = 4 << 20;
 /// Largest index a device loads: 64 MiB covers an 8 GiB image at 4 KiB blocks.
@@ -64,15 +71,28 @@ pub const MAX_INDEX_LEN: u64 = 64 << 20;
 const MIN_BLOCK: u32 = 512;
 const MAX_BLOCK: u32 = 1 << 20;
 
-/// BLAKE3 of one block.
+/// BLAKE3 of one block (or of one chunk's decoded bytes).
 pub type BlockHash = [u8; HASH_LEN];
+
+/// What a device looks a block up by: the first [`KEY_LEN`] bytes of its BLAKE3, read
+/// little-endian.
+pub type BlockKey = u64;
 
 pub fn block_hash(bytes: &[u8]) -> BlockHash {
     *blake3::hash(bytes).as_bytes()
 }
 
+pub fn key_of(hash: &BlockHash) -> BlockKey {
+    u64::from_le_bytes(hash[..KEY_LEN].try_into().expect("KEY_LEN"))
+}
+
+pub fn block_key(bytes: &[u8]) -> BlockKey {
+    key_of(&block_hash(bytes))
+}
+
 /// The index of a chunked image: block size, which blocks each chunk holds, every block's
-/// hash and where each chunk's frame lies in the data payload.
+/// hash (or key and each chunk's hash) and where each chunk's frame lies in the data
+/// payload.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChunkIndex {
     pub block_size: u32,
@@ -82,7 +102,9 @@ pub struct ChunkIndex {
     /// Bytes before a chunk that its frame references (0: none).
     pub window: u32,
     pub image_size: u64,
-    hashes: Vec<BlockHash>,
+    /// Every block's key, what a device finds the blocks it holds by.
+    keys: Vec<BlockKey>,
+    checks: Checks,
     /// Start of each chunk's frame in the data payload, then the payload's end.
     frame_starts: Vec<u64>,
 }
@@ -98,7 +120,62 @@ pub(crate) enum Chunking {
         runs: Vec<Range<u32>>,
         run_starts: Vec<u32>,
         chunk_of: Vec<u32>,
+        filter: Filter,
     },
+}
+
+/// What a grouped chunk's bytes went through before zstd (version 3), undone after it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Filter {
+    #[default]
+    None,
+    /// The arm64 branch filter (`arm64.rs`), each run at its offset in the image.
+    Arm64,
+}
+
+impl Filter {
+    const ARM64: u32 = 1;
+
+    fn code(self) -> u32 {
+        match self {
+            Filter::None => 0,
+            Filter::Arm64 => Filter::ARM64,
+        }
+    }
+
+    fn from_code(code: u32) -> Option<Filter> {
+        match code {
+            0 => Some(Filter::None),
+            Filter::ARM64 => Some(Filter::Arm64),
+            _ => None,
+        }
+    }
+
+    /// Applies the filter to `bytes`, the image's bytes from offset `at`.
+    pub(crate) fn encode(self, bytes: &mut [u8], at: u64) {
+        if self == Filter::Arm64 {
+            arm64::encode(bytes, at)
+        }
+    }
+
+    fn decode(self, bytes: &mut [u8], at: u64) {
+        if self == Filter::Arm64 {
+            arm64::decode(bytes, at)
+        }
+    }
+}
+
+/// What fetched and found bytes are checked against.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Checks {
+    /// Every block's BLAKE3 (versions 1 and 2): each block is checked whole, wherever it
+    /// comes from.
+    Blocks(Vec<BlockHash>),
+    /// Every chunk's BLAKE3, of its decoded bytes (version 3): a fetched chunk is checked
+    /// whole; a block found on a disk only by its 64-bit key, and the image it goes into
+    /// by the image's digest before the slot is armed. Keys instead of hashes make the
+    /// index a quarter of the size, and the index is fetched whole by every device.
+    Chunks(Vec<BlockHash>),
 }
 
 fn corrupt(image: &str, detail: impl Into<String>) -> Error {
@@ -114,13 +191,15 @@ impl ChunkIndex {
     pub(crate) fn from_groups(
         block_size: u32,
         image_size: u64,
-        hashes: Vec<BlockHash>,
+        keys: Vec<BlockKey>,
+        chunk_hashes: Vec<BlockHash>,
         chunks: &[Vec<Range<u32>>],
         frame_lens: &[u32],
+        filter: Filter,
     ) -> ChunkIndex {
         let mut runs = Vec::new();
         let mut run_starts = vec![0u32];
-        let mut chunk_of = vec![0u32; hashes.len()];
+        let mut chunk_of = vec![0u32; keys.len()];
         let mut most = 0;
         for (k, chunk) in chunks.iter().enumerate() {
             for run in chunk {
@@ -130,29 +209,54 @@ impl ChunkIndex {
             runs.extend(chunk.iter().cloned());
             run_starts.push(runs.len() as u32);
         }
-        Self::new(
+        Self::with_checks(
             block_size,
             most,
             0,
             image_size,
-            hashes,
+            keys,
+            Checks::Chunks(chunk_hashes),
             frame_lens,
             Chunking::Grouped {
                 runs,
                 run_starts,
                 chunk_of,
+                filter,
             },
         )
     }
 
-    /// Builds an index from its parts (the encoder's side); `chunking` says which
-    /// blocks each frame holds.
+    /// Builds an index of fixed chunks from its parts (the encoder's side): every
+    /// block's hash, and each chunk's frame length.
     pub(crate) fn new(
         block_size: u32,
         chunk_blocks: u32,
         window: u32,
         image_size: u64,
         hashes: Vec<BlockHash>,
+        frame_lens: &[u32],
+    ) -> ChunkIndex {
+        let keys = hashes.iter().map(key_of).collect();
+        Self::with_checks(
+            block_size,
+            chunk_blocks,
+            window,
+            image_size,
+            keys,
+            Checks::Blocks(hashes),
+            frame_lens,
+            Chunking::Fixed,
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn with_checks(
+        block_size: u32,
+        chunk_blocks: u32,
+        window: u32,
+        image_size: u64,
+        keys: Vec<BlockKey>,
+        checks: Checks,
         frame_lens: &[u32],
         chunking: Chunking,
     ) -> ChunkIndex {
@@ -169,7 +273,8 @@ impl ChunkIndex {
             chunking,
             window,
             image_size,
-            hashes,
+            keys,
+            checks,
             frame_starts,
         }
     }
@@ -219,34 +324,39 @@ impl ChunkIndex {
             )));
         }
         let blocks = image_size.div_ceil(block_size as u64);
-        let hashes_end = INDEX_HEADER_LEN as u64 + blocks * HASH_LEN as u64;
-        let chunks = match version {
-            INDEX_VERSION_GROUPED => u32_at(20) as u64,
-            _ => blocks.div_ceil(chunk_blocks as u64),
+        let grouped = version == INDEX_VERSION_GROUPED;
+        let (chunks, per_block, per_chunk) = match grouped {
+            true => (u32_at(20) as u64, KEY_LEN, HASH_LEN + 4),
+            false => (blocks.div_ceil(chunk_blocks as u64), HASH_LEN, 4),
         };
-        let min_len = hashes_end + chunks * 4;
-        if (bytes.len() as u64) < min_len
-            || (version != INDEX_VERSION_GROUPED && bytes.len() as u64 != min_len)
-        {
+        let header_len = match grouped {
+            true => INDEX_HEADER_LEN_GROUPED,
+            false => INDEX_HEADER_LEN,
+        };
+        let blocks_end = header_len as u64 + blocks * per_block as u64;
+        let min_len = blocks_end + chunks * per_chunk as u64;
+        if (bytes.len() as u64) < min_len || (!grouped && bytes.len() as u64 != min_len) {
             return Err(bad(format!(
                 "{} bytes, {blocks} blocks in {chunks} chunks need {}{min_len}",
                 bytes.len(),
-                if version == INDEX_VERSION_GROUPED {
-                    "at least "
-                } else {
-                    ""
-                },
+                if grouped { "at least " } else { "" },
             )));
         }
-        let hashes_end = hashes_end as usize;
-        let hashes = bytes[INDEX_HEADER_LEN..hashes_end]
-            .chunks_exact(HASH_LEN)
-            .map(|h| h.try_into().expect("HASH_LEN"))
-            .collect();
+        let hashes = |bytes: &[u8]| -> Vec<BlockHash> {
+            (bytes.chunks_exact(HASH_LEN))
+                .map(|h| h.try_into().expect("HASH_LEN"))
+                .collect()
+        };
+        let blocks_end = blocks_end as usize;
+        let per_block = &bytes[header_len..blocks_end];
+        let lens_start = match grouped {
+            true => blocks_end + chunks as usize * HASH_LEN,
+            false => blocks_end,
+        };
         let bound = zstd::zstd_safe::compress_bound(chunk_len as usize) as u32;
         let mut frame_lens = Vec::with_capacity(chunks as usize);
-        let lens_end = hashes_end + chunks as usize * 4;
-        for (c, len) in bytes[hashes_end..lens_end].chunks_exact(4).enumerate() {
+        let lens_end = lens_start + chunks as usize * 4;
+        for (c, len) in bytes[lens_start..lens_end].chunks_exact(4).enumerate() {
             let len = u32::from_le_bytes(len.try_into().expect("4"));
             if len == 0 || len > bound {
                 return Err(bad(format!(
@@ -255,7 +365,7 @@ impl ChunkIndex {
             }
             frame_lens.push(len);
         }
-        let index = if version == INDEX_VERSION_GROUPED {
+        let index = if grouped {
             let groups = groups::parse(
                 &bytes[lens_end..],
                 chunks as usize,
@@ -263,8 +373,23 @@ impl ChunkIndex {
                 chunk_blocks,
             )
             .map_err(bad)?;
-            ChunkIndex::from_groups(block_size, image_size, hashes, &groups, &frame_lens)
+            let keys = (per_block.chunks_exact(KEY_LEN))
+                .map(|k| u64::from_le_bytes(k.try_into().expect("KEY_LEN")))
+                .collect();
+            let chunk_hashes = hashes(&bytes[blocks_end..lens_start]);
+            let filter = Filter::from_code(u32_at(INDEX_HEADER_LEN))
+                .ok_or_else(|| bad(format!("filter {}, unknown", u32_at(INDEX_HEADER_LEN))))?;
+            ChunkIndex::from_groups(
+                block_size,
+                image_size,
+                keys,
+                chunk_hashes,
+                &groups,
+                &frame_lens,
+                filter,
+            )
         } else {
+            let hashes = hashes(per_block);
             ChunkIndex::new(
                 block_size,
                 chunk_blocks,
@@ -272,7 +397,6 @@ impl ChunkIndex {
                 image_size,
                 hashes,
                 &frame_lens,
-                Chunking::Fixed,
             )
         };
         if index.data_len() != data_size {
@@ -286,7 +410,7 @@ impl ChunkIndex {
 
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(
-            INDEX_HEADER_LEN + self.hashes.len() * HASH_LEN + self.chunk_count() * 8,
+            INDEX_HEADER_LEN + self.block_count() * HASH_LEN + self.chunk_count() * 48,
         );
         out.extend_from_slice(&INDEX_MAGIC);
         let (version, field) = match (&self.chunking, self.window) {
@@ -299,8 +423,18 @@ impl ChunkIndex {
         out.extend_from_slice(&self.chunk_blocks.to_le_bytes());
         out.extend_from_slice(&field.to_le_bytes());
         out.extend_from_slice(&self.image_size.to_le_bytes());
-        for h in &self.hashes {
-            out.extend_from_slice(h);
+        if let Chunking::Grouped { filter, .. } = &self.chunking {
+            out.extend_from_slice(&filter.code().to_le_bytes());
+            out.extend_from_slice(&0u32.to_le_bytes());
+        }
+        match &self.checks {
+            Checks::Blocks(hashes) => hashes.iter().for_each(|h| out.extend_from_slice(h)),
+            Checks::Chunks(hashes) => {
+                for key in &self.keys {
+                    out.extend_from_slice(&key.to_le_bytes());
+                }
+                hashes.iter().for_each(|h| out.extend_from_slice(h));
+            }
         }
         for c in 0..self.chunk_count() {
             out.extend_from_slice(&(self.frame(c).end - self.frame(c).start).to_le_bytes()[..4]);
@@ -325,16 +459,25 @@ impl ChunkIndex {
         matches!(self.chunking, Chunking::Grouped { .. })
     }
 
+    /// What the chunks' bytes went through before zstd.
+    pub fn filter(&self) -> Filter {
+        match &self.chunking {
+            Chunking::Grouped { filter, .. } => *filter,
+            Chunking::Fixed => Filter::None,
+        }
+    }
+
     pub fn block_count(&self) -> usize {
-        self.hashes.len()
+        self.keys.len()
     }
 
     pub fn chunk_count(&self) -> usize {
         self.frame_starts.len() - 1
     }
 
-    pub fn hash(&self, block: usize) -> &BlockHash {
-        &self.hashes[block]
+    /// Block `block`'s key: what a device looks for among the blocks it holds.
+    pub fn key(&self, block: usize) -> BlockKey {
+        self.keys[block]
     }
 
     /// Bytes of the image that block `block` covers.
@@ -418,10 +561,14 @@ impl ChunkIndex {
         *self.frame_starts.last().expect("at least the start")
     }
 
-    /// Does `bytes` hold block `block` of the image?
+    /// Does `bytes` hold block `block` of the image? Checked by the block's hash, or for
+    /// grouped chunks by its key (see [`Checks::Chunks`]).
     pub fn holds(&self, block: usize, bytes: &[u8]) -> bool {
-        bytes.len() as u64 == self.block_range(block).end - self.block_range(block).start
-            && block_hash(bytes) == self.hashes[block]
+        bytes.len() == self.block_len(block)
+            && match &self.checks {
+                Checks::Blocks(hashes) => block_hash(bytes) == hashes[block],
+                Checks::Chunks(_) => block_key(bytes) == self.keys[block],
+            }
     }
 
     /// Decodes chunk `chunk`'s frame into `out` (cleared first) and checks every block
@@ -485,9 +632,29 @@ impl ChunkIndex {
                 format!("chunk {chunk} decodes to {n} bytes, not {len}"),
             ));
         }
+        if self.filter() != Filter::None {
+            let mut at = 0;
+            for run in self.runs_of(chunk) {
+                let len = run.len() * self.block_size as usize;
+                let bytes = &mut out[at..(at + len).min(n)];
+                self.filter()
+                    .decode(bytes, self.block_range(run.start).start);
+                at += len;
+            }
+        }
+        let hashes = match &self.checks {
+            Checks::Chunks(hashes) if block_hash(out) == hashes[chunk] => return Ok(()),
+            Checks::Chunks(_) => {
+                return Err(corrupt(
+                    image,
+                    format!("chunk {chunk} does not match the signed index"),
+                ))
+            }
+            Checks::Blocks(hashes) => hashes,
+        };
         for (i, block) in self.blocks_of(chunk).enumerate() {
             let bytes = &out[i * self.block_size as usize..][..self.block_len(block)];
-            if block_hash(bytes) != self.hashes[block] {
+            if block_hash(bytes) != hashes[block] {
                 return Err(corrupt(
                     image,
                     format!(

@@ -78,19 +78,18 @@ impl OpenChunks {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::chunked::block_hash;
+    use crate::chunked::{block_hash, block_key};
 
     /// Six 16-byte blocks, block b filled with byte b; chunk 0 holds blocks 0, 1 and 4,
     /// chunk 1 blocks 2, 3 and 5.
     fn grouped() -> ChunkIndex {
-        let hashes = (0..6u8).map(|b| block_hash(&[b; 16])).collect();
-        ChunkIndex::from_groups(
-            16,
-            96,
-            hashes,
-            &[vec![0..2, 4..5], vec![2..4, 5..6]],
-            &[1, 1],
-        )
+        let keys = (0..6u8).map(|b| block_key(&[b; 16])).collect();
+        let chunks = [vec![0..2, 4..5], vec![2..4, 5..6]];
+        let hashes = vec![
+            block_hash(&decoded(&[0, 1, 4])),
+            block_hash(&decoded(&[2, 3, 5])),
+        ];
+        ChunkIndex::from_groups(16, 96, keys, hashes, &chunks, &[1, 1], Default::default())
     }
 
     fn decoded(blocks: &[u8]) -> Vec<u8> {

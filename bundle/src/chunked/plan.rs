@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 use std::ops::Range;
 
-use super::{block_hash, BlockHash, ChunkIndex};
+use super::{block_key, BlockKey, ChunkIndex};
 
 /// Where a device found a block the image needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,7 +44,7 @@ struct Wanted {
 /// Collects what a device finds, then makes the [`Plan`].
 pub struct Finder<'a> {
     index: &'a ChunkIndex,
-    wanted: HashMap<BlockHash, Wanted>,
+    wanted: HashMap<BlockKey, Wanted>,
     in_place: Vec<bool>,
 }
 
@@ -52,7 +52,7 @@ impl<'a> Finder<'a> {
     pub fn new(index: &'a ChunkIndex) -> Finder<'a> {
         let mut wanted = HashMap::with_capacity(index.block_count());
         for block in 0..index.block_count() {
-            wanted.entry(*index.hash(block)).or_insert(Wanted {
+            wanted.entry(index.key(block)).or_insert(Wanted {
                 found: None,
                 output_kept: false,
             });
@@ -64,14 +64,14 @@ impl<'a> Finder<'a> {
         }
     }
 
-    /// Records output block `block`, whose bytes hash to `hash`. Call this for the
+    /// Records output block `block`, whose bytes have key `key`. Call this for the
     /// output's blocks before offering any source.
-    pub fn offer_output(&mut self, block: usize, hash: &BlockHash) {
-        let kept = block < self.index.block_count() && self.index.hash(block) == hash;
+    pub fn offer_output(&mut self, block: usize, key: BlockKey) {
+        let kept = block < self.index.block_count() && self.index.key(block) == key;
         if kept {
             self.in_place[block] = true;
         }
-        if let Some(w) = self.wanted.get_mut(hash) {
+        if let Some(w) = self.wanted.get_mut(&key) {
             let better = match w.found {
                 None => true,
                 // A later block stays readable longer; a kept one for ever.
@@ -87,34 +87,34 @@ impl<'a> Finder<'a> {
 
     /// Records a block at byte `offset` of read-only source `source`; the first source
     /// offered for a hash wins over any output block.
-    pub fn offer_source(&mut self, source: usize, offset: u64, hash: &BlockHash) {
-        if let Some(w) = self.wanted.get_mut(hash) {
+    pub fn offer_source(&mut self, source: usize, offset: u64, key: BlockKey) {
+        if let Some(w) = self.wanted.get_mut(&key) {
             if !matches!(w.found, Some(Found::Source { .. })) {
                 w.found = Some(Found::Source { source, offset });
             }
         }
     }
 
-    /// Whether `hash` is a block of the image (sources may skip reading the rest).
-    pub fn wants(&self, hash: &BlockHash) -> bool {
-        self.wanted.contains_key(hash)
+    /// Whether `key` is a block of the image (sources may skip reading the rest).
+    pub fn wants(&self, key: BlockKey) -> bool {
+        self.wanted.contains_key(&key)
     }
 
     pub fn plan(self) -> Plan {
         let index = self.index;
-        let zeros = block_hash(&vec![0u8; index.block_size as usize]);
+        let zeros = block_key(&vec![0u8; index.block_size as usize]);
         let last = index.block_count().checked_sub(1);
-        let last_zeros = last.map(|b| block_hash(&vec![0u8; index.block_len(b)]));
+        let last_zeros = last.map(|b| block_key(&vec![0u8; index.block_len(b)]));
         let mut actions = Vec::with_capacity(index.block_count());
         let mut fetch = vec![false; index.chunk_count()];
         for block in 0..index.block_count() {
-            let hash = index.hash(block);
+            let key = index.key(block);
             let is_zeros = if Some(block) == last {
-                Some(hash) == last_zeros.as_ref()
+                Some(key) == last_zeros
             } else {
-                *hash == zeros
+                key == zeros
             };
-            let w = &self.wanted[hash];
+            let w = &self.wanted[&key];
             let action = if self.in_place[block] {
                 Action::Keep
             } else if is_zeros {
@@ -211,7 +211,10 @@ mod tests {
     }
 
     fn index_of(blocks: &[u8], chunk_blocks: u32) -> ChunkIndex {
-        let hashes = blocks.iter().map(|&b| block_hash(&[b; 16])).collect();
+        let hashes = blocks
+            .iter()
+            .map(|&b| crate::chunked::block_hash(&[b; 16]))
+            .collect();
         let chunks = blocks.len().div_ceil(chunk_blocks as usize);
         ChunkIndex::new(
             16,
@@ -220,22 +223,21 @@ mod tests {
             blocks.len() as u64 * 16,
             hashes,
             &vec![10; chunks],
-            crate::chunked::Chunking::Fixed,
         )
     }
 
-    fn h(b: u8) -> BlockHash {
-        block_hash(&[b; 16])
+    fn h(b: u8) -> BlockKey {
+        block_key(&[b; 16])
     }
 
     #[test]
     fn kept_zero_copied_and_fetched_blocks() {
         let index = index(&[1, 2, 0, 3, 4, 5]);
         let mut f = Finder::new(&index);
-        f.offer_output(0, &h(1)); // in place
-        f.offer_output(1, &h(9)); // old content, not wanted
-        f.offer_source(0, 4096, &h(3));
-        f.offer_source(0, 0, &h(4));
+        f.offer_output(0, h(1)); // in place
+        f.offer_output(1, h(9)); // old content, not wanted
+        f.offer_source(0, 4096, h(3));
+        f.offer_source(0, 0, h(4));
         let plan = f.plan();
         use Action::*;
         let src = |offset| Copy(Found::Source { source: 0, offset });
@@ -262,7 +264,7 @@ mod tests {
         let index = index_of(&[10, 13, 13, 11], 1);
         let mut f = Finder::new(&index);
         for (block, b) in [13u8, 10, 99, 11].iter().enumerate() {
-            f.offer_output(block, &h(*b));
+            f.offer_output(block, h(*b));
         }
         let plan = f.plan();
         use Action::*;
@@ -281,9 +283,9 @@ mod tests {
     fn a_kept_output_block_is_a_source_for_any_later_chunk_and_sources_win() {
         let index = index(&[7, 8, 8, 7]);
         let mut f = Finder::new(&index);
-        f.offer_output(0, &h(7)); // kept: readable for ever
-        f.offer_output(1, &h(8)); // kept
-        f.offer_source(1, 8192, &h(8));
+        f.offer_output(0, h(7)); // kept: readable for ever
+        f.offer_output(1, h(8)); // kept
+        f.offer_source(1, 8192, h(8));
         let plan = f.plan();
         assert_eq!(plan.actions[3], Action::Copy(Found::Output { block: 0 }));
         assert_eq!(

@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use cairn_bundle::chunked::plan::{Action, Finder, Found, Plan};
 use cairn_bundle::chunked::{
-    block_hash, read_index, ChunkIndex, FrameDecoder, OpenChunks, RecentBytes,
+    block_key, read_index, BlockKey, ChunkIndex, FrameDecoder, OpenChunks, RecentBytes,
 };
 use cairn_bundle::digest::Hasher;
 use cairn_bundle::{Chunked, Header, Image};
@@ -74,13 +74,9 @@ pub fn install(
 
     let mut finder = Finder::new(&index);
     if let Some(file) = &output_file {
-        scan(
-            file,
-            output_scan,
-            index.block_size,
-            cancel,
-            |block, hash| finder.offer_output(block, hash),
-        )
+        scan(file, output_scan, index.block_size, cancel, |block, key| {
+            finder.offer_output(block, key)
+        })
         .map_err(io_err(format!("reading {}", output_path.display())))?;
     }
     let mut source_files = Vec::new();
@@ -91,8 +87,8 @@ pub fn install(
             continue; // a file target that does not exist yet holds nothing
         };
         let block_size = index.block_size as u64;
-        scan(&file, copy.len, index.block_size, cancel, |block, hash| {
-            finder.offer_source(n, block as u64 * block_size, hash)
+        scan(&file, copy.len, index.block_size, cancel, |block, key| {
+            finder.offer_source(n, block as u64 * block_size, key)
         })
         .map_err(io_err(format!("reading {}", path.display())))?;
         source_files.push(Some(file));
@@ -180,13 +176,13 @@ pub fn install(
     Ok(build.outcome)
 }
 
-/// Hashes the whole blocks in the first `len` bytes of `file`, reading a MiB at a time.
+/// Keys the whole blocks in the first `len` bytes of `file`, reading a MiB at a time.
 fn scan(
     file: &File,
     len: u64,
     block_size: u32,
     cancel: &AtomicBool,
-    mut found: impl FnMut(usize, &[u8; 32]),
+    mut found: impl FnMut(usize, BlockKey),
 ) -> io::Result<()> {
     let block_size = block_size as usize;
     let mut buf = vec![0u8; cairn_bundle::COPY_BUF.max(block_size)];
@@ -199,7 +195,7 @@ fn scan(
         let n = read_at_most(file, &mut buf[..want], at)?;
         let whole = n - n % block_size;
         for (i, block) in buf[..whole].chunks_exact(block_size).enumerate() {
-            found((at as usize / block_size) + i, &block_hash(block));
+            found((at as usize / block_size) + i, block_key(block));
         }
         if whole < want {
             break; // end of file, or a partial block
