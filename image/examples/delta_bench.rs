@@ -537,7 +537,7 @@ fn chunked(pair: &Pair, cut: &Cut, full: u64, bsdiff_secs: Option<f64>) -> Resul
         "  cairn chunked ({what}): adds {:.2} MB to the bundle ({:.2}x full), \
          made in {make_secs:.1} s ({}), all frames decoded and checked in {decode_secs:.1} s; \
          a device holding only the source fetches {:.2} MB \
-         ({:.3}x full: index {:.2} MB + {} of {} chunks, {fetched_blocks} blocks)\n",
+         ({:.4}x full: index {:.2} MB + {} of {} chunks, {fetched_blocks} blocks)\n",
         mb(frames + index_len),
         (frames + index_len) as f64 / full.max(1) as f64,
         bsdiff_secs.map_or("no bsdiff time".into(), |b| format!(

@@ -50,8 +50,10 @@ pub const METHOD_WINDOWED: &str = "zstd-chunks-windowed";
 /// the image (an index of version 3), named apart for the same reason.
 pub const METHOD_GROUPED: &str = "zstd-block-groups";
 /// Most chunks whose blocks interleave at any point of the image: a device keeps the
-/// decoded bytes of each fetched one until it has written its last block.
-pub const MAX_OPEN_CHUNKS: usize = 8;
+/// decoded bytes of each fetched one until it has written its last block, so this times
+/// [`MAX_CHUNK_LEN`] (40 MiB) bounds what it holds. The builder makes at most one per
+/// class: each subset of [`MAX_HISTORY`] releases, and zeros.
+pub const MAX_OPEN_CHUNKS: usize = (1 << MAX_HISTORY) + 1;
 /// What a zstd dictionary starts with (little-endian 0xEC30A437); bytes that do not are
 /// raw content to zstd.
 const ZSTD_DICT_MAGIC: [u8; 4] = [0x37, 0xA4, 0x30, 0xEC];
@@ -65,7 +67,7 @@ pub const HASH_LEN: usize = 32;
 /// Bytes per block key in version 3.
 pub const KEY_LEN: usize = 8;
 /// Largest chunk: bounds the device's buffers (one chunk and one frame at a time).
-pub const MAX_CHUNK_LEN: u64 = 4 << 20;
+pub const MAX_CHUNK_LEN: u64 = 8 << 20;
 /// Largest index a device loads: 64 MiB covers an 8 GiB image at 4 KiB blocks.
 pub const MAX_INDEX_LEN: u64 = 64 << 20;
 const MIN_BLOCK: u32 = 512;
