@@ -134,15 +134,18 @@ pub fn install(
             )));
         }
         let run = index.run_at(block);
-        build.run(run.clone(), &mut bytes)?;
+        let read_from_disk = build.run(run.clone(), &mut bytes)?;
         build.recent.push(&bytes);
         hasher.update(&bytes);
-        // Kept blocks of a partition are skipped, not written again.
+        // Kept blocks of a partition are skipped, not written again, when what is hashed
+        // is what was read from them. Taken from a fetched chunk, they are written: a
+        // kept block was found by its key alone in a grouped index, and only bytes that
+        // went into the image's digest may be left on the disk unwritten.
         for (part, kept) in plan.kept_runs(run.clone()) {
             let block_size = index.block_size as usize;
             let from = (part.start - run.start) * block_size;
             let to = ((part.end - run.start) * block_size).min(bytes.len());
-            if writer.in_place() && kept {
+            if writer.in_place() && kept && read_from_disk {
                 writer.skip((to - from) as u64)
             } else {
                 writer.write_all(&bytes[from..to])
@@ -246,8 +249,9 @@ struct Build<'a> {
 
 impl Build<'_> {
     /// Puts the blocks of `run` (one run of one chunk: a whole fixed chunk, or part of
-    /// a grouped one) into `out`, every block checked against the index.
-    fn run(&mut self, run: Range<usize>, out: &mut Vec<u8>) -> Result<(), InstallError> {
+    /// a grouped one) into `out`, every block checked against the index. Returns whether
+    /// they were read from the disks, as planned, rather than taken from a fetched chunk.
+    fn run(&mut self, run: Range<usize>, out: &mut Vec<u8>) -> Result<bool, InstallError> {
         let index = self.index;
         let c = index.chunk_of(run.start);
         out.clear();
@@ -266,7 +270,7 @@ impl Build<'_> {
                     _ => self.outcome.copied += 1,
                 }
             }
-            return Ok(());
+            return Ok(true);
         }
         if !self.open.is_open(c) {
             let mut chunk = Vec::new();
@@ -279,7 +283,7 @@ impl Build<'_> {
         self.open
             .take(index, c, run.clone(), |bytes| out.extend_from_slice(bytes));
         self.outcome.fetched_blocks += run.len();
-        Ok(())
+        Ok(false)
     }
 
     /// Reads the blocks of `run` from where the plan found them, each checked.
