@@ -292,12 +292,11 @@ pub fn encode_grouped(
                 .iter()
                 .map(|runs| {
                     s.spawn(move || {
-                        let mut bytes = group_bytes(image, runs, Filter::None);
-                        let hash = block_hash(&bytes);
-                        if filter != Filter::None {
-                            bytes = group_bytes(image, runs, filter);
-                        }
-                        Ok((zstd::bulk::compress(&bytes, level)?, hash))
+                        let bytes = group_bytes(image, runs, filter);
+                        Ok((
+                            zstd::bulk::compress(&bytes, level)?,
+                            group_hash(image, runs),
+                        ))
                     })
                 })
                 .collect();
@@ -325,6 +324,18 @@ pub fn encode_grouped(
         &frame_lens,
         filter,
     ))
+}
+
+/// BLAKE3 of one group's runs back to back, unfiltered: what its frame decodes to.
+fn group_hash(image: &[u8], runs: &[Range<u32>]) -> BlockHash {
+    let block = GROUP_BLOCK_SIZE as usize;
+    let mut hasher = blake3::Hasher::new();
+    for run in runs {
+        hasher.update(
+            &image[run.start as usize * block..(run.end as usize * block).min(image.len())],
+        );
+    }
+    *hasher.finalize().as_bytes()
 }
 
 /// The bytes of one group's runs, back to back, each through `filter`.
